@@ -1,0 +1,177 @@
+//! Every refusal, and the one JSON shape it is answered with.
+//!
+//! [`Denial`] is closed: nothing else in the plugin sends a local response. One function,
+//! [`Denial::reply`], maps a denial to its status, `code`, headers and body. Clients get a
+//! generic message; the precise reason ([`Denial::reason`]) goes to logs and metrics, so a
+//! caller probing keys cannot tell an unknown key from a revoked one.
+//!
+//! Body: `{"error": "...", "code": "UNAUTHORIZED", "timestamp": "<RFC 3339 UTC>",
+//! "request_id": "..."}` with `content-type: application/json`. Nothing from the request
+//! except the request id is echoed, and that one is JSON-escaped and bounded.
+
+use crate::api_key::KeyFailure;
+use crate::time::{UnixNanos, format_rfc3339};
+
+/// Why a request had no acceptable identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No credential on a route that needs one.
+    Missing,
+    /// The credential header was sent more than once.
+    Duplicate,
+    /// An API key was presented and refused.
+    Key(KeyFailure),
+}
+
+/// A refusal. Closed: add a variant here and its mapping below, nowhere else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denial {
+    Unauthorized(AuthFailure),
+    NoRoute,
+    /// The path is not in normal form (see `route::check_normal_form`).
+    AmbiguousPath,
+}
+
+/// A local response ready to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+/// The longest request id echoed into a body; longer or non-printable ones are replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+impl Denial {
+    pub fn status(self) -> u32 {
+        match self {
+            Denial::Unauthorized(_) => 401,
+            Denial::NoRoute => 404,
+            Denial::AmbiguousPath => 400,
+        }
+    }
+
+    /// The machine-readable `code` of the body.
+    pub fn code(self) -> &'static str {
+        match self {
+            Denial::Unauthorized(_) => "UNAUTHORIZED",
+            Denial::NoRoute => "NOT_FOUND",
+            Denial::AmbiguousPath => "BAD_REQUEST",
+        }
+    }
+
+    /// The message clients see: generic on purpose.
+    pub fn message(self) -> &'static str {
+        match self {
+            Denial::Unauthorized(AuthFailure::Missing) => "authentication required",
+            Denial::Unauthorized(_) => "invalid credentials",
+            Denial::NoRoute => "no route matches this request",
+            Denial::AmbiguousPath => "the request path is not in normal form",
+        }
+    }
+
+    /// The precise reason, for logs and metrics only.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Denial::Unauthorized(AuthFailure::Missing) => "missing_credential",
+            Denial::Unauthorized(AuthFailure::Duplicate) => "duplicate_credential",
+            Denial::Unauthorized(AuthFailure::Key(k)) => k.as_str(),
+            Denial::NoRoute => "no_route",
+            Denial::AmbiguousPath => "ambiguous_path",
+        }
+    }
+
+    /// Renders the local response for this denial.
+    pub fn reply(self, now: UnixNanos, request_id: &[u8]) -> LocalReply {
+        let mut headers = vec![
+            ("content-type", "application/json".to_string()),
+            ("cache-control", "no-store".to_string()),
+        ];
+        if let Denial::Unauthorized(_) = self {
+            headers.push(("www-authenticate", "ApiKey realm=\"gatehouse\"".to_string()));
+        }
+        LocalReply {
+            status: self.status(),
+            headers,
+            body: error_body(self.message(), self.code(), now, request_id),
+        }
+    }
+}
+
+fn printable_request_id(raw: &[u8]) -> &str {
+    match std::str::from_utf8(raw) {
+        Ok(s) if s.len() <= MAX_REQUEST_ID_LEN && s.bytes().all(|b| (0x20..0x7f).contains(&b)) => s,
+        _ => "invalid",
+    }
+}
+
+/// The standard error body. Shared with the control service, so both speak one shape.
+pub fn error_body(message: &str, code: &str, now: UnixNanos, request_id: &[u8]) -> String {
+    serde_json::json!({
+        "error": message,
+        "code": code,
+        "timestamp": format_rfc3339(now),
+        "request_id": printable_request_id(request_id),
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(reply: &LocalReply) -> serde_json::Value {
+        serde_json::from_str(&reply.body).unwrap()
+    }
+
+    #[test]
+    fn unauthorized_has_the_standard_shape_and_www_authenticate() {
+        let r = Denial::Unauthorized(AuthFailure::Missing)
+            .reply(UnixNanos(1_767_225_600_000_000_000), b"req-1");
+        assert_eq!(r.status, 401);
+        assert!(
+            r.headers
+                .iter()
+                .any(|(k, v)| *k == "content-type" && v == "application/json")
+        );
+        assert!(r.headers.iter().any(|(k, _)| *k == "www-authenticate"));
+        assert_eq!(
+            body(&r),
+            serde_json::json!({
+                "error": "authentication required",
+                "code": "UNAUTHORIZED",
+                "timestamp": "2026-01-01T00:00:00.000Z",
+                "request_id": "req-1",
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_and_revoked_keys_look_the_same_to_the_client() {
+        let a =
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)).reply(UnixNanos(0), b"x");
+        let b =
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Revoked)).reply(UnixNanos(0), b"x");
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn no_route_is_404_not_found_without_www_authenticate() {
+        let r = Denial::NoRoute.reply(UnixNanos(0), b"");
+        assert_eq!(r.status, 404);
+        assert_eq!(body(&r)["code"], "NOT_FOUND");
+        assert!(!r.headers.iter().any(|(k, _)| *k == "www-authenticate"));
+    }
+
+    #[test]
+    fn a_hostile_request_id_is_escaped_or_replaced() {
+        let r = Denial::NoRoute.reply(UnixNanos(0), br#"a","code":"OK"#);
+        assert_eq!(body(&r)["request_id"], r#"a","code":"OK"#);
+        assert_eq!(body(&r)["code"], "NOT_FOUND");
+        let r = Denial::NoRoute.reply(UnixNanos(0), b"a\nb\xff");
+        assert_eq!(body(&r)["request_id"], "invalid");
+        let r = Denial::NoRoute.reply(UnixNanos(0), &[b'a'; 129]);
+        assert_eq!(body(&r)["request_id"], "invalid");
+    }
+}

@@ -1,0 +1,30 @@
+//! gatehouse: an API policy plugin for Envoy, built as one proxy-wasm module.
+//!
+//! The crate is a pure policy core plus a thin proxy-wasm shell:
+//!
+//! | module | what it decides |
+//! | --- | --- |
+//! | [`policy`] | reading and validating policies (YAML for people, JSON for Envoy) |
+//! | [`route`] | which route a request belongs to |
+//! | [`api_key`] | presented keys, their SHA-256, the cached key record |
+//! | [`key_cache`] | the key records in shared data: install, look up |
+//! | [`decision`] | the request path: route, authenticate, allow or refuse |
+//! | [`error`] | every refusal and its one JSON shape |
+//! | [`store`] | the shared-data and clock seams (host-backed in wasm, fakes in tests) |
+//! | [`time`] | RFC 3339 and Unix time |
+//! | `shell` (wasm32 only) | moves bytes between Envoy and the core; no decisions |
+//!
+//! The core never calls the host: it takes plain values and returns a decision, so it
+//! compiles natively, is unit-tested without a VM, and is what the benches measure.
+
+pub mod api_key;
+pub mod decision;
+pub mod error;
+pub mod key_cache;
+pub mod policy;
+pub mod route;
+pub mod store;
+pub mod time;
+
+#[cfg(target_arch = "wasm32")]
+mod shell;

@@ -1,0 +1,373 @@
+//! The policy: what a gatehouse deployment allows, parsed once into validated types.
+//!
+//! People write policies as YAML (see `policies/example.yaml`); Envoy hands the plugin
+//! the same tree as JSON. [`load_yaml`] (native, feature `yaml`) and [`Policy::from_json`]
+//! both go through one decoder, so the checker and the plugin accept exactly the same
+//! policies. Every error carries the field path and, for YAML, `file:line:column`.
+
+mod decode;
+pub mod tree;
+#[cfg(feature = "yaml")]
+pub mod yaml;
+
+use crate::api_key::{KeyHash, KeyRecord};
+use crate::route::Route;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use tree::{Node, Pos};
+
+/// The plans every policy has unless it overrides them: requests per minute.
+pub const DEFAULT_PLANS: [(&str, u32); 4] = [
+    ("free", 60),
+    ("solo", 600),
+    ("team", 1200),
+    ("enterprise", 6000),
+];
+
+/// A validated policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Lower-case name of the header that carries an API key. Defaults to `x-api-key`.
+    pub api_key_header: String,
+    /// Plans and their limits. Defaults to [`DEFAULT_PLANS`]; the policy may override
+    /// their limits and add plans.
+    pub plans: Vec<Plan>,
+    /// Keys declared in the policy (DB-less use). Defaults to none.
+    pub keys: Vec<StaticKey>,
+    /// Routes in match order. Required, at least one.
+    pub routes: Vec<Route>,
+    /// First 8 bytes of SHA-256 of the plugin configuration: tells this policy's static
+    /// keys apart from an earlier policy's in shared data.
+    pub fingerprint: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub name: String,
+    pub requests_per_minute: u32,
+}
+
+/// A key declared in the policy: its hash and the record cached for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticKey {
+    pub hash: KeyHash,
+    pub record: KeyRecord,
+}
+
+/// One thing wrong with a policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyError {
+    /// Field path, e.g. `keys[2].plan`; empty for the whole document.
+    pub path: String,
+    /// Where in the YAML file, when the policy came from one.
+    pub pos: Option<Pos>,
+    pub message: String,
+}
+
+/// Everything wrong with a policy, in document order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyErrors {
+    /// The file name (or `plugin configuration`).
+    pub source: String,
+    pub errors: Vec<PolicyError>,
+}
+
+impl PolicyErrors {
+    pub fn len(&self) -> usize {
+        self.errors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match e.pos {
+                Some(pos) => write!(f, "{}:{}: ", self.source, pos)?,
+                None => write!(f, "{}: ", self.source)?,
+            }
+            if !e.path.is_empty() {
+                write!(f, "{}: ", e.path)?;
+            }
+            write!(f, "{}", e.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyErrors {}
+
+fn fingerprint(config_json: &[u8]) -> u64 {
+    let digest = Sha256::digest(config_json);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
+    u64::from_be_bytes(first)
+}
+
+fn decode(source: &str, root: &Node, config_json: &[u8]) -> Result<Policy, PolicyErrors> {
+    let mut d = decode::Decoder::new();
+    let policy = d.policy(root, fingerprint(config_json));
+    let mut errors = d.errors;
+    // Sort by position so the output reads top to bottom like the file.
+    errors.sort_by_key(|e| e.pos.map(|p| (p.line, p.column)).unwrap_or((0, 0)));
+    match policy {
+        Some(p) if errors.is_empty() => Ok(p),
+        _ => Err(PolicyErrors {
+            source: source.to_string(),
+            errors,
+        }),
+    }
+}
+
+impl Policy {
+    /// Reads the plugin configuration (JSON) that Envoy passes to `on_configure`.
+    pub fn from_json(bytes: &[u8]) -> Result<Policy, PolicyErrors> {
+        const SOURCE: &str = "plugin configuration";
+        let root = Node::from_json(bytes).map_err(|message| PolicyErrors {
+            source: SOURCE.to_string(),
+            errors: vec![PolicyError {
+                path: String::new(),
+                pos: None,
+                message,
+            }],
+        })?;
+        decode(SOURCE, &root, bytes)
+    }
+
+    pub fn plan(&self, name: &str) -> Option<&Plan> {
+        self.plans.iter().find(|p| p.name == name)
+    }
+}
+
+/// A checked YAML policy and the plugin configuration made from it.
+#[cfg(feature = "yaml")]
+#[derive(Clone, Debug)]
+pub struct LoadedPolicy {
+    pub policy: Policy,
+    /// The JSON to give Envoy as the plugin's `configuration`.
+    pub plugin_config_json: String,
+}
+
+/// Reads and checks a YAML policy; `file_name` is used in error messages.
+#[cfg(feature = "yaml")]
+pub fn load_yaml(file_name: &str, source: &str) -> Result<LoadedPolicy, PolicyErrors> {
+    let root = yaml::parse(source).map_err(|e| PolicyErrors {
+        source: file_name.to_string(),
+        errors: vec![PolicyError {
+            path: String::new(),
+            pos: Some(e.pos),
+            message: e.message,
+        }],
+    })?;
+    let plugin_config_json = root.to_json().to_string();
+    let policy = decode(file_name, &root, plugin_config_json.as_bytes())?;
+    Ok(LoadedPolicy {
+        policy,
+        plugin_config_json,
+    })
+}
+
+#[cfg(all(test, feature = "yaml"))]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "c1155b3f064a232201fbb83143a9b3ccb2a9cbac9eafb90a5293dc4a144422de";
+
+    fn minimal(extra: &str) -> String {
+        format!("version: 1\nroutes:\n  - match: {{ path_prefix: /v1/ }}\n{extra}")
+    }
+
+    fn errors(src: &str) -> Vec<String> {
+        match load_yaml("p.yaml", src) {
+            Ok(_) => vec![],
+            Err(e) => e.to_string().lines().map(str::to_owned).collect(),
+        }
+    }
+
+    #[test]
+    fn the_example_policy_is_valid() {
+        let src = include_str!("../../policies/example.yaml");
+        let loaded = load_yaml("example.yaml", src).unwrap();
+        assert_eq!(loaded.policy.api_key_header, "x-api-key");
+        assert_eq!(loaded.policy.keys.len(), 4);
+        assert_eq!(
+            loaded.policy.plan("team").unwrap().requests_per_minute,
+            1200
+        );
+    }
+
+    #[test]
+    fn default_plans_apply_and_can_be_overridden_or_extended() {
+        let p = load_yaml(
+            "p",
+            &minimal(
+                "plans:\n  free: { requests_per_minute: 30 }\n  gold: { requests_per_minute: 9 }\n",
+            ),
+        )
+        .unwrap()
+        .policy;
+        assert_eq!(p.plan("free").unwrap().requests_per_minute, 30);
+        assert_eq!(p.plan("enterprise").unwrap().requests_per_minute, 6000);
+        assert_eq!(p.plan("gold").unwrap().requests_per_minute, 9);
+        let p = load_yaml("p", &minimal("")).unwrap().policy;
+        assert_eq!(p.plans.len(), 4);
+        assert_eq!(p.plan("solo").unwrap().requests_per_minute, 600);
+    }
+
+    #[test]
+    fn unknown_field_is_reported_at_its_key() {
+        assert_eq!(
+            errors(&minimal("colour: blue\n")),
+            [
+                "p.yaml:4:1: colour: unknown field 'colour'; expected one of [version, api_key, plans, keys, routes]"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_not_only_the_first() {
+        let src = minimal(&format!(
+            "keys:\n  - {{ id: a, sha256: abc, user: u, tenant: t, plan: gold }}\n  - {{ id: a, sha256: {HASH}, user: u, tenant: t, plan: team, active: 1 }}\n"
+        ));
+        let errs = errors(&src);
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+        assert!(
+            errs[0].starts_with("p.yaml:5:22: keys[0].sha256: must be the SHA-256"),
+            "{}",
+            errs[0]
+        );
+        assert!(errs[1].starts_with("p.yaml:5:53: keys[0].plan: unknown plan 'gold'; expected one of [enterprise, free, solo, team]"), "{}", errs[1]);
+        assert!(errs[2].starts_with("p.yaml:6:"), "{}", errs[2]);
+        assert!(
+            errs[2].contains("keys[1].active: expected true or false, found an integer"),
+            "{}",
+            errs[2]
+        );
+    }
+
+    #[test]
+    fn duplicate_key_ids_and_hashes_are_refused() {
+        let k = |id: &str| {
+            format!("  - {{ id: {id}, sha256: {HASH}, user: u, tenant: t, plan: team }}\n")
+        };
+        let errs = errors(&minimal(&format!("keys:\n{}{}", k("a"), k("a"))));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains(
+                "p.yaml:6:11: keys[1].id: duplicate key id 'a' (first declared at line 5)"
+            ),
+            "{}",
+            errs[0]
+        );
+        let errs = errors(&minimal(&format!("keys:\n{}{}", k("a"), k("b"))));
+        assert!(
+            errs[0].contains("keys[1].sha256: the same key hash is already declared for key 'a'"),
+            "{}",
+            errs[0]
+        );
+    }
+
+    #[test]
+    fn a_bad_hash_error_never_echoes_the_value() {
+        let errs = errors(&minimal(
+            "keys:\n  - { id: a, sha256: ghk_live_secret_value, user: u, tenant: t, plan: team }\n",
+        ));
+        assert!(
+            !errs.join("\n").contains("ghk_live_secret_value"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_what_was_expected() {
+        let errs = errors("version: 1\nroutes: { a: 1 }\n");
+        assert_eq!(
+            errs,
+            ["p.yaml:2:9: routes: expected a list, found a mapping"]
+        );
+        let errs = errors(&minimal("api_key: { header: 12 }\n"));
+        assert_eq!(
+            errs,
+            ["p.yaml:4:20: api_key.header: expected a string, found an integer (quote it)"]
+        );
+    }
+
+    #[test]
+    fn routes_are_required_and_validated() {
+        assert_eq!(
+            errors("version: 1\n"),
+            ["p.yaml:1:1: missing required field 'routes'"]
+        );
+        let errs = errors(
+            "routes:\n  - { match: { path: /a, path_prefix: /b }, audience: public }\n  - { match: { path: '/a/../b', methods: [get] } }\n",
+        );
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+        assert!(errs.iter().any(|e| e.contains(
+            "routes[0].audience: unknown audience 'public'; expected one of [internal, external]"
+        )));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("either 'path' or 'path_prefix'"))
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("routes[1].match.path: must start with '/'"))
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("'get' is not an HTTP method"))
+        );
+    }
+
+    #[test]
+    fn yaml_syntax_errors_have_a_position() {
+        let errs = errors("version: 1\nroutes: [\n");
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].starts_with("p.yaml:"), "{}", errs[0]);
+        assert!(errs[0].contains("invalid YAML"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn the_plugin_accepts_exactly_what_the_checker_accepts() {
+        let loaded =
+            load_yaml("example.yaml", include_str!("../../policies/example.yaml")).unwrap();
+        let from_json = Policy::from_json(loaded.plugin_config_json.as_bytes()).unwrap();
+        assert_eq!(from_json, loaded.policy);
+    }
+
+    #[test]
+    fn invalid_json_configuration_is_a_clear_error() {
+        let e = Policy::from_json(b"{not json").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("plugin configuration: the plugin configuration is not valid JSON"),
+            "{e}"
+        );
+        let e = Policy::from_json(br#"{"routes": [], "x": 1}"#).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("plugin configuration: x: unknown field 'x'"),
+            "{text}"
+        );
+        assert!(
+            text.contains("routes: at least one route is required"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn header_names_are_lower_cased_and_identity_headers_are_reserved() {
+        let p = load_yaml("p", &minimal("api_key: { header: X-My-Key }\n"))
+            .unwrap()
+            .policy;
+        assert_eq!(p.api_key_header, "x-my-key");
+        let errs = errors(&minimal("api_key: { header: x-gatehouse-user }\n"));
+        assert!(errs[0].contains("reserved"), "{errs:?}");
+    }
+}

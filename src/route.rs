@@ -1,0 +1,201 @@
+//! Route matching: which policy route a request (method + path) belongs to.
+//!
+//! Routes are compiled once at configure time and matched in order; the first match
+//! wins. Matching uses the path without its query string. A path that is not in normal
+//! form (`//`, `.` or `..` segments, percent-encoded `.`, `/` or `\`, a backslash, bytes
+//! outside visible ASCII) is refused before matching: such paths are how prefix rules
+//! get bypassed when the gateway and the upstream normalise differently.
+
+/// Who may call a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Audience {
+    /// The caller must present a valid identity.
+    Internal,
+    /// Anonymous callers are let through.
+    External,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    /// The whole path must be equal.
+    Exact(String),
+    /// The path starts with it; without a trailing `/`, only whole segments match.
+    Prefix(String),
+}
+
+impl PathMatch {
+    fn matches(&self, path: &[u8]) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p.as_bytes(),
+            PathMatch::Prefix(p) => {
+                let p = p.as_bytes();
+                match path.strip_prefix(p) {
+                    None => false,
+                    Some(rest) => p.ends_with(b"/") || rest.is_empty() || rest.starts_with(b"/"),
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub name: String,
+    pub path: PathMatch,
+    /// Upper-case method names; empty means any method.
+    pub methods: Vec<String>,
+    pub audience: Audience,
+}
+
+impl Route {
+    fn matches(&self, method: &[u8], path: &[u8]) -> bool {
+        (self.methods.is_empty() || self.methods.iter().any(|m| m.as_bytes() == method))
+            && self.path.matches(path)
+    }
+}
+
+/// Why a request's path was refused before matching.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AmbiguousPath;
+
+/// The path part of a `:path` header, without query or fragment.
+pub fn path_only(raw: &[u8]) -> &[u8] {
+    let end = raw
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(raw.len());
+    raw.get(..end).unwrap_or(raw)
+}
+
+/// Refuses paths that could mean something else to the upstream (see the module doc).
+pub fn check_normal_form(path: &[u8]) -> Result<(), AmbiguousPath> {
+    if !path.starts_with(b"/") || !path.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(AmbiguousPath);
+    }
+    if path.contains(&b'\\') {
+        return Err(AmbiguousPath);
+    }
+    for w in path.windows(3) {
+        if w.first() == Some(&b'%') {
+            let enc = [
+                w.get(1).copied().unwrap_or(0).to_ascii_lowercase(),
+                w.get(2).copied().unwrap_or(0).to_ascii_lowercase(),
+            ];
+            if matches!(&enc, b"2e" | b"2f" | b"5c") {
+                return Err(AmbiguousPath);
+            }
+        }
+    }
+    // Segments after the leading slash; a trailing slash gives one empty last segment,
+    // which is fine.
+    let mut segments = path
+        .get(1..)
+        .unwrap_or_default()
+        .split(|&b| b == b'/')
+        .peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        if seg == b"." || seg == b".." || (seg.is_empty() && !last) {
+            return Err(AmbiguousPath);
+        }
+    }
+    Ok(())
+}
+
+/// Finds the first route that matches, by index into `routes`.
+pub fn find(routes: &[Route], method: &[u8], path: &[u8]) -> Option<usize> {
+    routes.iter().position(|r| r.matches(method, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(path: PathMatch, methods: &[&str]) -> Route {
+        Route {
+            name: "r".into(),
+            path,
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            audience: Audience::Internal,
+        }
+    }
+
+    #[test]
+    fn prefix_without_slash_matches_whole_segments_only() {
+        let r = route(PathMatch::Prefix("/v1".into()), &[]);
+        assert!(r.matches(b"GET", b"/v1"));
+        assert!(r.matches(b"GET", b"/v1/x"));
+        assert!(!r.matches(b"GET", b"/v10"));
+        let r = route(PathMatch::Prefix("/v1/".into()), &[]);
+        assert!(r.matches(b"GET", b"/v1/x"));
+        assert!(!r.matches(b"GET", b"/v1"));
+    }
+
+    #[test]
+    fn exact_paths_and_methods_must_both_match() {
+        let r = route(PathMatch::Exact("/healthz".into()), &["GET", "HEAD"]);
+        assert!(r.matches(b"HEAD", b"/healthz"));
+        assert!(!r.matches(b"POST", b"/healthz"));
+        assert!(!r.matches(b"get", b"/healthz"));
+        assert!(!r.matches(b"GET", b"/healthz/"));
+    }
+
+    #[test]
+    fn the_first_matching_route_wins() {
+        let routes = vec![
+            route(PathMatch::Exact("/v1/login".into()), &[]),
+            route(PathMatch::Prefix("/v1/".into()), &[]),
+        ];
+        assert_eq!(find(&routes, b"GET", b"/v1/login"), Some(0));
+        assert_eq!(find(&routes, b"GET", b"/v1/other"), Some(1));
+        assert_eq!(find(&routes, b"GET", b"/v2/other"), None);
+    }
+
+    #[test]
+    fn the_query_string_is_not_part_of_the_path() {
+        assert_eq!(path_only(b"/a/b?x=/c#f"), b"/a/b");
+        assert_eq!(path_only(b"/a#f?x"), b"/a");
+    }
+
+    #[test]
+    fn paths_not_in_normal_form_are_refused() {
+        for bad in [
+            &b""[..],
+            b"v1/x",
+            b"//v1/x",
+            b"/v1//x",
+            b"/v1/./x",
+            b"/v1/../admin",
+            b"/v1/..",
+            b"/v1/%2e%2e/admin",
+            b"/v1/%2E/x",
+            b"/v1%2fadmin",
+            b"/v1%5Cadmin",
+            b"/v1\\admin",
+            b"/v1/\xc3\xa9",
+            b"/v1/a b",
+        ] {
+            assert_eq!(
+                check_normal_form(bad),
+                Err(AmbiguousPath),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        for good in [
+            &b"/"[..],
+            b"/v1/x",
+            b"/v1/x/",
+            b"/v1/a%20b",
+            b"/v1/.well-known",
+            b"/v1/a..b",
+        ] {
+            assert_eq!(
+                check_normal_form(good),
+                Ok(()),
+                "{:?}",
+                String::from_utf8_lossy(good)
+            );
+        }
+    }
+}
