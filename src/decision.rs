@@ -313,3 +313,37 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::policy::load_yaml;
+    use crate::store::{FixedClock, MemoryStore};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever bytes arrive, the core answers with a decision; it never panics, and
+        /// an identity is only ever granted for a key whose record exists.
+        #[test]
+        fn any_request_bytes_get_a_decision_without_panicking(
+            method in proptest::collection::vec(any::<u8>(), 0..16),
+            path in proptest::collection::vec(any::<u8>(), 0..64),
+            key in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
+            several in any::<bool>(),
+        ) {
+            let policy = load_yaml("example.yaml", include_str!("../policies/example.yaml")).unwrap().policy;
+            let store = MemoryStore::default();
+            crate::key_cache::install_policy_keys(&policy, &store).unwrap();
+            let api_key = match (&key, several) {
+                (None, _) => Presented::None,
+                (Some(_), true) => Presented::Several,
+                (Some(k), false) => Presented::One(k),
+            };
+            let head = RequestHead { method: &method, path: &path, api_key };
+            let decision = decide(&policy, &head, &store, &FixedClock::at_secs(1_767_225_600));
+            if let Decision::Allow(Allowed { identity: Some(_), .. }) = decision {
+                prop_assert!(false, "random key bytes were granted an identity");
+            }
+        }
+    }
+}

@@ -1,1 +1,93 @@
-fn main() {}
+//! gatehouse-control: the control service that will issue, rotate and revoke keys and
+//! feed the proxies' key cache. Today it is the offline key tool for DB-less policies:
+//!
+//! - `gatehouse-control new-key [--prefix P]` prints a fresh key (shown once) and the
+//!   policy entry for it, which holds only the key's SHA-256;
+//! - `gatehouse-control hash-key` reads a key on standard input and prints its SHA-256,
+//!   with the same function the plugin uses to look keys up.
+
+use gatehouse::api_key::{KeyHash, is_valid_id};
+use std::io::Read;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage:
+  gatehouse-control new-key [--prefix PREFIX]   print a new API key and its policy entry
+  gatehouse-control hash-key                    read a key on stdin, print its SHA-256";
+
+/// 32 characters of base62: about 190 bits from the operating system's CSPRNG.
+fn random_base62(len: usize) -> Result<String, getrandom::Error> {
+    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut out = String::with_capacity(len);
+    while out.len() < len {
+        let mut buf = [0u8; 64];
+        getrandom::fill(&mut buf)?;
+        // Rejection sampling: 248 = 4 * 62, so every accepted byte is unbiased.
+        for b in buf.into_iter().filter(|b| *b < 248) {
+            if out.len() == len {
+                break;
+            }
+            if let Some(c) = ALPHABET.get(usize::from(b % 62)) {
+                out.push(char::from(*c));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn new_key(args: &[String]) -> Result<(), String> {
+    let prefix = match args {
+        [] => "ghk".to_string(),
+        [flag, p] if flag == "--prefix" => p.clone(),
+        _ => return Err(USAGE.to_string()),
+    };
+    if !is_valid_id(&prefix) || prefix.len() > 16 || prefix.contains(['_', ':', '@', '+', '.']) {
+        return Err(format!(
+            "--prefix must be 1 to 16 of A-Z a-z 0-9 -, got {prefix:?}"
+        ));
+    }
+    let random = random_base62(32).map_err(|e| format!("no randomness from the OS: {e}"))?;
+    let key = format!("{prefix}_{random}");
+    let hash = KeyHash::of_key(key.as_bytes()).to_hex();
+    println!("api key (shown once, store it now): {key}");
+    println!();
+    println!("policy entry:");
+    println!("  - id: key_{}", random.get(..8).unwrap_or_default());
+    println!("    sha256: {hash}");
+    println!("    user: USER");
+    println!("    tenant: TENANT");
+    println!("    plan: free");
+    Ok(())
+}
+
+fn hash_key() -> Result<(), String> {
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .map_err(|e| format!("reading stdin: {e}"))?;
+    let key = input.trim_end_matches(['\n', '\r']);
+    if key.is_empty() {
+        return Err("no key on standard input".to_string());
+    }
+    println!("{}", KeyHash::of_key(key.as_bytes()).to_hex());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.split_first() {
+        Some((cmd, rest)) if cmd == "new-key" => new_key(rest),
+        Some((cmd, [])) if cmd == "hash-key" => hash_key(),
+        Some((cmd, _)) if cmd == "--help" || cmd == "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(USAGE.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::from(2)
+        }
+    }
+}

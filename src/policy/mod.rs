@@ -371,3 +371,31 @@ mod tests {
         assert!(errs[0].contains("reserved"), "{errs:?}");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_configuration_bytes_are_accepted_or_refused_without_panicking(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let _ = Policy::from_json(&bytes);
+        }
+
+        #[test]
+        fn mutated_valid_configurations_never_panic(
+            cut in 0usize..400,
+            insert in proptest::collection::vec(any::<u8>(), 0..8),
+        ) {
+            let good = br#"{"version":1,"keys":[{"id":"a","sha256":"c1155b3f064a232201fbb83143a9b3ccb2a9cbac9eafb90a5293dc4a144422de","user":"u","tenant":"t","plan":"team","expires_at":"2027-01-01T00:00:00Z"}],"routes":[{"match":{"path_prefix":"/v1/","methods":["GET"]},"audience":"external"}]}"#;
+            let at = cut.min(good.len());
+            let mut bytes = good[..at].to_vec();
+            bytes.extend_from_slice(&insert);
+            bytes.extend_from_slice(&good[at..]);
+            let _ = Policy::from_json(&bytes);
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The offline key tool, run as a real process.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gatehouse-control"))
+}
+
+#[test]
+fn hash_key_prints_the_sha256_the_plugin_looks_up() {
+    let mut child = bin()
+        .arg("hash-key")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"ghk_demo_5f0c1b8e2d7a4c9e8b3f6a1d0e7c2b9a\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        "c1155b3f064a232201fbb83143a9b3ccb2a9cbac9eafb90a5293dc4a144422de"
+    );
+}
+
+#[test]
+fn new_key_prints_a_fresh_key_and_only_its_hash_in_the_policy_entry() {
+    let run = || {
+        let out = bin()
+            .args(["new-key", "--prefix", "acme"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (a, b) = (run(), run());
+    let key_of = |s: &str| {
+        s.lines()
+            .next()
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let key = key_of(&a);
+    assert!(key.starts_with("acme_") && key.len() == 5 + 32, "{key}");
+    assert_ne!(key, key_of(&b), "two keys must differ");
+    let entry = a.split("policy entry:").nth(1).unwrap();
+    assert!(!entry.contains(&key));
+    let hash = gatehouse::api_key::KeyHash::of_key(key.as_bytes()).to_hex();
+    assert!(entry.contains(&format!("sha256: {hash}")), "{entry}");
+}
+
+#[test]
+fn a_bad_prefix_or_command_is_refused_with_usage() {
+    let out = bin().args(["new-key", "--prefix", "a_b"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = bin().arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"));
+}
