@@ -30,6 +30,8 @@ pub enum Denial {
     NoRoute,
     /// The path is not in normal form (see `route::check_normal_form`).
     AmbiguousPath,
+    /// The plugin has no valid policy (Envoy should never route to it then).
+    NotConfigured,
 }
 
 /// A local response ready to send.
@@ -49,6 +51,7 @@ impl Denial {
             Denial::Unauthorized(_) => 401,
             Denial::NoRoute => 404,
             Denial::AmbiguousPath => 400,
+            Denial::NotConfigured => 503,
         }
     }
 
@@ -58,6 +61,7 @@ impl Denial {
             Denial::Unauthorized(_) => "UNAUTHORIZED",
             Denial::NoRoute => "NOT_FOUND",
             Denial::AmbiguousPath => "BAD_REQUEST",
+            Denial::NotConfigured => "UNAVAILABLE",
         }
     }
 
@@ -68,6 +72,7 @@ impl Denial {
             Denial::Unauthorized(_) => "invalid credentials",
             Denial::NoRoute => "no route matches this request",
             Denial::AmbiguousPath => "the request path is not in normal form",
+            Denial::NotConfigured => "the gateway is not configured",
         }
     }
 
@@ -79,6 +84,7 @@ impl Denial {
             Denial::Unauthorized(AuthFailure::Key(k)) => k.as_str(),
             Denial::NoRoute => "no_route",
             Denial::AmbiguousPath => "ambiguous_path",
+            Denial::NotConfigured => "not_configured",
         }
     }
 
@@ -107,14 +113,16 @@ fn printable_request_id(raw: &[u8]) -> &str {
 }
 
 /// The standard error body. Shared with the control service, so both speak one shape.
+/// Fields are written in the documented order: error, code, timestamp, request_id.
 pub fn error_body(message: &str, code: &str, now: UnixNanos, request_id: &[u8]) -> String {
-    serde_json::json!({
-        "error": message,
-        "code": code,
-        "timestamp": format_rfc3339(now),
-        "request_id": printable_request_id(request_id),
-    })
-    .to_string()
+    let quoted = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string());
+    format!(
+        "{{\"error\":{},\"code\":{},\"timestamp\":\"{}\",\"request_id\":{}}}",
+        quoted(message),
+        quoted(code),
+        format_rfc3339(now),
+        quoted(printable_request_id(request_id)),
+    )
 }
 
 #[cfg(test)]
@@ -154,6 +162,15 @@ mod tests {
         let b =
             Denial::Unauthorized(AuthFailure::Key(KeyFailure::Revoked)).reply(UnixNanos(0), b"x");
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn fields_come_in_the_documented_order() {
+        let r = Denial::NoRoute.reply(UnixNanos(0), b"id");
+        assert_eq!(
+            r.body,
+            r#"{"error":"no route matches this request","code":"NOT_FOUND","timestamp":"1970-01-01T00:00:00.000Z","request_id":"id"}"#
+        );
     }
 
     #[test]

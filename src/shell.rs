@@ -11,6 +11,7 @@
 //! must not panic the VM (a panic kills it and Envoy then fails every request).
 
 use crate::decision::{Decision, IDENTITY_HEADER_PREFIX, Presented, RequestHead, decide};
+use crate::error::Denial;
 use crate::key_cache;
 use crate::policy::Policy;
 use crate::store::{Clock, SharedStore, StoreError};
@@ -82,7 +83,7 @@ impl RootContext for Root {
             _ => {
                 log(
                     LogLevel::Error,
-                    "gatehouse: no plugin configuration; the policy (JSON) is required",
+                    "no plugin configuration: the policy (JSON) is required",
                 );
                 return false;
             }
@@ -90,24 +91,29 @@ impl RootContext for Root {
         let policy = match Policy::from_json(&config) {
             Ok(policy) => policy,
             Err(errors) => {
+                // One line per error: Envoy's log is read line by line.
+                let count = errors.len();
                 log(
                     LogLevel::Error,
-                    &format!("gatehouse: invalid policy, configuration refused:\n{errors}"),
+                    &format!("invalid policy, configuration refused ({count} errors):"),
                 );
+                for line in errors.to_string().lines() {
+                    log(LogLevel::Error, &format!("invalid policy: {line}"));
+                }
                 return false;
             }
         };
         if let Err(e) = key_cache::install_policy_keys(&policy, &HostStore) {
             log(
                 LogLevel::Error,
-                &format!("gatehouse: could not write the policy's keys to shared data: {e:?}"),
+                &format!("could not write the policy's keys to shared data: {e:?}"),
             );
             return false;
         }
         log(
             LogLevel::Info,
             &format!(
-                "gatehouse: policy loaded: {} routes, {} static keys, {} plans",
+                "policy loaded: {} routes, {} static keys, {} plans",
                 policy.routes.len(),
                 policy.keys.len(),
                 policy.plans.len()
@@ -139,11 +145,7 @@ impl Context for Filter {}
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(policy) = self.policy.clone() else {
-            let _ = hostcalls::send_http_response(
-                503,
-                vec![("content-type", "application/json")],
-                Some(b"{\"error\":\"gatehouse is not configured\",\"code\":\"UNAVAILABLE\"}"),
-            );
+            send_refusal(Denial::NotConfigured, b"");
             return Action::Pause;
         };
         // One host call for the whole map: cheaper than one call per header we need, and
@@ -193,23 +195,24 @@ impl HttpContext for Filter {
                 Action::Continue
             }
             Decision::Deny(denial) => {
-                let reply = denial.reply(HostClock.now(), request_id);
-                log(
-                    LogLevel::Debug,
-                    &format!("gatehouse: refused {} {}", denial.status(), denial.reason()),
-                );
-                let headers: Vec<(&str, &str)> = reply
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (*k, v.as_str()))
-                    .collect();
-                let _ = hostcalls::send_http_response(
-                    reply.status,
-                    headers,
-                    Some(reply.body.as_bytes()),
-                );
+                send_refusal(denial, request_id);
                 Action::Pause
             }
         }
     }
+}
+
+/// The one place that answers a request locally.
+fn send_refusal(denial: Denial, request_id: &[u8]) {
+    let reply = denial.reply(HostClock.now(), request_id);
+    log(
+        LogLevel::Debug,
+        &format!("refused {} {}", reply.status, denial.reason()),
+    );
+    let headers: Vec<(&str, &str)> = reply
+        .headers
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
+    let _ = hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
 }
