@@ -1,0 +1,111 @@
+//! The harness backend: the module in the wasmtime host ([`crate::host`]), no Envoy.
+//! Each case gets a fresh host (fresh shared data, clock at the file's `start`), so cases
+//! do not depend on each other's order.
+
+use super::RequestSpec;
+use super::backend::{Backend, BackendConfig, BackendKind, Observed, UpstreamSeen};
+use crate::host::{Harness, Request};
+use anyhow::{Context, anyhow};
+use std::time::Duration;
+
+/// Seed for the host's randomness: fixed, so runs repeat.
+const SEED: u64 = 0x6761_7465;
+
+pub struct HarnessBackend {
+    config: BackendConfig,
+    harness: Option<Harness>,
+}
+
+impl HarnessBackend {
+    pub fn new(config: BackendConfig) -> HarnessBackend {
+        HarnessBackend {
+            config,
+            harness: None,
+        }
+    }
+
+    fn harness(&mut self) -> anyhow::Result<&mut Harness> {
+        self.harness
+            .as_mut()
+            .ok_or_else(|| anyhow!("the harness was not started (begin_case not called)"))
+    }
+}
+
+fn text_headers(headers: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.to_ascii_lowercase(),
+                String::from_utf8_lossy(v).into_owned(),
+            )
+        })
+        .collect()
+}
+
+impl Backend for HarnessBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Harness
+    }
+
+    fn begin_case(&mut self) -> anyhow::Result<()> {
+        self.harness = None;
+        let c = &self.config;
+        let mut builder = Harness::builder(&c.module)
+            .plugin_config(c.plugin_config_json.as_bytes().to_vec())
+            .seed(SEED);
+        for (k, v) in &c.env {
+            builder = builder.env(k, v);
+        }
+        if let Some(secs) = c.start {
+            builder = builder.time(secs.saturating_mul(1_000_000_000));
+        }
+        let harness = builder
+            .build()
+            .map_err(|e| anyhow!("{e}"))
+            .with_context(|| format!("loading {} in the harness", c.module.display()))?;
+        self.harness = Some(harness);
+        Ok(())
+    }
+
+    fn request(&mut self, req: &RequestSpec) -> anyhow::Result<Observed> {
+        let mut request = Request::new(req.method.as_str(), req.path.as_str());
+        for (name, value) in &req.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        if !req.body.is_empty() {
+            request = request.body(req.body.clone());
+        }
+        let outcome = self.harness()?.request(request)?;
+        Ok(Observed {
+            status: outcome.status,
+            headers: text_headers(&outcome.headers),
+            body: outcome.body.clone(),
+            upstream: outcome.upstream.as_ref().map(|u| UpstreamSeen {
+                headers: text_headers(&u.headers),
+                body: u.body.clone(),
+            }),
+        })
+    }
+
+    fn advance(&mut self, by: Duration) -> anyhow::Result<()> {
+        self.harness()?.advance(by);
+        Ok(())
+    }
+
+    fn diagnostics(&self) -> String {
+        let Some(h) = &self.harness else {
+            return String::new();
+        };
+        let logs = h.logs();
+        let tail: Vec<String> = logs
+            .iter()
+            .skip(logs.len().saturating_sub(15))
+            .map(|r| r.to_string())
+            .collect();
+        if tail.is_empty() {
+            return String::new();
+        }
+        format!("--- module log (last lines) ---\n{}", tail.join("\n"))
+    }
+}

@@ -1,0 +1,9 @@
+//! gatehouse-harness: run the gatehouse proxy-wasm module the way Envoy does, without Envoy.
+//!
+//! - [`host`]: a wasmtime host implementing the proxy-wasm ABI 0.2.1 with Envoy's semantics.
+//! - [`cases`]: YAML case files (requests and what must come back), run against a backend.
+//! - [`envoy`]: the same cases against a real Envoy process (end-to-end suite, `make run`).
+
+pub mod cases;
+pub mod envoy;
+pub mod host;

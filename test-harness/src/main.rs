@@ -1,0 +1,334 @@
+//! `gatehouse-harness`: check policies, run case files, and the pieces of `make run`.
+//!
+//! ```text
+//! gatehouse-harness check FILE...
+//! gatehouse-harness run [--envoy] [--module PATH] CASES...
+//! gatehouse-harness envoy-config --policy FILE [--listen ADDR] [--admin ADDR]
+//!                                [--upstream ADDR] [--module PATH] [--env NAME=VALUE]...
+//! gatehouse-harness echo-upstream --listen ADDR
+//! ```
+//!
+//! Exit status: 0 when everything passed, 1 when a check or a case failed, 2 on usage
+//! errors.
+
+use gatehouse_harness::cases::{self, BackendKind, CaseOutcome, CaseResult, RunOptions};
+use gatehouse_harness::envoy::config::Bootstrap;
+use gatehouse_harness::envoy::{default_wasm, echo};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage:
+  gatehouse-harness check FILE...
+      check policy files (and *.cases.yaml case files); print every error as file:line:column
+  gatehouse-harness run [--envoy] [--module PATH] CASES...
+      run case files in the harness, or with --envoy in a real Envoy
+  gatehouse-harness envoy-config --policy FILE [--listen ADDR] [--admin ADDR] [--upstream ADDR]
+                                 [--module PATH] [--env NAME=VALUE]...
+      print an Envoy bootstrap that loads the module with this policy
+  gatehouse-harness echo-upstream --listen ADDR
+      serve an upstream that answers every request with what it received, as JSON
+
+The module defaults to $GATEHOUSE_WASM, else target/wasm32-wasip1/release/gatehouse.wasm;
+Envoy to $GATEHOUSE_ENVOY, else .venv/bin/envoy.";
+
+/// A usage error: printed with the usage text, exit 2.
+struct Usage(String);
+
+type CmdResult = Result<ExitCode, Usage>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = match command.as_str() {
+        "check" => check(rest),
+        "run" => run(rest),
+        "envoy-config" => envoy_config(rest),
+        "echo-upstream" => echo_upstream(rest),
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(Usage(format!("unknown command '{other}'"))),
+    };
+    match result {
+        Ok(code) => code,
+        Err(Usage(message)) => {
+            eprintln!("gatehouse-harness: {message}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Flags (`--name value` or `--name=value`, or bare `--switch`) and positional arguments.
+struct Args {
+    flags: Vec<(String, Option<String>)>,
+    positional: Vec<String>,
+}
+
+fn parse_args(args: &[String], with_value: &[&str], switches: &[&str]) -> Result<Args, Usage> {
+    let mut out = Args {
+        flags: Vec::new(),
+        positional: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg == "--" {
+            out.positional.extend(it.by_ref().cloned());
+            break;
+        }
+        let Some(flag) = arg.strip_prefix("--") else {
+            out.positional.push(arg.clone());
+            continue;
+        };
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (flag, None),
+        };
+        if switches.contains(&name) {
+            if inline.is_some() {
+                return Err(Usage(format!("--{name} takes no value")));
+            }
+            out.flags.push((name.to_string(), None));
+        } else if with_value.contains(&name) {
+            let value = match inline {
+                Some(v) => v,
+                None => it
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| Usage(format!("--{name} needs a value")))?,
+            };
+            out.flags.push((name.to_string(), Some(value)));
+        } else {
+            return Err(Usage(format!("unknown option --{name}")));
+        }
+    }
+    Ok(out)
+}
+
+impl Args {
+    fn has(&self, name: &str) -> bool {
+        self.flags.iter().any(|(n, _)| n == name)
+    }
+
+    fn value(&self, name: &str) -> Option<&str> {
+        self.flags
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    fn values(&self, name: &str) -> Vec<&str> {
+        self.flags
+            .iter()
+            .filter(|(n, _)| n == name)
+            .filter_map(|(_, v)| v.as_deref())
+            .collect()
+    }
+
+    fn addr(&self, name: &str, default: &str) -> Result<SocketAddr, Usage> {
+        let text = self.value(name).unwrap_or(default);
+        text.parse().map_err(|_| {
+            Usage(format!(
+                "--{name}: '{text}' is not an address like 127.0.0.1:10000"
+            ))
+        })
+    }
+
+    fn module(&self) -> PathBuf {
+        self.value("module")
+            .map_or_else(default_wasm, PathBuf::from)
+    }
+}
+
+fn is_case_file(path: &str) -> bool {
+    path.ends_with(".cases.yaml") || path.ends_with(".cases.yml")
+}
+
+/// Checks one policy file; prints `FILE: ok` or its errors. True when it is fine.
+fn check_policy(path: &str) -> bool {
+    match std::fs::read_to_string(path) {
+        Err(e) => {
+            println!("{path}: {e}");
+            false
+        }
+        Ok(source) => match gatehouse::policy::load_yaml(path, &source) {
+            Ok(_) => {
+                println!("{path}: ok");
+                true
+            }
+            Err(errors) => {
+                println!("{errors}");
+                false
+            }
+        },
+    }
+}
+
+fn check(args: &[String]) -> CmdResult {
+    let args = parse_args(args, &[], &[])?;
+    if args.positional.is_empty() {
+        return Err(Usage("check needs at least one file".into()));
+    }
+    let mut all_ok = true;
+    for path in &args.positional {
+        if is_case_file(path) {
+            match cases::load(Path::new(path)) {
+                Ok(file) => {
+                    println!("{path}: ok ({} cases)", file.cases.len());
+                    all_ok &= check_policy(&file.policy.display().to_string());
+                }
+                Err(e) => {
+                    println!("{e}");
+                    all_ok = false;
+                }
+            }
+        } else {
+            all_ok &= check_policy(path);
+        }
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn run(args: &[String]) -> CmdResult {
+    let args = parse_args(args, &["module"], &["envoy"])?;
+    if args.positional.is_empty() {
+        return Err(Usage("run needs at least one case file".into()));
+    }
+    let kind = if args.has("envoy") {
+        BackendKind::Envoy
+    } else {
+        BackendKind::Harness
+    };
+    let opts = RunOptions {
+        module: args.module(),
+    };
+    let mut results: Vec<CaseResult> = Vec::new();
+    let mut file_failures = 0usize;
+    for path in &args.positional {
+        let file = match cases::load(Path::new(path)) {
+            Ok(f) => f,
+            Err(e) => {
+                println!("FAIL [{kind}] {path}: the case file does not load:\n{e}");
+                file_failures += 1;
+                continue;
+            }
+        };
+        match cases::run_file(&file, kind, &opts) {
+            Ok(file_results) => {
+                for r in file_results {
+                    println!("{}", r.line());
+                    if let CaseOutcome::Failed(why) = &r.outcome {
+                        for line in why.lines() {
+                            println!("    {line}");
+                        }
+                    }
+                    results.push(r);
+                }
+            }
+            Err(e) => {
+                println!("FAIL [{kind}] {path}: {e:#}");
+                file_failures += 1;
+            }
+        }
+    }
+    let passed = results
+        .iter()
+        .filter(|r| r.outcome == CaseOutcome::Passed)
+        .count();
+    let failed = results
+        .iter()
+        .filter(|r| matches!(r.outcome, CaseOutcome::Failed(_)))
+        .count()
+        + file_failures;
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn envoy_config(args: &[String]) -> CmdResult {
+    let args = parse_args(
+        args,
+        &["policy", "listen", "admin", "upstream", "module", "env"],
+        &[],
+    )?;
+    if let Some(extra) = args.positional.first() {
+        return Err(Usage(format!("unexpected argument '{extra}'")));
+    }
+    let policy = args
+        .value("policy")
+        .ok_or_else(|| Usage("envoy-config needs --policy FILE".into()))?;
+    let mut env = Vec::new();
+    for pair in args.values("env") {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| Usage(format!("--env '{pair}': expected NAME=VALUE")))?;
+        env.push((k.to_string(), v.to_string()));
+    }
+    let listen = args.addr("listen", "127.0.0.1:10000")?;
+    let admin = args.addr("admin", "127.0.0.1:9901")?;
+    let upstream = args.addr("upstream", "127.0.0.1:10001")?;
+    let module = args.module();
+    let wasm = match std::fs::canonicalize(&module) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!(
+                "gatehouse-harness: the module {} is not readable ({e}); build it with `make wasm`",
+                module.display()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let source = match std::fs::read_to_string(policy) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{policy}: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let loaded = match gatehouse::policy::load_yaml(policy, &source) {
+        Ok(l) => l,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let bootstrap = Bootstrap {
+        listen,
+        admin,
+        upstream,
+        wasm,
+        plugin_config_json: loaded.plugin_config_json,
+        env,
+    };
+    print!("{}", bootstrap.render());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn echo_upstream(args: &[String]) -> CmdResult {
+    let args = parse_args(args, &["listen"], &[])?;
+    let addr = args.addr("listen", "127.0.0.1:10001")?;
+    let listener = match TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("gatehouse-harness: cannot listen on {addr}: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let bound = listener.local_addr().unwrap_or(addr);
+    eprintln!("echo upstream listening on {bound}");
+    echo::serve_forever(&listener);
+    Ok(ExitCode::SUCCESS)
+}
