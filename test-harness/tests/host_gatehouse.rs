@@ -21,21 +21,93 @@ fn gatehouse_wasm() -> PathBuf {
     path
 }
 
+fn example_policy_json() -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies/example.yaml");
+    let src = std::fs::read_to_string(&path).unwrap();
+    gatehouse::policy::load_yaml("example.yaml", &src)
+        .unwrap()
+        .plugin_config_json
+}
+
+fn example() -> Harness {
+    Harness::builder(gatehouse_wasm())
+        .plugin_config(example_policy_json())
+        // 2026-01-01T00:00:00Z
+        .time(1_767_225_600_000_000_000)
+        .build()
+        .unwrap_or_else(|e| panic!("the host could not start gatehouse: {e}"))
+}
+
+const DEMO: &str = "ghk_demo_5f0c1b8e2d7a4c9e8b3f6a1d0e7c2b9a";
+
 #[test]
 fn gatehouse_module_loads_and_answers_a_request_without_trapping() {
-    let built = Harness::builder(gatehouse_wasm())
-        .plugin_config("{}")
-        .build();
-    let mut h = match built {
-        Ok(h) => h,
-        // An empty policy may be refused; that is the plugin's call, not a host failure.
-        Err(BuildError::ConfigureRejected { .. }) => return,
-        Err(e) => panic!("the host could not start gatehouse: {e}"),
-    };
+    let mut h = example();
     let out = h
-        .request(Request::get("/"))
+        .request(Request::get("/v1/things"))
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(out.status >= 200, "status {}", out.status);
+    assert_eq!(out.status, 401);
+    assert!(out.local_response);
+    assert!(out.upstream.is_none());
+}
+
+#[test]
+fn invalid_utf8_in_the_key_and_identity_headers_is_refused_not_trapped() {
+    let mut h = example();
+    let out = h
+        .request(Request::get("/v1/things").header("x-api-key", b"\xff\xfe".as_slice()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status, 401);
+    assert_eq!(out.json()["code"], "UNAUTHORIZED");
+    // A spoofed identity header that is not UTF-8 is stripped like any other.
+    let out = h
+        .request(
+            Request::get("/v1/things")
+                .header("x-api-key", DEMO)
+                .header("x-gatehouse-user", b"\xc3\x28".as_slice())
+                .header("x-gatehouse-role", "admin"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status, 200);
+    let up = out.upstream.expect("reached the upstream");
+    assert_eq!(up.header("x-gatehouse-user"), Some("user_demo"));
+    assert_eq!(up.header("x-gatehouse-role"), None);
+}
+
+#[test]
+fn a_key_sent_twice_is_refused() {
+    let mut h = example();
+    let out = h
+        .request(
+            Request::get("/v1/things")
+                .header("x-api-key", DEMO)
+                .header("x-api-key", DEMO),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status, 401);
+    assert!(out.upstream.is_none());
+}
+
+#[test]
+fn static_keys_are_in_shared_data_only_as_hashes() {
+    let h = example();
+    let hash = gatehouse::api_key::KeyHash::of_key(DEMO.as_bytes());
+    let (record, _cas) = h
+        .shared_data(&hash.cache_key())
+        .expect("the demo key is cached");
+    let record = String::from_utf8(record).unwrap();
+    assert!(record.contains("|key_demo|user_demo|"), "{record}");
+    assert!(!record.contains(DEMO));
+}
+
+#[test]
+fn a_path_not_in_normal_form_is_a_400_before_routing() {
+    let mut h = example();
+    let out = h
+        .request(Request::get("/docs/..%2fv1/things"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status, 400);
+    assert_eq!(out.json()["code"], "BAD_REQUEST");
 }
 
 #[test]
