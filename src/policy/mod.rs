@@ -173,7 +173,8 @@ pub fn load_yaml(file_name: &str, source: &str) -> Result<LoadedPolicy, PolicyEr
     })
 }
 
-#[cfg(all(test, feature = "yaml"))]
+#[cfg(test)]
+#[cfg(feature = "yaml")]
 mod tests {
     use super::*;
 
