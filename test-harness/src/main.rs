@@ -241,15 +241,9 @@ fn run(args: &[String]) -> CmdResult {
             }
         }
     }
-    let passed = results
-        .iter()
-        .filter(|r| r.outcome == CaseOutcome::Passed)
-        .count();
-    let failed = results
-        .iter()
-        .filter(|r| matches!(r.outcome, CaseOutcome::Failed(_)))
-        .count()
-        + file_failures;
+    let (passed, failed) = cases::run::counts(&results);
+    // A file that could not be read or started counts as one failure.
+    let failed = failed + file_failures;
     println!("{passed} passed, {failed} failed");
     Ok(if failed == 0 {
         ExitCode::SUCCESS

@@ -12,7 +12,9 @@
     clippy::panic
 )]
 
-use gatehouse_harness::cases::{self, BackendKind, CaseOutcome, RunOptions};
+mod common;
+
+use gatehouse_harness::cases::BackendKind;
 use gatehouse_harness::envoy::http1::{ClientRequest, ClientResponse};
 use gatehouse_harness::envoy::{Envoy, EnvoyOptions, workspace_root};
 use std::sync::{Arc, Mutex, Weak};
@@ -139,29 +141,7 @@ fn an_unmatched_route_is_404_not_found() {
 
 #[test]
 fn every_case_file_passes_in_envoy() {
-    let mut files: Vec<_> = std::fs::read_dir(workspace_root().join("policies"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".cases.yaml"))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no policies/*.cases.yaml found");
-    let mut failures = Vec::new();
-    let mut passed = 0;
-    for path in files {
-        let file = cases::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        let results = cases::run_file(&file, BackendKind::Envoy, &RunOptions::default())
-            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
-        for r in results {
-            match &r.outcome {
-                CaseOutcome::Passed => passed += 1,
-                CaseOutcome::Failed(why) => failures.push(format!("{}\n{why}", r.line())),
-                CaseOutcome::Skipped => {}
-            }
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(passed > 0, "no case ran in Envoy");
+    common::assert_every_case_file_passes(BackendKind::Envoy);
 }
 
 #[test]

@@ -51,8 +51,8 @@ impl CaseResult {
     }
 }
 
-/// `12 passed, 0 failed`.
-pub fn summary(results: &[CaseResult]) -> String {
+/// How many cases passed and how many failed (skipped ones count in neither).
+pub fn counts(results: &[CaseResult]) -> (usize, usize) {
     let passed = results
         .iter()
         .filter(|r| r.outcome == Outcome::Passed)
@@ -61,6 +61,12 @@ pub fn summary(results: &[CaseResult]) -> String {
         .iter()
         .filter(|r| matches!(r.outcome, Outcome::Failed(_)))
         .count();
+    (passed, failed)
+}
+
+/// `12 passed, 0 failed`.
+pub fn summary(results: &[CaseResult]) -> String {
+    let (passed, failed) = counts(results);
     format!("{passed} passed, {failed} failed")
 }
 
