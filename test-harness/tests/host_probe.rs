@@ -411,7 +411,7 @@ fn host_clock_and_wasi_clock_share_the_virtual_time() {
         Some(t0.to_string().as_str())
     );
 
-    h.advance(Duration::from_secs(2));
+    h.advance(Duration::from_secs(2)).unwrap();
     assert_eq!(h.now_nanos(), t0 + 2_000_000_000);
     let out = h
         .request(Request::get("/").header("x-probe-time", "1"))

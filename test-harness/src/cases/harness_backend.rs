@@ -89,7 +89,7 @@ impl Backend for HarnessBackend {
     }
 
     fn advance(&mut self, by: Duration) -> anyhow::Result<()> {
-        self.harness()?.advance(by);
+        self.harness()?.advance(by)?;
         Ok(())
     }
 

@@ -11,6 +11,7 @@ use super::headers::{self, HeaderMap};
 use super::log::LogLevel;
 use super::memory::{self, Ctx};
 use super::state::{HostState, LocalResponse, MetricError, MetricKind, Phase};
+use super::world::{Event, EventKind};
 use wasmtime::{Linker, Result};
 
 /// proxy-wasm `WasmResult` codes (proxy-wasm-0.2.5 `types::Status`).
@@ -19,6 +20,7 @@ pub(crate) mod status {
     pub const NOT_FOUND: u32 = 1;
     pub const BAD_ARGUMENT: u32 = 2;
     pub const SERIALIZATION_FAILURE: u32 = 3;
+    pub const EMPTY: u32 = 7;
     pub const CAS_MISMATCH: u32 = 8;
 }
 use status::*;
@@ -52,7 +54,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         ENV,
         "proxy_get_log_level",
         |mut c: Ctx<'_>, ret: u32| -> Result<u32> {
-            let level = c.data().log_level.to_abi();
+            let level = c.data().world.lock().log_level.to_abi();
             memory::write_u32(&mut c, ret, level)?;
             Ok(OK)
         },
@@ -62,7 +64,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         ENV,
         "proxy_get_current_time_nanoseconds",
         |mut c: Ctx<'_>, ret: u32| -> Result<u32> {
-            let now = c.data().clock.realtime_nanos;
+            let now = c.data().world.lock().clock.realtime_nanos;
             memory::write_u64(&mut c, ret, now)?;
             Ok(OK)
         },
@@ -72,7 +74,23 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         ENV,
         "proxy_set_tick_period_milliseconds",
         |mut c: Ctx<'_>, period: u32| -> Result<u32> {
-            c.data_mut().tick_period_ms = period;
+            // Envoy re-arms the root context's timer: the first tick comes one period from
+            // now; 0 stops ticking.
+            let state = c.data_mut();
+            state.tick_period_ms = period;
+            let vm = state.vm;
+            let mut world = state.world.lock();
+            world.cancel_ticks(vm);
+            if period > 0 {
+                let due = world.clock.monotonic_nanos + u64::from(period) * 1_000_000;
+                world.post(
+                    due,
+                    Event {
+                        vm,
+                        kind: EventKind::Tick,
+                    },
+                );
+            }
             Ok(OK)
         },
     )?;
@@ -277,8 +295,14 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
          ret_cas: u32|
          -> Result<u32> {
             let key = memory::read(&mut c, kptr, klen)?;
-            let Some((value, cas)) = c.data().shared.get(&key).map(|(v, cas)| (v.to_vec(), cas))
-            else {
+            let found = c
+                .data()
+                .world
+                .lock()
+                .shared
+                .get(&key)
+                .map(|(v, cas)| (v.to_vec(), cas));
+            let Some((value, cas)) = found else {
                 return Ok(NOT_FOUND);
             };
             memory::copy_out(&mut c, &value, ret_ptr, ret_size)?;
@@ -293,7 +317,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         |mut c: Ctx<'_>, kptr: u32, klen: u32, vptr: u32, vlen: u32, cas: u32| -> Result<u32> {
             let key = memory::read(&mut c, kptr, klen)?;
             let value = memory::read(&mut c, vptr, vlen)?;
-            match c.data_mut().shared.set(&key, &value, cas) {
+            let result = c.data().world.lock().shared.set(&key, &value, cas);
+            match result {
                 Ok(()) => Ok(OK),
                 Err(_) => Ok(CAS_MISMATCH),
             }
@@ -366,7 +391,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
                 _ => return Ok(BAD_ARGUMENT),
             };
             let name = memory::read_string(&mut c, nptr, nlen)?;
-            let id = c.data_mut().metrics.define(kind, name);
+            let id = c.data().world.lock().metrics.define(kind, name);
             memory::write_u32(&mut c, ret_id, id)?;
             Ok(OK)
         },
@@ -375,16 +400,20 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
     linker.func_wrap(
         ENV,
         "proxy_increment_metric",
-        |mut c: Ctx<'_>, id: u32, offset: i64| -> Result<u32> {
-            Ok(metric_status(c.data_mut().metrics.increment(id, offset)))
+        |c: Ctx<'_>, id: u32, offset: i64| -> Result<u32> {
+            Ok(metric_status(
+                c.data().world.lock().metrics.increment(id, offset),
+            ))
         },
     )?;
 
     linker.func_wrap(
         ENV,
         "proxy_record_metric",
-        |mut c: Ctx<'_>, id: u32, value: u64| -> Result<u32> {
-            Ok(metric_status(c.data_mut().metrics.record(id, value)))
+        |c: Ctx<'_>, id: u32, value: u64| -> Result<u32> {
+            Ok(metric_status(
+                c.data().world.lock().metrics.record(id, value),
+            ))
         },
     )?;
 
@@ -392,7 +421,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         ENV,
         "proxy_get_metric",
         |mut c: Ctx<'_>, id: u32, ret: u32| -> Result<u32> {
-            match c.data().metrics.get(id) {
+            let value = c.data().world.lock().metrics.get(id);
+            match value {
                 Ok(v) => {
                     memory::write_u64(&mut c, ret, v)?;
                     Ok(OK)
@@ -415,6 +445,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         },
     )?;
 
+    super::calls::add_to_linker(linker)?;
     Ok(())
 }
 
@@ -451,9 +482,43 @@ fn property(state: &HostState, path: &str) -> Option<Vec<u8>> {
             Some(port.to_le_bytes().to_vec())
         }
         "request.path" => Some(stream.path.clone()),
+        "request.url_path" => {
+            let end = stream
+                .path
+                .iter()
+                .position(|b| *b == b'?')
+                .unwrap_or(stream.path.len());
+            Some(stream.path.get(..end).unwrap_or_default().to_vec())
+        }
+        "request.query" => {
+            let start = stream.path.iter().position(|b| *b == b'?')?;
+            Some(stream.path.get(start + 1..).unwrap_or_default().to_vec())
+        }
+        "request.host" => stream
+            .request_headers
+            .get(b":authority")
+            .map(<[u8]>::to_vec),
+        "request.scheme" => Some(b"http".to_vec()),
+        "request.protocol" => Some(b"HTTP/1.1".to_vec()),
+        "request.useragent" => stream
+            .request_headers
+            .get(b"user-agent")
+            .map(<[u8]>::to_vec),
+        "request.referer" => stream.request_headers.get(b"referer").map(<[u8]>::to_vec),
+        "destination.address" => Some(b"127.0.0.1:10000".to_vec()),
+        "destination.port" => Some(10000i64.to_le_bytes().to_vec()),
+        "connection.mtls" => Some(vec![0]),
+        "response.code" => {
+            let code: i64 = stream
+                .response_headers
+                .as_ref()?
+                .get(b":status")
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .and_then(|s| s.parse().ok())?;
+            Some(code.to_le_bytes().to_vec())
+        }
         "request.method" => Some(stream.method.clone()),
         "request.id" => Some(stream.request_id.clone()),
-        "request.scheme" => Some(b"http".to_vec()),
         _ => None,
     }
 }

@@ -49,12 +49,14 @@ impl fmt::Display for LogLevel {
 /// One log line. Messages that are not UTF-8 are kept lossily: logs are for people.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogRecord {
+    /// The VM that wrote it.
+    pub vm: super::VmId,
     pub level: LogLevel,
     pub message: String,
 }
 
 impl fmt::Display for LogRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}] {}", self.level, self.message)
+        write!(f, "[{}] [{}] {}", self.vm, self.level, self.message)
     }
 }

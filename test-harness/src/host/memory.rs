@@ -5,14 +5,17 @@
 //! call, never a host panic. Only wasmtime's safe `Memory::read`/`write` are used.
 
 use super::state::HostState;
-use wasmtime::{Caller, Extern, Memory, Result, bail, format_err};
+use wasmtime::{Caller, Memory, Result, TypedFunc, bail, format_err};
 
 pub(crate) type Ctx<'a> = Caller<'a, HostState>;
 
+// Exports are looked up once at instantiation and kept in the VM's state: host calls
+// reach us through the fault/scheduling wrapper (`linking`), a host-to-host call whose
+// `Caller` has no instance to look exports up in.
 fn memory(caller: &mut Ctx<'_>) -> Result<Memory> {
-    match caller.get_export("memory") {
-        Some(Extern::Memory(m)) => Ok(m),
-        _ => bail!("the module does not export its memory as \"memory\""),
+    match caller.data().exports.memory {
+        Some(m) => Ok(m),
+        None => bail!("the module does not export its memory as \"memory\""),
     }
 }
 
@@ -63,9 +66,8 @@ pub(crate) fn copy_out(
         .map_err(|_| format_err!("{} bytes do not fit in wasm32 memory", bytes.len()))?;
     let mut ptr = 0;
     if len > 0 {
-        let alloc = match caller.get_export("proxy_on_memory_allocate") {
-            Some(Extern::Func(f)) => f.typed::<u32, u32>(&*caller)?,
-            _ => bail!("the module does not export proxy_on_memory_allocate"),
+        let Some(alloc) = caller.data().exports.alloc.clone() else {
+            bail!("the module does not export proxy_on_memory_allocate")
         };
         ptr = alloc.call(&mut *caller, len)?;
         if ptr == 0 {
@@ -75,4 +77,11 @@ pub(crate) fn copy_out(
     }
     write_u32(caller, ptr_ptr, ptr)?;
     write_u32(caller, size_ptr, len)
+}
+
+/// The module's exports host calls need.
+#[derive(Clone, Default)]
+pub(crate) struct Exports {
+    pub memory: Option<Memory>,
+    pub alloc: Option<TypedFunc<u32, u32>>,
 }

@@ -26,25 +26,36 @@
 //! [`shared_data`] the two data structures with exact Envoy behaviour.
 
 mod abi;
+mod calls;
 mod headers;
+mod limits;
 mod linking;
 mod log;
 mod memory;
 mod module_cache;
 mod request;
+mod sched;
 mod shared_data;
 mod state;
 mod stream;
+mod upstream;
+mod vm;
 mod wasi;
+mod world;
 
+pub use limits::{DEFAULT_FUEL_PER_CALLBACK, DEFAULT_MEMORY_LIMIT};
 pub use log::{LogLevel, LogRecord};
 pub use request::{Outcome, Request, UpstreamRequest};
+pub use upstream::{CallResult, HttpCall, Reply, Route, Upstream};
+pub use world::VmId;
 
-use state::{Clock, HostState, Metrics, Phase, PluginInfo, Rng};
+use state::Clock;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use wasmtime::{Instance, Store, WasmParams, WasmResults};
+use vm::{Trapped, Vm};
+use world::{Fault, World};
 
 /// Envoy numbers the root context 1; stream contexts follow.
 pub(crate) const ROOT_CONTEXT_ID: u32 = 1;
@@ -52,16 +63,32 @@ pub(crate) const ROOT_CONTEXT_ID: u32 = 1;
 /// Seed used when a test does not choose one: runs repeat by default.
 const DEFAULT_SEED: u64 = 0x5eed;
 
-/// One Envoy worker's VM running the module, with its own shared data, clock and logs.
-pub struct Harness {
-    store: Store<HostState>,
-    instance: Instance,
-    next_context_id: u32,
-    /// Set by the first trap: Envoy does not call into a failed VM again.
-    failed: Option<String>,
+/// What Envoy does with a request when the module traps (`failure_policy` of the Wasm
+/// filter). Without one ([`HarnessBuilder::failure_policy`] not called), a trap is an error
+/// for the test, carrying the module's panic message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// 503 for the request that trapped and every later one on that VM.
+    FailClosed,
+    /// The filter is skipped: the request goes on to the upstream as the client sent it.
+    FailOpen,
+    /// 503 for the request that trapped; the next request on that VM gets a fresh VM.
+    FailReload,
 }
 
-/// Configures a [`Harness`]; [`HarnessBuilder::build`] starts the VM.
+/// The module running as Envoy runs it: one VM per worker, all sharing shared data,
+/// queues, stats, the log and a virtual clock, and optionally the singleton service VM.
+pub struct Harness {
+    world: Arc<World>,
+    workers: Vec<Vm>,
+    singleton: Option<Vm>,
+    config: HarnessBuilder,
+    /// Worker for [`Harness::request`]: requests rotate over the workers, as Envoy spreads
+    /// connections.
+    next_worker: usize,
+}
+
+/// Configures a [`Harness`]; [`HarnessBuilder::build`] starts the VMs.
 #[derive(Clone, Debug)]
 pub struct HarnessBuilder {
     module_path: PathBuf,
@@ -71,6 +98,12 @@ pub struct HarnessBuilder {
     time: Option<u64>,
     seed: u64,
     log_level: LogLevel,
+    workers: usize,
+    singleton: Option<Vec<u8>>,
+    upstreams: Vec<Upstream>,
+    failure_policy: Option<FailurePolicy>,
+    memory_limit: usize,
+    fuel_per_callback: u64,
 }
 
 /// Why a harness did not start.
@@ -180,47 +213,76 @@ impl HarnessBuilder {
         self
     }
 
-    /// Loads the module and starts it as Envoy does: `_initialize` (or `_start`), root
-    /// context creation, `on_vm_start`, `on_configure`.
+    /// Number of worker VMs (Envoy's `--concurrency`). Defaults to 1; at least 1.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n.max(1);
+        self
+    }
+
+    /// Also run the singleton service VM (Envoy's wasm `bootstrap_extensions` service on
+    /// the main thread), with its own plugin configuration. Its root id is `singleton`.
+    pub fn singleton(mut self, plugin_config: impl Into<Vec<u8>>) -> Self {
+        self.singleton = Some(plugin_config.into());
+        self
+    }
+
+    /// A cluster HTTP calls may name, with its scripted answers.
+    pub fn upstream(mut self, upstream: Upstream) -> Self {
+        self.upstreams.retain(|u| u.cluster != upstream.cluster);
+        self.upstreams.push(upstream);
+        self
+    }
+
+    /// What a trap does to requests (see [`FailurePolicy`]). Without it, a trap is an
+    /// error for the test.
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.failure_policy = Some(policy);
+        self
+    }
+
+    /// Cap on each VM's linear memory, in bytes ([`DEFAULT_MEMORY_LIMIT`] by default).
+    pub fn memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = bytes;
+        self
+    }
+
+    /// Bound on the work of one callback, in wasmtime fuel units
+    /// ([`DEFAULT_FUEL_PER_CALLBACK`] by default). A callback that exceeds it traps.
+    pub fn fuel_per_callback(mut self, fuel: u64) -> Self {
+        self.fuel_per_callback = fuel.max(1);
+        self
+    }
+
+    /// Loads the module and starts every VM as Envoy does: `_initialize` (or `_start`),
+    /// root context creation, `on_vm_start`, `on_configure`; the singleton first, then
+    /// the workers in order.
     pub fn build(self) -> Result<Harness, BuildError> {
-        let (engine, module) = module_cache::load(&self.module_path).map_err(BuildError::Load)?;
-        let state = HostState {
-            log_level: self.log_level,
-            logs: Vec::new(),
-            recent_errors: Vec::new(),
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            clock: Clock {
-                realtime_nanos: self.time.unwrap_or_else(real_time_nanos),
-                monotonic_nanos: 1_000_000_000,
-            },
-            rng: Rng::new(self.seed),
-            env: self.env,
-            shared: Default::default(),
-            metrics: Metrics::default(),
-            tick_period_ms: 0,
-            vm_config: self.vm_config,
-            plugin_config: self.plugin_config,
-            plugin: PluginInfo {
-                name: "gatehouse".to_string(),
-                root_id: String::new(),
-                vm_id: "gatehouse".to_string(),
-            },
-            phase: Phase::Idle,
-            stream: None,
+        let clock = Clock {
+            realtime_nanos: self.time.unwrap_or_else(real_time_nanos),
+            monotonic_nanos: 1_000_000_000,
         };
-        let mut store = Store::new(&engine, state);
-        let load = |e: wasmtime::Error| BuildError::Load(anyhow::anyhow!("{e:?}"));
-        let linker = linking::linker_for(&engine, &module, &mut store).map_err(load)?;
-        let instance = linker.instantiate(&mut store, &module).map_err(load)?;
-        let mut harness = Harness {
-            store,
-            instance,
-            next_context_id: ROOT_CONTEXT_ID + 1,
-            failed: None,
+        let world = Arc::new(World::new(self.log_level, clock, self.seed));
+        world.lock().upstreams = self.upstreams.clone();
+        let singleton = match &self.singleton {
+            Some(config) => Some(Vm::build(&self, &world, VmId::Singleton, config)?),
+            None => None,
         };
-        harness.start()?;
-        Ok(harness)
+        let mut workers = Vec::with_capacity(self.workers);
+        for n in 0..self.workers {
+            workers.push(Vm::build(
+                &self,
+                &world,
+                VmId::Worker(n),
+                &self.plugin_config,
+            )?);
+        }
+        Ok(Harness {
+            world,
+            workers,
+            singleton,
+            config: self,
+            next_worker: 0,
+        })
     }
 }
 
@@ -234,97 +296,235 @@ impl Harness {
             time: None,
             seed: DEFAULT_SEED,
             log_level: LogLevel::Info,
+            workers: 1,
+            singleton: None,
+            upstreams: Vec::new(),
+            failure_policy: None,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+            fuel_per_callback: DEFAULT_FUEL_PER_CALLBACK,
         }
     }
 
-    fn start(&mut self) -> Result<(), BuildError> {
-        let trap = |h: &Harness, message: String| BuildError::Trap {
-            message,
-            logs: h.logs(),
+    /// Runs `check` on a fresh harness from `builder` for each seed, stopping at the first
+    /// failure: `Err((seed, message))` names the seed that replays it. `check` typically
+    /// calls [`Harness::concurrently`] with the seed it is given.
+    pub fn explore<F>(
+        builder: &HarnessBuilder,
+        seeds: impl IntoIterator<Item = u64>,
+        mut check: F,
+    ) -> Result<usize, (u64, String)>
+    where
+        F: FnMut(&mut Harness, u64) -> Result<(), String>,
+    {
+        let mut explored = 0;
+        for seed in seeds {
+            let mut h = builder
+                .clone()
+                .seed(seed)
+                .build()
+                .map_err(|e| (seed, e.to_string()))?;
+            check(&mut h, seed).map_err(|m| (seed, m))?;
+            explored += 1;
+        }
+        Ok(explored)
+    }
+
+    /// Number of worker VMs.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Sends one request to the next worker in turn (worker 0 first), then delivers the
+    /// events that became due (queue notifications, ...). See [`Harness::request_on`].
+    pub fn request(&mut self, req: Request) -> anyhow::Result<Outcome> {
+        let worker = self.next_worker % self.workers.len().max(1);
+        self.next_worker = self.next_worker.wrapping_add(1);
+        self.request_on(worker, req)
+    }
+
+    /// Sends one request through the filter on one worker and returns what the client got.
+    ///
+    /// An `Err` means the stream could not complete as Envoy would run it: the module
+    /// trapped and no failure policy is set (the message includes its panic message), or
+    /// it paused the stream and nothing can resume it.
+    pub fn request_on(&mut self, worker: usize, req: Request) -> anyhow::Result<Outcome> {
+        let policy = self.config.failure_policy;
+        let config = self.config.clone();
+        let Some(vm) = self.workers.get_mut(worker) else {
+            anyhow::bail!(
+                "there is no worker {worker} (the harness has {})",
+                self.workers.len()
+            );
         };
-        let init = if self.has_export("_initialize") {
-            "_initialize"
-        } else {
-            "_start"
-        };
-        self.call::<(), ()>(init, ()).map_err(|m| trap(self, m))?;
-        self.call::<(u32, u32), ()>("proxy_on_context_create", (ROOT_CONTEXT_ID, 0))
-            .map_err(|m| trap(self, m))?;
-
-        self.store.data_mut().phase = Phase::VmStart;
-        let size = len_u32(self.store.data().vm_config.len());
-        let started = self
-            .call::<(u32, u32), u32>("proxy_on_vm_start", (ROOT_CONTEXT_ID, size))
-            .map_err(|m| trap(self, m))?;
-        if started == Some(0) {
-            return Err(BuildError::VmStartRejected { logs: self.logs() });
-        }
-
-        self.store.data_mut().phase = Phase::Configure;
-        let size = len_u32(self.store.data().plugin_config.len());
-        let configured = self
-            .call::<(u32, u32), u32>("proxy_on_configure", (ROOT_CONTEXT_ID, size))
-            .map_err(|m| trap(self, m))?;
-        self.store.data_mut().phase = Phase::Idle;
-        if configured == Some(0) {
-            return Err(BuildError::ConfigureRejected { logs: self.logs() });
-        }
-        Ok(())
+        let outcome = serve(vm, &config, policy, req)?;
+        self.run_due()?;
+        Ok(outcome)
     }
 
-    fn has_export(&mut self, name: &str) -> bool {
-        self.instance.get_func(&mut self.store, name).is_some()
-    }
-
-    /// Calls an export; `Ok(None)` when the module does not export it (Envoy skips absent
-    /// callbacks). A trap marks the VM failed and returns the wasmtime error together with
-    /// what the module said at error level during the call (a Rust panic message arrives
-    /// through the SDK's panic hook as a critical log, or on stderr).
-    fn call<P: WasmParams, R: WasmResults>(
+    /// Runs the requests at the same time, each on its worker, interleaving the workers at
+    /// every host call in an order drawn from `seed`: the same seed gives the same
+    /// interleaving. Requests for the same worker run one after the other, in order.
+    /// Results come back in the order of `requests`. Events that became due are delivered
+    /// afterwards.
+    pub fn concurrently(
         &mut self,
-        name: &str,
-        params: P,
-    ) -> Result<Option<R>, String> {
-        if let Some(first) = &self.failed {
-            return Err(format!(
-                "the VM failed earlier and Envoy does not call it again; first failure: {first}"
-            ));
-        }
-        let func = match self.instance.get_func(&mut self.store, name) {
-            Some(f) => f,
-            None => return Ok(None),
-        };
-        let typed = func
-            .typed::<P, R>(&self.store)
-            .map_err(|e| format!("export {name} has an unexpected signature: {e}"))?;
-        self.store.data_mut().recent_errors.clear();
-        let result = typed.call(&mut self.store, params);
-        self.store.data_mut().flush_stdio();
-        match result {
-            Ok(r) => Ok(Some(r)),
-            Err(e) => {
-                let said = std::mem::take(&mut self.store.data_mut().recent_errors);
-                let mut message = format!("{name} trapped: {e:?}");
-                if !said.is_empty() {
-                    message.push_str("\nthe module said:\n  ");
-                    message.push_str(&said.join("\n  "));
+        seed: u64,
+        requests: Vec<(usize, Request)>,
+    ) -> Vec<anyhow::Result<Outcome>> {
+        let count = requests.len();
+        let mut by_worker: Vec<Vec<(usize, Request)>> =
+            (0..self.workers.len()).map(|_| Vec::new()).collect();
+        let mut results: Vec<Option<anyhow::Result<Outcome>>> = (0..count).map(|_| None).collect();
+        for (index, (worker, req)) in requests.into_iter().enumerate() {
+            match by_worker.get_mut(worker) {
+                Some(jobs) => jobs.push((index, req)),
+                None => {
+                    if let Some(slot) = results.get_mut(index) {
+                        *slot = Some(Err(anyhow::anyhow!(
+                            "there is no worker {worker} (the harness has {})",
+                            self.workers.len()
+                        )));
+                    }
                 }
-                self.failed = Some(message.clone());
-                Err(message)
             }
         }
+        let participants: Vec<usize> = by_worker
+            .iter()
+            .enumerate()
+            .filter(|(_, jobs)| !jobs.is_empty())
+            .map(|(n, _)| n)
+            .collect();
+        self.world.sched.begin(&participants, seed);
+        let policy = self.config.failure_policy;
+        let config = &self.config;
+        let world = &self.world;
+        let done: Vec<(usize, anyhow::Result<Outcome>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .workers
+                .iter_mut()
+                .zip(by_worker)
+                .enumerate()
+                .filter(|(_, (_, jobs))| !jobs.is_empty())
+                .map(|(n, (vm, jobs))| {
+                    let builder = std::thread::Builder::new()
+                        .name(format!("harness-worker-{n}"))
+                        .stack_size(8 << 20);
+                    builder.spawn_scoped(scope, move || {
+                        // Hands the turn on even if this worker's request panics the host.
+                        struct Finish<'a>(&'a World, usize);
+                        impl Drop for Finish<'_> {
+                            fn drop(&mut self) {
+                                self.0.sched.finish(self.1);
+                            }
+                        }
+                        let _finish = Finish(world, n);
+                        world.sched.wait_turn(n);
+                        jobs.into_iter()
+                            .map(|(index, req)| (index, serve(vm, config, policy, req)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| match h {
+                    Ok(handle) => handle.join().unwrap_or_else(|_| {
+                        vec![(usize::MAX, Err(anyhow::anyhow!("a worker thread panicked")))]
+                    }),
+                    Err(e) => vec![(usize::MAX, Err(anyhow::anyhow!("spawning a worker: {e}")))],
+                })
+                .collect()
+        });
+        for (index, result) in done {
+            match results.get_mut(index) {
+                Some(slot) => *slot = Some(result),
+                None => {
+                    if let Some(empty) = results.iter_mut().find(|r| r.is_none()) {
+                        *empty = Some(result);
+                    }
+                }
+            }
+        }
+        let pumped = self.run_due();
+        let mut out: Vec<anyhow::Result<Outcome>> = results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("the request did not run"))))
+            .collect();
+        if let (Err(e), Some(last)) = (pumped, out.last_mut())
+            && last.is_ok()
+        {
+            *last = Err(e);
+        }
+        out
     }
 
-    /// All log lines so far, in order (`proxy_log` at or above the log level, and
-    /// stdout/stderr lines).
+    /// Turn changes between workers in the last [`Harness::concurrently`] round: 0 means
+    /// the requests did not interleave.
+    pub fn interleavings(&self) -> u64 {
+        self.world.sched.switches()
+    }
+
+    /// Delivers every event due by now, to whichever VM it is for, in time order.
+    fn run_due(&mut self) -> anyhow::Result<()> {
+        loop {
+            let now = self.world.lock().clock.monotonic_nanos;
+            let next = self.world.lock().take_due(now, None);
+            let Some((_, event)) = next else {
+                return Ok(());
+            };
+            self.deliver(event)?;
+        }
+    }
+
+    fn vm_mut(&mut self, id: VmId) -> Option<&mut Vm> {
+        match id {
+            VmId::Worker(n) => self.workers.get_mut(n),
+            VmId::Singleton => self.singleton.as_mut(),
+        }
+    }
+
+    fn deliver(&mut self, event: world::Event) -> anyhow::Result<()> {
+        let policy = self.config.failure_policy;
+        let Some(vm) = self.vm_mut(event.vm) else {
+            return Ok(());
+        };
+        match vm.deliver(event.kind) {
+            // Under a failure policy a trap in an event callback fails the VM, and requests
+            // then follow the policy; without one the test sees the trap.
+            Err(e) if policy.is_some() && e.downcast_ref::<Trapped>().is_some() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// All log lines so far, from every VM, in order (`proxy_log` at or above the log
+    /// level, and stdout/stderr lines).
     pub fn logs(&self) -> Vec<LogRecord> {
-        self.store.data().logs.clone()
+        self.world.lock().logs.clone()
+    }
+
+    /// Every trap so far: the VM and the message (with the module's panic message).
+    pub fn traps(&self) -> Vec<(VmId, String)> {
+        self.world.lock().traps.clone()
+    }
+
+    /// Fails with every trap's message if the module trapped at all.
+    pub fn assert_no_trap(&self) -> anyhow::Result<()> {
+        let traps = self.traps();
+        if traps.is_empty() {
+            return Ok(());
+        }
+        let all: Vec<String> = traps.iter().map(|(vm, m)| format!("{vm}: {m}")).collect();
+        anyhow::bail!(
+            "the module trapped {} time(s):\n{}",
+            traps.len(),
+            all.join("\n")
+        )
     }
 
     /// A shared-data entry as the module would read it: value and cas.
     pub fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.store
-            .data()
+        self.world
+            .lock()
             .shared
             .get(key.as_bytes())
             .map(|(v, cas)| (v.to_vec(), cas))
@@ -334,52 +534,151 @@ impl Harness {
     /// gets a new cas like any write.
     pub fn set_shared_data(&mut self, key: &str, value: &[u8]) {
         // cas 0 never mismatches
-        let _ = self.store.data_mut().shared.set(key.as_bytes(), value, 0);
+        let _ = self.world.lock().shared.set(key.as_bytes(), value, 0);
     }
 
-    /// A metric by the name the module defined it with: counter or gauge value; for a
-    /// histogram, the number of samples.
+    /// A metric by the name the module defined it with, summed over all VMs as Envoy's
+    /// stats are: counter or gauge value; for a histogram, the number of samples.
     pub fn metric(&self, name: &str) -> Option<u64> {
-        self.store.data().metrics.by_name(name)
+        self.world.lock().metrics.by_name(name)
     }
 
     /// The samples recorded in a histogram.
     pub fn histogram(&self, name: &str) -> Option<Vec<u64>> {
-        self.store.data().metrics.samples(name).map(<[u64]>::to_vec)
+        self.world.lock().metrics.samples(name).map(<[u64]>::to_vec)
+    }
+
+    /// Every HTTP call the module made, in order, with how it ended.
+    pub fn http_calls(&self) -> Vec<HttpCall> {
+        self.world.lock().calls.clone()
+    }
+
+    /// How many times the module called a host function (e.g. `proxy_set_shared_data`,
+    /// `fd_write`), over all VMs.
+    pub fn host_calls(&self, name: &str) -> u64 {
+        self.world
+            .lock()
+            .call_counts
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Makes the `nth` call (1-based, counted from now, over all VMs) of host function
+    /// `call` return `status` without doing anything: e.g. `fault("proxy_set_shared_data",
+    /// 1, 8)` makes the next write a `CasMismatch`. Statuses are proxy-wasm `WasmResult`s
+    /// (WASI errnos for WASI calls).
+    pub fn fault(&mut self, call: &str, nth: u64, status: u32) {
+        let mut world = self.world.lock();
+        let so_far = world.call_counts.get(call).copied().unwrap_or(0);
+        world.faults.push(Fault {
+            call: call.to_string(),
+            at_count: so_far.saturating_add(nth.max(1)),
+            status: i32::from_ne_bytes(status.to_ne_bytes()),
+        });
     }
 
     /// Wall-clock time the module sees, nanoseconds since the Unix epoch.
     pub fn now_nanos(&self) -> u64 {
-        self.store.data().clock.realtime_nanos
+        self.world.lock().clock.realtime_nanos
     }
 
     /// Sets the wall clock (may go backwards, like a real clock being corrected); the
-    /// monotonic clock is not affected.
+    /// monotonic clock, and so timers, are not affected.
     pub fn set_time(&mut self, nanos: u64) {
-        self.store.data_mut().clock.realtime_nanos = nanos;
+        self.world.lock().clock.realtime_nanos = nanos;
     }
 
-    /// Moves both clocks forward. Ticks are not fired: call [`Harness::tick`].
-    pub fn advance(&mut self, d: Duration) {
-        let clock = &mut self.store.data_mut().clock;
-        clock.realtime_nanos = clock.realtime_nanos.saturating_add(duration_nanos(d));
-        clock.monotonic_nanos = clock.monotonic_nanos.saturating_add(duration_nanos(d));
+    /// Moves virtual time forward by `d`, delivering on the way, each at its moment, every
+    /// event that falls due: ticks on schedule, HTTP call responses and timeouts, queue
+    /// notifications.
+    pub fn advance(&mut self, d: Duration) -> anyhow::Result<()> {
+        let target = {
+            let w = self.world.lock();
+            w.clock.monotonic_nanos.saturating_add(duration_nanos(d))
+        };
+        loop {
+            let next = {
+                let mut w = self.world.lock();
+                let event = w.take_due(target, None);
+                if let Some((due, _)) = &event {
+                    w.move_clock_to(*due);
+                }
+                event
+            };
+            match next {
+                Some((_, event)) => self.deliver(event)?,
+                None => break,
+            }
+        }
+        self.world.lock().move_clock_to(target);
+        Ok(())
     }
 
-    /// The tick period the module asked for, if any.
+    /// The tick period worker 0 asked for, if any.
     pub fn tick_period(&self) -> Option<Duration> {
-        match self.store.data().tick_period_ms {
+        let vm = self.workers.first()?;
+        match vm.store.data().tick_period_ms {
             0 => None,
             ms => Some(Duration::from_millis(u64::from(ms))),
         }
     }
 
-    /// Calls `proxy_on_tick` on the root context once, whatever the tick period.
+    /// Calls `proxy_on_tick` once on every VM's root context (singleton first), whatever
+    /// the tick period and without moving time.
     pub fn tick(&mut self) -> anyhow::Result<()> {
-        self.store.data_mut().phase = Phase::Idle;
-        self.call::<u32, ()>("proxy_on_tick", ROOT_CONTEXT_ID)
-            .map_err(anyhow::Error::msg)?;
+        let mut ids: Vec<VmId> = Vec::new();
+        if self.singleton.is_some() {
+            ids.push(VmId::Singleton);
+        }
+        ids.extend((0..self.workers.len()).map(VmId::Worker));
+        for id in ids {
+            self.tick_on(id)?;
+        }
         Ok(())
+    }
+
+    /// Calls `proxy_on_tick` once on one VM.
+    pub fn tick_on(&mut self, vm: VmId) -> anyhow::Result<()> {
+        self.deliver(world::Event {
+            vm,
+            kind: world::EventKind::Tick,
+        })?;
+        self.run_due()
+    }
+}
+
+/// One request on one worker VM, under the failure policy.
+fn serve(
+    vm: &mut Vm,
+    config: &HarnessBuilder,
+    policy: Option<FailurePolicy>,
+    req: Request,
+) -> anyhow::Result<Outcome> {
+    if vm.failed.is_some() {
+        match policy {
+            None => {}
+            Some(FailurePolicy::FailClosed) => return Ok(stream::fail_closed()),
+            Some(FailurePolicy::FailOpen) => return Ok(stream::bypass(&req)),
+            Some(FailurePolicy::FailReload) => {
+                let id = vm.id();
+                let world = vm.world();
+                match Vm::build(config, &world, id, &config.plugin_config) {
+                    Ok(fresh) => *vm = fresh,
+                    // Envoy keeps failing closed while the reload fails.
+                    Err(_) => return Ok(stream::fail_closed()),
+                }
+            }
+        }
+    }
+    let copy = (policy == Some(FailurePolicy::FailOpen)).then(|| req.clone());
+    match vm.request(req) {
+        Err(e) if e.downcast_ref::<Trapped>().is_some() => match (policy, copy) {
+            (None, _) => Err(e),
+            (Some(FailurePolicy::FailOpen), Some(req)) => Ok(stream::bypass(&req)),
+            _ => Ok(stream::fail_closed()),
+        },
+        other => other,
     }
 }
 

@@ -16,7 +16,12 @@ type Slot = Arc<OnceLock<Result<Module, String>>>;
 
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(Engine::default)
+    ENGINE.get_or_init(|| {
+        // Fuel bounds the work one callback may do (see `limits`).
+        let mut config = wasmtime::Config::new();
+        config.consume_fuel(true);
+        Engine::new(&config).unwrap_or_else(|_| Engine::default())
+    })
 }
 
 pub(crate) fn load(path: &Path) -> anyhow::Result<(Engine, Module)> {

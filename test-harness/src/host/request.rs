@@ -13,6 +13,9 @@ pub struct Request {
     pub body: Vec<u8>,
     /// The `source.address` property. Defaults to `127.0.0.1:54321`.
     pub source_address: String,
+    /// The body arrives in chunks of this many bytes (one `on_request_body` per chunk,
+    /// the last with `end_of_stream`). `None`: one chunk.
+    pub chunk_size: Option<usize>,
 }
 
 impl Request {
@@ -24,6 +27,7 @@ impl Request {
             headers: Vec::new(),
             body: Vec::new(),
             source_address: "127.0.0.1:54321".to_string(),
+            chunk_size: None,
         }
     }
 
@@ -44,6 +48,12 @@ impl Request {
 
     pub fn body(mut self, b: impl Into<Vec<u8>>) -> Self {
         self.body = b.into();
+        self
+    }
+
+    /// Sends the body in chunks of `size` bytes (at least 1).
+    pub fn chunked(mut self, size: usize) -> Self {
+        self.chunk_size = Some(size.max(1));
         self
     }
 

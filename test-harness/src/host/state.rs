@@ -1,6 +1,7 @@
-//! Everything one harness instance owns, held in the wasmtime `Store`: logs, clock,
-//! randomness, shared data, metrics, configuration buffers and the HTTP stream being
-//! processed. Nothing here is global, so tests run in parallel without seeing each other.
+//! Everything one VM owns, held in its wasmtime `Store`: configuration buffers, the HTTP
+//! stream being processed, the HTTP call response being delivered, its tick period; and
+//! a handle on the [`World`] its harness's VMs share. Nothing here is process-global, so
+//! tests run in parallel without seeing each other.
 //!
 //! Which header maps and buffers a host call may see follows Envoy's `Context`: a map is
 //! reachable while Envoy still holds a pointer to it (during its callback, and after the
@@ -8,9 +9,10 @@
 //! absent otherwise.
 
 use super::headers::HeaderMap;
-use super::log::{LogLevel, LogRecord};
-use super::shared_data::SharedData;
+use super::log::LogLevel;
+use super::world::{VmId, World};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Which callback the module is in; decides what host calls can reach.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,8 +219,9 @@ pub(crate) struct PluginInfo {
 }
 
 pub(crate) struct HostState {
-    pub log_level: LogLevel,
-    pub logs: Vec<LogRecord>,
+    /// What every VM of the harness shares (shared data, clock, log, stats, ...).
+    pub world: Arc<World>,
+    pub vm: VmId,
     /// Error and critical lines of the current callback, whatever the log level: a trap's
     /// report quotes them (the panic message comes this way).
     pub recent_errors: Vec<String>,
@@ -226,17 +229,22 @@ pub(crate) struct HostState {
     /// callback returns.
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
-    pub clock: Clock,
-    pub rng: Rng,
     pub env: Vec<(String, String)>,
-    pub shared: SharedData,
-    pub metrics: Metrics,
     pub tick_period_ms: u32,
     pub vm_config: Vec<u8>,
     pub plugin_config: Vec<u8>,
     pub plugin: PluginInfo,
     pub phase: Phase,
     pub stream: Option<Stream>,
+    /// The response being delivered by `proxy_on_http_call_response`, readable only then.
+    pub http_response: Option<(HeaderMap, Vec<u8>, HeaderMap)>,
+    pub next_http_token: u32,
+    /// Set by `proxy_set_effective_context` until the callback returns.
+    pub effective_context: Option<u32>,
+    /// Pending calls of this VM: token to index in the world's call record.
+    pub pending_calls: HashMap<u32, usize>,
+    pub limits: super::limits::MemoryCap,
+    pub exports: super::memory::Exports,
 }
 
 impl HostState {
@@ -245,9 +253,7 @@ impl HostState {
         if level >= LogLevel::Error {
             self.recent_errors.push(message.clone());
         }
-        if level >= self.log_level {
-            self.logs.push(LogRecord { level, message });
-        }
+        self.world.lock().log(self.vm, level, message);
     }
 
     /// Appends stdio bytes; complete lines become log records (stdout at info, stderr at
@@ -280,8 +286,32 @@ impl HostState {
         }
     }
 
+    /// The context a host call acts for: the one `proxy_set_effective_context` named, else
+    /// the stream's during a stream callback, else the root context.
+    pub(crate) fn current_context(&self) -> u32 {
+        if let Some(id) = self.effective_context {
+            return id;
+        }
+        match (&self.stream, self.phase) {
+            (
+                Some(s),
+                Phase::RequestHeaders
+                | Phase::RequestBody
+                | Phase::ResponseHeaders
+                | Phase::ResponseBody
+                | Phase::Log,
+            ) => s.context_id,
+            _ => super::ROOT_CONTEXT_ID,
+        }
+    }
+
     /// The header map of ABI type `map_type` if Envoy would let the module read it now.
     pub(crate) fn header_map(&self, map_type: u32) -> Option<&HeaderMap> {
+        match (map_type, &self.http_response) {
+            (6, Some((headers, _, _))) => return Some(headers),
+            (7, Some((_, _, trailers))) => return Some(trailers),
+            _ => {}
+        }
         let stream = self.stream.as_ref()?;
         let log = self.phase == Phase::Log;
         match map_type {
@@ -312,6 +342,10 @@ impl HostState {
         match buffer_type {
             6 => Some(&self.vm_config),
             7 if self.phase == Phase::Configure => Some(&self.plugin_config),
+            4 => self
+                .http_response
+                .as_ref()
+                .map(|(_, body, _)| body.as_slice()),
             0 => {
                 let s = self.stream.as_ref()?;
                 let reachable = self.phase == Phase::RequestBody || s.request_body_held;

@@ -9,17 +9,23 @@
 //!   goes no further (no body callback, no upstream) and the reply then passes through the
 //!   filter's own `on_response_headers`/`on_response_body`, as local replies traverse
 //!   the encoder filter chain in Envoy.
-//! - A paused callback holds its header map reachable until the stream continues; data
-//!   continuing (`on_request_body` returning Continue) also releases paused headers.
-//! - A stream paused with no local response and no `proxy_continue_stream` would hang in
-//!   Envoy until a timeout: here it is an error naming the callback.
+//! - A paused callback holds its header map reachable until the stream continues. While the
+//!   request headers are paused no body callback runs; the body that arrived meanwhile is
+//!   delivered in one callback once the stream continues.
+//! - A body arrives in chunks of the size the test chooses; a chunk the filter pauses on
+//!   (StopIterationAndBuffer) is buffered, so the next callback sees all data so far.
+//! - A paused stream waits: the VM's events (HTTP call responses, queue notifications,
+//!   ticks) are delivered, moving virtual time forward to each, until the module continues
+//!   the stream or replies. With nothing pending, or after 5 virtual minutes, it is an
+//!   error naming the callback (Envoy would hold the stream until a timeout).
 //! - The upstream is an echo, like the Envoy suite's: `200 application/json`,
 //!   `{"method","path","headers","body"}`, and `x-echo-upstream: 1`.
 
 use super::headers::HeaderMap;
 use super::request::{Outcome, Request, UpstreamRequest};
 use super::state::{LocalResponse, Phase, Stream};
-use super::{Harness, ROOT_CONTEXT_ID, len_u32};
+use super::vm::{Trapped, Vm};
+use super::{ROOT_CONTEXT_ID, len_u32};
 use anyhow::{anyhow, bail};
 
 /// Response header marking answers from the echo upstream; the same name as
@@ -29,14 +35,28 @@ const ECHO_MARKER: &str = "x-echo-upstream";
 /// proxy-wasm `Action::Continue`.
 const CONTINUE: u32 = 0;
 
-impl Harness {
+/// Longest a paused stream may wait on virtual time for something to resume it before the
+/// harness gives up, as Envoy's `stream_idle_timeout` (5 minutes by default) would.
+const MAX_WAIT_NANOS: u64 = 300 * 1_000_000_000;
+
+/// Which direction a paused stream waits on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Request,
+    Response,
+}
+
+impl Vm {
     /// Sends one request through the filter and returns what the client got.
     ///
     /// An `Err` means the stream could not complete as Envoy would run it: the module
-    /// trapped (the message includes its panic message), or it paused the stream for good.
-    pub fn request(&mut self, req: Request) -> anyhow::Result<Outcome> {
+    /// trapped (a [`Trapped`] error, with the panic message), or it paused the stream and
+    /// nothing pending can resume it.
+    pub(crate) fn request(&mut self, req: Request) -> anyhow::Result<Outcome> {
         if let Some(first) = &self.failed {
-            bail!("the VM failed earlier and Envoy does not call it again; first failure: {first}");
+            return Err(anyhow::Error::new(Trapped(format!(
+                "the VM failed earlier and Envoy does not call it again; first failure: {first}"
+            ))));
         }
         let context_id = self.next_context_id;
         self.next_context_id = self
@@ -56,7 +76,7 @@ impl Harness {
         let request_id = match headers.get(b"x-request-id") {
             Some(id) => id.to_vec(),
             None => {
-                let id = self.store.data_mut().rng.uuid_v4();
+                let id = self.store.data().world.lock().rng.uuid_v4();
                 headers.add(b"x-request-id", id.as_bytes());
                 id.into_bytes()
             }
@@ -70,7 +90,12 @@ impl Harness {
             request_id,
             ..Stream::default()
         });
-        let result = self.run_stream(context_id, req.body);
+        let chunks: Vec<Vec<u8>> = match req.chunk_size {
+            _ if req.body.is_empty() => Vec::new(),
+            Some(size) => req.body.chunks(size.max(1)).map(<[u8]>::to_vec).collect(),
+            None => vec![req.body],
+        };
+        let result = self.run_stream(context_id, chunks);
         let state = self.store.data_mut();
         state.stream = None;
         state.phase = Phase::Idle;
@@ -85,6 +110,10 @@ impl Harness {
             .ok_or_else(|| anyhow!("no stream in progress"))
     }
 
+    fn trap(message: String) -> anyhow::Error {
+        anyhow::Error::new(Trapped(message))
+    }
+
     /// Calls a stream callback that returns an action, in `phase`; `Ok(true)` when the
     /// stream continues (the callback returned Continue or called `proxy_continue_stream`).
     fn callback(
@@ -96,22 +125,27 @@ impl Harness {
         self.store.data_mut().phase = phase;
         let action = self
             .call::<(u32, u32, u32), u32>(name, args)
-            .map_err(anyhow::Error::msg)?
+            .map_err(Self::trap)?
             .unwrap_or(CONTINUE);
-        let stream = self.stream_mut()?;
-        let resumed = match phase {
-            Phase::RequestHeaders | Phase::RequestBody => {
-                std::mem::take(&mut stream.resume_request)
-            }
-            _ => std::mem::take(&mut stream.resume_response),
+        let direction = match phase {
+            Phase::RequestHeaders | Phase::RequestBody => Direction::Request,
+            _ => Direction::Response,
         };
+        let resumed = self.take_resume(direction)?;
         Ok(action == CONTINUE || resumed)
+    }
+
+    fn take_resume(&mut self, direction: Direction) -> anyhow::Result<bool> {
+        let stream = self.stream_mut()?;
+        Ok(match direction {
+            Direction::Request => std::mem::take(&mut stream.resume_request),
+            Direction::Response => std::mem::take(&mut stream.resume_response),
+        })
     }
 
     fn simple_callback(&mut self, phase: Phase, name: &str, context_id: u32) -> anyhow::Result<()> {
         self.store.data_mut().phase = phase;
-        self.call::<u32, ()>(name, context_id)
-            .map_err(anyhow::Error::msg)?;
+        self.call::<u32, ()>(name, context_id).map_err(Self::trap)?;
         Ok(())
     }
 
@@ -119,56 +153,114 @@ impl Harness {
         Ok(self.stream_mut()?.local_response.take())
     }
 
-    fn run_stream(&mut self, ctx: u32, body: Vec<u8>) -> anyhow::Result<Outcome> {
-        self.call::<(u32, u32), ()>("proxy_on_context_create", (ctx, ROOT_CONTEXT_ID))
-            .map_err(anyhow::Error::msg)?;
+    /// The stream is paused in `callback`: runs this VM's events (HTTP call responses,
+    /// queue notifications, ticks), moving virtual time forward to each as Envoy's event
+    /// loop would, until the module continues the stream or sends a local response.
+    fn wait(&mut self, direction: Direction, callback: &str) -> anyhow::Result<()> {
+        let world = self.world();
+        let vm = self.id();
+        let deadline = world
+            .lock()
+            .clock
+            .monotonic_nanos
+            .saturating_add(MAX_WAIT_NANOS);
+        loop {
+            if self.take_resume(direction)? {
+                return Ok(());
+            }
+            if self.stream_mut()?.local_response.is_some() {
+                return Ok(());
+            }
+            let next = world.lock().next_event(Some(vm));
+            match next {
+                None => bail!(
+                    "the module paused the stream in {callback} and nothing pending (no HTTP \
+                     call, queue item or tick) can resume it; Envoy would hold the stream until \
+                     it times out"
+                ),
+                Some(due) if due > deadline => bail!(
+                    "the module paused the stream in {callback} and did not resume it within \
+                     {} virtual seconds; Envoy's stream_idle_timeout would end it",
+                    MAX_WAIT_NANOS / 1_000_000_000
+                ),
+                Some(due) => {
+                    let event = {
+                        let mut w = world.lock();
+                        w.move_clock_to(due);
+                        w.take_due(due, Some(vm))
+                    };
+                    if let Some((_, event)) = event {
+                        self.deliver(event.kind)?;
+                    }
+                }
+            }
+        }
+    }
 
-        let has_body = !body.is_empty();
+    fn run_stream(&mut self, ctx: u32, chunks: Vec<Vec<u8>>) -> anyhow::Result<Outcome> {
+        self.call::<(u32, u32), ()>("proxy_on_context_create", (ctx, ROOT_CONTEXT_ID))
+            .map_err(Self::trap)?;
+
         let stream = self.stream_mut()?;
         stream.request_headers_held = true;
         let count = len_u32(stream.request_headers.len());
         let go = self.callback(
             Phase::RequestHeaders,
             "proxy_on_request_headers",
-            (ctx, count, u32::from(!has_body)),
+            (ctx, count, u32::from(chunks.is_empty())),
         )?;
-        if go {
-            self.stream_mut()?.request_headers_held = false;
+        if !go && self.stream_mut()?.local_response.is_none() {
+            self.wait(Direction::Request, "proxy_on_request_headers")?;
         }
         if let Some(local) = self.take_local_response()? {
             return self.encode(ctx, local_reply(&local), local.body, None, true);
         }
+        let paused_on_headers = !go;
+        self.stream_mut()?.request_headers_held = false;
 
-        let mut paused_in = (!go).then_some("proxy_on_request_headers");
-        if has_body {
-            let size = len_u32(body.len());
-            self.stream_mut()?.request_body = Some(body);
-            let go = self.callback(Phase::RequestBody, "proxy_on_request_body", (ctx, size, 1))?;
+        // While headers were paused, the body arrived and Envoy buffered it: the filter then
+        // sees it in one callback.
+        let chunks = if paused_on_headers && chunks.len() > 1 {
+            vec![chunks.concat()]
+        } else {
+            chunks
+        };
+        // `pending`: data the filter has seen but not let through (it returned Pause, i.e.
+        // StopIterationAndBuffer, so Envoy buffers it and the next callback sees it all);
+        // `passed`: what went on to the upstream.
+        let mut passed = Vec::new();
+        let last = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let end_of_stream = i + 1 == last;
+            let stream = self.stream_mut()?;
+            let mut pending = stream.request_body.take().unwrap_or_default();
+            pending.extend_from_slice(&chunk);
+            let size = len_u32(pending.len());
+            stream.request_body = Some(pending);
+            let go = self.callback(
+                Phase::RequestBody,
+                "proxy_on_request_body",
+                (ctx, size, u32::from(end_of_stream)),
+            )?;
+            if !go && end_of_stream && self.stream_mut()?.local_response.is_none() {
+                self.stream_mut()?.request_body_held = true;
+                self.wait(Direction::Request, "proxy_on_request_body")?;
+            }
             if let Some(local) = self.take_local_response()? {
                 return self.encode(ctx, local_reply(&local), local.body, None, true);
             }
             let stream = self.stream_mut()?;
-            if go {
-                // Data continuing releases headers held by StopIteration, as in Envoy.
-                stream.request_headers_held = false;
-                paused_in = None;
-            } else {
-                stream.request_body_held = true;
-                paused_in = Some("proxy_on_request_body");
+            stream.request_body_held = false;
+            if go || end_of_stream {
+                passed.extend(stream.request_body.take().unwrap_or_default());
             }
-        }
-        if let Some(callback) = paused_in {
-            bail!(
-                "the module paused the request in {callback} and neither continued it nor \
-                 sent a local response; Envoy would hold the stream until it times out"
-            );
         }
 
         let stream = self.stream_mut()?;
-        stream.request_body_held = false;
+        stream.request_body = Some(passed.clone());
         let upstream = UpstreamRequest {
             headers: stream.request_headers.entries().to_vec(),
-            body: stream.request_body.clone().unwrap_or_default(),
+            body: passed,
         };
         let (headers, body) = echo(&upstream);
         self.encode(ctx, headers, body, Some(upstream), false)
@@ -194,12 +286,17 @@ impl Harness {
             "proxy_on_response_headers",
             (ctx, count, u32::from(!has_body)),
         )?;
-        if go {
-            self.stream_mut()?.response_headers_held = false;
-        }
-        let mut paused_in = (!go).then_some("proxy_on_response_headers");
         // A local response sent while encoding replaces the response not yet sent; a
         // second one during a local reply is ignored, as Envoy cannot send two.
+        if !go && !local && self.stream_mut()?.local_response.is_none() {
+            self.wait(Direction::Response, "proxy_on_response_headers")?;
+        } else if !go && local {
+            bail!(
+                "the module paused a local reply in proxy_on_response_headers; Envoy would \
+                 hold the stream until it times out"
+            );
+        }
+        self.stream_mut()?.response_headers_held = false;
         let mut replacement = self.take_local_response()?.filter(|_| !local);
         if replacement.is_none() && has_body {
             let size = len_u32(body.len());
@@ -209,11 +306,14 @@ impl Harness {
                 "proxy_on_response_body",
                 (ctx, size, 1),
             )?;
-            if go {
-                self.stream_mut()?.response_headers_held = false;
-                paused_in = None;
-            } else {
-                paused_in = Some("proxy_on_response_body");
+            if !go && !local && self.stream_mut()?.local_response.is_none() {
+                self.stream_mut()?.response_body_held = true;
+                self.wait(Direction::Response, "proxy_on_response_body")?;
+            } else if !go && local {
+                bail!(
+                    "the module paused a local reply in proxy_on_response_body; Envoy would \
+                     hold the stream until it times out"
+                );
             }
             replacement = self.take_local_response()?.filter(|_| !local);
         }
@@ -222,13 +322,6 @@ impl Harness {
             stream.response_headers = Some(local_reply(&reply));
             stream.response_body = Some(reply.body);
             local = true;
-            paused_in = None;
-        }
-        if let Some(callback) = paused_in {
-            bail!(
-                "the module paused the response in {callback} and never continued it; \
-                 Envoy would hold the stream until it times out"
-            );
         }
         let stream = self.stream_mut()?;
         stream.response_headers_held = false;
@@ -240,7 +333,7 @@ impl Harness {
         self.simple_callback(Phase::Log, "proxy_on_log", ctx)?;
         self.store.data_mut().phase = Phase::Idle;
         self.call::<u32, u32>("proxy_on_done", ctx)
-            .map_err(anyhow::Error::msg)?;
+            .map_err(Self::trap)?;
         self.simple_callback(Phase::Idle, "proxy_on_delete", ctx)?;
 
         let status = final_headers
@@ -260,6 +353,50 @@ impl Harness {
             local_response: local,
             upstream,
         })
+    }
+}
+
+/// What Envoy sends for a request the filter could not handle because its VM failed
+/// under FAIL_CLOSED: 503 with an empty body (response code details `wasm_fail_stream`).
+pub(crate) fn fail_closed() -> Outcome {
+    Outcome {
+        status: 503,
+        headers: vec![("content-length".to_string(), b"0".to_vec())],
+        body: Vec::new(),
+        local_response: true,
+        upstream: None,
+    }
+}
+
+/// What the client gets when the filter is skipped (FAIL_OPEN after a failure): the
+/// request as the client sent it reaches the echo upstream.
+pub(crate) fn bypass(req: &Request) -> Outcome {
+    let mut headers = vec![
+        (":authority".to_string(), req.authority.clone().into_bytes()),
+        (":path".to_string(), req.path.clone().into_bytes()),
+        (":method".to_string(), req.method.clone().into_bytes()),
+        (":scheme".to_string(), b"http".to_vec()),
+    ];
+    headers.extend(
+        req.headers
+            .iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.clone())),
+    );
+    let upstream = UpstreamRequest {
+        headers,
+        body: req.body.clone(),
+    };
+    let (response, body) = echo(&upstream);
+    Outcome {
+        status: 200,
+        headers: response
+            .into_entries()
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with(':'))
+            .collect(),
+        body,
+        local_response: false,
+        upstream: Some(upstream),
     }
 }
 

@@ -138,7 +138,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
             // Bounds first, so a huge guest length cannot make the host allocate.
             memory::read(&mut c, ptr, 0)?;
             let mut bytes = vec![0u8; len as usize];
-            c.data_mut().rng.fill(&mut bytes);
+            c.data().world.lock().rng.fill(&mut bytes);
             memory::write(&mut c, ptr, &bytes)?;
             Ok(SUCCESS)
         },
@@ -148,7 +148,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         WASI,
         "clock_time_get",
         |mut c: Ctx<'_>, id: u32, _precision: u64, ret: u32| -> Result<u32> {
-            let clock = c.data().clock;
+            let clock = c.data().world.lock().clock;
             let now = match id {
                 0 => clock.realtime_nanos,
                 // monotonic, process and thread CPU time all follow the virtual monotonic clock
