@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! gatehouse-harness check FILE...
-//! gatehouse-harness run [--envoy] [--module PATH] CASES...
+//! gatehouse-harness run [--envoy] [--module PATH] [--junit FILE] CASES...
 //! gatehouse-harness envoy-config --policy FILE [--listen ADDR] [--admin ADDR]
 //!                                [--upstream ADDR] [--module PATH] [--env NAME=VALUE]...
 //! gatehouse-harness echo-upstream --listen ADDR
@@ -11,7 +11,10 @@
 //! Exit status: 0 when everything passed, 1 when a check or a case failed, 2 on usage
 //! errors.
 
-use gatehouse_harness::cases::{self, BackendKind, CaseOutcome, CaseResult, RunOptions};
+use gatehouse_harness::cases::junit::{self, Suite};
+use gatehouse_harness::cases::{
+    self, BackendKind, CaseOutcome, CaseResult, PluginSource, RunOptions,
+};
 use gatehouse_harness::envoy::config::Bootstrap;
 use gatehouse_harness::envoy::{default_wasm, echo};
 use std::net::{SocketAddr, TcpListener};
@@ -22,8 +25,9 @@ const USAGE: &str = "\
 usage:
   gatehouse-harness check FILE...
       check policy files (and *.cases.yaml case files); print every error as file:line:column
-  gatehouse-harness run [--envoy] [--module PATH] CASES...
-      run case files in the harness, or with --envoy in a real Envoy
+  gatehouse-harness run [--envoy] [--module PATH] [--junit FILE] CASES...
+      run case files in the harness, or with --envoy in a real Envoy; --module overrides
+      the case files' `module:`; --junit also writes the results as JUnit XML
   gatehouse-harness envoy-config --policy FILE [--listen ADDR] [--admin ADDR] [--upstream ADDR]
                                  [--module PATH] [--env NAME=VALUE]...
       print an Envoy bootstrap that loads the module with this policy
@@ -181,7 +185,9 @@ fn check(args: &[String]) -> CmdResult {
             match cases::load(Path::new(path)) {
                 Ok(file) => {
                     println!("{path}: ok ({} cases)", file.cases.len());
-                    all_ok &= check_policy(&file.policy.display().to_string());
+                    if let PluginSource::Policy(policy) = &file.plugin {
+                        all_ok &= check_policy(&policy.display().to_string());
+                    }
                 }
                 Err(e) => {
                     println!("{e}");
@@ -200,7 +206,7 @@ fn check(args: &[String]) -> CmdResult {
 }
 
 fn run(args: &[String]) -> CmdResult {
-    let args = parse_args(args, &["module"], &["envoy"])?;
+    let args = parse_args(args, &["module", "junit"], &["envoy"])?;
     if args.positional.is_empty() {
         return Err(Usage("run needs at least one case file".into()));
     }
@@ -210,42 +216,55 @@ fn run(args: &[String]) -> CmdResult {
         BackendKind::Harness
     };
     let opts = RunOptions {
-        module: args.module(),
+        module: args.value("module").map(PathBuf::from),
     };
-    let mut results: Vec<CaseResult> = Vec::new();
-    let mut file_failures = 0usize;
+    let mut suites: Vec<Suite> = Vec::new();
     for path in &args.positional {
-        let file = match cases::load(Path::new(path)) {
-            Ok(f) => f,
-            Err(e) => {
-                println!("FAIL [{kind}] {path}: the case file does not load:\n{e}");
-                file_failures += 1;
-                continue;
-            }
+        let mut suite = Suite {
+            file: path.clone(),
+            backend: kind,
+            results: Vec::new(),
+            error: None,
         };
-        match cases::run_file(&file, kind, &opts) {
+        let outcome = cases::load(Path::new(path))
+            .map_err(|e| format!("the case file does not load:\n{e}"))
+            .and_then(|file| cases::run_file(&file, kind, &opts).map_err(|e| format!("{e:#}")));
+        match outcome {
             Ok(file_results) => {
-                for r in file_results {
+                for r in &file_results {
                     println!("{}", r.line());
                     if let CaseOutcome::Failed(why) = &r.outcome {
                         for line in why.lines() {
                             println!("    {line}");
                         }
                     }
-                    results.push(r);
                 }
+                suite.results = file_results;
             }
             Err(e) => {
-                println!("FAIL [{kind}] {path}: {e:#}");
-                file_failures += 1;
+                println!("FAIL [{kind}] {path}: {e}");
+                suite.error = Some(e);
             }
         }
+        suites.push(suite);
     }
+    let results: Vec<CaseResult> = suites.iter().flat_map(|s| s.results.clone()).collect();
     let (passed, failed) = cases::run::counts(&results);
     // A file that could not be read or started counts as one failure.
-    let failed = failed + file_failures;
-    println!("{passed} passed, {failed} failed");
-    Ok(if failed == 0 {
+    let failed = failed + suites.iter().filter(|s| s.error.is_some()).count();
+    let skipped = results
+        .iter()
+        .filter(|r| r.outcome == CaseOutcome::Skipped)
+        .count();
+    println!("{passed} passed, {failed} failed, {skipped} skipped");
+    let mut ok = failed == 0;
+    if let Some(junit_path) = args.value("junit")
+        && let Err(e) = std::fs::write(junit_path, junit::render(&suites))
+    {
+        eprintln!("gatehouse-harness: cannot write {junit_path}: {e}");
+        ok = false;
+    }
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -4,12 +4,15 @@
 //! - `HarnessBackend` (in `harness_backend.rs`): the wasmtime host, fresh per case.
 //!
 //! Both report an [`Observed`]: the response, and what the upstream received when the
-//! request got there.
+//! request got there. Only the harness can also tick, inject faults and report a
+//! [`HostSeen`] (metrics, logs, calls, traps); the runner never asks Envoy for them, since
+//! cases that need them are harness-only (see the module doc of [`crate::cases`]).
 
-use super::RequestSpec;
+use super::{FaultSpec, RequestSpec};
 use crate::envoy::echo::ECHO_MARKER;
 use crate::envoy::http1::ClientRequest;
 use crate::envoy::{Envoy, EnvoyOptions};
+use crate::host::{FailurePolicy, HttpCall, Upstream};
 use anyhow::bail;
 use std::fmt;
 use std::path::PathBuf;
@@ -47,6 +50,18 @@ pub struct UpstreamSeen {
     pub body: Vec<u8>,
 }
 
+/// What the host saw so far in a case: only the harness can tell.
+#[derive(Clone, Debug, Default)]
+pub struct HostSeen {
+    /// The metrics the expectation asked for, `None` when the module never defined it.
+    pub metrics: Vec<(String, Option<u64>)>,
+    /// Every log line, as `[worker 0] [info] message`.
+    pub logs: Vec<String>,
+    pub calls: Vec<HttpCall>,
+    /// Each trap: the VM and the message (with the module's panic message).
+    pub traps: Vec<String>,
+}
+
 /// Everything a case needs from where it runs.
 pub trait Backend {
     fn kind(&self) -> BackendKind;
@@ -55,6 +70,13 @@ pub trait Backend {
     fn request(&mut self, req: &RequestSpec) -> anyhow::Result<Observed>;
     /// Moves the clock forward. Only the harness can.
     fn advance(&mut self, by: Duration) -> anyhow::Result<()>;
+    /// `on_tick` on every VM. Only the harness can.
+    fn tick(&mut self) -> anyhow::Result<()>;
+    /// Makes a host call fail. Only the harness can.
+    fn fault(&mut self, fault: &FaultSpec) -> anyhow::Result<()>;
+    /// Metrics (those named), logs, calls and traps so far; `None` where the backend
+    /// cannot see them.
+    fn host_seen(&self, metric_names: &[&str]) -> Option<HostSeen>;
     /// Context for a failure report (e.g. the end of the module's log).
     fn diagnostics(&self) -> String;
 }
@@ -63,11 +85,16 @@ pub trait Backend {
 #[derive(Clone, Debug)]
 pub struct BackendConfig {
     pub module: PathBuf,
-    pub plugin_config_json: String,
+    /// The plugin configuration: a policy's JSON, or a case file's `plugin_config`.
+    pub plugin_config: String,
     pub env: Vec<(String, String)>,
     pub workers: u32,
     /// Unix seconds for the harness clock at the start of each case.
     pub start: Option<u64>,
+    /// Scripted clusters for HTTP calls (harness only).
+    pub upstreams: Vec<Upstream>,
+    /// Harness only; `None`: a trap is an error for the case.
+    pub failure_policy: Option<FailurePolicy>,
 }
 
 /// A real Envoy: requests go over loopback TCP; the echo upstream's answer tells what
@@ -79,7 +106,7 @@ pub struct EnvoyBackend {
 impl EnvoyBackend {
     pub fn start(config: &BackendConfig) -> anyhow::Result<EnvoyBackend> {
         let opts = EnvoyOptions {
-            plugin_config_json: config.plugin_config_json.clone(),
+            plugin_config_json: config.plugin_config.clone(),
             wasm: config.module.clone(),
             env: config.env.clone(),
             concurrency: config.workers,
@@ -132,6 +159,11 @@ impl Backend for EnvoyBackend {
     }
 
     fn request(&mut self, req: &RequestSpec) -> anyhow::Result<Observed> {
+        if req.worker.is_some() || req.chunk.is_some() {
+            bail!(
+                "Envoy cannot be told which worker serves a request or how to chunk its body; give this case `backends: [harness]`"
+            );
+        }
         let client = ClientRequest {
             method: req.method.clone(),
             path: req.path.clone(),
@@ -159,6 +191,18 @@ impl Backend for EnvoyBackend {
 
     fn advance(&mut self, _by: Duration) -> anyhow::Result<()> {
         bail!("Envoy's clock cannot be moved; give this case `backends: [harness]`")
+    }
+
+    fn tick(&mut self) -> anyhow::Result<()> {
+        bail!("Envoy cannot be made to tick now; give this case `backends: [harness]`")
+    }
+
+    fn fault(&mut self, _fault: &FaultSpec) -> anyhow::Result<()> {
+        bail!("Envoy's host calls cannot be made to fail; give this case `backends: [harness]`")
+    }
+
+    fn host_seen(&self, _metric_names: &[&str]) -> Option<HostSeen> {
+        None
     }
 
     fn diagnostics(&self) -> String {

@@ -1,8 +1,9 @@
 //! Compares what a backend observed with what a step expects. Every mismatch is one line
 //! that says what was expected and what came back.
 
-use super::backend::Observed;
-use super::{BodyExpect, Expect, UpstreamExpect, ValueMatch};
+use super::backend::{HostSeen, Observed};
+use super::{BodyExpect, CallEnd, CallExpect, Expect, UpstreamExpect, ValueMatch};
+use crate::host::{CallResult, HttpCall};
 
 /// The body as text for messages, shortened.
 pub fn excerpt(body: &[u8]) -> String {
@@ -145,6 +146,134 @@ pub fn check(expect: &Expect, observed: &Observed) -> Vec<String> {
     out
 }
 
+/// `control GET /v1/keys (responded 200)`: a call as messages show it.
+pub fn describe_call(call: &HttpCall) -> String {
+    let end = match &call.result {
+        CallResult::Pending => "pending".to_string(),
+        CallResult::Responded(status) => format!("responded {status}"),
+        CallResult::TimedOut => "timed_out".to_string(),
+        CallResult::Reset => "reset".to_string(),
+        CallResult::Unmatched => "unmatched".to_string(),
+    };
+    format!("{} {} {} ({end})", call.cluster, call.method, call.path)
+}
+
+fn call_end(result: &CallResult) -> CallEnd {
+    match result {
+        CallResult::Pending => CallEnd::Pending,
+        CallResult::Responded(_) => CallEnd::Responded,
+        CallResult::TimedOut => CallEnd::TimedOut,
+        CallResult::Reset => CallEnd::Reset,
+        CallResult::Unmatched => CallEnd::Unmatched,
+    }
+}
+
+fn check_call(n: usize, want: &CallExpect, got: &HttpCall, out: &mut Vec<String>) {
+    let what = format!("call {n} ({})", describe_call(got));
+    let fields = [
+        ("cluster", &want.cluster, &got.cluster),
+        ("method", &want.method, &got.method),
+        ("path", &want.path, &got.path),
+    ];
+    for (field, want, got) in fields {
+        if let Some(want) = want
+            && want != got
+        {
+            out.push(format!("expected {what} {field} {want:?}, got {got:?}"));
+        }
+    }
+    if let Some(end) = want.result
+        && end != call_end(&got.result)
+    {
+        out.push(format!(
+            "expected {what} to end {}, it ended {}",
+            end.name(),
+            call_end(&got.result).name()
+        ));
+    }
+    if let Some(status) = want.status {
+        match got.result {
+            CallResult::Responded(s) if s == status => {}
+            CallResult::Responded(s) => {
+                out.push(format!("expected {what} status {status}, got {s}"));
+            }
+            _ => out.push(format!(
+                "expected {what} status {status}, it ended {}",
+                call_end(&got.result).name()
+            )),
+        }
+    }
+}
+
+/// Every way what the host saw differs from the metrics, logs, calls and trap `expect`
+/// asks for; empty when it matches.
+pub fn check_host(expect: &Expect, seen: &HostSeen) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, want) in &expect.metrics {
+        match seen.metrics.iter().find(|(n, _)| n == name) {
+            Some((_, Some(got))) if got == want => {}
+            Some((_, Some(got))) => out.push(format!("expected metric {name} = {want}, got {got}")),
+            _ => out.push(format!(
+                "expected metric {name} = {want}, the module never defined it"
+            )),
+        }
+    }
+    for want in &expect.logs_contain {
+        if !seen.logs.iter().any(|line| line.contains(want.as_str())) {
+            out.push(format!(
+                "expected a log line containing {want:?}, none of {} does",
+                seen.logs.len()
+            ));
+        }
+    }
+    for unwanted in &expect.logs_absent {
+        if let Some(line) = seen.logs.iter().find(|l| l.contains(unwanted.as_str())) {
+            out.push(format!(
+                "expected no log line containing {unwanted:?}, got {line:?}"
+            ));
+        }
+    }
+    if let Some(calls) = &expect.calls {
+        if calls.len() != seen.calls.len() {
+            let got: Vec<String> = seen.calls.iter().map(describe_call).collect();
+            out.push(format!(
+                "expected {} HTTP call(s), got {}: [{}]",
+                calls.len(),
+                seen.calls.len(),
+                got.join(", ")
+            ));
+        }
+        for (n, (want, got)) in calls.iter().zip(&seen.calls).enumerate() {
+            check_call(n + 1, want, got, &mut out);
+        }
+    }
+    match (expect.trapped, seen.traps.first()) {
+        (Some(false), Some(trap)) => out.push(format!(
+            "expected no trap, the module trapped {} time(s), first: {trap}",
+            seen.traps.len()
+        )),
+        (Some(true), None) => out.push("expected a trap, the module did not trap".into()),
+        _ => {}
+    }
+    out
+}
+
+/// Calls from index `from` on that no route of their cluster answered: each is a mistake
+/// in the case (a missing route), unless a `calls` expectation accounted for it.
+pub fn unmatched_calls(calls: &[HttpCall], from: usize) -> Vec<String> {
+    calls
+        .iter()
+        .skip(from)
+        .filter(|c| c.result == CallResult::Unmatched)
+        .map(|c| {
+            format!(
+                "the module called cluster {} with {} {} and no route matched (answered 404); add a route to `upstreams`, or list the call in this step's `expect.calls` with `result: unmatched`",
+                c.cluster, c.method, c.path
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
@@ -173,6 +302,7 @@ mod tests {
             headers: vec![("www-authenticate".into(), ValueMatch::Present)],
             absent_headers: vec!["server".into()],
             upstream: Some(UpstreamExpect::Never),
+            ..Expect::default()
         };
         assert_eq!(check(&e, &observed()), Vec::<String>::new());
     }
@@ -193,6 +323,7 @@ mod tests {
                 headers: vec![],
                 absent_headers: vec![],
             }),
+            ..Expect::default()
         };
         let m = check(&e, &observed());
         assert_eq!(m[0], "expected status 200, got 401");

@@ -2,8 +2,8 @@
 //! Each case gets a fresh host (fresh shared data, clock at the file's `start`), so cases
 //! do not depend on each other's order.
 
-use super::RequestSpec;
-use super::backend::{Backend, BackendConfig, BackendKind, Observed, UpstreamSeen};
+use super::backend::{Backend, BackendConfig, BackendKind, HostSeen, Observed, UpstreamSeen};
+use super::{FaultSpec, RequestSpec};
 use crate::host::{Harness, Request};
 use anyhow::{Context, anyhow};
 use std::time::Duration;
@@ -52,8 +52,15 @@ impl Backend for HarnessBackend {
         self.harness = None;
         let c = &self.config;
         let mut builder = Harness::builder(&c.module)
-            .plugin_config(c.plugin_config_json.as_bytes().to_vec())
+            .plugin_config(c.plugin_config.as_bytes().to_vec())
+            .workers(usize::try_from(c.workers).unwrap_or(1))
             .seed(SEED);
+        for upstream in &c.upstreams {
+            builder = builder.upstream(upstream.clone());
+        }
+        if let Some(policy) = c.failure_policy {
+            builder = builder.failure_policy(policy);
+        }
         for (k, v) in &c.env {
             builder = builder.env(k, v);
         }
@@ -76,7 +83,14 @@ impl Backend for HarnessBackend {
         if !req.body.is_empty() {
             request = request.body(req.body.clone());
         }
-        let outcome = self.harness()?.request(request)?;
+        if let Some(size) = req.chunk {
+            request = request.chunked(size);
+        }
+        let harness = self.harness()?;
+        let outcome = match req.worker {
+            Some(worker) => harness.request_on(worker, request)?,
+            None => harness.request(request)?,
+        };
         Ok(Observed {
             status: outcome.status,
             headers: text_headers(&outcome.headers),
@@ -91,6 +105,32 @@ impl Backend for HarnessBackend {
     fn advance(&mut self, by: Duration) -> anyhow::Result<()> {
         self.harness()?.advance(by)?;
         Ok(())
+    }
+
+    fn tick(&mut self) -> anyhow::Result<()> {
+        self.harness()?.tick()
+    }
+
+    fn fault(&mut self, fault: &FaultSpec) -> anyhow::Result<()> {
+        self.harness()?.fault(&fault.call, fault.nth, fault.status);
+        Ok(())
+    }
+
+    fn host_seen(&self, metric_names: &[&str]) -> Option<HostSeen> {
+        let h = self.harness.as_ref()?;
+        Some(HostSeen {
+            metrics: metric_names
+                .iter()
+                .map(|name| (name.to_string(), h.metric(name)))
+                .collect(),
+            logs: h.logs().iter().map(ToString::to_string).collect(),
+            calls: h.http_calls(),
+            traps: h
+                .traps()
+                .into_iter()
+                .map(|(vm, message)| format!("{vm}: {message}"))
+                .collect(),
+        })
     }
 
     fn diagnostics(&self) -> String {

@@ -2,9 +2,11 @@
 //! policies, so every mistake is reported as `file:line:column: message`.
 
 use super::{
-    Action, BodyExpect, Case, CaseFile, Expect, RequestSpec, Step, UpstreamExpect, ValueMatch,
+    Action, BodyExpect, CallEnd, CallExpect, Case, CaseFile, Expect, FaultSpec, PluginSource,
+    RequestSpec, Step, UpstreamExpect, ValueMatch,
 };
 use crate::cases::BackendKind;
+use crate::host::{FailurePolicy, Reply, Route, Upstream};
 use gatehouse::policy::tree::{Key, Node, Pos, Value};
 use gatehouse::policy::yaml;
 use std::fmt;
@@ -162,25 +164,108 @@ impl Reader<'_> {
         }
     }
 
+    /// An integer in `range`, or an error naming the field and the range.
+    fn int_in(
+        &mut self,
+        node: &Node,
+        what: &str,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Option<i64> {
+        match node.value {
+            Value::Int(n) if range.contains(&n) => Some(n),
+            _ => {
+                self.error(
+                    node.pos,
+                    format!(
+                        "{what} must be an integer from {} to {}, found {}",
+                        range.start(),
+                        range.end(),
+                        node_text(node)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, node: &Node, what: &str) -> Option<Duration> {
+        let text = self.scalar_text(node, what)?;
+        let d = parse_duration(&text);
+        if d.is_none() {
+            self.error(
+                node.pos,
+                format!("{what} must be a duration like 500ms, 61s, 2m, 1h or 1d; found '{text}'"),
+            );
+        }
+        d
+    }
+
+    fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
+        match node.value {
+            Value::Bool(b) => Some(b),
+            _ => {
+                self.error(
+                    node.pos,
+                    format!("{what} must be true or false, found {}", node_text(node)),
+                );
+                None
+            }
+        }
+    }
+
+    /// `where` for a harness-only reason: `file:line:column`.
+    fn at(&self, pos: Option<Pos>) -> String {
+        match pos {
+            Some(p) => format!("{}:{p}", self.file),
+            None => self.file.to_string(),
+        }
+    }
+
     fn file(&mut self, root: &Node, dir: &Path) -> Option<CaseFile> {
         let f = self.map(
             root,
             "the case file",
-            &["policy", "workers", "start", "env", "cases"],
+            &[
+                "policy",
+                "plugin_config",
+                "module",
+                "workers",
+                "start",
+                "env",
+                "upstreams",
+                "failure_policy",
+                "cases",
+            ],
         )?;
-        let policy = self
-            .required(&f, "policy", "the case file", root)
-            .and_then(|n| self.string(n, "policy"))
-            .map(|p| dir.join(p));
+        let plugin = match (get(&f, "policy"), get(&f, "plugin_config")) {
+            (Some(p), None) => self
+                .string(p, "policy")
+                .map(|p| PluginSource::Policy(dir.join(p))),
+            (None, Some(c)) => self.scalar_text(c, "plugin_config").map(PluginSource::Raw),
+            (Some(_), Some(c)) => {
+                self.error(
+                    c.pos,
+                    "give either `policy` (a policy file) or `plugin_config` (the configuration as is), not both",
+                );
+                None
+            }
+            (None, None) => {
+                self.error(
+                    root.pos,
+                    "the case file needs the field 'policy' (a policy file) or 'plugin_config' (the plugin configuration as is)",
+                );
+                None
+            }
+        };
+        let module = get(&f, "module")
+            .and_then(|n| self.string(n, "module"))
+            .map(|m| dir.join(m));
         let workers = match get(&f, "workers") {
             None => 1,
-            Some(n) => match n.value {
-                Value::Int(w) if (1..=64).contains(&w) => u32::try_from(w).unwrap_or(1),
-                _ => {
-                    self.error(n.pos, "workers must be an integer from 1 to 64");
-                    1
-                }
-            },
+            Some(n) => self
+                .int_in(n, "workers", 1..=64)
+                .and_then(|w| u32::try_from(w).ok())
+                .unwrap_or(1),
         };
         let start = match get(&f, "start") {
             None => None,
@@ -213,36 +298,199 @@ impl Reader<'_> {
                 );
             }
         }
+        // File-level features Envoy cannot provide make every case harness-only.
+        let mut file_harness_only = None;
+        let mut upstreams = Vec::new();
+        if let Some((k, n)) = f.iter().find(|(k, _)| k.name == "upstreams") {
+            file_harness_only = Some(format!("the file scripts `upstreams` ({})", self.at(k.pos)));
+            for item in self.seq(n, "upstreams").unwrap_or_default() {
+                if let Some(u) = self.upstream_cluster(item) {
+                    if upstreams.iter().any(|o: &Upstream| o.cluster == u.cluster) {
+                        self.error(item.pos, format!("cluster '{}' is listed twice", u.cluster));
+                    }
+                    upstreams.push(u);
+                }
+            }
+        }
+        let mut failure_policy = None;
+        if let Some((k, n)) = f.iter().find(|(k, _)| k.name == "failure_policy") {
+            file_harness_only.get_or_insert_with(|| {
+                format!("the file sets `failure_policy` ({})", self.at(k.pos))
+            });
+            failure_policy = match self.string(n, "failure_policy").as_deref() {
+                Some("FAIL_CLOSED") => Some(FailurePolicy::FailClosed),
+                Some("FAIL_OPEN") => Some(FailurePolicy::FailOpen),
+                Some("FAIL_RELOAD") => Some(FailurePolicy::FailReload),
+                Some(other) => {
+                    self.error(
+                        n.pos,
+                        format!("unknown failure_policy '{other}'; expected one of [FAIL_CLOSED, FAIL_OPEN, FAIL_RELOAD]"),
+                    );
+                    None
+                }
+                None => None,
+            };
+        }
         let mut cases = Vec::new();
         if let Some(n) = self.required(&f, "cases", "the case file", root) {
             for item in self.seq(n, "cases").unwrap_or_default() {
-                if let Some(c) = self.case(item) {
+                if let Some(c) = self.case(item, file_harness_only.as_deref()) {
                     cases.push(c);
                 }
             }
         }
         Some(CaseFile {
             name: self.file.to_string(),
-            policy: policy?,
+            plugin: plugin?,
+            module,
             workers,
             start,
             env,
+            upstreams,
+            failure_policy,
             cases,
         })
     }
 
-    fn case(&mut self, node: &Node) -> Option<Case> {
+    /// `{cluster: NAME, routes: [...]}`.
+    fn upstream_cluster(&mut self, node: &Node) -> Option<Upstream> {
+        let f = self.map(node, "an upstream", &["cluster", "routes"])?;
+        let cluster = self
+            .required(&f, "cluster", "an upstream", node)
+            .and_then(|n| self.string(n, "cluster"))?;
+        let mut upstream = Upstream::new(&cluster);
+        if let Some(n) = self.required(&f, "routes", "an upstream", node) {
+            for r in self.seq(n, "routes").unwrap_or_default() {
+                if let Some(route) = self.route(r) {
+                    upstream = upstream.route(route);
+                }
+            }
+        }
+        Some(upstream)
+    }
+
+    /// `{match: {...}, respond: {...}}`, `{match, hang: true}` or `{match, reset: true, delay}`.
+    fn route(&mut self, node: &Node) -> Option<Route> {
+        let f = self.map(
+            node,
+            "a route",
+            &["match", "respond", "hang", "reset", "delay"],
+        )?;
+        let mut route = Route::any();
+        if let Some(m) = get(&f, "match") {
+            let mf = self.map(m, "a route's match", &["method", "path", "headers"])?;
+            if let Some(n) = get(&mf, "method") {
+                route.method = Some(self.string(n, "match.method")?);
+            }
+            if let Some(n) = get(&mf, "path") {
+                route.path = Some(self.string(n, "match.path")?);
+            }
+            if let Some(n) = get(&mf, "headers") {
+                for (name, value) in self.headers(n, "match.headers", false)? {
+                    if let ValueMatch::Equals(v) = value {
+                        route = route.header(&name, &v);
+                    }
+                }
+            }
+        }
+        let answers: Vec<&&Key> = f
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| ["respond", "hang", "reset"].contains(&k.name.as_str()))
+            .collect();
+        if answers.len() != 1 {
+            self.error(
+                answers.get(1).and_then(|k| k.pos).or(node.pos),
+                "a route answers with exactly one of `respond: {...}`, `hang: true` or `reset: true`",
+            );
+            return None;
+        }
+        let delay = match get(&f, "delay") {
+            Some(n) => Some(self.duration(n, "delay")?),
+            None => None,
+        };
+        if let Some(n) = get(&f, "respond") {
+            if let Some((k, _)) = f.iter().find(|(k, _)| k.name == "delay") {
+                self.error(k.pos, "put a response's delay inside `respond`");
+            }
+            route.reply = self.respond(n)?;
+        } else if let Some(n) = get(&f, "hang") {
+            if !self.boolean(n, "hang")? {
+                self.error(n.pos, "hang can only be true; leave it out otherwise");
+            }
+            if let Some((k, _)) = f.iter().find(|(k, _)| k.name == "delay") {
+                self.error(k.pos, "a hanging route has no delay: it never answers");
+            }
+            route.reply = Reply::hang();
+        } else if let Some(n) = get(&f, "reset") {
+            if !self.boolean(n, "reset")? {
+                self.error(n.pos, "reset can only be true; leave it out otherwise");
+            }
+            route.reply = Reply::reset().delay(delay.unwrap_or_default());
+        }
+        Some(route)
+    }
+
+    /// `{status, headers, body, delay}`: a scripted response. Status defaults to 200.
+    fn respond(&mut self, node: &Node) -> Option<Reply> {
+        let f = self.map(node, "respond", &["status", "headers", "body", "delay"])?;
+        let status = match get(&f, "status") {
+            Some(n) => u16::try_from(self.int_in(n, "respond.status", 100..=599)?).ok()?,
+            None => 200,
+        };
+        let mut reply = Reply::status(status);
+        if let Some(n) = get(&f, "headers") {
+            for (name, value) in self.headers(n, "respond.headers", false)? {
+                if let ValueMatch::Equals(v) = value {
+                    reply = reply.header(&name, &v);
+                }
+            }
+        }
+        if let Some(n) = get(&f, "body")
+            && let Reply::Respond { body, .. } = &mut reply
+        {
+            *body = self.body(n, "respond.body")?;
+        }
+        if let Some(n) = get(&f, "delay") {
+            reply = reply.delay(self.duration(n, "respond.delay")?);
+        }
+        Some(reply)
+    }
+
+    /// A body: text as is, a mapping or list as JSON.
+    fn body(&mut self, node: &Node, what: &str) -> Option<Vec<u8>> {
+        match &node.value {
+            Value::Str(s) => Some(s.clone().into_bytes()),
+            Value::Map(_) | Value::Seq(_) => Some(node.to_json().to_string().into_bytes()),
+            other => {
+                self.error(
+                    node.pos,
+                    format!(
+                        "{what} must be a string or a mapping, found {}",
+                        other.kind()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn case(&mut self, node: &Node, file_harness_only: Option<&str>) -> Option<Case> {
         let f = self.map(node, "a case", &["name", "backends", "steps"])?;
         let name = self
             .required(&f, "name", "a case", node)
             .and_then(|n| self.string(n, "name"));
         let mut backends = vec![BackendKind::Harness, BackendKind::Envoy];
+        let mut envoy_written_at = None;
         if let Some(n) = get(&f, "backends") {
             backends.clear();
             for b in self.seq(n, "backends").unwrap_or_default() {
                 match self.string(b, "a backend").as_deref() {
                     Some("harness") => backends.push(BackendKind::Harness),
-                    Some("envoy") => backends.push(BackendKind::Envoy),
+                    Some("envoy") => {
+                        envoy_written_at = b.pos;
+                        backends.push(BackendKind::Envoy);
+                    }
                     Some(other) => self.error(
                         b.pos,
                         format!("unknown backend '{other}'; expected one of [harness, envoy]"),
@@ -252,62 +500,192 @@ impl Reader<'_> {
             }
         }
         let mut steps = Vec::new();
+        let mut harness_only = file_harness_only.map(str::to_string);
         if let Some(n) = self.required(&f, "steps", "a case", node) {
             for s in self.seq(n, "steps").unwrap_or_default() {
-                if let Some(step) = self.step(s) {
+                if let Some((step, why)) = self.step(s) {
+                    if harness_only.is_none() {
+                        harness_only = why;
+                    }
                     steps.push(step);
                 }
             }
+        }
+        if let (Some(at), Some(why)) = (envoy_written_at, &harness_only) {
+            self.error(
+                Some(at),
+                format!(
+                    "this case cannot run on envoy: {why}, which only the harness can do; write `backends: [harness]`, or leave `backends` out to have it skipped on Envoy"
+                ),
+            );
         }
         Some(Case {
             name: name?,
             pos: node.pos,
             backends,
+            harness_only,
             steps,
         })
     }
 
-    fn step(&mut self, node: &Node) -> Option<Step> {
-        let f = self.map(node, "a step", &["request", "expect", "advance"])?;
-        if let Some(n) = get(&f, "advance") {
-            if let Some((k, _)) = f.iter().find(|(k, _)| k.name != "advance") {
-                self.error(
-                    k.pos,
-                    "a step is either `advance` or `request` + `expect`, not both",
-                );
-            }
-            let text = self.scalar_text(n, "advance")?;
-            let Some(d) = parse_duration(&text) else {
-                self.error(
-                    n.pos,
-                    format!(
-                        "advance must be a duration like 500ms, 61s, 2m, 1h or 1d; found '{text}'"
-                    ),
-                );
+    /// A step, and why it needs the harness if it does.
+    fn step(&mut self, node: &Node) -> Option<(Step, Option<String>)> {
+        const ACTIONS: [&str; 4] = ["request", "advance", "tick", "fault"];
+        let f = self.map(
+            node,
+            "a step",
+            &["request", "worker", "expect", "advance", "tick", "fault"],
+        )?;
+        let actions: Vec<&&Key> = f
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| ACTIONS.contains(&k.name.as_str()))
+            .collect();
+        let Some(action_key) = actions.first() else {
+            self.error(
+                node.pos,
+                "a step needs one of `request`, `advance`, `tick` or `fault`",
+            );
+            return None;
+        };
+        if let Some(second) = actions.get(1) {
+            self.error(
+                second.pos,
+                format!(
+                    "a step does one thing: `{}` and `{}` go in separate steps",
+                    action_key.name, second.name
+                ),
+            );
+            return None;
+        }
+        let is_request = action_key.name == "request";
+        let mut why = (!is_request).then(|| {
+            format!(
+                "it uses `{}` ({})",
+                action_key.name,
+                self.at(action_key.pos)
+            )
+        });
+        let expect = match get(&f, "expect") {
+            Some(n) => self.expect(n, is_request)?,
+            None if is_request => {
+                self.error(node.pos, "a step needs the field 'expect'");
                 return None;
-            };
-            return Some(Step {
-                pos: node.pos,
-                action: Action::Advance(d),
+            }
+            None => Expect::default(),
+        };
+        if let Some((k, _)) = f.iter().find(|(k, _)| k.name == "expect")
+            && expect.needs_host()
+        {
+            why.get_or_insert_with(|| {
+                format!(
+                    "it expects metrics, logs, calls or traps ({})",
+                    self.at(k.pos)
+                )
             });
         }
-        let request = self
-            .required(&f, "request", "a step", node)
-            .and_then(|n| self.request(n));
-        let expect = self
-            .required(&f, "expect", "a step", node)
-            .and_then(|n| self.expect(n));
-        Some(Step {
-            pos: node.pos,
-            action: Action::Request {
-                request: request?,
-                expect: Box::new(expect?),
+        let worker = match f.iter().find(|(k, _)| k.name == "worker") {
+            Some((k, n)) if is_request => {
+                why.get_or_insert_with(|| format!("it picks a `worker` ({})", self.at(k.pos)));
+                Some(usize::try_from(self.int_in(n, "worker", 0..=63)?).ok()?)
+            }
+            Some((k, _)) => {
+                self.error(k.pos, "`worker` goes on a `request` step");
+                return None;
+            }
+            None => None,
+        };
+        let value = get(&f, action_key.name.as_str())?;
+        let action = match action_key.name.as_str() {
+            "request" => {
+                let mut request = self.request(value)?;
+                if request.chunk.is_some() {
+                    why.get_or_insert_with(|| {
+                        format!("it sends the body in `chunk`s ({})", self.at(value.pos))
+                    });
+                }
+                request.worker = worker;
+                Action::Request(request)
+            }
+            "advance" => Action::Advance(self.duration(value, "advance")?),
+            "tick" => {
+                match &value.value {
+                    Value::Bool(true) => {}
+                    Value::Map(entries) if entries.is_empty() => {}
+                    _ => {
+                        self.error(value.pos, "write `tick: true` (or `tick: {}`)");
+                        return None;
+                    }
+                }
+                Action::Tick
+            }
+            _ => Action::Fault(self.fault(value)?),
+        };
+        Some((
+            Step {
+                pos: node.pos,
+                action,
+                expect: Box::new(expect),
             },
+            why,
+        ))
+    }
+
+    /// `{call: NAME, nth: N, status: N | Name}`.
+    fn fault(&mut self, node: &Node) -> Option<FaultSpec> {
+        let f = self.map(node, "fault", &["call", "nth", "status"])?;
+        let call = self
+            .required(&f, "call", "fault", node)
+            .and_then(|n| self.string(n, "fault.call"));
+        let nth = match get(&f, "nth") {
+            Some(n) => self
+                .int_in(n, "fault.nth", 1..=i64::MAX)
+                .and_then(|n| u64::try_from(n).ok()),
+            None => Some(1),
+        };
+        let status = self
+            .required(&f, "status", "fault", node)
+            .and_then(|n| match &n.value {
+                Value::Int(_) => self
+                    .int_in(n, "fault.status", 0..=12)
+                    .and_then(|s| u32::try_from(s).ok()),
+                Value::Str(s) => match STATUS_NAMES.iter().position(|name| name == s) {
+                    Some(i) => u32::try_from(i).ok(),
+                    None => {
+                        self.error(
+                            n.pos,
+                            format!(
+                                "unknown status '{s}'; expected 0..12 or one of [{}]",
+                                STATUS_NAMES.join(", ")
+                            ),
+                        );
+                        None
+                    }
+                },
+                other => {
+                    self.error(
+                        n.pos,
+                        format!(
+                            "fault.status must be 0..12 or a status name, found {}",
+                            other.kind()
+                        ),
+                    );
+                    None
+                }
+            });
+        Some(FaultSpec {
+            call: call?,
+            nth: nth?,
+            status: status?,
         })
     }
 
     fn request(&mut self, node: &Node) -> Option<RequestSpec> {
-        let f = self.map(node, "a request", &["method", "path", "headers", "body"])?;
+        let f = self.map(
+            node,
+            "a request",
+            &["method", "path", "headers", "body", "chunk"],
+        )?;
         let method = match get(&f, "method") {
             Some(n) => self.string(n, "method")?,
             None => "GET".to_string(),
@@ -328,23 +706,19 @@ impl Reader<'_> {
         }
         let body = match get(&f, "body") {
             None => Vec::new(),
-            Some(n) => match &n.value {
-                Value::Str(s) => s.clone().into_bytes(),
-                Value::Map(_) | Value::Seq(_) => n.to_json().to_string().into_bytes(),
-                other => {
-                    self.error(
-                        n.pos,
-                        format!("body must be a string or a mapping, found {}", other.kind()),
-                    );
-                    return None;
-                }
-            },
+            Some(n) => self.body(n, "body")?,
+        };
+        let chunk = match get(&f, "chunk") {
+            Some(n) => Some(usize::try_from(self.int_in(n, "chunk", 1..=1 << 30)?).ok()?),
+            None => None,
         };
         Some(RequestSpec {
             method,
             path,
             headers,
             body,
+            chunk,
+            worker: None,
         })
     }
 
@@ -383,12 +757,55 @@ impl Reader<'_> {
         Some(out)
     }
 
-    fn expect(&mut self, node: &Node) -> Option<Expect> {
-        let f = self.map(
-            node,
-            "expect",
-            &["status", "body", "headers", "absent_headers", "upstream"],
-        )?;
+    /// `expect:`; only a request's may look at the response.
+    fn expect(&mut self, node: &Node, is_request: bool) -> Option<Expect> {
+        const RESPONSE: [&str; 5] = ["status", "body", "headers", "absent_headers", "upstream"];
+        const HOST: [&str; 4] = ["metrics", "logs", "calls", "trapped"];
+        let allowed: Vec<&str> = if is_request {
+            RESPONSE.iter().chain(HOST.iter()).copied().collect()
+        } else {
+            HOST.to_vec()
+        };
+        if !is_request && let Value::Map(entries) = &node.value {
+            for (k, _) in entries {
+                if RESPONSE.contains(&k.name.as_str()) {
+                    self.error(
+                        k.pos,
+                        format!(
+                            "'{}' needs a response: only a `request` step's expect has one; here expect may hold [{}]",
+                            k.name,
+                            HOST.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        let f = match &node.value {
+            Value::Map(entries) => {
+                let known: Vec<(&Key, &Node)> = entries
+                    .iter()
+                    .filter(|(k, _)| is_request || !RESPONSE.contains(&k.name.as_str()))
+                    .map(|(k, v)| (k, v))
+                    .collect();
+                let mut fields = Vec::new();
+                for (k, v) in known {
+                    if allowed.contains(&k.name.as_str()) {
+                        fields.push((k, v));
+                    } else {
+                        self.error(
+                            k.pos,
+                            format!(
+                                "unknown field '{}' in expect; expected one of [{}]",
+                                k.name,
+                                allowed.join(", ")
+                            ),
+                        );
+                    }
+                }
+                fields
+            }
+            _ => self.map(node, "expect", &allowed)?,
+        };
         let mut e = Expect::default();
         if let Some(n) = get(&f, "status") {
             match n.value {
@@ -415,7 +832,98 @@ impl Reader<'_> {
         if let Some(n) = get(&f, "upstream") {
             e.upstream = Some(self.upstream(n)?);
         }
+        // Each part on its own, so one mistake does not hide the next.
+        if let Some(n) = get(&f, "metrics") {
+            if let Value::Map(entries) = &n.value {
+                for (k, v) in entries {
+                    if let Some(value) = self
+                        .int_in(v, &format!("metric '{}'", k.name), 0..=i64::MAX)
+                        .and_then(|v| u64::try_from(v).ok())
+                    {
+                        e.metrics.push((k.name.clone(), value));
+                    }
+                }
+            } else {
+                self.error(
+                    n.pos,
+                    format!(
+                        "expect.metrics must be a mapping of name: value, found {}",
+                        n.value.kind()
+                    ),
+                );
+            }
+        }
+        if let Some(n) = get(&f, "logs")
+            && let Some(lf) = self.map(n, "expect.logs", &["contains", "absent"])
+        {
+            if let Some(c) = get(&lf, "contains") {
+                e.logs_contain = self.texts(c, "logs.contains").unwrap_or_default();
+            }
+            if let Some(a) = get(&lf, "absent") {
+                e.logs_absent = self.texts(a, "logs.absent").unwrap_or_default();
+            }
+        }
+        if let Some(n) = get(&f, "calls") {
+            let items = self.seq(n, "expect.calls").unwrap_or_default();
+            let calls: Vec<Option<CallExpect>> = items.iter().map(|c| self.call(c)).collect();
+            e.calls = Some(calls.into_iter().flatten().collect());
+        }
+        if let Some(n) = get(&f, "trapped") {
+            e.trapped = Some(self.boolean(n, "trapped")?);
+        }
         Some(e)
+    }
+
+    /// A list of strings, kept as written (log substrings are case-sensitive).
+    fn texts(&mut self, node: &Node, what: &str) -> Option<Vec<String>> {
+        let mut out = Vec::new();
+        for n in self.seq(node, what)? {
+            out.push(self.scalar_text(n, what)?);
+        }
+        Some(out)
+    }
+
+    /// `{cluster, method, path, result, status}`, each optional.
+    fn call(&mut self, node: &Node) -> Option<CallExpect> {
+        let f = self.map(
+            node,
+            "an expected call",
+            &["cluster", "method", "path", "result", "status"],
+        )?;
+        let mut c = CallExpect::default();
+        if let Some(n) = get(&f, "cluster") {
+            c.cluster = Some(self.string(n, "call.cluster")?);
+        }
+        if let Some(n) = get(&f, "method") {
+            c.method = Some(self.string(n, "call.method")?);
+        }
+        if let Some(n) = get(&f, "path") {
+            c.path = Some(self.string(n, "call.path")?);
+        }
+        if let Some(n) = get(&f, "result") {
+            let text = self.string(n, "call.result")?;
+            match CallEnd::NAMES.iter().find(|(name, _)| *name == text) {
+                Some((_, end)) => c.result = Some(*end),
+                None => {
+                    let names: Vec<&str> = CallEnd::NAMES.iter().map(|(n, _)| *n).collect();
+                    self.error(
+                        n.pos,
+                        format!(
+                            "unknown call result '{text}'; expected one of [{}]",
+                            names.join(", ")
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+        if let Some(n) = get(&f, "status") {
+            c.status = Some(u16::try_from(self.int_in(n, "call.status", 100..=599)?).ok()?);
+            if c.result.is_some_and(|r| r != CallEnd::Responded) {
+                self.error(n.pos, "a call with a status was `responded`");
+            }
+        }
+        Some(c)
     }
 
     fn upstream(&mut self, node: &Node) -> Option<UpstreamExpect> {
@@ -441,6 +949,34 @@ impl Reader<'_> {
             headers,
             absent_headers,
         })
+    }
+}
+
+/// proxy-wasm `WasmResult` names, by value: `fault.status` may say either.
+pub const STATUS_NAMES: [&str; 13] = [
+    "Ok",
+    "NotFound",
+    "BadArgument",
+    "SerializationFailure",
+    "ParseFailure",
+    "BadExpression",
+    "InvalidMemoryAccess",
+    "Empty",
+    "CasMismatch",
+    "ResultMismatch",
+    "InternalFailure",
+    "BrokenConnection",
+    "Unimplemented",
+];
+
+/// A scalar as it was written, for messages.
+fn node_text(node: &Node) -> String {
+    match &node.value {
+        Value::Str(s) => format!("'{s}'"),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => other.kind().to_string(),
     }
 }
 
@@ -494,15 +1030,19 @@ cases:
     #[test]
     fn a_case_file_is_read() {
         let f = parse_str(GOOD).unwrap();
-        assert_eq!(f.policy, Path::new("/p/example.yaml"));
+        assert_eq!(
+            f.plugin,
+            PluginSource::Policy(Path::new("/p/example.yaml").to_path_buf())
+        );
         assert_eq!(f.start, Some(1_767_225_600));
         assert_eq!(f.env, vec![("A".into(), "b".into())]);
         let case = &f.cases[0];
         assert_eq!(case.backends, vec![BackendKind::Harness]);
         assert_eq!(case.steps.len(), 3);
-        let Action::Request { request, expect } = &case.steps[0].action else {
+        let Action::Request(request) = &case.steps[0].action else {
             panic!()
         };
+        let expect = &case.steps[0].expect;
         assert_eq!(request.method, "POST");
         assert_eq!(request.headers[1], ("x-n".into(), "3".into()));
         assert_eq!(request.body, b"hi");
@@ -514,7 +1054,7 @@ cases:
         assert_eq!(expect.absent_headers, vec!["server".to_string()]);
         assert!(matches!(expect.upstream, Some(UpstreamExpect::Never)));
         assert!(matches!(case.steps[1].action, Action::Advance(d) if d == Duration::from_secs(61)));
-        let Action::Request { request, .. } = &case.steps[2].action else {
+        let Action::Request(request) = &case.steps[2].action else {
             panic!()
         };
         assert_eq!(request.method, "GET");
@@ -543,6 +1083,193 @@ cases:
             err.lines[2].starts_with("t.cases.yaml:7:18: advance"),
             "{err}"
         );
+    }
+
+    const FEATURES: &str = "\
+plugin_config: tick queue
+module: probe.wasm
+workers: 2
+failure_policy: FAIL_OPEN
+upstreams:
+  - cluster: control
+    routes:
+      - match: { method: GET, path: /v1/*, headers: { X-T: a } }
+        respond: { status: 201, headers: { x-a: b }, body: { ok: true }, delay: 30ms }
+      - match: { path: /slow }
+        hang: true
+      - reset: true
+        delay: 5ms
+cases:
+  - name: all
+    steps:
+      - tick: true
+        expect: { metrics: { probe_ticks: 2 }, trapped: false }
+      - tick: {}
+      - fault: { call: proxy_set_shared_data, nth: 2, status: CasMismatch }
+      - fault: { call: proxy_log, status: 10 }
+      - request: { method: POST, path: /x, body: abc, chunk: 2 }
+        worker: 1
+        expect:
+          status: 200
+          logs: { contains: [a, b], absent: [c] }
+          calls: [{ cluster: control, method: GET, path: /v1/k, result: responded, status: 201 }, { result: timed_out }]
+";
+
+    #[test]
+    fn the_harness_features_are_read() {
+        let f = parse_str(FEATURES).unwrap();
+        assert_eq!(f.plugin, PluginSource::Raw("tick queue".into()));
+        assert_eq!(f.module, Some(Path::new("/p/probe.wasm").to_path_buf()));
+        assert_eq!(f.workers, 2);
+        assert_eq!(f.failure_policy, Some(FailurePolicy::FailOpen));
+        let up = &f.upstreams[0];
+        assert_eq!(up.cluster, "control");
+        assert_eq!(up.routes.len(), 3);
+        assert_eq!(up.routes[0].method.as_deref(), Some("GET"));
+        assert_eq!(up.routes[0].path.as_deref(), Some("/v1/*"));
+        assert_eq!(up.routes[0].headers, vec![("x-t".into(), "a".into())]);
+        let Reply::Respond {
+            status,
+            headers,
+            body,
+            delay,
+        } = &up.routes[0].reply
+        else {
+            panic!("{:?}", up.routes[0].reply)
+        };
+        assert_eq!(*status, 201);
+        assert_eq!(headers, &vec![("x-a".to_string(), "b".to_string())]);
+        assert_eq!(body, br#"{"ok":true}"#);
+        assert_eq!(*delay, Duration::from_millis(30));
+        assert!(matches!(up.routes[1].reply, Reply::Hang));
+        assert!(up.routes[2].path.is_none());
+        assert!(
+            matches!(up.routes[2].reply, Reply::Reset { delay } if delay == Duration::from_millis(5))
+        );
+        let case = &f.cases[0];
+        assert!(
+            case.harness_only
+                .as_deref()
+                .unwrap()
+                .contains("`upstreams`")
+        );
+        let steps = &case.steps;
+        assert!(matches!(steps[0].action, Action::Tick));
+        assert_eq!(steps[0].expect.metrics, vec![("probe_ticks".into(), 2)]);
+        assert_eq!(steps[0].expect.trapped, Some(false));
+        assert!(matches!(steps[1].action, Action::Tick));
+        let Action::Fault(fault) = &steps[2].action else {
+            panic!()
+        };
+        assert_eq!(
+            fault,
+            &FaultSpec {
+                call: "proxy_set_shared_data".into(),
+                nth: 2,
+                status: 8
+            }
+        );
+        let Action::Fault(fault) = &steps[3].action else {
+            panic!()
+        };
+        assert_eq!((fault.nth, fault.status), (1, 10));
+        let Action::Request(r) = &steps[4].action else {
+            panic!()
+        };
+        assert_eq!((r.chunk, r.worker), (Some(2), Some(1)));
+        let e = &steps[4].expect;
+        assert_eq!(e.logs_contain, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(e.logs_absent, vec!["c".to_string()]);
+        let calls = e.calls.as_ref().unwrap();
+        assert_eq!(calls[0].cluster.as_deref(), Some("control"));
+        assert_eq!(calls[0].result, Some(CallEnd::Responded));
+        assert_eq!(calls[0].status, Some(201));
+        assert_eq!(calls[1].result, Some(CallEnd::TimedOut));
+    }
+
+    #[test]
+    fn a_case_is_harness_only_for_its_first_harness_feature() {
+        let f = parse_str("policy: p.yaml\ncases:\n  - name: a\n    steps:\n      - request: { path: / }\n        expect: { status: 200 }\n      - advance: 1s\n  - name: b\n    steps:\n      - request: { path: / }\n        expect: { status: 200 }\n").unwrap();
+        assert_eq!(
+            f.cases[0].harness_only.as_deref(),
+            Some("it uses `advance` (t.cases.yaml:7:9)")
+        );
+        assert_eq!(f.cases[1].harness_only, None);
+        assert_eq!(
+            f.cases[1].backends,
+            vec![BackendKind::Harness, BackendKind::Envoy]
+        );
+    }
+
+    fn errors(src: &str) -> Vec<String> {
+        parse_str(src).unwrap_err().lines
+    }
+
+    #[test]
+    fn policy_and_plugin_config_are_exclusive_and_one_is_required() {
+        let both = errors("policy: p.yaml\nplugin_config: x\ncases: []\n");
+        assert_eq!(both.len(), 1, "{both:?}");
+        assert!(
+            both[0].starts_with("t.cases.yaml:2:16: give either `policy`"),
+            "{both:?}"
+        );
+        let neither = errors("cases: []\n");
+        assert!(
+            neither[0].contains("needs the field 'policy' (a policy file) or 'plugin_config'"),
+            "{neither:?}"
+        );
+    }
+
+    #[test]
+    fn mistakes_in_the_new_fields_are_reported_at_their_position() {
+        let e = errors(
+            "\
+plugin_config: x
+failure_policy: FAIL_SOMETIMES
+upstreams:
+  - cluster: c
+    routes:
+      - match: { pth: /x }
+        respond: { status: 200 }
+      - respond: { status: 200, bodyy: x }
+      - match: { path: /y }
+        respond: { status: 200 }
+        hang: true
+cases:
+  - name: x
+    backends: [envoy]
+    steps:
+      - tick: false
+      - fault: { call: proxy_log, status: Broken }
+      - advance: 1s
+        tick: true
+      - advance: 1s
+        expect: { status: 200 }
+      - request: { path: / }
+        expect: { calls: [{ result: finished }], logs: { has: [x] }, metrics: { m: -1 } }
+",
+        );
+        let want = [
+            "t.cases.yaml:2:17: unknown failure_policy 'FAIL_SOMETIMES'",
+            "t.cases.yaml:6:18: unknown field 'pth' in a route's match",
+            "t.cases.yaml:8:33: unknown field 'bodyy' in respond",
+            "t.cases.yaml:11:9: a route answers with exactly one of",
+            "t.cases.yaml:14:16: this case cannot run on envoy: the file scripts `upstreams` (t.cases.yaml:3:1)",
+            "t.cases.yaml:16:15: write `tick: true`",
+            "t.cases.yaml:17:43: unknown status 'Broken'; expected 0..12 or one of [Ok, NotFound,",
+            "t.cases.yaml:19:9: a step does one thing: `advance` and `tick` go in separate steps",
+            "t.cases.yaml:21:19: 'status' needs a response",
+            "t.cases.yaml:23:37: unknown call result 'finished'",
+            "t.cases.yaml:23:58: unknown field 'has' in expect.logs",
+            "t.cases.yaml:23:84: metric 'm' must be an integer from 0",
+        ];
+        for w in want {
+            assert!(
+                e.iter().any(|l| l.starts_with(w)),
+                "no line starting {w:?} in:\n{}",
+                e.join("\n")
+            );
+        }
     }
 
     #[test]

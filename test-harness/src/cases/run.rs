@@ -1,24 +1,17 @@
 //! Runs a case file against one backend and reports per case.
 
 use super::backend::{Backend, BackendConfig, BackendKind, EnvoyBackend};
-use super::expect::{check, excerpt};
-use super::{Action, CaseFile};
+use super::expect::{check, check_host, excerpt, unmatched_calls};
+use super::{Action, CaseFile, PluginSource};
 use anyhow::Context;
 use std::path::PathBuf;
 
 /// How to run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct RunOptions {
-    /// The gatehouse module (`gatehouse.wasm`).
-    pub module: PathBuf,
-}
-
-impl Default for RunOptions {
-    fn default() -> Self {
-        RunOptions {
-            module: crate::envoy::default_wasm(),
-        }
-    }
+    /// The module to load (`run --module`), over the case file's `module:`; `None`: the
+    /// file's, else [`crate::envoy::default_wasm`].
+    pub module: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +30,8 @@ pub struct CaseResult {
     pub name: String,
     pub backend: BackendKind,
     pub outcome: Outcome,
+    /// Why it was skipped, when there is more to say than `backends:`.
+    pub note: Option<String>,
 }
 
 impl CaseResult {
@@ -47,7 +42,11 @@ impl CaseResult {
             Outcome::Failed(_) => "FAIL",
             Outcome::Skipped => "skip",
         };
-        format!("{tag} [{}] {}: {}", self.backend, self.location, self.name)
+        let line = format!("{tag} [{}] {}: {}", self.backend, self.location, self.name);
+        match &self.note {
+            Some(note) => format!("{line} ({note})"),
+            None => line,
+        }
     }
 }
 
@@ -86,17 +85,30 @@ pub fn run_file(
     kind: BackendKind,
     opts: &RunOptions,
 ) -> anyhow::Result<Vec<CaseResult>> {
-    let policy_name = file.policy.display().to_string();
-    let source = std::fs::read_to_string(&file.policy)
-        .with_context(|| format!("{}: reading the policy {policy_name}", file.name))?;
-    let loaded = gatehouse::policy::load_yaml(&policy_name, &source)
-        .map_err(|e| anyhow::anyhow!("{}: the policy does not load:\n{e}", file.name))?;
+    let plugin_config = match &file.plugin {
+        PluginSource::Raw(text) => text.clone(),
+        PluginSource::Policy(path) => {
+            let policy_name = path.display().to_string();
+            let source = std::fs::read_to_string(path)
+                .with_context(|| format!("{}: reading the policy {policy_name}", file.name))?;
+            gatehouse::policy::load_yaml(&policy_name, &source)
+                .map_err(|e| anyhow::anyhow!("{}: the policy does not load:\n{e}", file.name))?
+                .plugin_config_json
+        }
+    };
+    let module = opts
+        .module
+        .clone()
+        .or_else(|| file.module.clone())
+        .unwrap_or_else(crate::envoy::default_wasm);
     let config = BackendConfig {
-        module: opts.module.clone(),
-        plugin_config_json: loaded.plugin_config_json,
+        module,
+        plugin_config,
         env: file.env.clone(),
         workers: file.workers,
         start: file.start,
+        upstreams: file.upstreams.clone(),
+        failure_policy: file.failure_policy,
     };
 
     let mut results = Vec::new();
@@ -111,8 +123,16 @@ pub fn run_file(
             name: case.name.clone(),
             backend: kind,
             outcome: Outcome::Skipped,
+            note: None,
         };
         if !case.backends.contains(&kind) {
+            results.push(result);
+            continue;
+        }
+        if kind == BackendKind::Envoy
+            && let Some(why) = &case.harness_only
+        {
+            result.note = Some(format!("harness only: {why}"));
             results.push(result);
             continue;
         }
@@ -131,48 +151,77 @@ fn run_case(backend: &mut dyn Backend, file: &CaseFile, case: &super::Case) -> O
     if let Err(e) = backend.begin_case() {
         return Outcome::Failed(format!("could not start the backend: {e:#}"));
     }
+    // Calls up to here were accounted for by a `calls` expectation.
+    let mut calls_listed = 0;
     for (i, step) in case.steps.iter().enumerate() {
         let at = match step.pos {
             Some(p) => format!("step {} ({}:{p})", i + 1, file.name),
             None => format!("step {}", i + 1),
         };
-        match &step.action {
-            Action::Advance(d) => {
-                if let Err(e) = backend.advance(*d) {
-                    return Outcome::Failed(format!("{at}: advance: {e:#}"));
-                }
+        let expect = &step.expect;
+        let (what, done) = match &step.action {
+            Action::Advance(d) => ("advance".to_string(), backend.advance(*d).map(|()| None)),
+            Action::Tick => ("tick".to_string(), backend.tick().map(|()| None)),
+            Action::Fault(f) => (
+                format!("fault {} #{} -> {}", f.call, f.nth, f.status),
+                backend.fault(f).map(|()| None),
+            ),
+            Action::Request(request) => (
+                format!("{} {}", request.method, request.path),
+                backend.request(request).map(Some),
+            ),
+        };
+        let observed = match done {
+            Ok(o) => o,
+            Err(e) => {
+                let mut msg = format!("{at}: {what}: {e:#}");
+                append_diagnostics(&mut msg, backend);
+                return Outcome::Failed(msg);
             }
-            Action::Request { request, expect } => {
-                let observed = match backend.request(request) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        return Outcome::Failed(format!(
-                            "{at}: {} {}: {e:#}",
-                            request.method, request.path
-                        ));
-                    }
-                };
-                let mismatches = check(expect, &observed);
-                if !mismatches.is_empty() {
-                    let mut msg = format!("{at}: {} {}", request.method, request.path);
-                    for m in mismatches {
-                        msg.push_str("\n  ");
-                        msg.push_str(&m);
-                    }
-                    msg.push_str(&format!(
-                        "\n  got status {}, body {}",
-                        observed.status,
-                        excerpt(&observed.body)
-                    ));
-                    let diag = backend.diagnostics();
-                    if !diag.is_empty() {
-                        msg.push('\n');
-                        msg.push_str(&diag);
-                    }
-                    return Outcome::Failed(msg);
+        };
+        let mut mismatches = match &observed {
+            Some(o) => check(expect, o),
+            None => Vec::new(),
+        };
+        let metric_names: Vec<&str> = expect.metrics.iter().map(|(n, _)| n.as_str()).collect();
+        match backend.host_seen(&metric_names) {
+            Some(seen) => {
+                mismatches.extend(check_host(expect, &seen));
+                if expect.calls.is_some() {
+                    calls_listed = seen.calls.len();
                 }
+                mismatches.extend(unmatched_calls(&seen.calls, calls_listed));
             }
+            None if expect.needs_host() => mismatches.push(format!(
+                "the {} backend cannot see metrics, logs, calls or traps",
+                backend.kind()
+            )),
+            None => {}
+        }
+        if !mismatches.is_empty() {
+            let mut msg = format!("{at}: {what}");
+            for m in mismatches {
+                msg.push_str("\n  ");
+                msg.push_str(&m);
+            }
+            if let Some(o) = &observed {
+                msg.push_str(&format!(
+                    "\n  got status {}, body {}",
+                    o.status,
+                    excerpt(&o.body)
+                ));
+            }
+            append_diagnostics(&mut msg, backend);
+            return Outcome::Failed(msg);
         }
     }
     Outcome::Passed
+}
+
+fn append_diagnostics(msg: &mut String, backend: &dyn Backend) {
+    let diag = backend.diagnostics();
+    if !diag.is_empty() {
+        msg.push('\n');
+        msg.push_str(&diag);
+    }
 }

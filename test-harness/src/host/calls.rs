@@ -229,6 +229,111 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         },
     )?;
 
+    // The harness has no gRPC clusters: every service is unknown, which Envoy reports as
+    // ParseFailure for a cluster name; tokens of calls never made are NotFound.
+    linker.func_wrap(
+        ENV,
+        "proxy_grpc_call",
+        |_c: Ctx<'_>,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32|
+         -> Result<u32> { Ok(PARSE_FAILURE) },
+    )?;
+    linker.func_wrap(
+        ENV,
+        "proxy_grpc_stream",
+        |_c: Ctx<'_>,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32|
+         -> Result<u32> { Ok(PARSE_FAILURE) },
+    )?;
+    linker.func_wrap(
+        ENV,
+        "proxy_grpc_send",
+        |_c: Ctx<'_>, _: u32, _: u32, _: u32, _: u32| -> Result<u32> { Ok(NOT_FOUND) },
+    )?;
+    linker.func_wrap(
+        ENV,
+        "proxy_grpc_cancel",
+        |_c: Ctx<'_>, _: u32| -> Result<u32> { Ok(NOT_FOUND) },
+    )?;
+    linker.func_wrap(
+        ENV,
+        "proxy_grpc_close",
+        |_c: Ctx<'_>, _: u32| -> Result<u32> { Ok(NOT_FOUND) },
+    )?;
+
+    // Status of the last gRPC call: there never is one, so code 0 and no message.
+    linker.func_wrap(
+        ENV,
+        "proxy_get_status",
+        |mut c: Ctx<'_>, code_ptr: u32, msg_ptr: u32, msg_size: u32| -> Result<u32> {
+            memory::write_u32(&mut c, code_ptr, 0)?;
+            memory::copy_out(&mut c, &[], msg_ptr, msg_size)?;
+            Ok(OK)
+        },
+    )?;
+
+    // Envoy's foreign functions (compress, declare_property, ...) are not provided.
+    linker.func_wrap(
+        ENV,
+        "proxy_call_foreign_function",
+        |_c: Ctx<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> Result<u32> {
+            Ok(NOT_FOUND)
+        },
+    )?;
+
+    linker.func_wrap(ENV, "proxy_done", |_c: Ctx<'_>| -> Result<u32> { Ok(OK) })?;
+
+    // Envoy resets the stream: the client sees the connection close, no response.
+    linker.func_wrap(
+        ENV,
+        "proxy_close_stream",
+        |mut c: Ctx<'_>, stream_type: u32| -> Result<u32> {
+            if stream_type > 3 {
+                return Ok(BAD_ARGUMENT);
+            }
+            // 0 and 1 are the HTTP request and response (2 and 3, the network streams,
+            // have nothing to close in an HTTP filter).
+            if let Some(stream) = c.data_mut().stream.as_mut()
+                && stream_type <= 1
+            {
+                stream.reset = true;
+            }
+            Ok(OK)
+        },
+    )?;
+
+    linker.func_wrap(
+        ENV,
+        "proxy_get_header_map_size",
+        |mut c: Ctx<'_>, map_type: u32, size_ptr: u32| -> Result<u32> {
+            let size = match c.data().header_map(map_type) {
+                Some(map) if map.len() > 0 => headers::serialize(map.entries()).len(),
+                _ => 0,
+            };
+            memory::write_u32(&mut c, size_ptr, u32::try_from(size).unwrap_or(u32::MAX))?;
+            Ok(OK)
+        },
+    )?;
+
     Ok(())
 }
 

@@ -1,29 +1,48 @@
-//! A wasmtime host that runs the gatehouse proxy-wasm module the way one Envoy worker does.
+//! A wasmtime host that runs the gatehouse proxy-wasm module the way Envoy does: one VM
+//! per worker, all sharing shared data, shared queues, stats and the log, plus the
+//! optional singleton service VM, on a virtual clock.
 //!
-//! It implements the proxy-wasm ABI 0.2.1 and the WASI calls a Rust module makes, with
-//! Envoy's semantics: start-up order (`_initialize`, root context, `on_vm_start`,
-//! `on_configure`), header map encoding, shared data with compare-and-swap, local
-//! responses applied after the callback returns, which maps and buffers are reachable in
-//! which callback. Every other import is linked and traps with
+//! It implements every host function of the proxy-wasm ABI 0.2.1 and the WASI calls a
+//! Rust module makes, with Envoy's statuses and semantics: start-up order (`_initialize`,
+//! root context, `on_vm_start`, `on_configure`), header maps, buffers (bodies, VM and
+//! plugin configuration, HTTP call responses), properties with Envoy's encodings (strings
+//! raw, integers 8-byte little-endian), metrics readable by name, logs by level, ticks,
+//! HTTP calls to scripted upstreams ([`Upstream`]), shared data (one CAS counter for all
+//! keys, `cas = 0` unconditional, an absent key written whatever the cas), shared queues
+//! (the last registrant gets `on_queue_ready`, delivered after the enqueuing callback),
+//! local responses applied after the callback returns, paused streams holding their body
+//! callbacks, chunked bodies. gRPC calls fail as for an unknown cluster (`ParseFailure`):
+//! the harness has no gRPC upstreams. Any other import is linked and traps with
 //! `unimplemented host call MODULE.NAME` only if called.
 //!
 //! ```no_run
 //! use gatehouse_harness::host::{Harness, Request};
 //! let mut h = Harness::builder("target/wasm32-wasip1/release/gatehouse.wasm")
 //!     .plugin_config(r#"{"routes": []}"#)
+//!     .workers(2)
 //!     .build()?;
 //! let out = h.request(Request::get("/v1/things").header("x-api-key", "k"))?;
 //! assert_eq!(out.status, 401);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! All state (shared data, clock, logs, metrics) belongs to one [`Harness`], so tests run
-//! in parallel. The compiled module is shared process-wide ([`module_cache`]).
+//! What no other harness has: [`Harness::concurrently`] runs requests on several workers
+//! interleaved at every host call in an order drawn from a seed ([`sched`]), and
+//! [`Harness::explore`] tries many seeds; [`Harness::advance`] moves virtual time and fires
+//! ticks, HTTP call responses and timeouts at their moment; [`Harness::fault`] makes the
+//! Nth call of a host function fail; memory and per-callback work are capped ([`limits`]);
+//! a trap follows Envoy's `failure_policy` ([`FailurePolicy`]) or, by default, fails the
+//! test with the module's panic message.
 //!
-//! Where things live: [`abi`] the `env.proxy_*` calls, [`wasi`] the WASI calls,
-//! [`linking`] the import set and the trapping stand-ins, [`stream`] the order Envoy calls
-//! an HTTP stream's callbacks in, [`state`] what a harness owns, [`headers`] and
-//! [`shared_data`] the two data structures with exact Envoy behaviour.
+//! All state belongs to one [`Harness`] ([`world`]), so tests run in parallel. The compiled
+//! module is shared process-wide ([`module_cache`]).
+//!
+//! Where things live: [`abi`] and [`calls`] the `env.proxy_*` calls, [`wasi`] the WASI
+//! calls, [`linking`] the import set (scheduling points, call counts, faults, trapping
+//! stand-ins), [`vm`] one VM's life, [`stream`] the order Envoy calls an HTTP stream's
+//! callbacks in, [`state`] what a VM owns, [`world`] what the VMs share, [`upstream`] the
+//! scripted clusters, [`headers`] and [`shared_data`] the two data structures with exact
+//! Envoy behaviour.
 
 mod abi;
 mod calls;

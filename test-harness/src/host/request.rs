@@ -78,6 +78,9 @@ pub struct Outcome {
     pub body: Vec<u8>,
     /// True when the module answered with `proxy_send_local_response`.
     pub local_response: bool,
+    /// True when the module closed the stream (`proxy_close_stream`): Envoy resets it and
+    /// the client gets no response (`status` is then 0).
+    pub reset: bool,
     /// What the upstream received, `None` if the request never reached it.
     pub upstream: Option<UpstreamRequest>,
 }

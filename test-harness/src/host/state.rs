@@ -51,6 +51,8 @@ pub(crate) struct Stream {
     pub response_body: Option<Vec<u8>>,
     pub response_body_held: bool,
     pub local_response: Option<LocalResponse>,
+    /// `proxy_close_stream` on the HTTP stream: Envoy resets it.
+    pub reset: bool,
     pub resume_request: bool,
     pub resume_response: bool,
     pub source_address: String,

@@ -39,6 +39,18 @@ const CONTINUE: u32 = 0;
 /// harness gives up, as Envoy's `stream_idle_timeout` (5 minutes by default) would.
 const MAX_WAIT_NANOS: u64 = 300 * 1_000_000_000;
 
+/// The module closed the stream; unwinds the stream driver to [`Vm::finish_reset`].
+#[derive(Debug)]
+struct StreamReset;
+
+impl std::fmt::Display for StreamReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the module closed the stream")
+    }
+}
+
+impl std::error::Error for StreamReset {}
+
 /// Which direction a paused stream waits on.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Direction {
@@ -95,11 +107,36 @@ impl Vm {
             Some(size) => req.body.chunks(size.max(1)).map(<[u8]>::to_vec).collect(),
             None => vec![req.body],
         };
-        let result = self.run_stream(context_id, chunks);
+        let mut result = self.run_stream(context_id, chunks);
+        if result
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.downcast_ref::<StreamReset>().is_some())
+        {
+            result = self.finish_reset(context_id);
+        }
         let state = self.store.data_mut();
         state.stream = None;
         state.phase = Phase::Idle;
         result
+    }
+
+    /// After `proxy_close_stream`: Envoy resets the stream; the filter still gets its
+    /// access-log and end-of-context callbacks.
+    fn finish_reset(&mut self, ctx: u32) -> anyhow::Result<Outcome> {
+        self.simple_callback(Phase::Log, "proxy_on_log", ctx)?;
+        self.store.data_mut().phase = Phase::Idle;
+        self.call::<u32, u32>("proxy_on_done", ctx)
+            .map_err(Self::trap)?;
+        self.simple_callback(Phase::Idle, "proxy_on_delete", ctx)?;
+        Ok(Outcome {
+            status: 0,
+            headers: Vec::new(),
+            body: Vec::new(),
+            local_response: false,
+            reset: true,
+            upstream: None,
+        })
     }
 
     fn stream_mut(&mut self) -> anyhow::Result<&mut Stream> {
@@ -132,6 +169,9 @@ impl Vm {
             _ => Direction::Response,
         };
         let resumed = self.take_resume(direction)?;
+        if self.stream_mut()?.reset {
+            return Err(anyhow::Error::new(StreamReset));
+        }
         Ok(action == CONTINUE || resumed)
     }
 
@@ -170,6 +210,9 @@ impl Vm {
             }
             if self.stream_mut()?.local_response.is_some() {
                 return Ok(());
+            }
+            if self.stream_mut()?.reset {
+                return Err(anyhow::Error::new(StreamReset));
             }
             let next = world.lock().next_event(Some(vm));
             match next {
@@ -351,6 +394,7 @@ impl Vm {
             headers,
             body: final_body,
             local_response: local,
+            reset: false,
             upstream,
         })
     }
@@ -364,6 +408,7 @@ pub(crate) fn fail_closed() -> Outcome {
         headers: vec![("content-length".to_string(), b"0".to_vec())],
         body: Vec::new(),
         local_response: true,
+        reset: false,
         upstream: None,
     }
 }
@@ -396,6 +441,7 @@ pub(crate) fn bypass(req: &Request) -> Outcome {
             .collect(),
         body,
         local_response: false,
+        reset: false,
         upstream: Some(upstream),
     }
 }
