@@ -19,7 +19,7 @@ POLICY=${GATEHOUSE_POLICY:-policies/example.yaml}
 WORKERS=${GATEHOUSE_WORKERS:-2}
 ENVOY=${GATEHOUSE_ENVOY:-.venv/bin/envoy}
 HARNESS=${GATEHOUSE_HARNESS:-target/debug/gatehouse-harness}
-DEMO_KEY=${GATEHOUSE_DEMO_KEY:-ghk_demo_5f0c1b8e2d7a4c9e8b3f6a1d0e7c2b9a}
+DEMO_KEY=${GATEHOUSE_DEMO_KEY:-ghk_demo_5f0c1b8e2d7a4c9e8b3f6A2d4hG5}
 RUN_DIR=.run
 
 for bin in "$ENVOY" "$HARNESS"; do

@@ -8,8 +8,14 @@
 //!
 //! Record encoding (one shared-data value per key, a few dozen bytes; never one blob for
 //! all keys, since a shared-data get copies the whole value):
-//! `1|<origin>|<key id>|<user>|<tenant>|<plan>|<expires unix secs or empty>|<a or r>`.
-//! Every field is an [`is_valid_id`] string, so `|` cannot appear inside one.
+//! `1|<origin>|<key id>|<user>|<tenant>|<plan>|<expires unix secs or empty>|<a or r>|<scopes>`
+//! with scopes comma-separated (empty: every route). Every field is an [`is_valid_id`]
+//! string, so `|` and `,` cannot appear inside one.
+//!
+//! Keys gatehouse issues look like `ghk_3kQ9...Zx81aB`: a prefix, `_`, 22 base62
+//! characters from a CSPRNG (130 bits) and a 6-character CRC-32 checksum
+//! ([`format_key`], [`check_format`]), so a mistyped key is refused before any lookup and
+//! secret scanners can recognise a leaked one.
 //! `origin` is `p<16 hex>` for a key declared in a policy (the policy's fingerprint: a key
 //! dropped from the policy stops working when the new policy loads, although shared data
 //! has no delete) or `f` for a key fed by the control service.
@@ -101,6 +107,87 @@ impl KeyFailure {
     }
 }
 
+/// Base62 characters of the random part of a key gatehouse issues: 22 carry 130 bits.
+pub const RANDOM_LEN: usize = 22;
+/// Base62 characters of the checksum that ends a key gatehouse issues.
+pub const CHECKSUM_LEN: usize = 6;
+/// The longest prefix (`ghk`, `acme_live`, ...), without the `_` that ends it.
+pub const MAX_PREFIX_LEN: usize = 32;
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// CRC-32 (IEEE 802.3, the one zlib and secret scanners use), bit by bit: a key is a few
+/// dozen bytes, so a table would cost more module size than it saves time.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for b in bytes {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+        }
+    }
+    !crc
+}
+
+/// The checksum of everything before it: CRC-32 in 6 base62 digits, most significant
+/// first (62^6 > 2^32, so every CRC has one spelling).
+pub fn checksum(body: &[u8]) -> [u8; CHECKSUM_LEN] {
+    let mut n = u64::from(crc32(body));
+    let mut out = [b'0'; CHECKSUM_LEN];
+    for slot in out.iter_mut().rev() {
+        *slot = BASE62.get((n % 62) as usize).copied().unwrap_or(b'0');
+        n /= 62;
+    }
+    out
+}
+
+/// `<prefix>_<random><checksum>`: the key format gatehouse issues. `random` must be
+/// base62; the caller draws it from a CSPRNG.
+pub fn format_key(prefix: &str, random: &str) -> String {
+    let mut key = format!("{prefix}_{random}");
+    let sum = checksum(key.as_bytes());
+    key.extend(sum.iter().map(|b| char::from(*b)));
+    key
+}
+
+/// Whether `prefix` can start a key: a lower-case letter, then lower-case letters,
+/// digits and `_`, at most [`MAX_PREFIX_LEN`].
+pub fn is_valid_prefix(prefix: &str) -> bool {
+    let b = prefix.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_PREFIX_LEN
+        && b.first().is_some_and(u8::is_ascii_lowercase)
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+}
+
+/// Checks that a presented key has the issued format and a correct checksum, so a
+/// mistyped or made-up key is refused before any lookup: `<prefix>_` then at least
+/// [`RANDOM_LEN`] + [`CHECKSUM_LEN`] base62 characters, the last six the checksum of the
+/// rest.
+pub fn check_format(raw: &[u8]) -> Result<(), KeyFailure> {
+    let Some(split) = raw.iter().rposition(|b| *b == b'_') else {
+        return Err(KeyFailure::Malformed);
+    };
+    let (prefix, tail) = (raw.get(..split), raw.get(split + 1..));
+    let (Some(prefix), Some(tail)) = (prefix, tail) else {
+        return Err(KeyFailure::Malformed);
+    };
+    let prefix_ok = std::str::from_utf8(prefix).is_ok_and(is_valid_prefix);
+    if !prefix_ok
+        || tail.len() < RANDOM_LEN + CHECKSUM_LEN
+        || !tail.iter().all(u8::is_ascii_alphanumeric)
+    {
+        return Err(KeyFailure::Malformed);
+    }
+    let body_len = raw.len() - CHECKSUM_LEN;
+    match (raw.get(..body_len), raw.get(body_len..)) {
+        (Some(body), Some(sum)) if checksum(body) == sum => Ok(()),
+        _ => Err(KeyFailure::Malformed),
+    }
+}
+
 /// Checks the shape of a key taken from a request and hashes it.
 pub fn hash_presented_key(raw: &[u8]) -> Result<KeyHash, KeyFailure> {
     if raw.is_empty()
@@ -142,9 +229,16 @@ pub struct KeyRecord {
     /// Unix seconds; the key is refused from this instant on.
     pub expires_at: Option<u64>,
     pub active: bool,
+    /// Route groups the key may call; empty: every route.
+    pub scopes: Vec<String>,
 }
 
 impl KeyRecord {
+    /// Whether the key may call a route in `group` (`None`: a route in no group).
+    pub fn allows(&self, group: Option<&str>) -> bool {
+        self.scopes.is_empty() || group.is_some_and(|g| self.scopes.iter().any(|s| s == g))
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let origin = match self.origin {
             Origin::Policy(fp) => format!("p{fp:016x}"),
@@ -153,8 +247,12 @@ impl KeyRecord {
         let expires = self.expires_at.map(|e| e.to_string()).unwrap_or_default();
         let state = if self.active { "a" } else { "r" };
         format!(
-            "1|{origin}|{}|{}|{}|{}|{expires}|{state}",
-            self.key_id, self.user, self.tenant, self.plan
+            "1|{origin}|{}|{}|{}|{}|{expires}|{state}|{}",
+            self.key_id,
+            self.user,
+            self.tenant,
+            self.plan,
+            self.scopes.join(",")
         )
         .into_bytes()
     }
@@ -181,6 +279,13 @@ impl KeyRecord {
             "r" => false,
             _ => return None,
         };
+        let scopes = match f.next()? {
+            "" => Vec::new(),
+            list => list
+                .split(',')
+                .map(|s| is_valid_id(s).then(|| s.to_string()))
+                .collect::<Option<Vec<_>>>()?,
+        };
         if f.next().is_some() {
             return None;
         }
@@ -192,6 +297,7 @@ impl KeyRecord {
             plan,
             expires_at,
             active,
+            scopes,
         })
     }
 }
@@ -209,7 +315,72 @@ mod tests {
             plan: "team".into(),
             expires_at: Some(1_767_225_600),
             active: true,
+            scopes: vec!["billing".into(), "reports".into()],
         }
+    }
+
+    #[test]
+    fn crc32_matches_the_published_check_value() {
+        // The CRC-32/ISO-HDLC check value: CRC of "123456789".
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn issued_keys_pass_the_format_check_and_typos_do_not() {
+        let key = format_key("ghk", "3kQ9wZ7pL2mN8vB4xC6dF1");
+        assert_eq!(key.len(), 4 + RANDOM_LEN + CHECKSUM_LEN);
+        assert_eq!(check_format(key.as_bytes()), Ok(()));
+        assert_eq!(
+            check_format(format_key("acme_live", "3kQ9wZ7pL2mN8vB4xC6dF1").as_bytes()),
+            Ok(())
+        );
+        // Every single-character substitution in the random part is caught.
+        let bytes = key.as_bytes();
+        for i in 4..bytes.len() {
+            for c in [b'0', b'a', b'Z'] {
+                if bytes[i] == c {
+                    continue;
+                }
+                let mut typo = bytes.to_vec();
+                typo[i] = c;
+                assert_eq!(
+                    check_format(&typo),
+                    Err(KeyFailure::Malformed),
+                    "position {i}"
+                );
+            }
+        }
+        // Swapping two adjacent characters is caught too.
+        let mut swapped = bytes.to_vec();
+        swapped.swap(6, 7);
+        if swapped != bytes {
+            assert_eq!(check_format(&swapped), Err(KeyFailure::Malformed));
+        }
+        for bad in [
+            &b""[..],
+            b"ghk",
+            b"ghk_",
+            b"_3kQ9wZ7pL2mN8vB4xC6dF1abcdef",
+            b"GHK_3kQ9wZ7pL2mN8vB4xC6dF1abcdef",
+            b"ghk_short123456",
+            b"ghk_3kQ9wZ7pL2mN8vB4xC6dF1abc-ef",
+            b"ghk-3kQ9wZ7pL2mN8vB4xC6dF1abcdef",
+        ] {
+            assert_eq!(check_format(bad), Err(KeyFailure::Malformed), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn scopes_limit_a_key_to_its_route_groups() {
+        let r = record();
+        assert!(r.allows(Some("billing")));
+        assert!(!r.allows(Some("admin")));
+        assert!(!r.allows(None));
+        let unscoped = KeyRecord {
+            scopes: vec![],
+            ..r
+        };
+        assert!(unscoped.allows(None) && unscoped.allows(Some("admin")));
     }
 
     #[test]
@@ -248,12 +419,15 @@ mod tests {
     fn corrupt_records_decode_to_none() {
         for bad in [
             &b""[..],
-            b"2|f|a|b|c|d||a",
-            b"1|f|a|b|c|d||x",
-            b"1|f|a|b|c|d||a|extra",
-            b"1|f|a|b|c||1|a",
-            b"1|q|a|b|c|d||a",
-            b"1|f|a|b|c|d|soon|a",
+            b"2|f|a|b|c|d||a|",
+            b"1|f|a|b|c|d||x|",
+            b"1|f|a|b|c|d||a||extra",
+            b"1|f|a|b|c|d||a",
+            b"1|f|a|b|c|d||a|x,,y",
+            b"1|f|a|b|c|d||a|x|y",
+            b"1|f|a|b|c||1|a|",
+            b"1|q|a|b|c|d||a|",
+            b"1|f|a|b|c|d|soon|a|",
             b"\xff\xfe",
         ] {
             assert_eq!(

@@ -4,10 +4,10 @@
 //! store and the clock, and returns a [`Decision`]. It never calls the host and never
 //! sends anything: the shell applies the decision.
 
-use crate::api_key::{KeyRecord, hash_presented_key};
+use crate::api_key::{KeyRecord, check_format, hash_presented_key};
 use crate::error::{AuthFailure, Denial};
 use crate::key_cache;
-use crate::policy::Policy;
+use crate::policy::{KeyFormat, Policy};
 use crate::route::{self, Audience};
 use crate::store::{Clock, SharedStore};
 
@@ -97,22 +97,26 @@ pub fn decide(
     let Some(route_index) = route::find(&policy.routes, head.method, path) else {
         return Decision::Deny(Denial::NoRoute);
     };
-    let audience = policy
-        .routes
-        .get(route_index)
-        .map_or(Audience::Internal, |r| r.audience);
+    let route = policy.routes.get(route_index);
+    let audience = route.map_or(Audience::Internal, |r| r.audience);
+    let group = route.and_then(|r| r.group.as_deref());
 
-    let identity = match authenticate(policy, head, store, clock) {
-        Ok(identity) => identity,
+    let record = match authenticate(policy, head, store, clock) {
+        Ok(record) => record,
         Err(failure) => return Decision::Deny(Denial::Unauthorized(failure)),
     };
-    if identity.is_none() && audience == Audience::Internal {
-        return Decision::Deny(Denial::Unauthorized(AuthFailure::Missing));
+    match record {
+        None if audience == Audience::Internal => {
+            Decision::Deny(Denial::Unauthorized(AuthFailure::Missing))
+        }
+        // A scoped key calls only its route groups, external routes included: a key
+        // limited to `billing` is not a general-purpose credential anywhere.
+        Some(r) if !r.allows(group) => Decision::Deny(Denial::Forbidden),
+        record => Decision::Allow(Allowed {
+            route: route_index,
+            identity: record.map(Identity::from),
+        }),
     }
-    Decision::Allow(Allowed {
-        route: route_index,
-        identity,
-    })
 }
 
 /// `Ok(None)`: no credential presented. A credential that is presented must be valid,
@@ -123,15 +127,18 @@ fn authenticate(
     head: &RequestHead<'_>,
     store: &impl SharedStore,
     clock: &impl Clock,
-) -> Result<Option<Identity>, AuthFailure> {
+) -> Result<Option<KeyRecord>, AuthFailure> {
     let raw = match head.api_key {
         Presented::None => return Ok(None),
         Presented::Several => return Err(AuthFailure::Duplicate),
         Presented::One(raw) => raw,
     };
+    if policy.api_key_format == KeyFormat::Checksummed {
+        check_format(raw).map_err(AuthFailure::Key)?;
+    }
     let hash = hash_presented_key(raw).map_err(AuthFailure::Key)?;
     let record = key_cache::lookup(policy, store, &hash, clock.now()).map_err(AuthFailure::Key)?;
-    Ok(Some(record.into()))
+    Ok(Some(record))
 }
 
 #[cfg(test)]
@@ -141,9 +148,12 @@ mod tests {
     use crate::policy::load_yaml;
     use crate::store::{FixedClock, MemoryStore};
 
-    const DEMO: &[u8] = b"ghk_demo_5f0c1b8e2d7a4c9e8b3f6a1d0e7c2b9a";
-    const REVOKED: &[u8] = b"ghk_revoked_7d1e3a5c9b0f2e4d6c8a1b3d5f7e9c0a";
-    const EXPIRED: &[u8] = b"ghk_expired_2b4d6f8a0c1e3a5c7e9b1d3f5a7c9e0b";
+    const DEMO: &[u8] = b"ghk_demo_5f0c1b8e2d7a4c9e8b3f6A2d4hG5";
+    const REVOKED: &[u8] = b"ghk_revoked_7d1e3a5c9b0f2e4d6c8a1B2tc9GC";
+    const EXPIRED: &[u8] = b"ghk_expired_2b4d6f8a0c1e3a5c7e9b1D0ZaY1i";
+    /// Well-formed (valid checksum) but in no policy.
+    const UNKNOWN: &[u8] = b"ghk_nobody_00000000000000000000004NBVVD";
+    const BILLING: &[u8] = b"ghk_billing_9c8b7a6d5e4f3a2b1c0dEf32tzAe";
     // 2026-01-01T00:00:00Z
     const NOW: u64 = 1_767_225_600;
 
@@ -195,6 +205,10 @@ mod tests {
         );
         assert_eq!(
             run("GET", "/v1/x", Presented::One(b"nope")),
+            deny(AuthFailure::Key(KeyFailure::Malformed))
+        );
+        assert_eq!(
+            run("GET", "/v1/x", Presented::One(UNKNOWN)),
             deny(AuthFailure::Key(KeyFailure::Unknown))
         );
         assert_eq!(
@@ -251,9 +265,46 @@ mod tests {
     }
 
     #[test]
+    fn a_scoped_key_calls_only_routes_in_its_groups() {
+        assert!(matches!(
+            run("GET", "/v1/billing/invoices", Presented::One(BILLING)),
+            Decision::Allow(_)
+        ));
+        assert_eq!(
+            run("GET", "/v1/things", Presented::One(BILLING)),
+            Decision::Deny(Denial::Forbidden)
+        );
+        // External routes too: a scoped key is not a general credential anywhere.
+        assert_eq!(
+            run("GET", "/healthz", Presented::One(BILLING)),
+            Decision::Deny(Denial::Forbidden)
+        );
+        // An unscoped key calls every group.
+        assert!(matches!(
+            run("GET", "/v1/billing/invoices", Presented::One(DEMO)),
+            Decision::Allow(_)
+        ));
+    }
+
+    #[test]
+    fn an_opaque_key_format_skips_the_checksum() {
+        let (mut policy, store, clock) = setup();
+        policy.api_key_format = crate::policy::KeyFormat::Opaque;
+        let head = RequestHead {
+            method: b"GET",
+            path: b"/v1/x",
+            api_key: Presented::One(b"legacy-key-123"),
+        };
+        assert_eq!(
+            decide(&policy, &head, &store, &clock),
+            Decision::Deny(Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)))
+        );
+    }
+
+    #[test]
     fn a_bad_key_on_an_external_route_is_still_refused() {
         assert_eq!(
-            run("GET", "/healthz", Presented::One(b"wrong")),
+            run("GET", "/healthz", Presented::One(UNKNOWN)),
             Decision::Deny(Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)))
         );
     }

@@ -5,7 +5,7 @@
 //! generic message; the precise reason ([`Denial::reason`]) goes to logs and metrics, so a
 //! caller probing keys cannot tell an unknown key from a revoked one.
 //!
-//! Body: `{"error": "...", "code": "UNAUTHORIZED", "timestamp": "<RFC 3339 UTC>",
+//! Body: `{"error": "...", "code": "MISSING_CREDENTIALS", "timestamp": "<RFC 3339 UTC>",
 //! "request_id": "..."}` with `content-type: application/json`. Nothing from the request
 //! except the request id is echoed, and that one is JSON-escaped and bounded.
 
@@ -27,6 +27,8 @@ pub enum AuthFailure {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Denial {
     Unauthorized(AuthFailure),
+    /// The caller is authenticated, but its key's scopes do not include this route.
+    Forbidden,
     NoRoute,
     /// The path is not in normal form (see `route::check_normal_form`).
     AmbiguousPath,
@@ -49,27 +51,55 @@ impl Denial {
     pub fn status(self) -> u32 {
         match self {
             Denial::Unauthorized(_) => 401,
+            Denial::Forbidden => 403,
             Denial::NoRoute => 404,
             Denial::AmbiguousPath => 400,
             Denial::NotConfigured => 503,
         }
     }
 
-    /// The machine-readable `code` of the body.
-    pub fn code(self) -> &'static str {
+    /// The machine-readable `code` of the body. Unknown and revoked keys share
+    /// `INVALID_CREDENTIALS` unless `verbose`, so a caller probing keys cannot tell which
+    /// applies.
+    pub fn code(self, verbose: bool) -> &'static str {
         match self {
-            Denial::Unauthorized(_) => "UNAUTHORIZED",
+            Denial::Unauthorized(AuthFailure::Missing) => "MISSING_CREDENTIALS",
+            Denial::Unauthorized(AuthFailure::Duplicate)
+            | Denial::Unauthorized(AuthFailure::Key(KeyFailure::Malformed)) => {
+                "MALFORMED_CREDENTIALS"
+            }
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Expired)) => "EXPIRED_CREDENTIALS",
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)) if verbose => "UNKNOWN_KEY",
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Revoked)) if verbose => "REVOKED_KEY",
+            Denial::Unauthorized(AuthFailure::Key(_)) => "INVALID_CREDENTIALS",
+            Denial::Forbidden => "FORBIDDEN",
             Denial::NoRoute => "NOT_FOUND",
             Denial::AmbiguousPath => "BAD_REQUEST",
             Denial::NotConfigured => "UNAVAILABLE",
         }
     }
 
-    /// The message clients see: generic on purpose.
-    pub fn message(self) -> &'static str {
+    /// The message clients see, as precise as `code`.
+    pub fn message(self, verbose: bool) -> &'static str {
         match self {
             Denial::Unauthorized(AuthFailure::Missing) => "authentication required",
-            Denial::Unauthorized(_) => "invalid credentials",
+            Denial::Unauthorized(AuthFailure::Duplicate) => {
+                "the credential was sent more than once"
+            }
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Malformed)) => {
+                "the API key is malformed"
+            }
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Expired)) => {
+                "the credential has expired"
+            }
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)) if verbose => {
+                "unknown API key"
+            }
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Revoked)) if verbose => {
+                "the API key has been revoked"
+            }
+            Denial::Unauthorized(AuthFailure::Key(_)) => "invalid credentials",
+            Denial::Forbidden => "this credential may not call this route",
             Denial::NoRoute => "no route matches this request",
             Denial::AmbiguousPath => "the request path is not in normal form",
             Denial::NotConfigured => "the gateway is not configured",
@@ -82,14 +112,20 @@ impl Denial {
             Denial::Unauthorized(AuthFailure::Missing) => "missing_credential",
             Denial::Unauthorized(AuthFailure::Duplicate) => "duplicate_credential",
             Denial::Unauthorized(AuthFailure::Key(k)) => k.as_str(),
+            Denial::Forbidden => "out_of_scope",
             Denial::NoRoute => "no_route",
             Denial::AmbiguousPath => "ambiguous_path",
             Denial::NotConfigured => "not_configured",
         }
     }
 
-    /// Renders the local response for this denial.
+    /// Renders the local response for this denial, with the generic messages.
     pub fn reply(self, now: UnixNanos, request_id: &[u8]) -> LocalReply {
+        self.render(now, request_id, false)
+    }
+
+    /// Renders the local response; `verbose` is the policy's `errors.verbose`.
+    pub fn render(self, now: UnixNanos, request_id: &[u8], verbose: bool) -> LocalReply {
         let mut headers = vec![
             ("content-type", "application/json".to_string()),
             ("cache-control", "no-store".to_string()),
@@ -100,7 +136,7 @@ impl Denial {
         LocalReply {
             status: self.status(),
             headers,
-            body: error_body(self.message(), self.code(), now, request_id),
+            body: error_body(self.message(verbose), self.code(verbose), now, request_id),
         }
     }
 }
@@ -148,7 +184,7 @@ mod tests {
             body(&r),
             serde_json::json!({
                 "error": "authentication required",
-                "code": "UNAUTHORIZED",
+                "code": "MISSING_CREDENTIALS",
                 "timestamp": "2026-01-01T00:00:00.000Z",
                 "request_id": "req-1",
             })
@@ -162,6 +198,34 @@ mod tests {
         let b =
             Denial::Unauthorized(AuthFailure::Key(KeyFailure::Revoked)).reply(UnixNanos(0), b"x");
         assert_eq!(a, b);
+        assert_eq!(body(&a)["code"], "INVALID_CREDENTIALS");
+    }
+
+    #[test]
+    fn every_refusal_has_its_own_code_and_verbose_tells_unknown_from_revoked() {
+        let code =
+            |d: Denial, verbose| body(&d.render(UnixNanos(0), b"x", verbose))["code"].clone();
+        let key = |k| Denial::Unauthorized(AuthFailure::Key(k));
+        assert_eq!(
+            code(Denial::Unauthorized(AuthFailure::Missing), false),
+            "MISSING_CREDENTIALS"
+        );
+        assert_eq!(
+            code(key(KeyFailure::Malformed), false),
+            "MALFORMED_CREDENTIALS"
+        );
+        assert_eq!(code(key(KeyFailure::Expired), false), "EXPIRED_CREDENTIALS");
+        assert_eq!(code(key(KeyFailure::Unknown), true), "UNKNOWN_KEY");
+        assert_eq!(code(key(KeyFailure::Revoked), true), "REVOKED_KEY");
+        let forbidden = Denial::Forbidden.reply(UnixNanos(0), b"x");
+        assert_eq!(forbidden.status, 403);
+        assert_eq!(body(&forbidden)["code"], "FORBIDDEN");
+        assert!(
+            !forbidden
+                .headers
+                .iter()
+                .any(|(n, _)| *n == "www-authenticate")
+        );
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub struct Route {
     /// Upper-case method names; empty means any method.
     pub methods: Vec<String>,
     pub audience: Audience,
+    /// The route group API-key scopes name; `None`: in no group (a scoped key may not
+    /// call it).
+    pub group: Option<String>,
 }
 
 impl Route {
@@ -113,6 +116,7 @@ mod tests {
 
     fn route(path: PathMatch, methods: &[&str]) -> Route {
         Route {
+            group: None,
             name: "r".into(),
             path,
             methods: methods.iter().map(|m| m.to_string()).collect(),

@@ -145,7 +145,7 @@ impl Context for Filter {}
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(policy) = self.policy.clone() else {
-            send_refusal(Denial::NotConfigured, b"");
+            send_refusal(Denial::NotConfigured, b"", false);
             return Action::Pause;
         };
         // One host call for the whole map: cheaper than one call per header we need, and
@@ -195,7 +195,7 @@ impl HttpContext for Filter {
                 Action::Continue
             }
             Decision::Deny(denial) => {
-                send_refusal(denial, request_id);
+                send_refusal(denial, request_id, policy.verbose_errors);
                 Action::Pause
             }
         }
@@ -203,8 +203,8 @@ impl HttpContext for Filter {
 }
 
 /// The one place that answers a request locally.
-fn send_refusal(denial: Denial, request_id: &[u8]) {
-    let reply = denial.reply(HostClock.now(), request_id);
+fn send_refusal(denial: Denial, request_id: &[u8], verbose: bool) {
+    let reply = denial.render(HostClock.now(), request_id, verbose);
     log(
         LogLevel::Debug,
         &format!("refused {} {}", reply.status, denial.reason()),

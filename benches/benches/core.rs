@@ -12,14 +12,14 @@ use std::hint::black_box;
 
 const POLICY_JSON: &str = r#"{
   "version": 1,
-  "keys": [{"id": "key_demo", "sha256": "c1155b3f064a232201fbb83143a9b3ccb2a9cbac9eafb90a5293dc4a144422de",
+  "keys": [{"id": "key_demo", "sha256": "ea4d1b2a0167d9569b431fc952792261ff21c7e8da3bb4e49b66fd9bf07ef55f",
             "user": "user_demo", "tenant": "tenant_demo", "plan": "team"}],
   "routes": [
     {"name": "health", "match": {"path": "/healthz", "methods": ["GET"]}, "audience": "external"},
     {"name": "api", "match": {"path_prefix": "/v1/"}, "audience": "internal"}
   ]
 }"#;
-const DEMO_KEY: &[u8] = b"ghk_demo_5f0c1b8e2d7a4c9e8b3f6a1d0e7c2b9a";
+const DEMO_KEY: &[u8] = b"ghk_demo_5f0c1b8e2d7a4c9e8b3f6A2d4hG5";
 
 fn api_key_decision(c: &mut Criterion) {
     #[allow(clippy::expect_used)]

@@ -6,7 +6,7 @@
 //! - `gatehouse-control hash-key` reads a key on standard input and prints its SHA-256,
 //!   with the same function the plugin uses to look keys up.
 
-use gatehouse::api_key::{KeyHash, is_valid_id};
+use gatehouse::api_key::{KeyHash, RANDOM_LEN, format_key, is_valid_prefix};
 use std::io::Read;
 use std::process::ExitCode;
 
@@ -14,7 +14,7 @@ const USAGE: &str = "usage:
   gatehouse-control new-key [--prefix PREFIX]   print a new API key and its policy entry
   gatehouse-control hash-key                    read a key on stdin, print its SHA-256";
 
-/// 32 characters of base62: about 190 bits from the operating system's CSPRNG.
+/// `len` characters of base62 from the operating system's CSPRNG (22 carry 130 bits).
 fn random_base62(len: usize) -> Result<String, getrandom::Error> {
     const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut out = String::with_capacity(len);
@@ -40,13 +40,15 @@ fn new_key(args: &[String]) -> Result<(), String> {
         [flag, p] if flag == "--prefix" => p.clone(),
         _ => return Err(USAGE.to_string()),
     };
-    if !is_valid_id(&prefix) || prefix.len() > 16 || prefix.contains(['_', ':', '@', '+', '.']) {
+    if !is_valid_prefix(&prefix) {
         return Err(format!(
-            "--prefix must be 1 to 16 of A-Z a-z 0-9 -, got {prefix:?}"
+            "--prefix must start with a-z and have 1 to 32 of a-z 0-9 _, got {prefix:?}"
         ));
     }
-    let random = random_base62(32).map_err(|e| format!("no randomness from the OS: {e}"))?;
-    let key = format!("{prefix}_{random}");
+    let random =
+        random_base62(RANDOM_LEN).map_err(|e| format!("no randomness from the OS: {e}"))?;
+    // <prefix>_<random><checksum>: the plugin refuses a mistyped key before any lookup.
+    let key = format_key(&prefix, &random);
     let hash = KeyHash::of_key(key.as_bytes()).to_hex();
     println!("api key (shown once, store it now): {key}");
     println!();

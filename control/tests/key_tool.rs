@@ -19,13 +19,13 @@ fn hash_key_prints_the_sha256_the_plugin_looks_up() {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"ghk_demo_5f0c1b8e2d7a4c9e8b3f6a1d0e7c2b9a\n")
+        .write_all(b"ghk_demo_5f0c1b8e2d7a4c9e8b3f6A2d4hG5\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8(out.stdout).unwrap().trim(),
-        "c1155b3f064a232201fbb83143a9b3ccb2a9cbac9eafb90a5293dc4a144422de"
+        "ea4d1b2a0167d9569b431fc952792261ff21c7e8da3bb4e49b66fd9bf07ef55f"
     );
 }
 
@@ -50,7 +50,12 @@ fn new_key_prints_a_fresh_key_and_only_its_hash_in_the_policy_entry() {
             .to_string()
     };
     let key = key_of(&a);
-    assert!(key.starts_with("acme_") && key.len() == 5 + 32, "{key}");
+    assert!(key.starts_with("acme_") && key.len() == 5 + 22 + 6, "{key}");
+    assert_eq!(
+        gatehouse::api_key::check_format(key.as_bytes()),
+        Ok(()),
+        "{key}"
+    );
     assert_ne!(key, key_of(&b), "two keys must differ");
     let entry = a.split("policy entry:").nth(1).unwrap();
     assert!(!entry.contains(&key));
@@ -60,7 +65,10 @@ fn new_key_prints_a_fresh_key_and_only_its_hash_in_the_policy_entry() {
 
 #[test]
 fn a_bad_prefix_or_command_is_refused_with_usage() {
-    let out = bin().args(["new-key", "--prefix", "a_b"]).output().unwrap();
+    let out = bin()
+        .args(["new-key", "--prefix", "Bad-Prefix"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let out = bin().arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));

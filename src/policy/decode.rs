@@ -5,7 +5,7 @@
 //! types it produces and never re-checks them.
 
 use super::tree::{Key, Node, Pos, Value};
-use super::{DEFAULT_PLANS, Plan, Policy, PolicyError, StaticKey};
+use super::{DEFAULT_PLANS, KeyFormat, Plan, Policy, PolicyError, StaticKey};
 use crate::api_key::{KeyHash, KeyRecord, Origin, is_valid_id};
 use crate::route::{Audience, PathMatch, Route};
 use crate::time::parse_rfc3339;
@@ -166,13 +166,27 @@ impl Decoder {
     }
 
     pub fn policy(&mut self, root: &Node, fingerprint: u64) -> Option<Policy> {
-        let f = self.object(root, "", &["version", "api_key", "plans", "keys", "routes"])?;
+        let f = self.object(
+            root,
+            "",
+            &["version", "api_key", "plans", "keys", "routes", "errors"],
+        )?;
         if let Some(v) = f.get("version") {
             self.integer(v, "version", 1, 1);
         }
-        let api_key_header = match f.get("api_key") {
+        let api_key = match f.get("api_key") {
             Some(n) => self.api_key(n, "api_key"),
-            None => Some("x-api-key".to_string()),
+            None => Some(("x-api-key".to_string(), KeyFormat::Checksummed)),
+        };
+        let verbose_errors = match f.get("errors") {
+            None => Some(false),
+            Some(n) => {
+                self.object(n, "errors", &["verbose"])
+                    .and_then(|e| match e.get("verbose") {
+                        None => Some(false),
+                        Some(v) => self.boolean(v, "errors.verbose"),
+                    })
+            }
         };
         let plans = match f.get("plans") {
             Some(n) => self.plans(n, "plans"),
@@ -197,8 +211,11 @@ impl Decoder {
         if !self.errors.is_empty() {
             return None;
         }
+        let (api_key_header, api_key_format) = api_key?;
         Some(Policy {
-            api_key_header: api_key_header?,
+            api_key_header,
+            api_key_format,
+            verbose_errors: verbose_errors?,
             plans: plans?,
             keys: keys?,
             routes: routes?,
@@ -206,10 +223,29 @@ impl Decoder {
         })
     }
 
-    fn api_key(&mut self, node: &Node, path: &str) -> Option<String> {
-        let f = self.object(node, path, &["header"])?;
+    fn api_key(&mut self, node: &Node, path: &str) -> Option<(String, KeyFormat)> {
+        let f = self.object(node, path, &["header", "format"])?;
+        let format = match f.get("format") {
+            None => Some(KeyFormat::Checksummed),
+            Some(n) => {
+                let fp = join(path, "format");
+                match self.string(n, &fp) {
+                    Some("checksummed") => Some(KeyFormat::Checksummed),
+                    Some("opaque") => Some(KeyFormat::Opaque),
+                    Some(other) => {
+                        self.error(
+                            &fp,
+                            n.pos,
+                            format!("unknown key format '{other}'; expected one of [checksummed, opaque]"),
+                        );
+                        None
+                    }
+                    None => None,
+                }
+            }
+        };
         let Some(h) = f.get("header") else {
-            return Some("x-api-key".to_string());
+            return Some(("x-api-key".to_string(), format?));
         };
         let hp = join(path, "header");
         let name = self.string(h, &hp)?.to_ascii_lowercase();
@@ -234,7 +270,7 @@ impl Decoder {
             );
             return None;
         }
-        Some(name)
+        Some((name, format?))
     }
 
     fn plans(&mut self, node: &Node, path: &str) -> Option<Vec<Plan>> {
@@ -344,6 +380,7 @@ impl Decoder {
                 "plan",
                 "expires_at",
                 "active",
+                "scopes",
             ],
         )?;
         let id = self
@@ -410,6 +447,21 @@ impl Decoder {
             None => Some(true),
             Some(n) => self.boolean(n, &join(path, "active")),
         };
+        let scopes = match f.get("scopes") {
+            None => Some(Vec::new()),
+            Some(n) => {
+                let sp = join(path, "scopes");
+                self.list(n, &sp).and_then(|items| {
+                    items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, item)| self.id(item, &format!("{sp}[{i}]")))
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .collect::<Option<Vec<_>>>()
+                })
+            }
+        };
         Some(StaticKey {
             hash: hash?,
             record: KeyRecord {
@@ -420,6 +472,7 @@ impl Decoder {
                 plan: plan?,
                 expires_at: expires_at?,
                 active: active?,
+                scopes: scopes?,
             },
         })
     }
@@ -453,7 +506,11 @@ impl Decoder {
     }
 
     fn route(&mut self, node: &Node, path: &str, index: usize) -> Option<Route> {
-        let f = self.object(node, path, &["name", "match", "audience"])?;
+        let f = self.object(node, path, &["name", "match", "audience", "group"])?;
+        let group = match f.get("group") {
+            None => Some(None),
+            Some(n) => self.id(n, &join(path, "group")).map(Some),
+        };
         let name = match f.get("name") {
             Some(n) => self.id(n, &join(path, "name")),
             None => Some(format!("route-{index}")),
@@ -489,6 +546,7 @@ impl Decoder {
             path: path_match?,
             methods: methods?,
             audience: audience?,
+            group: group?,
         })
     }
 

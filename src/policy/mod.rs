@@ -29,6 +29,11 @@ pub const DEFAULT_PLANS: [(&str, u32); 4] = [
 pub struct Policy {
     /// Lower-case name of the header that carries an API key. Defaults to `x-api-key`.
     pub api_key_header: String,
+    /// Which keys are plausible before any lookup. Defaults to [`KeyFormat::Checksummed`].
+    pub api_key_format: KeyFormat,
+    /// Refusal bodies say "unknown key" or "revoked key" instead of "invalid
+    /// credentials". Defaults to false: a caller probing keys learns nothing.
+    pub verbose_errors: bool,
     /// Plans and their limits. Defaults to [`DEFAULT_PLANS`]; the policy may override
     /// their limits and add plans.
     pub plans: Vec<Plan>,
@@ -39,6 +44,16 @@ pub struct Policy {
     /// First 8 bytes of SHA-256 of the plugin configuration: tells this policy's static
     /// keys apart from an earlier policy's in shared data.
     pub fingerprint: u64,
+}
+
+/// How presented API keys are checked before their hash is looked up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyFormat {
+    /// Keys gatehouse issues: `<prefix>_<random><checksum>` with a valid checksum
+    /// (`api_key::check_format`).
+    Checksummed,
+    /// Any 1 to 256 visible ASCII characters (keys imported from another system).
+    Opaque,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,7 +193,7 @@ pub fn load_yaml(file_name: &str, source: &str) -> Result<LoadedPolicy, PolicyEr
 mod tests {
     use super::*;
 
-    const HASH: &str = "c1155b3f064a232201fbb83143a9b3ccb2a9cbac9eafb90a5293dc4a144422de";
+    const HASH: &str = "ea4d1b2a0167d9569b431fc952792261ff21c7e8da3bb4e49b66fd9bf07ef55f";
 
     fn minimal(extra: &str) -> String {
         format!("version: 1\nroutes:\n  - match: {{ path_prefix: /v1/ }}\n{extra}")
@@ -196,7 +211,9 @@ mod tests {
         let src = include_str!("../../policies/example.yaml");
         let loaded = load_yaml("example.yaml", src).unwrap();
         assert_eq!(loaded.policy.api_key_header, "x-api-key");
-        assert_eq!(loaded.policy.keys.len(), 4);
+        assert_eq!(loaded.policy.keys.len(), 5);
+        assert_eq!(loaded.policy.api_key_format, KeyFormat::Checksummed);
+        assert!(!loaded.policy.verbose_errors);
         assert_eq!(
             loaded.policy.plan("team").unwrap().requests_per_minute,
             1200
@@ -226,7 +243,7 @@ mod tests {
         assert_eq!(
             errors(&minimal("colour: blue\n")),
             [
-                "p.yaml:4:1: colour: unknown field 'colour'; expected one of [version, api_key, plans, keys, routes]"
+                "p.yaml:4:1: colour: unknown field 'colour'; expected one of [version, api_key, plans, keys, routes, errors]"
             ]
         );
     }
@@ -391,7 +408,7 @@ mod properties {
             cut in 0usize..400,
             insert in proptest::collection::vec(any::<u8>(), 0..8),
         ) {
-            let good = br#"{"version":1,"keys":[{"id":"a","sha256":"c1155b3f064a232201fbb83143a9b3ccb2a9cbac9eafb90a5293dc4a144422de","user":"u","tenant":"t","plan":"team","expires_at":"2027-01-01T00:00:00Z"}],"routes":[{"match":{"path_prefix":"/v1/","methods":["GET"]},"audience":"external"}]}"#;
+            let good = br#"{"version":1,"keys":[{"id":"a","sha256":"ea4d1b2a0167d9569b431fc952792261ff21c7e8da3bb4e49b66fd9bf07ef55f","user":"u","tenant":"t","plan":"team","expires_at":"2027-01-01T00:00:00Z"}],"routes":[{"match":{"path_prefix":"/v1/","methods":["GET"]},"audience":"external"}]}"#;
             let at = cut.min(good.len());
             let mut bytes = good[..at].to_vec();
             bytes.extend_from_slice(&insert);

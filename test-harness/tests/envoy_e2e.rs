@@ -19,7 +19,7 @@ use gatehouse_harness::envoy::http1::{ClientRequest, ClientResponse};
 use gatehouse_harness::envoy::{Envoy, EnvoyOptions, workspace_root};
 use std::sync::{Arc, Mutex, Weak};
 
-const DEMO_KEY: &str = "ghk_demo_5f0c1b8e2d7a4c9e8b3f6a1d0e7c2b9a";
+const DEMO_KEY: &str = "ghk_demo_5f0c1b8e2d7a4c9e8b3f6A2d4hG5";
 
 fn envoy() -> Arc<Envoy> {
     static SHARED: Mutex<Weak<Envoy>> = Mutex::new(Weak::new());
@@ -80,7 +80,7 @@ fn a_request_without_a_key_is_refused_with_401_and_the_standard_body() {
         "reached the upstream"
     );
     let body = json(&resp);
-    assert_eq!(body["code"], "UNAUTHORIZED");
+    assert_eq!(body["code"], "MISSING_CREDENTIALS");
     assert_eq!(body["request_id"], "req-e2e-1");
     assert!(body["error"].is_string());
     let ts = body["timestamp"].as_str().unwrap();

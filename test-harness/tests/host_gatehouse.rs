@@ -38,7 +38,7 @@ fn example() -> Harness {
         .unwrap_or_else(|e| panic!("the host could not start gatehouse: {e}"))
 }
 
-const DEMO: &str = "ghk_demo_5f0c1b8e2d7a4c9e8b3f6a1d0e7c2b9a";
+const DEMO: &str = "ghk_demo_5f0c1b8e2d7a4c9e8b3f6A2d4hG5";
 
 #[test]
 fn gatehouse_module_loads_and_answers_a_request_without_trapping() {
@@ -58,7 +58,7 @@ fn invalid_utf8_in_the_key_and_identity_headers_is_refused_not_trapped() {
         .request(Request::get("/v1/things").header("x-api-key", b"\xff\xfe".as_slice()))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(out.status, 401);
-    assert_eq!(out.json()["code"], "UNAUTHORIZED");
+    assert_eq!(out.json()["code"], "MALFORMED_CREDENTIALS");
     // A spoofed identity header that is not UTF-8 is stripped like any other.
     let out = h
         .request(
