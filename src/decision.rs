@@ -4,10 +4,13 @@
 //! store and the clock, and returns a [`Decision`]. It never calls the host and never
 //! sends anything: the shell applies the decision.
 
-use crate::api_key::{KeyRecord, check_format, hash_presented_key};
-use crate::error::{AuthFailure, Denial};
+use crate::api_key::{KeyRecord, check_format, hash_presented_key, is_valid_id};
+use crate::error::{AuthFailure, Denial, JwtFailure};
+use crate::jwt::{self, JwtError, KeySet, Verified};
 use crate::key_cache;
+use crate::policy::auth::JwtPolicy;
 use crate::policy::{KeyFormat, Policy};
+use crate::revocation;
 use crate::route::{self, Audience};
 use crate::store::{Clock, SharedStore};
 
@@ -18,6 +21,11 @@ pub const HEADER_USER: &str = "x-gatehouse-user";
 pub const HEADER_TENANT: &str = "x-gatehouse-tenant";
 pub const HEADER_PLAN: &str = "x-gatehouse-plan";
 pub const HEADER_KEY_ID: &str = "x-gatehouse-key-id";
+
+/// Whether `name` is one of the identity headers gatehouse sets itself.
+pub fn is_identity_header(name: &str) -> bool {
+    [HEADER_USER, HEADER_TENANT, HEADER_PLAN, HEADER_KEY_ID].contains(&name)
+}
 
 /// The credential header as the request carried it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +43,15 @@ pub struct RequestHead<'a> {
     /// The raw `:path`, query string included.
     pub path: &'a [u8],
     pub api_key: Presented<'a>,
+    /// The `Authorization` header. Read only when the policy has a `jwt` section.
+    pub authorization: Presented<'a>,
+}
+
+/// Which credential authenticated the request (so the shell can hide it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credential {
+    ApiKey,
+    Jwt,
 }
 
 /// Who is calling, once authenticated.
@@ -75,6 +92,19 @@ pub struct Allowed {
     pub route: usize,
     /// `None` for an anonymous caller on an external route.
     pub identity: Option<Identity>,
+    pub credential: Option<Credential>,
+    /// Verified claims the policy forwards: (`x-gatehouse-*` header, value). Values are
+    /// header-safe; a claim that is not is left out.
+    pub claim_headers: Vec<(String, String)>,
+}
+
+/// Who authenticated, before route checks.
+struct Authenticated {
+    identity: Identity,
+    /// Scopes of an API key; `None` for a JWT (tokens are not scoped to route groups).
+    key: Option<KeyRecord>,
+    credential: Credential,
+    claim_headers: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,9 +113,11 @@ pub enum Decision {
     Deny(Denial),
 }
 
-/// Decides a request from its headers.
+/// Decides a request from its headers. `jwt_keys` are the keys JWTs verify with (built
+/// by the shell from the policy, the environment and any fetched JWKS).
 pub fn decide(
     policy: &Policy,
+    jwt_keys: &KeySet,
     head: &RequestHead<'_>,
     store: &impl SharedStore,
     clock: &impl Clock,
@@ -101,20 +133,30 @@ pub fn decide(
     let audience = route.map_or(Audience::Internal, |r| r.audience);
     let group = route.and_then(|r| r.group.as_deref());
 
-    let record = match authenticate(policy, head, store, clock) {
-        Ok(record) => record,
+    let caller = match authenticate(policy, jwt_keys, head, store, clock) {
+        Ok(caller) => caller,
         Err(failure) => return Decision::Deny(Denial::Unauthorized(failure)),
     };
-    match record {
+    match caller {
         None if audience == Audience::Internal => {
             Decision::Deny(Denial::Unauthorized(AuthFailure::Missing))
         }
+        None => Decision::Allow(Allowed {
+            route: route_index,
+            identity: None,
+            credential: None,
+            claim_headers: Vec::new(),
+        }),
         // A scoped key calls only its route groups, external routes included: a key
         // limited to `billing` is not a general-purpose credential anywhere.
-        Some(r) if !r.allows(group) => Decision::Deny(Denial::Forbidden),
-        record => Decision::Allow(Allowed {
+        Some(a) if a.key.as_ref().is_some_and(|k| !k.allows(group)) => {
+            Decision::Deny(Denial::Forbidden)
+        }
+        Some(a) => Decision::Allow(Allowed {
             route: route_index,
-            identity: record.map(Identity::from),
+            identity: Some(a.identity),
+            credential: Some(a.credential),
+            claim_headers: a.claim_headers,
         }),
     }
 }
@@ -124,21 +166,140 @@ pub fn decide(
 /// running anonymous.
 fn authenticate(
     policy: &Policy,
+    jwt_keys: &KeySet,
     head: &RequestHead<'_>,
     store: &impl SharedStore,
     clock: &impl Clock,
-) -> Result<Option<KeyRecord>, AuthFailure> {
-    let raw = match head.api_key {
-        Presented::None => return Ok(None),
-        Presented::Several => return Err(AuthFailure::Duplicate),
-        Presented::One(raw) => raw,
+) -> Result<Option<Authenticated>, AuthFailure> {
+    let bearer = match (&policy.jwt, head.authorization) {
+        (None, _) | (_, Presented::None) => None,
+        (Some(_), Presented::Several) => return Err(AuthFailure::Duplicate),
+        (Some(jwt), Presented::One(value)) => bearer_token(value).map(|t| (jwt, t)),
+    };
+    let raw = match (head.api_key, bearer) {
+        (Presented::Several, _) => return Err(AuthFailure::Duplicate),
+        // Two credentials: which one would the upstream believe? Neither.
+        (Presented::One(_), Some(_)) => return Err(AuthFailure::Duplicate),
+        (Presented::None, None) => return Ok(None),
+        (Presented::None, Some((jwt, token))) => {
+            return authenticate_jwt(policy, jwt, jwt_keys, token, store, clock).map(Some);
+        }
+        (Presented::One(raw), None) => raw,
     };
     if policy.api_key_format == KeyFormat::Checksummed {
         check_format(raw).map_err(AuthFailure::Key)?;
     }
     let hash = hash_presented_key(raw).map_err(AuthFailure::Key)?;
     let record = key_cache::lookup(policy, store, &hash, clock.now()).map_err(AuthFailure::Key)?;
-    Ok(Some(record))
+    Ok(Some(Authenticated {
+        identity: Identity::from(record.clone()),
+        key: Some(record),
+        credential: Credential::ApiKey,
+        claim_headers: Vec::new(),
+    }))
+}
+
+/// The token of `Authorization: Bearer <token>` (scheme case-insensitive, RFC 6750);
+/// `None` for another scheme, which is not gatehouse's to judge.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let scheme = value.get(..7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = value.get(7..)?;
+    let start = token.iter().position(|b| *b != b' ')?;
+    token.get(start..)
+}
+
+fn jwt_failure(e: &JwtError) -> JwtFailure {
+    match e {
+        JwtError::TooLarge
+        | JwtError::Malformed(_)
+        | JwtError::UnsupportedAlg
+        | JwtError::UnsupportedCrit
+        | JwtError::InvalidClaim(_) => JwtFailure::Malformed(e.code()),
+        JwtError::Expired => JwtFailure::Expired,
+        JwtError::UnknownKid
+        | JwtError::NoMatchingKey
+        | JwtError::AlgMismatch
+        | JwtError::BadSignature
+        | JwtError::NotYetValid
+        | JwtError::IssuedInFuture
+        | JwtError::BadIssuer
+        | JwtError::BadAudience
+        | JwtError::MissingClaim(_) => JwtFailure::Invalid(e.code()),
+    }
+}
+
+/// A header value an upstream can take as is: visible ASCII and spaces, bounded.
+fn header_safe(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 1024 && v.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+fn authenticate_jwt(
+    policy: &Policy,
+    jwt: &JwtPolicy,
+    keys: &KeySet,
+    token: &[u8],
+    store: &impl SharedStore,
+    clock: &impl Clock,
+) -> Result<Authenticated, AuthFailure> {
+    let fail = |f| AuthFailure::Jwt(f);
+    let now = clock.now().secs();
+    let verified: Verified =
+        jwt::verify(token, keys, now, &jwt.rules).map_err(|e| fail(jwt_failure(&e)))?;
+
+    let claim_id = |name: &str| {
+        verified
+            .claim_str(name)
+            .filter(|v| is_valid_id(v))
+            .map(str::to_owned)
+    };
+    let user = claim_id(&jwt.claims.user).ok_or(fail(JwtFailure::Invalid("jwt_bad_user_claim")))?;
+    let tenant = match (claim_id(&jwt.claims.tenant), &jwt.default_tenant) {
+        (Some(t), _) => t,
+        (None, Some(d)) if verified.claim(&jwt.claims.tenant).is_none() => d.clone(),
+        _ => return Err(fail(JwtFailure::Invalid("jwt_bad_tenant_claim"))),
+    };
+    let plan = match (verified.claim_str(&jwt.claims.plan), &jwt.default_plan) {
+        (Some(p), _) if policy.plan(p).is_some() => p.to_string(),
+        (None, Some(d)) if verified.claim(&jwt.claims.plan).is_none() => d.clone(),
+        _ => return Err(fail(JwtFailure::Invalid("jwt_bad_plan_claim"))),
+    };
+    let iat = verified.iat.and_then(|i| u64::try_from(i).ok());
+    revocation::check(
+        store,
+        policy.fingerprint,
+        &user,
+        iat,
+        verified.jti.as_deref(),
+        now,
+    )
+    .map_err(|r| fail(JwtFailure::Revoked(r)))?;
+
+    let claim_headers = jwt
+        .forward_claims
+        .iter()
+        .filter_map(|(claim, header)| {
+            let text = verified.claim(claim)?.to_text();
+            header_safe(&text).then(|| (header.clone(), text.into_owned()))
+        })
+        .collect();
+    let key_id = match verified.kid.as_deref() {
+        Some(kid) if is_valid_id(kid) && kid.len() < 120 => format!("jwt:{kid}"),
+        _ => "jwt".to_string(),
+    };
+    Ok(Authenticated {
+        identity: Identity {
+            key_id,
+            user,
+            tenant,
+            plan,
+        },
+        key: None,
+        credential: Credential::Jwt,
+        claim_headers,
+    })
 }
 
 #[cfg(test)]
@@ -151,6 +312,198 @@ mod tests {
     const DEMO: &[u8] = b"ghk_demo_5f0c1b8e2d7a4c9e8b3f6A2d4hG5";
     const REVOKED: &[u8] = b"ghk_revoked_7d1e3a5c9b0f2e4d6c8a1B2tc9GC";
     const EXPIRED: &[u8] = b"ghk_expired_2b4d6f8a0c1e3a5c7e9b1D0ZaY1i";
+    use crate::error::JwtFailure;
+    use crate::jwt::test_tokens::{hmac_secret, mint, public_key};
+    use crate::jwt::{Alg, Key};
+    use crate::revocation::Revoked;
+
+    /// The keys the example policy's JWTs verify with in these tests: its HMAC key (the
+    /// test secret in place of GATEHOUSE_JWT_SECRET) and an ES256 key.
+    pub(super) fn jwt_test_keys() -> KeySet {
+        KeySet::new(vec![
+            Key::hmac(
+                Alg::HS256,
+                &hmac_secret(Alg::HS256),
+                Some("demo-hs256".into()),
+            )
+            .unwrap(),
+            public_key(Alg::ES256, Some("es-1")),
+        ])
+    }
+
+    fn bearer(token: &str) -> Vec<u8> {
+        format!("Bearer {token}").into_bytes()
+    }
+
+    fn run_jwt(path: &str, authorization: &[u8], api_key: Presented<'_>) -> Decision {
+        let (policy, store, clock) = setup();
+        crate::revocation::install(&policy.revocations.users, &policy.revocations.jtis, &store)
+            .unwrap();
+        let head = RequestHead {
+            method: b"GET",
+            path: path.as_bytes(),
+            api_key,
+            authorization: Presented::One(authorization),
+        };
+        decide(&policy, &jwt_test_keys(), &head, &store, &clock)
+    }
+
+    fn claims(extra: &str) -> String {
+        format!(
+            r#"{{"sub":"user_jwt","iat":{},"exp":{}{extra}}}"#,
+            NOW - 60,
+            NOW + 3600
+        )
+    }
+
+    fn jwt_denied(f: JwtFailure) -> Decision {
+        Decision::Deny(Denial::Unauthorized(AuthFailure::Jwt(f)))
+    }
+
+    #[test]
+    fn a_valid_jwt_gives_its_identity_and_forwarded_claims() {
+        let token = mint(
+            Alg::HS256,
+            Some("demo-hs256"),
+            &claims(r#","plan":"team","email":"a@example.com""#),
+        );
+        let Decision::Allow(a) = run_jwt("/v1/things", &bearer(&token), Presented::None) else {
+            panic!("refused")
+        };
+        assert_eq!(
+            a.identity,
+            Some(Identity {
+                key_id: "jwt:demo-hs256".into(),
+                user: "user_jwt".into(),
+                tenant: "tenant_demo".into(),
+                plan: "team".into()
+            })
+        );
+        assert_eq!(a.credential, Some(Credential::Jwt));
+        assert_eq!(
+            a.claim_headers,
+            vec![("x-gatehouse-email".to_string(), "a@example.com".to_string())]
+        );
+        // The policy's default plan applies when the claim is absent; ES256 via its kid.
+        let token = mint(Alg::ES256, Some("es-1"), &claims(""));
+        let Decision::Allow(a) = run_jwt("/v1/things", &bearer(&token), Presented::None) else {
+            panic!("refused")
+        };
+        assert_eq!(a.identity.unwrap().plan, "free");
+    }
+
+    #[test]
+    fn each_jwt_refusal_has_its_reason() {
+        let hs = |payload: &str| mint(Alg::HS256, Some("demo-hs256"), payload);
+        let expired = hs(&format!(
+            r#"{{"sub":"u","iat":{},"exp":{}}}"#,
+            NOW - 7200,
+            NOW - 3600
+        ));
+        assert_eq!(
+            run_jwt("/v1/x", &bearer(&expired), Presented::None),
+            jwt_denied(JwtFailure::Expired)
+        );
+
+        let good = hs(&claims(""));
+        let mut tampered = good.clone().into_bytes();
+        let dot = tampered.iter().position(|b| *b == b'.').unwrap();
+        tampered[dot + 2] ^= 1;
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert!(matches!(
+            run_jwt("/v1/x", &bearer(&tampered), Presented::None),
+            Decision::Deny(Denial::Unauthorized(AuthFailure::Jwt(
+                JwtFailure::Invalid(_) | JwtFailure::Malformed(_)
+            )))
+        ));
+
+        let unknown_kid = mint(Alg::HS256, Some("nope"), &claims(""));
+        assert_eq!(
+            run_jwt("/v1/x", &bearer(&unknown_kid), Presented::None),
+            jwt_denied(JwtFailure::Invalid("jwt_unknown_kid"))
+        );
+        assert_eq!(
+            run_jwt("/v1/x", b"Bearer not.a.jwt", Presented::None),
+            jwt_denied(JwtFailure::Malformed("jwt_malformed"))
+        );
+        let bad_plan = hs(&claims(r#","plan":"gold""#));
+        assert_eq!(
+            run_jwt("/v1/x", &bearer(&bad_plan), Presented::None),
+            jwt_denied(JwtFailure::Invalid("jwt_bad_plan_claim"))
+        );
+        let bad_user = hs(&format!(r#"{{"sub":"a b","exp":{}}}"#, NOW + 60));
+        assert_eq!(
+            run_jwt("/v1/x", &bearer(&bad_user), Presented::None),
+            jwt_denied(JwtFailure::Invalid("jwt_bad_user_claim"))
+        );
+    }
+
+    #[test]
+    fn revoked_users_and_jtis_are_refused_on_every_jwt() {
+        let locked_old = mint(
+            Alg::HS256,
+            Some("demo-hs256"),
+            &format!(
+                r#"{{"sub":"user_locked","iat":{},"exp":{}}}"#,
+                NOW - 10,
+                NOW + 3600
+            ),
+        );
+        assert_eq!(
+            run_jwt("/v1/x", &bearer(&locked_old), Presented::None),
+            jwt_denied(JwtFailure::Revoked(Revoked::User))
+        );
+        let locked_new = mint(
+            Alg::HS256,
+            Some("demo-hs256"),
+            &format!(
+                r#"{{"sub":"user_locked","iat":{},"exp":{}}}"#,
+                NOW,
+                NOW + 3600
+            ),
+        );
+        assert!(matches!(
+            run_jwt("/v1/x", &bearer(&locked_new), Presented::None),
+            Decision::Allow(_)
+        ));
+        let denied_jti = mint(
+            Alg::HS256,
+            Some("demo-hs256"),
+            &claims(r#","jti":"demo-revoked-jti""#),
+        );
+        assert_eq!(
+            run_jwt("/v1/x", &bearer(&denied_jti), Presented::None),
+            jwt_denied(JwtFailure::Revoked(Revoked::Jti))
+        );
+    }
+
+    #[test]
+    fn a_key_and_a_token_together_are_refused_and_other_schemes_are_not_ours() {
+        let token = mint(Alg::HS256, Some("demo-hs256"), &claims(""));
+        assert_eq!(
+            run_jwt("/v1/x", &bearer(&token), Presented::One(DEMO)),
+            Decision::Deny(Denial::Unauthorized(AuthFailure::Duplicate))
+        );
+        // Basic auth is the upstream's business: no credential of ours.
+        assert_eq!(
+            run_jwt("/v1/x", b"Basic dXNlcjpwYXNz", Presented::None),
+            Decision::Deny(Denial::Unauthorized(AuthFailure::Missing))
+        );
+        assert!(matches!(
+            run_jwt("/v1/x", b"Basic dXNlcjpwYXNz", Presented::One(DEMO)),
+            Decision::Allow(_)
+        ));
+        // The scheme is case-insensitive.
+        assert!(matches!(
+            run_jwt(
+                "/v1/x",
+                format!("bEaReR {token}").as_bytes(),
+                Presented::None
+            ),
+            Decision::Allow(_)
+        ));
+    }
+
     /// Well-formed (valid checksum) but in no policy.
     const UNKNOWN: &[u8] = b"ghk_nobody_00000000000000000000004NBVVD";
     const BILLING: &[u8] = b"ghk_billing_9c8b7a6d5e4f3a2b1c0dEf32tzAe";
@@ -172,8 +525,9 @@ mod tests {
             method: method.as_bytes(),
             path: path.as_bytes(),
             api_key: key,
+            authorization: Presented::None,
         };
-        decide(&policy, &head, &store, &clock)
+        decide(&policy, &KeySet::default(), &head, &store, &clock)
     }
 
     #[test]
@@ -236,15 +590,16 @@ mod tests {
             method: b"GET",
             path: b"/v1/x",
             api_key: Presented::One(DEMO),
+            authorization: Presented::None,
         };
         clock.set_secs(NOW + 9);
         assert!(matches!(
-            decide(&policy, &head, &store, &clock),
+            decide(&policy, &KeySet::default(), &head, &store, &clock),
             Decision::Allow(_)
         ));
         clock.set_secs(NOW + 10);
         assert_eq!(
-            decide(&policy, &head, &store, &clock),
+            decide(&policy, &KeySet::default(), &head, &store, &clock),
             Decision::Deny(Denial::Unauthorized(AuthFailure::Key(KeyFailure::Expired)))
         );
     }
@@ -255,7 +610,9 @@ mod tests {
             run("GET", "/healthz", Presented::None),
             Decision::Allow(Allowed {
                 route: 0,
-                identity: None
+                identity: None,
+                credential: None,
+                claim_headers: Vec::new()
             })
         );
         assert!(matches!(
@@ -294,9 +651,10 @@ mod tests {
             method: b"GET",
             path: b"/v1/x",
             api_key: Presented::One(b"legacy-key-123"),
+            authorization: Presented::None,
         };
         assert_eq!(
-            decide(&policy, &head, &store, &clock),
+            decide(&policy, &KeySet::default(), &head, &store, &clock),
             Decision::Deny(Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)))
         );
     }
@@ -341,9 +699,10 @@ mod tests {
             method: b"GET",
             path: b"/v1/x",
             api_key: Presented::One(DEMO),
+            authorization: Presented::None,
         };
         assert_eq!(
-            decide(&policy, &head, &store, &clock),
+            decide(&policy, &KeySet::default(), &head, &store, &clock),
             Decision::Deny(Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)))
         );
     }
@@ -357,9 +716,10 @@ mod tests {
             method: b"GET",
             path: b"/v1/x",
             api_key: Presented::One(DEMO),
+            authorization: Presented::None,
         };
         assert_eq!(
-            decide(&policy, &head, &store, &clock),
+            decide(&policy, &KeySet::default(), &head, &store, &clock),
             Decision::Deny(Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)))
         );
     }
@@ -381,6 +741,7 @@ mod properties {
             path in proptest::collection::vec(any::<u8>(), 0..64),
             key in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
             several in any::<bool>(),
+            authorization in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
         ) {
             let policy = load_yaml("example.yaml", include_str!("../policies/example.yaml")).unwrap().policy;
             let store = MemoryStore::default();
@@ -390,8 +751,13 @@ mod properties {
                 (Some(_), true) => Presented::Several,
                 (Some(k), false) => Presented::One(k),
             };
-            let head = RequestHead { method: &method, path: &path, api_key };
-            let decision = decide(&policy, &head, &store, &FixedClock::at_secs(1_767_225_600));
+            let authorization = match &authorization {
+                None => Presented::None,
+                Some(a) => Presented::One(a),
+            };
+            let head = RequestHead { method: &method, path: &path, api_key, authorization };
+            let keys = super::tests::jwt_test_keys();
+            let decision = decide(&policy, &keys, &head, &store, &FixedClock::at_secs(1_767_225_600));
             if let Decision::Allow(Allowed { identity: Some(_), .. }) = decision {
                 prop_assert!(false, "random key bytes were granted an identity");
             }

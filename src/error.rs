@@ -10,6 +10,7 @@
 //! except the request id is echoed, and that one is JSON-escaped and bounded.
 
 use crate::api_key::KeyFailure;
+use crate::revocation::Revoked;
 use crate::time::{UnixNanos, format_rfc3339};
 
 /// Why a request had no acceptable identity.
@@ -21,6 +22,19 @@ pub enum AuthFailure {
     Duplicate,
     /// An API key was presented and refused.
     Key(KeyFailure),
+    /// A bearer token was presented and refused.
+    Jwt(JwtFailure),
+}
+
+/// Why a bearer token was refused; the `&'static str` is the precise reason for logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JwtFailure {
+    /// Not a well-formed token (or an algorithm or claim type we never accept).
+    Malformed(&'static str),
+    /// Well-formed but not acceptable: signature, key, issuer, audience, claims.
+    Invalid(&'static str),
+    Expired,
+    Revoked(Revoked),
 }
 
 /// A refusal. Closed: add a variant here and its mapping below, nowhere else.
@@ -68,7 +82,15 @@ impl Denial {
             | Denial::Unauthorized(AuthFailure::Key(KeyFailure::Malformed)) => {
                 "MALFORMED_CREDENTIALS"
             }
-            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Expired)) => "EXPIRED_CREDENTIALS",
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Expired))
+            | Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Expired)) => "EXPIRED_CREDENTIALS",
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Malformed(_))) => {
+                "MALFORMED_CREDENTIALS"
+            }
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Revoked(_))) if verbose => {
+                "REVOKED_TOKEN"
+            }
+            Denial::Unauthorized(AuthFailure::Jwt(_)) => "INVALID_CREDENTIALS",
             Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)) if verbose => "UNKNOWN_KEY",
             Denial::Unauthorized(AuthFailure::Key(KeyFailure::Revoked)) if verbose => "REVOKED_KEY",
             Denial::Unauthorized(AuthFailure::Key(_)) => "INVALID_CREDENTIALS",
@@ -89,9 +111,17 @@ impl Denial {
             Denial::Unauthorized(AuthFailure::Key(KeyFailure::Malformed)) => {
                 "the API key is malformed"
             }
-            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Expired)) => {
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Expired))
+            | Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Expired)) => {
                 "the credential has expired"
             }
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Malformed(_))) => {
+                "the bearer token is malformed"
+            }
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Revoked(_))) if verbose => {
+                "the token has been revoked"
+            }
+            Denial::Unauthorized(AuthFailure::Jwt(_)) => "invalid credentials",
             Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)) if verbose => {
                 "unknown API key"
             }
@@ -112,6 +142,15 @@ impl Denial {
             Denial::Unauthorized(AuthFailure::Missing) => "missing_credential",
             Denial::Unauthorized(AuthFailure::Duplicate) => "duplicate_credential",
             Denial::Unauthorized(AuthFailure::Key(k)) => k.as_str(),
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Malformed(r)))
+            | Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Invalid(r))) => r,
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Expired)) => "jwt_expired",
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Revoked(Revoked::User))) => {
+                "jwt_revoked_user"
+            }
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Revoked(Revoked::Jti))) => {
+                "jwt_revoked_jti"
+            }
             Denial::Forbidden => "out_of_scope",
             Denial::NoRoute => "no_route",
             Denial::AmbiguousPath => "ambiguous_path",
@@ -130,8 +169,16 @@ impl Denial {
             ("content-type", "application/json".to_string()),
             ("cache-control", "no-store".to_string()),
         ];
-        if let Denial::Unauthorized(_) = self {
-            headers.push(("www-authenticate", "ApiKey realm=\"gatehouse\"".to_string()));
+        match self {
+            // RFC 6750: a refused bearer token gets a Bearer challenge.
+            Denial::Unauthorized(AuthFailure::Jwt(_)) => headers.push((
+                "www-authenticate",
+                "Bearer realm=\"gatehouse\", error=\"invalid_token\"".to_string(),
+            )),
+            Denial::Unauthorized(_) => {
+                headers.push(("www-authenticate", "ApiKey realm=\"gatehouse\"".to_string()))
+            }
+            _ => {}
         }
         LocalReply {
             status: self.status(),

@@ -8,6 +8,9 @@
 //! | [`route`] | which route a request belongs to |
 //! | [`api_key`] | presented keys, their SHA-256, the cached key record |
 //! | [`key_cache`] | the key records in shared data: install, look up |
+//! | [`revocation`] | per-user token watermarks and the jti denylist in shared data |
+//! | [`jwt`] | verifying JWTs (JWS compact): keys, JWKS, signatures, claims |
+//! | [`jwks_cache`] | a JWKS fetched from a URL, shared by all workers, one fetch at a time |
 //! | [`decision`] | the request path: route, authenticate, allow or refuse |
 //! | [`error`] | every refusal and its one JSON shape |
 //! | [`store`] | the shared-data and clock seams (host-backed in wasm, fakes in tests) |
@@ -20,8 +23,11 @@
 pub mod api_key;
 pub mod decision;
 pub mod error;
+pub mod jwks_cache;
+pub mod jwt;
 pub mod key_cache;
 pub mod policy;
+pub mod revocation;
 pub mod route;
 pub mod store;
 pub mod time;

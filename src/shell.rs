@@ -1,7 +1,11 @@
 //! The proxy-wasm shell: moves bytes between Envoy and the core, decides nothing.
 //!
 //! `on_configure` parses the policy (Envoy refuses the configuration when it is invalid,
-//! and the log line says why) and installs its static keys in shared data.
+//! and the log line says why), installs its static keys and revocations in shared data,
+//! and builds the JWT keys (HMAC secrets from the environment Envoy passes to the VM).
+//! With a `jwks_url`, every worker's root context ticks once a second: it picks up a
+//! JWKS another worker fetched, or fetches it itself when it wins the lease
+//! ([`crate::jwks_cache`]).
 //! `on_http_request_headers` reads the request headers with one host call, asks
 //! [`crate::decision::decide`], and either forwards the request with identity headers or
 //! answers with the standard error body.
@@ -10,15 +14,19 @@
 //! `unwrap` host results, and header values are read as bytes: a header that is not UTF-8
 //! must not panic the VM (a panic kills it and Envoy then fails every request).
 
-use crate::decision::{Decision, IDENTITY_HEADER_PREFIX, Presented, RequestHead, decide};
+use crate::decision::{
+    Credential, Decision, IDENTITY_HEADER_PREFIX, Presented, RequestHead, decide,
+};
 use crate::error::Denial;
-use crate::key_cache;
+use crate::jwt::{Key, KeySet, parse_jwks};
 use crate::policy::Policy;
 use crate::store::{Clock, SharedStore, StoreError};
 use crate::time::UnixNanos;
+use crate::{jwks_cache, key_cache, revocation};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
+use std::cell::RefCell;
 use std::rc::Rc;
 
 // `main!` expands to the module's `_initialize` export, which is `#[no_mangle]`.
@@ -27,7 +35,7 @@ mod entry {
     proxy_wasm::main! {{
         proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
         proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-            Box::new(super::Root { policy: None })
+            Box::new(super::Root::default())
         });
     }}
 }
@@ -70,11 +78,88 @@ impl Clock for HostClock {
     }
 }
 
+/// The JWT keys in force, shared by a worker's root context (which replaces them when a
+/// new JWKS arrives) and its filters (which take the current set per request).
+type SharedKeys = Rc<RefCell<Rc<KeySet>>>;
+
+#[derive(Default)]
 pub(crate) struct Root {
     policy: Option<Rc<Policy>>,
+    /// Keys from the policy and the environment; a fetched JWKS adds to these.
+    static_keys: Vec<Key>,
+    keys: SharedKeys,
+    /// The cas of the JWKS document the keys were built from.
+    jwks_cas: u32,
 }
 
-impl Context for Root {}
+fn now_secs() -> u64 {
+    HostClock.now().secs()
+}
+
+impl Root {
+    fn set_keys(&self, keys: Vec<Key>) {
+        if let Ok(mut current) = self.keys.try_borrow_mut() {
+            *current = Rc::new(KeySet::new(keys));
+        }
+    }
+
+    /// Rebuilds the keys when another worker stored a new JWKS.
+    fn pick_up_jwks(&mut self, policy: &Policy) {
+        let Some(jwt) = &policy.jwt else { return };
+        let Some((cas, _, doc)) = jwks_cache::current(&HostStore) else {
+            return;
+        };
+        if cas == self.jwks_cas {
+            return;
+        }
+        self.jwks_cas = cas;
+        match parse_jwks(&doc, Some(jwt.rsa_alg)) {
+            Ok(jwks) => {
+                let mut keys = self.static_keys.clone();
+                keys.extend(jwks.keys);
+                self.set_keys(keys);
+            }
+            Err(e) => log(LogLevel::Warn, &format!("stored JWKS unreadable: {e}")),
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _t: usize) {
+        let Some(policy) = self.policy.clone() else {
+            return;
+        };
+        let Some(jwt) = &policy.jwt else { return };
+        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if status != b"200" {
+            log(
+                LogLevel::Warn,
+                &format!(
+                    "JWKS fetch failed (status {}); keeping the last good JWKS",
+                    String::from_utf8_lossy(if status.is_empty() { b"none" } else { &status })
+                ),
+            );
+            return;
+        }
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        match jwks_cache::store_fetched(&HostStore, &body, jwt.rsa_alg, now_secs()) {
+            Ok(n) => {
+                log(LogLevel::Info, &format!("JWKS fetched: {n} keys"));
+                self.pick_up_jwks(&policy);
+            }
+            Err(e) => log(
+                LogLevel::Warn,
+                &format!("JWKS fetch refused: {e}; keeping the last good JWKS"),
+            ),
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -110,17 +195,74 @@ impl RootContext for Root {
             );
             return false;
         }
+        let r = &policy.revocations;
+        if let Err(e) = revocation::install(&r.users, &r.jtis, &HostStore) {
+            log(
+                LogLevel::Error,
+                &format!("could not write the policy's revocations to shared data: {e:?}"),
+            );
+            return false;
+        }
+        if let Some(jwt) = &policy.jwt {
+            match jwt.static_keys(|name| std::env::var(name).ok()) {
+                Ok(keys) => self.static_keys = keys.keys().to_vec(),
+                Err(e) => {
+                    log(LogLevel::Error, &format!("invalid policy: {e}"));
+                    return false;
+                }
+            }
+            if jwt.jwks_url.is_some() {
+                if let Err(e) = jwks_cache::init(&HostStore) {
+                    log(LogLevel::Error, &format!("shared data: {e:?}"));
+                    return false;
+                }
+                let _ = hostcalls::set_tick_period(std::time::Duration::from_secs(1));
+            }
+        }
+        self.set_keys(self.static_keys.clone());
         log(
             LogLevel::Info,
             &format!(
-                "policy loaded: {} routes, {} static keys, {} plans",
+                "policy loaded: {} routes, {} static keys, {} plans, {} JWT keys",
                 policy.routes.len(),
                 policy.keys.len(),
-                policy.plans.len()
+                policy.plans.len(),
+                self.static_keys.len()
             ),
         );
         self.policy = Some(Rc::new(policy));
         true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(policy) = self.policy.clone() else {
+            return;
+        };
+        let Some(url) = policy.jwt.as_ref().and_then(|j| j.jwks_url.as_ref()) else {
+            return;
+        };
+        self.pick_up_jwks(&policy);
+        if !jwks_cache::should_fetch(&HostStore, url, now_secs()) {
+            return;
+        }
+        let headers = vec![
+            (":method", "GET"),
+            (":path", url.path.as_str()),
+            (":authority", url.authority.as_str()),
+            ("accept", "application/json"),
+        ];
+        let timeout = std::time::Duration::from_millis(jwks_cache::FETCH_TIMEOUT_MS);
+        if let Err(status) =
+            hostcalls::dispatch_http_call(&url.cluster, headers, None, vec![], timeout)
+        {
+            log(
+                LogLevel::Warn,
+                &format!(
+                    "JWKS fetch from cluster {} not sent: {status:?}",
+                    url.cluster
+                ),
+            );
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -128,6 +270,7 @@ impl RootContext for Root {
         // refuses rather than the SDK panicking on `None`.
         Some(Box::new(Filter {
             policy: self.policy.clone(),
+            keys: Rc::clone(&self.keys),
         }))
     }
 
@@ -138,6 +281,7 @@ impl RootContext for Root {
 
 struct Filter {
     policy: Option<Rc<Policy>>,
+    keys: SharedKeys,
 }
 
 impl Context for Filter {}
@@ -156,6 +300,7 @@ impl HttpContext for Filter {
         let mut path: &[u8] = b"";
         let mut request_id: &[u8] = b"";
         let mut api_key = Presented::None;
+        let mut authorization = Presented::None;
         let mut spoofed: Vec<&str> = Vec::new();
         for (name, value) in &headers {
             match name.as_str() {
@@ -164,6 +309,12 @@ impl HttpContext for Filter {
                 "x-request-id" => request_id = value,
                 n if n == policy.api_key_header => {
                     api_key = match api_key {
+                        Presented::None => Presented::One(value),
+                        _ => Presented::Several,
+                    }
+                }
+                "authorization" => {
+                    authorization = match authorization {
                         Presented::None => Presented::One(value),
                         _ => Presented::Several,
                     }
@@ -177,8 +328,14 @@ impl HttpContext for Filter {
             method,
             path,
             api_key,
+            authorization,
         };
-        match decide(&policy, &head, &HostStore, &HostClock) {
+        let keys = self
+            .keys
+            .try_borrow()
+            .map(|k| Rc::clone(&k))
+            .unwrap_or_default();
+        match decide(&policy, &keys, &head, &HostStore, &HostClock) {
             Decision::Allow(allowed) => {
                 for name in spoofed {
                     let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
@@ -192,9 +349,29 @@ impl HttpContext for Filter {
                         );
                     }
                 }
+                for (name, value) in &allowed.claim_headers {
+                    let _ =
+                        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+                }
+                if policy.hide_credentials {
+                    let header = match allowed.credential {
+                        Some(Credential::ApiKey) => Some(policy.api_key_header.as_str()),
+                        Some(Credential::Jwt) => Some("authorization"),
+                        None => None,
+                    };
+                    if let Some(name) = header {
+                        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+                    }
+                }
                 Action::Continue
             }
             Decision::Deny(denial) => {
+                // A token signed with a key we have not seen: the issuer may have rotated.
+                if denial.reason() == "jwt_unknown_kid"
+                    && let Some(url) = policy.jwt.as_ref().and_then(|j| j.jwks_url.as_ref())
+                {
+                    jwks_cache::want_refetch(&HostStore, url, now_secs());
+                }
                 send_refusal(denial, request_id, policy.verbose_errors);
                 Action::Pause
             }

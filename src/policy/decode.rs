@@ -10,6 +10,8 @@ use crate::api_key::{KeyHash, KeyRecord, Origin, is_valid_id};
 use crate::route::{Audience, PathMatch, Route};
 use crate::time::parse_rfc3339;
 
+mod auth;
+
 pub(super) struct Decoder {
     pub errors: Vec<PolicyError>,
 }
@@ -169,7 +171,17 @@ impl Decoder {
         let f = self.object(
             root,
             "",
-            &["version", "api_key", "plans", "keys", "routes", "errors"],
+            &[
+                "version",
+                "api_key",
+                "plans",
+                "keys",
+                "routes",
+                "errors",
+                "jwt",
+                "revocations",
+                "hide_credentials",
+            ],
         )?;
         if let Some(v) = f.get("version") {
             self.integer(v, "version", 1, 1);
@@ -208,6 +220,21 @@ impl Decoder {
                 None
             }
         };
+        let jwt = match f.get("jwt") {
+            None => Some(None),
+            Some(n) => {
+                let known = plans.clone().unwrap_or_else(default_plans);
+                self.jwt(n, "jwt", &known).map(Some)
+            }
+        };
+        let revocations = match f.get("revocations") {
+            None => Some(Default::default()),
+            Some(n) => self.revocations(n, "revocations", fingerprint),
+        };
+        let hide_credentials = match f.get("hide_credentials") {
+            None => Some(false),
+            Some(n) => self.boolean(n, "hide_credentials"),
+        };
         if !self.errors.is_empty() {
             return None;
         }
@@ -216,6 +243,9 @@ impl Decoder {
             api_key_header,
             api_key_format,
             verbose_errors: verbose_errors?,
+            jwt: jwt?,
+            revocations: revocations?,
+            hide_credentials: hide_credentials?,
             plans: plans?,
             keys: keys?,
             routes: routes?,

@@ -5,6 +5,7 @@
 //! both go through one decoder, so the checker and the plugin accept exactly the same
 //! policies. Every error carries the field path and, for YAML, `file:line:column`.
 
+pub mod auth;
 mod decode;
 pub mod tree;
 #[cfg(feature = "yaml")]
@@ -34,6 +35,14 @@ pub struct Policy {
     /// Refusal bodies say "unknown key" or "revoked key" instead of "invalid
     /// credentials". Defaults to false: a caller probing keys learns nothing.
     pub verbose_errors: bool,
+    /// JWT authentication (`Authorization: Bearer`). Defaults to none: the Authorization
+    /// header is not gatehouse's and passes untouched.
+    pub jwt: Option<auth::JwtPolicy>,
+    /// Revoked users' tokens and token ids declared in the policy.
+    pub revocations: auth::Revocations,
+    /// Remove the credential (API key header, or Authorization for a JWT) before the
+    /// request goes upstream. Defaults to false.
+    pub hide_credentials: bool,
     /// Plans and their limits. Defaults to [`DEFAULT_PLANS`]; the policy may override
     /// their limits and add plans.
     pub plans: Vec<Plan>,
@@ -155,6 +164,23 @@ impl Policy {
         decode(SOURCE, &root, bytes)
     }
 
+    /// The environment variables the policy reads secrets from (`jwt.keys[].secret_env`),
+    /// which Envoy must pass to the VM.
+    pub fn secret_env_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .jwt
+            .iter()
+            .flat_map(|j| &j.hmac_keys)
+            .filter_map(|k| match &k.secret {
+                auth::Secret::Env(name) => Some(name.clone()),
+                auth::Secret::Literal(_) => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     pub fn plan(&self, name: &str) -> Option<&Plan> {
         self.plans.iter().find(|p| p.name == name)
     }
@@ -239,11 +265,105 @@ mod tests {
     }
 
     #[test]
+    fn a_literal_jwt_secret_is_refused_unless_marked_as_a_test_fixture() {
+        let src = minimal(
+            "jwt:\n  keys:\n    - { kid: k1, alg: HS256, secret: \"0123456789abcdef0123456789abcdef\" }\n",
+        );
+        let errs = errors(&src);
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(
+            errs[0].starts_with(
+                "p.yaml:6:38: jwt.keys[0].secret: a literal secret does not belong in a policy"
+            ),
+            "{}",
+            errs[0]
+        );
+        assert!(
+            !errs[0].contains("0123456789abcdef"),
+            "the secret is echoed: {}",
+            errs[0]
+        );
+        let ok = minimal(
+            "jwt:\n  keys:\n    - { kid: k1, alg: HS256, secret: \"0123456789abcdef0123456789abcdef\", test_fixture: true }\n",
+        );
+        let p = load_yaml("p", &ok).unwrap().policy;
+        assert_eq!(p.secret_env_names(), Vec::<String>::new());
+        let env = minimal("jwt:\n  keys:\n    - { kid: k1, alg: HS256, secret_env: MY_SECRET }\n");
+        let p = load_yaml("p", &env).unwrap().policy;
+        assert_eq!(p.secret_env_names(), vec!["MY_SECRET".to_string()]);
+        let jwt = p.jwt.unwrap();
+        assert!(
+            jwt.static_keys(|_| None)
+                .unwrap_err()
+                .contains("MY_SECRET is not set")
+        );
+        let keys = jwt.static_keys(|_| Some("s".repeat(32))).unwrap();
+        assert_eq!(keys.len(), 1);
+        // Too short for HS256 (RFC 7518: at least the hash size); the value is not shown.
+        let short = jwt.static_keys(|_| Some("short".into())).unwrap_err();
+        assert!(!short.contains("short\""), "{short}");
+    }
+
+    #[test]
+    fn jwt_mistakes_are_reported_with_their_position() {
+        let src = minimal(concat!(
+            "jwt:\n",
+            "  leeway: forever\n",
+            "  keys:\n",
+            "    - { alg: RS256, secret_env: X }\n",
+            "    - { alg: HS999, secret_env: X }\n",
+            "  forward_claims: { email: x-email, plan: x-gatehouse-plan }\n",
+            "  jwks: { keys: [ { kty: EC, crv: P-521, x: a, y: b } ] }\n",
+            "  default_plan: gold\n",
+        ));
+        let errs = errors(&src);
+        let joined = errs.join("\n");
+        for expected in [
+            "p.yaml:5:11: jwt.leeway: expected a duration",
+            "jwt.keys[0].alg: RS256 keys come from jwks or jwks_url",
+            "jwt.keys[1].alg: unsupported algorithm 'HS999'",
+            "jwt.forward_claims.email: must be an x-gatehouse-* header name",
+            "jwt.forward_claims.plan: x-gatehouse-plan is set from the identity itself",
+            "jwt.jwks.keys[0]:",
+            "jwt.default_plan: unknown plan 'gold'",
+        ] {
+            assert!(
+                joined.contains(expected),
+                "missing {expected:?} in:\n{joined}"
+            );
+        }
+        assert!(
+            errors(&minimal("jwt: {}\n"))[0]
+                .contains("no keys: give at least one of keys, jwks or jwks_url")
+        );
+    }
+
+    #[test]
+    fn revocations_are_read_with_the_policys_origin() {
+        let src = minimal(concat!(
+            "revocations:\n",
+            "  users: [ { user: u1, tokens_issued_before: 2026-01-01T00:00:00Z } ]\n",
+            "  jtis: [ { jti: \"any text at all\", until: 2026-02-01T00:00:00Z } ]\n",
+        ));
+        let p = load_yaml("p", &src).unwrap().policy;
+        assert_eq!(p.revocations.users[0].before, 1_767_225_600);
+        assert_eq!(
+            p.revocations.users[0].origin,
+            crate::api_key::Origin::Policy(p.fingerprint)
+        );
+        assert_eq!(p.revocations.jtis[0].until, Some(1_769_904_000));
+        let bad =
+            minimal("revocations:\n  users: [ { user: \"a b\", tokens_issued_before: soon } ]\n");
+        let errs = errors(&bad);
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+    }
+
+    #[test]
     fn unknown_field_is_reported_at_its_key() {
         assert_eq!(
             errors(&minimal("colour: blue\n")),
             [
-                "p.yaml:4:1: colour: unknown field 'colour'; expected one of [version, api_key, plans, keys, routes, errors]"
+                "p.yaml:4:1: colour: unknown field 'colour'; expected one of [version, api_key, plans, keys, routes, errors, jwt, revocations, hide_credentials]"
             ]
         );
     }

@@ -318,6 +318,7 @@ fn envoy_config(args: &[String]) -> CmdResult {
             return Ok(ExitCode::FAILURE);
         }
     };
+    let pass_env = loaded.policy.secret_env_names();
     let bootstrap = Bootstrap {
         listen,
         admin,
@@ -325,6 +326,7 @@ fn envoy_config(args: &[String]) -> CmdResult {
         wasm,
         plugin_config_json: loaded.plugin_config_json,
         env,
+        pass_env,
     };
     print!("{}", bootstrap.render());
     Ok(ExitCode::SUCCESS)

@@ -32,8 +32,14 @@ fn envoy() -> Arc<Envoy> {
     let loaded = gatehouse::policy::load_yaml("example.yaml", &source)
         .unwrap_or_else(|e| panic!("example.yaml does not load:\n{e}"));
     let envoy = Arc::new(
-        Envoy::start(&EnvoyOptions::new(loaded.plugin_config_json))
-            .unwrap_or_else(|e| panic!("could not start Envoy: {e:#}")),
+        Envoy::start(&EnvoyOptions {
+            env: vec![(
+                "GATEHOUSE_JWT_SECRET".to_string(),
+                "gatehouse-test-secret-0123456789abcdef-xyz".to_string(),
+            )],
+            ..EnvoyOptions::new(loaded.plugin_config_json)
+        })
+        .unwrap_or_else(|e| panic!("could not start Envoy: {e:#}")),
     );
     *slot = Arc::downgrade(&envoy);
     envoy

@@ -32,6 +32,10 @@ fn example_policy_json() -> String {
 fn example() -> Harness {
     Harness::builder(gatehouse_wasm())
         .plugin_config(example_policy_json())
+        .env(
+            "GATEHOUSE_JWT_SECRET",
+            "gatehouse-test-secret-0123456789abcdef-xyz",
+        )
         // 2026-01-01T00:00:00Z
         .time(1_767_225_600_000_000_000)
         .build()

@@ -22,8 +22,11 @@ pub struct Bootstrap {
     pub wasm: PathBuf,
     /// The plugin configuration: the policy as JSON (`LoadedPolicy::plugin_config_json`).
     pub plugin_config_json: String,
-    /// Environment variables the wasm VM sees (secrets named by the policy).
+    /// Environment variables the wasm VM sees, with their values (test fixtures).
     pub env: Vec<(String, String)>,
+    /// Environment variables Envoy passes from its own environment to the VM
+    /// (`host_env_keys`): secrets named by the policy, which so never land in this file.
+    pub pass_env: Vec<String>,
 }
 
 fn json_str(s: &str) -> String {
@@ -53,6 +56,18 @@ impl Bootstrap {
             ("{{UPSTREAM_PORT}}", self.upstream.port().to_string()),
             ("{{WASM_PATH}}", json_str(&self.wasm.to_string_lossy())),
             ("{{WASM_ENV}}", serde_json::Value::Object(env).to_string()),
+            (
+                "{{WASM_HOST_ENV}}",
+                serde_json::Value::from(
+                    self.pass_env
+                        .iter()
+                        // Envoy refuses a name given both ways.
+                        .filter(|name| !self.env.iter().any(|(k, _)| k == *name))
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                )
+                .to_string(),
+            ),
             ("{{PLUGIN_CONFIG}}", json_str(&self.plugin_config_json)),
         ];
         let mut out = TEMPLATE.to_string();
@@ -76,6 +91,7 @@ mod tests {
             wasm: PathBuf::from("/tmp/gatehouse.wasm"),
             plugin_config_json: r#"{"version":1,"note":"a \"quoted\" \\ value\n"}"#.into(),
             env: vec![("SECRET".into(), "s3cr\"et".into())],
+            pass_env: vec!["GATEHOUSE_JWT_SECRET".into(), "SECRET".into()],
         }
     }
 

@@ -143,6 +143,7 @@ impl Envoy {
             wasm,
             plugin_config_json: opts.plugin_config_json.clone(),
             env: opts.env.clone(),
+            pass_env: Vec::new(),
         };
         let config_path = dir.join("envoy.yaml");
         fs::write(&config_path, bootstrap.render())?;

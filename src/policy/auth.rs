@@ -1,0 +1,133 @@
+//! The policy's JWT and revocation sections, as validated types.
+//!
+//! ```yaml
+//! jwt:
+//!   issuers: [https://auth.example.com]   # `iss` must be one of these. Defaults to any.
+//!   audiences: [api]                      # `aud` must hold one of these. Defaults to any.
+//!   leeway: 60s                           # clock skew on exp/nbf/iat. Defaults to 60s.
+//!   max_token_bytes: 8192                 # Defaults to 8192.
+//!   require_exp: true                     # Defaults to true.
+//!   required_claims: [sub]                # Defaults to none.
+//!   claims: { user: sub, tenant: tenant, plan: plan }   # claim names (these defaults)
+//!   default_tenant: t1                    # when the tenant claim is absent. Defaults to
+//!                                         # none: the claim is required.
+//!   default_plan: free                    # when the plan claim is absent. Same rule.
+//!   forward_claims: { email: x-gatehouse-email }   # claim -> upstream header
+//!   keys:                                 # HMAC keys, selected by `kid`
+//!     - { kid: hs-2026-01, alg: HS256, secret_env: GATEHOUSE_JWT_SECRET }
+//!   jwks: { keys: [ ... ] }               # public keys inline (RFC 7517 JWKS)
+//!   jwks_url:                             # or fetched with an HTTP call, see `jwks_cache`
+//!     cluster: auth                       # the Envoy cluster
+//!     path: /.well-known/jwks.json
+//!     authority: auth.example.com         # Defaults to the cluster name.
+//!     refresh: 10m                        # Defaults to 10m.
+//!     min_refetch: 30s                    # refetch on an unknown kid at most this often.
+//!   rsa_alg: RS256                        # for JWKS RSA keys without `alg`. Defaults to RS256.
+//! revocations:                            # until the control service feeds them
+//!   users: [ { user: u1, tokens_issued_before: 2026-01-01T00:00:00Z, until: ... } ]
+//!   jtis: [ { jti: 0b5f..., until: ... } ]
+//! hide_credentials: false                 # remove the API key / Authorization header
+//! ```
+//!
+//! HMAC secrets are never in the policy: `secret_env` names an environment variable that
+//! Envoy passes to the VM (`vm_config.environment_variables`). A literal `secret` is
+//! refused unless the key says `test_fixture: true`.
+
+use crate::jwt::{Alg, Key, KeySet, Rules, parse_jwks};
+use crate::revocation::{JtiRevocation, UserRevocation};
+
+/// Where an HMAC key's secret comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// The value of this environment variable, read when the plugin configures.
+    Env(String),
+    /// A literal, allowed only for keys marked `test_fixture`.
+    Literal(Vec<u8>),
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Secret::Env(name) => write!(f, "Env({name})"),
+            Secret::Literal(_) => f.write_str("Literal(<redacted>)"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HmacKey {
+    pub kid: Option<String>,
+    pub alg: Alg,
+    pub secret: Secret,
+}
+
+/// A JWKS fetched from an Envoy cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JwksUrl {
+    pub cluster: String,
+    pub path: String,
+    pub authority: String,
+    pub refresh_secs: u64,
+    pub min_refetch_secs: u64,
+}
+
+/// Claim names mapped to the identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimNames {
+    pub user: String,
+    pub tenant: String,
+    pub plan: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JwtPolicy {
+    pub rules: Rules,
+    pub claims: ClaimNames,
+    pub default_tenant: Option<String>,
+    pub default_plan: Option<String>,
+    /// (claim, upstream header) pairs; headers are `x-gatehouse-*`.
+    pub forward_claims: Vec<(String, String)>,
+    pub hmac_keys: Vec<HmacKey>,
+    /// The inline JWKS document, already checked to parse with at least one usable key.
+    pub jwks_inline: Option<String>,
+    pub jwks_url: Option<JwksUrl>,
+    /// The algorithm for JWKS RSA keys that do not say.
+    pub rsa_alg: Alg,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Revocations {
+    pub users: Vec<UserRevocation>,
+    pub jtis: Vec<JtiRevocation>,
+}
+
+impl JwtPolicy {
+    /// The keys known without fetching: HMAC keys (secrets from `env`) and the inline
+    /// JWKS. An error names the environment variable or the key, never a secret.
+    pub fn static_keys(&self, env: impl Fn(&str) -> Option<String>) -> Result<KeySet, String> {
+        let mut keys = Vec::new();
+        for (i, k) in self.hmac_keys.iter().enumerate() {
+            let secret = match &k.secret {
+                Secret::Literal(bytes) => bytes.clone(),
+                Secret::Env(name) => match env(name) {
+                    Some(v) if !v.is_empty() => v.into_bytes(),
+                    _ => {
+                        return Err(format!(
+                            "jwt.keys[{i}]: the environment variable {name} is not set or empty \
+                             (Envoy passes it with vm_config.environment_variables)"
+                        ));
+                    }
+                },
+            };
+            let key = Key::hmac(k.alg, &secret, k.kid.clone())
+                .map_err(|e| format!("jwt.keys[{i}]: {e}"))?;
+            keys.push(key);
+        }
+        if let Some(doc) = &self.jwks_inline {
+            let jwks = parse_jwks(doc.as_bytes(), Some(self.rsa_alg))
+                .map_err(|e| format!("jwt.jwks: {e}"))?;
+            keys.extend(jwks.keys);
+        }
+        Ok(KeySet::new(keys))
+    }
+}

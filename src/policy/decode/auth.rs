@@ -1,0 +1,597 @@
+//! Decoding of the `jwt`, `revocations` and `hide_credentials` sections (types in
+//! [`crate::policy::auth`]).
+
+use super::{Decoder, field_pos, join};
+use crate::api_key::Origin;
+use crate::jwt::{Alg, DEFAULT_LEEWAY_SECS, DEFAULT_MAX_SIZE, Key, Rules, parse_jwks};
+use crate::policy::Plan;
+use crate::policy::auth::{ClaimNames, HmacKey, JwksUrl, JwtPolicy, Revocations, Secret};
+use crate::policy::tree::{Node, Value};
+use crate::revocation::{JtiRevocation, UserRevocation};
+use crate::time::parse_rfc3339;
+
+/// `30s`, `10m`, `2h`, `1d` or a plain number of seconds.
+pub(super) fn parse_duration_secs(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (s.get(..i)?, s.get(i..)?),
+        None => (s, "s"),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+fn alg_names() -> String {
+    Alg::ALL
+        .iter()
+        .map(|a| a.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Decoder {
+    fn duration(&mut self, node: &Node, path: &str, max_secs: u64) -> Option<u64> {
+        let secs = match &node.value {
+            Value::Int(i) => u64::try_from(*i).ok(),
+            Value::Str(s) => parse_duration_secs(s),
+            _ => None,
+        };
+        match secs {
+            Some(s) if s <= max_secs => Some(s),
+            Some(_) => {
+                self.error(path, node.pos, format!("at most {max_secs} seconds"));
+                None
+            }
+            None => {
+                self.error(
+                    path,
+                    node.pos,
+                    "expected a duration such as 30s, 10m, 2h or 1d",
+                );
+                None
+            }
+        }
+    }
+
+    fn date(&mut self, node: &Node, path: &str) -> Option<u64> {
+        let s = self.string(node, path)?;
+        let t = parse_rfc3339(s);
+        if t.is_none() {
+            self.error(
+                path,
+                node.pos,
+                "expected an RFC 3339 date-time such as 2027-01-01T00:00:00Z",
+            );
+        }
+        t
+    }
+
+    fn strings(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {
+        let items = self.list(node, path)?;
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match self.string(item, &format!("{path}[{i}]")) {
+                Some(s) if !s.is_empty() => out.push(s.to_string()),
+                Some(_) => {
+                    self.error(&format!("{path}[{i}]"), item.pos, "must not be empty");
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn alg(&mut self, node: &Node, path: &str) -> Option<Alg> {
+        let name = self.string(node, path)?;
+        let alg = Alg::from_name(name);
+        if alg.is_none() {
+            self.error(
+                path,
+                node.pos,
+                format!(
+                    "unsupported algorithm '{name}'; expected one of [{}]",
+                    alg_names()
+                ),
+            );
+        }
+        alg
+    }
+
+    fn upstream_header(&mut self, node: &Node, path: &str) -> Option<String> {
+        let name = self.string(node, path)?.to_ascii_lowercase();
+        let ok = name.starts_with("x-gatehouse-")
+            && name.len() > "x-gatehouse-".len()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok {
+            self.error(
+                path,
+                node.pos,
+                "must be an x-gatehouse-* header name (a-z 0-9 -): upstreams trust only that prefix",
+            );
+            return None;
+        }
+        Some(name)
+    }
+
+    pub(super) fn jwt(&mut self, node: &Node, path: &str, plans: &[Plan]) -> Option<JwtPolicy> {
+        let f = self.object(
+            node,
+            path,
+            &[
+                "issuers",
+                "audiences",
+                "leeway",
+                "max_token_bytes",
+                "require_exp",
+                "required_claims",
+                "claims",
+                "default_tenant",
+                "default_plan",
+                "forward_claims",
+                "keys",
+                "jwks",
+                "jwks_url",
+                "rsa_alg",
+            ],
+        )?;
+        let mut ok = true;
+        let opt_strings = |d: &mut Decoder, name: &str| match f.get(name) {
+            None => Some(Vec::new()),
+            Some(n) => d.strings(n, &join(path, name)),
+        };
+        let issuers = opt_strings(self, "issuers");
+        let audiences = opt_strings(self, "audiences");
+        let required_claims = opt_strings(self, "required_claims");
+        let leeway = match f.get("leeway") {
+            None => Some(DEFAULT_LEEWAY_SECS),
+            Some(n) => self.duration(n, &join(path, "leeway"), 3600),
+        };
+        let max_size = match f.get("max_token_bytes") {
+            None => Some(DEFAULT_MAX_SIZE),
+            Some(n) => self
+                .integer(n, &join(path, "max_token_bytes"), 256, 65_536)
+                .map(|v| usize::try_from(v).unwrap_or(DEFAULT_MAX_SIZE)),
+        };
+        let require_exp = match f.get("require_exp") {
+            None => Some(true),
+            Some(n) => self.boolean(n, &join(path, "require_exp")),
+        };
+        let claims = match f.get("claims") {
+            None => Some(ClaimNames {
+                user: "sub".into(),
+                tenant: "tenant".into(),
+                plan: "plan".into(),
+            }),
+            Some(n) => self.claim_names(n, &join(path, "claims")),
+        };
+        let default_tenant = match f.get("default_tenant") {
+            None => Some(None),
+            Some(n) => self.id(n, &join(path, "default_tenant")).map(Some),
+        };
+        let default_plan = match f.get("default_plan") {
+            None => Some(None),
+            Some(n) => {
+                let pp = join(path, "default_plan");
+                match self.string(n, &pp) {
+                    Some(name) if plans.iter().any(|p| p.name == name) => {
+                        Some(Some(name.to_string()))
+                    }
+                    Some(name) => {
+                        self.error(&pp, n.pos, format!("unknown plan '{name}'"));
+                        None
+                    }
+                    None => None,
+                }
+            }
+        };
+        let forward_claims = match f.get("forward_claims") {
+            None => Some(Vec::new()),
+            Some(n) => self.forward_claims(n, &join(path, "forward_claims")),
+        };
+        let rsa_alg = match f.get("rsa_alg") {
+            None => Some(Alg::RS256),
+            Some(n) => {
+                let rp = join(path, "rsa_alg");
+                match self.alg(n, &rp) {
+                    Some(a @ (Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256)) => Some(a),
+                    Some(other) => {
+                        self.error(&rp, n.pos, format!("{other} is not an RSA algorithm"));
+                        None
+                    }
+                    None => None,
+                }
+            }
+        };
+        let hmac_keys = match f.get("keys") {
+            None => Some(Vec::new()),
+            Some(n) => self.hmac_keys(n, &join(path, "keys")),
+        };
+        let jwks_inline = match (f.get("jwks"), rsa_alg) {
+            (None, _) => Some(None),
+            (Some(n), rsa) => self.inline_jwks(n, &join(path, "jwks"), rsa.unwrap_or(Alg::RS256)),
+        };
+        let jwks_url = match f.get("jwks_url") {
+            None => Some(None),
+            Some(n) => self.jwks_url(n, &join(path, "jwks_url")).map(Some),
+        };
+        if let (Some(h), Some(i), Some(u)) = (&hmac_keys, &jwks_inline, &jwks_url)
+            && h.is_empty()
+            && i.is_none()
+            && u.is_none()
+        {
+            self.error(
+                path,
+                node.pos,
+                "no keys: give at least one of keys, jwks or jwks_url",
+            );
+            ok = false;
+        }
+        let rules = Rules {
+            max_size: max_size?,
+            leeway_secs: leeway?,
+            require_exp: require_exp?,
+            issuers: issuers?,
+            audiences: audiences?,
+            required_claims: required_claims?,
+        };
+        let policy = JwtPolicy {
+            rules,
+            claims: claims?,
+            default_tenant: default_tenant?,
+            default_plan: default_plan?,
+            forward_claims: forward_claims?,
+            hmac_keys: hmac_keys?,
+            jwks_inline: jwks_inline?,
+            jwks_url: jwks_url?,
+            rsa_alg: rsa_alg?,
+        };
+        ok.then_some(policy)
+    }
+
+    fn claim_names(&mut self, node: &Node, path: &str) -> Option<ClaimNames> {
+        let f = self.object(node, path, &["user", "tenant", "plan"])?;
+        let name = |d: &mut Decoder, field: &str, default: &str| match f.get(field) {
+            None => Some(default.to_string()),
+            Some(n) => d
+                .string(n, &join(path, field))
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+        };
+        Some(ClaimNames {
+            user: name(self, "user", "sub")?,
+            tenant: name(self, "tenant", "tenant")?,
+            plan: name(self, "plan", "plan")?,
+        })
+    }
+
+    fn forward_claims(&mut self, node: &Node, path: &str) -> Option<Vec<(String, String)>> {
+        let Value::Map(entries) = &node.value else {
+            self.wrong_type(
+                path,
+                node,
+                "a mapping of claim names to x-gatehouse-* headers",
+            );
+            return None;
+        };
+        let mut out: Vec<(String, String)> = Vec::new();
+        let mut ok = true;
+        for (key, value) in entries {
+            let p = join(path, &key.name);
+            match self.upstream_header(value, &p) {
+                Some(h) if crate::decision::is_identity_header(&h) => {
+                    self.error(
+                        &p,
+                        value.pos,
+                        format!("{h} is set from the identity itself"),
+                    );
+                    ok = false;
+                }
+                Some(h) if out.iter().any(|(_, existing)| *existing == h) => {
+                    self.error(
+                        &p,
+                        value.pos,
+                        format!("{h} is already used by another claim"),
+                    );
+                    ok = false;
+                }
+                Some(h) => out.push((key.name.clone(), h)),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn hmac_keys(&mut self, node: &Node, path: &str) -> Option<Vec<HmacKey>> {
+        let items = self.list(node, path)?;
+        let mut out: Vec<HmacKey> = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let p = format!("{path}[{i}]");
+            match self.hmac_key(item, &p) {
+                Some(k) => {
+                    if k.kid.is_some() && out.iter().any(|o| o.kid == k.kid) {
+                        self.error(&join(&p, "kid"), field_pos(item, "kid"), "duplicate kid");
+                        ok = false;
+                    }
+                    out.push(k);
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn hmac_key(&mut self, node: &Node, path: &str) -> Option<HmacKey> {
+        let f = self.object(
+            node,
+            path,
+            &["kid", "alg", "secret_env", "secret", "test_fixture"],
+        )?;
+        let kid = match f.get("kid") {
+            None => Some(None),
+            Some(n) => self.id(n, &join(path, "kid")).map(Some),
+        };
+        let alg = self.required(&f, path, "alg").and_then(|n| {
+            let ap = join(path, "alg");
+            match self.alg(n, &ap)? {
+                a @ (Alg::HS256 | Alg::HS384 | Alg::HS512) => Some(a),
+                other => {
+                    self.error(
+                        &ap,
+                        n.pos,
+                        format!("{other} keys come from jwks or jwks_url; keys: holds HMAC keys (HS256, HS384, HS512)"),
+                    );
+                    None
+                }
+            }
+        });
+        let fixture = match f.get("test_fixture") {
+            None => Some(false),
+            Some(n) => self.boolean(n, &join(path, "test_fixture")),
+        };
+        let secret = match (f.get("secret_env"), f.get("secret")) {
+            (Some(n), None) => {
+                let ep = join(path, "secret_env");
+                let name = self.string(n, &ep)?;
+                let valid = !name.is_empty()
+                    && name.len() <= 128
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if valid {
+                    Some(Secret::Env(name.to_string()))
+                } else {
+                    self.error(
+                        &ep,
+                        n.pos,
+                        "must be an environment variable name (A-Z a-z 0-9 _)",
+                    );
+                    None
+                }
+            }
+            (None, Some(n)) => {
+                let sp = join(path, "secret");
+                // Never echo the value: it is a secret.
+                let value = match &n.value {
+                    Value::Str(s) => Some(s.as_bytes().to_vec()),
+                    _ => {
+                        self.error(&sp, n.pos, "expected a string");
+                        None
+                    }
+                };
+                if fixture == Some(false) {
+                    self.error(
+                        &sp,
+                        n.pos,
+                        "a literal secret does not belong in a policy: name an environment variable with secret_env (or mark the key test_fixture: true in test policies)",
+                    );
+                    None
+                } else {
+                    value.map(Secret::Literal)
+                }
+            }
+            (Some(_), Some(n)) => {
+                self.error(
+                    &join(path, "secret"),
+                    n.pos,
+                    "give secret_env or secret, not both",
+                );
+                None
+            }
+            (None, None) => {
+                self.error(path, node.pos, "missing required field 'secret_env'");
+                None
+            }
+        };
+        let key = HmacKey {
+            kid: kid?,
+            alg: alg?,
+            secret: secret?,
+        };
+        if let Secret::Literal(bytes) = &key.secret
+            && let Err(e) = Key::hmac(key.alg, bytes, None)
+        {
+            self.error(
+                &join(path, "secret"),
+                field_pos(node, "secret"),
+                e.to_string(),
+            );
+            return None;
+        }
+        Some(key)
+    }
+
+    fn inline_jwks(&mut self, node: &Node, path: &str, rsa_alg: Alg) -> Option<Option<String>> {
+        if !matches!(node.value, Value::Map(_)) {
+            self.wrong_type(path, node, "a JWKS mapping with a keys list");
+            return None;
+        }
+        let doc = node.to_json().to_string();
+        match parse_jwks(doc.as_bytes(), Some(rsa_alg)) {
+            Ok(jwks) => {
+                let mut ok = true;
+                for skipped in &jwks.skipped {
+                    self.error(
+                        &format!("{path}.keys[{}]", skipped.index),
+                        None,
+                        skipped.reason.to_string(),
+                    );
+                    ok = false;
+                }
+                if jwks.keys.is_empty() && ok {
+                    self.error(path, node.pos, "the JWKS holds no key");
+                    ok = false;
+                }
+                ok.then_some(Some(doc))
+            }
+            Err(e) => {
+                self.error(path, node.pos, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn jwks_url(&mut self, node: &Node, path: &str) -> Option<JwksUrl> {
+        let f = self.object(
+            node,
+            path,
+            &["cluster", "path", "authority", "refresh", "min_refetch"],
+        )?;
+        let cluster = self.required(&f, path, "cluster").and_then(|n| {
+            let s = self.string(n, &join(path, "cluster"))?;
+            if s.is_empty() {
+                self.error(&join(path, "cluster"), n.pos, "must not be empty");
+                return None;
+            }
+            Some(s.to_string())
+        });
+        let url_path = self.required(&f, path, "path").and_then(|n| {
+            let s = self.string(n, &join(path, "path"))?;
+            if !s.starts_with('/') {
+                self.error(&join(path, "path"), n.pos, "must start with /");
+                return None;
+            }
+            Some(s.to_string())
+        });
+        let authority = f
+            .get("authority")
+            .map(|n| self.string(n, &join(path, "authority")).map(str::to_string));
+        let refresh = match f.get("refresh") {
+            None => Some(600),
+            Some(n) => self.duration(n, &join(path, "refresh"), 86_400),
+        };
+        let min_refetch = match f.get("min_refetch") {
+            None => Some(30),
+            Some(n) => self.duration(n, &join(path, "min_refetch"), 86_400),
+        };
+        let cluster = cluster?;
+        let authority = match authority {
+            None => cluster.clone(),
+            Some(a) => a?,
+        };
+        Some(JwksUrl {
+            authority,
+            cluster,
+            path: url_path?,
+            refresh_secs: refresh?.max(1),
+            min_refetch_secs: min_refetch?,
+        })
+    }
+
+    pub(super) fn revocations(
+        &mut self,
+        node: &Node,
+        path: &str,
+        fingerprint: u64,
+    ) -> Option<Revocations> {
+        let f = self.object(node, path, &["users", "jtis"])?;
+        let origin = Origin::Policy(fingerprint);
+        let mut ok = true;
+        let mut users = Vec::new();
+        if let Some(list) = f.get("users") {
+            let lp = join(path, "users");
+            for (i, item) in self.list(list, &lp).unwrap_or_default().iter().enumerate() {
+                let p = format!("{lp}[{i}]");
+                let Some(e) = self.object(item, &p, &["user", "tokens_issued_before", "until"])
+                else {
+                    ok = false;
+                    continue;
+                };
+                let user = self
+                    .required(&e, &p, "user")
+                    .and_then(|n| self.id(n, &join(&p, "user")));
+                let before = self
+                    .required(&e, &p, "tokens_issued_before")
+                    .and_then(|n| self.date(n, &join(&p, "tokens_issued_before")));
+                let until = match e.get("until") {
+                    None => Some(None),
+                    Some(n) => self.date(n, &join(&p, "until")).map(Some),
+                };
+                match (user, before, until) {
+                    (Some(user), Some(before), Some(until)) => users.push(UserRevocation {
+                        user,
+                        origin,
+                        before,
+                        until,
+                    }),
+                    _ => ok = false,
+                }
+            }
+        }
+        let mut jtis = Vec::new();
+        if let Some(list) = f.get("jtis") {
+            let lp = join(path, "jtis");
+            for (i, item) in self.list(list, &lp).unwrap_or_default().iter().enumerate() {
+                let p = format!("{lp}[{i}]");
+                let Some(e) = self.object(item, &p, &["jti", "until"]) else {
+                    ok = false;
+                    continue;
+                };
+                let jti = self.required(&e, &p, "jti").and_then(|n| {
+                    let s = self.string(n, &join(&p, "jti"))?;
+                    if s.is_empty() || s.len() > 256 {
+                        self.error(&join(&p, "jti"), n.pos, "must be 1 to 256 characters");
+                        return None;
+                    }
+                    Some(s.to_string())
+                });
+                let until = match e.get("until") {
+                    None => Some(None),
+                    Some(n) => self.date(n, &join(&p, "until")).map(Some),
+                };
+                match (jti, until) {
+                    (Some(jti), Some(until)) => jtis.push(JtiRevocation { jti, origin, until }),
+                    _ => ok = false,
+                }
+            }
+        }
+        ok.then_some(Revocations { users, jtis })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration_secs;
+
+    #[test]
+    fn durations_take_a_unit_or_plain_seconds() {
+        assert_eq!(parse_duration_secs("30s"), Some(30));
+        assert_eq!(parse_duration_secs("10m"), Some(600));
+        assert_eq!(parse_duration_secs("2h"), Some(7200));
+        assert_eq!(parse_duration_secs("1d"), Some(86_400));
+        assert_eq!(parse_duration_secs("45"), Some(45));
+        for bad in ["", "s", "1w", "-1s", "1.5m", "99999999999999999999d"] {
+            assert_eq!(parse_duration_secs(bad), None, "{bad}");
+        }
+    }
+}
