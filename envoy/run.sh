@@ -7,7 +7,10 @@
 #   GATEHOUSE_POLICY    the policy file         (default policies/example.yaml)
 #   GATEHOUSE_UPSTREAM  the echo upstream       (default: a free loopback port)
 #   GATEHOUSE_WORKERS   Envoy worker threads    (default 2)
-#   GATEHOUSE_ENVOY, GATEHOUSE_WASM, GATEHOUSE_HARNESS: the binaries (built by `make run`)
+#   GATEHOUSE_JWT_SECRET  the HS256 secret of the policy's `demo-hs256` JWT key
+#                       (default: 48 random bytes, base64url, new on every start)
+#   GATEHOUSE_ENVOY, GATEHOUSE_WASM, GATEHOUSE_HARNESS, GATEHOUSE_CONTROL: the binaries
+#                       (built by `make run`)
 #
 # Rendered config and logs go to .run/.
 set -euo pipefail
@@ -19,10 +22,11 @@ POLICY=${GATEHOUSE_POLICY:-policies/example.yaml}
 WORKERS=${GATEHOUSE_WORKERS:-2}
 ENVOY=${GATEHOUSE_ENVOY:-.venv/bin/envoy}
 HARNESS=${GATEHOUSE_HARNESS:-target/debug/gatehouse-harness}
+CONTROL=${GATEHOUSE_CONTROL:-target/debug/gatehouse-control}
 DEMO_KEY=${GATEHOUSE_DEMO_KEY:-ghk_demo_5f0c1b8e2d7a4c9e8b3f6A2d4hG5}
 RUN_DIR=.run
 
-for bin in "$ENVOY" "$HARNESS"; do
+for bin in "$ENVOY" "$HARNESS" "$CONTROL"; do
   if [[ ! -x $bin ]]; then
     echo "run.sh: $bin is missing; run \`make run\`, which builds it" >&2
     exit 1
@@ -33,6 +37,18 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 UPSTREAM=${GATEHOUSE_UPSTREAM:-127.0.0.1:$(free_port)}
+
+# Envoy hands this variable to the VM (host_env_keys in the rendered config), where the
+# policy's `secret_env: GATEHOUSE_JWT_SECRET` reads it; it is never written to a file.
+if [[ -z ${GATEHOUSE_JWT_SECRET:-} ]]; then
+  GATEHOUSE_JWT_SECRET=$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')
+  jwt_secret_note="generated for this run"
+else
+  jwt_secret_note="from the environment"
+fi
+export GATEHOUSE_JWT_SECRET
+DEMO_JWT=$("$CONTROL" mint-jwt --secret-env GATEHOUSE_JWT_SECRET --kid demo-hs256 \
+  --sub user_demo --tenant tenant_demo --plan team)
 
 pids=()
 cleanup() {
@@ -93,6 +109,13 @@ curl -i -H 'x-api-key: $DEMO_KEY' http://$LISTEN/v1/things
 
 Without a key, refused by gatehouse (401):
 curl -i http://$LISTEN/v1/things
+
+With a demo JWT (HS256, kid demo-hs256, valid for an hour), answered by the upstream (200):
+curl -i -H 'authorization: Bearer $DEMO_JWT' http://$LISTEN/v1/things
+The JWT secret, GATEHOUSE_JWT_SECRET ($jwt_secret_note):
+$GATEHOUSE_JWT_SECRET
+More tokens with it:
+GATEHOUSE_JWT_SECRET='$GATEHOUSE_JWT_SECRET' $CONTROL mint-jwt --secret-env GATEHOUSE_JWT_SECRET --kid demo-hs256 --sub user_demo --tenant tenant_demo --plan team
 
 Ctrl-C stops everything.
 MSG

@@ -1,13 +1,20 @@
 //! The cost of one request decision in the pure core, against a baseline measured in the
-//! same run (SHA-256 of the key alone: the least any API-key check must do).
+//! same run (SHA-256 of the key alone: the least any API-key check must do). Compare
+//! figures as ratios to `baseline_sha256_of_key`, which makes them portable across
+//! machines; `jwt_verify/<alg>` is one full verification (parse, signature, claims).
+//!
+//! The JWT keys are generated here from a fixed seed, so every run measures the same
+//! tokens; the signing crates are dev-dependencies of this crate only.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use gatehouse::api_key::KeyHash;
+use gatehouse::api_key::{KeyHash, check_format, hash_presented_key};
 use gatehouse::decision::{Presented, RequestHead, decide};
 use gatehouse::error::{AuthFailure, Denial};
+use gatehouse::jwt::{Alg, Key, KeySet, Rules, verify};
 use gatehouse::key_cache;
 use gatehouse::policy::Policy;
 use gatehouse::store::{FixedClock, MemoryStore};
+use gatehouse::time::UnixNanos;
 use std::hint::black_box;
 
 const POLICY_JSON: &str = r#"{
@@ -20,6 +27,14 @@ const POLICY_JSON: &str = r#"{
   ]
 }"#;
 const DEMO_KEY: &[u8] = b"ghk_demo_5f0c1b8e2d7a4c9e8b3f6A2d4hG5";
+/// 2026-01-01T00:00:00Z: the benches' "now".
+const NOW: u64 = 1_767_225_600;
+
+fn baseline(c: &mut Criterion) {
+    c.bench_function("baseline_sha256_of_key", |b| {
+        b.iter(|| KeyHash::of_key(black_box(DEMO_KEY)))
+    });
+}
 
 fn api_key_decision(c: &mut Criterion) {
     #[allow(clippy::expect_used)]
@@ -27,11 +42,21 @@ fn api_key_decision(c: &mut Criterion) {
     let store = MemoryStore::default();
     #[allow(clippy::expect_used)]
     key_cache::install_policy_keys(&policy, &store).expect("memory store accepts writes");
-    let clock = FixedClock::at_secs(1_767_225_600);
+    let clock = FixedClock::at_secs(NOW);
+    let no_jwt_keys = KeySet::new(Vec::new());
 
-    let mut g = c.benchmark_group("api_key_decision");
-    g.bench_function("baseline_sha256_of_key", |b| {
-        b.iter(|| KeyHash::of_key(black_box(DEMO_KEY)))
+    let mut g = c.benchmark_group("api_key");
+    g.bench_function("check_format", |b| {
+        b.iter(|| check_format(black_box(DEMO_KEY)))
+    });
+    // The three steps of one API-key check, without routing or limits.
+    g.bench_function("check_format+hash+lookup", |b| {
+        b.iter(|| {
+            let key = black_box(DEMO_KEY);
+            check_format(key)?;
+            let hash = hash_presented_key(key)?;
+            key_cache::lookup(&policy, &store, &hash, UnixNanos(NOW * 1_000_000_000))
+        })
     });
     for (name, key) in [
         ("valid_key", Presented::One(DEMO_KEY)),
@@ -45,9 +70,204 @@ fn api_key_decision(c: &mut Criterion) {
             method: b"GET",
             path: b"/v1/things?page=2",
             api_key: key,
+            authorization: Presented::None,
         };
         g.bench_with_input(BenchmarkId::new("decide", name), &head, |b, head| {
-            b.iter(|| decide(black_box(&policy), black_box(head), &store, &clock))
+            b.iter(|| {
+                decide(
+                    black_box(&policy),
+                    &no_jwt_keys,
+                    black_box(head),
+                    &store,
+                    &clock,
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Test-only signing: a private key of each family and the public JWK the plugin loads.
+mod signing {
+    use super::Alg;
+    use p256::ecdsa::signature::{RandomizedSigner, SignatureEncoding, Signer};
+    use rand_chacha::ChaCha20Rng;
+    use rand_chacha::rand_core::SeedableRng;
+    use rsa::traits::PublicKeyParts;
+    use sha2::{Sha256, Sha384, Sha512};
+
+    pub fn b64url(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+            let n = (b(0) << 16) | (b(1) << 8) | b(2);
+            for shift in [18, 12, 6, 0].into_iter().take(chunk.len() + 1) {
+                let c = ALPHABET.get(((n >> shift) & 63) as usize).copied();
+                out.push(char::from(c.unwrap_or(b'A')));
+            }
+        }
+        out
+    }
+
+    pub struct Keys {
+        pub hmac: Vec<u8>,
+        pub rsa: rsa::RsaPrivateKey,
+        pub p256: p256::ecdsa::SigningKey,
+        pub p384: p384::ecdsa::SigningKey,
+        pub ed25519: ed25519_dalek::SigningKey,
+        rng: ChaCha20Rng,
+    }
+
+    #[allow(clippy::expect_used)]
+    pub fn generate() -> Keys {
+        let mut rng = ChaCha20Rng::seed_from_u64(0x6761_7465_686f_7573);
+        Keys {
+            hmac: (0..64u8).map(|i| i.wrapping_mul(37)).collect(),
+            rsa: rsa::RsaPrivateKey::new(&mut rng, 2048).expect("RSA-2048 keygen"),
+            p256: p256::ecdsa::SigningKey::random(&mut rng),
+            p384: p384::ecdsa::SigningKey::random(&mut rng),
+            ed25519: ed25519_dalek::SigningKey::generate(&mut rng),
+            rng,
+        }
+    }
+
+    impl Keys {
+        /// The public JWK for `alg` (an `oct` JWK for HMAC).
+        pub fn public_jwk(&self, alg: Alg, kid: &str) -> String {
+            let body = match alg {
+                Alg::HS256 | Alg::HS384 | Alg::HS512 => {
+                    format!(r#""kty":"oct","k":"{}""#, b64url(self.secret(alg)))
+                }
+                Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 => format!(
+                    r#""kty":"RSA","n":"{}","e":"{}""#,
+                    b64url(&self.rsa.n().to_bytes_be()),
+                    b64url(&self.rsa.e().to_bytes_be())
+                ),
+                Alg::ES256 => {
+                    let p = self.p256.verifying_key().to_encoded_point(false);
+                    let (x, y) = (p.x().map(|x| b64url(x)), p.y().map(|y| b64url(y)));
+                    format!(
+                        r#""kty":"EC","crv":"P-256","x":"{}","y":"{}""#,
+                        x.unwrap_or_default(),
+                        y.unwrap_or_default()
+                    )
+                }
+                Alg::ES384 => {
+                    let p = self.p384.verifying_key().to_encoded_point(false);
+                    let (x, y) = (p.x().map(|x| b64url(x)), p.y().map(|y| b64url(y)));
+                    format!(
+                        r#""kty":"EC","crv":"P-384","x":"{}","y":"{}""#,
+                        x.unwrap_or_default(),
+                        y.unwrap_or_default()
+                    )
+                }
+                Alg::EdDSA => format!(
+                    r#""kty":"OKP","crv":"Ed25519","x":"{}""#,
+                    b64url(self.ed25519.verifying_key().as_bytes())
+                ),
+            };
+            format!(r#"{{{body},"alg":"{alg}","kid":"{kid}"}}"#)
+        }
+
+        /// The HMAC secret for `alg`: the hash length, the least the plugin accepts.
+        pub fn secret(&self, alg: Alg) -> &[u8] {
+            let len = match alg {
+                Alg::HS384 => 48,
+                Alg::HS512 => 64,
+                _ => 32,
+            };
+            self.hmac.get(..len).unwrap_or(&self.hmac)
+        }
+
+        #[allow(clippy::expect_used)]
+        pub fn sign(&mut self, alg: Alg, input: &[u8]) -> Vec<u8> {
+            use hmac::{Hmac, Mac};
+            let mac_err = "HMAC takes any key length";
+            match alg {
+                Alg::HS256 => Hmac::<Sha256>::new_from_slice(self.secret(alg))
+                    .expect(mac_err)
+                    .chain_update(input)
+                    .finalize()
+                    .into_bytes()
+                    .to_vec(),
+                Alg::HS384 => Hmac::<Sha384>::new_from_slice(self.secret(alg))
+                    .expect(mac_err)
+                    .chain_update(input)
+                    .finalize()
+                    .into_bytes()
+                    .to_vec(),
+                Alg::HS512 => Hmac::<Sha512>::new_from_slice(self.secret(alg))
+                    .expect(mac_err)
+                    .chain_update(input)
+                    .finalize()
+                    .into_bytes()
+                    .to_vec(),
+                Alg::RS256 => rsa::pkcs1v15::SigningKey::<Sha256>::new(self.rsa.clone())
+                    .sign(input)
+                    .to_vec(),
+                Alg::RS384 => rsa::pkcs1v15::SigningKey::<Sha384>::new(self.rsa.clone())
+                    .sign(input)
+                    .to_vec(),
+                Alg::RS512 => rsa::pkcs1v15::SigningKey::<Sha512>::new(self.rsa.clone())
+                    .sign(input)
+                    .to_vec(),
+                Alg::PS256 => rsa::pss::SigningKey::<Sha256>::new(self.rsa.clone())
+                    .sign_with_rng(&mut self.rng, input)
+                    .to_vec(),
+                Alg::ES256 => {
+                    let sig: p256::ecdsa::Signature = self.p256.sign(input);
+                    sig.to_bytes().to_vec()
+                }
+                Alg::ES384 => {
+                    let sig: p384::ecdsa::Signature = self.p384.sign(input);
+                    sig.to_bytes().to_vec()
+                }
+                Alg::EdDSA => self.ed25519.sign(input).to_bytes().to_vec(),
+            }
+        }
+    }
+}
+
+/// A typical access token: the identity claims the plugin maps, a jti, an hour of life.
+fn token(keys: &mut signing::Keys, alg: Alg, kid: &str) -> String {
+    let header = format!(r#"{{"alg":"{alg}","typ":"JWT","kid":"{kid}"}}"#);
+    let claims = format!(
+        r#"{{"sub":"user_demo","tenant":"tenant_demo","plan":"team","iat":{NOW},"exp":{},"jti":"0f6a3d0e8c1b4c7e9a512f4b6d8e0a13"}}"#,
+        NOW + 3600
+    );
+    let input = format!(
+        "{}.{}",
+        signing::b64url(header.as_bytes()),
+        signing::b64url(claims.as_bytes())
+    );
+    let sig = keys.sign(alg, input.as_bytes());
+    format!("{input}.{}", signing::b64url(&sig))
+}
+
+fn jwt_verify(c: &mut Criterion) {
+    let mut keys = signing::generate();
+    let rules = Rules::default();
+    let mut g = c.benchmark_group("jwt_verify");
+    for alg in Alg::ALL {
+        let kid = format!("bench-{alg}");
+        // A realistic key set: every algorithm's key, the token's chosen by kid.
+        #[allow(clippy::expect_used)]
+        let set = KeySet::new(
+            Alg::ALL
+                .iter()
+                .map(|&a| {
+                    let jwk = keys.public_jwk(a, &format!("bench-{a}"));
+                    Key::from_jwk(jwk.as_bytes(), None).expect("the bench JWK loads")
+                })
+                .collect(),
+        );
+        let tok = token(&mut keys, alg, &kid);
+        #[allow(clippy::expect_used)]
+        verify(tok.as_bytes(), &set, NOW, &rules).expect("the bench token verifies");
+        g.bench_function(alg.as_str(), |b| {
+            b.iter(|| verify(black_box(tok.as_bytes()), &set, NOW, &rules))
         });
     }
     g.finish();
@@ -58,7 +278,7 @@ fn error_body(c: &mut Criterion) {
     g.bench_function("unauthorized", |b| {
         b.iter(|| {
             Denial::Unauthorized(AuthFailure::Missing).reply(
-                black_box(gatehouse::time::UnixNanos(1_767_225_600_000_000_000)),
+                black_box(UnixNanos(1_767_225_600_000_000_000)),
                 black_box(b"0f6a3d0e-8c1b-4c7e-9a51-2f4b6d8e0a13"),
             )
         })
@@ -72,5 +292,12 @@ fn policy_load(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, api_key_decision, error_body, policy_load);
+criterion_group!(
+    benches,
+    baseline,
+    api_key_decision,
+    jwt_verify,
+    error_body,
+    policy_load
+);
 criterion_main!(benches);

@@ -4,7 +4,11 @@
 //! - `gatehouse-control new-key [--prefix P]` prints a fresh key (shown once) and the
 //!   policy entry for it, which holds only the key's SHA-256;
 //! - `gatehouse-control hash-key` reads a key on standard input and prints its SHA-256,
-//!   with the same function the plugin uses to look keys up.
+//!   with the same function the plugin uses to look keys up;
+//! - `gatehouse-control mint-jwt --secret-env VAR ...` prints an HMAC-signed JWT for
+//!   local testing (see `mint_jwt.rs`).
+
+mod mint_jwt;
 
 use gatehouse::api_key::{KeyHash, RANDOM_LEN, format_key, is_valid_prefix};
 use std::io::Read;
@@ -12,7 +16,10 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage:
   gatehouse-control new-key [--prefix PREFIX]   print a new API key and its policy entry
-  gatehouse-control hash-key                    read a key on stdin, print its SHA-256";
+  gatehouse-control hash-key                    read a key on stdin, print its SHA-256
+  gatehouse-control mint-jwt --secret-env VAR [--kid KID] [--sub SUB] [--tenant T]
+      [--plan P] [--ttl SECONDS] [--alg HS256|HS384|HS512]
+                                                print a JWT signed with the secret in $VAR";
 
 /// `len` characters of base62 from the operating system's CSPRNG (22 carry 130 bits).
 fn random_base62(len: usize) -> Result<String, getrandom::Error> {
@@ -79,6 +86,7 @@ fn main() -> ExitCode {
     let result = match args.split_first() {
         Some((cmd, rest)) if cmd == "new-key" => new_key(rest),
         Some((cmd, [])) if cmd == "hash-key" => hash_key(),
+        Some((cmd, rest)) if cmd == "mint-jwt" => mint_jwt::run(rest),
         Some((cmd, _)) if cmd == "--help" || cmd == "-h" => {
             println!("{USAGE}");
             Ok(())

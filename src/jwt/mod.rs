@@ -43,7 +43,8 @@
 //! Crates: `hmac` + `sha2`, `rsa` (verify only; the RUSTSEC-2023-0071 timing issue
 //! concerns private-key operations, which the plugin never performs), `p256`/`p384`
 //! (ECDSA verify), `ed25519-dalek`; none needs a random number generator to verify.
-//! Signing exists only in tests.
+//! Signing exists only in tests (and behind the native-only `test-tokens` feature, for
+//! the harness's end-to-end tests).
 
 mod b64;
 mod claims;
@@ -51,8 +52,9 @@ mod jwk;
 mod signature;
 mod verify;
 
-#[cfg(test)]
-pub(crate) mod test_tokens;
+#[cfg(any(test, feature = "test-tokens"))]
+#[doc(hidden)]
+pub mod test_tokens;
 #[cfg(test)]
 mod tests;
 

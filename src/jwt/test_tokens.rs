@@ -7,6 +7,16 @@
 //! inputs with these keys reproduces the RFC signatures byte for byte (tested), which
 //! pins the signer used by every other test. ECDSA here uses RFC 6979 nonces and PSS a
 //! seeded salt, so every token minted is the same on every run.
+//!
+//! Built for this crate's tests and, with the native-only `test-tokens` feature, for the
+//! harness's end-to-end tests. Not part of the plugin: it may panic on bad test input.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use p256::ecdsa::signature::{RandomizedSigner, SignatureEncoding, Signer as _};
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};

@@ -567,6 +567,14 @@ impl Harness {
         self.world.lock().metrics.samples(name).map(<[u64]>::to_vec)
     }
 
+    /// Replaces (or adds) a scripted cluster while the harness runs, e.g. to make an
+    /// upstream fail after it answered well. Calls already made keep their answers.
+    pub fn set_upstream(&mut self, upstream: Upstream) {
+        let mut world = self.world.lock();
+        world.upstreams.retain(|u| u.cluster != upstream.cluster);
+        world.upstreams.push(upstream);
+    }
+
     /// Every HTTP call the module made, in order, with how it ended.
     pub fn http_calls(&self) -> Vec<HttpCall> {
         self.world.lock().calls.clone()
