@@ -46,7 +46,7 @@
 //! Signing exists only in tests (and behind the native-only `test-tokens` feature, for
 //! the harness's end-to-end tests).
 
-mod b64;
+pub(crate) mod b64;
 mod claims;
 mod jwk;
 mod signature;

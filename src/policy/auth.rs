@@ -15,6 +15,7 @@
 //!   forward_claims: { email: x-gatehouse-email }   # claim -> upstream header
 //!   keys:                                 # HMAC keys, selected by `kid`
 //!     - { kid: hs-2026-01, alg: HS256, secret_env: GATEHOUSE_JWT_SECRET }
+//!     # encoding: raw (default, the variable's bytes) or base64url (random bytes)
 //!   jwks: { keys: [ ... ] }               # public keys inline (RFC 7517 JWKS)
 //!   jwks_url:                             # or fetched with an HTTP call, see `jwks_cache`
 //!     cluster: auth                       # the Envoy cluster
@@ -54,11 +55,32 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// How the secret's text turns into key bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretEncoding {
+    /// The text's bytes, as they are.
+    Raw,
+    /// Base64url without padding (a JWK `k`), for secrets that are random bytes.
+    Base64Url,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HmacKey {
     pub kid: Option<String>,
     pub alg: Alg,
     pub secret: Secret,
+    pub encoding: SecretEncoding,
+}
+
+impl HmacKey {
+    /// The key bytes from the secret's text; the error never shows the secret.
+    pub fn decode_secret(&self, text: &[u8]) -> Result<Vec<u8>, String> {
+        match self.encoding {
+            SecretEncoding::Raw => Ok(text.to_vec()),
+            SecretEncoding::Base64Url => crate::jwt::b64::decode(text)
+                .map_err(|_| "the secret is not base64url (encoding: base64url)".to_string()),
+        }
+    }
 }
 
 /// A JWKS fetched from an Envoy cluster.
@@ -107,7 +129,7 @@ impl JwtPolicy {
     pub fn static_keys(&self, env: impl Fn(&str) -> Option<String>) -> Result<KeySet, String> {
         let mut keys = Vec::new();
         for (i, k) in self.hmac_keys.iter().enumerate() {
-            let secret = match &k.secret {
+            let text = match &k.secret {
                 Secret::Literal(bytes) => bytes.clone(),
                 Secret::Env(name) => match env(name) {
                     Some(v) if !v.is_empty() => v.into_bytes(),
@@ -119,6 +141,9 @@ impl JwtPolicy {
                     }
                 },
             };
+            let secret = k
+                .decode_secret(&text)
+                .map_err(|e| format!("jwt.keys[{i}]: {e}"))?;
             let key = Key::hmac(k.alg, &secret, k.kid.clone())
                 .map_err(|e| format!("jwt.keys[{i}]: {e}"))?;
             keys.push(key);

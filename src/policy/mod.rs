@@ -299,6 +299,22 @@ mod tests {
         );
         let keys = jwt.static_keys(|_| Some("s".repeat(32))).unwrap();
         assert_eq!(keys.len(), 1);
+        // base64url secrets (random bytes, as a JWK `k`) are decoded; a bad one is named,
+        // never shown.
+        let b64 =
+            minimal("jwt:\n  keys:\n    - { alg: HS256, secret_env: K, encoding: base64url }\n");
+        let jwt64 = load_yaml("p", &b64).unwrap().policy.jwt.unwrap();
+        assert_eq!(
+            jwt64.static_keys(|_| Some("A".repeat(43))).unwrap().len(),
+            1
+        );
+        let bad = jwt64
+            .static_keys(|_| Some("not base64!!".into()))
+            .unwrap_err();
+        assert!(
+            bad.contains("not base64url") && !bad.contains("!!"),
+            "{bad}"
+        );
         // Too short for HS256 (RFC 7518: at least the hash size); the value is not shown.
         let short = jwt.static_keys(|_| Some("short".into())).unwrap_err();
         assert!(!short.contains("short\""), "{short}");

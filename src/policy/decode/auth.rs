@@ -5,7 +5,9 @@ use super::{Decoder, field_pos, join};
 use crate::api_key::Origin;
 use crate::jwt::{Alg, DEFAULT_LEEWAY_SECS, DEFAULT_MAX_SIZE, Key, Rules, parse_jwks};
 use crate::policy::Plan;
-use crate::policy::auth::{ClaimNames, HmacKey, JwksUrl, JwtPolicy, Revocations, Secret};
+use crate::policy::auth::{
+    ClaimNames, HmacKey, JwksUrl, JwtPolicy, Revocations, Secret, SecretEncoding,
+};
 use crate::policy::tree::{Node, Value};
 use crate::revocation::{JtiRevocation, UserRevocation};
 use crate::time::parse_rfc3339;
@@ -337,8 +339,34 @@ impl Decoder {
         let f = self.object(
             node,
             path,
-            &["kid", "alg", "secret_env", "secret", "test_fixture"],
+            &[
+                "kid",
+                "alg",
+                "secret_env",
+                "secret",
+                "encoding",
+                "test_fixture",
+            ],
         )?;
+        let encoding = match f.get("encoding") {
+            None => Some(SecretEncoding::Raw),
+            Some(n) => {
+                let ep = join(path, "encoding");
+                match self.string(n, &ep) {
+                    Some("raw") => Some(SecretEncoding::Raw),
+                    Some("base64url") => Some(SecretEncoding::Base64Url),
+                    Some(other) => {
+                        self.error(
+                            &ep,
+                            n.pos,
+                            format!("unknown encoding '{other}'; expected one of [raw, base64url]"),
+                        );
+                        None
+                    }
+                    None => None,
+                }
+            }
+        };
         let kid = match f.get("kid") {
             None => Some(None),
             Some(n) => self.id(n, &join(path, "kid")).map(Some),
@@ -417,16 +445,16 @@ impl Decoder {
             kid: kid?,
             alg: alg?,
             secret: secret?,
+            encoding: encoding?,
         };
-        if let Secret::Literal(bytes) = &key.secret
-            && let Err(e) = Key::hmac(key.alg, bytes, None)
-        {
-            self.error(
-                &join(path, "secret"),
-                field_pos(node, "secret"),
-                e.to_string(),
-            );
-            return None;
+        if let Secret::Literal(text) = &key.secret {
+            let checked = key
+                .decode_secret(text)
+                .and_then(|bytes| Key::hmac(key.alg, &bytes, None).map_err(|e| e.to_string()));
+            if let Err(e) = checked {
+                self.error(&join(path, "secret"), field_pos(node, "secret"), e);
+                return None;
+            }
         }
         Some(key)
     }
