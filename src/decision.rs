@@ -8,9 +8,12 @@ use crate::api_key::{KeyRecord, check_format, hash_presented_key, is_valid_id};
 use crate::error::{AuthFailure, Denial, JwtFailure};
 use crate::jwt::{self, JwtError, KeySet, Verified};
 use crate::key_cache;
+use crate::policy::LimitBy;
 use crate::policy::auth::JwtPolicy;
 use crate::policy::{KeyFormat, Policy};
+use crate::rate_limit::{self, Check, Quota, Table};
 use crate::revocation;
+use crate::route::Route;
 use crate::route::{self, Audience};
 use crate::store::{Clock, SharedStore};
 
@@ -45,6 +48,10 @@ pub struct RequestHead<'a> {
     pub api_key: Presented<'a>,
     /// The `Authorization` header. Read only when the policy has a `jwt` section.
     pub authorization: Presented<'a>,
+    /// Envoy's `source.address` property (`ip:port`), for limits by client address.
+    pub source_address: &'a [u8],
+    /// The `x-forwarded-for` header, read when the policy trusts proxies in front.
+    pub forwarded_for: Option<&'a [u8]>,
 }
 
 /// Which credential authenticated the request (so the shell can hide it).
@@ -96,6 +103,10 @@ pub struct Allowed {
     /// Verified claims the policy forwards: (`x-gatehouse-*` header, value). Values are
     /// header-safe; a claim that is not is left out.
     pub claim_headers: Vec<(String, String)>,
+    /// The tightest rate limit's quota, for `RateLimit-*` headers on the response.
+    pub quota: Option<Quota>,
+    /// Compare-and-swap on a limit gave up and the policy allowed the request anyway.
+    pub limiter_contention: bool,
 }
 
 /// Who authenticated, before route checks.
@@ -137,28 +148,124 @@ pub fn decide(
         Ok(caller) => caller,
         Err(failure) => return Decision::Deny(Denial::Unauthorized(failure)),
     };
-    match caller {
+    let mut allowed = match caller {
         None if audience == Audience::Internal => {
-            Decision::Deny(Denial::Unauthorized(AuthFailure::Missing))
+            return Decision::Deny(Denial::Unauthorized(AuthFailure::Missing));
         }
-        None => Decision::Allow(Allowed {
+        None => Allowed {
             route: route_index,
             identity: None,
             credential: None,
             claim_headers: Vec::new(),
-        }),
+            quota: None,
+            limiter_contention: false,
+        },
         // A scoped key calls only its route groups, external routes included: a key
         // limited to `billing` is not a general-purpose credential anywhere.
         Some(a) if a.key.as_ref().is_some_and(|k| !k.allows(group)) => {
-            Decision::Deny(Denial::Forbidden)
+            return Decision::Deny(Denial::Forbidden);
         }
-        Some(a) => Decision::Allow(Allowed {
+        Some(a) => Allowed {
             route: route_index,
             identity: Some(a.identity),
             credential: Some(a.credential),
             claim_headers: a.claim_headers,
-        }),
+            quota: None,
+            limiter_contention: false,
+        },
+    };
+    let Some(route) = route else {
+        return Decision::Allow(allowed);
+    };
+    match limit(policy, route, head, allowed.identity.as_ref(), store, clock) {
+        Ok((quota, contention)) => {
+            allowed.quota = quota;
+            allowed.limiter_contention = contention;
+            Decision::Allow(allowed)
+        }
+        Err(refusal) => Decision::Deny(Denial::RateLimited(refusal)),
     }
+}
+
+/// The client address: the connection's (`source.address` without the port), or, when
+/// the policy trusts `n` proxies in front of Envoy, the `x-forwarded-for` entry the first
+/// of them saw (the `n`-th from the right). Falls back to the connection's address when
+/// the header has fewer entries.
+pub fn client_address(source: &[u8], forwarded_for: Option<&[u8]>, trusted_proxies: u32) -> String {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    if trusted_proxies > 0
+        && let Some(xff) = forwarded_for
+    {
+        let hops: Vec<&[u8]> = xff.split(|b| *b == b',').collect();
+        let n = usize::try_from(trusted_proxies).unwrap_or(usize::MAX);
+        if let Some(entry) = hops.len().checked_sub(n).and_then(|i| hops.get(i)) {
+            let ip = text(entry);
+            if !ip.is_empty() {
+                return ip;
+            }
+        }
+    }
+    let s = text(source);
+    // `[v6]:port` or `v4:port`; anything else as it is.
+    if let Some(rest) = s.strip_prefix('[')
+        && let Some((ip, _)) = rest.split_once(']')
+    {
+        return ip.to_string();
+    }
+    match s.rsplit_once(':') {
+        Some((ip, port)) if !ip.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            ip.to_string()
+        }
+        _ => s,
+    }
+}
+
+/// Applies the plan's limit (or the anonymous one) and the route's limits.
+fn limit(
+    policy: &Policy,
+    route: &Route,
+    head: &RequestHead<'_>,
+    identity: Option<&Identity>,
+    store: &impl SharedStore,
+    clock: &impl Clock,
+) -> Result<(Option<Quota>, bool), rate_limit::Refusal> {
+    let rl = &policy.rate_limit;
+    let ip = client_address(head.source_address, head.forwarded_for, rl.trusted_proxies);
+    let who = |by: LimitBy| -> String {
+        match (by, identity) {
+            (LimitBy::Key, Some(i)) => format!("k:{}", i.key_id),
+            (LimitBy::User, Some(i)) => format!("u:{}", i.user),
+            (LimitBy::Tenant, Some(i)) => format!("t:{}", i.tenant),
+            // Anonymous callers are counted by address whatever the limit says.
+            _ => format!("ip:{ip}"),
+        }
+    };
+    let mut limits: Vec<(String, String, rate_limit::Rate)> = Vec::new();
+    match identity {
+        Some(i) => {
+            if let Some(plan) = policy.plan(&i.plan) {
+                limits.push((format!("plan:{}", plan.name), who(rl.plan_key), plan.rate()));
+            }
+        }
+        None => limits.push(("anonymous".to_string(), who(LimitBy::Ip), rl.anonymous)),
+    }
+    for (n, l) in route.limits.iter().enumerate() {
+        limits.push((format!("route:{}:{n}", route.name), who(l.by), l.rate));
+    }
+    let checks: Vec<Check<'_>> = limits
+        .iter()
+        .map(|(limit, caller, rate)| Check {
+            limit,
+            caller,
+            rate: *rate,
+        })
+        .collect();
+    let table = Table {
+        slots: rl.slots,
+        on_contention: rl.on_contention,
+    };
+    let outcome = rate_limit::check_all(store, &table, &checks, clock.now().0);
+    outcome.result.map(|quota| (quota, outcome.contention))
 }
 
 /// `Ok(None)`: no credential presented. A credential that is presented must be valid,
@@ -344,6 +451,8 @@ mod tests {
             path: path.as_bytes(),
             api_key,
             authorization: Presented::One(authorization),
+            source_address: b"10.0.0.1:5555",
+            forwarded_for: None,
         };
         decide(&policy, &jwt_test_keys(), &head, &store, &clock)
     }
@@ -526,6 +635,8 @@ mod tests {
             path: path.as_bytes(),
             api_key: key,
             authorization: Presented::None,
+            source_address: b"10.0.0.1:5555",
+            forwarded_for: None,
         };
         decide(&policy, &KeySet::default(), &head, &store, &clock)
     }
@@ -591,6 +702,8 @@ mod tests {
             path: b"/v1/x",
             api_key: Presented::One(DEMO),
             authorization: Presented::None,
+            source_address: b"10.0.0.1:5555",
+            forwarded_for: None,
         };
         clock.set_secs(NOW + 9);
         assert!(matches!(
@@ -612,13 +725,151 @@ mod tests {
                 route: 0,
                 identity: None,
                 credential: None,
-                claim_headers: Vec::new()
+                claim_headers: Vec::new(),
+                quota: Some(Quota {
+                    limit: 60,
+                    remaining: 59,
+                    reset_secs: 1
+                }),
+                limiter_contention: false
             })
         );
         assert!(matches!(
             run("GET", "/docs/intro", Presented::None),
             Decision::Allow(_)
         ));
+    }
+
+    fn head<'a>(path: &'a str, key: Presented<'a>, source: &'a [u8]) -> RequestHead<'a> {
+        RequestHead {
+            method: b"GET",
+            path: path.as_bytes(),
+            api_key: key,
+            authorization: Presented::None,
+            source_address: source,
+            forwarded_for: None,
+        }
+    }
+
+    #[test]
+    fn the_plan_limit_counts_per_user_and_refuses_with_its_quota() {
+        let (mut policy, store, clock) = setup();
+        // free: 60 per minute; key_free's user gets exactly that, then 429.
+        let free = b"ghk_free_0a9b8c7d6e5f40312e1d0C1OdSVz";
+        let keys = KeySet::default();
+        let h = head("/v1/things", Presented::One(free), b"10.0.0.1:1");
+        let admitted = (0..100)
+            .filter(|_| {
+                matches!(
+                    decide(&policy, &keys, &h, &store, &clock),
+                    Decision::Allow(_)
+                )
+            })
+            .count();
+        assert_eq!(admitted, 60);
+        let Decision::Deny(Denial::RateLimited(r)) = decide(&policy, &keys, &h, &store, &clock)
+        else {
+            panic!("not limited")
+        };
+        assert_eq!(
+            (r.quota().limit, r.quota().remaining, r.retry_after_secs()),
+            (60, 0, 1)
+        );
+        // Another user is not affected; a second later the first gets one more.
+        let demo = head("/v1/things", Presented::One(DEMO), b"10.0.0.1:1");
+        assert!(matches!(
+            decide(&policy, &keys, &demo, &store, &clock),
+            Decision::Allow(_)
+        ));
+        clock.set_secs(NOW + 1);
+        assert!(matches!(
+            decide(&policy, &keys, &h, &store, &clock),
+            Decision::Allow(_)
+        ));
+        assert!(matches!(
+            decide(&policy, &keys, &h, &store, &clock),
+            Decision::Deny(_)
+        ));
+        // Counting by tenant instead: key_demo and key_revoked share tenant_demo.
+        policy.rate_limit.plan_key = LimitBy::Tenant;
+        assert!(matches!(
+            decide(&policy, &keys, &demo, &store, &clock),
+            Decision::Allow(_)
+        ));
+    }
+
+    #[test]
+    fn anonymous_callers_are_limited_per_client_address() {
+        let (mut policy, store, clock) = setup();
+        policy.rate_limit.anonymous.requests = 2;
+        policy.rate_limit.anonymous.burst = 2;
+        let keys = KeySet::default();
+        let from = |addr: &'static [u8]| head("/healthz", Presented::None, addr);
+        let run = |h: &RequestHead<'_>| decide(&policy, &keys, h, &store, &clock);
+        assert!(matches!(run(&from(b"10.0.0.1:1")), Decision::Allow(_)));
+        assert!(
+            matches!(run(&from(b"10.0.0.1:2")), Decision::Allow(_)),
+            "same address, other port"
+        );
+        assert!(matches!(
+            run(&from(b"10.0.0.1:3")),
+            Decision::Deny(Denial::RateLimited(_))
+        ));
+        assert!(matches!(run(&from(b"[::1]:3")), Decision::Allow(_)));
+    }
+
+    #[test]
+    fn client_addresses_come_from_the_connection_or_trusted_proxies() {
+        assert_eq!(client_address(b"10.0.0.1:5555", None, 0), "10.0.0.1");
+        assert_eq!(client_address(b"[2001:db8::1]:443", None, 0), "2001:db8::1");
+        let xff = Some(&b"6.6.6.6, 1.2.3.4, 10.0.0.9"[..]);
+        // Untrusted: the header is the client's to forge.
+        assert_eq!(client_address(b"10.0.0.2:1", xff, 0), "10.0.0.2");
+        assert_eq!(client_address(b"10.0.0.2:1", xff, 1), "10.0.0.9");
+        assert_eq!(client_address(b"10.0.0.2:1", xff, 2), "1.2.3.4");
+        assert_eq!(
+            client_address(b"10.0.0.2:1", xff, 5),
+            "10.0.0.2",
+            "too few hops"
+        );
+    }
+
+    #[test]
+    fn a_route_limit_applies_on_top_and_a_refusal_consumes_neither() {
+        let (mut policy, store, clock) = setup();
+        let api = policy.routes.iter().position(|r| r.name == "api").unwrap();
+        policy.routes[api].limits.push(crate::route::RouteLimit {
+            rate: crate::rate_limit::Rate {
+                requests: 3,
+                period_nanos: 3_600_000_000_000,
+                burst: 3,
+            },
+            by: LimitBy::User,
+        });
+        let keys = KeySet::default();
+        let free = b"ghk_free_0a9b8c7d6e5f40312e1d0C1OdSVz";
+        let api_req = head("/v1/things", Presented::One(free), b"10.0.0.1:1");
+        let admitted = (0..10)
+            .filter(|_| {
+                matches!(
+                    decide(&policy, &keys, &api_req, &store, &clock),
+                    Decision::Allow(_)
+                )
+            })
+            .count();
+        assert_eq!(admitted, 3, "3 per hour on the route");
+        // The plan (60/min) was charged 3 times, not 10: on a route without a limit of its
+        // own the key has 57 left.
+        let docs = head("/docs/x", Presented::One(free), b"10.0.0.1:1");
+        let more = (0..100)
+            .filter(|_| {
+                matches!(
+                    decide(&policy, &keys, &docs, &store, &clock),
+                    Decision::Allow(_)
+                )
+            })
+            .count();
+        assert_eq!(more, 57);
     }
 
     #[test]
@@ -652,6 +903,8 @@ mod tests {
             path: b"/v1/x",
             api_key: Presented::One(b"legacy-key-123"),
             authorization: Presented::None,
+            source_address: b"10.0.0.1:5555",
+            forwarded_for: None,
         };
         assert_eq!(
             decide(&policy, &KeySet::default(), &head, &store, &clock),
@@ -700,6 +953,8 @@ mod tests {
             path: b"/v1/x",
             api_key: Presented::One(DEMO),
             authorization: Presented::None,
+            source_address: b"10.0.0.1:5555",
+            forwarded_for: None,
         };
         assert_eq!(
             decide(&policy, &KeySet::default(), &head, &store, &clock),
@@ -717,6 +972,8 @@ mod tests {
             path: b"/v1/x",
             api_key: Presented::One(DEMO),
             authorization: Presented::None,
+            source_address: b"10.0.0.1:5555",
+            forwarded_for: None,
         };
         assert_eq!(
             decide(&policy, &KeySet::default(), &head, &store, &clock),
@@ -755,7 +1012,7 @@ mod properties {
                 None => Presented::None,
                 Some(a) => Presented::One(a),
             };
-            let head = RequestHead { method: &method, path: &path, api_key, authorization };
+            let head = RequestHead { method: &method, path: &path, api_key, authorization, source_address: b"10.0.0.1:1", forwarded_for: None };
             let keys = super::tests::jwt_test_keys();
             let decision = decide(&policy, &keys, &head, &store, &FixedClock::at_secs(1_767_225_600));
             if let Decision::Allow(Allowed { identity: Some(_), .. }) = decision {

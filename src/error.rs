@@ -43,6 +43,8 @@ pub enum Denial {
     Unauthorized(AuthFailure),
     /// The caller is authenticated, but its key's scopes do not include this route.
     Forbidden,
+    /// Over a rate limit (or the limiter could not decide and the policy refuses).
+    RateLimited(crate::rate_limit::Refusal),
     NoRoute,
     /// The path is not in normal form (see `route::check_normal_form`).
     AmbiguousPath,
@@ -66,6 +68,7 @@ impl Denial {
         match self {
             Denial::Unauthorized(_) => 401,
             Denial::Forbidden => 403,
+            Denial::RateLimited(_) => 429,
             Denial::NoRoute => 404,
             Denial::AmbiguousPath => 400,
             Denial::NotConfigured => 503,
@@ -95,6 +98,7 @@ impl Denial {
             Denial::Unauthorized(AuthFailure::Key(KeyFailure::Revoked)) if verbose => "REVOKED_KEY",
             Denial::Unauthorized(AuthFailure::Key(_)) => "INVALID_CREDENTIALS",
             Denial::Forbidden => "FORBIDDEN",
+            Denial::RateLimited(_) => "RATE_LIMITED",
             Denial::NoRoute => "NOT_FOUND",
             Denial::AmbiguousPath => "BAD_REQUEST",
             Denial::NotConfigured => "UNAVAILABLE",
@@ -130,6 +134,7 @@ impl Denial {
             }
             Denial::Unauthorized(AuthFailure::Key(_)) => "invalid credentials",
             Denial::Forbidden => "this credential may not call this route",
+            Denial::RateLimited(_) => "rate limit exceeded",
             Denial::NoRoute => "no route matches this request",
             Denial::AmbiguousPath => "the request path is not in normal form",
             Denial::NotConfigured => "the gateway is not configured",
@@ -152,6 +157,13 @@ impl Denial {
                 "jwt_revoked_jti"
             }
             Denial::Forbidden => "out_of_scope",
+            Denial::RateLimited(crate::rate_limit::Refusal::Exceeded { .. }) => "rate_limited",
+            Denial::RateLimited(crate::rate_limit::Refusal::Collision { .. }) => {
+                "rate_limit_collision"
+            }
+            Denial::RateLimited(crate::rate_limit::Refusal::Contention { .. }) => {
+                "rate_limit_contention"
+            }
             Denial::NoRoute => "no_route",
             Denial::AmbiguousPath => "ambiguous_path",
             Denial::NotConfigured => "not_configured",
@@ -178,6 +190,10 @@ impl Denial {
             Denial::Unauthorized(_) => {
                 headers.push(("www-authenticate", "ApiKey realm=\"gatehouse\"".to_string()))
             }
+            Denial::RateLimited(r) => {
+                headers.push(("retry-after", r.retry_after_secs().to_string()));
+                headers.extend(quota_headers(&r.quota()));
+            }
             _ => {}
         }
         LocalReply {
@@ -186,6 +202,16 @@ impl Denial {
             body: error_body(self.message(verbose), self.code(verbose), now, request_id),
         }
     }
+}
+
+/// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (the IETF draft's
+/// names), for refusals and, when the policy asks, allowed responses.
+pub fn quota_headers(q: &crate::rate_limit::Quota) -> [(&'static str, String); 3] {
+    [
+        ("ratelimit-limit", q.limit.to_string()),
+        ("ratelimit-remaining", q.remaining.to_string()),
+        ("ratelimit-reset", q.reset_secs.to_string()),
+    ]
 }
 
 fn printable_request_id(raw: &[u8]) -> &str {

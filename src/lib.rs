@@ -8,6 +8,7 @@
 //! | [`route`] | which route a request belongs to |
 //! | [`api_key`] | presented keys, their SHA-256, the cached key record |
 //! | [`key_cache`] | the key records in shared data: install, look up |
+//! | [`rate_limit`] | GCRA limits in a fixed table of shared-data slots, exact across workers |
 //! | [`revocation`] | per-user token watermarks and the jti denylist in shared data |
 //! | [`jwt`] | verifying JWTs (JWS compact): keys, JWKS, signatures, claims |
 //! | [`jwks_cache`] | a JWKS fetched from a URL, shared by all workers, one fetch at a time |
@@ -27,6 +28,7 @@ pub mod jwks_cache;
 pub mod jwt;
 pub mod key_cache;
 pub mod policy;
+pub mod rate_limit;
 pub mod revocation;
 pub mod route;
 pub mod store;

@@ -48,6 +48,15 @@ pub struct Route {
     /// The route group API-key scopes name; `None`: in no group (a scoped key may not
     /// call it).
     pub group: Option<String>,
+    /// Limits on top of the plan's (`limits:`). Defaults to none.
+    pub limits: Vec<RouteLimit>,
+}
+
+/// A route's own limit, e.g. login 10 per minute per client address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteLimit {
+    pub rate: crate::rate_limit::Rate,
+    pub by: crate::policy::LimitBy,
 }
 
 impl Route {
@@ -117,6 +126,7 @@ mod tests {
     fn route(path: PathMatch, methods: &[&str]) -> Route {
         Route {
             group: None,
+            limits: Vec::new(),
             name: "r".into(),
             path,
             methods: methods.iter().map(|m| m.to_string()).collect(),

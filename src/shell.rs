@@ -78,6 +78,34 @@ impl Clock for HostClock {
     }
 }
 
+/// Counters, defined once per VM on configure (Envoy shows them as
+/// `wasmcustom.gatehouse.*`). Id 0 means "not defined": increments are then skipped.
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    rate_limited: u32,
+    limiter_contention: u32,
+    limiter_collisions: u32,
+}
+
+impl Counters {
+    fn define() -> Counters {
+        let counter = |name: &str| {
+            hostcalls::define_metric(proxy_wasm::types::MetricType::Counter, name).unwrap_or(0)
+        };
+        Counters {
+            rate_limited: counter("gatehouse.rate_limited"),
+            limiter_contention: counter("gatehouse.rate_limit_contention"),
+            limiter_collisions: counter("gatehouse.rate_limit_collisions"),
+        }
+    }
+
+    fn bump(id: u32) {
+        if id != 0 {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+}
+
 /// The JWT keys in force, shared by a worker's root context (which replaces them when a
 /// new JWKS arrives) and its filters (which take the current set per request).
 type SharedKeys = Rc<RefCell<Rc<KeySet>>>;
@@ -90,6 +118,7 @@ pub(crate) struct Root {
     keys: SharedKeys,
     /// The cas of the JWKS document the keys were built from.
     jwks_cas: u32,
+    counters: Counters,
 }
 
 fn now_secs() -> u64 {
@@ -220,6 +249,7 @@ impl RootContext for Root {
             }
         }
         self.set_keys(self.static_keys.clone());
+        self.counters = Counters::define();
         log(
             LogLevel::Info,
             &format!(
@@ -271,6 +301,8 @@ impl RootContext for Root {
         Some(Box::new(Filter {
             policy: self.policy.clone(),
             keys: Rc::clone(&self.keys),
+            counters: self.counters,
+            quota: None,
         }))
     }
 
@@ -282,11 +314,23 @@ impl RootContext for Root {
 struct Filter {
     policy: Option<Rc<Policy>>,
     keys: SharedKeys,
+    counters: Counters,
+    /// The request's rate-limit quota, for `RateLimit-*` on the response.
+    quota: Option<crate::rate_limit::Quota>,
 }
 
 impl Context for Filter {}
 
 impl HttpContext for Filter {
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(q) = self.quota.take() {
+            for (name, value) in crate::error::quota_headers(&q) {
+                let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&value));
+            }
+        }
+        Action::Continue
+    }
+
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(policy) = self.policy.clone() else {
             send_refusal(Denial::NotConfigured, b"", false);
@@ -301,6 +345,7 @@ impl HttpContext for Filter {
         let mut request_id: &[u8] = b"";
         let mut api_key = Presented::None;
         let mut authorization = Presented::None;
+        let mut forwarded: Vec<&[u8]> = Vec::new();
         let mut spoofed: Vec<&str> = Vec::new();
         for (name, value) in &headers {
             match name.as_str() {
@@ -319,16 +364,25 @@ impl HttpContext for Filter {
                         _ => Presented::Several,
                     }
                 }
+                "x-forwarded-for" => forwarded.push(value),
                 n if n.starts_with(IDENTITY_HEADER_PREFIX) => spoofed.push(n),
                 _ => {}
             }
         }
+        // Repeated x-forwarded-for lines are one list (RFC 9110 §5.3).
+        let forwarded_for = (!forwarded.is_empty()).then(|| forwarded.join(&b","[..]));
+        let source_address = hostcalls::get_property(vec!["source", "address"])
+            .ok()
+            .flatten()
+            .unwrap_or_default();
 
         let head = RequestHead {
             method,
             path,
             api_key,
             authorization,
+            source_address: &source_address,
+            forwarded_for: forwarded_for.as_deref(),
         };
         let keys = self
             .keys
@@ -337,6 +391,12 @@ impl HttpContext for Filter {
             .unwrap_or_default();
         match decide(&policy, &keys, &head, &HostStore, &HostClock) {
             Decision::Allow(allowed) => {
+                if allowed.limiter_contention {
+                    Counters::bump(self.counters.limiter_contention);
+                }
+                if policy.rate_limit.headers_on_allowed {
+                    self.quota = allowed.quota;
+                }
                 for name in spoofed {
                     let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
                 }
@@ -366,6 +426,18 @@ impl HttpContext for Filter {
                 Action::Continue
             }
             Decision::Deny(denial) => {
+                if let Denial::RateLimited(r) = denial {
+                    Counters::bump(self.counters.rate_limited);
+                    match r {
+                        crate::rate_limit::Refusal::Contention { .. } => {
+                            Counters::bump(self.counters.limiter_contention)
+                        }
+                        crate::rate_limit::Refusal::Collision { .. } => {
+                            Counters::bump(self.counters.limiter_collisions)
+                        }
+                        crate::rate_limit::Refusal::Exceeded { .. } => {}
+                    }
+                }
                 // A token signed with a key we have not seen: the issuer may have rotated.
                 if denial.reason() == "jwt_unknown_kid"
                     && let Some(url) = policy.jwt.as_ref().and_then(|j| j.jwks_url.as_ref())

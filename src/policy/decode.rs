@@ -11,6 +11,7 @@ use crate::route::{Audience, PathMatch, Route};
 use crate::time::parse_rfc3339;
 
 mod auth;
+mod limits;
 
 pub(super) struct Decoder {
     pub errors: Vec<PolicyError>,
@@ -181,6 +182,7 @@ impl Decoder {
                 "jwt",
                 "revocations",
                 "hide_credentials",
+                "rate_limit",
             ],
         )?;
         if let Some(v) = f.get("version") {
@@ -231,6 +233,13 @@ impl Decoder {
             None => Some(Default::default()),
             Some(n) => self.revocations(n, "revocations", fingerprint),
         };
+        let rate_limit = {
+            let known = plans.clone().unwrap_or_else(default_plans);
+            match f.get("rate_limit") {
+                None => Some(self.rate_limit_defaults(&known)),
+                Some(n) => self.rate_limit(n, "rate_limit", &known),
+            }
+        };
         let hide_credentials = match f.get("hide_credentials") {
             None => Some(false),
             Some(n) => self.boolean(n, "hide_credentials"),
@@ -246,6 +255,7 @@ impl Decoder {
             jwt: jwt?,
             revocations: revocations?,
             hide_credentials: hide_credentials?,
+            rate_limit: rate_limit?,
             plans: plans?,
             keys: keys?,
             routes: routes?,
@@ -326,7 +336,7 @@ impl Decoder {
                 ok = false;
                 continue;
             }
-            let Some(f) = self.object(value, &p, &["requests_per_minute"]) else {
+            let Some(f) = self.object(value, &p, &["requests_per_minute", "burst"]) else {
                 ok = false;
                 continue;
             };
@@ -339,9 +349,21 @@ impl Decoder {
                 ok = false;
                 continue;
             };
+            let rpm = u32::try_from(rpm).unwrap_or(u32::MAX);
+            let burst = match f.get("burst") {
+                None => rpm,
+                Some(b) => match self.integer(b, &join(&p, "burst"), 1, 1_000_000_000) {
+                    Some(b) => u32::try_from(b).unwrap_or(u32::MAX),
+                    None => {
+                        ok = false;
+                        continue;
+                    }
+                },
+            };
             let plan = Plan {
                 name: key.name.clone(),
-                requests_per_minute: u32::try_from(rpm).unwrap_or(u32::MAX),
+                requests_per_minute: rpm,
+                burst,
             };
             match plans.iter_mut().find(|existing| existing.name == plan.name) {
                 Some(existing) => *existing = plan,
@@ -536,7 +558,15 @@ impl Decoder {
     }
 
     fn route(&mut self, node: &Node, path: &str, index: usize) -> Option<Route> {
-        let f = self.object(node, path, &["name", "match", "audience", "group"])?;
+        let f = self.object(
+            node,
+            path,
+            &["name", "match", "audience", "group", "limits"],
+        )?;
+        let limits = match f.get("limits") {
+            None => Some(Vec::new()),
+            Some(n) => self.route_limits(n, &join(path, "limits")),
+        };
         let group = match f.get("group") {
             None => Some(None),
             Some(n) => self.id(n, &join(path, "group")).map(Some),
@@ -577,6 +607,7 @@ impl Decoder {
             methods: methods?,
             audience: audience?,
             group: group?,
+            limits: limits?,
         })
     }
 
@@ -666,6 +697,7 @@ fn default_plans() -> Vec<Plan> {
         .map(|(name, rpm)| Plan {
             name: (*name).to_string(),
             requests_per_minute: *rpm,
+            burst: *rpm,
         })
         .collect()
 }

@@ -40,6 +40,7 @@ pub struct Policy {
     pub jwt: Option<auth::JwtPolicy>,
     /// Revoked users' tokens and token ids declared in the policy.
     pub revocations: auth::Revocations,
+    pub rate_limit: RateLimitPolicy,
     /// Remove the credential (API key header, or Authorization for a JWT) before the
     /// request goes upstream. Defaults to false.
     pub hide_credentials: bool,
@@ -69,6 +70,47 @@ pub enum KeyFormat {
 pub struct Plan {
     pub name: String,
     pub requests_per_minute: u32,
+    /// Requests that may arrive at once. Defaults to `requests_per_minute`: the whole
+    /// minute's budget, then one per `60 s / requests_per_minute`.
+    pub burst: u32,
+}
+
+impl Plan {
+    pub fn rate(&self) -> crate::rate_limit::Rate {
+        crate::rate_limit::Rate {
+            requests: self.requests_per_minute,
+            period_nanos: 60_000_000_000,
+            burst: self.burst,
+        }
+    }
+}
+
+/// Who a limit counts requests for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitBy {
+    /// The client address (`source.address`, or `x-forwarded-for` per `client_ip`).
+    Ip,
+    /// The API key id (or `jwt:<kid>` for a token).
+    Key,
+    User,
+    Tenant,
+}
+
+/// The `rate_limit` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimitPolicy {
+    /// Who a plan's limit counts for. Defaults to [`LimitBy::User`].
+    pub plan_key: LimitBy,
+    /// Anonymous callers on external routes, per client address. Defaults to the `free`
+    /// plan's rate (60 per minute unless overridden).
+    pub anonymous: crate::rate_limit::Rate,
+    /// Proxies in front of Envoy that append to `x-forwarded-for`; 0 (default) means the
+    /// client address is the connection's.
+    pub trusted_proxies: u32,
+    pub slots: u32,
+    pub on_contention: crate::rate_limit::OnContention,
+    /// Send `RateLimit-*` headers on allowed responses too. Defaults to false.
+    pub headers_on_allowed: bool,
 }
 
 /// A key declared in the policy: its hash and the record cached for it.
@@ -379,7 +421,7 @@ mod tests {
         assert_eq!(
             errors(&minimal("colour: blue\n")),
             [
-                "p.yaml:4:1: colour: unknown field 'colour'; expected one of [version, api_key, plans, keys, routes, errors, jwt, revocations, hide_credentials]"
+                "p.yaml:4:1: colour: unknown field 'colour'; expected one of [version, api_key, plans, keys, routes, errors, jwt, revocations, hide_credentials, rate_limit]"
             ]
         );
     }

@@ -1,0 +1,574 @@
+//! Rate limits shared exactly by every Envoy worker, in a fixed amount of shared data.
+//!
+//! **Algorithm: GCRA** (the generic cell rate algorithm, "leaky bucket as a meter"). A
+//! limit of `n` per `period` with burst `b` has an emission interval `T = period / n` and
+//! a tolerance `τ = (b - 1) · T`. Its whole state is one number, the theoretical arrival
+//! time `tat`. A request at `now` is allowed when `max(tat, now) + T - (τ + T) <= now`,
+//! and then `tat := max(tat, now) + T`. With the default burst `b = n`, `n` requests pass
+//! at once and then one every `T`: exactly `n` in any window of one period.
+//!
+//! **Exact across workers**: the state lives in Envoy's shared data and every update is a
+//! compare-and-swap; a worker that loses the race reads again and decides again. After
+//! [`MAX_CAS_ATTEMPTS`] lost races in a row the policy decides (`refuse` by default, or
+//! `allow`), and the caller counts it in a metric.
+//!
+//! **Several limits** (the plan's, a route's): each is checked and consumed in turn; if a
+//! later one refuses, the ones already consumed are refunded (`tat -= T`, itself a CAS
+//! loop), so a refused request consumes none of them.
+//!
+//! **Bounded memory**: shared data has no delete, so states live in a fixed table of
+//! `slots` entries, `rl/<index>`. An identity (limit id + caller) hashes to two candidate
+//! slots; each entry carries a 64-bit tag of its owner: `<tag hex>|<tat ns>`. A caller uses
+//! the candidate that holds its tag, else claims one that is empty or whose owner's state
+//! has lapsed (`tat` more than [`RECLAIM_GRACE_NANOS`] in the past: nothing to remember).
+//! If both candidates belong to live strangers, the request is refused as a collision:
+//! never is a stranger's budget granted or consumed. With the default 65,536 slots Envoy
+//! holds at most ~3 MB of limiter state however many callers come.
+
+use crate::store::{SharedStore, StoreError};
+use sha2::{Digest, Sha256};
+
+/// Lost compare-and-swaps in a row before the policy's contention rule applies.
+pub const MAX_CAS_ATTEMPTS: u32 = 16;
+
+/// A slot whose owner's `tat` lies this far in the past holds nothing worth keeping.
+/// Longer than any decision takes, so two workers claiming for the same new caller at
+/// nearly the same moment see the same slots as free.
+pub const RECLAIM_GRACE_NANOS: u64 = 1_000_000_000;
+
+/// One limit: `requests` per `period_nanos`, `burst` at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub requests: u32,
+    pub period_nanos: u64,
+    pub burst: u32,
+}
+
+impl Rate {
+    /// The emission interval `T`, at least 1 ns.
+    fn interval(&self) -> u64 {
+        (self.period_nanos / u64::from(self.requests.max(1))).max(1)
+    }
+
+    /// `τ + T`: how far ahead of `now` the `tat` may run.
+    fn horizon(&self) -> u64 {
+        self.interval().saturating_mul(u64::from(self.burst.max(1)))
+    }
+}
+
+/// What the policy does when compare-and-swap keeps failing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnContention {
+    Refuse,
+    Allow,
+}
+
+/// A limit to apply to this request: which one (a stable name, part of the slot tag), the
+/// caller it is counted for, and its rate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check<'a> {
+    pub limit: &'a str,
+    pub caller: &'a str,
+    pub rate: Rate,
+}
+
+/// Quota figures for the `RateLimit-*` headers, for the tightest limit that applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Seconds until the quota is whole again.
+    pub reset_secs: u64,
+}
+
+/// Why a request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over the limit: try again in `retry_after_secs`.
+    Exceeded { quota: Quota, retry_after_secs: u64 },
+    /// Both candidate slots belong to live strangers (`quota` names the limit).
+    Collision { quota: Quota },
+    /// Compare-and-swap kept failing and the policy refuses then.
+    Contention { quota: Quota },
+}
+
+impl Refusal {
+    /// The quota for the `RateLimit-*` headers.
+    pub fn quota(&self) -> Quota {
+        match self {
+            Refusal::Exceeded { quota, .. }
+            | Refusal::Collision { quota }
+            | Refusal::Contention { quota } => *quota,
+        }
+    }
+
+    /// Seconds until a retry may pass (`Retry-After`).
+    pub fn retry_after_secs(&self) -> u64 {
+        match self {
+            Refusal::Exceeded {
+                retry_after_secs, ..
+            } => *retry_after_secs,
+            Refusal::Collision { .. } | Refusal::Contention { .. } => 1,
+        }
+    }
+}
+
+/// The quota reported when a limit could not be evaluated.
+fn unknown_quota(rate: &Rate) -> Quota {
+    Quota {
+        limit: rate.requests,
+        remaining: 0,
+        reset_secs: 1,
+    }
+}
+
+/// The outcome, with what happened on the way for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub result: Result<Option<Quota>, Refusal>,
+    /// Compare-and-swap gave up at least once (allowed or refused per the policy).
+    pub contention: bool,
+}
+
+/// The fixed slot table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Table {
+    pub slots: u32,
+    pub on_contention: OnContention,
+}
+
+fn digest(limit: &str, caller: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(limit.as_bytes());
+    h.update([0]);
+    h.update(caller.as_bytes());
+    h.finalize().into()
+}
+
+fn u64_at(d: &[u8; 32], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    if let Some(s) = d.get(at..at + 8) {
+        b.copy_from_slice(s);
+    }
+    u64::from_be_bytes(b)
+}
+
+/// The two candidate slots and the owner tag of (limit, caller).
+fn place(limit: &str, caller: &str, slots: u32) -> ([String; 2], u64) {
+    let d = digest(limit, caller);
+    let n = u64::from(slots.max(2));
+    let first = u64_at(&d, 0) % n;
+    let mut second = u64_at(&d, 8) % n;
+    if second == first {
+        second = (first + 1) % n;
+    }
+    (
+        [format!("rl/{first}"), format!("rl/{second}")],
+        u64_at(&d, 16),
+    )
+}
+
+/// A slot entry: owner tag and `tat`. `None` for anything we did not write.
+fn decode(bytes: &[u8]) -> Option<(u64, u64)> {
+    let s = std::str::from_utf8(bytes).ok()?;
+    let (tag, tat) = s.split_once('|')?;
+    Some((u64::from_str_radix(tag, 16).ok()?, tat.parse().ok()?))
+}
+
+fn encode(tag: u64, tat: u64) -> Vec<u8> {
+    format!("{tag:016x}|{tat}").into_bytes()
+}
+
+/// Where (limit, caller)'s state is, or can go: the slot key, its cas (0 for an absent
+/// entry) and the current `tat` (0 when starting fresh). `None`: both candidates belong
+/// to live strangers.
+fn locate(
+    store: &impl SharedStore,
+    keys: &[String; 2],
+    tag: u64,
+    now: u64,
+) -> Option<(usize, u32, u64)> {
+    let entries: Vec<Option<(Vec<u8>, u32)>> = keys.iter().map(|k| store.get(k)).collect();
+    let parsed: Vec<Option<(u64, u64, u32)>> = entries
+        .iter()
+        .map(|e| {
+            e.as_ref()
+                .map(|(bytes, cas)| decode(bytes).map_or((0, 0, *cas), |(t, tat)| (t, tat, *cas)))
+        })
+        .collect();
+    // Ours, wherever it is.
+    for (i, p) in parsed.iter().enumerate() {
+        if let Some((t, tat, cas)) = p
+            && *t == tag
+        {
+            return Some((i, *cas, *tat));
+        }
+    }
+    // Else the first free one: absent, unreadable, or lapsed.
+    for (i, p) in parsed.iter().enumerate() {
+        match p {
+            None => return Some((i, 0, 0)),
+            Some((_, tat, cas)) if tat.saturating_add(RECLAIM_GRACE_NANOS) < now => {
+                return Some((i, *cas, 0));
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+/// One GCRA step at `now` from `tat`: `Ok((new tat, quota))` or `Err(refusal)`.
+fn step(rate: &Rate, tat: u64, now: u64) -> Result<(u64, Quota), Refusal> {
+    let t = rate.interval();
+    let horizon = rate.horizon();
+    let base = tat.max(now);
+    let new_tat = base.saturating_add(t);
+    let secs_up = |nanos: u64| nanos.div_ceil(1_000_000_000);
+    if new_tat > now.saturating_add(horizon) {
+        // Allowed again when the tat has come within the horizon.
+        let retry = new_tat - now.saturating_add(horizon);
+        let quota = Quota {
+            limit: rate.requests,
+            remaining: 0,
+            reset_secs: secs_up(base - now),
+        };
+        return Err(Refusal::Exceeded {
+            quota,
+            retry_after_secs: secs_up(retry).max(1),
+        });
+    }
+    let room = now.saturating_add(horizon) - new_tat;
+    let remaining = u32::try_from(room / t).unwrap_or(u32::MAX).min(rate.burst);
+    Ok((
+        new_tat,
+        Quota {
+            limit: rate.requests,
+            remaining,
+            reset_secs: secs_up(new_tat - now),
+        },
+    ))
+}
+
+/// Consumes one unit of one limit. `Ok(None)` when contention made the policy allow.
+fn consume(
+    store: &impl SharedStore,
+    table: &Table,
+    check: &Check<'_>,
+    now: u64,
+) -> (Result<Option<Quota>, Refusal>, bool) {
+    let (keys, tag) = place(check.limit, check.caller, table.slots);
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let collision = Refusal::Collision {
+            quota: unknown_quota(&check.rate),
+        };
+        let Some((slot, cas, tat)) = locate(store, &keys, tag, now) else {
+            return (Err(collision), false);
+        };
+        let (new_tat, quota) = match step(&check.rate, tat, now) {
+            Ok(v) => v,
+            Err(refusal) => return (Err(refusal), false),
+        };
+        let Some(key) = keys.get(slot) else {
+            return (Err(collision), false);
+        };
+        match store.set(key, &encode(tag, new_tat), cas) {
+            Ok(()) => return (Ok(Some(quota)), false),
+            Err(StoreError::CasMismatch) => continue,
+            Err(StoreError::Failed) => break,
+        }
+    }
+    match table.on_contention {
+        OnContention::Refuse => (
+            Err(Refusal::Contention {
+                quota: unknown_quota(&check.rate),
+            }),
+            true,
+        ),
+        OnContention::Allow => (Ok(None), true),
+    }
+}
+
+/// Gives back one unit consumed by [`consume`] (a later limit refused the request).
+fn refund(store: &impl SharedStore, table: &Table, check: &Check<'_>, now: u64) {
+    let (keys, tag) = place(check.limit, check.caller, table.slots);
+    let t = check.rate.interval();
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let Some((slot, cas, tat)) = locate(store, &keys, tag, now) else {
+            return;
+        };
+        if tat == 0 {
+            return;
+        }
+        let Some(key) = keys.get(slot) else { return };
+        match store.set(key, &encode(tag, tat.saturating_sub(t)), cas) {
+            Err(StoreError::CasMismatch) => continue,
+            _ => return,
+        }
+    }
+}
+
+/// Applies every limit to one request: all pass and each is consumed once, or the
+/// request is refused and none is consumed. The quota returned is the tightest one.
+pub fn check_all(
+    store: &impl SharedStore,
+    table: &Table,
+    checks: &[Check<'_>],
+    now: u64,
+) -> Outcome {
+    let mut consumed: Vec<&Check<'_>> = Vec::new();
+    let mut tightest: Option<Quota> = None;
+    let mut contention = false;
+    for check in checks {
+        let (result, gave_up) = consume(store, table, check, now);
+        contention |= gave_up;
+        match result {
+            Ok(Some(q)) => {
+                consumed.push(check);
+                if tightest.is_none_or(|t| q.remaining < t.remaining) {
+                    tightest = Some(q);
+                }
+            }
+            Ok(None) => {}
+            Err(refusal) => {
+                for done in consumed {
+                    refund(store, table, done, now);
+                }
+                return Outcome {
+                    result: Err(refusal),
+                    contention,
+                };
+            }
+        }
+    }
+    Outcome {
+        result: Ok(tightest),
+        contention,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    const SEC: u64 = 1_000_000_000;
+    const T0: u64 = 1_767_225_600 * SEC;
+
+    fn per_minute(n: u32) -> Rate {
+        Rate {
+            requests: n,
+            period_nanos: 60 * SEC,
+            burst: n,
+        }
+    }
+
+    fn table() -> Table {
+        Table {
+            slots: 1024,
+            on_contention: OnContention::Refuse,
+        }
+    }
+
+    fn allowed(store: &MemoryStore, checks: &[Check<'_>], now: u64) -> bool {
+        check_all(store, &table(), checks, now).result.is_ok()
+    }
+
+    #[test]
+    fn n_per_minute_admits_exactly_n_then_one_per_interval() {
+        let store = MemoryStore::default();
+        let c = [Check {
+            limit: "plan:free",
+            caller: "alice",
+            rate: per_minute(60),
+        }];
+        let admitted = (0..100).filter(|_| allowed(&store, &c, T0)).count();
+        assert_eq!(admitted, 60);
+        let refused = check_all(&store, &table(), &c, T0);
+        match refused.result {
+            Err(Refusal::Exceeded {
+                quota,
+                retry_after_secs,
+            }) => {
+                assert_eq!((quota.limit, quota.remaining, retry_after_secs), (60, 0, 1));
+                assert_eq!(quota.reset_secs, 60);
+            }
+            other => panic!("{other:?}"),
+        }
+        // One interval later, one more.
+        assert!(allowed(&store, &c, T0 + SEC));
+        assert!(!allowed(&store, &c, T0 + SEC));
+        // A full period later, the whole budget.
+        let admitted = (0..100)
+            .filter(|_| allowed(&store, &c, T0 + 62 * SEC))
+            .count();
+        assert_eq!(admitted, 60);
+    }
+
+    #[test]
+    fn the_quota_counts_down() {
+        let store = MemoryStore::default();
+        let c = [Check {
+            limit: "l",
+            caller: "a",
+            rate: per_minute(3),
+        }];
+        let remaining: Vec<u32> = (0..3)
+            .map(|_| {
+                check_all(&store, &table(), &c, T0)
+                    .result
+                    .unwrap()
+                    .unwrap()
+                    .remaining
+            })
+            .collect();
+        assert_eq!(remaining, [2, 1, 0]);
+    }
+
+    #[test]
+    fn callers_and_limits_have_separate_budgets() {
+        let store = MemoryStore::default();
+        let a = [Check {
+            limit: "l",
+            caller: "a",
+            rate: per_minute(1),
+        }];
+        let b = [Check {
+            limit: "l",
+            caller: "b",
+            rate: per_minute(1),
+        }];
+        let a2 = [Check {
+            limit: "m",
+            caller: "a",
+            rate: per_minute(1),
+        }];
+        assert!(allowed(&store, &a, T0) && allowed(&store, &b, T0) && allowed(&store, &a2, T0));
+        assert!(!allowed(&store, &a, T0));
+    }
+
+    #[test]
+    fn a_refused_request_consumes_none_of_its_limits() {
+        let store = MemoryStore::default();
+        let plan = Check {
+            limit: "plan",
+            caller: "u",
+            rate: per_minute(10),
+        };
+        let route = Check {
+            limit: "route:login",
+            caller: "u",
+            rate: per_minute(2),
+        };
+        let both = [plan.clone(), route.clone()];
+        assert!(allowed(&store, &both, T0));
+        assert!(allowed(&store, &both, T0));
+        for _ in 0..5 {
+            assert!(!allowed(&store, &both, T0), "the route limit refuses");
+        }
+        // The plan was charged for 2 requests only: 8 left.
+        let plan_only = [plan];
+        let left = (0..20).filter(|_| allowed(&store, &plan_only, T0)).count();
+        assert_eq!(left, 8);
+    }
+
+    #[test]
+    fn a_live_stranger_in_both_slots_is_a_collision_never_a_shared_budget() {
+        let store = MemoryStore::default();
+        let tiny = Table {
+            slots: 2,
+            on_contention: OnContention::Refuse,
+        };
+        let c = |caller| {
+            [Check {
+                limit: "l",
+                caller,
+                rate: per_minute(100),
+            }]
+        };
+        // With two slots, two callers fill the table; a third collides while they live.
+        assert!(check_all(&store, &tiny, &c("a"), T0).result.is_ok());
+        assert!(check_all(&store, &tiny, &c("b"), T0).result.is_ok());
+        assert!(matches!(
+            check_all(&store, &tiny, &c("c"), T0).result,
+            Err(Refusal::Collision { .. })
+        ));
+        // The strangers' budgets were not touched by the collision.
+        assert_eq!(
+            check_all(&store, &tiny, &c("a"), T0)
+                .result
+                .unwrap()
+                .unwrap()
+                .remaining,
+            98
+        );
+        // Once a's state has lapsed, c takes its slot, with a fresh budget of its own.
+        let later = T0 + 10 * SEC;
+        assert!(check_all(&store, &tiny, &c("c"), later).result.is_ok());
+        assert_eq!(
+            check_all(&store, &tiny, &c("c"), later)
+                .result
+                .unwrap()
+                .unwrap()
+                .remaining,
+            98
+        );
+    }
+
+    /// A store whose writes always lose the race.
+    struct Contended(MemoryStore);
+
+    impl SharedStore for Contended {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.0.get(key)
+        }
+        fn set(&self, _key: &str, _value: &[u8], _cas: u32) -> Result<(), StoreError> {
+            Err(StoreError::CasMismatch)
+        }
+    }
+
+    #[test]
+    fn endless_contention_follows_the_policy_and_is_reported() {
+        let store = Contended(MemoryStore::default());
+        let c = [Check {
+            limit: "l",
+            caller: "a",
+            rate: per_minute(5),
+        }];
+        let refuse = check_all(&store, &table(), &c, T0);
+        assert!(matches!(refuse.result, Err(Refusal::Contention { .. })) && refuse.contention);
+        let allow = Table {
+            on_contention: OnContention::Allow,
+            ..table()
+        };
+        let allowed = check_all(&store, &allow, &c, T0);
+        assert_eq!((allowed.result, allowed.contention), (Ok(None), true));
+    }
+
+    #[test]
+    fn a_clock_going_backwards_never_grants_extra() {
+        let store = MemoryStore::default();
+        let c = [Check {
+            limit: "l",
+            caller: "a",
+            rate: per_minute(2),
+        }];
+        assert!(allowed(&store, &c, T0));
+        assert!(allowed(&store, &c, T0));
+        assert!(!allowed(&store, &c, T0 - 30 * SEC));
+    }
+
+    #[test]
+    fn corrupt_slots_are_reclaimed_not_trusted() {
+        let store = MemoryStore::default();
+        let (keys, _) = place("l", "a", 1024);
+        store.set(&keys[0], b"garbage", 0).unwrap();
+        store.set(&keys[1], b"ffff|notanumber", 0).unwrap();
+        let c = [Check {
+            limit: "l",
+            caller: "a",
+            rate: per_minute(1),
+        }];
+        assert!(allowed(&store, &c, T0));
+        assert!(!allowed(&store, &c, T0));
+    }
+}
