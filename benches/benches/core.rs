@@ -71,6 +71,8 @@ fn api_key_decision(c: &mut Criterion) {
             path: b"/v1/things?page=2",
             api_key: key,
             authorization: Presented::None,
+            source_address: b"10.0.0.1:5555",
+            forwarded_for: None,
         };
         g.bench_with_input(BenchmarkId::new("decide", name), &head, |b, head| {
             b.iter(|| {
