@@ -623,8 +623,11 @@ mod tests {
         let policy = load_yaml("example.yaml", include_str!("../policies/example.yaml"))
             .unwrap()
             .policy;
+        let mut policy = policy;
+        policy.rate_limit.slots = 1024;
         let store = MemoryStore::default();
         key_cache::install_policy_keys(&policy, &store).unwrap();
+        crate::rate_limit::prepare(&store, policy.rate_limit.slots).unwrap();
         (policy, store, FixedClock::at_secs(NOW))
     }
 
@@ -1000,9 +1003,11 @@ mod properties {
             several in any::<bool>(),
             authorization in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
         ) {
-            let policy = load_yaml("example.yaml", include_str!("../policies/example.yaml")).unwrap().policy;
+            let mut policy = load_yaml("example.yaml", include_str!("../policies/example.yaml")).unwrap().policy;
+            policy.rate_limit.slots = 1024;
             let store = MemoryStore::default();
             crate::key_cache::install_policy_keys(&policy, &store).unwrap();
+            crate::rate_limit::prepare(&store, 1024).unwrap();
             let api_key = match (&key, several) {
                 (None, _) => Presented::None,
                 (Some(_), true) => Presented::Several,

@@ -17,19 +17,30 @@
 //! loop), so a refused request consumes none of them.
 //!
 //! **Bounded memory**: shared data has no delete, so states live in a fixed table of
-//! `slots` entries, `rl/<index>`. An identity (limit id + caller) hashes to two candidate
-//! slots; each entry carries a 64-bit tag of its owner: `<tag hex>|<tat ns>`. A caller uses
-//! the candidate that holds its tag, else claims one that is empty or whose owner's state
-//! has lapsed (`tat` more than [`RECLAIM_GRACE_NANOS`] in the past: nothing to remember).
-//! If both candidates belong to live strangers, the request is refused as a collision:
-//! never is a stranger's budget granted or consumed. With the default 65,536 slots Envoy
-//! holds at most ~3 MB of limiter state however many callers come.
+//! `slots` entries, `rl/<slots>/<index>`. An identity (limit id + caller) hashes to
+//! [`CANDIDATES`] candidate slots; each entry carries a 64-bit tag of its owner:
+//! `<tag hex>|<tat ns>`. A caller uses the candidate that holds its tag, else claims one
+//! whose owner's state has lapsed (`tat` more than [`RECLAIM_GRACE_NANOS`] in the past:
+//! nothing to remember). If every candidate belongs to a live stranger, the request is
+//! refused as a collision: never is a stranger's budget granted or consumed. With the
+//! default 65,536 slots Envoy holds a few MB of limiter state however many callers come.
+//!
+//! **Why the table is created up front** ([`prepare`]): Envoy writes an absent key
+//! whatever compare-and-swap value is given, so two workers claiming the same absent slot
+//! would both succeed and one budget would be lost. Every slot therefore exists before
+//! any request is decided: the first worker to configure creates the table (a marker
+//! says it is done), so every later write is a real compare-and-swap. A different `slots`
+//! value is a different table (`rl/<slots>/...`), created afresh.
 
 use crate::store::{SharedStore, StoreError};
 use sha2::{Digest, Sha256};
 
 /// Lost compare-and-swaps in a row before the policy's contention rule applies.
 pub const MAX_CAS_ATTEMPTS: u32 = 16;
+
+/// Candidate slots per identity: a newcomer is refused only when all of them hold live
+/// strangers, which at a table load `a` happens with probability about `a^4`.
+pub const CANDIDATES: usize = 4;
 
 /// A slot whose owner's `tat` lies this far in the past holds nothing worth keeping.
 /// Longer than any decision takes, so two workers claiming for the same new caller at
@@ -153,18 +164,50 @@ fn u64_at(d: &[u8; 32], at: usize) -> u64 {
     u64::from_be_bytes(b)
 }
 
-/// The two candidate slots and the owner tag of (limit, caller).
-fn place(limit: &str, caller: &str, slots: u32) -> ([String; 2], u64) {
-    let d = digest(limit, caller);
-    let n = u64::from(slots.max(2));
-    let first = u64_at(&d, 0) % n;
-    let mut second = u64_at(&d, 8) % n;
-    if second == first {
-        second = (first + 1) % n;
+fn slot_key(slots: u32, index: u64) -> String {
+    format!("rl/{slots}/{index}")
+}
+
+fn ready_key(slots: u32) -> String {
+    format!("rl/{slots}/ready")
+}
+
+/// A free slot: no owner, nothing consumed.
+const FREE: &[u8] = b"0000000000000000|0";
+
+/// Creates every slot of the table unless a worker already did. Every worker calls this
+/// when it configures, before it decides any request; workers configure before Envoy
+/// sends them traffic, so the unconditional writes cannot overwrite a live state (and
+/// once the marker exists, nobody writes them again). Returns the slots written.
+pub fn prepare(store: &impl SharedStore, slots: u32) -> Result<u32, StoreError> {
+    if store.get(&ready_key(slots)).is_some() {
+        return Ok(0);
     }
+    for i in 0..u64::from(slots) {
+        store.set(&slot_key(slots, i), FREE, 0)?;
+    }
+    store.set(&ready_key(slots), b"1", 0)?;
+    Ok(slots)
+}
+
+/// The candidate slots (distinct, at most `slots` of them) and the owner tag of
+/// (limit, caller).
+fn place(limit: &str, caller: &str, slots: u32) -> (Vec<String>, u64) {
+    let d = digest(limit, caller);
+    let n = u64::from(slots.max(1));
+    let mut picked: Vec<u64> = Vec::with_capacity(CANDIDATES);
+    for c in 0..CANDIDATES.min(usize::try_from(n).unwrap_or(CANDIDATES)) {
+        let mut i = u64_at(&d, c * 8) % n;
+        while picked.contains(&i) {
+            i = (i + 1) % n;
+        }
+        picked.push(i);
+    }
+    // The tag comes from a second digest, independent of the slot choice.
+    let tag = u64_at(&Sha256::digest(d).into(), 0);
     (
-        [format!("rl/{first}"), format!("rl/{second}")],
-        u64_at(&d, 16),
+        picked.into_iter().map(|i| slot_key(slots, i)).collect(),
+        tag,
     )
 }
 
@@ -179,12 +222,12 @@ fn encode(tag: u64, tat: u64) -> Vec<u8> {
     format!("{tag:016x}|{tat}").into_bytes()
 }
 
-/// Where (limit, caller)'s state is, or can go: the slot key, its cas (0 for an absent
-/// entry) and the current `tat` (0 when starting fresh). `None`: both candidates belong
-/// to live strangers.
+/// Where (limit, caller)'s state is, or can go: the slot's position in `keys`, its cas
+/// and the current `tat` (0 when starting fresh). `None`: every candidate belongs to a
+/// live stranger (or does not exist: the table was not prepared; refusing is safe).
 fn locate(
     store: &impl SharedStore,
-    keys: &[String; 2],
+    keys: &[String],
     tag: u64,
     now: u64,
 ) -> Option<(usize, u32, u64)> {
@@ -204,14 +247,14 @@ fn locate(
             return Some((i, *cas, *tat));
         }
     }
-    // Else the first free one: absent, unreadable, or lapsed.
+    // Else the first free one: unreadable or lapsed. Never an absent one: a write to an
+    // absent key is not a compare-and-swap.
     for (i, p) in parsed.iter().enumerate() {
-        match p {
-            None => return Some((i, 0, 0)),
-            Some((_, tat, cas)) if tat.saturating_add(RECLAIM_GRACE_NANOS) < now => {
-                return Some((i, *cas, 0));
-            }
-            Some(_) => {}
+        if let Some((_, tat, cas)) = p
+            && tat.saturating_add(RECLAIM_GRACE_NANOS) < now
+            && *cas != 0
+        {
+            return Some((i, *cas, 0));
         }
     }
     None
@@ -369,13 +412,37 @@ mod tests {
         }
     }
 
+    /// A prepared store for `table()`.
+    fn store() -> MemoryStore {
+        let s = MemoryStore::default();
+        prepare(&s, table().slots).unwrap();
+        s
+    }
+
     fn allowed(store: &MemoryStore, checks: &[Check<'_>], now: u64) -> bool {
         check_all(store, &table(), checks, now).result.is_ok()
     }
 
     #[test]
+    fn an_unprepared_table_refuses_rather_than_racing_on_absent_slots() {
+        let s = MemoryStore::default();
+        let c = [Check {
+            limit: "l",
+            caller: "a",
+            rate: per_minute(5),
+        }];
+        assert!(matches!(
+            check_all(&s, &table(), &c, T0).result,
+            Err(Refusal::Collision { .. })
+        ));
+        assert_eq!(prepare(&s, 1024).unwrap(), 1024);
+        assert_eq!(prepare(&s, 1024).unwrap(), 0, "the marker says it is done");
+        assert!(check_all(&s, &table(), &c, T0).result.is_ok());
+    }
+
+    #[test]
     fn n_per_minute_admits_exactly_n_then_one_per_interval() {
-        let store = MemoryStore::default();
+        let store = store();
         let c = [Check {
             limit: "plan:free",
             caller: "alice",
@@ -406,7 +473,7 @@ mod tests {
 
     #[test]
     fn the_quota_counts_down() {
-        let store = MemoryStore::default();
+        let store = store();
         let c = [Check {
             limit: "l",
             caller: "a",
@@ -426,7 +493,7 @@ mod tests {
 
     #[test]
     fn callers_and_limits_have_separate_budgets() {
-        let store = MemoryStore::default();
+        let store = store();
         let a = [Check {
             limit: "l",
             caller: "a",
@@ -448,7 +515,7 @@ mod tests {
 
     #[test]
     fn a_refused_request_consumes_none_of_its_limits() {
-        let store = MemoryStore::default();
+        let store = store();
         let plan = Check {
             limit: "plan",
             caller: "u",
@@ -478,6 +545,7 @@ mod tests {
             slots: 2,
             on_contention: OnContention::Refuse,
         };
+        prepare(&store, 2).unwrap();
         let c = |caller| {
             [Check {
                 limit: "l",
@@ -528,7 +596,7 @@ mod tests {
 
     #[test]
     fn endless_contention_follows_the_policy_and_is_reported() {
-        let store = Contended(MemoryStore::default());
+        let store = Contended(super::tests::store());
         let c = [Check {
             limit: "l",
             caller: "a",
@@ -546,7 +614,7 @@ mod tests {
 
     #[test]
     fn a_clock_going_backwards_never_grants_extra() {
-        let store = MemoryStore::default();
+        let store = store();
         let c = [Check {
             limit: "l",
             caller: "a",
@@ -559,7 +627,7 @@ mod tests {
 
     #[test]
     fn corrupt_slots_are_reclaimed_not_trusted() {
-        let store = MemoryStore::default();
+        let store = store();
         let (keys, _) = place("l", "a", 1024);
         store.set(&keys[0], b"garbage", 0).unwrap();
         store.set(&keys[1], b"ffff|notanumber", 0).unwrap();

@@ -224,6 +224,20 @@ impl RootContext for Root {
             );
             return false;
         }
+        match crate::rate_limit::prepare(&HostStore, policy.rate_limit.slots) {
+            Ok(0) => {}
+            Ok(n) => log(
+                LogLevel::Info,
+                &format!("rate-limit table created: {n} slots"),
+            ),
+            Err(e) => {
+                log(
+                    LogLevel::Error,
+                    &format!("could not create the rate-limit table in shared data: {e:?}"),
+                );
+                return false;
+            }
+        }
         let r = &policy.revocations;
         if let Err(e) = revocation::install(&r.users, &r.jtis, &HostStore) {
             log(

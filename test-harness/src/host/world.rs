@@ -238,9 +238,20 @@ impl WorldState {
 
     /// Counts a host call and returns the status of a planned fault for it, if any.
     pub(crate) fn count_call(&mut self, call: &str) -> Option<i32> {
-        let count = self.call_counts.entry(call.to_string()).or_insert(0);
-        *count += 1;
-        let count = *count;
+        // No allocation on the hot path: the name is new only on a call's first use.
+        let count = match self.call_counts.get_mut(call) {
+            Some(c) => {
+                *c += 1;
+                *c
+            }
+            None => {
+                self.call_counts.insert(call.to_string(), 1);
+                1
+            }
+        };
+        if self.faults.is_empty() {
+            return None;
+        }
         let index = self
             .faults
             .iter()
