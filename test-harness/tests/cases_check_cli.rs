@@ -25,7 +25,7 @@ fn check(file: &str) -> Output {
 }
 
 /// (file, line:column, a phrase the message must contain)
-const BROKEN: [(&str, &str, &str); 5] = [
+const BROKEN: [(&str, &str, &str); 6] = [
     (
         "policies/broken/unknown-field.yaml",
         "7:5",
@@ -46,6 +46,11 @@ const BROKEN: [(&str, &str, &str); 5] = [
         "policies/broken/unknown-plan.yaml",
         "9:11",
         "unknown plan 'gold'",
+    ),
+    (
+        "policies/broken/literal-jwt-secret.yaml",
+        "8:15",
+        "a literal secret does not belong in a policy",
     ),
 ];
 
