@@ -172,8 +172,10 @@ fn ready_key(slots: u32) -> String {
     format!("rl/{slots}/ready")
 }
 
-/// A free slot: no owner, nothing consumed.
-const FREE: &[u8] = b"0000000000000000|0";
+/// A free slot: no owner, nothing consumed. As long as a used entry (16 hex digits, `|`,
+/// up to 19 digits of nanoseconds), so claiming a slot never grows shared data: the
+/// table takes its full size when it is made.
+const FREE: &[u8] = b"0000000000000000|0000000000000000000";
 
 /// Creates every slot of the table unless a worker already did. Every worker calls this
 /// when it configures, before it decides any request; workers configure before Envoy
@@ -219,7 +221,7 @@ fn decode(bytes: &[u8]) -> Option<(u64, u64)> {
 }
 
 fn encode(tag: u64, tat: u64) -> Vec<u8> {
-    format!("{tag:016x}|{tat}").into_bytes()
+    format!("{tag:016x}|{tat:019}").into_bytes()
 }
 
 /// Where (limit, caller)'s state is, or can go: the slot's position in `keys`, its cas

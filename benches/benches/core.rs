@@ -5,16 +5,26 @@
 //!
 //! The JWT keys are generated here from a fixed seed, so every run measures the same
 //! tokens; the signing crates are dev-dependencies of this crate only.
+//!
+//! Every allowed request also passes the rate limiter, so the decision benches run on a
+//! clock that moves one second per reading ([`SteppingClock`]): a fixed clock would
+//! exhaust the plan's burst within the first iterations and measure 429s from then on.
+//! `rate_limit/*` measures the limiter alone (`check_all` on the in-memory store) and
+//! `harness/*` one request through the real module in the wasmtime host
+//! (`target/wasm32-wasip1/release/gatehouse.wasm`, `make wasm`).
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use gatehouse::api_key::{KeyHash, check_format, hash_presented_key};
-use gatehouse::decision::{Presented, RequestHead, decide};
+use gatehouse::decision::{Decision, Presented, RequestHead, decide};
 use gatehouse::error::{AuthFailure, Denial};
 use gatehouse::jwt::{Alg, Key, KeySet, Rules, verify};
 use gatehouse::key_cache;
 use gatehouse::policy::Policy;
-use gatehouse::store::{FixedClock, MemoryStore};
+use gatehouse::rate_limit::{Check, OnContention, Rate, Table, check_all, prepare};
+use gatehouse::store::{Clock, MemoryStore};
 use gatehouse::time::UnixNanos;
+use gatehouse_harness::host::{Harness, Request};
+use std::cell::Cell;
 use std::hint::black_box;
 
 const POLICY_JSON: &str = r#"{
@@ -29,6 +39,37 @@ const POLICY_JSON: &str = r#"{
 const DEMO_KEY: &[u8] = b"ghk_demo_5f0c1b8e2d7a4c9e8b3f6A2d4hG5";
 /// 2026-01-01T00:00:00Z: the benches' "now".
 const NOW: u64 = 1_767_225_600;
+const SEC: u64 = 1_000_000_000;
+
+/// A clock that moves one second forward each time it is read, from [`NOW`]: the team
+/// plan (1,200 per minute) gives back one request every 50 ms, so every decision on it is
+/// allowed however many iterations criterion runs.
+struct SteppingClock(Cell<u64>);
+
+impl SteppingClock {
+    fn new() -> Self {
+        SteppingClock(Cell::new(NOW * SEC))
+    }
+}
+
+impl Clock for SteppingClock {
+    fn now(&self) -> UnixNanos {
+        let t = self.0.get() + SEC;
+        self.0.set(t);
+        UnixNanos(t)
+    }
+}
+
+/// A store with the policy's keys and the limiter's slot table, as a configured worker
+/// has them.
+fn prepared_store(policy: &Policy) -> MemoryStore {
+    let store = MemoryStore::default();
+    #[allow(clippy::expect_used)]
+    key_cache::install_policy_keys(policy, &store).expect("memory store accepts writes");
+    #[allow(clippy::expect_used)]
+    prepare(&store, policy.rate_limit.slots).expect("memory store accepts writes");
+    store
+}
 
 fn baseline(c: &mut Criterion) {
     c.bench_function("baseline_sha256_of_key", |b| {
@@ -39,10 +80,8 @@ fn baseline(c: &mut Criterion) {
 fn api_key_decision(c: &mut Criterion) {
     #[allow(clippy::expect_used)]
     let policy = Policy::from_json(POLICY_JSON.as_bytes()).expect("bench policy is valid");
-    let store = MemoryStore::default();
-    #[allow(clippy::expect_used)]
-    key_cache::install_policy_keys(&policy, &store).expect("memory store accepts writes");
-    let clock = FixedClock::at_secs(NOW);
+    let store = prepared_store(&policy);
+    let clock = SteppingClock::new();
     let no_jwt_keys = KeySet::new(Vec::new());
 
     let mut g = c.benchmark_group("api_key");
@@ -74,6 +113,16 @@ fn api_key_decision(c: &mut Criterion) {
             source_address: b"10.0.0.1:5555",
             forwarded_for: None,
         };
+        let expected = match head.api_key {
+            Presented::One(k) if k == DEMO_KEY => 200,
+            _ => 401,
+        };
+        #[allow(clippy::panic)]
+        let status = |d: &Decision| match d {
+            Decision::Allow(_) => 200,
+            Decision::Deny(Denial::RateLimited(r)) => panic!("decide/{name} was limited: {r:?}"),
+            Decision::Deny(_) => 401,
+        };
         g.bench_with_input(BenchmarkId::new("decide", name), &head, |b, head| {
             b.iter(|| {
                 decide(
@@ -85,6 +134,158 @@ fn api_key_decision(c: &mut Criterion) {
                 )
             })
         });
+        // What was measured is what the name says: the last decision still passes.
+        let last = decide(&policy, &no_jwt_keys, &head, &store, &clock);
+        assert_eq!(status(&last), expected, "decide/{name}");
+    }
+    g.finish();
+}
+
+fn per_minute(n: u32) -> Rate {
+    Rate {
+        requests: n,
+        period_nanos: 60 * SEC,
+        burst: n,
+    }
+}
+
+/// The limiter alone: `check_all` on the in-memory store with the default table, against
+/// SHA-256 of a key in the same group. Allowed paths move `now` one second per call so
+/// the budget never runs out; refused paths keep it fixed after exhausting a limit.
+fn rate_limit(c: &mut Criterion) {
+    let table = Table {
+        slots: 65_536,
+        on_contention: OnContention::Refuse,
+    };
+    let store = MemoryStore::default();
+    #[allow(clippy::expect_used)]
+    prepare(&store, table.slots).expect("memory store accepts writes");
+    let plan = Check {
+        limit: "plan:team",
+        caller: "u:user_demo",
+        rate: per_minute(1200),
+    };
+    let route = Check {
+        limit: "route:export:0",
+        caller: "u:user_demo",
+        rate: Rate {
+            requests: 3600,
+            period_nanos: 3600 * SEC,
+            burst: 10,
+        },
+    };
+    let mut g = c.benchmark_group("rate_limit");
+    g.bench_function("baseline_sha256_of_key", |b| {
+        b.iter(|| KeyHash::of_key(black_box(DEMO_KEY)))
+    });
+    // One clock for both: a limit's tat runs ahead of it and must never be left behind.
+    let mut now = NOW * SEC;
+    for (name, checks) in [
+        ("allowed_one_limit", vec![plan.clone()]),
+        ("allowed_plan+route", vec![plan.clone(), route.clone()]),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                now += SEC;
+                check_all(&store, &table, black_box(&checks), now)
+            })
+        });
+        now += SEC;
+        assert!(check_all(&store, &table, &checks, now).result.is_ok());
+    }
+    // Refused: a caller over its limit (nothing is written).
+    let spent = Check {
+        caller: "u:user_spent",
+        ..plan.clone()
+    };
+    let at = now;
+    while check_all(&store, &table, std::slice::from_ref(&spent), at)
+        .result
+        .is_ok()
+    {}
+    g.bench_function("refused_one_limit", |b| {
+        b.iter(|| check_all(&store, &table, black_box(std::slice::from_ref(&spent)), at))
+    });
+    // Refused by the route after the plan consumed one: the plan is refunded each time,
+    // so only the route's budget is ever spent.
+    let both = [
+        Check {
+            caller: "u:user_route",
+            ..plan.clone()
+        },
+        Check {
+            caller: "u:user_route",
+            ..route.clone()
+        },
+    ];
+    while check_all(&store, &table, both.get(1..).unwrap_or_default(), at)
+        .result
+        .is_ok()
+    {}
+    g.bench_function("refused_by_route_plan_refunded", |b| {
+        b.iter(|| check_all(&store, &table, black_box(&both), at))
+    });
+    assert!(check_all(&store, &table, &both, at).result.is_err());
+    g.finish();
+}
+
+/// The harness policy: the demo key on the team plan, a route with only the plan's limit
+/// and one with a route limit on top.
+const HARNESS_POLICY_JSON: &str = r#"{
+  "version": 1,
+  "keys": [{"id": "key_demo", "sha256": "ea4d1b2a0167d9569b431fc952792261ff21c7e8da3bb4e49b66fd9bf07ef55f",
+            "user": "user_demo", "tenant": "tenant_demo", "plan": "team"}],
+  "routes": [
+    {"name": "export", "match": {"path_prefix": "/v1/export"},
+     "limits": [{"requests": 3600, "per": "1h", "by": "user"}]},
+    {"name": "api", "match": {"path_prefix": "/v1/"}, "audience": "internal"}
+  ]
+}"#;
+
+/// One request through the real module in the wasmtime host (one worker): a refusal
+/// before the limiter (no key on an internal route: the floor of a request through the
+/// host), an allowed request that passes the plan's limit, and one that passes the plan's
+/// and a route's. The virtual clock moves one second per request so none is limited.
+fn harness(c: &mut Criterion) {
+    let wasm = gatehouse_harness::envoy::default_wasm();
+    #[allow(clippy::panic)]
+    let mut h = Harness::builder(&wasm)
+        .plugin_config(HARNESS_POLICY_JSON)
+        .time(NOW * SEC)
+        .build()
+        .unwrap_or_else(|e| panic!("{}: {e} (build it with `make wasm`)", wasm.display()));
+    let key = std::str::from_utf8(DEMO_KEY).unwrap_or_default();
+    let mut g = c.benchmark_group("harness");
+    g.bench_function("baseline_sha256_of_key", |b| {
+        b.iter(|| KeyHash::of_key(black_box(DEMO_KEY)))
+    });
+    for (name, path, with_key, expected) in [
+        ("no_key_401", "/v1/things", false, 401),
+        ("valid_key_plan_limit", "/v1/things", true, 200),
+        ("valid_key_plan+route_limit", "/v1/export", true, 200),
+    ] {
+        let request = || {
+            let r = Request::get(path);
+            if with_key {
+                r.header("x-api-key", key)
+            } else {
+                r
+            }
+        };
+        let send = |h: &mut Harness| {
+            h.set_time(h.now_nanos() + SEC);
+            h.request(request())
+                .map(|o| o.status)
+                .map_err(|e| format!("{e:#}"))
+        };
+        #[allow(clippy::panic)]
+        let check = |status: Result<u16, String>| match status {
+            Ok(s) if s == expected => {}
+            other => panic!("harness/{name}: expected {expected}, got {other:?}"),
+        };
+        check(send(&mut h));
+        g.bench_function(name, |b| b.iter(|| send(&mut h)));
+        check(send(&mut h));
     }
     g.finish();
 }
@@ -298,6 +499,8 @@ criterion_group!(
     benches,
     baseline,
     api_key_decision,
+    rate_limit,
+    harness,
     jwt_verify,
     error_body,
     policy_load

@@ -549,6 +549,21 @@ impl Harness {
             .map(|(v, cas)| (v.to_vec(), cas))
     }
 
+    /// The shared-data keys that start with `prefix`, sorted. Shared data has no delete, so
+    /// this is everything the module ever stored there (e.g. `rl/`: the rate limiter's
+    /// slot table, which must stay within its configured size).
+    pub fn shared_data_keys(&self, prefix: &str) -> Vec<String> {
+        let world = self.world.lock();
+        let mut keys: Vec<String> = world
+            .shared
+            .keys()
+            .filter(|k| k.starts_with(prefix.as_bytes()))
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        keys.sort();
+        keys
+    }
+
     /// Writes a shared-data entry unconditionally (as the sync service would); the entry
     /// gets a new cas like any write.
     pub fn set_shared_data(&mut self, key: &str, value: &[u8]) {

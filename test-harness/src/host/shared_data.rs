@@ -37,6 +37,11 @@ impl SharedData {
         self.entries.get(key).map(|(v, cas)| (v.as_slice(), *cas))
     }
 
+    /// Every key, in no particular order (for tests that bound what the module stores).
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.entries.keys().map(Vec::as_slice)
+    }
+
     pub(crate) fn set(&mut self, key: &[u8], value: &[u8], cas: u32) -> Result<(), CasMismatch> {
         if let Some((_, current)) = self.entries.get(key)
             && cas != 0
