@@ -13,7 +13,7 @@
 # (admin /memory `allocated`), then the ratios end / warm-up.
 #
 #   GATEHOUSE_MEMORY_CALLERS      distinct callers             (default 1000000)
-#   GATEHOUSE_MEMORY_WARMUP       callers before the baseline  (default 400000)
+#   GATEHOUSE_MEMORY_WARMUP       callers before the baseline  (default 50000)
 #   GATEHOUSE_MEMORY_SLOTS        rate_limit.slots             (default 65536)
 #   GATEHOUSE_MEMORY_CONNECTIONS  client keep-alive connections (default 8)
 #   GATEHOUSE_MEMORY_SAMPLES      measurements after warm-up   (default 10)
@@ -22,10 +22,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export GATEHOUSE_MEMORY_CALLERS=${GATEHOUSE_MEMORY_CALLERS:-1000000}
-# Warm-up until every slot has been claimed at least once (~99.8% after 400,000 callers
-# over 65,536 slots): a claimed slot's value (owner tag and tat) is longer than a free
-# one's, so the table reaches its full size only then; from there on nothing may grow.
-export GATEHOUSE_MEMORY_WARMUP=${GATEHOUSE_MEMORY_WARMUP:-400000}
+# Warm-up: Envoy's own start-up allocations settle. The table is at full size from the
+# start (free slots are as long as claimed ones), so from here on nothing may grow.
+export GATEHOUSE_MEMORY_WARMUP=${GATEHOUSE_MEMORY_WARMUP:-50000}
 export GATEHOUSE_MEMORY_SLOTS=${GATEHOUSE_MEMORY_SLOTS:-65536}
 export GATEHOUSE_MEMORY_CONNECTIONS=${GATEHOUSE_MEMORY_CONNECTIONS:-8}
 export GATEHOUSE_MEMORY_SAMPLES=${GATEHOUSE_MEMORY_SAMPLES:-10}
