@@ -10,7 +10,7 @@ use crate::jwt::{self, JwtError, KeySet, Verified};
 use crate::key_cache;
 use crate::policy::LimitBy;
 use crate::policy::auth::JwtPolicy;
-use crate::policy::{KeyFormat, Policy};
+use crate::policy::{KeyFormat, OnStale, Policy};
 use crate::rate_limit::{self, Check, Quota, Table};
 use crate::revocation;
 use crate::route::Route;
@@ -107,6 +107,8 @@ pub struct Allowed {
     pub quota: Option<Quota>,
     /// Compare-and-swap on a limit gave up and the policy allowed the request anyway.
     pub limiter_contention: bool,
+    /// The credential was checked against a stale feed cache (`on_stale: keep_serving`).
+    pub feed_stale: bool,
 }
 
 /// Who authenticated, before route checks.
@@ -144,6 +146,20 @@ pub fn decide(
     let audience = route.map_or(Audience::Internal, |r| r.audience);
     let group = route.and_then(|r| r.group.as_deref());
 
+    // The feed's cache is what a credential is checked against (keys, revocations), so a
+    // stale cache matters only to requests that present one: anonymous callers on
+    // external routes are served, and internal routes without a credential get their 401.
+    let mut feed_stale = false;
+    if let Some(feed) = &policy.feed
+        && presents_credential(policy, head)
+        && crate::feed::stale(store, clock.now().secs(), feed.staleness_secs)
+    {
+        if feed.on_stale == OnStale::FailClosed {
+            return Decision::Deny(Denial::AuthUnavailable);
+        }
+        feed_stale = true;
+    }
+
     let caller = match authenticate(policy, jwt_keys, head, store, clock) {
         Ok(caller) => caller,
         Err(failure) => return Decision::Deny(Denial::Unauthorized(failure)),
@@ -159,6 +175,7 @@ pub fn decide(
             claim_headers: Vec::new(),
             quota: None,
             limiter_contention: false,
+            feed_stale: false,
         },
         // A scoped key calls only its route groups, external routes included: a key
         // limited to `billing` is not a general-purpose credential anywhere.
@@ -172,8 +189,10 @@ pub fn decide(
             claim_headers: a.claim_headers,
             quota: None,
             limiter_contention: false,
+            feed_stale: false,
         },
     };
+    allowed.feed_stale = feed_stale;
     let Some(route) = route else {
         return Decision::Allow(allowed);
     };
@@ -266,6 +285,17 @@ fn limit(
     };
     let outcome = rate_limit::check_all(store, &table, &checks, clock.now().0);
     outcome.result.map(|quota| (quota, outcome.contention))
+}
+
+/// Whether the request carries a credential gatehouse checks: an API key header, or a
+/// bearer token when the policy has a `jwt` section (duplicates included).
+fn presents_credential(policy: &Policy, head: &RequestHead<'_>) -> bool {
+    let bearer = match (&policy.jwt, head.authorization) {
+        (None, _) | (_, Presented::None) => false,
+        (Some(_), Presented::Several) => true,
+        (Some(_), Presented::One(value)) => bearer_token(value).is_some(),
+    };
+    head.api_key != Presented::None || bearer
 }
 
 /// `Ok(None)`: no credential presented. A credential that is presented must be valid,
@@ -734,7 +764,8 @@ mod tests {
                     remaining: 59,
                     reset_secs: 1
                 }),
-                limiter_contention: false
+                limiter_contention: false,
+                feed_stale: false,
             })
         );
         assert!(matches!(
@@ -962,6 +993,59 @@ mod tests {
         assert_eq!(
             decide(&policy, &KeySet::default(), &head, &store, &clock),
             Decision::Deny(Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)))
+        );
+    }
+
+    #[test]
+    fn a_stale_feed_refuses_credentials_with_503_and_still_serves_anonymous_callers() {
+        let (mut policy, store, clock) = setup();
+        let mut feed = crate::policy::FeedPolicy {
+            cluster: "control".into(),
+            authority: "control".into(),
+            path: "/v1/cache".into(),
+            token_env: "T".into(),
+            interval_secs: 1,
+            wait_secs: 20,
+            staleness_secs: 30,
+            on_stale: OnStale::FailClosed,
+        };
+        policy.feed = Some(feed.clone());
+        crate::feed::mark_started(&store, NOW).unwrap();
+        let head = |path: &'static str, key| RequestHead {
+            method: b"GET",
+            path: path.as_bytes(),
+            api_key: key,
+            authorization: Presented::None,
+            source_address: b"10.0.0.1:5555",
+            forwarded_for: None,
+        };
+        let run =
+            |p: &Policy, path, key| decide(p, &KeySet::default(), &head(path, key), &store, &clock);
+        clock.set_secs(NOW + 30);
+        assert!(
+            matches!(run(&policy, "/v1/x", Presented::One(DEMO)), Decision::Allow(a) if !a.feed_stale)
+        );
+        clock.set_secs(NOW + 31);
+        assert_eq!(
+            run(&policy, "/v1/x", Presented::One(DEMO)),
+            Decision::Deny(Denial::AuthUnavailable)
+        );
+        assert!(matches!(
+            run(&policy, "/healthz", Presented::None),
+            Decision::Allow(_)
+        ));
+        assert_eq!(
+            run(&policy, "/v1/x", Presented::None),
+            Decision::Deny(Denial::Unauthorized(AuthFailure::Missing))
+        );
+        assert_eq!(
+            run(&policy, "/nowhere", Presented::One(DEMO)),
+            Decision::Deny(Denial::NoRoute)
+        );
+        feed.on_stale = OnStale::KeepServing;
+        policy.feed = Some(feed);
+        assert!(
+            matches!(run(&policy, "/v1/x", Presented::One(DEMO)), Decision::Allow(a) if a.feed_stale)
         );
     }
 

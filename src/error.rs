@@ -50,7 +50,13 @@ pub enum Denial {
     AmbiguousPath,
     /// The plugin has no valid policy (Envoy should never route to it then).
     NotConfigured,
+    /// The credential cannot be checked: the control service's feed is older than the
+    /// policy's `feed.staleness` and the policy says `on_stale: fail_closed`.
+    AuthUnavailable,
 }
+
+/// `Retry-After` on [`Denial::AuthUnavailable`]: a few sync polls.
+pub const AUTH_UNAVAILABLE_RETRY_AFTER_SECS: u32 = 5;
 
 /// A local response ready to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,7 +77,7 @@ impl Denial {
             Denial::RateLimited(_) => 429,
             Denial::NoRoute => 404,
             Denial::AmbiguousPath => 400,
-            Denial::NotConfigured => 503,
+            Denial::NotConfigured | Denial::AuthUnavailable => 503,
         }
     }
 
@@ -102,6 +108,7 @@ impl Denial {
             Denial::NoRoute => "NOT_FOUND",
             Denial::AmbiguousPath => "BAD_REQUEST",
             Denial::NotConfigured => "UNAVAILABLE",
+            Denial::AuthUnavailable => "AUTH_UNAVAILABLE",
         }
     }
 
@@ -138,6 +145,7 @@ impl Denial {
             Denial::NoRoute => "no route matches this request",
             Denial::AmbiguousPath => "the request path is not in normal form",
             Denial::NotConfigured => "the gateway is not configured",
+            Denial::AuthUnavailable => "authentication is temporarily unavailable",
         }
     }
 
@@ -167,6 +175,7 @@ impl Denial {
             Denial::NoRoute => "no_route",
             Denial::AmbiguousPath => "ambiguous_path",
             Denial::NotConfigured => "not_configured",
+            Denial::AuthUnavailable => "feed_stale",
         }
     }
 
@@ -193,6 +202,9 @@ impl Denial {
             Denial::RateLimited(r) => {
                 headers.push(("retry-after", r.retry_after_secs().to_string()));
                 headers.extend(quota_headers(&r.quota()));
+            }
+            Denial::AuthUnavailable => {
+                headers.push(("retry-after", AUTH_UNAVAILABLE_RETRY_AFTER_SECS.to_string()))
             }
             _ => {}
         }
@@ -308,6 +320,23 @@ mod tests {
             r.body,
             r#"{"error":"no route matches this request","code":"NOT_FOUND","timestamp":"1970-01-01T00:00:00.000Z","request_id":"id"}"#
         );
+    }
+
+    #[test]
+    fn a_stale_feed_is_503_auth_unavailable_with_retry_after() {
+        let r = Denial::AuthUnavailable.reply(UnixNanos(0), b"");
+        assert_eq!(r.status, 503);
+        assert_eq!(body(&r)["code"], "AUTH_UNAVAILABLE");
+        assert_eq!(
+            body(&r)["error"],
+            "authentication is temporarily unavailable"
+        );
+        assert!(
+            r.headers
+                .iter()
+                .any(|(k, v)| *k == "retry-after" && v == "5")
+        );
+        assert!(!r.headers.iter().any(|(k, _)| *k == "www-authenticate"));
     }
 
     #[test]

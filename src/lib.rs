@@ -11,6 +11,7 @@
 //! | [`rate_limit`] | GCRA limits in a fixed table of shared-data slots, exact across workers |
 //! | [`revocation`] | per-user token watermarks and the jti denylist in shared data |
 //! | [`jwt`] | verifying JWTs (JWS compact): keys, JWKS, signatures, claims |
+//! | [`feed`] | the control service's cache feed: apply an answer, tell a stale cache |
 //! | [`jwks_cache`] | a JWKS fetched from a URL, shared by all workers, one fetch at a time |
 //! | [`decision`] | the request path: route, authenticate, allow or refuse |
 //! | [`error`] | every refusal and its one JSON shape |
@@ -24,6 +25,7 @@
 pub mod api_key;
 pub mod decision;
 pub mod error;
+pub mod feed;
 pub mod jwks_cache;
 pub mod jwt;
 pub mod key_cache;

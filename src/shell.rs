@@ -10,6 +10,12 @@
 //! [`crate::decision::decide`], and either forwards the request with identity headers or
 //! answers with the standard error body.
 //!
+//! The same module also runs as the sync: Envoy's singleton wasm service (bootstrap
+//! extension, root id [`SYNC_ROOT_ID`], same vm_id, same policy). With a `feed` section it
+//! long-polls the control service on its tick, one call at a time, and writes each answer
+//! into shared data ([`crate::feed`]); the filters read it there and refuse credentials
+//! with 503 once the cache is older than `feed.staleness` (`on_stale: fail_closed`).
+//!
 //! Host calls go through `proxy_wasm::hostcalls` directly, never the trait helpers that
 //! `unwrap` host results, and header values are read as bytes: a header that is not UTF-8
 //! must not panic the VM (a panic kills it and Envoy then fails every request).
@@ -19,10 +25,10 @@ use crate::decision::{
 };
 use crate::error::Denial;
 use crate::jwt::{Key, KeySet, parse_jwks};
-use crate::policy::Policy;
+use crate::policy::{FeedPolicy, Policy};
 use crate::store::{Clock, SharedStore, StoreError};
 use crate::time::UnixNanos;
-use crate::{jwks_cache, key_cache, revocation};
+use crate::{feed, jwks_cache, key_cache, revocation};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
@@ -78,6 +84,10 @@ impl Clock for HostClock {
     }
 }
 
+/// The root id that makes this module the sync (the `bootstrap_extensions` wasm service)
+/// rather than the HTTP filter.
+pub(crate) const SYNC_ROOT_ID: &str = "gatehouse_sync";
+
 /// Counters, defined once per VM on configure (Envoy shows them as
 /// `wasmcustom.gatehouse.*`). Id 0 means "not defined": increments are then skipped.
 #[derive(Clone, Copy, Default)]
@@ -85,6 +95,8 @@ struct Counters {
     rate_limited: u32,
     limiter_contention: u32,
     limiter_collisions: u32,
+    /// Requests allowed against a stale feed cache (`on_stale: keep_serving`).
+    feed_stale_served: u32,
 }
 
 impl Counters {
@@ -96,6 +108,7 @@ impl Counters {
             rate_limited: counter("gatehouse.rate_limited"),
             limiter_contention: counter("gatehouse.rate_limit_contention"),
             limiter_collisions: counter("gatehouse.rate_limit_collisions"),
+            feed_stale_served: counter("gatehouse.feed.stale_served"),
         }
     }
 
@@ -119,6 +132,178 @@ pub(crate) struct Root {
     /// The cas of the JWKS document the keys were built from.
     jwks_cas: u32,
     counters: Counters,
+    /// Set when this VM is the sync and the policy has a feed.
+    sync: Option<FeedSync>,
+}
+
+/// The sync's metrics (Envoy shows them as `wasmcustom.gatehouse.feed.*`).
+#[derive(Clone, Copy, Default)]
+struct FeedMetrics {
+    version: u32,
+    entries_applied: u32,
+    failures: u32,
+    records_skipped: u32,
+    last_sync_age: u32,
+}
+
+impl FeedMetrics {
+    fn define() -> FeedMetrics {
+        use proxy_wasm::types::MetricType;
+        let define = |kind, name: &str| hostcalls::define_metric(kind, name).unwrap_or(0);
+        FeedMetrics {
+            version: define(MetricType::Gauge, "gatehouse.feed.version"),
+            entries_applied: define(MetricType::Counter, "gatehouse.feed.entries_applied"),
+            failures: define(MetricType::Counter, "gatehouse.feed.failures"),
+            records_skipped: define(MetricType::Counter, "gatehouse.feed.records_skipped"),
+            last_sync_age: define(MetricType::Gauge, "gatehouse.feed.last_sync_age_seconds"),
+        }
+    }
+
+    fn add(id: u32, n: u64) {
+        if id != 0 && n > 0 {
+            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn set(id: u32, value: u64) {
+        if id != 0 {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+}
+
+/// The sync's state between ticks. Versions live in shared data (`feed/state`), so a
+/// restarted sync resumes where the last one stopped.
+struct FeedSync {
+    feed: FeedPolicy,
+    /// `Bearer <token>`, read from `feed.token_env` on configure.
+    authorization: String,
+    /// The poll in flight and when it was sent (unix secs): one at a time.
+    in_flight: Option<(u32, u64)>,
+    /// The server answered 410: ask for a snapshot (`since=0`) next.
+    full_next: bool,
+    fed: feed::FedKeys,
+    metrics: FeedMetrics,
+}
+
+impl FeedSync {
+    fn failed(&self, why: &str) {
+        FeedMetrics::add(self.metrics.failures, 1);
+        log(
+            LogLevel::Warn,
+            &format!("feed poll failed: {why}; keeping the last good cache"),
+        );
+    }
+
+    fn on_tick(&mut self) {
+        let now = now_secs();
+        if let Some(age) = feed::age_secs(&HostStore, now) {
+            FeedMetrics::set(self.metrics.last_sync_age, age);
+        }
+        if let Some((_, sent)) = self.in_flight {
+            // Envoy always answers a dispatched call (at the latest with its timeout);
+            // this only guards against a host that does not.
+            if now.saturating_sub(sent) <= self.feed.wait_secs + 10 {
+                return;
+            }
+            self.in_flight = None;
+        }
+        let since = match (self.full_next, feed::read_state(&HostStore)) {
+            (false, Some(state)) => state.version,
+            _ => 0,
+        };
+        let path = feed::poll_path(&self.feed.path, since, self.feed.wait_secs);
+        let headers = vec![
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", self.feed.authority.as_str()),
+            ("authorization", self.authorization.as_str()),
+            ("accept", "application/json"),
+        ];
+        let timeout = std::time::Duration::from_secs(self.feed.wait_secs + 5);
+        match hostcalls::dispatch_http_call(&self.feed.cluster, headers, None, vec![], timeout) {
+            Ok(token) => self.in_flight = Some((token, now)),
+            Err(status) => self.failed(&format!(
+                "not sent to cluster {}: {status:?}",
+                self.feed.cluster
+            )),
+        }
+    }
+
+    fn on_response(&mut self, token: u32, body_size: usize) {
+        if self.in_flight.is_some_and(|(t, _)| t == token) {
+            self.in_flight = None;
+        }
+        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        match status.as_slice() {
+            b"200" => {}
+            b"410" => {
+                self.full_next = true;
+                log(
+                    LogLevel::Info,
+                    "feed: the server no longer has our version (410); asking for a snapshot",
+                );
+                return;
+            }
+            b"" => return self.failed("no answer (timeout or connection failure)"),
+            other => {
+                return self.failed(&format!("status {}", String::from_utf8_lossy(other)));
+            }
+        }
+        if body_size > feed::MAX_ANSWER_BYTES {
+            return self.failed(&feed::FeedError::TooLarge(body_size).to_string());
+        }
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let answer = match feed::parse_answer(&body) {
+            Ok(answer) => answer,
+            Err(e) => return self.failed(&e.to_string()),
+        };
+        if answer.skipped > 0 {
+            FeedMetrics::add(self.metrics.records_skipped, answer.skipped as u64);
+            log(
+                LogLevel::Warn,
+                &format!(
+                    "feed: skipped {} records that break the contract",
+                    answer.skipped
+                ),
+            );
+        }
+        match feed::apply(&HostStore, &answer, &mut self.fed, now_secs()) {
+            Ok(applied) => {
+                self.full_next = false;
+                FeedMetrics::set(self.metrics.version, answer.version);
+                FeedMetrics::add(self.metrics.entries_applied, applied.entries as u64);
+                FeedMetrics::set(self.metrics.last_sync_age, 0);
+                let level = if applied.snapshot || applied.entries > 0 {
+                    LogLevel::Info
+                } else {
+                    LogLevel::Debug
+                };
+                log(
+                    level,
+                    &format!(
+                        "feed: version {} of epoch {}: {} entries{}{}",
+                        answer.version,
+                        answer.epoch,
+                        applied.entries,
+                        if applied.snapshot { " (snapshot)" } else { "" },
+                        if applied.swept > 0 {
+                            format!(", {} keys no longer fed made inactive", applied.swept)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                );
+            }
+            Err(e) => self.failed(&format!("could not write to shared data: {e:?}")),
+        }
+    }
 }
 
 fn now_secs() -> u64 {
@@ -153,8 +338,96 @@ impl Root {
     }
 }
 
+/// Reads and checks the policy from the plugin configuration, logging why not.
+fn load_policy() -> Option<Policy> {
+    let config = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+        Ok(Some(bytes)) if !bytes.is_empty() => bytes,
+        _ => {
+            log(
+                LogLevel::Error,
+                "no plugin configuration: the policy (JSON) is required",
+            );
+            return None;
+        }
+    };
+    match Policy::from_json(&config) {
+        Ok(policy) => Some(policy),
+        Err(errors) => {
+            // One line per error: Envoy's log is read line by line.
+            let count = errors.len();
+            log(
+                LogLevel::Error,
+                &format!("invalid policy, configuration refused ({count} errors):"),
+            );
+            for line in errors.to_string().lines() {
+                log(LogLevel::Error, &format!("invalid policy: {line}"));
+            }
+            None
+        }
+    }
+}
+
+impl Root {
+    /// Configures this VM as the sync. Without a feed section it has nothing to do (and
+    /// says so); the filters install the policy's own keys.
+    fn configure_sync(&mut self, policy: Policy) -> bool {
+        let Some(feed_policy) = policy.feed else {
+            log(
+                LogLevel::Info,
+                "sync: the policy has no feed section; nothing to poll",
+            );
+            return true;
+        };
+        // The name, never the value, goes to the log.
+        let token = match std::env::var(&feed_policy.token_env) {
+            Ok(t) if !t.is_empty() => t,
+            _ => {
+                log(
+                    LogLevel::Error,
+                    &format!(
+                        "invalid policy: feed.token_env: the environment variable {} is not set or empty \
+                         (Envoy passes it with vm_config.environment_variables)",
+                        feed_policy.token_env
+                    ),
+                );
+                return false;
+            }
+        };
+        if let Err(e) = feed::mark_started(&HostStore, now_secs()) {
+            log(LogLevel::Error, &format!("shared data: {e:?}"));
+            return false;
+        }
+        let _ =
+            hostcalls::set_tick_period(std::time::Duration::from_secs(feed_policy.interval_secs));
+        log(
+            LogLevel::Info,
+            &format!(
+                "sync: polling cluster {} {} every {}s (long poll {}s, staleness bound {}s)",
+                feed_policy.cluster,
+                feed_policy.path,
+                feed_policy.interval_secs,
+                feed_policy.wait_secs,
+                feed_policy.staleness_secs
+            ),
+        );
+        self.sync = Some(FeedSync {
+            feed: feed_policy,
+            authorization: format!("Bearer {token}"),
+            in_flight: None,
+            full_next: false,
+            fed: feed::FedKeys::default(),
+            metrics: FeedMetrics::define(),
+        });
+        true
+    }
+}
+
 impl Context for Root {
-    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _t: usize) {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _t: usize) {
+        if let Some(sync) = &mut self.sync {
+            sync.on_response(token, body_size);
+            return;
+        }
         let Some(policy) = self.policy.clone() else {
             return;
         };
@@ -192,31 +465,22 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let config = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-            Ok(Some(bytes)) if !bytes.is_empty() => bytes,
-            _ => {
-                log(
-                    LogLevel::Error,
-                    "no plugin configuration: the policy (JSON) is required",
-                );
-                return false;
-            }
+        let Some(policy) = load_policy() else {
+            return false;
         };
-        let policy = match Policy::from_json(&config) {
-            Ok(policy) => policy,
-            Err(errors) => {
-                // One line per error: Envoy's log is read line by line.
-                let count = errors.len();
-                log(
-                    LogLevel::Error,
-                    &format!("invalid policy, configuration refused ({count} errors):"),
-                );
-                for line in errors.to_string().lines() {
-                    log(LogLevel::Error, &format!("invalid policy: {line}"));
-                }
-                return false;
-            }
-        };
+        let root_id = hostcalls::get_property(vec!["plugin_root_id"])
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if root_id == SYNC_ROOT_ID.as_bytes() {
+            return self.configure_sync(policy);
+        }
+        if policy.feed.is_some()
+            && let Err(e) = feed::mark_started(&HostStore, now_secs())
+        {
+            log(LogLevel::Error, &format!("shared data: {e:?}"));
+            return false;
+        }
         if let Err(e) = key_cache::install_policy_keys(&policy, &HostStore) {
             log(
                 LogLevel::Error,
@@ -279,6 +543,10 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        if let Some(sync) = &mut self.sync {
+            sync.on_tick();
+            return;
+        }
         let Some(policy) = self.policy.clone() else {
             return;
         };
@@ -407,6 +675,13 @@ impl HttpContext for Filter {
             Decision::Allow(allowed) => {
                 if allowed.limiter_contention {
                     Counters::bump(self.counters.limiter_contention);
+                }
+                if allowed.feed_stale {
+                    Counters::bump(self.counters.feed_stale_served);
+                    log(
+                        LogLevel::Debug,
+                        "feed cache is stale; serving from it (on_stale: keep_serving)",
+                    );
                 }
                 if policy.rate_limit.headers_on_allowed {
                     self.quota = allowed.quota;

@@ -11,6 +11,7 @@ use crate::route::{Audience, PathMatch, Route};
 use crate::time::parse_rfc3339;
 
 mod auth;
+mod feed;
 mod limits;
 
 pub(super) struct Decoder {
@@ -183,6 +184,7 @@ impl Decoder {
                 "revocations",
                 "hide_credentials",
                 "rate_limit",
+                "feed",
             ],
         )?;
         if let Some(v) = f.get("version") {
@@ -240,6 +242,10 @@ impl Decoder {
                 Some(n) => self.rate_limit(n, "rate_limit", &known),
             }
         };
+        let feed = match f.get("feed") {
+            None => Some(None),
+            Some(n) => self.feed(n, "feed").map(Some),
+        };
         let hide_credentials = match f.get("hide_credentials") {
             None => Some(false),
             Some(n) => self.boolean(n, "hide_credentials"),
@@ -254,6 +260,7 @@ impl Decoder {
             verbose_errors: verbose_errors?,
             jwt: jwt?,
             revocations: revocations?,
+            feed: feed?,
             hide_credentials: hide_credentials?,
             rate_limit: rate_limit?,
             plans: plans?,

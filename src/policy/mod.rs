@@ -40,6 +40,9 @@ pub struct Policy {
     pub jwt: Option<auth::JwtPolicy>,
     /// Revoked users' tokens and token ids declared in the policy.
     pub revocations: auth::Revocations,
+    /// The control service's cache feed, polled by the sync service. Defaults to none:
+    /// keys and revocations come from the policy only.
+    pub feed: Option<FeedPolicy>,
     pub rate_limit: RateLimitPolicy,
     /// Remove the credential (API key header, or Authorization for a JWT) before the
     /// request goes upstream. Defaults to false.
@@ -54,6 +57,42 @@ pub struct Policy {
     /// First 8 bytes of SHA-256 of the plugin configuration: tells this policy's static
     /// keys apart from an earlier policy's in shared data.
     pub fingerprint: u64,
+}
+
+/// The `feed` section: where the sync polls the control service, and what the filter
+/// does when the cache it fills is too old (see [`crate::feed`]).
+///
+/// ```yaml
+/// feed:
+///   cluster: control            # the Envoy cluster of the control service. Required.
+///   authority: control.internal # Defaults to the cluster name.
+///   path: /v1/cache             # Defaults to /v1/cache.
+///   token_env: GATEHOUSE_FEED_TOKEN   # variable holding the feed token. Required.
+///   interval: 1s                # how often the sync ticks. Defaults to 1s.
+///   wait: 20s                   # long-poll time asked of the server. Defaults to 20s.
+///   staleness: 30s              # oldest acceptable cache. Defaults to 30s.
+///   on_stale: fail_closed       # or keep_serving. Defaults to fail_closed.
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedPolicy {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    /// The environment variable with the feed token (never the token itself).
+    pub token_env: String,
+    pub interval_secs: u64,
+    pub wait_secs: u64,
+    pub staleness_secs: u64,
+    pub on_stale: OnStale,
+}
+
+/// What the filter does with a credential while the feed's cache is stale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnStale {
+    /// Refuse with 503 `AUTH_UNAVAILABLE`: a revoked key must not work for long.
+    FailClosed,
+    /// Serve from the cache as it is (counted in `gatehouse.feed.stale_served`).
+    KeepServing,
 }
 
 /// How presented API keys are checked before their hash is looked up.
@@ -206,8 +245,8 @@ impl Policy {
         decode(SOURCE, &root, bytes)
     }
 
-    /// The environment variables the policy reads secrets from (`jwt.keys[].secret_env`),
-    /// which Envoy must pass to the VM.
+    /// The environment variables the policy reads secrets from (`jwt.keys[].secret_env`,
+    /// `feed.token_env`), which Envoy must pass to the VM.
     pub fn secret_env_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .jwt
@@ -217,6 +256,7 @@ impl Policy {
                 auth::Secret::Env(name) => Some(name.clone()),
                 auth::Secret::Literal(_) => None,
             })
+            .chain(self.feed.iter().map(|f| f.token_env.clone()))
             .collect();
         names.sort();
         names.dedup();
@@ -421,7 +461,7 @@ mod tests {
         assert_eq!(
             errors(&minimal("colour: blue\n")),
             [
-                "p.yaml:4:1: colour: unknown field 'colour'; expected one of [version, api_key, plans, keys, routes, errors, jwt, revocations, hide_credentials, rate_limit]"
+                "p.yaml:4:1: colour: unknown field 'colour'; expected one of [version, api_key, plans, keys, routes, errors, jwt, revocations, hide_credentials, rate_limit, feed]"
             ]
         );
     }

@@ -5,6 +5,7 @@
 //! gatehouse-harness run [--envoy] [--module PATH] [--junit FILE] CASES...
 //! gatehouse-harness envoy-config --policy FILE [--listen ADDR] [--admin ADDR]
 //!                                [--upstream ADDR] [--module PATH] [--env NAME=VALUE]...
+//!                                [--control ADDR]
 //! gatehouse-harness echo-upstream --listen ADDR
 //! ```
 //!
@@ -29,8 +30,9 @@ usage:
       run case files in the harness, or with --envoy in a real Envoy; --module overrides
       the case files' `module:`; --junit also writes the results as JUnit XML
   gatehouse-harness envoy-config --policy FILE [--listen ADDR] [--admin ADDR] [--upstream ADDR]
-                                 [--module PATH] [--env NAME=VALUE]...
-      print an Envoy bootstrap that loads the module with this policy
+                                 [--module PATH] [--env NAME=VALUE]... [--control ADDR]
+      print an Envoy bootstrap that loads the module with this policy (with a feed
+      section: also the sync service, and with --control the cluster it polls)
   gatehouse-harness echo-upstream --listen ADDR
       serve an upstream that answers every request with what it received, as JSON
 
@@ -274,7 +276,9 @@ fn run(args: &[String]) -> CmdResult {
 fn envoy_config(args: &[String]) -> CmdResult {
     let args = parse_args(
         args,
-        &["policy", "listen", "admin", "upstream", "module", "env"],
+        &[
+            "policy", "listen", "admin", "upstream", "module", "env", "control",
+        ],
         &[],
     )?;
     if let Some(extra) = args.positional.first() {
@@ -291,6 +295,10 @@ fn envoy_config(args: &[String]) -> CmdResult {
         env.push((k.to_string(), v.to_string()));
     }
     let listen = args.addr("listen", "127.0.0.1:10000")?;
+    let control = match args.value("control") {
+        Some(_) => Some(args.addr("control", "")?),
+        None => None,
+    };
     let admin = args.addr("admin", "127.0.0.1:9901")?;
     let upstream = args.addr("upstream", "127.0.0.1:10001")?;
     let module = args.module();
@@ -327,6 +335,7 @@ fn envoy_config(args: &[String]) -> CmdResult {
         plugin_config_json: loaded.plugin_config_json,
         env,
         pass_env,
+        control,
     };
     print!("{}", bootstrap.render());
     Ok(ExitCode::SUCCESS)

@@ -39,7 +39,7 @@ fn alg_names() -> String {
 }
 
 impl Decoder {
-    fn duration(&mut self, node: &Node, path: &str, max_secs: u64) -> Option<u64> {
+    pub(super) fn duration(&mut self, node: &Node, path: &str, max_secs: u64) -> Option<u64> {
         let secs = match &node.value {
             Value::Int(i) => u64::try_from(*i).ok(),
             Value::Str(s) => parse_duration_secs(s),

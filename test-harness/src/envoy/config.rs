@@ -1,8 +1,12 @@
 //! Renders the Envoy bootstrap (`envoy/envoy.yaml.tmpl`) for one gatehouse listener.
 //!
-//! Every substituted value is written as a JSON scalar (a quoted string or a number):
-//! JSON strings are valid YAML double-quoted scalars, so a policy full of quotes,
-//! backslashes or newlines reaches the plugin byte for byte.
+//! Every substituted value is written as JSON (a quoted string, a number, a list or a
+//! mapping): JSON is valid YAML flow syntax, so a policy full of quotes, backslashes or
+//! newlines reaches the plugin byte for byte.
+//!
+//! A policy with a `feed` section also gets the sync: the same module as a singleton wasm
+//! service (`bootstrap_extensions`, root id `gatehouse_sync`, same vm_id and policy) and,
+//! when [`Bootstrap::control`] is given, a cluster named by `feed.cluster` for it to poll.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,7 +31,13 @@ pub struct Bootstrap {
     /// Environment variables Envoy passes from its own environment to the VM
     /// (`host_env_keys`): secrets named by the policy, which so never land in this file.
     pub pass_env: Vec<String>,
+    /// The control service, for a policy with a `feed` section: the cluster the sync
+    /// polls (named by the policy's `feed.cluster`). `None`: no such cluster.
+    pub control: Option<SocketAddr>,
 }
+
+/// The sync's root id: the shell runs the feed sync under it (`src/shell.rs`).
+pub const SYNC_ROOT_ID: &str = "gatehouse_sync";
 
 fn json_str(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
@@ -36,11 +46,71 @@ fn json_str(s: &str) -> String {
 impl Bootstrap {
     /// The bootstrap YAML.
     pub fn render(&self) -> String {
-        let env: serde_json::Map<String, serde_json::Value> = self
+        use serde_json::{Value, json};
+        let env: serde_json::Map<String, Value> = self
             .env
             .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect();
+        let host_env = Value::from(
+            self.pass_env
+                .iter()
+                // Envoy refuses a name given both ways.
+                .filter(|name| !self.env.iter().any(|(k, _)| k == *name))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        let wasm = self.wasm.to_string_lossy().to_string();
+        let feed = gatehouse::policy::Policy::from_json(self.plugin_config_json.as_bytes())
+            .ok()
+            .and_then(|p| p.feed);
+        let extensions = match &feed {
+            None => json!([]),
+            Some(_) => json!([{
+                "name": "envoy.bootstrap.wasm",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService",
+                    "singleton": true,
+                    "config": {
+                        "name": SYNC_ROOT_ID,
+                        "root_id": SYNC_ROOT_ID,
+                        "vm_config": {
+                            "vm_id": "gatehouse",
+                            "runtime": "envoy.wasm.runtime.v8",
+                            "code": { "local": { "filename": wasm } },
+                            "environment_variables": {
+                                "host_env_keys": host_env,
+                                "key_values": env,
+                            },
+                        },
+                        "configuration": {
+                            "@type": "type.googleapis.com/google.protobuf.StringValue",
+                            "value": self.plugin_config_json,
+                        },
+                    },
+                },
+            }]),
+        };
+        let control_cluster = match (&feed, self.control) {
+            (Some(feed), Some(addr)) => format!(
+                "- {}",
+                json!({
+                    "name": feed.cluster,
+                    "connect_timeout": "2s",
+                    "type": "STATIC",
+                    "load_assignment": {
+                        "cluster_name": feed.cluster,
+                        "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": {
+                            "socket_address": {
+                                "address": addr.ip().to_string(),
+                                "port_value": addr.port(),
+                            }
+                        } } } ] } ],
+                    },
+                })
+            ),
+            _ => "# (no feed, or no control address: no control cluster)".to_string(),
+        };
         let substitutions = [
             ("{{ADMIN_ADDRESS}}", json_str(&self.admin.ip().to_string())),
             ("{{ADMIN_PORT}}", self.admin.port().to_string()),
@@ -54,21 +124,12 @@ impl Bootstrap {
                 json_str(&self.upstream.ip().to_string()),
             ),
             ("{{UPSTREAM_PORT}}", self.upstream.port().to_string()),
-            ("{{WASM_PATH}}", json_str(&self.wasm.to_string_lossy())),
-            ("{{WASM_ENV}}", serde_json::Value::Object(env).to_string()),
-            (
-                "{{WASM_HOST_ENV}}",
-                serde_json::Value::from(
-                    self.pass_env
-                        .iter()
-                        // Envoy refuses a name given both ways.
-                        .filter(|name| !self.env.iter().any(|(k, _)| k == *name))
-                        .cloned()
-                        .collect::<Vec<_>>(),
-                )
-                .to_string(),
-            ),
+            ("{{WASM_PATH}}", json_str(&wasm)),
+            ("{{WASM_ENV}}", Value::Object(env).to_string()),
+            ("{{WASM_HOST_ENV}}", host_env.to_string()),
             ("{{PLUGIN_CONFIG}}", json_str(&self.plugin_config_json)),
+            ("{{BOOTSTRAP_EXTENSIONS}}", extensions.to_string()),
+            ("{{CONTROL_CLUSTER}}", control_cluster),
         ];
         let mut out = TEMPLATE.to_string();
         for (placeholder, value) in substitutions {
@@ -92,7 +153,56 @@ mod tests {
             plugin_config_json: r#"{"version":1,"note":"a \"quoted\" \\ value\n"}"#.into(),
             env: vec![("SECRET".into(), "s3cr\"et".into())],
             pass_env: vec!["GATEHOUSE_JWT_SECRET".into(), "SECRET".into()],
+            control: None,
         }
+    }
+
+    #[test]
+    fn without_a_feed_there_is_no_sync_and_no_control_cluster() {
+        let yaml = sample().render();
+        let tree = gatehouse::policy::yaml::parse(&yaml).unwrap().to_json();
+        assert_eq!(tree["bootstrap_extensions"], serde_json::json!([]));
+        assert_eq!(
+            tree["static_resources"]["clusters"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_feed_adds_the_sync_service_and_the_control_cluster() {
+        let mut b = sample();
+        b.plugin_config_json = serde_json::json!({
+            "version": 1,
+            "routes": [ { "match": { "path_prefix": "/" } } ],
+            "feed": { "cluster": "gatehouse_control", "token_env": "GATEHOUSE_FEED_TOKEN" }
+        })
+        .to_string();
+        b.control = Some("127.0.0.1:7070".parse().unwrap());
+        let yaml = b.render();
+        let tree = gatehouse::policy::yaml::parse(&yaml).unwrap().to_json();
+        let sync = &tree["bootstrap_extensions"][0]["typed_config"];
+        assert_eq!(sync["singleton"], true);
+        assert_eq!(sync["config"]["root_id"], SYNC_ROOT_ID);
+        assert_eq!(sync["config"]["vm_config"]["vm_id"], "gatehouse");
+        assert_eq!(
+            sync["config"]["configuration"]["value"],
+            b.plugin_config_json.as_str()
+        );
+        assert_eq!(
+            sync["config"]["vm_config"]["environment_variables"]["key_values"]["SECRET"],
+            "s3cr\"et"
+        );
+        let clusters = tree["static_resources"]["clusters"].as_array().unwrap();
+        assert_eq!(clusters.len(), 2);
+        assert_eq!(clusters[0]["name"], "gatehouse_control");
+        assert_eq!(
+            clusters[0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["socket_address"]["port_value"],
+            7070
+        );
     }
 
     #[test]

@@ -144,6 +144,7 @@ impl Envoy {
             plugin_config_json: opts.plugin_config_json.clone(),
             env: opts.env.clone(),
             pass_env: Vec::new(),
+            control: None,
         };
         let config_path = dir.join("envoy.yaml");
         fs::write(&config_path, bootstrap.render())?;

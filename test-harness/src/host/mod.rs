@@ -239,7 +239,8 @@ impl HarnessBuilder {
     }
 
     /// Also run the singleton service VM (Envoy's wasm `bootstrap_extensions` service on
-    /// the main thread), with its own plugin configuration. Its root id is `singleton`.
+    /// the main thread), with its own plugin configuration. Its root id is `gatehouse_sync`,
+    /// the one gatehouse runs its feed sync under.
     pub fn singleton(mut self, plugin_config: impl Into<Vec<u8>>) -> Self {
         self.singleton = Some(plugin_config.into());
         self

@@ -62,7 +62,7 @@ impl Vm {
             plugin: PluginInfo {
                 name: "gatehouse".to_string(),
                 root_id: match vm {
-                    VmId::Singleton => "singleton".to_string(),
+                    VmId::Singleton => "gatehouse_sync".to_string(),
                     VmId::Worker(_) => String::new(),
                 },
                 vm_id: "gatehouse".to_string(),

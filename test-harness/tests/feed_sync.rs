@@ -1,0 +1,385 @@
+//! The cache feed end to end in the harness: the module runs as the sync (the singleton
+//! service, root id `gatehouse_sync`) and as a worker filter; the control service is a
+//! scripted upstream answering `GET /v1/cache?since=..&wait=..` as `control/FEED.md` says.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use gatehouse::api_key::KeyHash;
+use gatehouse::jwt::Alg;
+use gatehouse::jwt::test_tokens::{hmac_secret, mint};
+use gatehouse_harness::envoy::default_wasm;
+use gatehouse_harness::host::{
+    BuildError, Harness, HarnessBuilder, Reply, Request, Route, Upstream, VmId,
+};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// 2026-01-01T00:00:00Z: the virtual wall clock at build.
+const T0: u64 = 1_767_225_600;
+const FEED_TOKEN: &str = "feed-token-not-the-admin-token";
+const KEY_A: &str = "feed-key-a";
+const KEY_B: &str = "feed-key-b";
+/// Declared in the policy itself: works without the feed.
+const POLICY_KEY: &str = "policy-key";
+
+fn sha(s: &str) -> String {
+    KeyHash::of_key(s.as_bytes()).to_hex()
+}
+
+fn policy(on_stale: &str) -> String {
+    json!({
+        "version": 1,
+        "api_key": { "format": "opaque" },
+        "keys": [ { "id": "key_policy", "sha256": sha(POLICY_KEY), "user": "user_policy",
+                    "tenant": "tenant_1", "plan": "team" } ],
+        "jwt": {
+            "keys": [ { "alg": "HS256", "secret_env": "JWT_SECRET" } ],
+            "default_tenant": "tenant_1",
+            "default_plan": "free"
+        },
+        "routes": [
+            { "match": { "path_prefix": "/public/" }, "audience": "external" },
+            { "match": { "path_prefix": "/v1/" } }
+        ],
+        "feed": { "cluster": "control", "token_env": "FEED_TOKEN", "staleness": "30s",
+                  "on_stale": on_stale }
+    })
+    .to_string()
+}
+
+fn key(raw: &str, id: &str, active: bool) -> Value {
+    json!({ "sha256": sha(raw), "key_id": id, "user": format!("user_{id}"),
+            "tenant": "tenant_1", "plan": "team", "expires_at": null,
+            "active": active, "scopes": [] })
+}
+
+fn answer(epoch: &str, version: u64, full: bool, keys: Vec<Value>) -> String {
+    json!({ "epoch": epoch, "version": version, "full": full, "keys": keys,
+            "users": [], "jtis": [] })
+    .to_string()
+}
+
+fn control(body: &str) -> Upstream {
+    Upstream::new("control").route(Route::get("/v1/cache*").reply(Reply::json(200, body)))
+}
+
+fn builder(on_stale: &str) -> HarnessBuilder {
+    let p = policy(on_stale);
+    Harness::builder(default_wasm())
+        .plugin_config(p.clone())
+        .singleton(p)
+        .env("FEED_TOKEN", FEED_TOKEN)
+        .env(
+            "JWT_SECRET",
+            std::str::from_utf8(&hmac_secret(Alg::HS256)).unwrap(),
+        )
+        .time(T0 * 1_000_000_000)
+}
+
+fn build(b: HarnessBuilder) -> Harness {
+    b.build().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn with_key(h: &mut Harness, raw: &str) -> gatehouse_harness::host::Outcome {
+    h.request(Request::get("/v1/things").header("x-api-key", raw))
+        .unwrap()
+}
+
+fn with_token(h: &mut Harness, token: &str) -> gatehouse_harness::host::Outcome {
+    h.request(Request::get("/v1/things").header("authorization", format!("Bearer {token}")))
+        .unwrap()
+}
+
+fn paths(h: &Harness) -> Vec<String> {
+    h.http_calls().into_iter().map(|c| c.path).collect()
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+#[test]
+fn a_fed_key_works_after_the_first_poll_and_a_tombstone_refuses_it_within_one_poll() {
+    let mut h = build(builder("fail_closed").upstream(control(&answer(
+        "e1",
+        1,
+        true,
+        vec![key(KEY_A, "key_a", true)],
+    ))));
+    assert_eq!(with_key(&mut h, KEY_A).status, 401, "not fed yet");
+    h.advance(secs(1)).unwrap();
+    let calls = h.http_calls();
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0];
+    assert_eq!(call.vm, VmId::Singleton);
+    assert_eq!(call.cluster, "control");
+    assert_eq!(call.path, "/v1/cache?since=0&wait=20");
+    assert_eq!(call.authority, "control");
+    assert_eq!(
+        call.header("authorization"),
+        Some(format!("Bearer {FEED_TOKEN}").as_str())
+    );
+    assert_eq!(call.timeout, Some(secs(25)), "wait + 5 s");
+
+    let out = with_key(&mut h, KEY_A);
+    assert_eq!(out.status, 200, "{}", out.text());
+    let up = out.upstream.unwrap();
+    assert_eq!(up.header("x-gatehouse-key-id"), Some("key_a"));
+    assert_eq!(up.header("x-gatehouse-user"), Some("user_key_a"));
+
+    h.set_upstream(control(&answer(
+        "e1",
+        2,
+        false,
+        vec![key(KEY_A, "key_a", false)],
+    )));
+    h.advance(secs(1)).unwrap();
+    assert_eq!(paths(&h)[1], "/v1/cache?since=1&wait=20", "since advances");
+    let out = with_key(&mut h, KEY_A);
+    assert_eq!(out.status, 401);
+    assert_eq!(out.json()["code"], "INVALID_CREDENTIALS");
+    h.assert_no_trap().unwrap();
+}
+
+#[test]
+fn fed_user_watermarks_and_jtis_are_enforced_on_jwts() {
+    let iat = T0 - 100;
+    let token = |sub: &str, jti: &str| {
+        mint(
+            Alg::HS256,
+            None,
+            &format!(
+                r#"{{"sub":"{sub}","iat":{iat},"exp":{},"jti":"{jti}"}}"#,
+                T0 + 3600
+            ),
+        )
+    };
+    let (alice, bob) = (token("alice", "t-1"), token("bob", "t-2"));
+    let mut h = build(builder("fail_closed").upstream(control(&answer("e1", 1, true, vec![]))));
+    h.advance(secs(1)).unwrap();
+    assert_eq!(with_token(&mut h, &alice).status, 200);
+    assert_eq!(with_token(&mut h, &bob).status, 200);
+
+    let t2_key = gatehouse::revocation::jti_key("t-2");
+    let t2_hash = t2_key.strip_prefix("j/").unwrap();
+    let body = json!({
+        "epoch": "e1", "version": 2, "full": false, "keys": [],
+        "users": [ { "user": "alice", "tokens_issued_before": iat + 1, "until": null } ],
+        "jtis": [ { "jti_sha256": t2_hash, "until": T0 + 3600 } ]
+    });
+    h.set_upstream(control(&body.to_string()));
+    h.advance(secs(1)).unwrap();
+    for t in [&alice, &bob] {
+        let out = with_token(&mut h, t);
+        assert_eq!(out.status, 401, "{}", out.text());
+        assert_eq!(out.json()["code"], "INVALID_CREDENTIALS");
+    }
+    let fresh = mint(
+        Alg::HS256,
+        None,
+        &format!(
+            r#"{{"sub":"alice","iat":{},"exp":{},"jti":"t-3"}}"#,
+            T0 + 2,
+            T0 + 3600
+        ),
+    );
+    assert_eq!(
+        with_token(&mut h, &fresh).status,
+        200,
+        "issued after the watermark"
+    );
+}
+
+#[test]
+fn a_new_epoch_is_applied_as_a_snapshot() {
+    let mut h = build(builder("fail_closed").upstream(control(&answer(
+        "old",
+        7,
+        true,
+        vec![key(KEY_A, "key_a", true), key(KEY_B, "key_b", true)],
+    ))));
+    h.advance(secs(1)).unwrap();
+    assert_eq!(with_key(&mut h, KEY_A).status, 200);
+    assert_eq!(h.metric("gatehouse.feed.version"), Some(7));
+
+    // The control database was re-created: its versions start again, and key_a is gone.
+    h.set_upstream(control(&answer(
+        "new",
+        2,
+        false,
+        vec![key(KEY_B, "key_b", true)],
+    )));
+    h.advance(secs(1)).unwrap();
+    assert_eq!(paths(&h)[1], "/v1/cache?since=7&wait=20");
+    assert_eq!(
+        with_key(&mut h, KEY_A).status,
+        401,
+        "a key the snapshot left out"
+    );
+    assert_eq!(with_key(&mut h, KEY_B).status, 200);
+    assert_eq!(h.metric("gatehouse.feed.version"), Some(2));
+    h.advance(secs(1)).unwrap();
+    assert_eq!(
+        paths(&h)[2],
+        "/v1/cache?since=2&wait=20",
+        "the new epoch's version"
+    );
+    let (state, _) = h.shared_data("feed/state").unwrap();
+    assert_eq!(
+        String::from_utf8(state).unwrap(),
+        format!("new|2|{}", T0 + 3)
+    );
+}
+
+#[test]
+fn a_410_makes_the_next_poll_ask_for_a_snapshot() {
+    let upstream = Upstream::new("control")
+        .route(Route::get("/v1/cache?since=0&*").reply(Reply::json(
+            200,
+            &answer("e1", 5, true, vec![key(KEY_A, "key_a", true)]),
+        )))
+        .route(Route::get("/v1/cache*").reply(Reply::json(
+            410,
+            r#"{"error":"version gone","code":"VERSION_GONE","timestamp":"x","request_id":"y"}"#,
+        )));
+    let mut h = build(builder("fail_closed").upstream(upstream));
+    h.advance(secs(3)).unwrap();
+    assert_eq!(
+        paths(&h),
+        [
+            "/v1/cache?since=0&wait=20",
+            "/v1/cache?since=5&wait=20",
+            "/v1/cache?since=0&wait=20",
+        ]
+    );
+    assert_eq!(h.metric("gatehouse.feed.failures"), Some(0));
+    assert_eq!(with_key(&mut h, KEY_A).status, 200);
+}
+
+#[test]
+fn an_unreachable_feed_keeps_keys_working_until_the_bound_then_fails_closed_and_recovers() {
+    let good = answer("e1", 1, true, vec![key(KEY_A, "key_a", true)]);
+    let mut h = build(builder("fail_closed").upstream(control(&good)));
+    h.advance(secs(1)).unwrap(); // last success at T0 + 1
+    h.set_upstream(
+        Upstream::new("control").route(Route::get("/v1/cache*").reply(Reply::status(500))),
+    );
+    h.advance(secs(29)).unwrap(); // T0 + 30: 29 s old
+    assert_eq!(with_key(&mut h, KEY_A).status, 200);
+    assert_eq!(h.metric("gatehouse.feed.failures"), Some(29));
+    assert_eq!(h.metric("gatehouse.feed.last_sync_age_seconds"), Some(29));
+    h.advance(secs(2)).unwrap(); // 31 s old
+    let out = with_key(&mut h, KEY_A);
+    assert_eq!(out.status, 503, "{}", out.text());
+    assert_eq!(out.json()["code"], "AUTH_UNAVAILABLE");
+    assert_eq!(
+        out.json()["error"],
+        "authentication is temporarily unavailable"
+    );
+    assert_eq!(out.header("retry-after"), Some("5"));
+    assert!(out.upstream.is_none());
+    // Every credential depends on the cache (revocations too); anonymous callers do not.
+    assert_eq!(with_key(&mut h, POLICY_KEY).status, 503);
+    assert_eq!(
+        h.request(Request::get("/public/status")).unwrap().status,
+        200
+    );
+    assert_eq!(
+        h.request(Request::get("/v1/things")).unwrap().json()["code"],
+        "MISSING_CREDENTIALS"
+    );
+
+    h.set_upstream(control(&answer("e1", 1, false, vec![])));
+    h.advance(secs(1)).unwrap();
+    assert_eq!(with_key(&mut h, KEY_A).status, 200, "recovered");
+    assert_eq!(h.metric("gatehouse.feed.last_sync_age_seconds"), Some(0));
+    h.assert_no_trap().unwrap();
+}
+
+#[test]
+fn a_hanging_feed_holds_one_call_until_its_timeout_and_keep_serving_serves_past_the_bound() {
+    let good = answer("e1", 1, true, vec![key(KEY_A, "key_a", true)]);
+    let mut h = build(builder("keep_serving").upstream(control(&good)));
+    h.advance(secs(1)).unwrap();
+    h.set_upstream(Upstream::new("control").route(Route::get("/v1/cache*").reply(Reply::hang())));
+    h.advance(secs(10)).unwrap();
+    assert_eq!(h.http_calls().len(), 2, "one call in flight at a time");
+    h.advance(secs(20)).unwrap(); // the hung call timed out at +25 s; another was sent
+    assert_eq!(h.http_calls().len(), 3);
+    assert_eq!(h.metric("gatehouse.feed.failures"), Some(1));
+    h.advance(secs(5)).unwrap();
+    let out = with_key(&mut h, KEY_A);
+    assert_eq!(out.status, 200, "keep_serving: {}", out.text());
+    assert_eq!(h.metric("gatehouse.feed.stale_served"), Some(1));
+}
+
+#[test]
+fn a_fresh_envoy_serves_during_the_grace_period_before_the_first_answer() {
+    let mut h =
+        build(builder("fail_closed").upstream(
+            Upstream::new("control").route(Route::get("/v1/cache*").reply(Reply::hang())),
+        ));
+    assert_eq!(with_key(&mut h, POLICY_KEY).status, 200);
+    h.advance(secs(30)).unwrap();
+    assert_eq!(with_key(&mut h, POLICY_KEY).status, 200, "30 s: the bound");
+    h.advance(secs(1)).unwrap();
+    assert_eq!(with_key(&mut h, POLICY_KEY).status, 503);
+}
+
+#[test]
+fn metrics_count_versions_and_entries() {
+    let mut h = build(builder("fail_closed").upstream(control(&answer(
+        "e1",
+        3,
+        true,
+        vec![key(KEY_A, "key_a", true), key(KEY_B, "key_b", true)],
+    ))));
+    h.advance(secs(1)).unwrap();
+    assert_eq!(h.metric("gatehouse.feed.version"), Some(3));
+    assert_eq!(h.metric("gatehouse.feed.entries_applied"), Some(2));
+    let mut bad = key("x", "bad id with spaces", true);
+    bad["scopes"] = json!([]);
+    h.set_upstream(control(&answer(
+        "e1",
+        4,
+        false,
+        vec![bad, key(KEY_A, "key_a", false)],
+    )));
+    h.advance(secs(1)).unwrap();
+    assert_eq!(h.metric("gatehouse.feed.version"), Some(4));
+    assert_eq!(h.metric("gatehouse.feed.entries_applied"), Some(3));
+    assert_eq!(h.metric("gatehouse.feed.records_skipped"), Some(1));
+    // A broken answer is a failure and changes nothing.
+    h.set_upstream(control("{not json"));
+    h.advance(secs(1)).unwrap();
+    assert_eq!(h.metric("gatehouse.feed.failures"), Some(1));
+    assert_eq!(h.metric("gatehouse.feed.version"), Some(4));
+    h.advance(secs(1)).unwrap();
+    assert_eq!(paths(&h)[3], "/v1/cache?since=4&wait=20");
+}
+
+#[test]
+fn the_sync_refuses_to_start_without_its_token_and_never_logs_it() {
+    let p = policy("fail_closed");
+    let err = Harness::builder(default_wasm())
+        .plugin_config(p.clone())
+        .singleton(p)
+        .env("JWT_SECRET", "x")
+        .build()
+        .err()
+        .expect("configure must fail");
+    let BuildError::ConfigureRejected { logs } = &err else {
+        panic!("{err}")
+    };
+    let text: Vec<&str> = logs.iter().map(|l| l.message.as_str()).collect();
+    assert!(
+        text.iter()
+            .any(|m| m.contains("feed.token_env") && m.contains("FEED_TOKEN is not set")),
+        "{text:?}"
+    );
+}
