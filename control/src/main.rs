@@ -1,6 +1,9 @@
-//! gatehouse-control: the control service that will issue, rotate and revoke keys and
-//! feed the proxies' key cache. Today it is the offline key tool for DB-less policies:
+//! gatehouse-control: the control service (`serve`, see the library's `lib.rs`) and the
+//! offline key tool for DB-less policies:
 //!
+//! - `gatehouse-control serve [--listen ADDR] [--database-url URL]` runs the service;
+//!   both bearer tokens come from the environment (`GATEHOUSE_ADMIN_TOKEN`,
+//!   `GATEHOUSE_FEED_TOKEN`) and start-up fails, naming them, when either is missing;
 //! - `gatehouse-control new-key [--prefix P]` prints a fresh key (shown once) and the
 //!   policy entry for it, which holds only the key's SHA-256;
 //! - `gatehouse-control hash-key` reads a key on standard input and prints its SHA-256,
@@ -15,31 +18,13 @@ use std::io::Read;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage:
+  gatehouse-control serve [--listen ADDR] [--database-url URL]
+                                                run the control service (serve --help)
   gatehouse-control new-key [--prefix PREFIX]   print a new API key and its policy entry
   gatehouse-control hash-key                    read a key on stdin, print its SHA-256
   gatehouse-control mint-jwt --secret-env VAR [--kid KID] [--sub SUB] [--tenant T]
       [--plan P] [--ttl SECONDS] [--alg HS256|HS384|HS512]
                                                 print a JWT signed with the secret in $VAR";
-
-/// `len` characters of base62 from the operating system's CSPRNG (22 carry 130 bits).
-fn random_base62(len: usize) -> Result<String, getrandom::Error> {
-    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut out = String::with_capacity(len);
-    while out.len() < len {
-        let mut buf = [0u8; 64];
-        getrandom::fill(&mut buf)?;
-        // Rejection sampling: 248 = 4 * 62, so every accepted byte is unbiased.
-        for b in buf.into_iter().filter(|b| *b < 248) {
-            if out.len() == len {
-                break;
-            }
-            if let Some(c) = ALPHABET.get(usize::from(b % 62)) {
-                out.push(char::from(*c));
-            }
-        }
-    }
-    Ok(out)
-}
 
 fn new_key(args: &[String]) -> Result<(), String> {
     let prefix = match args {
@@ -52,8 +37,8 @@ fn new_key(args: &[String]) -> Result<(), String> {
             "--prefix must start with a-z and have 1 to 32 of a-z 0-9 _, got {prefix:?}"
         ));
     }
-    let random =
-        random_base62(RANDOM_LEN).map_err(|e| format!("no randomness from the OS: {e}"))?;
+    let random = gatehouse_control::random::base62(RANDOM_LEN)
+        .map_err(|e| format!("no randomness from the OS: {e}"))?;
     // <prefix>_<random><checksum>: the plugin refuses a mistyped key before any lookup.
     let key = format_key(&prefix, &random);
     let hash = KeyHash::of_key(key.as_bytes()).to_hex();
@@ -81,9 +66,24 @@ fn hash_key() -> Result<(), String> {
     Ok(())
 }
 
+fn serve(args: &[String]) -> Result<(), String> {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("usage: {}", gatehouse_control::config::USAGE);
+        return Ok(());
+    }
+    // Settings first: a missing token fails before anything is opened or bound.
+    let config = gatehouse_control::config::Config::parse(args, &|k| std::env::var(k).ok())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    runtime.block_on(gatehouse_control::serve::run(config))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.split_first() {
+        Some((cmd, rest)) if cmd == "serve" => serve(rest),
         Some((cmd, rest)) if cmd == "new-key" => new_key(rest),
         Some((cmd, [])) if cmd == "hash-key" => hash_key(),
         Some((cmd, rest)) if cmd == "mint-jwt" => mint_jwt::run(rest),

@@ -1,0 +1,220 @@
+//! The router: which path is served by which handler, behind which token, and the one
+//! middleware every request passes (request id, client address, access log, error shape).
+
+use crate::clock::Clock;
+use crate::config::{Config, Token};
+use crate::error::{ApiError, ErrorInfo, code_for_status};
+use crate::store::{ChangeCtx, Store};
+use crate::{audit, feed, health, keys, revocations};
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Request bodies above this are refused with 413 before they are parsed.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub config: Arc<Config>,
+    pub clock: Arc<dyn Clock>,
+    /// The latest committed feed version; long-polls wait on it.
+    pub changes: Arc<watch::Sender<i64>>,
+}
+
+impl AppState {
+    pub async fn new(
+        store: Arc<dyn Store>,
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<AppState, crate::store::StoreError> {
+        let version = store.version().await?;
+        Ok(AppState {
+            store,
+            config: Arc::new(config),
+            clock,
+            changes: Arc::new(watch::Sender::new(version)),
+        })
+    }
+
+    /// Wakes the long-polls: called after a change has committed, never before.
+    pub fn committed(&self, version: i64) {
+        self.changes.send_if_modified(|v| {
+            if version > *v {
+                *v = version;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// Who is asking, set by the middleware for every request.
+#[derive(Clone, Debug)]
+pub struct RequestCtx {
+    pub request_id: String,
+    pub client: Option<String>,
+}
+
+impl RequestCtx {
+    pub fn change(&self, now: i64) -> ChangeCtx {
+        ChangeCtx {
+            now,
+            actor: "admin".to_string(),
+            request_id: self.request_id.clone(),
+            client: self.client.clone(),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestCtx {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<RequestCtx>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal(&"request context missing"))
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/v1/keys", post(keys::create).get(keys::list))
+        .route("/v1/keys/verify", post(keys::verify))
+        .route("/v1/keys/{id}", get(keys::get).delete(keys::revoke))
+        .route("/v1/keys/{id}/rotate", post(keys::rotate))
+        .route(
+            "/v1/users/{id}/revoke-tokens",
+            post(revocations::revoke_user_tokens),
+        )
+        .route("/v1/tokens/revoke", post(revocations::revoke_jti))
+        .route("/v1/audit", get(audit::list))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    let feed = Router::new()
+        .route("/v1/cache", get(feed::cache))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_feed));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(health::openapi))
+        .merge(admin)
+        .merge(feed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
+        .with_state(state)
+}
+
+fn bearer(req: &Request) -> Option<&[u8]> {
+    let value = req.headers().get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, token) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then_some(token)
+}
+
+fn check(token: &Token, req: &Request) -> Result<(), ApiError> {
+    match bearer(req) {
+        Some(t) if token.matches(t) => Ok(()),
+        _ => Err(ApiError::unauthorized()),
+    }
+}
+
+async fn require_admin(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    match check(&s.config.admin_token, &req) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn require_feed(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    match check(&s.config.feed_token, &req) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The caller's request id if it is a short printable one, else a new one.
+fn request_id(req: &Request) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| (0x21..0x7f).contains(&b)))
+        .map(str::to_string)
+        .or_else(|| crate::random::hex(16).ok())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+#[allow(
+    clippy::disallowed_methods,
+    reason = "Instant::now only measures the latency written to the access log"
+)]
+async fn request_context(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let ctx = RequestCtx {
+        request_id: request_id(&req),
+        client: req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(a)| a.to_string()),
+    };
+    req.extensions_mut().insert(ctx.clone());
+    let method = req.method().clone();
+    // The path only: query strings are not logged.
+    let path = req.uri().path().to_string();
+    let mut response = next.run(req).await;
+    let status = response.status();
+    let info = response.extensions_mut().remove::<ErrorInfo>();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let info = match info {
+        Some(i) => Some(i),
+        // An error no handler wrote (unknown route, wrong method): same shape.
+        None if (status.is_client_error() || status.is_server_error()) && !is_json => {
+            let (code, message) = code_for_status(status);
+            Some(ErrorInfo {
+                code,
+                message: message.to_string(),
+            })
+        }
+        None => None,
+    };
+    if let Some(info) = &info {
+        let body = gatehouse::error::error_body(
+            &info.message,
+            info.code,
+            s.clock.now(),
+            ctx.request_id.as_bytes(),
+        );
+        let (mut parts, _) = response.into_parts();
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        parts.headers.remove(header::CONTENT_LENGTH);
+        response = Response::from_parts(parts, axum::body::Body::from(body));
+    }
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(%method, %path, status = status.as_u16(), request_id = %ctx.request_id, latency_ms, "request");
+    } else {
+        tracing::info!(%method, %path, status = status.as_u16(), request_id = %ctx.request_id,
+            code = info.as_ref().map(|i| i.code), latency_ms, "request");
+    }
+    response
+}

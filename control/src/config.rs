@@ -1,0 +1,283 @@
+//! `gatehouse-control serve` settings: flags or environment, checked once at start-up.
+//!
+//! There is no default secret: both tokens must be set, and start-up fails with a message
+//! naming every missing or unusable setting. Tokens come only from the environment (a
+//! flag would show them in `ps`) and are never logged; `Debug` prints them redacted.
+
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+
+pub const USAGE: &str = "gatehouse-control serve [--listen ADDR] [--database-url URL]
+  environment:
+    GATEHOUSE_ADMIN_TOKEN        required: bearer token of the admin API (16+ characters)
+    GATEHOUSE_FEED_TOKEN         required: bearer token of GET /v1/cache (16+ characters)
+    GATEHOUSE_CONTROL_LISTEN     defaults to 127.0.0.1:8081 (--listen)
+    GATEHOUSE_DATABASE_URL       defaults to sqlite://gatehouse-control.db (--database-url)
+    GATEHOUSE_KEY_PREFIX         defaults to ghk
+    GATEHOUSE_MAX_KEYS_PER_USER  defaults to 5
+    GATEHOUSE_MAX_JWT_LIFETIME   defaults to 24h (how long a user's token revocation lasts)
+    GATEHOUSE_CLEANUP_INTERVAL   defaults to 60s
+    GATEHOUSE_RETENTION          defaults to 7d (expired entries are purged after it)";
+
+/// The shortest token accepted: shorter ones are guessable.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// A bearer token. Compared in constant time: both sides are hashed first, so neither the
+/// content nor the length of the expected token leaks through timing.
+#[derive(Clone)]
+pub struct Token([u8; 32]);
+
+impl Token {
+    pub fn new(token: &str) -> Token {
+        Token(Sha256::digest(token.as_bytes()).into())
+    }
+
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let presented: [u8; 32] = Sha256::digest(presented).into();
+        self.0.ct_eq(&presented).into()
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub admin_token: Token,
+    pub feed_token: Token,
+    /// Prefix of the keys issued. Defaults to `ghk`.
+    pub key_prefix: String,
+    /// Usable, unreplaced keys one user may hold. Defaults to 5.
+    pub max_keys_per_user: u32,
+    /// The longest a JWT lives: a user's token revocation lasts this long. Defaults to 24h.
+    pub max_jwt_lifetime: Duration,
+    /// How often the cleanup job runs. Defaults to 60s.
+    pub cleanup_interval: Duration,
+    /// How long expired entries stay in the feed before they are purged. Defaults to 7d.
+    pub retention: Duration,
+}
+
+impl Config {
+    /// Settings for tests and embedding: the two tokens, every other setting at its default.
+    pub fn with_tokens(admin: &str, feed: &str) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            database_url: "sqlite://gatehouse-control.db".to_string(),
+            admin_token: Token::new(admin),
+            feed_token: Token::new(feed),
+            key_prefix: "ghk".to_string(),
+            max_keys_per_user: 5,
+            max_jwt_lifetime: Duration::from_secs(24 * 3600),
+            cleanup_interval: Duration::from_secs(60),
+            retention: Duration::from_secs(7 * 86_400),
+        }
+    }
+
+    /// Reads flags (`args`, after `serve`) and the environment (`env`).
+    pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let mut listen = env("GATEHOUSE_CONTROL_LISTEN");
+        let mut database_url = env("GATEHOUSE_DATABASE_URL");
+        let mut rest = args.iter();
+        while let Some(flag) = rest.next() {
+            let value = rest.next().cloned();
+            match (flag.as_str(), value) {
+                ("--listen", Some(v)) => listen = Some(v),
+                ("--database-url", Some(v)) => database_url = Some(v),
+                _ => return Err(format!("unexpected argument {flag:?}\nusage: {USAGE}")),
+            }
+        }
+        let mut problems = Vec::new();
+        let mut token = |name: &str| match env(name) {
+            None => {
+                problems.push(format!("{name} is not set"));
+                None
+            }
+            Some(t) if t.trim().len() < MIN_TOKEN_LEN => {
+                problems.push(format!(
+                    "{name} must be at least {MIN_TOKEN_LEN} characters"
+                ));
+                None
+            }
+            Some(t) => Some(t),
+        };
+        let admin = token("GATEHOUSE_ADMIN_TOKEN");
+        let feed = token("GATEHOUSE_FEED_TOKEN");
+        if let (Some(a), Some(f)) = (&admin, &feed)
+            && a == f
+        {
+            problems.push(
+                "GATEHOUSE_FEED_TOKEN must differ from GATEHOUSE_ADMIN_TOKEN (the feed token \
+                 may only read the feed)"
+                    .to_string(),
+            );
+        }
+        let mut config = Config::with_tokens(
+            admin.as_deref().unwrap_or_default(),
+            feed.as_deref().unwrap_or_default(),
+        );
+        if let Some(l) = listen {
+            match l.parse() {
+                Ok(a) => config.listen = a,
+                Err(_) => problems.push(format!(
+                    "GATEHOUSE_CONTROL_LISTEN / --listen must be host:port, got {l:?}"
+                )),
+            }
+        }
+        if let Some(u) = database_url {
+            if u.starts_with("sqlite:") {
+                config.database_url = u;
+            } else {
+                problems.push(
+                    "GATEHOUSE_DATABASE_URL / --database-url must be a sqlite: URL".to_string(),
+                );
+            }
+        }
+        if let Some(p) = env("GATEHOUSE_KEY_PREFIX") {
+            if gatehouse::api_key::is_valid_prefix(&p) {
+                config.key_prefix = p;
+            } else {
+                problems.push(format!(
+                    "GATEHOUSE_KEY_PREFIX must start with a-z and have 1 to 32 of a-z 0-9 _, \
+                     got {p:?}"
+                ));
+            }
+        }
+        if let Some(n) = env("GATEHOUSE_MAX_KEYS_PER_USER") {
+            match n.parse::<u32>() {
+                Ok(n) if n >= 1 => config.max_keys_per_user = n,
+                _ => problems.push(format!(
+                    "GATEHOUSE_MAX_KEYS_PER_USER must be a whole number from 1, got {n:?}"
+                )),
+            }
+        }
+        for (name, slot) in [
+            ("GATEHOUSE_MAX_JWT_LIFETIME", &mut config.max_jwt_lifetime),
+            ("GATEHOUSE_CLEANUP_INTERVAL", &mut config.cleanup_interval),
+            ("GATEHOUSE_RETENTION", &mut config.retention),
+        ] {
+            if let Some(v) = env(name) {
+                match parse_duration(&v) {
+                    Some(d) if !d.is_zero() => *slot = d,
+                    _ => problems.push(format!(
+                        "{name} must be a duration like 90s, 15m, 24h or 7d, got {v:?}"
+                    )),
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(format!(
+                "gatehouse-control serve cannot start:\n  - {}\nusage: {USAGE}",
+                problems.join("\n  - ")
+            ))
+        }
+    }
+}
+
+/// `90`, `90s`, `15m`, `24h`, `7d`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (s.get(..i)?, s.get(i..)?),
+        None => (s, "s"),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(mult).map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(pairs: &[(&str, &str)], args: &[&str]) -> Result<Config, String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        Config::parse(&args, &|k| map.get(k).cloned())
+    }
+
+    const TOKENS: [(&str, &str); 2] = [
+        ("GATEHOUSE_ADMIN_TOKEN", "admin-token-0123456789"),
+        ("GATEHOUSE_FEED_TOKEN", "feed-token-0123456789"),
+    ];
+
+    #[test]
+    fn missing_tokens_are_both_named() {
+        let err = parse(&[], &[]).unwrap_err();
+        assert!(err.contains("GATEHOUSE_ADMIN_TOKEN is not set"), "{err}");
+        assert!(err.contains("GATEHOUSE_FEED_TOKEN is not set"), "{err}");
+    }
+
+    #[test]
+    fn short_or_equal_tokens_are_refused() {
+        let err = parse(
+            &[
+                ("GATEHOUSE_ADMIN_TOKEN", "short"),
+                ("GATEHOUSE_FEED_TOKEN", "short"),
+            ],
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.contains("at least 16"), "{err}");
+        let same = "same-token-0123456789";
+        let err = parse(
+            &[
+                ("GATEHOUSE_ADMIN_TOKEN", same),
+                ("GATEHOUSE_FEED_TOKEN", same),
+            ],
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.contains("must differ"), "{err}");
+    }
+
+    #[test]
+    fn defaults_then_env_then_flags() {
+        let c = parse(&TOKENS, &[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(c.database_url, "sqlite://gatehouse-control.db");
+        assert_eq!(c.max_keys_per_user, 5);
+        assert_eq!(c.retention, Duration::from_secs(604_800));
+        let mut env = TOKENS.to_vec();
+        env.push(("GATEHOUSE_CONTROL_LISTEN", "127.0.0.1:9000"));
+        env.push(("GATEHOUSE_RETENTION", "2h"));
+        let c = parse(&env, &["--listen", "127.0.0.1:9001"]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9001");
+        assert_eq!(c.retention, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn tokens_match_only_themselves_and_never_print() {
+        let t = Token::new("admin-token-0123456789");
+        assert!(t.matches(b"admin-token-0123456789"));
+        assert!(!t.matches(b"admin-token-012345678"));
+        assert!(!format!("{t:?}").contains("admin"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("7w"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+}

@@ -1,0 +1,307 @@
+//! The key API: issue, list, show, rotate, revoke and verify API keys.
+//!
+//! A key's secret exists only in the response that issues it: the database keeps its
+//! SHA-256 (the same hash the plugin looks keys up by), and no other response, log line or
+//! audit event ever holds the secret or the hash.
+
+use crate::app::{AppState, RequestCtx};
+use crate::error::{ApiError, ApiJson, ApiQuery, OptionalJson};
+use crate::store::{KeyRow, NewKey, OldKeyEnd};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use gatehouse::api_key::{KeyHash, RANDOM_LEN, check_format, format_key, is_valid_id};
+use gatehouse::time::{UnixNanos, format_rfc3339};
+use serde::{Deserialize, Serialize};
+
+/// The longest `expires_in_days`: ten years.
+pub const MAX_EXPIRES_IN_DAYS: u32 = 3650;
+/// The longest rotation grace: 30 days.
+pub const MAX_GRACE_SECONDS: u32 = 30 * 86_400;
+pub const MAX_SCOPES: usize = 32;
+pub const MAX_DEVICE_NAME_CHARS: usize = 128;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    user_id: String,
+    tenant_id: String,
+    plan: String,
+    device_name: String,
+    expires_in_days: Option<u32>,
+    scopes: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    grace_seconds: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    user: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyKey {
+    api_key: String,
+}
+
+fn rfc3339(secs: i64) -> String {
+    format_rfc3339(UnixNanos::from_secs(u64::try_from(secs).unwrap_or(0)))
+}
+
+/// A key as the admin API shows it: never the secret, never its hash.
+#[derive(Serialize)]
+pub struct KeyView {
+    id: String,
+    user_id: String,
+    tenant_id: String,
+    plan: String,
+    device_name: String,
+    scopes: Vec<String>,
+    /// `active`, `revoked` (revoked, or past the end of a rotation's grace) or `expired`.
+    status: &'static str,
+    created_at: String,
+    /// When the key stops working on its own (its expiry, or a rotation's grace end).
+    expires_at: Option<String>,
+    revoked_at: Option<String>,
+    replaced_by: Option<String>,
+}
+
+impl KeyView {
+    fn of(k: &KeyRow, now: i64) -> KeyView {
+        let status = if !k.active || k.revoked_at.is_some_and(|t| t <= now) {
+            "revoked"
+        } else if k.effective_expiry().is_some_and(|e| e <= now) {
+            "expired"
+        } else {
+            "active"
+        };
+        KeyView {
+            id: k.id.clone(),
+            user_id: k.user_id.clone(),
+            tenant_id: k.tenant_id.clone(),
+            plan: k.plan.clone(),
+            device_name: k.device_name.clone(),
+            scopes: k.scopes.clone(),
+            status,
+            created_at: rfc3339(k.created_at),
+            expires_at: k.effective_expiry().map(rfc3339),
+            revoked_at: k.revoked_at.map(rfc3339),
+            replaced_by: k.replaced_by.clone(),
+        }
+    }
+}
+
+/// A freshly issued key: the record plus the secret, shown this once.
+#[derive(Serialize)]
+pub struct IssuedKey {
+    #[serde(flatten)]
+    key: KeyView,
+    api_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replaces: Option<KeyView>,
+}
+
+#[derive(Serialize)]
+pub struct KeyList {
+    keys: Vec<KeyView>,
+}
+
+#[derive(Serialize)]
+pub struct Verified {
+    valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scopes: Option<Vec<String>>,
+}
+
+fn check_id(field: &str, value: &str) -> Result<(), ApiError> {
+    if is_valid_id(value) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{field} must be 1 to 128 of A-Z a-z 0-9 . _ : @ + -"
+        )))
+    }
+}
+
+/// A new secret and its hash, and a new key id, all from the OS CSPRNG.
+fn draw_key(prefix: &str) -> Result<(String, String, String), ApiError> {
+    let random = crate::random::base62(RANDOM_LEN).map_err(|e| ApiError::internal(&e))?;
+    let id_part = crate::random::base62(16).map_err(|e| ApiError::internal(&e))?;
+    let secret = format_key(prefix, &random);
+    let hash = KeyHash::of_key(secret.as_bytes()).to_hex();
+    Ok((secret, hash, format!("key_{id_part}")))
+}
+
+pub async fn create(
+    State(s): State<AppState>,
+    ctx: RequestCtx,
+    ApiJson(body): ApiJson<CreateKey>,
+) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
+    check_id("user_id", &body.user_id)?;
+    check_id("tenant_id", &body.tenant_id)?;
+    check_id("plan", &body.plan)?;
+    let device = body.device_name.trim();
+    if device.is_empty()
+        || device.chars().count() > MAX_DEVICE_NAME_CHARS
+        || device.chars().any(char::is_control)
+    {
+        return Err(ApiError::bad_request(format!(
+            "device_name must be 1 to {MAX_DEVICE_NAME_CHARS} characters, no control characters"
+        )));
+    }
+    let mut scopes = body.scopes.unwrap_or_default();
+    if scopes.len() > MAX_SCOPES {
+        return Err(ApiError::bad_request(format!(
+            "scopes may hold at most {MAX_SCOPES} entries"
+        )));
+    }
+    for scope in &scopes {
+        check_id("each scope", scope)?;
+    }
+    scopes.sort();
+    scopes.dedup();
+    let now = s.clock.now_secs();
+    let expires_at = match body.expires_in_days {
+        None => None,
+        Some(d) if (1..=MAX_EXPIRES_IN_DAYS).contains(&d) => {
+            Some(now.saturating_add(i64::from(d) * 86_400))
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "expires_in_days must be from 1 to {MAX_EXPIRES_IN_DAYS}"
+            )));
+        }
+    };
+    let (secret, sha256, id) = draw_key(&s.config.key_prefix)?;
+    let new = NewKey {
+        id,
+        sha256,
+        user_id: body.user_id,
+        tenant_id: body.tenant_id,
+        plan: body.plan,
+        device_name: device.to_string(),
+        scopes,
+        expires_at,
+    };
+    let row = s
+        .store
+        .create_key(new, s.config.max_keys_per_user, &ctx.change(now))
+        .await?;
+    s.committed(row.version);
+    Ok((
+        StatusCode::CREATED,
+        Json(IssuedKey {
+            key: KeyView::of(&row, now),
+            api_key: secret,
+            replaces: None,
+        }),
+    ))
+}
+
+pub async fn list(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<KeyList>, ApiError> {
+    check_id("user", &q.user)?;
+    let now = s.clock.now_secs();
+    let keys = s.store.list_keys(&q.user).await?;
+    Ok(Json(KeyList {
+        keys: keys.iter().map(|k| KeyView::of(k, now)).collect(),
+    }))
+}
+
+pub async fn get(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    match s.store.get_key(&id).await? {
+        Some(k) => Ok(Json(KeyView::of(&k, s.clock.now_secs()))),
+        None => Err(ApiError::not_found("no such key")),
+    }
+}
+
+pub async fn rotate(
+    State(s): State<AppState>,
+    ctx: RequestCtx,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<RotateKey>,
+) -> Result<Json<IssuedKey>, ApiError> {
+    let now = s.clock.now_secs();
+    let end = match body.grace_seconds {
+        None | Some(0) => OldKeyEnd::Now,
+        Some(g) if g <= MAX_GRACE_SECONDS => OldKeyEnd::At(now.saturating_add(i64::from(g))),
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "grace_seconds must be from 0 to {MAX_GRACE_SECONDS}"
+            )));
+        }
+    };
+    let (secret, sha256, new_id) = draw_key(&s.config.key_prefix)?;
+    let (old, new) = s
+        .store
+        .rotate_key(&id, new_id, sha256, end, &ctx.change(now))
+        .await?;
+    s.committed(new.version);
+    Ok(Json(IssuedKey {
+        key: KeyView::of(&new, now),
+        api_key: secret,
+        replaces: Some(KeyView::of(&old, now)),
+    }))
+}
+
+pub async fn revoke(
+    State(s): State<AppState>,
+    ctx: RequestCtx,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    let now = s.clock.now_secs();
+    let row = s.store.revoke_key(&id, &ctx.change(now)).await?;
+    s.committed(row.version);
+    Ok(Json(KeyView::of(&row, now)))
+}
+
+pub async fn verify(
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<VerifyKey>,
+) -> Result<Json<Verified>, ApiError> {
+    let invalid = Verified {
+        valid: false,
+        key_id: None,
+        user_id: None,
+        tenant_id: None,
+        plan: None,
+        scopes: None,
+    };
+    // A mistyped or made-up key is refused without a lookup, as the plugin does.
+    if body.api_key.len() > gatehouse::api_key::MAX_PRESENTED_KEY_LEN
+        || check_format(body.api_key.as_bytes()).is_err()
+    {
+        return Ok(Json(invalid));
+    }
+    let hash = KeyHash::of_key(body.api_key.as_bytes()).to_hex();
+    match s.store.find_key_by_hash(&hash).await? {
+        Some(k) if k.usable_at(s.clock.now_secs()) => Ok(Json(Verified {
+            valid: true,
+            key_id: Some(k.id),
+            user_id: Some(k.user_id),
+            tenant_id: Some(k.tenant_id),
+            plan: Some(k.plan),
+            scopes: Some(k.scopes),
+        })),
+        _ => Ok(Json(invalid)),
+    }
+}

@@ -1,0 +1,32 @@
+//! gatehouse-control: the control service. It issues, rotates and revokes API keys,
+//! revokes JWTs (per user and per jti), keeps an audit trail, and feeds the proxies' key
+//! cache (`GET /v1/cache`, contract in `control/FEED.md`). The binary also keeps the
+//! offline key tool (`new-key`, `hash-key`, `mint-jwt`) in `main.rs`.
+//!
+//! Where things live:
+//! - `app.rs`: the router, the bearer-token checks and the per-request middleware;
+//! - `keys.rs`, `revocations.rs`, `audit.rs`, `feed.rs`, `health.rs`: the handlers;
+//! - `error.rs`: the one JSON error shape, for handler errors and axum's rejections;
+//! - `store/`: the storage trait and its SQLite implementation (migrations in
+//!   `control/migrations/sqlite/`);
+//! - `cleanup.rs`: the job that purges what expired longer ago than the retention;
+//! - `config.rs`: `serve` settings; `clock.rs`: the clock; `random.rs`: the CSPRNG.
+//!
+//! It must never log, store or echo a key's secret (only the issuing response holds it)
+//! or a bearer token, and has no default secret.
+
+pub mod app;
+pub mod audit;
+pub mod cleanup;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod feed;
+pub mod health;
+pub mod keys;
+pub mod random;
+pub mod revocations;
+pub mod serve;
+pub mod store;
+
+pub use app::{AppState, router};

@@ -1,0 +1,66 @@
+//! `gatehouse-control serve`: opens the database, starts the cleanup job and serves the
+//! router until SIGINT or SIGTERM.
+
+use crate::app::{AppState, router};
+use crate::clock::SystemClock;
+use crate::config::Config;
+use crate::store::sqlite::SqliteStore;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// JSON log lines on stderr; `RUST_LOG` filters them (defaults to `info`).
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+pub async fn run(config: Config) -> Result<(), String> {
+    init_logs();
+    let store = SqliteStore::open(&config.database_url)
+        .await
+        .map_err(|e| format!("opening {}: {e}", config.database_url))?;
+    let listen = config.listen;
+    let state = AppState::new(Arc::new(store), config, Arc::new(SystemClock))
+        .await
+        .map_err(|e| format!("reading the database: {e}"))?;
+    let cleanup = crate::cleanup::spawn(state.clone());
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("listening on {listen}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(listen = %bound, "gatehouse-control serving");
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("serving: {e}"));
+    cleanup.abort();
+    tracing::info!("gatehouse-control stopped");
+    served
+}

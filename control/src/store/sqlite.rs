@@ -1,0 +1,512 @@
+//! The SQLite store: one file, WAL, one writer connection and a small reader pool.
+//!
+//! SQLite allows one writer at a time; a pool of one write connection makes that explicit
+//! instead of turning contention into `SQLITE_BUSY`. Write transactions start with
+//! `BEGIN IMMEDIATE`, so the per-user key count and the insert that depends on it hold the
+//! write lock together (a deferred transaction would read, then fail to upgrade). Readers
+//! use their own connections and, in WAL mode, never wait for the writer; the feed reads
+//! the version and the rows in one read transaction, so they agree.
+
+use super::{
+    AuditEvent, ChangeCtx, FeedAnswer, FeedKey, FeedPage, JtiRevocation, KeyRow, NewKey, OldKeyEnd,
+    PurgeCounts, Store, StoreError, StoreResult, UserRevocation,
+};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, SqliteConnection};
+use std::str::FromStr;
+use std::time::Duration;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+const KEY_COLUMNS: &str = "id, sha256, user_id, tenant_id, plan, device_name, scopes, \
+    created_at, expires_at, grace_until, revoked_at, active, replaced_by, version";
+
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating the file on first start) and migrates the database at `url`
+    /// (`sqlite://path` or `sqlite:path`), and makes the feed epoch if it is new.
+    pub async fn open(url: &str) -> StoreResult<SqliteStore> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR.run(&writer).await?;
+        let epoch = crate::random::hex(8).map_err(|e| StoreError::Database(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO meta (id, seq, epoch, purged_through) VALUES (1, 0, ?, 0) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(epoch)
+        .execute(&writer)
+        .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(SqliteStore { writer, reader })
+    }
+
+    async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+/// Bumps the feed version and writes the audit event: the first two steps of every change.
+async fn bump(
+    tx: &mut SqliteConnection,
+    ctx: &ChangeCtx,
+    action: &str,
+    target: &str,
+) -> StoreResult<i64> {
+    let version: i64 =
+        sqlx::query_scalar("UPDATE meta SET seq = seq + 1 WHERE id = 1 RETURNING seq")
+            .fetch_one(&mut *tx)
+            .await?;
+    sqlx::query(
+        "INSERT INTO audit_events (at, actor, action, target, request_id, client, version) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(ctx.now)
+    .bind(&ctx.actor)
+    .bind(action)
+    .bind(target)
+    .bind(&ctx.request_id)
+    .bind(&ctx.client)
+    .bind(version)
+    .execute(&mut *tx)
+    .await?;
+    Ok(version)
+}
+
+fn key_row(row: &SqliteRow) -> StoreResult<KeyRow> {
+    let scopes: String = row.try_get("scopes")?;
+    Ok(KeyRow {
+        id: row.try_get("id")?,
+        sha256: row.try_get("sha256")?,
+        user_id: row.try_get("user_id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        plan: row.try_get("plan")?,
+        device_name: row.try_get("device_name")?,
+        scopes: serde_json::from_str(&scopes)
+            .map_err(|e| StoreError::Database(format!("scopes column: {e}")))?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        grace_until: row.try_get("grace_until")?,
+        revoked_at: row.try_get("revoked_at")?,
+        active: row.try_get("active")?,
+        replaced_by: row.try_get("replaced_by")?,
+        version: row.try_get("version")?,
+    })
+}
+
+async fn key_by_id(conn: &mut SqliteConnection, id: &str) -> StoreResult<Option<KeyRow>> {
+    let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?");
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(key_row).transpose()
+}
+
+async fn insert_key(
+    conn: &mut SqliteConnection,
+    key: &NewKey,
+    now: i64,
+    version: i64,
+) -> StoreResult<KeyRow> {
+    let scopes = serde_json::to_string(&key.scopes)
+        .map_err(|e| StoreError::Database(format!("scopes: {e}")))?;
+    sqlx::query(
+        "INSERT INTO api_keys (id, sha256, user_id, tenant_id, plan, device_name, scopes, \
+         created_at, expires_at, revoked_at, active, replaced_by, version) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, NULL, ?)",
+    )
+    .bind(&key.id)
+    .bind(&key.sha256)
+    .bind(&key.user_id)
+    .bind(&key.tenant_id)
+    .bind(&key.plan)
+    .bind(&key.device_name)
+    .bind(scopes)
+    .bind(now)
+    .bind(key.expires_at)
+    .bind(version)
+    .execute(&mut *conn)
+    .await?;
+    Ok(KeyRow {
+        id: key.id.clone(),
+        sha256: key.sha256.clone(),
+        user_id: key.user_id.clone(),
+        tenant_id: key.tenant_id.clone(),
+        plan: key.plan.clone(),
+        device_name: key.device_name.clone(),
+        scopes: key.scopes.clone(),
+        created_at: now,
+        expires_at: key.expires_at,
+        grace_until: None,
+        revoked_at: None,
+        active: true,
+        replaced_by: None,
+        version,
+    })
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT seq FROM meta WHERE id = 1")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(())
+    }
+
+    async fn version(&self) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("SELECT seq FROM meta WHERE id = 1")
+            .fetch_one(&self.reader)
+            .await?)
+    }
+
+    async fn create_key(
+        &self,
+        key: NewKey,
+        max_active: u32,
+        ctx: &ChangeCtx,
+    ) -> StoreResult<KeyRow> {
+        let mut tx = self.begin_write().await?;
+        let active: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM api_keys WHERE user_id = ? AND active = 1 \
+             AND replaced_by IS NULL AND (expires_at IS NULL OR expires_at > ?)",
+        )
+        .bind(&key.user_id)
+        .bind(ctx.now)
+        .fetch_one(&mut *tx)
+        .await?;
+        if active >= i64::from(max_active) {
+            return Err(StoreError::KeyLimit(max_active));
+        }
+        let version = bump(&mut tx, ctx, "key.create", &key.id).await?;
+        let row = insert_key(&mut tx, &key, ctx.now, version).await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    async fn get_key(&self, id: &str) -> StoreResult<Option<KeyRow>> {
+        let mut conn = self.reader.acquire().await?;
+        key_by_id(&mut conn, id).await
+    }
+
+    async fn list_keys(&self, user_id: &str) -> StoreResult<Vec<KeyRow>> {
+        let sql =
+            format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = ? ORDER BY created_at, id");
+        let rows = sqlx::query(&sql)
+            .bind(user_id)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(key_row).collect()
+    }
+
+    async fn find_key_by_hash(&self, sha256: &str) -> StoreResult<Option<KeyRow>> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE sha256 = ?");
+        let row = sqlx::query(&sql)
+            .bind(sha256)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(key_row).transpose()
+    }
+
+    async fn rotate_key(
+        &self,
+        id: &str,
+        new_id: String,
+        new_sha256: String,
+        end: OldKeyEnd,
+        ctx: &ChangeCtx,
+    ) -> StoreResult<(KeyRow, KeyRow)> {
+        let mut tx = self.begin_write().await?;
+        let Some(old) = key_by_id(&mut tx, id).await? else {
+            return Err(StoreError::NotFound);
+        };
+        if !old.active || old.replaced_by.is_some() {
+            return Err(StoreError::Conflict(
+                "the key is revoked or already rotated",
+            ));
+        }
+        if !old.usable_at(ctx.now) {
+            return Err(StoreError::Conflict("the key has expired"));
+        }
+        let version = bump(&mut tx, ctx, "key.rotate", id).await?;
+        // The new key inherits the old expiry: a rotation never extends a key's life.
+        let new_key = NewKey {
+            id: new_id,
+            sha256: new_sha256,
+            user_id: old.user_id.clone(),
+            tenant_id: old.tenant_id.clone(),
+            plan: old.plan.clone(),
+            device_name: old.device_name.clone(),
+            scopes: old.scopes.clone(),
+            expires_at: old.expires_at,
+        };
+        let new = insert_key(&mut tx, &new_key, ctx.now, version).await?;
+        let mut old = old;
+        old.replaced_by = Some(new.id.clone());
+        old.version = version;
+        match end {
+            OldKeyEnd::Now => {
+                old.active = false;
+                old.revoked_at = Some(ctx.now);
+            }
+            // Kept active with an earlier effective expiry: the proxies refuse it from then
+            // on by themselves, with no feed change needed at that instant. `expires_at`
+            // itself stays, so the row is purged no sooner than any copy a proxy holds.
+            OldKeyEnd::At(t) => {
+                old.grace_until = Some(t);
+                old.revoked_at = old.effective_expiry();
+            }
+        }
+        sqlx::query(
+            "UPDATE api_keys SET active = ?, revoked_at = ?, grace_until = ?, replaced_by = ?, \
+             version = ? WHERE id = ?",
+        )
+        .bind(old.active)
+        .bind(old.revoked_at)
+        .bind(old.grace_until)
+        .bind(&old.replaced_by)
+        .bind(version)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((old, new))
+    }
+
+    async fn revoke_key(&self, id: &str, ctx: &ChangeCtx) -> StoreResult<KeyRow> {
+        let mut tx = self.begin_write().await?;
+        let Some(mut key) = key_by_id(&mut tx, id).await? else {
+            return Err(StoreError::NotFound);
+        };
+        if !key.active {
+            return Ok(key);
+        }
+        let version = bump(&mut tx, ctx, "key.revoke", id).await?;
+        key.active = false;
+        key.revoked_at = Some(key.revoked_at.map_or(ctx.now, |t| t.min(ctx.now)));
+        key.version = version;
+        sqlx::query("UPDATE api_keys SET active = 0, revoked_at = ?, version = ? WHERE id = ?")
+            .bind(key.revoked_at)
+            .bind(version)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    async fn revoke_user_tokens(
+        &self,
+        user_id: &str,
+        tokens_issued_before: i64,
+        until: Option<i64>,
+        ctx: &ChangeCtx,
+    ) -> StoreResult<UserRevocation> {
+        let mut tx = self.begin_write().await?;
+        let version = bump(&mut tx, ctx, "user.revoke_tokens", user_id).await?;
+        // A watermark never moves back, and its end never comes sooner.
+        let row = sqlx::query(
+            "INSERT INTO user_revocations (user_id, tokens_issued_before, until, version) \
+             VALUES (?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET \
+             tokens_issued_before = MAX(tokens_issued_before, excluded.tokens_issued_before), \
+             until = CASE WHEN until IS NULL OR excluded.until IS NULL THEN NULL \
+                          ELSE MAX(until, excluded.until) END, \
+             version = excluded.version \
+             RETURNING tokens_issued_before, until",
+        )
+        .bind(user_id)
+        .bind(tokens_issued_before)
+        .bind(until)
+        .bind(version)
+        .fetch_one(&mut *tx)
+        .await?;
+        let out = UserRevocation {
+            user: user_id.to_string(),
+            tokens_issued_before: row.try_get("tokens_issued_before")?,
+            until: row.try_get("until")?,
+            version,
+        };
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn revoke_jti(
+        &self,
+        jti_sha256: &str,
+        until: Option<i64>,
+        ctx: &ChangeCtx,
+    ) -> StoreResult<JtiRevocation> {
+        let mut tx = self.begin_write().await?;
+        // The audit target is the hash: the jti itself is not stored anywhere.
+        let version = bump(&mut tx, ctx, "token.revoke", jti_sha256).await?;
+        let row = sqlx::query(
+            "INSERT INTO jti_revocations (jti_sha256, until, version) VALUES (?, ?, ?) \
+             ON CONFLICT (jti_sha256) DO UPDATE SET \
+             until = CASE WHEN until IS NULL OR excluded.until IS NULL THEN NULL \
+                          ELSE MAX(until, excluded.until) END, \
+             version = excluded.version \
+             RETURNING until",
+        )
+        .bind(jti_sha256)
+        .bind(until)
+        .bind(version)
+        .fetch_one(&mut *tx)
+        .await?;
+        let out = JtiRevocation {
+            jti_sha256: jti_sha256.to_string(),
+            until: row.try_get("until")?,
+            version,
+        };
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn audit(&self, limit: u32) -> StoreResult<Vec<AuditEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, target, request_id, client, version \
+             FROM audit_events ORDER BY id DESC LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEvent {
+                    id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    target: r.try_get("target")?,
+                    request_id: r.try_get("request_id")?,
+                    client: r.try_get("client")?,
+                    version: r.try_get("version")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn feed(&self, since: i64) -> StoreResult<FeedAnswer> {
+        // One read transaction: the version and the rows come from one snapshot.
+        let mut tx = self.reader.begin().await?;
+        let meta = sqlx::query("SELECT seq, epoch, purged_through FROM meta WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let seq: i64 = meta.try_get("seq")?;
+        let epoch: String = meta.try_get("epoch")?;
+        let purged_through: i64 = meta.try_get("purged_through")?;
+        if since > 0 && since < purged_through && since <= seq {
+            return Ok(FeedAnswer::Gone);
+        }
+        // since 0, or ahead of this database (restored from an older backup): everything.
+        let full = since <= 0 || since > seq;
+        let after = if full { 0 } else { since };
+        let sql =
+            format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE version > ? ORDER BY version, id");
+        let keys = sqlx::query(&sql)
+            .bind(after)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| key_row(r).map(|k| FeedKey::from(&k)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let users = sqlx::query(
+            "SELECT user_id, tokens_issued_before, until, version FROM user_revocations \
+             WHERE version > ? ORDER BY version, user_id",
+        )
+        .bind(after)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(UserRevocation {
+                user: r.try_get("user_id")?,
+                tokens_issued_before: r.try_get("tokens_issued_before")?,
+                until: r.try_get("until")?,
+                version: r.try_get("version")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        let jtis = sqlx::query(
+            "SELECT jti_sha256, until, version FROM jti_revocations \
+             WHERE version > ? ORDER BY version, jti_sha256",
+        )
+        .bind(after)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(JtiRevocation {
+                jti_sha256: r.try_get("jti_sha256")?,
+                until: r.try_get("until")?,
+                version: r.try_get("version")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(FeedAnswer::Page(FeedPage {
+            epoch,
+            version: seq,
+            full,
+            keys,
+            users,
+            jtis,
+        }))
+    }
+
+    async fn purge(&self, cutoff: i64, batch: u32) -> StoreResult<PurgeCounts> {
+        let mut tx = self.begin_write().await?;
+        let limit = i64::from(batch);
+        let mut counts = PurgeCounts::default();
+        let mut highest: i64 = 0;
+        for (table, id_col, end_col) in [
+            ("api_keys", "id", "expires_at"),
+            ("user_revocations", "user_id", "until"),
+            ("jti_revocations", "jti_sha256", "until"),
+        ] {
+            let rows = sqlx::query(&format!(
+                "DELETE FROM {table} WHERE {id_col} IN (SELECT {id_col} FROM {table} \
+                 WHERE {end_col} IS NOT NULL AND {end_col} < ? LIMIT ?) RETURNING version"
+            ))
+            .bind(cutoff)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+            for r in &rows {
+                highest = highest.max(r.try_get::<i64, _>("version")?);
+            }
+            let n = rows.len() as u64;
+            match table {
+                "api_keys" => counts.keys = n,
+                "user_revocations" => counts.users = n,
+                _ => counts.jtis = n,
+            }
+        }
+        if highest > 0 {
+            sqlx::query("UPDATE meta SET purged_through = MAX(purged_through, ?) WHERE id = 1")
+                .bind(highest)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(counts)
+    }
+}

@@ -1,0 +1,175 @@
+//! `gatehouse-control serve` as a real process on a real socket.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::disallowed_methods,
+    reason = "tests: a failure panics; wall-clock timeouts bound real waits"
+)]
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "admin-token-for-serve-test";
+const FEED: &str = "feed-token-for-serve-test";
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gatehouse-control"));
+    for var in [
+        "GATEHOUSE_ADMIN_TOKEN",
+        "GATEHOUSE_FEED_TOKEN",
+        "GATEHOUSE_CONTROL_LISTEN",
+        "GATEHOUSE_DATABASE_URL",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+#[test]
+fn serve_fails_fast_naming_the_missing_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("never.db");
+    let started = Instant::now();
+    let out = bin()
+        .args([
+            "serve",
+            "--database-url",
+            &format!("sqlite://{}", db.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("GATEHOUSE_ADMIN_TOKEN is not set"), "{err}");
+    assert!(err.contains("GATEHOUSE_FEED_TOKEN is not set"), "{err}");
+    // Nothing was opened.
+    assert!(!db.exists());
+
+    let out = bin()
+        .arg("serve")
+        .env("GATEHOUSE_ADMIN_TOKEN", ADMIN)
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!err.contains("GATEHOUSE_ADMIN_TOKEN is not set"), "{err}");
+    assert!(err.contains("GATEHOUSE_FEED_TOKEN is not set"), "{err}");
+    assert!(!err.contains(ADMIN), "a token was printed: {err}");
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 request; returns (status, body).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("authorization: Bearer {t}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() {
+        req.push_str("content-type: application/json\r\n");
+    }
+    req.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.get(9..12).unwrap().parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn serve_answers_on_a_real_socket_and_records_the_client_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("control.db");
+    let port = free_port();
+    let child = bin()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("GATEHOUSE_ADMIN_TOKEN", ADMIN)
+        .env("GATEHOUSE_FEED_TOKEN", FEED)
+        .env(
+            "GATEHOUSE_DATABASE_URL",
+            format!("sqlite://{}", db.display()),
+        )
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = Server(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(db.exists(), "the database is created on first start");
+    assert_eq!(http(port, "GET", "/readyz", None, None).0, 200);
+    let (status, body) = http(
+        port,
+        "POST",
+        "/v1/keys",
+        Some(ADMIN),
+        Some(r#"{"user_id":"u1","tenant_id":"t1","plan":"team","device_name":"ci"}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let key: Value = serde_json::from_str(&body).unwrap();
+    let secret = key["api_key"].as_str().unwrap().to_string();
+    let (status, body) = http(port, "GET", "/v1/audit", Some(ADMIN), None);
+    assert_eq!(status, 200);
+    let audit: Value = serde_json::from_str(&body).unwrap();
+    let client = audit["events"][0]["client"].as_str().unwrap();
+    assert!(client.starts_with("127.0.0.1:"), "{client}");
+    let (status, body) = http(port, "GET", "/v1/cache?since=0", Some(FEED), None);
+    assert_eq!(status, 200);
+    assert!(body.contains(key["id"].as_str().unwrap()));
+
+    let _ = server.0.kill();
+    let _ = server.0.wait();
+    let mut logs = String::new();
+    server
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    // JSON log lines, none holding a secret.
+    let lines: Vec<&str> = logs.lines().collect();
+    assert!(lines.len() >= 4, "{logs}");
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(v["level"].is_string());
+    }
+    for secret in [secret.as_str(), ADMIN, FEED] {
+        assert!(!logs.contains(secret), "a secret in the logs");
+    }
+}
