@@ -653,10 +653,23 @@ impl HttpContext for Filter {
         }
         // Repeated x-forwarded-for lines are one list (RFC 9110 §5.3).
         let forwarded_for = (!forwarded.is_empty()).then(|| forwarded.join(&b","[..]));
-        let source_address = hostcalls::get_property(vec!["source", "address"])
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        // The client address counts only for callers without an identity (anonymous
+        // limits) and for route limits `by: ip`: a request with an API key on a policy
+        // without the latter never needs it, so it costs no host call. (A request without
+        // a key may still be anonymous whatever its Authorization header says.)
+        let anonymous = matches!(api_key, Presented::None);
+        let by_ip = policy
+            .routes
+            .iter()
+            .any(|r| r.limits.iter().any(|l| l.by == crate::policy::LimitBy::Ip));
+        let source_address = if anonymous || by_ip {
+            hostcalls::get_property(vec!["source", "address"])
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
 
         let head = RequestHead {
             method,
