@@ -2,11 +2,11 @@
 //! the control service, and how the filter knows whether the cache is fresh enough.
 //!
 //! Contract: `control/FEED.md`. The sync polls
-//! `GET <path>?since=<version>&wait=<seconds>`; each 200 answer carries an `epoch`, a
-//! `version` and the latest state of every key, user watermark and jti entry changed in
-//! `(since, version]` (or everything still in the feed when `full` is true). This module
-//! parses an answer ([`parse_answer`]) and writes it into shared data ([`apply`]), one
-//! small value per entry, in the encodings the filter already reads:
+//! `GET <path>?since=<version>&epoch=<epoch>&wait=<seconds>`; each 200 answer carries an
+//! `epoch`, a `version` and the latest state of every key, user watermark and jti entry
+//! changed in `(since, version]` (or everything still in the feed when `full` is true).
+//! This module parses an answer ([`parse_answer`]) and writes it into shared data
+//! ([`apply`]), one small value per entry, in the encodings the filter already reads:
 //!
 //! - `k/<sha256 hex>` → [`KeyRecord`] with origin [`Origin::Feed`] (`active: false` for a
 //!   tombstone: shared data has no delete, the filter refuses inactive records);
@@ -375,9 +375,16 @@ pub fn stale(store: &impl SharedStore, now_secs: u64, bound_secs: u64) -> bool {
 }
 
 /// The query the next poll sends: `since=<version>&wait=<secs>`.
-pub fn poll_path(path: &str, since: u64, wait_secs: u64) -> String {
+/// The poll's path. `epoch` goes with a nonzero `since` (FEED.md): a server whose database
+/// was re-created then answers a snapshot instead of changes counted from a version of
+/// another database. An epoch is only ever one [`parse_answer`] accepted (URL-safe
+/// characters), so it needs no escaping.
+pub fn poll_path(path: &str, since: u64, epoch: Option<&str>, wait_secs: u64) -> String {
     let sep = if path.contains('?') { '&' } else { '?' };
-    format!("{path}{sep}since={since}&wait={wait_secs}")
+    match epoch.filter(|e| since > 0 && valid_epoch(e)) {
+        Some(e) => format!("{path}{sep}since={since}&epoch={e}&wait={wait_secs}"),
+        None => format!("{path}{sep}since={since}&wait={wait_secs}"),
+    }
 }
 
 #[cfg(test)]
@@ -588,9 +595,25 @@ mod tests {
     }
 
     #[test]
-    fn the_poll_path_carries_since_and_wait() {
-        assert_eq!(poll_path("/v1/cache", 0, 20), "/v1/cache?since=0&wait=20");
-        assert_eq!(poll_path("/c?x=1", 9, 5), "/c?x=1&since=9&wait=5");
+    fn the_poll_path_carries_since_epoch_and_wait() {
+        assert_eq!(
+            poll_path("/v1/cache", 0, None, 20),
+            "/v1/cache?since=0&wait=20"
+        );
+        assert_eq!(poll_path("/c?x=1", 9, None, 5), "/c?x=1&since=9&wait=5");
+        assert_eq!(
+            poll_path("/v1/cache", 9, Some("3f1c9a2e7b6d4e01"), 5),
+            "/v1/cache?since=9&epoch=3f1c9a2e7b6d4e01&wait=5"
+        );
+        // A snapshot needs no epoch; an epoch that could break the query is never sent.
+        assert_eq!(
+            poll_path("/v1/cache", 0, Some("e1"), 5),
+            "/v1/cache?since=0&wait=5"
+        );
+        assert_eq!(
+            poll_path("/v1/cache", 9, Some("a&b"), 5),
+            "/v1/cache?since=9&wait=5"
+        );
     }
 
     #[test]

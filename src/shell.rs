@@ -178,16 +178,34 @@ struct FeedSync {
     feed: FeedPolicy,
     /// `Bearer <token>`, read from `feed.token_env` on configure.
     authorization: String,
-    /// The poll in flight and when it was sent (unix secs): one at a time.
-    in_flight: Option<(u32, u64)>,
+    /// The poll in flight: one at a time.
+    in_flight: Option<Poll>,
     /// The server answered 410: ask for a snapshot (`since=0`) next.
     full_next: bool,
+    /// Polls sent straight after an answer since the last tick.
+    quick_polls: u32,
+    /// The last poll failed: the next one asks not to be held (`wait=0`), so the cache
+    /// is fresh again as soon as the server answers, not a long poll later.
+    recovering: bool,
     fed: feed::FedKeys,
     metrics: FeedMetrics,
 }
 
+/// A poll sent and not yet answered.
+#[derive(Clone, Copy)]
+struct Poll {
+    token: u32,
+    /// When it was sent (unix secs).
+    sent: u64,
+    /// The version it asked from (0: a snapshot).
+    since: u64,
+    /// How long it asked the server to hold it (secs).
+    wait: u64,
+}
+
 impl FeedSync {
-    fn failed(&self, why: &str) {
+    fn failed(&mut self, why: &str) {
+        self.recovering = true;
         FeedMetrics::add(self.metrics.failures, 1);
         log(
             LogLevel::Warn,
@@ -200,19 +218,32 @@ impl FeedSync {
         if let Some(age) = feed::age_secs(&HostStore, now) {
             FeedMetrics::set(self.metrics.last_sync_age, age);
         }
-        if let Some((_, sent)) = self.in_flight {
+        self.quick_polls = 0;
+        if let Some(poll) = self.in_flight {
             // Envoy always answers a dispatched call (at the latest with its timeout);
             // this only guards against a host that does not.
-            if now.saturating_sub(sent) <= self.feed.wait_secs + 10 {
+            if now.saturating_sub(poll.sent) <= poll.wait + 10 {
                 return;
             }
             self.in_flight = None;
         }
-        let since = match (self.full_next, feed::read_state(&HostStore)) {
-            (false, Some(state)) => state.version,
-            _ => 0,
+        self.poll(now);
+    }
+
+    /// Sends the next long poll: from the version in `feed/state`, or a snapshot after a
+    /// 410 or before the first answer.
+    fn poll(&mut self, now: u64) {
+        let state = feed::read_state(&HostStore);
+        let (since, epoch) = match (self.full_next, &state) {
+            (false, Some(state)) => (state.version, Some(state.epoch.as_str())),
+            _ => (0, None),
         };
-        let path = feed::poll_path(&self.feed.path, since, self.feed.wait_secs);
+        let wait = if self.recovering {
+            0
+        } else {
+            self.feed.wait_secs
+        };
+        let path = feed::poll_path(&self.feed.path, since, epoch, wait);
         let headers = vec![
             (":method", "GET"),
             (":path", path.as_str()),
@@ -220,9 +251,16 @@ impl FeedSync {
             ("authorization", self.authorization.as_str()),
             ("accept", "application/json"),
         ];
-        let timeout = std::time::Duration::from_secs(self.feed.wait_secs + 5);
+        let timeout = std::time::Duration::from_secs(wait + 5);
         match hostcalls::dispatch_http_call(&self.feed.cluster, headers, None, vec![], timeout) {
-            Ok(token) => self.in_flight = Some((token, now)),
+            Ok(token) => {
+                self.in_flight = Some(Poll {
+                    token,
+                    sent: now,
+                    since,
+                    wait,
+                })
+            }
             Err(status) => self.failed(&format!(
                 "not sent to cluster {}: {status:?}",
                 self.feed.cluster
@@ -230,10 +268,34 @@ impl FeedSync {
         }
     }
 
+    /// Handles an answer, then polls again at once when waiting for the next tick would
+    /// only delay news: the answer carried changes (more may be queued behind them), the
+    /// poll was held its full `wait` (a `wait=0` poll after a failure counts), or the
+    /// server asked for a snapshot (410). So a long poll is nearly always in flight and a
+    /// change reaches shared data one round trip after it commits. A server that answers
+    /// at once with nothing new waits for the tick, and at most [`QUICK_POLLS_PER_TICK`]
+    /// polls go out between two ticks, so no answer can make the sync spin.
     fn on_response(&mut self, token: u32, body_size: usize) {
-        if self.in_flight.is_some_and(|(t, _)| t == token) {
+        let ours = self.in_flight.filter(|p| p.token == token);
+        if ours.is_some() {
             self.in_flight = None;
         }
+        let now = now_secs();
+        let again = match self.answer(body_size, now) {
+            Next::Tick => false,
+            Next::Snapshot => ours.is_some_and(|p| p.since != 0),
+            Next::Applied { version, news } => ours.is_some_and(|p| {
+                news || version > p.since || now.saturating_sub(p.sent) + 1 >= p.wait
+            }),
+        };
+        if again && self.in_flight.is_none() && self.quick_polls < QUICK_POLLS_PER_TICK {
+            self.quick_polls += 1;
+            self.poll(now);
+        }
+    }
+
+    /// Reads and applies one answer; says what the next poll should be.
+    fn answer(&mut self, body_size: usize, now: u64) -> Next {
         let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten()
@@ -246,15 +308,20 @@ impl FeedSync {
                     LogLevel::Info,
                     "feed: the server no longer has our version (410); asking for a snapshot",
                 );
-                return;
+                return Next::Snapshot;
             }
-            b"" => return self.failed("no answer (timeout or connection failure)"),
+            b"" => {
+                self.failed("no answer (timeout or connection failure)");
+                return Next::Tick;
+            }
             other => {
-                return self.failed(&format!("status {}", String::from_utf8_lossy(other)));
+                self.failed(&format!("status {}", String::from_utf8_lossy(other)));
+                return Next::Tick;
             }
         }
         if body_size > feed::MAX_ANSWER_BYTES {
-            return self.failed(&feed::FeedError::TooLarge(body_size).to_string());
+            self.failed(&feed::FeedError::TooLarge(body_size).to_string());
+            return Next::Tick;
         }
         let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
             .ok()
@@ -262,7 +329,10 @@ impl FeedSync {
             .unwrap_or_default();
         let answer = match feed::parse_answer(&body) {
             Ok(answer) => answer,
-            Err(e) => return self.failed(&e.to_string()),
+            Err(e) => {
+                self.failed(&e.to_string());
+                return Next::Tick;
+            }
         };
         if answer.skipped > 0 {
             FeedMetrics::add(self.metrics.records_skipped, answer.skipped as u64);
@@ -274,7 +344,7 @@ impl FeedSync {
                 ),
             );
         }
-        match feed::apply(&HostStore, &answer, &mut self.fed, now_secs()) {
+        match feed::apply(&HostStore, &answer, &mut self.fed, now) {
             Ok(applied) => {
                 self.full_next = false;
                 FeedMetrics::set(self.metrics.version, answer.version);
@@ -300,11 +370,32 @@ impl FeedSync {
                         }
                     ),
                 );
+                self.recovering = false;
+                Next::Applied {
+                    version: answer.version,
+                    news: applied.snapshot || applied.entries > 0,
+                }
             }
-            Err(e) => self.failed(&format!("could not write to shared data: {e:?}")),
+            Err(e) => {
+                self.failed(&format!("could not write to shared data: {e:?}"));
+                Next::Tick
+            }
         }
     }
 }
+
+/// What follows an answer.
+enum Next {
+    /// Poll on the next tick (a failure, or nothing to hurry for).
+    Tick,
+    /// A 410: ask for a snapshot.
+    Snapshot,
+    /// Applied up to `version`; `news`: the answer changed something.
+    Applied { version: u64, news: bool },
+}
+
+/// Polls sent straight after an answer, at most, between two ticks.
+const QUICK_POLLS_PER_TICK: u32 = 8;
 
 fn now_secs() -> u64 {
     HostClock.now().secs()
@@ -415,6 +506,8 @@ impl Root {
             authorization: format!("Bearer {token}"),
             in_flight: None,
             full_next: false,
+            quick_polls: 0,
+            recovering: false,
             fed: feed::FedKeys::default(),
             metrics: FeedMetrics::define(),
         });

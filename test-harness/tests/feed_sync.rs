@@ -64,8 +64,25 @@ fn answer(epoch: &str, version: u64, full: bool, keys: Vec<Value>) -> String {
     .to_string()
 }
 
+/// The long poll's `wait` in [`policy`] (the default).
+const WAIT: u64 = 20;
+
+/// A control service whose feed is at `body`: a poll from the version `body` carries, with
+/// its epoch and a nonzero wait, is held `WAIT` seconds and answered with nothing new, as a
+/// real long poll is; any other poll gets `body` at once.
 fn control(body: &str) -> Upstream {
-    Upstream::new("control").route(Route::get("/v1/cache*").reply(Reply::json(200, body)))
+    let mut upstream = Upstream::new("control");
+    if let Ok(v) = serde_json::from_str::<Value>(body)
+        && let (Some(epoch), Some(version)) = (v["epoch"].as_str(), v["version"].as_u64())
+    {
+        upstream = upstream.route(
+            Route::get(&format!(
+                "/v1/cache?since={version}&epoch={epoch}&wait={WAIT}"
+            ))
+            .reply(Reply::json(200, &answer(epoch, version, false, vec![])).delay(secs(WAIT))),
+        );
+    }
+    upstream.route(Route::get("/v1/cache*").reply(Reply::json(200, body)))
 }
 
 fn builder(on_stale: &str) -> HarnessBuilder {
@@ -114,7 +131,11 @@ fn a_fed_key_works_after_the_first_poll_and_a_tombstone_refuses_it_within_one_po
     assert_eq!(with_key(&mut h, KEY_A).status, 401, "not fed yet");
     h.advance(secs(1)).unwrap();
     let calls = h.http_calls();
-    assert_eq!(calls.len(), 1);
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        calls[1].path, "/v1/cache?since=1&epoch=e1&wait=20",
+        "the next long poll goes out as soon as an answer is applied"
+    );
     let call = &calls[0];
     assert_eq!(call.vm, VmId::Singleton);
     assert_eq!(call.cluster, "control");
@@ -138,8 +159,16 @@ fn a_fed_key_works_after_the_first_poll_and_a_tombstone_refuses_it_within_one_po
         false,
         vec![key(KEY_A, "key_a", false)],
     )));
-    h.advance(secs(1)).unwrap();
-    assert_eq!(paths(&h)[1], "/v1/cache?since=1&wait=20", "since advances");
+    // The held poll ends empty (the scripted server cannot wake it) and the next one, sent
+    // at once, brings the tombstone; then the sync holds a poll from version 2.
+    h.advance(secs(WAIT)).unwrap();
+    assert_eq!(
+        paths(&h)[2..],
+        [
+            "/v1/cache?since=1&epoch=e1&wait=20",
+            "/v1/cache?since=2&epoch=e1&wait=20"
+        ]
+    );
     let out = with_key(&mut h, KEY_A);
     assert_eq!(out.status, 401);
     assert_eq!(out.json()["code"], "INVALID_CREDENTIALS");
@@ -173,7 +202,7 @@ fn fed_user_watermarks_and_jtis_are_enforced_on_jwts() {
         "jtis": [ { "jti_sha256": t2_hash, "until": T0 + 3600 } ]
     });
     h.set_upstream(control(&body.to_string()));
-    h.advance(secs(1)).unwrap();
+    h.advance(secs(WAIT)).unwrap();
     for t in [&alice, &bob] {
         let out = with_token(&mut h, t);
         assert_eq!(out.status, 401, "{}", out.text());
@@ -214,8 +243,16 @@ fn a_new_epoch_is_applied_as_a_snapshot() {
         false,
         vec![key(KEY_B, "key_b", true)],
     )));
-    h.advance(secs(1)).unwrap();
-    assert_eq!(paths(&h)[1], "/v1/cache?since=7&wait=20");
+    h.advance(secs(WAIT)).unwrap();
+    assert_eq!(
+        paths(&h)[1..],
+        [
+            "/v1/cache?since=7&epoch=old&wait=20",
+            "/v1/cache?since=7&epoch=old&wait=20",
+            "/v1/cache?since=2&epoch=new&wait=20",
+        ],
+        "the new epoch's version next"
+    );
     assert_eq!(
         with_key(&mut h, KEY_A).status,
         401,
@@ -223,38 +260,37 @@ fn a_new_epoch_is_applied_as_a_snapshot() {
     );
     assert_eq!(with_key(&mut h, KEY_B).status, 200);
     assert_eq!(h.metric("gatehouse.feed.version"), Some(2));
-    h.advance(secs(1)).unwrap();
-    assert_eq!(
-        paths(&h)[2],
-        "/v1/cache?since=2&wait=20",
-        "the new epoch's version"
-    );
     let (state, _) = h.shared_data("feed/state").unwrap();
     assert_eq!(
         String::from_utf8(state).unwrap(),
-        format!("new|2|{}", T0 + 3)
+        format!("new|2|{}", T0 + 1 + WAIT)
     );
 }
 
 #[test]
-fn a_410_makes_the_next_poll_ask_for_a_snapshot() {
-    let upstream = Upstream::new("control")
-        .route(Route::get("/v1/cache?since=0&*").reply(Reply::json(
-            200,
-            &answer("e1", 5, true, vec![key(KEY_A, "key_a", true)]),
-        )))
-        .route(Route::get("/v1/cache*").reply(Reply::json(
-            410,
-            r#"{"error":"version gone","code":"VERSION_GONE","timestamp":"x","request_id":"y"}"#,
-        )));
-    let mut h = build(builder("fail_closed").upstream(upstream));
-    h.advance(secs(3)).unwrap();
+fn a_410_makes_the_sync_ask_for_a_snapshot_at_once() {
+    let mut h = build(builder("fail_closed").upstream(control(&answer("e1", 5, true, vec![]))));
+    h.advance(secs(1)).unwrap();
+    // The server dropped version 5 (cleanup): polls from it get 410, a snapshot is at 6.
+    let gone = r#"{"error":"version gone","code":"VERSION_GONE","timestamp":"x","request_id":"y"}"#;
+    h.set_upstream(
+        Upstream::new("control")
+            .route(Route::get("/v1/cache?since=0&*").reply(Reply::json(
+                200,
+                &answer("e1", 6, true, vec![key(KEY_A, "key_a", true)]),
+            )))
+            .route(Route::get("/v1/cache?since=6&*").reply(Reply::hang()))
+            .route(Route::get("/v1/cache*").reply(Reply::json(410, gone))),
+    );
+    h.advance(secs(WAIT)).unwrap();
     assert_eq!(
         paths(&h),
         [
             "/v1/cache?since=0&wait=20",
-            "/v1/cache?since=5&wait=20",
+            "/v1/cache?since=5&epoch=e1&wait=20",
+            "/v1/cache?since=5&epoch=e1&wait=20",
             "/v1/cache?since=0&wait=20",
+            "/v1/cache?since=6&epoch=e1&wait=20",
         ]
     );
     assert_eq!(h.metric("gatehouse.feed.failures"), Some(0));
@@ -262,16 +298,45 @@ fn a_410_makes_the_next_poll_ask_for_a_snapshot() {
 }
 
 #[test]
+fn a_server_that_answers_at_once_cannot_make_the_sync_spin() {
+    // Every answer is new (the version grows with each call) and comes back at once.
+    let upstream = (1..=40u64).rev().fold(Upstream::new("control"), |u, n| {
+        u.route(
+            Route::get(&format!("/v1/cache?since={}&*", n - 1))
+                .reply(Reply::json(200, &answer("e1", n, false, vec![]))),
+        )
+    });
+    let upstream = upstream.route(
+        Route::get("/v1/cache?since=0&*").reply(Reply::json(200, &answer("e1", 1, true, vec![]))),
+    );
+    let mut h = build(builder("fail_closed").upstream(upstream));
+    h.advance(secs(1)).unwrap();
+    assert_eq!(h.http_calls().len(), 9, "the tick's poll and 8 quick ones");
+    h.advance(secs(1)).unwrap();
+    assert_eq!(h.http_calls().len(), 18);
+    h.assert_no_trap().unwrap();
+}
+
+#[test]
 fn an_unreachable_feed_keeps_keys_working_until_the_bound_then_fails_closed_and_recovers() {
     let good = answer("e1", 1, true, vec![key(KEY_A, "key_a", true)]);
-    let mut h = build(builder("fail_closed").upstream(control(&good)));
-    h.advance(secs(1)).unwrap(); // last success at T0 + 1
-    h.set_upstream(
-        Upstream::new("control").route(Route::get("/v1/cache*").reply(Reply::status(500))),
+    // The snapshot, then the service fails (the poll sent right after it gets a 500).
+    let mut h = build(
+        builder("fail_closed").upstream(
+            Upstream::new("control")
+                .route(Route::get("/v1/cache?since=0&*").reply(Reply::json(200, &good)))
+                .route(Route::get("/v1/cache*").reply(Reply::status(500))),
+        ),
     );
+    h.advance(secs(1)).unwrap(); // last success at T0 + 1
     h.advance(secs(29)).unwrap(); // T0 + 30: 29 s old
     assert_eq!(with_key(&mut h, KEY_A).status, 200);
-    assert_eq!(h.metric("gatehouse.feed.failures"), Some(29));
+    assert_eq!(h.metric("gatehouse.feed.failures"), Some(30), "one a tick");
+    assert_eq!(
+        paths(&h).last().map(String::as_str),
+        Some("/v1/cache?since=1&epoch=e1&wait=0"),
+        "after a failure the poll asks not to be held"
+    );
     assert_eq!(h.metric("gatehouse.feed.last_sync_age_seconds"), Some(29));
     h.advance(secs(2)).unwrap(); // 31 s old
     let out = with_key(&mut h, KEY_A);
@@ -298,20 +363,35 @@ fn an_unreachable_feed_keeps_keys_working_until_the_bound_then_fails_closed_and_
     h.advance(secs(1)).unwrap();
     assert_eq!(with_key(&mut h, KEY_A).status, 200, "recovered");
     assert_eq!(h.metric("gatehouse.feed.last_sync_age_seconds"), Some(0));
+    assert_eq!(
+        paths(&h).last().map(String::as_str),
+        Some("/v1/cache?since=1&epoch=e1&wait=20"),
+        "back to long polls"
+    );
     h.assert_no_trap().unwrap();
 }
 
 #[test]
 fn a_hanging_feed_holds_one_call_until_its_timeout_and_keep_serving_serves_past_the_bound() {
     let good = answer("e1", 1, true, vec![key(KEY_A, "key_a", true)]);
-    let mut h = build(builder("keep_serving").upstream(control(&good)));
-    h.advance(secs(1)).unwrap();
-    h.set_upstream(Upstream::new("control").route(Route::get("/v1/cache*").reply(Reply::hang())));
+    let mut h = build(
+        builder("keep_serving").upstream(
+            Upstream::new("control")
+                .route(Route::get("/v1/cache?since=0&*").reply(Reply::json(200, &good)))
+                .route(Route::get("/v1/cache*").reply(Reply::hang())),
+        ),
+    );
+    h.advance(secs(1)).unwrap(); // the snapshot, then a poll that hangs
     h.advance(secs(10)).unwrap();
     assert_eq!(h.http_calls().len(), 2, "one call in flight at a time");
-    h.advance(secs(20)).unwrap(); // the hung call timed out at +25 s; another was sent
-    assert_eq!(h.http_calls().len(), 3);
-    assert_eq!(h.metric("gatehouse.feed.failures"), Some(1));
+    // The hung long poll timed out at +26 s (wait + 5); the next tick sent a poll asking
+    // not to be held (wait=0, timeout 5 s), which timed out at +31 s; so did the next.
+    h.advance(secs(20)).unwrap();
+    let calls = h.http_calls();
+    assert_eq!(calls.len(), 4);
+    assert_eq!(calls[2].path, "/v1/cache?since=1&epoch=e1&wait=0");
+    assert_eq!(calls[2].timeout, Some(secs(5)));
+    assert_eq!(h.metric("gatehouse.feed.failures"), Some(2));
     h.advance(secs(5)).unwrap();
     let out = with_key(&mut h, KEY_A);
     assert_eq!(out.status, 200, "keep_serving: {}", out.text());
@@ -350,17 +430,21 @@ fn metrics_count_versions_and_entries() {
         false,
         vec![bad, key(KEY_A, "key_a", false)],
     )));
-    h.advance(secs(1)).unwrap();
+    h.advance(secs(WAIT)).unwrap();
     assert_eq!(h.metric("gatehouse.feed.version"), Some(4));
     assert_eq!(h.metric("gatehouse.feed.entries_applied"), Some(3));
     assert_eq!(h.metric("gatehouse.feed.records_skipped"), Some(1));
     // A broken answer is a failure and changes nothing.
     h.set_upstream(control("{not json"));
-    h.advance(secs(1)).unwrap();
+    h.advance(secs(WAIT)).unwrap();
     assert_eq!(h.metric("gatehouse.feed.failures"), Some(1));
     assert_eq!(h.metric("gatehouse.feed.version"), Some(4));
     h.advance(secs(1)).unwrap();
-    assert_eq!(paths(&h)[3], "/v1/cache?since=4&wait=20");
+    assert_eq!(h.metric("gatehouse.feed.failures"), Some(2));
+    assert_eq!(
+        paths(&h).last().map(String::as_str),
+        Some("/v1/cache?since=4&epoch=e1&wait=0")
+    );
 }
 
 #[test]
