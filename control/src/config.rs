@@ -2,8 +2,10 @@
 //!
 //! There is no default secret: both tokens must be set, and start-up fails with a message
 //! naming every missing or unusable setting. Tokens come only from the environment (a
-//! flag would show them in `ps`) and are never logged; `Debug` prints them redacted.
+//! flag would show them in `ps`) and are never logged; `Debug` prints them redacted, and
+//! the database URL's password too.
 
+use crate::store::{Backend, redact_url};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,7 +16,8 @@ pub const USAGE: &str = "gatehouse-control serve [--listen ADDR] [--database-url
     GATEHOUSE_ADMIN_TOKEN        required: bearer token of the admin API (16+ characters)
     GATEHOUSE_FEED_TOKEN         required: bearer token of GET /v1/cache (16+ characters)
     GATEHOUSE_CONTROL_LISTEN     defaults to 127.0.0.1:8081 (--listen)
-    GATEHOUSE_DATABASE_URL       defaults to sqlite://gatehouse-control.db (--database-url)
+    GATEHOUSE_DATABASE_URL       defaults to sqlite://gatehouse-control.db (--database-url);
+                                 or postgres://USER:PASSWORD@HOST:PORT/DATABASE
     GATEHOUSE_KEY_PREFIX         defaults to ghk
     GATEHOUSE_MAX_KEYS_PER_USER  defaults to 5
     GATEHOUSE_MAX_JWT_LIFETIME   defaults to 24h (how long a user's token revocation lasts)
@@ -46,10 +49,47 @@ impl std::fmt::Debug for Token {
     }
 }
 
+/// Where the data lives: `sqlite:PATH` / `sqlite://PATH` (the file is created on first
+/// start) or `postgres://` / `postgresql://` (the database must exist). `Display` and
+/// `Debug` hide the password; only [`DatabaseUrl::expose`] gives the URL as written.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Result<DatabaseUrl, String> {
+        let url = url.into();
+        match Backend::of_url(&url) {
+            Some(_) => Ok(DatabaseUrl(url)),
+            None => Err(format!(
+                "GATEHOUSE_DATABASE_URL / --database-url must be a sqlite:, postgres:// or \
+                 postgresql:// URL, got {:?}",
+                redact_url(&url)
+            )),
+        }
+    }
+
+    /// The URL with its password, for opening the database and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     pub admin_token: Token,
     pub feed_token: Token,
     /// Prefix of the keys issued. Defaults to `ghk`.
@@ -69,7 +109,7 @@ impl Config {
     pub fn with_tokens(admin: &str, feed: &str) -> Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
-            database_url: "sqlite://gatehouse-control.db".to_string(),
+            database_url: DatabaseUrl("sqlite://gatehouse-control.db".to_string()),
             admin_token: Token::new(admin),
             feed_token: Token::new(feed),
             key_prefix: "ghk".to_string(),
@@ -131,12 +171,9 @@ impl Config {
             }
         }
         if let Some(u) = database_url {
-            if u.starts_with("sqlite:") {
-                config.database_url = u;
-            } else {
-                problems.push(
-                    "GATEHOUSE_DATABASE_URL / --database-url must be a sqlite: URL".to_string(),
-                );
+            match DatabaseUrl::new(u) {
+                Ok(u) => config.database_url = u,
+                Err(problem) => problems.push(problem),
             }
         }
         if let Some(p) = env("GATEHOUSE_KEY_PREFIX") {
@@ -254,7 +291,7 @@ mod tests {
     fn defaults_then_env_then_flags() {
         let c = parse(&TOKENS, &[]).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8081");
-        assert_eq!(c.database_url, "sqlite://gatehouse-control.db");
+        assert_eq!(c.database_url.expose(), "sqlite://gatehouse-control.db");
         assert_eq!(c.max_keys_per_user, 5);
         assert_eq!(c.retention, Duration::from_secs(604_800));
         let mut env = TOKENS.to_vec();
@@ -271,6 +308,38 @@ mod tests {
         assert!(t.matches(b"admin-token-0123456789"));
         assert!(!t.matches(b"admin-token-012345678"));
         assert!(!format!("{t:?}").contains("admin"));
+    }
+
+    #[test]
+    fn sqlite_and_postgres_urls_are_accepted_and_others_named() {
+        for url in [
+            "sqlite://data/control.db",
+            "sqlite:control.db",
+            "postgres://gh:pw@db:5432/gh",
+            "postgresql://gh@db/gh",
+        ] {
+            let mut env = TOKENS.to_vec();
+            env.push(("GATEHOUSE_DATABASE_URL", url));
+            assert_eq!(parse(&env, &[]).unwrap().database_url.expose(), url);
+        }
+        let err = parse(&TOKENS, &["--database-url", "mysql://gh:hunter2@db/gh"]).unwrap_err();
+        assert!(
+            err.contains("must be a sqlite:, postgres:// or postgresql:// URL"),
+            "{err}"
+        );
+        assert!(err.contains("mysql://gh:***@db/gh"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn the_database_password_never_prints() {
+        let mut env = TOKENS.to_vec();
+        env.push(("GATEHOUSE_DATABASE_URL", "postgres://gh:hunter2@db/gh"));
+        let c = parse(&env, &[]).unwrap();
+        for shown in [format!("{c:?}"), c.database_url.to_string()] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("postgres://gh:***@db/gh"), "{shown}");
+        }
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //! - `app.rs`: the router, the bearer-token checks and the per-request middleware;
 //! - `keys.rs`, `revocations.rs`, `audit.rs`, `feed.rs`, `health.rs`: the handlers;
 //! - `error.rs`: the one JSON error shape, for handler errors and axum's rejections;
-//! - `store/`: the storage trait and its SQLite implementation (migrations in
-//!   `control/migrations/sqlite/`);
+//! - `store/`: the storage trait and its SQLite and PostgreSQL implementations, chosen by
+//!   the database URL (migrations in `control/migrations/sqlite/` and `.../postgres/`);
 //! - `cleanup.rs`: the job that purges what expired longer ago than the retention;
 //! - `config.rs`: `serve` settings; `clock.rs`: the clock; `random.rs`: the CSPRNG.
 //!

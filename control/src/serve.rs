@@ -1,10 +1,11 @@
-//! `gatehouse-control serve`: opens the database, starts the cleanup job and serves the
-//! router until SIGINT or SIGTERM.
+//! `gatehouse-control serve`: opens the database (SQLite or PostgreSQL, by the URL's
+//! scheme), starts the cleanup job and serves the router until SIGINT or SIGTERM.
+//! A database that cannot be opened stops start-up with a message naming it; the URL is
+//! only ever shown with its password hidden.
 
 use crate::app::{AppState, router};
 use crate::clock::SystemClock;
 use crate::config::Config;
-use crate::store::sqlite::SqliteStore;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -42,11 +43,12 @@ async fn shutdown_signal() {
 
 pub async fn run(config: Config) -> Result<(), String> {
     init_logs();
-    let store = SqliteStore::open(&config.database_url)
+    // `database_url` displays with its password hidden; store errors never hold it.
+    let store = crate::store::open(config.database_url.expose())
         .await
-        .map_err(|e| format!("opening {}: {e}", config.database_url))?;
+        .map_err(|e| format!("opening the database {}: {e}", config.database_url))?;
     let listen = config.listen;
-    let state = AppState::new(Arc::new(store), config, Arc::new(SystemClock))
+    let state = AppState::new(store, config, Arc::new(SystemClock))
         .await
         .map_err(|e| format!("reading the database: {e}"))?;
     let cleanup = crate::cleanup::spawn(state.clone());

@@ -1,4 +1,5 @@
-//! The cache feed (control/FEED.md) through the real router over a real SQLite file.
+//! The cache feed (control/FEED.md) through the real router over a real database
+//! (SQLite, or PostgreSQL with `GATEHOUSE_TEST_DATABASE=postgres`; see `common`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -279,6 +280,8 @@ async fn long_poll_answers_an_empty_delta_when_wait_runs_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn a_poller_sees_every_change_of_concurrent_writers_in_version_order() {
     let s = svc_with(|c| c.max_keys_per_user = 100).await;
+    s.warm_pool(10).await;
+    let overlap = s.watch_pool();
     let writers: Vec<_> = (0..8)
         .map(|w| {
             let app = s.app.clone();
@@ -344,6 +347,7 @@ async fn a_poller_sees_every_change_of_concurrent_writers_in_version_order() {
         .await
         .unwrap()
         .unwrap();
+    overlap.assert_overlapped().await;
     assert_eq!(seen, all);
     assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
     assert_eq!(versions.last(), Some(&48));

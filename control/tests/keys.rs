@@ -1,4 +1,5 @@
-//! The key API through the real router over a real SQLite file.
+//! The key API through the real router over a real database (SQLite, or PostgreSQL with
+//! `GATEHOUSE_TEST_DATABASE=postgres`; see `common`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -107,6 +108,9 @@ async fn expired_keys_do_not_count_against_the_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_concurrent_requests_for_one_user_give_exactly_five_keys() {
     let s = svc().await;
+    // Connections opened up front: the burst then meets the count-then-insert race at once.
+    s.warm_pool(12).await;
+    let overlap = s.watch_pool();
     let mut tasks = Vec::new();
     for i in 0..20 {
         let app = s.app.clone();
@@ -133,9 +137,44 @@ async fn twenty_concurrent_requests_for_one_user_give_exactly_five_keys() {
             other => panic!("unexpected {other}: {body}"),
         }
     }
+    overlap.assert_overlapped().await;
     assert_eq!((created, refused), (5, 15));
     let (_, list) = s.admin(Method::GET, "/v1/keys?user=user_c", None).await;
     assert_eq!(list["keys"].as_array().unwrap().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_concurrent_rotations_of_one_key_give_exactly_one_new_key() {
+    let s = svc().await;
+    let id = s.issue("user_r").await["id"].as_str().unwrap().to_string();
+    s.warm_pool(12).await;
+    let overlap = s.watch_pool();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let app = s.app.clone();
+            let path = format!("/v1/keys/{id}/rotate");
+            tokio::spawn(async move {
+                common::send(
+                    &app,
+                    common::request(Method::POST, &path, Some(common::ADMIN), None),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut rotated = 0;
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        match status {
+            StatusCode::OK => rotated += 1,
+            StatusCode::CONFLICT => assert_eq!(error_code(&body), "CONFLICT"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    overlap.assert_overlapped().await;
+    assert_eq!(rotated, 1);
+    let (_, list) = s.admin(Method::GET, "/v1/keys?user=user_r", None).await;
+    assert_eq!(list["keys"].as_array().unwrap().len(), 2);
 }
 
 async fn verify(s: &common::Svc, key: &str) -> Value {
@@ -442,9 +481,7 @@ async fn jti_revocation_stores_only_the_hash() {
         Some(json!({"jti": std::str::from_utf8(jti).unwrap(), "expires_at": T0 + 3600})),
     )
     .await;
-    let db = std::fs::read(s.dir.path().join("control.db")).unwrap();
-    let wal = std::fs::read(s.dir.path().join("control.db-wal")).unwrap_or_default();
-    for bytes in [db, wal] {
+    for bytes in s.db.raw_contents() {
         assert!(!bytes.windows(jti.len()).any(|w| w == jti));
     }
 }

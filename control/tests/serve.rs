@@ -1,4 +1,5 @@
-//! `gatehouse-control serve` as a real process on a real socket.
+//! `gatehouse-control serve` as a real process on a real socket, over the selected
+//! backend's database (see `common`), and its start-up failures.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -8,6 +9,9 @@
     reason = "tests: a failure panics; wall-clock timeouts bound real waits"
 )]
 
+mod common;
+
+use common::TestDb;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -112,16 +116,13 @@ fn http(
 #[test]
 fn serve_answers_on_a_real_socket_and_records_the_client_address() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("control.db");
+    let db = TestDb::fresh(dir.path());
     let port = free_port();
     let child = bin()
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("GATEHOUSE_ADMIN_TOKEN", ADMIN)
         .env("GATEHOUSE_FEED_TOKEN", FEED)
-        .env(
-            "GATEHOUSE_DATABASE_URL",
-            format!("sqlite://{}", db.display()),
-        )
+        .env("GATEHOUSE_DATABASE_URL", db.url())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -131,7 +132,9 @@ fn serve_answers_on_a_real_socket_and_records_the_client_address() {
         assert!(Instant::now() < deadline, "the server did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(db.exists(), "the database is created on first start");
+    if let TestDb::Sqlite { path, .. } = &db {
+        assert!(path.exists(), "the database is created on first start");
+    }
     assert_eq!(http(port, "GET", "/readyz", None, None).0, 200);
     let (status, body) = http(
         port,
@@ -169,7 +172,67 @@ fn serve_answers_on_a_real_socket_and_records_the_client_address() {
         let v: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
         assert!(v["level"].is_string());
     }
-    for secret in [secret.as_str(), ADMIN, FEED] {
+    for secret in [secret.as_str(), ADMIN, FEED, common::pg_cluster::PASSWORD] {
         assert!(!logs.contains(secret), "a secret in the logs");
     }
+}
+
+/// Runs `serve` with `url`; it must exit with 2 within 15 s. Returns its stderr.
+fn serve_must_fail(url: &str) -> String {
+    let started = Instant::now();
+    let out = bin()
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .env("GATEHOUSE_ADMIN_TOKEN", ADMIN)
+        .env("GATEHOUSE_FEED_TOKEN", FEED)
+        .env("GATEHOUSE_DATABASE_URL", url)
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(15), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    err
+}
+
+#[test]
+fn serve_fails_fast_naming_an_unreachable_postgres_url_without_its_password() {
+    // Nothing listens on a port just freed.
+    let port = free_port();
+    let err = serve_must_fail(&format!(
+        "postgres://gatehouse:pw-7f3a-s3cret@127.0.0.1:{port}/gatehouse?sslmode=disable"
+    ));
+    assert!(
+        err.contains(&format!(
+            "opening the database postgres://gatehouse:***@127.0.0.1:{port}/gatehouse"
+        )),
+        "{err}"
+    );
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+    assert!(
+        !err.contains("pw-7f3a-s3cret"),
+        "the password was printed: {err}"
+    );
+}
+
+#[test]
+fn serve_fails_fast_when_the_postgres_database_does_not_exist() {
+    // Needs a server to answer; under SQLite the test above covers start-up failures.
+    if common::backend() != common::Backend::Postgres {
+        return;
+    }
+    let url = common::pg_cluster::cluster().url("gh_never_created");
+    let err = serve_must_fail(&url);
+    assert!(
+        err.contains(r#"database "gh_never_created" does not exist"#),
+        "{err}"
+    );
+    assert!(!err.contains(common::pg_cluster::PASSWORD), "{err}");
+}
+
+#[test]
+fn serve_fails_fast_when_the_sqlite_file_cannot_be_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("no-such-folder").join("control.db");
+    let err = serve_must_fail(&format!("sqlite://{}", db.display()));
+    assert!(err.contains("opening the database sqlite://"), "{err}");
+    assert!(!db.exists());
 }

@@ -1,5 +1,8 @@
 //! Storage behind one trait, so the handlers do not know which database holds the keys.
-//! SQLite (`sqlite.rs`) is the default.
+//! SQLite (`sqlite.rs`) is the default; PostgreSQL (`postgres.rs`) when the database URL
+//! says `postgres://` or `postgresql://`. Each has its own pool type and its own migration
+//! folder (`control/migrations/<backend>/`): sqlx's `Any` driver cannot carry every column
+//! type portably, and each backend needs its own way to serialize writers.
 //!
 //! Every change runs in one transaction that also bumps the feed version
 //! (`UPDATE meta SET seq = seq + 1 RETURNING seq`), stamps each row it touches with that
@@ -8,9 +11,118 @@
 //! never loses a change to a gap. Times are Unix seconds passed in by the caller; the
 //! store never reads a clock.
 
+pub mod postgres;
 pub mod sqlite;
 
 use serde::Serialize;
+use std::sync::Arc;
+
+/// Which database a URL points at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// By the URL's scheme: `sqlite:`, `postgres://` or `postgresql://`.
+    pub fn of_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// Opens (creating and migrating as needed) the database `url` points at. Errors never
+/// hold the URL's password.
+pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
+    match Backend::of_url(url) {
+        Some(Backend::Sqlite) => Ok(Arc::new(sqlite::SqliteStore::open(url).await?)),
+        Some(Backend::Postgres) => Ok(Arc::new(postgres::PostgresStore::open(url).await?)),
+        None => Err(StoreError::Database(
+            "the database URL must start with sqlite:, postgres:// or postgresql://".to_string(),
+        )),
+    }
+}
+
+/// `url` with its password (in the user info or a `password=` parameter) replaced by
+/// `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let (head, query) = match url.find('?') {
+        Some(q) if q >= scheme_end => url.split_at(q),
+        _ => (url, ""),
+    };
+    let (scheme, rest) = head.split_at(scheme_end);
+    // The user info ends at the last `@` before the query: an unencoded `@` or `/` in the
+    // password must not let its tail through.
+    let mut out = String::with_capacity(url.len());
+    out.push_str(scheme);
+    match rest.rfind('@') {
+        Some(at) => {
+            let (info, host_and_path) = rest.split_at(at);
+            match info.split_once(':') {
+                Some((user, _)) => {
+                    out.push_str(user);
+                    out.push_str(":***");
+                }
+                None => out.push_str(info),
+            }
+            out.push_str(host_and_path);
+        }
+        None => out.push_str(rest),
+    }
+    if let Some(params) = query.strip_prefix('?') {
+        out.push('?');
+        let redacted: Vec<String> = params
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.to_ascii_lowercase().contains("password") => format!("{k}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push_str(&redacted.join("&"));
+    }
+    out
+}
+
+/// The password pieces of `url` (as written in it), to scrub from error messages.
+fn url_secrets(url: &str) -> Vec<String> {
+    let mut secrets = Vec::new();
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return secrets;
+    };
+    let rest = url.get(scheme_end..).unwrap_or_default();
+    let (head, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if let Some((info, _)) = head.rsplit_once('@')
+        && let Some((_, password)) = info.split_once(':')
+        && !password.is_empty()
+    {
+        secrets.push(password.to_string());
+    }
+    for pair in query.split('&') {
+        if let Some((k, v)) = pair.split_once('=')
+            && k.to_ascii_lowercase().contains("password")
+            && !v.is_empty()
+        {
+            secrets.push(v.to_string());
+        }
+    }
+    secrets
+}
+
+/// `message` with every password piece of `url` replaced by `***`.
+pub(crate) fn scrub(message: String, url: &str) -> String {
+    url_secrets(url)
+        .iter()
+        .fold(message, |m, secret| m.replace(secret.as_str(), "***"))
+}
 
 /// Who made a change and when, for the audit trail.
 #[derive(Clone, Debug)]
@@ -208,8 +320,8 @@ pub trait Store: Send + Sync {
     async fn version(&self) -> StoreResult<i64>;
 
     /// Inserts a key unless the user already has `max_active` usable, unreplaced keys; the
-    /// count and the insert are one write transaction, so concurrent requests cannot
-    /// overshoot.
+    /// count and the insert are one write transaction holding the writers' lock (each
+    /// backend's module doc says which), so concurrent requests cannot overshoot.
     async fn create_key(
         &self,
         key: NewKey,
@@ -255,4 +367,52 @@ pub trait Store: Send + Sync {
     /// Deletes up to `batch` rows of each kind whose expiry (key) or end (revocation) is
     /// before `cutoff`, and raises the oldest servable version past them.
     async fn purge(&self, cutoff: i64, batch: u32) -> StoreResult<PurgeCounts>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_are_told_apart_by_scheme() {
+        assert_eq!(Backend::of_url("sqlite://x.db"), Some(Backend::Sqlite));
+        assert_eq!(Backend::of_url("sqlite:x.db"), Some(Backend::Sqlite));
+        assert_eq!(Backend::of_url("postgres://h/db"), Some(Backend::Postgres));
+        assert_eq!(
+            Backend::of_url("postgresql://h/db"),
+            Some(Backend::Postgres)
+        );
+        assert_eq!(Backend::of_url("mysql://h/db"), None);
+        assert_eq!(Backend::of_url("x.db"), None);
+    }
+
+    #[test]
+    fn redacted_urls_keep_everything_but_the_password() {
+        for (url, shown) in [
+            (
+                "postgres://gh:s3cret@db:5432/gh",
+                "postgres://gh:***@db:5432/gh",
+            ),
+            (
+                "postgresql://gh:p@ss/w@rd@db/gh?sslmode=require",
+                "postgresql://gh:***@db/gh?sslmode=require",
+            ),
+            (
+                "postgres://db/gh?user=gh&password=s3cret",
+                "postgres://db/gh?user=gh&password=***",
+            ),
+            ("postgres://gh@db/gh", "postgres://gh@db/gh"),
+            ("sqlite://dir/control.db", "sqlite://dir/control.db"),
+            ("sqlite:control.db", "sqlite:control.db"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn scrub_removes_every_password_piece() {
+        let url = "postgres://gh:p@ss/w@rd@db/gh?password=other";
+        let m = scrub("p@ss/w@rd and other".to_string(), url);
+        assert_eq!(m, "*** and ***");
+    }
 }

@@ -1,0 +1,556 @@
+//! The PostgreSQL store: one pool, the same schema and semantics as the SQLite store
+//! (`sqlite.rs`), migrations in `control/migrations/postgres/`.
+//!
+//! Writers: PostgreSQL has no `BEGIN IMMEDIATE`. Every write transaction starts by locking
+//! the one `meta` row (`SELECT ... FOR UPDATE`), the row whose counter every change bumps
+//! anyway, so writers run one at a time, as on SQLite, and in version order: the next
+//! writer gets the lock only once the previous one has committed. Transactions are READ
+//! COMMITTED, so each statement after the lock sees everything committed before it. That
+//! is what makes read-then-write changes safe under concurrent requests: the per-user key
+//! count and the insert it allows, or two rotations of one key, cannot interleave.
+//!
+//! Readers take no lock. The feed reads the version and the rows in one REPEATABLE READ
+//! transaction, so they come from one snapshot: a snapshot that holds version N holds
+//! every version before it, because N could not be handed out before N-1 had committed.
+//!
+//! Start-up connects once on its own before making the pool, so an unreachable or
+//! unusable server fails fast with the server's own answer; no error carries the URL's
+//! password.
+
+use super::{
+    AuditEvent, ChangeCtx, FeedAnswer, FeedKey, FeedPage, JtiRevocation, KeyRow, NewKey, OldKeyEnd,
+    PurgeCounts, Store, StoreError, StoreResult, UserRevocation, scrub,
+};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, PgConnection, Row};
+use std::str::FromStr;
+use std::time::Duration;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+const KEY_COLUMNS: &str = "id, sha256, user_id, tenant_id, plan, device_name, scopes, \
+    created_at, expires_at, grace_until, revoked_at, active, replaced_by, version";
+
+/// How long start-up waits for the server's first answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request waits for a pooled connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections in the pool: readers run side by side; writers queue on the meta row.
+const MAX_CONNECTIONS: u32 = 16;
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to and migrates the database at `url` (`postgres://` or `postgresql://`;
+    /// the database itself must exist), and makes the feed epoch if it is new.
+    pub async fn open(url: &str) -> StoreResult<PostgresStore> {
+        let fail = |e: &dyn std::fmt::Display| StoreError::Database(scrub(e.to_string(), url));
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| fail(&e))?
+            .application_name("gatehouse-control");
+        // The pool retries a refused connection until its acquire timeout and then says
+        // only "timed out": one plain connection first gets the real reason, at once.
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| {
+                StoreError::Database(format!(
+                    "no answer from the server within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|e| fail(&e))?;
+        let _ = first.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|e| fail(&e))?;
+        // sqlx holds an advisory lock while it migrates: instances starting together
+        // migrate once.
+        MIGRATOR.run(&pool).await.map_err(|e| fail(&e))?;
+        let epoch = crate::random::hex(8).map_err(|e| StoreError::Database(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO meta (id, seq, epoch, purged_through) VALUES (1, 0, $1, 0) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(epoch)
+        .execute(&pool)
+        .await
+        .map_err(|e| fail(&e))?;
+        Ok(PostgresStore { pool })
+    }
+
+    /// The pool, for tests that check requests really ran side by side.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Begins a change: locks the meta row first (see the module doc), so the rest of the
+    /// transaction runs alone among writers and sees every earlier change.
+    async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT seq FROM meta WHERE id = 1 FOR UPDATE")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+}
+
+/// Bumps the feed version and writes the audit event: the first two steps of every change.
+async fn bump(
+    tx: &mut PgConnection,
+    ctx: &ChangeCtx,
+    action: &str,
+    target: &str,
+) -> StoreResult<i64> {
+    let version: i64 =
+        sqlx::query_scalar("UPDATE meta SET seq = seq + 1 WHERE id = 1 RETURNING seq")
+            .fetch_one(&mut *tx)
+            .await?;
+    sqlx::query(
+        "INSERT INTO audit_events (at, actor, action, target, request_id, client, version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(ctx.now)
+    .bind(&ctx.actor)
+    .bind(action)
+    .bind(target)
+    .bind(&ctx.request_id)
+    .bind(&ctx.client)
+    .bind(version)
+    .execute(&mut *tx)
+    .await?;
+    Ok(version)
+}
+
+fn key_row(row: &PgRow) -> StoreResult<KeyRow> {
+    Ok(KeyRow {
+        id: row.try_get("id")?,
+        sha256: row.try_get("sha256")?,
+        user_id: row.try_get("user_id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        plan: row.try_get("plan")?,
+        device_name: row.try_get("device_name")?,
+        scopes: row.try_get("scopes")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        grace_until: row.try_get("grace_until")?,
+        revoked_at: row.try_get("revoked_at")?,
+        active: row.try_get("active")?,
+        replaced_by: row.try_get("replaced_by")?,
+        version: row.try_get("version")?,
+    })
+}
+
+async fn key_by_id(conn: &mut PgConnection, id: &str) -> StoreResult<Option<KeyRow>> {
+    let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1");
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(key_row).transpose()
+}
+
+async fn insert_key(
+    conn: &mut PgConnection,
+    key: &NewKey,
+    now: i64,
+    version: i64,
+) -> StoreResult<KeyRow> {
+    sqlx::query(
+        "INSERT INTO api_keys (id, sha256, user_id, tenant_id, plan, device_name, scopes, \
+         created_at, expires_at, revoked_at, active, replaced_by, version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, TRUE, NULL, $10)",
+    )
+    .bind(&key.id)
+    .bind(&key.sha256)
+    .bind(&key.user_id)
+    .bind(&key.tenant_id)
+    .bind(&key.plan)
+    .bind(&key.device_name)
+    .bind(&key.scopes)
+    .bind(now)
+    .bind(key.expires_at)
+    .bind(version)
+    .execute(&mut *conn)
+    .await?;
+    Ok(KeyRow {
+        id: key.id.clone(),
+        sha256: key.sha256.clone(),
+        user_id: key.user_id.clone(),
+        tenant_id: key.tenant_id.clone(),
+        plan: key.plan.clone(),
+        device_name: key.device_name.clone(),
+        scopes: key.scopes.clone(),
+        created_at: now,
+        expires_at: key.expires_at,
+        grace_until: None,
+        revoked_at: None,
+        active: true,
+        replaced_by: None,
+        version,
+    })
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT seq FROM meta WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn version(&self) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("SELECT seq FROM meta WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn create_key(
+        &self,
+        key: NewKey,
+        max_active: u32,
+        ctx: &ChangeCtx,
+    ) -> StoreResult<KeyRow> {
+        // The meta row is locked before counting: a concurrent request for the same user
+        // waits here until this one has committed its key, then counts it.
+        let mut tx = self.begin_write().await?;
+        let active: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM api_keys WHERE user_id = $1 AND active \
+             AND replaced_by IS NULL AND (expires_at IS NULL OR expires_at > $2)",
+        )
+        .bind(&key.user_id)
+        .bind(ctx.now)
+        .fetch_one(&mut *tx)
+        .await?;
+        if active >= i64::from(max_active) {
+            return Err(StoreError::KeyLimit(max_active));
+        }
+        let version = bump(&mut tx, ctx, "key.create", &key.id).await?;
+        let row = insert_key(&mut tx, &key, ctx.now, version).await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    async fn get_key(&self, id: &str) -> StoreResult<Option<KeyRow>> {
+        let mut conn = self.pool.acquire().await?;
+        key_by_id(&mut conn, id).await
+    }
+
+    async fn list_keys(&self, user_id: &str) -> StoreResult<Vec<KeyRow>> {
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(key_row).collect()
+    }
+
+    async fn find_key_by_hash(&self, sha256: &str) -> StoreResult<Option<KeyRow>> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE sha256 = $1");
+        let row = sqlx::query(&sql)
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(key_row).transpose()
+    }
+
+    async fn rotate_key(
+        &self,
+        id: &str,
+        new_id: String,
+        new_sha256: String,
+        end: OldKeyEnd,
+        ctx: &ChangeCtx,
+    ) -> StoreResult<(KeyRow, KeyRow)> {
+        let mut tx = self.begin_write().await?;
+        let Some(old) = key_by_id(&mut tx, id).await? else {
+            return Err(StoreError::NotFound);
+        };
+        if !old.active || old.replaced_by.is_some() {
+            return Err(StoreError::Conflict(
+                "the key is revoked or already rotated",
+            ));
+        }
+        if !old.usable_at(ctx.now) {
+            return Err(StoreError::Conflict("the key has expired"));
+        }
+        let version = bump(&mut tx, ctx, "key.rotate", id).await?;
+        // The new key inherits the old expiry: a rotation never extends a key's life.
+        let new_key = NewKey {
+            id: new_id,
+            sha256: new_sha256,
+            user_id: old.user_id.clone(),
+            tenant_id: old.tenant_id.clone(),
+            plan: old.plan.clone(),
+            device_name: old.device_name.clone(),
+            scopes: old.scopes.clone(),
+            expires_at: old.expires_at,
+        };
+        let new = insert_key(&mut tx, &new_key, ctx.now, version).await?;
+        let mut old = old;
+        old.replaced_by = Some(new.id.clone());
+        old.version = version;
+        match end {
+            OldKeyEnd::Now => {
+                old.active = false;
+                old.revoked_at = Some(ctx.now);
+            }
+            // Kept active with an earlier effective expiry: the proxies refuse it from then
+            // on by themselves, with no feed change needed at that instant. `expires_at`
+            // itself stays, so the row is purged no sooner than any copy a proxy holds.
+            OldKeyEnd::At(t) => {
+                old.grace_until = Some(t);
+                old.revoked_at = old.effective_expiry();
+            }
+        }
+        sqlx::query(
+            "UPDATE api_keys SET active = $1, revoked_at = $2, grace_until = $3, \
+             replaced_by = $4, version = $5 WHERE id = $6",
+        )
+        .bind(old.active)
+        .bind(old.revoked_at)
+        .bind(old.grace_until)
+        .bind(&old.replaced_by)
+        .bind(version)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((old, new))
+    }
+
+    async fn revoke_key(&self, id: &str, ctx: &ChangeCtx) -> StoreResult<KeyRow> {
+        let mut tx = self.begin_write().await?;
+        let Some(mut key) = key_by_id(&mut tx, id).await? else {
+            return Err(StoreError::NotFound);
+        };
+        if !key.active {
+            return Ok(key);
+        }
+        let version = bump(&mut tx, ctx, "key.revoke", id).await?;
+        key.active = false;
+        key.revoked_at = Some(key.revoked_at.map_or(ctx.now, |t| t.min(ctx.now)));
+        key.version = version;
+        sqlx::query(
+            "UPDATE api_keys SET active = FALSE, revoked_at = $1, version = $2 WHERE id = $3",
+        )
+        .bind(key.revoked_at)
+        .bind(version)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    async fn revoke_user_tokens(
+        &self,
+        user_id: &str,
+        tokens_issued_before: i64,
+        until: Option<i64>,
+        ctx: &ChangeCtx,
+    ) -> StoreResult<UserRevocation> {
+        let mut tx = self.begin_write().await?;
+        let version = bump(&mut tx, ctx, "user.revoke_tokens", user_id).await?;
+        // A watermark never moves back, and its end never comes sooner. (GREATEST skips
+        // NULLs, so the NULL = never case is spelled out first.)
+        let row = sqlx::query(
+            "INSERT INTO user_revocations AS r (user_id, tokens_issued_before, until, version) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (user_id) DO UPDATE SET \
+             tokens_issued_before = \
+                 GREATEST(r.tokens_issued_before, excluded.tokens_issued_before), \
+             until = CASE WHEN r.until IS NULL OR excluded.until IS NULL THEN NULL \
+                          ELSE GREATEST(r.until, excluded.until) END, \
+             version = excluded.version \
+             RETURNING tokens_issued_before, until",
+        )
+        .bind(user_id)
+        .bind(tokens_issued_before)
+        .bind(until)
+        .bind(version)
+        .fetch_one(&mut *tx)
+        .await?;
+        let out = UserRevocation {
+            user: user_id.to_string(),
+            tokens_issued_before: row.try_get("tokens_issued_before")?,
+            until: row.try_get("until")?,
+            version,
+        };
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn revoke_jti(
+        &self,
+        jti_sha256: &str,
+        until: Option<i64>,
+        ctx: &ChangeCtx,
+    ) -> StoreResult<JtiRevocation> {
+        let mut tx = self.begin_write().await?;
+        // The audit target is the hash: the jti itself is not stored anywhere.
+        let version = bump(&mut tx, ctx, "token.revoke", jti_sha256).await?;
+        let row = sqlx::query(
+            "INSERT INTO jti_revocations AS r (jti_sha256, until, version) VALUES ($1, $2, $3) \
+             ON CONFLICT (jti_sha256) DO UPDATE SET \
+             until = CASE WHEN r.until IS NULL OR excluded.until IS NULL THEN NULL \
+                          ELSE GREATEST(r.until, excluded.until) END, \
+             version = excluded.version \
+             RETURNING until",
+        )
+        .bind(jti_sha256)
+        .bind(until)
+        .bind(version)
+        .fetch_one(&mut *tx)
+        .await?;
+        let out = JtiRevocation {
+            jti_sha256: jti_sha256.to_string(),
+            until: row.try_get("until")?,
+            version,
+        };
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn audit(&self, limit: u32) -> StoreResult<Vec<AuditEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, target, request_id, client, version \
+             FROM audit_events ORDER BY id DESC LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEvent {
+                    id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    target: r.try_get("target")?,
+                    request_id: r.try_get("request_id")?,
+                    client: r.try_get("client")?,
+                    version: r.try_get("version")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn feed(&self, since: i64) -> StoreResult<FeedAnswer> {
+        // One snapshot for the version and the rows: READ COMMITTED takes one per
+        // statement, and rows committed in between would be served under an older version.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
+        let meta = sqlx::query("SELECT seq, epoch, purged_through FROM meta WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let seq: i64 = meta.try_get("seq")?;
+        let epoch: String = meta.try_get("epoch")?;
+        let purged_through: i64 = meta.try_get("purged_through")?;
+        if since > 0 && since < purged_through && since <= seq {
+            return Ok(FeedAnswer::Gone);
+        }
+        // since 0, or ahead of this database (restored from an older backup): everything.
+        let full = since <= 0 || since > seq;
+        let after = if full { 0 } else { since };
+        let sql =
+            format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE version > $1 ORDER BY version, id");
+        let keys = sqlx::query(&sql)
+            .bind(after)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| key_row(r).map(|k| FeedKey::from(&k)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let users = sqlx::query(
+            "SELECT user_id, tokens_issued_before, until, version FROM user_revocations \
+             WHERE version > $1 ORDER BY version, user_id",
+        )
+        .bind(after)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(UserRevocation {
+                user: r.try_get("user_id")?,
+                tokens_issued_before: r.try_get("tokens_issued_before")?,
+                until: r.try_get("until")?,
+                version: r.try_get("version")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        let jtis = sqlx::query(
+            "SELECT jti_sha256, until, version FROM jti_revocations \
+             WHERE version > $1 ORDER BY version, jti_sha256",
+        )
+        .bind(after)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(JtiRevocation {
+                jti_sha256: r.try_get("jti_sha256")?,
+                until: r.try_get("until")?,
+                version: r.try_get("version")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(FeedAnswer::Page(FeedPage {
+            epoch,
+            version: seq,
+            full,
+            keys,
+            users,
+            jtis,
+        }))
+    }
+
+    async fn purge(&self, cutoff: i64, batch: u32) -> StoreResult<PurgeCounts> {
+        let mut tx = self.begin_write().await?;
+        let limit = i64::from(batch);
+        let mut counts = PurgeCounts::default();
+        let mut highest: i64 = 0;
+        for (table, id_col, end_col) in [
+            ("api_keys", "id", "expires_at"),
+            ("user_revocations", "user_id", "until"),
+            ("jti_revocations", "jti_sha256", "until"),
+        ] {
+            let rows = sqlx::query(&format!(
+                "DELETE FROM {table} WHERE {id_col} IN (SELECT {id_col} FROM {table} \
+                 WHERE {end_col} IS NOT NULL AND {end_col} < $1 LIMIT $2) RETURNING version"
+            ))
+            .bind(cutoff)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+            for r in &rows {
+                highest = highest.max(r.try_get::<i64, _>("version")?);
+            }
+            let n = rows.len() as u64;
+            match table {
+                "api_keys" => counts.keys = n,
+                "user_revocations" => counts.users = n,
+                _ => counts.jtis = n,
+            }
+        }
+        if highest > 0 {
+            sqlx::query(
+                "UPDATE meta SET purged_through = GREATEST(purged_through, $1) WHERE id = 1",
+            )
+            .bind(highest)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(counts)
+    }
+}
