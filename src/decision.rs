@@ -4,7 +4,7 @@
 //! store and the clock, and returns a [`Decision`]. It never calls the host and never
 //! sends anything: the shell applies the decision.
 
-use crate::api_key::{KeyRecord, check_format, hash_presented_key, is_valid_id};
+use crate::api_key::{KeyFailure, KeyRecord, check_format, hash_presented_key, is_valid_id};
 use crate::error::{AuthFailure, Denial, JwtFailure};
 use crate::jwt::{self, JwtError, KeySet, Verified};
 use crate::key_cache;
@@ -162,6 +162,13 @@ pub fn decide(
 
     let caller = match authenticate(policy, jwt_keys, head, store, clock) {
         Ok(caller) => caller,
+        // Before the sync's first answer the cache holds only the policy's own keys: a
+        // miss says nothing about the key, so the caller gets a retryable 503, not a 401.
+        Err(AuthFailure::Key(KeyFailure::Unknown))
+            if policy.feed.is_some() && crate::feed::read_state(store).is_none() =>
+        {
+            return Decision::Deny(Denial::AuthUnavailable);
+        }
         Err(failure) => return Decision::Deny(Denial::Unauthorized(failure)),
     };
     let mut allowed = match caller {
@@ -1046,6 +1053,47 @@ mod tests {
         policy.feed = Some(feed);
         assert!(
             matches!(run(&policy, "/v1/x", Presented::One(DEMO)), Decision::Allow(a) if a.feed_stale)
+        );
+    }
+
+    #[test]
+    fn before_the_first_feed_answer_an_unknown_key_gets_503_and_afterwards_401() {
+        let (mut policy, store, clock) = setup();
+        policy.feed = Some(crate::policy::FeedPolicy {
+            cluster: "control".into(),
+            authority: "control".into(),
+            path: "/v1/cache".into(),
+            token_env: "T".into(),
+            interval_secs: 1,
+            wait_secs: 20,
+            staleness_secs: 30,
+            on_stale: OnStale::FailClosed,
+        });
+        crate::feed::mark_started(&store, NOW).unwrap();
+        let head = |key| RequestHead {
+            method: b"GET",
+            path: b"/v1/x",
+            api_key: key,
+            authorization: Presented::None,
+            source_address: b"10.0.0.1:5555",
+            forwarded_for: None,
+        };
+        let run = |key| decide(&policy, &KeySet::default(), &head(key), &store, &clock);
+        let unknown_key = crate::api_key::format_key("ghk", "notfedyet0000000000000");
+        let unknown = Presented::One(unknown_key.as_bytes());
+        assert_eq!(run(unknown), Decision::Deny(Denial::AuthUnavailable));
+        assert!(
+            matches!(run(Presented::One(DEMO)), Decision::Allow(_)),
+            "the policy's own keys work before the first answer"
+        );
+        let answer = crate::feed::parse_answer(
+            br#"{"epoch":"e1","version":1,"full":true,"keys":[],"users":[],"jtis":[]}"#,
+        )
+        .unwrap();
+        crate::feed::apply(&store, &answer, &mut crate::feed::FedKeys::default(), NOW).unwrap();
+        assert_eq!(
+            run(unknown),
+            Decision::Deny(Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)))
         );
     }
 

@@ -374,7 +374,6 @@ pub fn stale(store: &impl SharedStore, now_secs: u64, bound_secs: u64) -> bool {
     age_secs(store, now_secs).is_none_or(|age| age > bound_secs)
 }
 
-/// The query the next poll sends: `since=<version>&wait=<secs>`.
 /// The poll's path. `epoch` goes with a nonzero `since` (FEED.md): a server whose database
 /// was re-created then answers a snapshot instead of changes counted from a version of
 /// another database. An epoch is only ever one [`parse_answer`] accepted (URL-safe

@@ -182,8 +182,17 @@ struct FeedSync {
     in_flight: Option<Poll>,
     /// The server answered 410: ask for a snapshot (`since=0`) next.
     full_next: bool,
-    /// Polls sent straight after an answer since the last tick.
-    quick_polls: u32,
+    /// Sync ticks so far ([`SYNC_TICK`] apart).
+    ticks: u64,
+    /// The tick of the next regular poll (every `feed.interval`).
+    next_regular: u64,
+    /// Polls that may still go out straight after an answer: a bucket of
+    /// [`QUICK_POLL_BURST`], refilled at [`QUICK_POLLS_PER_SEC`].
+    quick_budget: u32,
+    /// When the bucket last gained a poll (unix ns).
+    refilled_at: u64,
+    /// An answer asked for a poll at once but the bucket was empty: poll on the next tick.
+    poll_due: bool,
     /// The last poll failed: the next one asks not to be held (`wait=0`), so the cache
     /// is fresh again as soon as the server answers, not a long poll later.
     recovering: bool,
@@ -213,21 +222,55 @@ impl FeedSync {
         );
     }
 
+    /// Every [`SYNC_TICK`]: refills the quick-poll bucket, sends a poll that an answer
+    /// asked for, and every `feed.interval` the regular one. The first tick comes one
+    /// [`SYNC_TICK`] after configuration, so a fresh Envoy asks for its snapshot at once.
     fn on_tick(&mut self) {
+        self.ticks += 1;
+        self.refill();
         let now = now_secs();
-        if let Some(age) = feed::age_secs(&HostStore, now) {
-            FeedMetrics::set(self.metrics.last_sync_age, age);
+        let regular = self.ticks >= self.next_regular;
+        if regular {
+            let every = self.feed.interval_secs.saturating_mul(TICKS_PER_SEC).max(1);
+            self.next_regular = self.ticks.saturating_add(every);
+            if let Some(age) = feed::age_secs(&HostStore, now) {
+                FeedMetrics::set(self.metrics.last_sync_age, age);
+            }
         }
-        self.quick_polls = 0;
         if let Some(poll) = self.in_flight {
             // Envoy always answers a dispatched call (at the latest with its timeout);
             // this only guards against a host that does not.
-            if now.saturating_sub(poll.sent) <= poll.wait + 10 {
+            if !regular || now.saturating_sub(poll.sent) <= poll.wait + 10 {
                 return;
             }
             self.in_flight = None;
         }
-        self.poll(now);
+        if regular {
+            self.poll_due = false;
+            self.poll(now);
+        } else if self.poll_due && self.quick_budget > 0 {
+            self.poll_due = false;
+            self.quick_budget -= 1;
+            self.poll(now);
+        }
+    }
+
+    /// Adds the quick polls earned since the last refill (a token bucket).
+    fn refill(&mut self) {
+        const EVERY_NS: u64 = 1_000_000_000 / QUICK_POLLS_PER_SEC;
+        let now = HostClock.now().0;
+        let earned = now.saturating_sub(self.refilled_at) / EVERY_NS;
+        if earned == 0 {
+            return;
+        }
+        self.refilled_at = self
+            .refilled_at
+            .saturating_add(earned.saturating_mul(EVERY_NS));
+        let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+        self.quick_budget = self
+            .quick_budget
+            .saturating_add(earned)
+            .min(QUICK_POLL_BURST);
     }
 
     /// Sends the next long poll: from the version in `feed/state`, or a snapshot after a
@@ -273,8 +316,10 @@ impl FeedSync {
     /// poll was held its full `wait` (a `wait=0` poll after a failure counts), or the
     /// server asked for a snapshot (410). So a long poll is nearly always in flight and a
     /// change reaches shared data one round trip after it commits. A server that answers
-    /// at once with nothing new waits for the tick, and at most [`QUICK_POLLS_PER_TICK`]
-    /// polls go out between two ticks, so no answer can make the sync spin.
+    /// at once with nothing new waits for the regular poll, and quick polls come from a
+    /// bucket of [`QUICK_POLL_BURST`] refilled at [`QUICK_POLLS_PER_SEC`] (a poll the
+    /// bucket cannot pay for goes out on a later tick): no server can make the sync spin,
+    /// and under a steady stream of changes each answer carries a batch of them.
     fn on_response(&mut self, token: u32, body_size: usize) {
         let ours = self.in_flight.filter(|p| p.token == token);
         if ours.is_some() {
@@ -288,9 +333,14 @@ impl FeedSync {
                 news || version > p.since || now.saturating_sub(p.sent) + 1 >= p.wait
             }),
         };
-        if again && self.in_flight.is_none() && self.quick_polls < QUICK_POLLS_PER_TICK {
-            self.quick_polls += 1;
-            self.poll(now);
+        if again && self.in_flight.is_none() {
+            self.refill();
+            if self.quick_budget > 0 {
+                self.quick_budget -= 1;
+                self.poll(now);
+            } else {
+                self.poll_due = true;
+            }
         }
     }
 
@@ -394,8 +444,14 @@ enum Next {
     Applied { version: u64, news: bool },
 }
 
-/// Polls sent straight after an answer, at most, between two ticks.
-const QUICK_POLLS_PER_TICK: u32 = 8;
+/// The sync's timer: fine enough that a poll held back by [`QUICK_POLL_BURST`] goes out
+/// soon, coarse enough to cost nothing on Envoy's main thread.
+const SYNC_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+const TICKS_PER_SEC: u64 = 10;
+/// Polls that may go out straight after answers in a burst ...
+const QUICK_POLL_BURST: u32 = 16;
+/// ... and in the long run: at 50 a second, 100 changes a second arrive two per answer.
+const QUICK_POLLS_PER_SEC: u64 = 50;
 
 fn now_secs() -> u64 {
     HostClock.now().secs()
@@ -488,8 +544,7 @@ impl Root {
             log(LogLevel::Error, &format!("shared data: {e:?}"));
             return false;
         }
-        let _ =
-            hostcalls::set_tick_period(std::time::Duration::from_secs(feed_policy.interval_secs));
+        let _ = hostcalls::set_tick_period(SYNC_TICK);
         log(
             LogLevel::Info,
             &format!(
@@ -506,7 +561,11 @@ impl Root {
             authorization: format!("Bearer {token}"),
             in_flight: None,
             full_next: false,
-            quick_polls: 0,
+            ticks: 0,
+            next_regular: 1,
+            quick_budget: QUICK_POLL_BURST,
+            refilled_at: HostClock.now().0,
+            poll_due: false,
             recovering: false,
             fed: feed::FedKeys::default(),
             metrics: FeedMetrics::define(),
