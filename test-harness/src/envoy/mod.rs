@@ -8,9 +8,15 @@
 //! temporary directory; every startup error carries its tail. Dropping an [`Envoy`]
 //! kills the process, waits for it, and stops the echo upstream ([`echo`]).
 //!
+//! With a [`FeedLink`] ([`Envoy::start_with_feed`]) the bootstrap also gets the sync and
+//! the control cluster, and the feed token reaches the VM the way a deployment passes it:
+//! set in Envoy's own environment and named in `host_env_keys`, never in the rendered
+//! file. [`control`] runs the real control service it polls.
+//!
 //! There is no mock here: a missing Envoy binary is an error that says how to install it.
 
 pub mod config;
+pub mod control;
 pub mod echo;
 pub mod http1;
 
@@ -99,6 +105,17 @@ impl EnvoyOptions {
     }
 }
 
+/// How Envoy reaches the control service, for a policy with a `feed` section.
+#[derive(Clone, Debug)]
+pub struct FeedLink {
+    /// The control service: the cluster named by the policy's `feed.cluster` points here.
+    pub control: SocketAddr,
+    /// Variables set in Envoy's own environment and passed to the VM by name
+    /// (`host_env_keys`), as a deployment passes the feed token: the rendered bootstrap
+    /// never holds their values.
+    pub secret_env: Vec<(String, String)>,
+}
+
 /// A running Envoy with its echo upstream. Killed on drop.
 pub struct Envoy {
     child: Child,
@@ -109,10 +126,11 @@ pub struct Envoy {
     upstream: EchoUpstream,
 }
 
-fn scratch_dir() -> anyhow::Result<PathBuf> {
+/// A new, empty `gatehouse-<kind>-<pid>-<n>` directory under the system's temp dir.
+fn scratch_dir(kind: &str) -> anyhow::Result<PathBuf> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!("gatehouse-envoy-{}-{n}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("gatehouse-{kind}-{}-{n}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
@@ -125,6 +143,16 @@ fn loopback_any_port() -> SocketAddr {
 impl Envoy {
     /// Starts Envoy with the module and policy in `opts`, and waits until it is ready.
     pub fn start(opts: &EnvoyOptions) -> anyhow::Result<Envoy> {
+        Envoy::launch(opts, None)
+    }
+
+    /// [`start`](Self::start) for a policy with a `feed` section: the sync polls the
+    /// control service at `feed.control`, with the secrets of `feed.secret_env`.
+    pub fn start_with_feed(opts: &EnvoyOptions, feed: &FeedLink) -> anyhow::Result<Envoy> {
+        Envoy::launch(opts, Some(feed))
+    }
+
+    fn launch(opts: &EnvoyOptions, feed: Option<&FeedLink>) -> anyhow::Result<Envoy> {
         let binary = envoy_binary()?;
         if !opts.wasm.is_file() {
             bail!(
@@ -133,7 +161,7 @@ impl Envoy {
             );
         }
         let wasm = fs::canonicalize(&opts.wasm)?;
-        let dir = scratch_dir()?;
+        let dir = scratch_dir("envoy")?;
         let upstream =
             EchoUpstream::start(loopback_any_port()).context("starting the echo upstream")?;
         let bootstrap = Bootstrap {
@@ -143,15 +171,21 @@ impl Envoy {
             wasm,
             plugin_config_json: opts.plugin_config_json.clone(),
             env: opts.env.clone(),
-            pass_env: Vec::new(),
-            control: None,
+            pass_env: feed
+                .map(|f| f.secret_env.iter().map(|(k, _)| k.clone()).collect())
+                .unwrap_or_default(),
+            control: feed.map(|f| f.control),
         };
         let config_path = dir.join("envoy.yaml");
         fs::write(&config_path, bootstrap.render())?;
         let admin_path = dir.join("admin-address");
         let log_path = dir.join("envoy.log");
         let log = fs::File::create(&log_path)?;
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        for (name, value) in feed.iter().flat_map(|f| &f.secret_env) {
+            command.env(name, value);
+        }
+        let child = command
             .arg("-c")
             .arg(&config_path)
             .arg("--concurrency")
@@ -228,7 +262,8 @@ impl Envoy {
         Ok(())
     }
 
-    fn admin_get(&self, path: &str) -> anyhow::Result<ClientResponse> {
+    /// A GET on the admin interface (`/stats`, `/clusters`, ...).
+    pub fn admin_get(&self, path: &str) -> anyhow::Result<ClientResponse> {
         let req = ClientRequest {
             method: "GET".into(),
             path: path.into(),
@@ -261,6 +296,23 @@ impl Envoy {
                 self.log_tail(20)
             )
         })
+    }
+
+    /// The bootstrap Envoy runs with, as rendered.
+    pub fn config(&self) -> anyhow::Result<String> {
+        let path = self.dir.join("envoy.yaml");
+        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// A counter or gauge from the admin's `/stats` (`wasmcustom.gatehouse.feed.version`);
+    /// `None` when Envoy does not have it.
+    pub fn stat(&self, name: &str) -> anyhow::Result<Option<u64>> {
+        let resp = self.admin_get(&format!("/stats?filter=^{name}$"))?;
+        let text = String::from_utf8_lossy(&resp.body);
+        Ok(text.lines().find_map(|line| {
+            let (n, v) = line.split_once(": ")?;
+            (n == name).then(|| v.trim().parse().ok()).flatten()
+        }))
     }
 
     /// Envoy's log so far.
