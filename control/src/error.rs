@@ -2,13 +2,16 @@
 //! (`gatehouse::error::error_body`): `{"error","code","timestamp","request_id"}`.
 //!
 //! Handlers return [`ApiError`], which only marks the response; the request middleware
-//! (`app.rs`) writes the body, because it knows the request id and the time. Axum's own
-//! rejections (bad JSON, wrong types, unknown fields, oversized bodies, bad query strings)
-//! go through [`ApiJson`] and [`ApiQuery`], and any other error response without a JSON
-//! body (unknown route, wrong method) is rewritten by the middleware too, so nothing
-//! leaves the service in another shape.
+//! (`app.rs`) writes the body, because it knows the request id and the time. Bad bodies
+//! (not JSON, not an object, wrong types, unknown fields, too large, wrong content type)
+//! are refused by [`ApiJson`] and [`OptionalJson`], bad query strings by [`ApiQuery`], and
+//! any other error response without a JSON body (unknown route, wrong method, a path
+//! that is not UTF-8) is rewritten by the middleware too, so nothing leaves the service
+//! in another shape. No message quotes a string the client sent, nor the name of an
+//! unknown field: either may be a secret.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -118,84 +121,114 @@ pub fn code_for_status(status: StatusCode) -> (&'static str, &'static str) {
 }
 
 /// serde's messages quote the offending value for some errors; a value may be a secret
-/// (an API key in the wrong field), so those messages are replaced by a generic one.
+/// (an API key in the wrong field), so those messages are replaced by a generic one. An
+/// unknown field's name is the client's text too (a key pasted as a name): it is cut out,
+/// and the list of the fields expected is kept.
 fn safe_detail(detail: &str, generic: &str) -> String {
     if detail.contains("invalid type: string") || detail.contains("invalid value: string") {
-        generic.to_string()
-    } else {
-        detail.to_string()
+        return generic.to_string();
     }
+    // What comes before may hold the name too (the query extractor prefixes the path).
+    if let Some((_, rest)) = detail.split_once("unknown field `") {
+        // serde writes "unknown field `NAME`, expected ..." or "..., there are no fields";
+        // the last such suffix is serde's, whatever NAME holds.
+        let tail = [
+            rest.rfind("`, expected "),
+            rest.rfind("`, there are no fields"),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .and_then(|i| rest.get(i + 1..));
+        return match tail {
+            Some(tail) => format!("unknown field{tail}"),
+            None => generic.to_string(),
+        };
+    }
+    detail.to_string()
 }
 
-fn json_rejection(r: JsonRejection) -> ApiError {
-    match r {
-        JsonRejection::MissingJsonContentType(_) => json_rejection_415(),
-        JsonRejection::JsonSyntaxError(_) => ApiError::bad_request("the body is not valid JSON"),
-        JsonRejection::JsonDataError(e) => ApiError::bad_request(safe_detail(
-            &e.body_text(),
+/// `application/json` or `application/<anything>+json`, parameters ignored: what axum's
+/// `Json` accepts.
+fn is_json(req: &Request) -> bool {
+    let Some(value) = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = value.split(';').next().unwrap_or_default().trim();
+    let Some((kind, sub)) = mime.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json") || sub.to_ascii_lowercase().ends_with("+json"))
+}
+
+/// The whole body, within `DefaultBodyLimit` (`app::BODY_LIMIT`): 413 above it.
+async fn body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|e| {
+        let (code, message) = code_for_status(e.status());
+        ApiError::new(e.status(), code, message)
+    })
+}
+
+/// The body as a `T`, which must be sent as a JSON object. serde's derived structs also
+/// take a JSON array of their fields in order (`["u","t","free","laptop",null,null]` would
+/// issue a key); every body of this API is an object, so anything else is refused first.
+fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => ApiError::bad_request("the body must be a JSON object"),
+                Err(_) => ApiError::bad_request("the body is not valid JSON"),
+            },
+        );
+    }
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::bad_request(safe_detail(
+            &e.to_string(),
             "the body does not have the expected fields and types",
         )),
-        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PAYLOAD_TOO_LARGE",
-                "the request body is too large",
-            )
-        }
-        other => ApiError::bad_request(other.body_text()),
-    }
+        _ => ApiError::bad_request("the body is not valid JSON"),
+    })
 }
 
-/// `axum::Json` whose rejections are [`ApiError`]s.
+/// A JSON object body, as `axum::Json` reads it, whose rejections are [`ApiError`]s: 415
+/// without a JSON content type, 413 above the body limit, 400 for anything else.
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        axum::Json::<T>::from_request(req, state)
-            .await
-            .map(|axum::Json(v)| ApiJson(v))
-            .map_err(json_rejection)
+        if !is_json(&req) {
+            return Err(json_rejection_415());
+        }
+        let bytes = body(req, state).await?;
+        parse_object(&bytes).map(ApiJson)
     }
 }
 
-/// A JSON body that may be left out entirely (then `T::default()`).
+/// A JSON object body that may be left out entirely (then `T::default()`); a body that is
+/// sent is read as [`ApiJson`] reads it.
 pub struct OptionalJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let is_json = req
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                let mime = v.split(';').next().unwrap_or_default().trim();
-                mime.eq_ignore_ascii_case("application/json")
-            });
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| {
-                let (code, message) = code_for_status(e.status());
-                ApiError::new(e.status(), code, message)
-            })?;
+        let is_json = is_json(&req);
+        let bytes = body(req, state).await?;
         if bytes.is_empty() {
             return Ok(OptionalJson(T::default()));
         }
         if !is_json {
             return Err(json_rejection_415());
         }
-        serde_json::from_slice(&bytes)
-            .map(OptionalJson)
-            .map_err(|e| match e.classify() {
-                serde_json::error::Category::Data => ApiError::bad_request(safe_detail(
-                    &e.to_string(),
-                    "the body does not have the expected fields and types",
-                )),
-                _ => ApiError::bad_request("the body is not valid JSON"),
-            })
+        parse_object(&bytes).map(OptionalJson)
     }
 }
 
@@ -220,5 +253,45 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             .map_err(|e: QueryRejection| {
                 ApiError::bad_request(safe_detail(&e.body_text(), "invalid query string"))
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_detail;
+
+    const GENERIC: &str = "generic";
+
+    #[test]
+    fn a_quoted_string_value_is_replaced_by_the_generic_message() {
+        let d = r#"invalid type: string "ghk_secret", expected u32 at line 1 column 9"#;
+        assert_eq!(safe_detail(d, GENERIC), GENERIC);
+    }
+
+    #[test]
+    fn an_unknown_field_name_is_cut_and_the_expected_fields_kept() {
+        let d = "unknown field `ghk_secret`, expected `jti` or `expires_at` at line 1 column 14";
+        assert_eq!(
+            safe_detail(d, GENERIC),
+            "unknown field, expected `jti` or `expires_at` at line 1 column 14"
+        );
+        let d = "Failed to deserialize query string: ghk_x: unknown field `ghk_x`, expected `user`";
+        assert_eq!(safe_detail(d, GENERIC), "unknown field, expected `user`");
+        let d = "unknown field `a`, expected `b``, there are no fields at line 1 column 9";
+        assert_eq!(
+            safe_detail(d, GENERIC),
+            "unknown field, there are no fields at line 1 column 9"
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_message_of_another_form_is_generic() {
+        assert_eq!(safe_detail("unknown field `ghk_secret", GENERIC), GENERIC);
+    }
+
+    #[test]
+    fn other_messages_are_kept() {
+        let d = "missing field `plan` at line 1 column 2";
+        assert_eq!(safe_detail(d, GENERIC), d);
     }
 }

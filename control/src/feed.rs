@@ -25,7 +25,9 @@ pub const MAX_WAIT_SECS: u64 = 60;
 #[serde(deny_unknown_fields)]
 pub struct FeedQuery {
     since: Option<i64>,
-    wait: Option<u64>,
+    /// Seconds, held to [`MAX_WAIT_SECS`]. An `i64`, as `since` is, so that the range a
+    /// client may send is the OpenAPI document's (`int64`, minimum 0), not `u64`'s.
+    wait: Option<i64>,
     /// Optional: the epoch the caller's `since` belongs to. If it is not this database's,
     /// the answer is a snapshot, as if `since` were 0.
     epoch: Option<String>,
@@ -60,7 +62,14 @@ pub async fn cache(
     if since < 0 {
         return Err(ApiError::bad_request("since must be 0 or a version"));
     }
-    let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT_SECS));
+    let wait = match u64::try_from(q.wait.unwrap_or(0)) {
+        Ok(w) => Duration::from_secs(w.min(MAX_WAIT_SECS)),
+        Err(_) => {
+            return Err(ApiError::bad_request(
+                "wait must be 0 or a number of seconds",
+            ));
+        }
+    };
     let mut changes = s.changes.subscribe();
     let page = read(&s, since, q.epoch.as_deref()).await?;
     // A snapshot of an empty database (since 0, version 0) also waits: nothing changed.

@@ -154,10 +154,13 @@ pub async fn create(
     check_id("user_id", &body.user_id)?;
     check_id("tenant_id", &body.tenant_id)?;
     check_id("plan", &body.plan)?;
+    // Length and characters are checked on the name as sent, as the OpenAPI document
+    // states them (a tab or newline at the end is refused, not trimmed away); the name is
+    // stored trimmed.
     let device = body.device_name.trim();
     if device.is_empty()
-        || device.chars().count() > MAX_DEVICE_NAME_CHARS
-        || device.chars().any(char::is_control)
+        || body.device_name.chars().count() > MAX_DEVICE_NAME_CHARS
+        || body.device_name.chars().any(char::is_control)
     {
         return Err(ApiError::bad_request(format!(
             "device_name must be 1 to {MAX_DEVICE_NAME_CHARS} characters, no control characters"

@@ -2,7 +2,7 @@
 //! denylist of single tokens by jti. The jti is stored and fed only as its SHA-256.
 
 use crate::app::{AppState, RequestCtx};
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson, OptionalJson};
 use axum::Json;
 use axum::extract::{Path, State};
 use gatehouse::api_key::is_valid_id;
@@ -19,6 +19,12 @@ pub struct RevokeJti {
     /// The token's `exp` claim, Unix seconds: the entry is needed until then.
     expires_at: i64,
 }
+
+/// The body of a user's revocation: none, or `{}`. It has no fields yet; one sent is
+/// refused rather than ignored, so a caller never believes it was applied.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeUserTokens {}
 
 #[derive(Serialize)]
 pub struct UserRevoked {
@@ -41,6 +47,7 @@ pub async fn revoke_user_tokens(
     State(s): State<AppState>,
     ctx: RequestCtx,
     Path(user): Path<String>,
+    OptionalJson(RevokeUserTokens {}): OptionalJson<RevokeUserTokens>,
 ) -> Result<Json<UserRevoked>, ApiError> {
     if !is_valid_id(&user) {
         return Err(ApiError::bad_request(
