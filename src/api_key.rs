@@ -50,6 +50,20 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Decodes hex digits (either case) into `out`, which must be exactly half as long.
+/// `None` for any other length or a non-hex byte.
+pub(crate) fn unhex_into(text: &[u8], out: &mut [u8]) -> Option<()> {
+    if text.len() != out.len().checked_mul(2)? {
+        return None;
+    }
+    for (o, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        let hi = char::from(*pair.first()?).to_digit(16)?;
+        let lo = char::from(*pair.get(1)?).to_digit(16)?;
+        *o = u8::try_from(hi * 16 + lo).ok()?;
+    }
+    Some(())
+}
+
 impl KeyHash {
     pub fn of_key(key: &[u8]) -> KeyHash {
         KeyHash(Sha256::digest(key).into())
@@ -57,16 +71,8 @@ impl KeyHash {
 
     /// Parses 64 lower- or upper-case hex digits.
     pub fn from_hex(s: &str) -> Option<KeyHash> {
-        let bytes = s.as_bytes();
-        if bytes.len() != 64 {
-            return None;
-        }
         let mut out = [0u8; 32];
-        for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-            let hi = (*pair.first()? as char).to_digit(16)?;
-            let lo = (*pair.get(1)? as char).to_digit(16)?;
-            *o = u8::try_from(hi * 16 + lo).ok()?;
-        }
+        unhex_into(s.as_bytes(), &mut out)?;
         Some(KeyHash(out))
     }
 

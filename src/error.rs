@@ -1,6 +1,8 @@
 //! Every refusal, and the one JSON shape it is answered with.
 //!
-//! [`Denial`] is closed: nothing else in the plugin sends a local response. One function,
+//! [`Denial`] is closed: nothing else in the plugin sends an error body (the one other
+//! local answer is a CORS preflight's empty 204, [`crate::cors`]), and an upstream error
+//! replaced by gatehouse ([`Denial::UpstreamError`]) gets the same shape. One function,
 //! [`Denial::reply`], maps a denial to its status, `code`, headers and body. Clients get a
 //! generic message; the precise reason ([`Denial::reason`]) goes to logs and metrics, so a
 //! caller probing keys cannot tell an unknown key from a revoked one.
@@ -10,7 +12,10 @@
 //! except the request id is echoed, and that one is JSON-escaped and bounded.
 
 use crate::api_key::KeyFailure;
+use crate::body::BodyError;
+use crate::body::json::JsonError;
 use crate::revocation::Revoked;
+use crate::signature::SignatureError;
 use crate::time::{UnixNanos, format_rfc3339};
 
 /// Why a request had no acceptable identity.
@@ -53,6 +58,15 @@ pub enum Denial {
     /// The credential cannot be checked: the control service's feed is older than the
     /// policy's `feed.staleness` and the policy says `on_stale: fail_closed`.
     AuthUnavailable,
+    /// A CORS preflight the route's `cors` does not allow ([`crate::cors`]).
+    CorsRejected(crate::cors::CorsRefusal),
+    /// Not a refusal: an upstream error response (this status) replaced by the standard
+    /// body, which keeps the status ([`crate::response`]).
+    UpstreamError(u32),
+    /// A webhook signature was missing, wrong, expired or replayed ([`crate::signature`]).
+    Signature(crate::signature::SignatureError),
+    /// The body is too large, or breaks the route's JSON rules ([`crate::body`]).
+    Body(crate::body::BodyError),
 }
 
 /// `Retry-After` on [`Denial::AuthUnavailable`]: a few sync polls.
@@ -73,11 +87,16 @@ impl Denial {
     pub fn status(self) -> u32 {
         match self {
             Denial::Unauthorized(_) => 401,
-            Denial::Forbidden => 403,
+            Denial::Forbidden | Denial::CorsRejected(_) => 403,
+            Denial::UpstreamError(status) => status,
             Denial::RateLimited(_) => 429,
             Denial::NoRoute => 404,
             Denial::AmbiguousPath => 400,
             Denial::NotConfigured | Denial::AuthUnavailable => 503,
+            Denial::Signature(SignatureError::Unavailable) => 503,
+            Denial::Signature(_) => 401,
+            Denial::Body(BodyError::Json(JsonError::Malformed)) => 400,
+            Denial::Body(_) => 413,
         }
     }
 
@@ -109,6 +128,15 @@ impl Denial {
             Denial::AmbiguousPath => "BAD_REQUEST",
             Denial::NotConfigured => "UNAVAILABLE",
             Denial::AuthUnavailable => "AUTH_UNAVAILABLE",
+            Denial::CorsRejected(_) => "CORS_REJECTED",
+            Denial::UpstreamError(_) => "UPSTREAM_ERROR",
+            Denial::Signature(SignatureError::Expired) => "SIGNATURE_EXPIRED",
+            // The replay cache could not answer: the signature cannot be checked right now.
+            Denial::Signature(SignatureError::Unavailable) => "AUTH_UNAVAILABLE",
+            Denial::Signature(_) => "INVALID_SIGNATURE",
+            Denial::Body(BodyError::TooLarge) => "PAYLOAD_TOO_LARGE",
+            Denial::Body(BodyError::Json(JsonError::Malformed)) => "MALFORMED_BODY",
+            Denial::Body(BodyError::Json(_)) => "JSON_LIMIT_EXCEEDED",
         }
     }
 
@@ -146,6 +174,23 @@ impl Denial {
             Denial::AmbiguousPath => "the request path is not in normal form",
             Denial::NotConfigured => "the gateway is not configured",
             Denial::AuthUnavailable => "authentication is temporarily unavailable",
+            Denial::CorsRejected(_) => "this cross-origin request is not allowed",
+            // Per class only: the upstream's own words may hold internals.
+            Denial::UpstreamError(500..) => "the upstream service failed",
+            Denial::UpstreamError(_) => "the upstream service could not process the request",
+            // Never the expected signature or the signed string: the sender knows both.
+            Denial::Signature(SignatureError::Expired) => {
+                "the webhook timestamp is outside the allowed window"
+            }
+            Denial::Signature(SignatureError::Unavailable) => {
+                "authentication is temporarily unavailable"
+            }
+            Denial::Signature(_) => "the webhook signature is missing or invalid",
+            Denial::Body(BodyError::TooLarge) => "the request body is too large",
+            Denial::Body(BodyError::Json(JsonError::Malformed)) => {
+                "the request body is not valid JSON"
+            }
+            Denial::Body(BodyError::Json(_)) => "the JSON body exceeds the allowed sizes",
         }
     }
 
@@ -176,6 +221,10 @@ impl Denial {
             Denial::AmbiguousPath => "ambiguous_path",
             Denial::NotConfigured => "not_configured",
             Denial::AuthUnavailable => "feed_stale",
+            Denial::CorsRejected(r) => r.reason(),
+            Denial::UpstreamError(_) => "upstream_error",
+            Denial::Signature(e) => e.as_str(),
+            Denial::Body(e) => e.as_str(),
         }
     }
 
@@ -203,9 +252,14 @@ impl Denial {
                 headers.push(("retry-after", r.retry_after_secs().to_string()));
                 headers.extend(quota_headers(&r.quota()));
             }
-            Denial::AuthUnavailable => {
+            Denial::AuthUnavailable | Denial::Signature(SignatureError::Unavailable) => {
                 headers.push(("retry-after", AUTH_UNAVAILABLE_RETRY_AFTER_SECS.to_string()))
             }
+            // RFC 9110 §11.6.1: a 401 names a scheme; webhook senders sign, they do not log in.
+            Denial::Signature(_) => headers.push((
+                "www-authenticate",
+                "Signature realm=\"gatehouse\"".to_string(),
+            )),
             _ => {}
         }
         LocalReply {
@@ -337,6 +391,55 @@ mod tests {
                 .any(|(k, v)| *k == "retry-after" && v == "5")
         );
         assert!(!r.headers.iter().any(|(k, _)| *k == "www-authenticate"));
+    }
+
+    #[test]
+    fn webhook_and_body_refusals_have_their_codes_and_never_more_than_the_standard_fields() {
+        let check = |d: Denial, status: u32, code: &str| {
+            let r = d.reply(UnixNanos(0), b"id");
+            assert_eq!(r.status, status, "{d:?}");
+            let b = body(&r);
+            assert_eq!(b["code"], code, "{d:?}");
+            assert_eq!(b.as_object().unwrap().len(), 4, "{b}");
+            r
+        };
+        for e in [
+            SignatureError::Missing,
+            SignatureError::Malformed,
+            SignatureError::Mismatch,
+            SignatureError::Replayed,
+        ] {
+            let r = check(Denial::Signature(e), 401, "INVALID_SIGNATURE");
+            assert!(r.headers.iter().any(|(k, _)| *k == "www-authenticate"));
+            assert_eq!(
+                body(&r)["error"],
+                "the webhook signature is missing or invalid"
+            );
+        }
+        check(
+            Denial::Signature(SignatureError::Expired),
+            401,
+            "SIGNATURE_EXPIRED",
+        );
+        let r = check(
+            Denial::Signature(SignatureError::Unavailable),
+            503,
+            "AUTH_UNAVAILABLE",
+        );
+        assert!(r.headers.iter().any(|(k, _)| *k == "retry-after"));
+        check(Denial::Body(BodyError::TooLarge), 413, "PAYLOAD_TOO_LARGE");
+        check(
+            Denial::Body(BodyError::Json(JsonError::Malformed)),
+            400,
+            "MALFORMED_BODY",
+        );
+        for e in [
+            JsonError::StringTooLong,
+            JsonError::TooManyItems,
+            JsonError::TooDeep,
+        ] {
+            check(Denial::Body(BodyError::Json(e)), 413, "JSON_LIMIT_EXCEEDED");
+        }
     }
 
     #[test]

@@ -14,6 +14,11 @@
 //! | [`feed`] | the control service's cache feed: apply an answer, tell a stale cache |
 //! | [`jwks_cache`] | a JWKS fetched from a URL, shared by all workers, one fetch at a time |
 //! | [`decision`] | the request path: route, authenticate, allow or refuse |
+//! | [`body`] | body rules: size limits, JSON caps, the webhook check over the body |
+//! | [`signature`] | webhook signatures: provider formats, HMAC, the replay window |
+//! | [`replay_cache`] | signatures already accepted, in a fixed table of shared-data slots |
+//! | [`cors`] | CORS: allowed origins, preflight answers, headers on actual responses |
+//! | [`response`] | the response path: security headers, CORS headers, upstream error hygiene |
 //! | [`error`] | every refusal and its one JSON shape |
 //! | [`store`] | the shared-data and clock seams (host-backed in wasm, fakes in tests) |
 //! | [`time`] | RFC 3339 and Unix time |
@@ -23,6 +28,8 @@
 //! compiles natively, is unit-tested without a VM, and is what the benches measure.
 
 pub mod api_key;
+pub mod body;
+pub mod cors;
 pub mod decision;
 pub mod error;
 pub mod feed;
@@ -31,8 +38,11 @@ pub mod jwt;
 pub mod key_cache;
 pub mod policy;
 pub mod rate_limit;
+pub mod replay_cache;
+pub mod response;
 pub mod revocation;
 pub mod route;
+pub mod signature;
 pub mod store;
 pub mod time;
 

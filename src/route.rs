@@ -50,6 +50,20 @@ pub struct Route {
     pub group: Option<String>,
     /// Limits on top of the plan's (`limits:`). Defaults to none.
     pub limits: Vec<RouteLimit>,
+    /// CORS on this route: the policy's `cors` with the route's overrides; `None` with
+    /// `cors: false` or no CORS anywhere. Defaults to the policy's.
+    pub cors: Option<crate::cors::CorsPolicy>,
+    /// Security headers on this route's responses, merged like `cors`. Defaults to the
+    /// policy's.
+    pub security_headers: Option<crate::response::SecurityHeaders>,
+    /// Upstream error responses are replaced by the standard body. Defaults to the
+    /// policy's `upstream_errors.replace`.
+    pub upstream_errors: bool,
+    /// Size limit and JSON caps (`body:`): the policy's `body` with the route's
+    /// overrides. Defaults to 1 MiB and no JSON caps ([`crate::body`]).
+    pub body: crate::body::BodyPolicy,
+    /// A webhook's signature rules (`webhook:`). Defaults to none ([`crate::signature`]).
+    pub webhook: Option<crate::signature::Webhook>,
 }
 
 /// A route's own limit, e.g. login 10 per minute per client address.
@@ -127,6 +141,11 @@ mod tests {
         Route {
             group: None,
             limits: Vec::new(),
+            cors: None,
+            security_headers: None,
+            upstream_errors: false,
+            body: Default::default(),
+            webhook: None,
             name: "r".into(),
             path,
             methods: methods.iter().map(|m| m.to_string()).collect(),

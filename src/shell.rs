@@ -10,6 +10,14 @@
 //! [`crate::decision::decide`], and either forwards the request with identity headers or
 //! answers with the standard error body.
 //!
+//! Then the body rules ([`crate::body`]): a route with a webhook or JSON caps pauses the
+//! headers and `on_http_request_body` feeds each new piece of the held body to the check
+//! (Envoy hands over everything held so far; only the new bytes are copied into the VM),
+//! continuing at the end of the stream (or the trailers) releases headers and body
+//! together; any other route streams and is only counted. Webhook secrets are read from
+//! the environment at configure time, like JWT secrets; a missing one refuses the
+//! configuration.
+//!
 //! The same module also runs as the sync: Envoy's singleton wasm service (bootstrap
 //! extension, root id [`SYNC_ROOT_ID`], same vm_id, same policy). With a `feed` section it
 //! long-polls the control service on its tick, one call at a time, and writes each answer
@@ -97,6 +105,10 @@ struct Counters {
     limiter_collisions: u32,
     /// Requests allowed against a stale feed cache (`on_stale: keep_serving`).
     feed_stale_served: u32,
+    /// Webhook requests refused for their signature (any reason).
+    webhook_refused: u32,
+    /// Requests refused by the body rules (size or JSON caps).
+    body_refused: u32,
 }
 
 impl Counters {
@@ -109,6 +121,8 @@ impl Counters {
             limiter_contention: counter("gatehouse.rate_limit_contention"),
             limiter_collisions: counter("gatehouse.rate_limit_collisions"),
             feed_stale_served: counter("gatehouse.feed.stale_served"),
+            webhook_refused: counter("gatehouse.webhook_refused"),
+            body_refused: counter("gatehouse.body_refused"),
         }
     }
 
@@ -134,7 +148,12 @@ pub(crate) struct Root {
     counters: Counters,
     /// Set when this VM is the sync and the policy has a feed.
     sync: Option<FeedSync>,
+    /// Each route's webhook verifier (secrets read from the environment), by route index.
+    webhooks: Webhooks,
 }
+
+/// Webhook verifiers by route index; `None` for a route without a webhook.
+type Webhooks = Rc<Vec<Option<crate::signature::Verifier>>>;
 
 /// The sync's metrics (Envoy shows them as `wasmcustom.gatehouse.feed.*`).
 #[derive(Clone, Copy, Default)]
@@ -678,6 +697,10 @@ impl RootContext for Root {
                 let _ = hostcalls::set_tick_period(std::time::Duration::from_secs(1));
             }
         }
+        match configure_webhooks(&policy) {
+            Some(webhooks) => self.webhooks = Rc::new(webhooks),
+            None => return false,
+        }
         self.set_keys(self.static_keys.clone());
         self.counters = Counters::define();
         log(
@@ -737,6 +760,10 @@ impl RootContext for Root {
             keys: Rc::clone(&self.keys),
             counters: self.counters,
             quota: None,
+            response: None,
+            replacement: None,
+            webhooks: Rc::clone(&self.webhooks),
+            body: None,
         }))
     }
 
@@ -751,21 +778,83 @@ struct Filter {
     counters: Counters,
     /// The request's rate-limit quota, for `RateLimit-*` on the response.
     quota: Option<crate::rate_limit::Quota>,
+    /// What the response needs from the request (route rules, allowed origin, request id).
+    response: Option<crate::response::Pending>,
+    /// The standard body replacing an upstream error's, written at the end of its body.
+    replacement: Option<String>,
+    webhooks: Webhooks,
+    /// The request body under the route's body rules, between headers and end of stream.
+    body: Option<BodyState>,
 }
 
 impl Context for Filter {}
 
 impl HttpContext for Filter {
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let Some(q) = self.quota.take() {
-            for (name, value) in crate::error::quota_headers(&q) {
-                let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&value));
+    /// Every response passes here, gatehouse's own refusals included (Envoy runs a local
+    /// reply through the filter's response callbacks): security headers, CORS headers,
+    /// upstream error hygiene ([`crate::response`]), and `RateLimit-*` when asked.
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let quota: Vec<(&'static str, String)> = self
+            .quota
+            .take()
+            .map(|q| crate::error::quota_headers(&q).to_vec())
+            .unwrap_or_default();
+        let edits = match (&self.policy, &self.response) {
+            (Some(policy), Some(pending)) => {
+                // One host call for the map: the rules look at several headers.
+                let headers =
+                    hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
+                pending.on_response(policy, &headers, HostClock.now())
+            }
+            _ => crate::response::Edits::default(),
+        };
+        if edits.replace_body.is_some() && end_of_stream {
+            // An upstream error without a body: there is no body to rewrite, so it is
+            // answered locally with the same status (Envoy sends a local reply made while
+            // the response headers are still here straight to the client).
+            let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
+                .ok()
+                .flatten()
+                .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok())
+                .unwrap_or(502);
+            if let Some(mut reply) = edits.into_reply(status) {
+                reply.headers.extend(quota);
+                log(
+                    LogLevel::Debug,
+                    &format!("replaced upstream {status} without a body"),
+                );
+                send_reply(&reply);
+                return Action::Pause;
+            }
+            return Action::Continue;
+        }
+        for name in &edits.remove {
+            let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, name);
+        }
+        for (name, value) in edits.set.iter().chain(&quota) {
+            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
+        }
+        if edits.replace_body.is_some() {
+            log(LogLevel::Debug, "replacing an upstream error body");
+        }
+        self.replacement = edits.replace_body;
+        Action::Continue
+    }
+
+    /// Empties each chunk of a replaced upstream error as it passes (nothing is
+    /// buffered) and writes the standard body in its place at the end of the stream.
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(body) = &self.replacement {
+            let data = if end_of_stream { body.as_bytes() } else { b"" };
+            let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, data);
+            if end_of_stream {
+                self.replacement = None;
             }
         }
         Action::Continue
     }
 
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(policy) = self.policy.clone() else {
             send_refusal(Denial::NotConfigured, b"", false);
             return Action::Pause;
@@ -780,6 +869,9 @@ impl HttpContext for Filter {
         let mut api_key = Presented::None;
         let mut authorization = Presented::None;
         let mut forwarded: Vec<&[u8]> = Vec::new();
+        let mut origin: Option<&[u8]> = None;
+        let mut cors_method: Option<&[u8]> = None;
+        let mut cors_headers: Vec<&[u8]> = Vec::new();
         let mut spoofed: Vec<&str> = Vec::new();
         for (name, value) in &headers {
             match name.as_str() {
@@ -799,9 +891,23 @@ impl HttpContext for Filter {
                     }
                 }
                 "x-forwarded-for" => forwarded.push(value),
+                "origin" => origin = Some(value),
+                "access-control-request-method" => cors_method = Some(value),
+                "access-control-request-headers" => cors_headers.push(value),
                 n if n.starts_with(IDENTITY_HEADER_PREFIX) => spoofed.push(n),
                 _ => {}
             }
+        }
+        // A CORS preflight carries no credentials: it is answered before authentication.
+        if let Some(preflight) =
+            crate::cors::Preflight::from_request(method, path, origin, cors_method, &cors_headers)
+            && let Some(answer) = crate::cors::answer_preflight(&policy, &preflight)
+        {
+            match answer {
+                Ok(reply) => send_reply(&reply),
+                Err(denial) => send_refusal(denial, request_id, policy.verbose_errors),
+            }
+            return Action::Pause;
         }
         // Repeated x-forwarded-for lines are one list (RFC 9110 §5.3).
         let forwarded_for = (!forwarded.is_empty()).then(|| forwarded.join(&b","[..]));
@@ -836,7 +942,20 @@ impl HttpContext for Filter {
             .try_borrow()
             .map(|k| Rc::clone(&k))
             .unwrap_or_default();
-        match decide(&policy, &keys, &head, &HostStore, &HostClock) {
+        let decision = decide(&policy, &keys, &head, &HostStore, &HostClock);
+        let facts = crate::response::RequestFacts {
+            method,
+            path,
+            origin,
+            request_id,
+            refused: matches!(decision, Decision::Deny(_)),
+        };
+        let route = match &decision {
+            Decision::Allow(allowed) => Some(allowed.route),
+            Decision::Deny(_) => None,
+        };
+        self.response = crate::response::Pending::new(&policy, route, &facts);
+        match decision {
             Decision::Allow(allowed) => {
                 if allowed.limiter_contention {
                     Counters::bump(self.counters.limiter_contention);
@@ -877,7 +996,7 @@ impl HttpContext for Filter {
                         let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
                     }
                 }
-                Action::Continue
+                self.start_body(&policy, allowed.route, &headers, end_of_stream, request_id)
             }
             Decision::Deny(denial) => {
                 if let Denial::RateLimited(r) = denial {
@@ -903,15 +1022,214 @@ impl HttpContext for Filter {
             }
         }
     }
+
+    /// A held body arrives whole each time (Envoy buffers what the filter paused on); a
+    /// streamed one a piece at a time.
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(mut state) = self.body.take() else {
+            return Action::Continue;
+        };
+        let result = if state.check.holds() {
+            // Only the bytes not seen yet are copied into the VM.
+            let new = body_size.saturating_sub(state.held);
+            let bytes = match new {
+                0 => Vec::new(),
+                n => hostcalls::get_buffer(BufferType::HttpRequestBody, state.held, n)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default(),
+            };
+            state.held = state.held.max(body_size);
+            state.check.feed(&bytes)
+        } else {
+            state.check.count(body_size as u64)
+        };
+        if let Err(denial) = result {
+            self.refuse_body(denial, &state.request_id, state.verbose);
+            return Action::Pause;
+        }
+        if !end_of_stream {
+            let holds = state.check.holds();
+            self.body = Some(state);
+            return if holds {
+                Action::Pause
+            } else {
+                Action::Continue
+            };
+        }
+        self.finish_body(state)
+    }
+
+    /// Trailers end a body too (HTTP/2, or chunked with trailers): the last body callback
+    /// then did not say `end_of_stream`.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        match self.body.take() {
+            Some(state) => self.finish_body(state),
+            None => Action::Continue,
+        }
+    }
 }
 
-/// The one place that answers a request locally.
+/// A request body under its route's body rules ([`crate::body`]).
+struct BodyState {
+    check: crate::body::BodyCheck,
+    /// Bytes of a held body already fed to the check.
+    held: usize,
+    route: usize,
+    request_id: Vec<u8>,
+    verbose: bool,
+}
+
+impl Filter {
+    /// Step 5 of the request path, at the headers: a declared size over the limit and bad
+    /// webhook headers are refused at once; a route that checks its body holds it (the
+    /// headers pause, so the upstream sees nothing until the body passes); any other
+    /// route streams it and counts.
+    fn start_body(
+        &mut self,
+        policy: &Policy,
+        route: usize,
+        headers: &[(String, Vec<u8>)],
+        end_of_stream: bool,
+        request_id: &[u8],
+    ) -> Action {
+        let Some(rules) = policy.routes.get(route) else {
+            return Action::Continue;
+        };
+        let webhooks = Rc::clone(&self.webhooks);
+        let verifier = webhooks.get(route).and_then(Option::as_ref);
+        if end_of_stream && verifier.is_none() {
+            // No body and nothing to verify: the common GET costs nothing here.
+            return Action::Continue;
+        }
+        let find = |name: Option<&str>| {
+            let mut found = Presented::None;
+            for (n, v) in headers {
+                if Some(n.as_str()) == name {
+                    found = match found {
+                        Presented::None => Presented::One(v.as_slice()),
+                        _ => Presented::Several,
+                    };
+                }
+            }
+            found
+        };
+        let head = crate::body::BodyHead {
+            content_length: match find(Some("content-length")) {
+                Presented::One(v) => Some(v),
+                _ => None,
+            },
+            end_of_stream,
+            signature: find(verifier.map(|v| v.provider().signature_header())),
+            timestamp: find(verifier.and_then(|v| v.provider().timestamp_header())),
+        };
+        let state = |check| BodyState {
+            check,
+            held: 0,
+            route,
+            request_id: request_id.to_vec(),
+            verbose: policy.verbose_errors,
+        };
+        match crate::body::start(rules, verifier, &head, now_secs()) {
+            Err(denial) => {
+                self.refuse_body(denial, request_id, policy.verbose_errors);
+                Action::Pause
+            }
+            Ok(check) if end_of_stream => self.finish_body(state(check)),
+            Ok(check) => {
+                let holds = check.holds();
+                self.body = Some(state(check));
+                if holds {
+                    Action::Pause
+                } else {
+                    Action::Continue
+                }
+            }
+        }
+    }
+
+    /// The end of the body: the JSON must be complete, the signature must match and not be
+    /// a replay. Continuing releases a held body to the upstream.
+    fn finish_body(&mut self, state: BodyState) -> Action {
+        let webhooks = Rc::clone(&self.webhooks);
+        let verifier = webhooks.get(state.route).and_then(Option::as_ref);
+        match state.check.finish(verifier, &HostStore, now_secs()) {
+            Ok(()) => Action::Continue,
+            Err(denial) => {
+                self.refuse_body(denial, &state.request_id, state.verbose);
+                Action::Pause
+            }
+        }
+    }
+
+    fn refuse_body(&mut self, denial: Denial, request_id: &[u8], verbose: bool) {
+        match denial {
+            Denial::Signature(_) => Counters::bump(self.counters.webhook_refused),
+            _ => Counters::bump(self.counters.body_refused),
+        }
+        if let Some(response) = &mut self.response {
+            // Our own refusal: the response rules must not take it for an upstream error.
+            response.mark_local();
+        }
+        send_refusal(denial, request_id, verbose);
+    }
+}
+
+/// Builds every route's webhook verifier from the environment and prepares the replay
+/// caches; `None` (configuration refused, the log says why, naming the variable, never
+/// its value) when a secret is missing or shared data fails.
+fn configure_webhooks(policy: &Policy) -> Option<Vec<Option<crate::signature::Verifier>>> {
+    let mut out = Vec::with_capacity(policy.routes.len());
+    for (i, route) in policy.routes.iter().enumerate() {
+        let Some(webhook) = &route.webhook else {
+            out.push(None);
+            continue;
+        };
+        let verifier = match crate::signature::Verifier::new(webhook, &route.name, |n| {
+            std::env::var(n).ok()
+        }) {
+            Ok(v) => v,
+            Err(e) => {
+                log(
+                    LogLevel::Error,
+                    &format!("invalid policy: routes[{i}].webhook.secrets_env: {e}"),
+                );
+                return None;
+            }
+        };
+        if let Some((table, slots)) = verifier.replay_table() {
+            match crate::replay_cache::prepare(&HostStore, table, slots) {
+                Ok(0) => {}
+                Ok(n) => log(
+                    LogLevel::Info,
+                    &format!("replay cache for route {table} created: {n} slots"),
+                ),
+                Err(e) => {
+                    log(
+                        LogLevel::Error,
+                        &format!("could not create the replay cache in shared data: {e:?}"),
+                    );
+                    return None;
+                }
+            }
+        }
+        out.push(Some(verifier));
+    }
+    Some(out)
+}
+
+/// The one place that refuses a request.
 fn send_refusal(denial: Denial, request_id: &[u8], verbose: bool) {
     let reply = denial.render(HostClock.now(), request_id, verbose);
     log(
         LogLevel::Debug,
         &format!("refused {} {}", reply.status, denial.reason()),
     );
+    send_reply(&reply);
+}
+
+/// The one place that answers locally: refusals, preflights, replaced upstream errors.
+fn send_reply(reply: &crate::error::LocalReply) {
     let headers: Vec<(&str, &str)> = reply
         .headers
         .iter()

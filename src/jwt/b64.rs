@@ -6,18 +6,28 @@
 //! has exactly one text, so a token cannot be re-encoded (a signature "changed" from `Q`
 //! to `R` in its last character) and still verify, which matters to anyone who keys a
 //! replay or revocation cache on the token text.
+//!
+//! [`decode_standard`] reads the standard alphabet (RFC 4648 §4, `+` and `/`), with or
+//! without `=` padding, as webhook providers send base64 signatures; the same strictness
+//! applies otherwise.
 
 /// Why a segment is not strict base64url. Carries no input bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct NotBase64Url;
 
-fn sextet(c: u8) -> Option<u32> {
+/// The two characters that differ between the alphabets: base64url's `-` `_`, or
+/// standard base64's `+` `/`.
+type Alphabet = (u8, u8);
+const URL: Alphabet = (b'-', b'_');
+const STANDARD: Alphabet = (b'+', b'/');
+
+fn sextet(c: u8, (c62, c63): Alphabet) -> Option<u32> {
     let v = match c {
         b'A'..=b'Z' => c - b'A',
         b'a'..=b'z' => c - b'a' + 26,
         b'0'..=b'9' => c - b'0' + 52,
-        b'-' => 62,
-        b'_' => 63,
+        _ if c == c62 => 62,
+        _ if c == c63 => 63,
         _ => return None,
     };
     Some(u32::from(v))
@@ -25,6 +35,31 @@ fn sextet(c: u8) -> Option<u32> {
 
 /// Decodes `input`, appending to `out` (cleared first).
 pub(crate) fn decode_into(input: &[u8], out: &mut Vec<u8>) -> Result<(), NotBase64Url> {
+    decode_alphabet(input, URL, out)
+}
+
+/// Decodes standard base64 (RFC 4648 §4), padded or not. `None` for anything else.
+pub(crate) fn decode_standard(input: &[u8]) -> Option<Vec<u8>> {
+    // Padding only completes the last quantum: at most two `=`, and only then a length
+    // that is a multiple of four.
+    let unpadded = match input {
+        [rest @ .., b'=', b'='] | [rest @ .., b'='] if input.len().is_multiple_of(4) => rest,
+        _ => input,
+    };
+    if unpadded.ends_with(b"=") {
+        return None;
+    }
+    let mut out = Vec::new();
+    decode_alphabet(unpadded, STANDARD, &mut out).ok()?;
+    Some(out)
+}
+
+fn decode_alphabet(
+    input: &[u8],
+    alphabet: Alphabet,
+    out: &mut Vec<u8>,
+) -> Result<(), NotBase64Url> {
+    let sextet = |c: u8| sextet(c, alphabet);
     out.clear();
     if input.len() % 4 == 1 {
         return Err(NotBase64Url);
@@ -146,6 +181,32 @@ mod tests {
         assert!(decode(b"Zh").is_err());
         assert!(decode(b"Zm9").is_err());
         assert!(decode(b"Zm8").is_ok());
+    }
+
+    #[test]
+    fn decodes_standard_base64_with_or_without_padding() {
+        for (text, bytes) in [
+            ("Zg==", "f"),
+            ("Zg", "f"),
+            ("Zm8=", "fo"),
+            ("Zm9v", "foo"),
+            ("Zm9vYmE=", "fooba"),
+        ] {
+            assert_eq!(decode_standard(text.as_bytes()).unwrap(), bytes.as_bytes());
+        }
+        assert_eq!(decode_standard(b"+/+/").unwrap(), [0xfb, 0xff, 0xbf]);
+        for bad in [
+            &b"-_-_"[..],
+            b"Zg=",
+            b"Zg===",
+            b"Z===",
+            b"=",
+            b"Zm9v=",
+            b"Zh==",
+            b" Zg==",
+        ] {
+            assert_eq!(decode_standard(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -11,11 +11,18 @@ use crate::route::{Audience, PathMatch, Route};
 use crate::time::parse_rfc3339;
 
 mod auth;
+mod body;
+mod cors;
 mod feed;
 mod limits;
+mod response;
 
 pub(super) struct Decoder {
     pub errors: Vec<PolicyError>,
+    /// Valid but probably wrong; reported by `gatehouse-harness check`, never fatal.
+    pub warnings: Vec<PolicyError>,
+    /// The top-level `body` section, which routes' own `body` sections override.
+    body_default: crate::body::BodyPolicy,
 }
 
 /// A mapping's fields, after unknown ones were reported.
@@ -44,11 +51,23 @@ fn join(path: &str, field: &str) -> String {
 
 impl Decoder {
     pub fn new() -> Self {
-        Decoder { errors: Vec::new() }
+        Decoder {
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            body_default: Default::default(),
+        }
     }
 
     fn error(&mut self, path: &str, pos: Option<Pos>, message: impl Into<String>) {
         self.errors.push(PolicyError {
+            path: path.to_string(),
+            pos,
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, path: &str, pos: Option<Pos>, message: impl Into<String>) {
+        self.warnings.push(PolicyError {
             path: path.to_string(),
             pos,
             message: message.into(),
@@ -185,6 +204,11 @@ impl Decoder {
                 "hide_credentials",
                 "rate_limit",
                 "feed",
+                "environment",
+                "cors",
+                "security_headers",
+                "upstream_errors",
+                "body",
             ],
         )?;
         if let Some(v) = f.get("version") {
@@ -208,8 +232,17 @@ impl Decoder {
             Some(n) => self.plans(n, "plans"),
             None => Some(default_plans()),
         };
+        let inherited = {
+            let header = api_key.as_ref().map_or("x-api-key", |(h, _)| h.as_str());
+            self.inherited(&f, header)
+        };
+        if let Some(n) = f.get("body")
+            && let Some(body) = self.body_policy(n, "body", &Default::default())
+        {
+            self.body_default = body;
+        }
         let routes = match f.get("routes") {
-            Some(n) => self.routes(n, "routes"),
+            Some(n) => self.routes(n, "routes", &inherited),
             None => {
                 self.error("", root.pos, "missing required field 'routes'");
                 None
@@ -266,6 +299,9 @@ impl Decoder {
             plans: plans?,
             keys: keys?,
             routes: routes?,
+            environment: inherited.environment,
+            cors: inherited.cors,
+            security_headers: inherited.security_headers,
             fingerprint,
         })
     }
@@ -536,7 +572,12 @@ impl Decoder {
         })
     }
 
-    fn routes(&mut self, node: &Node, path: &str) -> Option<Vec<Route>> {
+    fn routes(
+        &mut self,
+        node: &Node,
+        path: &str,
+        inherited: &response::Inherited,
+    ) -> Option<Vec<Route>> {
         let items = self.list(node, path)?;
         if items.is_empty() {
             self.error(path, node.pos, "at least one route is required");
@@ -546,7 +587,7 @@ impl Decoder {
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
             let p = format!("{path}[{i}]");
-            match self.route(item, &p, i) {
+            match self.route(item, &p, i, inherited) {
                 Some(r) => {
                     if routes.iter().any(|e| e.name == r.name) {
                         self.error(
@@ -564,12 +605,34 @@ impl Decoder {
         ok.then_some(routes)
     }
 
-    fn route(&mut self, node: &Node, path: &str, index: usize) -> Option<Route> {
+    fn route(
+        &mut self,
+        node: &Node,
+        path: &str,
+        index: usize,
+        inherited: &response::Inherited,
+    ) -> Option<Route> {
         let f = self.object(
             node,
             path,
-            &["name", "match", "audience", "group", "limits"],
+            &[
+                "name",
+                "match",
+                "audience",
+                "group",
+                "limits",
+                "cors",
+                "security_headers",
+                "upstream_errors",
+                "body",
+                "webhook",
+            ],
         )?;
+        let response = self.route_response(&f, path, inherited);
+        let body_rules = {
+            let base = self.body_default;
+            self.route_body(&f, path, &base)
+        };
         let limits = match f.get("limits") {
             None => Some(Vec::new()),
             Some(n) => self.route_limits(n, &join(path, "limits")),
@@ -608,6 +671,8 @@ impl Decoder {
                 }
             }
         };
+        let response = response?;
+        let (body, webhook) = body_rules?;
         Some(Route {
             name: name?,
             path: path_match?,
@@ -615,6 +680,11 @@ impl Decoder {
             audience: audience?,
             group: group?,
             limits: limits?,
+            cors: response.cors,
+            security_headers: response.security_headers,
+            upstream_errors: response.upstream_errors,
+            body,
+            webhook,
         })
     }
 

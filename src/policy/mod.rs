@@ -54,6 +54,15 @@ pub struct Policy {
     pub keys: Vec<StaticKey>,
     /// Routes in match order. Required, at least one.
     pub routes: Vec<Route>,
+    /// Where the policy runs; only warnings depend on it. Defaults to
+    /// [`Environment::Production`].
+    pub environment: Environment,
+    /// CORS (`cors:`) for responses no route matched; routes carry their merged copy.
+    /// Defaults to none.
+    pub cors: Option<crate::cors::CorsPolicy>,
+    /// Security headers (`security_headers:`) for responses no route matched; routes
+    /// carry their merged copy. Defaults to none.
+    pub security_headers: Option<crate::response::SecurityHeaders>,
     /// First 8 bytes of SHA-256 of the plugin configuration: tells this policy's static
     /// keys apart from an earlier policy's in shared data.
     pub fingerprint: u64,
@@ -93,6 +102,14 @@ pub enum OnStale {
     FailClosed,
     /// Serve from the cache as it is (counted in `gatehouse.feed.stale_served`).
     KeepServing,
+}
+
+/// Where a policy runs (`environment:`): a production policy with a development-only
+/// setting, such as a `localhost` CORS origin, is warned about by `gatehouse-harness check`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Environment {
+    Production,
+    Development,
 }
 
 /// How presented API keys are checked before their hash is looked up.
@@ -215,14 +232,25 @@ fn fingerprint(config_json: &[u8]) -> u64 {
     u64::from_be_bytes(first)
 }
 
-fn decode(source: &str, root: &Node, config_json: &[u8]) -> Result<Policy, PolicyErrors> {
+/// The policy and its warnings (things that are valid but probably wrong), or its errors.
+fn decode(
+    source: &str,
+    root: &Node,
+    config_json: &[u8],
+) -> Result<(Policy, PolicyErrors), PolicyErrors> {
     let mut d = decode::Decoder::new();
     let policy = d.policy(root, fingerprint(config_json));
     let mut errors = d.errors;
     // Sort by position so the output reads top to bottom like the file.
     errors.sort_by_key(|e| e.pos.map(|p| (p.line, p.column)).unwrap_or((0, 0)));
+    let mut warnings = d.warnings;
+    warnings.sort_by_key(|e| e.pos.map(|p| (p.line, p.column)).unwrap_or((0, 0)));
+    let warnings = PolicyErrors {
+        source: source.to_string(),
+        errors: warnings,
+    };
     match policy {
-        Some(p) if errors.is_empty() => Ok(p),
+        Some(p) if errors.is_empty() => Ok((p, warnings)),
         _ => Err(PolicyErrors {
             source: source.to_string(),
             errors,
@@ -242,11 +270,11 @@ impl Policy {
                 message,
             }],
         })?;
-        decode(SOURCE, &root, bytes)
+        decode(SOURCE, &root, bytes).map(|(policy, _warnings)| policy)
     }
 
     /// The environment variables the policy reads secrets from (`jwt.keys[].secret_env`,
-    /// `feed.token_env`), which Envoy must pass to the VM.
+    /// `feed.token_env`, `routes[].webhook.secrets_env`), which Envoy must pass to the VM.
     pub fn secret_env_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .jwt
@@ -257,6 +285,12 @@ impl Policy {
                 auth::Secret::Literal(_) => None,
             })
             .chain(self.feed.iter().map(|f| f.token_env.clone()))
+            .chain(
+                self.routes
+                    .iter()
+                    .filter_map(|r| r.webhook.as_ref())
+                    .flat_map(|w| w.secrets_env.iter().cloned()),
+            )
             .collect();
         names.sort();
         names.dedup();
@@ -275,6 +309,9 @@ pub struct LoadedPolicy {
     pub policy: Policy,
     /// The JSON to give Envoy as the plugin's `configuration`.
     pub plugin_config_json: String,
+    /// Valid but probably wrong (e.g. a `localhost` CORS origin in a production policy):
+    /// `gatehouse-harness check` prints them and still passes.
+    pub warnings: PolicyErrors,
 }
 
 /// Reads and checks a YAML policy; `file_name` is used in error messages.
@@ -289,10 +326,11 @@ pub fn load_yaml(file_name: &str, source: &str) -> Result<LoadedPolicy, PolicyEr
         }],
     })?;
     let plugin_config_json = root.to_json().to_string();
-    let policy = decode(file_name, &root, plugin_config_json.as_bytes())?;
+    let (policy, warnings) = decode(file_name, &root, plugin_config_json.as_bytes())?;
     Ok(LoadedPolicy {
         policy,
         plugin_config_json,
+        warnings,
     })
 }
 
@@ -461,7 +499,7 @@ mod tests {
         assert_eq!(
             errors(&minimal("colour: blue\n")),
             [
-                "p.yaml:4:1: colour: unknown field 'colour'; expected one of [version, api_key, plans, keys, routes, errors, jwt, revocations, hide_credentials, rate_limit, feed]"
+                "p.yaml:4:1: colour: unknown field 'colour'; expected one of [version, api_key, plans, keys, routes, errors, jwt, revocations, hide_credentials, rate_limit, feed, environment, cors, security_headers, upstream_errors, body]"
             ]
         );
     }

@@ -25,7 +25,9 @@ use std::process::ExitCode;
 const USAGE: &str = "\
 usage:
   gatehouse-harness check FILE...
-      check policy files (and *.cases.yaml case files); print every error as file:line:column
+      check policy files (and *.cases.yaml case files); print every error as file:line:column,
+      and warnings (valid but probably wrong, e.g. a localhost CORS origin in a production
+      policy) as file:line:column: warning: ..., which do not fail the check
   gatehouse-harness run [--envoy] [--module PATH] [--junit FILE] CASES...
       run case files in the harness, or with --envoy in a real Envoy; --module overrides
       the case files' `module:`; --junit also writes the results as JUnit XML
@@ -156,7 +158,28 @@ fn is_case_file(path: &str) -> bool {
     path.ends_with(".cases.yaml") || path.ends_with(".cases.yml")
 }
 
-/// Checks one policy file; prints `FILE: ok` or its errors. True when it is fine.
+/// `FILE:LINE:COLUMN: warning: PATH: MESSAGE`, one line per warning.
+fn warning_lines(warnings: &gatehouse::policy::PolicyErrors) -> Vec<String> {
+    warnings
+        .errors
+        .iter()
+        .map(|w| {
+            let at = match w.pos {
+                Some(pos) => format!("{}:{pos}", warnings.source),
+                None => warnings.source.clone(),
+            };
+            let field = if w.path.is_empty() {
+                String::new()
+            } else {
+                format!("{}: ", w.path)
+            };
+            format!("{at}: warning: {field}{}", w.message)
+        })
+        .collect()
+}
+
+/// Checks one policy file; prints `FILE: ok` (with its warnings, which do not fail the
+/// check) or its errors. True when it is fine.
 fn check_policy(path: &str) -> bool {
     match std::fs::read_to_string(path) {
         Err(e) => {
@@ -164,8 +187,15 @@ fn check_policy(path: &str) -> bool {
             false
         }
         Ok(source) => match gatehouse::policy::load_yaml(path, &source) {
-            Ok(_) => {
-                println!("{path}: ok");
+            Ok(loaded) => {
+                for line in warning_lines(&loaded.warnings) {
+                    println!("{line}");
+                }
+                match loaded.warnings.len() {
+                    0 => println!("{path}: ok"),
+                    1 => println!("{path}: ok (1 warning)"),
+                    n => println!("{path}: ok ({n} warnings)"),
+                }
                 true
             }
             Err(errors) => {
@@ -326,6 +356,9 @@ fn envoy_config(args: &[String]) -> CmdResult {
             return Ok(ExitCode::FAILURE);
         }
     };
+    for line in warning_lines(&loaded.warnings) {
+        eprintln!("{line}");
+    }
     let pass_env = loaded.policy.secret_env_names();
     let bootstrap = Bootstrap {
         listen,

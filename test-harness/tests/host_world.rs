@@ -275,6 +275,53 @@ fn pausing_on_headers_holds_the_body_until_the_stream_resumes() {
 }
 
 #[test]
+fn with_allow_on_headers_stop_iteration_the_body_arrives_while_the_headers_wait() {
+    // Paused headers with nothing pending would hang without the option (see above);
+    // with it the body callbacks run, the filter buffers, and continuing at the end
+    // releases headers and body together.
+    let mut h = probe("{}")
+        .allow_on_headers_stop_iteration(true)
+        .build()
+        .unwrap();
+    let out = h
+        .request(
+            Request::post("/")
+                .header("x-probe-pause", "1")
+                .header("x-probe-buffer", "1")
+                .body("hello world!")
+                .chunked(4),
+        )
+        .unwrap();
+    assert_eq!(out.upstream.unwrap().body, b"hello world!");
+    let bodies: Vec<String> = messages(&h)
+        .into_iter()
+        .filter(|m| m.starts_with("request body:"))
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            "request body: 4 bytes, end_of_stream=false",
+            "request body: 8 bytes, end_of_stream=false",
+            "request body: 12 bytes, end_of_stream=true"
+        ]
+    );
+    // A body callback that continues releases the paused headers at once.
+    let mut h = probe("{}")
+        .allow_on_headers_stop_iteration(true)
+        .build()
+        .unwrap();
+    let out = h
+        .request(
+            Request::post("/")
+                .header("x-probe-pause", "1")
+                .body("hello world!")
+                .chunked(5),
+        )
+        .unwrap();
+    assert_eq!(out.upstream.unwrap().body, b"hello world!");
+}
+
+#[test]
 fn body_chunks_arrive_one_callback_each_and_buffering_accumulates_them() {
     let mut h = probe("{}").build().unwrap();
     let out = h

@@ -9,6 +9,7 @@
 //! cases that need them are harness-only (see the module doc of [`crate::cases`]).
 
 use super::{FaultSpec, RequestSpec};
+use crate::echo_reply::{RECEIVED_HEADER, REPLY_HEADER};
 use crate::envoy::echo::ECHO_MARKER;
 use crate::envoy::http1::ClientRequest;
 use crate::envoy::{Envoy, EnvoyOptions};
@@ -171,15 +172,27 @@ impl Backend for EnvoyBackend {
                 .headers
                 .iter()
                 .map(|(n, v)| (n.clone(), v.as_bytes().to_vec()))
+                .chain(
+                    req.reply
+                        .iter()
+                        .map(|r| (REPLY_HEADER.to_string(), r.to_header_value().into_bytes())),
+                )
                 .collect(),
             body: req.body.clone(),
         };
         let resp = self.envoy.send(&client)?;
         let from_upstream = resp.headers.iter().any(|(n, _)| n == ECHO_MARKER);
-        let upstream = if from_upstream {
-            Some(upstream_from_echo(&resp.body)?)
-        } else {
-            None
+        // A scripted reply's body is not the echo: what the upstream received comes in a
+        // header instead.
+        let received = resp
+            .headers
+            .iter()
+            .find(|(n, _)| n == RECEIVED_HEADER)
+            .map(|(_, v)| v.as_slice());
+        let upstream = match (from_upstream, received) {
+            (false, _) => None,
+            (true, Some(echo)) => Some(upstream_from_echo(echo)?),
+            (true, None) => Some(upstream_from_echo(&resp.body)?),
         };
         Ok(Observed {
             status: resp.status,

@@ -4,6 +4,7 @@
 
 use super::backend::{Backend, BackendConfig, BackendKind, HostSeen, Observed, UpstreamSeen};
 use super::{FaultSpec, RequestSpec};
+use crate::echo_reply::REPLY_HEADER;
 use crate::host::{Harness, Request};
 use anyhow::{Context, anyhow};
 use std::time::Duration;
@@ -54,6 +55,8 @@ impl Backend for HarnessBackend {
         let mut builder = Harness::builder(&c.module)
             .plugin_config(c.plugin_config.as_bytes().to_vec())
             .workers(usize::try_from(c.workers).unwrap_or(1))
+            // As the Envoy backend's bootstrap (envoy/envoy.yaml.tmpl) configures it.
+            .allow_on_headers_stop_iteration(true)
             .seed(SEED);
         for upstream in &c.upstreams {
             builder = builder.upstream(upstream.clone());
@@ -79,6 +82,9 @@ impl Backend for HarnessBackend {
         let mut request = Request::new(req.method.as_str(), req.path.as_str());
         for (name, value) in &req.headers {
             request = request.header(name.as_str(), value.as_str());
+        }
+        if let Some(reply) = &req.reply {
+            request = request.header(REPLY_HEADER, reply.to_header_value());
         }
         if !req.body.is_empty() {
             request = request.body(req.body.clone());

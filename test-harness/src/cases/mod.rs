@@ -29,7 +29,12 @@
 //!     backends: [harness, envoy]              # Defaults to both (see "Envoy" below).
 //!     steps:
 //!       - request: { method: GET, path: /v1/things, headers: { x-api-key: "..." }, body: "",
-//!                    chunk: 4 }               # body delivered in chunks of 4 bytes
+//!                    chunk: 4,                # body delivered in chunks of 4 bytes
+//!                    reply: { status: 500, headers: { content-type: text/html },
+//!                             body: "Traceback ...", chunk: 16 } }
+//!         # `reply`: what the upstream answers, if the request gets there, instead of the
+//!         # echo (status defaults to 200; `chunk`: the body in pieces of that many bytes);
+//!         # `expect.upstream` still sees what it received. Both backends.
 //!         worker: 1                           # which VM. Defaults to rotation: 0, 1, 0, ...
 //!         expect:
 //!           status: 401
@@ -158,6 +163,8 @@ pub struct RequestSpec {
     pub chunk: Option<usize>,
     /// The worker VM that serves it; `None`: the next in rotation.
     pub worker: Option<usize>,
+    /// What the upstream answers instead of the echo (`reply:`); `None`: the echo.
+    pub reply: Option<crate::echo_reply::EchoReply>,
 }
 
 /// `fault:`: the `nth` call (from now) of host function `call` returns `status`.

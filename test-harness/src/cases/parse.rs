@@ -6,6 +6,7 @@ use super::{
     RequestSpec, Step, UpstreamExpect, ValueMatch,
 };
 use crate::cases::BackendKind;
+use crate::echo_reply::EchoReply;
 use crate::host::{FailurePolicy, Reply, Route, Upstream};
 use gatehouse::policy::tree::{Key, Node, Pos, Value};
 use gatehouse::policy::yaml;
@@ -684,7 +685,7 @@ impl Reader<'_> {
         let f = self.map(
             node,
             "a request",
-            &["method", "path", "headers", "body", "chunk"],
+            &["method", "path", "headers", "body", "chunk", "reply"],
         )?;
         let method = match get(&f, "method") {
             Some(n) => self.string(n, "method")?,
@@ -712,6 +713,10 @@ impl Reader<'_> {
             Some(n) => Some(usize::try_from(self.int_in(n, "chunk", 1..=1 << 30)?).ok()?),
             None => None,
         };
+        let reply = match get(&f, "reply") {
+            Some(n) => Some(self.echo_reply(n)?),
+            None => None,
+        };
         Some(RequestSpec {
             method,
             path,
@@ -719,7 +724,35 @@ impl Reader<'_> {
             body,
             chunk,
             worker: None,
+            reply,
         })
+    }
+
+    /// `reply: {status, headers, body, chunk}`: what the echo upstream answers instead of
+    /// the echo, if the request reaches it. Status defaults to 200.
+    fn echo_reply(&mut self, node: &Node) -> Option<EchoReply> {
+        let f = self.map(node, "reply", &["status", "headers", "body", "chunk"])?;
+        let mut reply = EchoReply {
+            status: 200,
+            ..EchoReply::default()
+        };
+        if let Some(n) = get(&f, "status") {
+            reply.status = u16::try_from(self.int_in(n, "reply.status", 200..=599)?).ok()?;
+        }
+        if let Some(n) = get(&f, "headers") {
+            for (name, value) in self.headers(n, "reply.headers", false)? {
+                if let ValueMatch::Equals(v) = value {
+                    reply.headers.push((name, v));
+                }
+            }
+        }
+        if let Some(n) = get(&f, "body") {
+            reply.body = self.body(n, "reply.body")?;
+        }
+        if let Some(n) = get(&f, "chunk") {
+            reply.chunk = Some(usize::try_from(self.int_in(n, "reply.chunk", 1..=1 << 20)?).ok()?);
+        }
+        Some(reply)
     }
 
     /// `{name: value}`; names are lower-cased. With `allow_present`, `present` is a match.
@@ -1270,6 +1303,40 @@ cases:
                 e.join("\n")
             );
         }
+    }
+
+    #[test]
+    fn a_request_reply_scripts_the_echo_upstream_on_both_backends() {
+        let f = parse_str(
+            "policy: p.yaml\ncases:\n  - name: x\n    steps:\n      - request:\n          path: /v1/x\n          reply: { status: 500, headers: { Content-Type: text/html }, body: \"a\\nb\", chunk: 2 }\n        expect: { status: 500 }\n",
+        )
+        .unwrap();
+        let case = &f.cases[0];
+        assert_eq!(case.harness_only, None);
+        let Action::Request(r) = &case.steps[0].action else {
+            panic!()
+        };
+        assert_eq!(
+            r.reply,
+            Some(EchoReply {
+                status: 500,
+                headers: vec![("content-type".into(), "text/html".into())],
+                body: b"a\nb".to_vec(),
+                chunk: Some(2),
+            })
+        );
+        let e = errors(
+            "policy: p.yaml\ncases:\n  - name: x\n    steps:\n      - request: { path: /, reply: { status: 100, bodi: x } }\n        expect: { status: 200 }\n",
+        );
+        let joined = e.join("\n");
+        assert!(
+            joined.contains("t.cases.yaml:5:51: unknown field 'bodi' in reply"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("reply.status must be an integer from 200 to 599"),
+            "{joined}"
+        );
     }
 
     #[test]

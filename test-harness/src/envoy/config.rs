@@ -7,6 +7,17 @@
 //! A policy with a `feed` section also gets the sync: the same module as a singleton wasm
 //! service (`bootstrap_extensions`, root id `gatehouse_sync`, same vm_id and policy) and,
 //! when [`Bootstrap::control`] is given, a cluster named by `feed.cluster` for it to poll.
+//!
+//! A policy whose `security_headers` remove `server` gets `server_header_transformation:
+//! PASS_THROUGH`: with Envoy's default (`OVERWRITE`) the connection manager writes
+//! `server: envoy` on every response after the filters ran, so the header could never be
+//! removed; passed through, the client sees no `server` header at all.
+//!
+//! The wasm filter allows `StopIteration` on headers (`allow_on_headers_stop_iteration`),
+//! which webhook and JSON routes need to read the body before the upstream sees anything,
+//! and the listener's `per_connection_buffer_limit_bytes` is raised to twice the largest
+//! body such a route may hold ([`gatehouse::body::envoy_buffer_limit`]), so Envoy's own
+//! 413 never undercuts the policy's.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,9 +72,23 @@ impl Bootstrap {
                 .collect::<Vec<_>>(),
         );
         let wasm = self.wasm.to_string_lossy().to_string();
-        let feed = gatehouse::policy::Policy::from_json(self.plugin_config_json.as_bytes())
-            .ok()
-            .and_then(|p| p.feed);
+        let policy = gatehouse::policy::Policy::from_json(self.plugin_config_json.as_bytes()).ok();
+        // Envoy writes `server: envoy` after every filter unless told to pass the header
+        // through: a policy that removes `server` must get no header at all.
+        let server_header = if policy
+            .as_ref()
+            .is_some_and(gatehouse::response::removes_server_header)
+        {
+            "PASS_THROUGH"
+        } else {
+            "OVERWRITE"
+        };
+        let buffer_limit = policy
+            .as_ref()
+            .map_or(gatehouse::body::ENVOY_DEFAULT_BUFFER_LIMIT, |p| {
+                gatehouse::body::envoy_buffer_limit(&p.routes)
+            });
+        let feed = policy.and_then(|p| p.feed);
         let extensions = match &feed {
             None => json!([]),
             Some(_) => json!([{
@@ -130,6 +155,8 @@ impl Bootstrap {
             ("{{PLUGIN_CONFIG}}", json_str(&self.plugin_config_json)),
             ("{{BOOTSTRAP_EXTENSIONS}}", extensions.to_string()),
             ("{{CONTROL_CLUSTER}}", control_cluster),
+            ("{{SERVER_HEADER}}", json_str(server_header)),
+            ("{{BUFFER_LIMIT}}", buffer_limit.to_string()),
         ];
         let mut out = TEMPLATE.to_string();
         for (placeholder, value) in substitutions {
@@ -203,6 +230,36 @@ mod tests {
                 ["socket_address"]["port_value"],
             7070
         );
+    }
+
+    #[test]
+    fn the_buffer_limit_follows_the_largest_held_body_and_headers_may_stop() {
+        let limit = |config: &str| {
+            let mut b = sample();
+            b.plugin_config_json = config.to_string();
+            let tree = gatehouse::policy::yaml::parse(&b.render())
+                .unwrap()
+                .to_json();
+            let listener = &tree["static_resources"]["listeners"][0];
+            let wasm = &listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+                [0]["typed_config"]["config"];
+            assert_eq!(wasm["allow_on_headers_stop_iteration"], true);
+            listener["per_connection_buffer_limit_bytes"]
+                .as_u64()
+                .unwrap()
+        };
+        assert_eq!(limit("not a policy"), 1 << 20);
+        let held = serde_json::json!({
+            "routes": [
+                { "match": { "path": "/big" }, "body": { "max_bytes": "100MB" } },
+                {
+                    "match": { "path": "/hook" },
+                    "body": { "max_bytes": "4MB" },
+                    "webhook": { "provider": "github", "secrets_env": ["S"] }
+                }
+            ]
+        });
+        assert_eq!(limit(&held.to_string()), 8 << 20);
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //! the response header [`ECHO_MARKER`], so a client in front of Envoy can tell "the
 //! upstream answered" from "the filter answered locally" without shared state. Repeated
 //! header names are joined with `,`. One thread per connection; keep-alive is honoured,
-//! since Envoy pools upstream connections.
+//! since Envoy pools upstream connections. A request with `x-echo-reply` gets the reply it
+//! describes instead ([`crate::echo_reply`]): that is how tests make the upstream fail.
 
 use super::http1::{self, Head};
+use crate::echo_reply::{EchoReply, RECEIVED_HEADER, REPLY_HEADER, reason_phrase};
 use std::io::{self, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -81,6 +83,16 @@ fn serve_connection(stream: &TcpStream) -> io::Result<()> {
         let body = http1::read_body(&mut reader, &head, false)?;
         let close = head.wants_close();
         let answer = echo_body(&head, &body);
+        if let Some(reply) = head
+            .header(REPLY_HEADER)
+            .and_then(EchoReply::from_header_value)
+        {
+            write_scripted(stream, &reply, &answer, close)?;
+            if close {
+                break;
+            }
+            continue;
+        }
         let mut out = Vec::with_capacity(answer.len() + 128);
         write!(
             out,
@@ -96,6 +108,47 @@ fn serve_connection(stream: &TcpStream) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The reply an `x-echo-reply` header asked for ([`crate::echo_reply`]): a body in one
+/// piece with a length, or in HTTP/1 chunks of `chunk` bytes, flushed one at a time with
+/// a pause between them so Envoy hands each to the filter on its own.
+fn write_scripted(
+    mut stream: &TcpStream,
+    reply: &EchoReply,
+    received: &str,
+    close: bool,
+) -> io::Result<()> {
+    let mut out = Vec::with_capacity(256 + received.len());
+    write!(
+        out,
+        "HTTP/1.1 {} {}\r\n",
+        reply.status,
+        reason_phrase(reply.status)
+    )?;
+    for (name, value) in &reply.headers {
+        write!(out, "{name}: {value}\r\n")?;
+    }
+    write!(out, "{ECHO_MARKER}: 1\r\n{RECEIVED_HEADER}: {received}\r\n")?;
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    if reply.chunk.is_none() {
+        write!(out, "content-length: {}\r\n\r\n", reply.body.len())?;
+        out.extend_from_slice(&reply.body);
+        return stream.write_all(&out);
+    }
+    out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+    stream.write_all(&out)?;
+    for piece in reply.pieces() {
+        let mut chunk = format!("{:x}\r\n", piece.len()).into_bytes();
+        chunk.extend_from_slice(&piece);
+        chunk.extend_from_slice(b"\r\n");
+        stream.write_all(&chunk)?;
+        stream.flush()?;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    stream.write_all(b"0\r\n\r\n")
 }
 
 /// The JSON the echo answers with.

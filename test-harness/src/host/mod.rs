@@ -123,6 +123,7 @@ pub struct HarnessBuilder {
     failure_policy: Option<FailurePolicy>,
     memory_limit: usize,
     fuel_per_callback: u64,
+    allow_on_headers_stop_iteration: bool,
 }
 
 /// Why a harness did not start.
@@ -273,6 +274,16 @@ impl HarnessBuilder {
         self
     }
 
+    /// Envoy's `allow_on_headers_stop_iteration` (wasm `PluginConfig`, Envoy 1.35+): a
+    /// filter that pauses in `on_request_headers` still gets the body callbacks, while the
+    /// headers wait. Without it (Envoy's default, and the harness's) Envoy holds the body
+    /// until the stream continues. gatehouse's bootstrap sets it, so the case runner does
+    /// too.
+    pub fn allow_on_headers_stop_iteration(mut self, allow: bool) -> Self {
+        self.allow_on_headers_stop_iteration = allow;
+        self
+    }
+
     /// Loads the module and starts every VM as Envoy does: `_initialize` (or `_start`),
     /// root context creation, `on_vm_start`, `on_configure`; the singleton first, then
     /// the workers in order.
@@ -322,6 +333,7 @@ impl Harness {
             failure_policy: None,
             memory_limit: DEFAULT_MEMORY_LIMIT,
             fuel_per_callback: DEFAULT_FUEL_PER_CALLBACK,
+            allow_on_headers_stop_iteration: false,
         }
     }
 

@@ -11,7 +11,10 @@
 //!   the encoder filter chain in Envoy.
 //! - A paused callback holds its header map reachable until the stream continues. While the
 //!   request headers are paused no body callback runs; the body that arrived meanwhile is
-//!   delivered in one callback once the stream continues.
+//!   delivered in one callback once the stream continues. With
+//!   `allow_on_headers_stop_iteration` (as gatehouse's bootstrap sets it) the body
+//!   callbacks do run while the headers are paused, and the first one that continues
+//!   releases headers and body together.
 //! - A body arrives in chunks of the size the test chooses; a chunk the filter pauses on
 //!   (StopIterationAndBuffer) is buffered, so the next callback sees all data so far.
 //! - A paused stream waits: the VM's events (HTTP call responses, queue notifications,
@@ -19,13 +22,18 @@
 //!   the stream or replies. With nothing pending, or after 5 virtual minutes, it is an
 //!   error naming the callback (Envoy would hold the stream until a timeout).
 //! - The upstream is an echo, like the Envoy suite's: `200 application/json`,
-//!   `{"method","path","headers","body"}`, and `x-echo-upstream: 1`.
+//!   `{"method","path","headers","body"}`, and `x-echo-upstream: 1`; a request with
+//!   `x-echo-reply` gets the reply it describes instead ([`crate::echo_reply`]), its body
+//!   in one `on_response_body` per piece (`chunk`). As on the request side, a piece the
+//!   filter pauses on is buffered and the next callback sees all data so far; a response
+//!   without a body ends the stream on its headers.
 
 use super::headers::HeaderMap;
 use super::request::{Outcome, Request, UpstreamRequest};
 use super::state::{LocalResponse, Phase, Stream};
 use super::vm::{Trapped, Vm};
 use super::{ROOT_CONTEXT_ID, len_u32};
+use crate::echo_reply::{EchoReply, RECEIVED_HEADER, REPLY_HEADER};
 use anyhow::{anyhow, bail};
 
 /// Response header marking answers from the echo upstream; the same name as
@@ -252,17 +260,20 @@ impl Vm {
             "proxy_on_request_headers",
             (ctx, count, u32::from(chunks.is_empty())),
         )?;
-        if !go && self.stream_mut()?.local_response.is_none() {
+        // With `allow_on_headers_stop_iteration`, headers paused with a body to come stay
+        // paused while the body callbacks run; the first that continues releases them.
+        let mut headers_paused = !go && self.allow_on_headers_stop_iteration && !chunks.is_empty();
+        if !go && !headers_paused && self.stream_mut()?.local_response.is_none() {
             self.wait(Direction::Request, "proxy_on_request_headers")?;
         }
         if let Some(local) = self.take_local_response()? {
-            return self.encode(ctx, local_reply(&local), local.body, None, true);
+            return self.encode(ctx, local_reply(&local), one_piece(local.body), None, true);
         }
-        let paused_on_headers = !go;
-        self.stream_mut()?.request_headers_held = false;
+        let paused_on_headers = !go && !headers_paused;
+        self.stream_mut()?.request_headers_held = headers_paused;
 
-        // While headers were paused, the body arrived and Envoy buffered it: the filter then
-        // sees it in one callback.
+        // While headers were paused (Envoy's default), the body arrived and Envoy buffered
+        // it: the filter then sees it in one callback.
         let chunks = if paused_on_headers && chunks.len() > 1 {
             vec![chunks.concat()]
         } else {
@@ -290,12 +301,16 @@ impl Vm {
                 self.wait(Direction::Request, "proxy_on_request_body")?;
             }
             if let Some(local) = self.take_local_response()? {
-                return self.encode(ctx, local_reply(&local), local.body, None, true);
+                return self.encode(ctx, local_reply(&local), one_piece(local.body), None, true);
             }
             let stream = self.stream_mut()?;
             stream.request_body_held = false;
             if go || end_of_stream {
                 passed.extend(stream.request_body.take().unwrap_or_default());
+                if headers_paused {
+                    headers_paused = false;
+                    stream.request_headers_held = false;
+                }
             }
         }
 
@@ -305,8 +320,8 @@ impl Vm {
             headers: stream.request_headers.entries().to_vec(),
             body: passed,
         };
-        let (headers, body) = echo(&upstream);
-        self.encode(ctx, headers, body, Some(upstream), false)
+        let (headers, pieces) = echo(&upstream);
+        self.encode(ctx, headers, pieces, Some(upstream), false)
     }
 
     /// Runs a response (upstream or local) through the filter's encoder callbacks, then
@@ -315,7 +330,7 @@ impl Vm {
         &mut self,
         ctx: u32,
         headers: HeaderMap,
-        body: Vec<u8>,
+        pieces: Vec<Vec<u8>>,
         upstream: Option<UpstreamRequest>,
         mut local: bool,
     ) -> anyhow::Result<Outcome> {
@@ -323,7 +338,7 @@ impl Vm {
         let count = len_u32(headers.len());
         stream.response_headers = Some(headers);
         stream.response_headers_held = true;
-        let has_body = !body.is_empty();
+        let has_body = !pieces.is_empty();
         let go = self.callback(
             Phase::ResponseHeaders,
             "proxy_on_response_headers",
@@ -342,23 +357,44 @@ impl Vm {
         self.stream_mut()?.response_headers_held = false;
         let mut replacement = self.take_local_response()?.filter(|_| !local);
         if replacement.is_none() && has_body {
-            let size = len_u32(body.len());
-            self.stream_mut()?.response_body = Some(body);
-            let go = self.callback(
-                Phase::ResponseBody,
-                "proxy_on_response_body",
-                (ctx, size, 1),
-            )?;
-            if !go && !local && self.stream_mut()?.local_response.is_none() {
-                self.stream_mut()?.response_body_held = true;
-                self.wait(Direction::Response, "proxy_on_response_body")?;
-            } else if !go && local {
-                bail!(
-                    "the module paused a local reply in proxy_on_response_body; Envoy would \
-                     hold the stream until it times out"
-                );
+            // `pending`: data the filter has seen but not let through (it paused, so Envoy
+            // buffers it and the next callback sees it all); `passed`: what went on.
+            let mut passed = Vec::new();
+            let last = pieces.len();
+            for (i, piece) in pieces.into_iter().enumerate() {
+                let end_of_stream = i + 1 == last;
+                let stream = self.stream_mut()?;
+                let mut pending = stream.response_body.take().unwrap_or_default();
+                pending.extend_from_slice(&piece);
+                let size = len_u32(pending.len());
+                stream.response_body = Some(pending);
+                let go = self.callback(
+                    Phase::ResponseBody,
+                    "proxy_on_response_body",
+                    (ctx, size, u32::from(end_of_stream)),
+                )?;
+                if !go && end_of_stream && !local && self.stream_mut()?.local_response.is_none() {
+                    self.stream_mut()?.response_body_held = true;
+                    self.wait(Direction::Response, "proxy_on_response_body")?;
+                } else if !go && end_of_stream && local {
+                    bail!(
+                        "the module paused a local reply in proxy_on_response_body; Envoy would \
+                         hold the stream until it times out"
+                    );
+                }
+                replacement = self.take_local_response()?.filter(|_| !local);
+                if replacement.is_some() {
+                    break;
+                }
+                let stream = self.stream_mut()?;
+                stream.response_body_held = false;
+                if go || end_of_stream {
+                    passed.extend(stream.response_body.take().unwrap_or_default());
+                }
             }
-            replacement = self.take_local_response()?.filter(|_| !local);
+            if replacement.is_none() {
+                self.stream_mut()?.response_body = Some(passed);
+            }
         }
         if let Some(reply) = replacement {
             let stream = self.stream_mut()?;
@@ -431,7 +467,8 @@ pub(crate) fn bypass(req: &Request) -> Outcome {
         headers,
         body: req.body.clone(),
     };
-    let (response, body) = echo(&upstream);
+    let (response, pieces) = echo(&upstream);
+    let body = pieces.concat();
     Outcome {
         status: 200,
         headers: response
@@ -461,9 +498,19 @@ fn local_reply(reply: &LocalResponse) -> HeaderMap {
     headers
 }
 
-/// The echo upstream's answer: what it received, as JSON. It sees HTTP/1 (`host` from
+/// A body delivered in one piece (none when empty).
+fn one_piece(body: Vec<u8>) -> Vec<Vec<u8>> {
+    if body.is_empty() {
+        Vec::new()
+    } else {
+        vec![body]
+    }
+}
+
+/// The echo upstream's answer: what it received, as JSON, in one piece; or the reply an
+/// `x-echo-reply` header asks for ([`crate::echo_reply`]). It sees HTTP/1 (`host` from
 /// `:authority`, no pseudo-headers); repeated headers are joined with `,`.
-fn echo(up: &UpstreamRequest) -> (HeaderMap, Vec<u8>) {
+fn echo(up: &UpstreamRequest) -> (HeaderMap, Vec<Vec<u8>>) {
     let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
     let pseudo = |name: &str| {
         up.headers
@@ -493,11 +540,30 @@ fn echo(up: &UpstreamRequest) -> (HeaderMap, Vec<u8>) {
     })
     .to_string()
     .into_bytes();
+    let scripted = up
+        .headers
+        .iter()
+        .find(|(n, _)| n == REPLY_HEADER)
+        .and_then(|(_, v)| EchoReply::from_header_value(v));
+    if let Some(reply) = scripted {
+        let mut headers =
+            HeaderMap::from_pairs([(":status", reply.status.to_string().into_bytes())]);
+        for (name, value) in &reply.headers {
+            headers.add(name.as_bytes(), value.as_bytes());
+        }
+        // The real echo writes HTTP/1: a length for a body in one piece, chunked otherwise.
+        if reply.chunk.is_none() {
+            headers.replace(b"content-length", reply.body.len().to_string().as_bytes());
+        }
+        headers.add(ECHO_MARKER.as_bytes(), b"1");
+        headers.add(RECEIVED_HEADER.as_bytes(), &body);
+        return (headers, reply.pieces());
+    }
     let headers = HeaderMap::from_pairs([
         (":status", b"200".to_vec()),
         ("content-type", b"application/json".to_vec()),
         ("content-length", body.len().to_string().into_bytes()),
         (ECHO_MARKER, b"1".to_vec()),
     ]);
-    (headers, body)
+    (headers, vec![body])
 }

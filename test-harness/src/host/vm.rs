@@ -24,6 +24,9 @@ pub(crate) struct Vm {
     /// Set by the first trap: Envoy does not call into a failed VM again.
     pub failed: Option<String>,
     fuel: u64,
+    /// Body callbacks run while the request headers are paused (see
+    /// `HarnessBuilder::allow_on_headers_stop_iteration`).
+    pub allow_on_headers_stop_iteration: bool,
 }
 
 /// A trap inside the module, with its message (the panic message when there is one).
@@ -95,6 +98,7 @@ impl Vm {
             next_context_id: ROOT_CONTEXT_ID + 1,
             failed: None,
             fuel: config.fuel_per_callback,
+            allow_on_headers_stop_iteration: config.allow_on_headers_stop_iteration,
         };
         vm.start()?;
         Ok(vm)
