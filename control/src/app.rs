@@ -5,7 +5,7 @@ use crate::clock::Clock;
 use crate::config::{Config, Token};
 use crate::error::{ApiError, ErrorInfo, code_for_status};
 use crate::store::{ChangeCtx, Store};
-use crate::{audit, feed, health, keys, revocations};
+use crate::{audit, authz, feed, health, keys, revocations};
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -111,8 +111,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens/revoke", post(revocations::revoke_jti))
         .route("/v1/audit", get(audit::list))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    // The proxies' token: the feed, and the key check `ext_authz` calls (authz.rs says why
+    // that one shares it). Five methods, as the OpenAPI document lists them (`get` also
+    // answers HEAD); ext_authz keeps the original request's method.
     let feed = Router::new()
         .route("/v1/cache", get(feed::cache))
+        .route(
+            "/v1/authz/{*rest}",
+            get(authz::check)
+                .post(authz::check)
+                .put(authz::check)
+                .patch(authz::check)
+                .delete(authz::check),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_feed));
     Router::new()
         .route("/healthz", get(health::healthz))

@@ -6,6 +6,7 @@
 //! Where things live:
 //! - `app.rs`: the router, the bearer-token checks and the per-request middleware;
 //! - `keys.rs`, `revocations.rs`, `audit.rs`, `feed.rs`, `health.rs`: the handlers;
+//! - `authz.rs`: the key check Envoy's `ext_authz` calls (`ANY /v1/authz/{*rest}`);
 //! - `error.rs`: the one JSON error shape, for handler errors and axum's rejections;
 //! - `store/`: the storage trait and its SQLite and PostgreSQL implementations, chosen by
 //!   the database URL (migrations in `control/migrations/sqlite/` and `.../postgres/`);
@@ -17,6 +18,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod authz;
 pub mod cleanup;
 pub mod clock;
 pub mod config;

@@ -375,19 +375,24 @@ async fn openapi_lists_exactly_the_routes_and_describes_their_answers() {
     }
     documented.sort();
     let routed = [
+        "DELETE /v1/authz/{rest}",
         "DELETE /v1/keys/{id}",
         "GET /healthz",
         "GET /openapi.json",
         "GET /readyz",
         "GET /v1/audit",
+        "GET /v1/authz/{rest}",
         "GET /v1/cache",
         "GET /v1/keys",
         "GET /v1/keys/{id}",
+        "PATCH /v1/authz/{rest}",
+        "POST /v1/authz/{rest}",
         "POST /v1/keys",
         "POST /v1/keys/verify",
         "POST /v1/keys/{id}/rotate",
         "POST /v1/tokens/revoke",
         "POST /v1/users/{id}/revoke-tokens",
+        "PUT /v1/authz/{rest}",
     ];
     assert_eq!(documented, routed);
 
