@@ -48,8 +48,18 @@ $(ENVOY_STAMP):
 
 envoy: $(ENVOY_STAMP)
 
+# The module is then shrunk with binaryen's `wasm-opt -Oz` (Debian's package, installed
+# when missing), with exactly the wasm features rustc's wasm32-wasip1 output uses; the
+# tests load the result. benches/README.md ("Module size") has what each step saves.
+WASM_OPT_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+  --enable-nontrapping-float-to-int
 wasm: toolchain
 	$(CARGO) build --release --target $(WASM_TARGET) -p gatehouse
+	@command -v wasm-opt >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binaryen; }
+	wasm-opt -Oz $(WASM_OPT_FEATURES) $(WASM) -o $(WASM).opt
+	mv $(WASM).opt $(WASM)
+	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes"
 
 # A small proxy-wasm module that exercises every host call the harness implements;
 # the harness's ABI tests (test-harness/tests/host_probe.rs) load it.
@@ -94,6 +104,20 @@ fuzz: cxx
 schemathesis: envoy
 	$(CARGO) build -q -p gatehouse-control
 	control/schemathesis.sh
+
+# The Envoy comparison (benches/envoy_compare.py; results in benches/README.md): Envoy's
+# CPU per request and latency with no filter, a trivial wasm filter, jwt_authn +
+# local_ratelimit, gatehouse and ext_authz. About 5 minutes (BENCH_ROUNDS, BENCH_SECONDS);
+# wrk comes from Debian's packages when the machine has none.
+.PHONY: bench-envoy
+bench-envoy: wasm envoy
+	@command -v wrk >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	$(CARGO) build -q --release --target $(WASM_TARGET) \
+	  --manifest-path benches/wasm-floor/Cargo.toml --target-dir target/wasm-floor
+	$(CARGO) build -q -p gatehouse-harness
+	$(CARGO) build -q --release -p gatehouse-control
+	$(PYTHON) benches/envoy_compare.py
 
 run: wasm envoy
 	$(CARGO) build -q -p gatehouse-harness -p gatehouse-control

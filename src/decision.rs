@@ -297,12 +297,24 @@ fn limit(
 /// Whether the request carries a credential gatehouse checks: an API key header, or a
 /// bearer token when the policy has a `jwt` section (duplicates included).
 fn presents_credential(policy: &Policy, head: &RequestHead<'_>) -> bool {
-    let bearer = match (&policy.jwt, head.authorization) {
+    presents_credential_in(policy, head.api_key, head.authorization)
+}
+
+/// [`presents_credential`] from the two headers alone, before the rest of the request is
+/// read: a request that presents one is either authenticated or refused, never anonymous,
+/// so the shell reads the client address (a host call) for it only when a route limits
+/// `by: ip`.
+pub fn presents_credential_in(
+    policy: &Policy,
+    api_key: Presented<'_>,
+    authorization: Presented<'_>,
+) -> bool {
+    let bearer = match (&policy.jwt, authorization) {
         (None, _) | (_, Presented::None) => false,
         (Some(_), Presented::Several) => true,
         (Some(_), Presented::One(value)) => bearer_token(value).is_some(),
     };
-    head.api_key != Presented::None || bearer
+    api_key != Presented::None || bearer
 }
 
 /// `Ok(None)`: no credential presented. A credential that is presented must be valid,
@@ -492,6 +504,31 @@ mod tests {
             forwarded_for: None,
         };
         decide(&policy, &jwt_test_keys(), &head, &store, &clock)
+    }
+
+    /// The shell reads the client address (a host call) only for requests that do not
+    /// present a credential: those are the only ones that can end up anonymous.
+    #[test]
+    fn only_requests_without_a_credential_can_be_anonymous() {
+        let (policy, _, _) = setup();
+        let with = |key, auth| presents_credential_in(&policy, key, auth);
+        assert!(with(Presented::One(b"ghk_x"), Presented::None));
+        assert!(with(Presented::Several, Presented::None));
+        assert!(with(Presented::None, Presented::One(b"Bearer abc.def.ghi")));
+        assert!(with(Presented::None, Presented::Several));
+        // Another scheme is not gatehouse's credential: the caller may be anonymous.
+        assert!(!with(
+            Presented::None,
+            Presented::One(b"Basic dXNlcjpwdw==")
+        ));
+        assert!(!with(Presented::None, Presented::None));
+        let mut no_jwt = policy.clone();
+        no_jwt.jwt = None;
+        assert!(!presents_credential_in(
+            &no_jwt,
+            Presented::None,
+            Presented::One(b"Bearer abc.def.ghi")
+        ));
     }
 
     fn claims(extra: &str) -> String {

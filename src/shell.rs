@@ -150,6 +150,8 @@ pub(crate) struct Root {
     sync: Option<FeedSync>,
     /// Each route's webhook verifier (secrets read from the environment), by route index.
     webhooks: Webhooks,
+    /// Some route limits `by: ip`: computed once here, not per request over every route.
+    by_ip: bool,
 }
 
 /// Webhook verifiers by route index; `None` for a route without a webhook.
@@ -713,6 +715,10 @@ impl RootContext for Root {
                 self.static_keys.len()
             ),
         );
+        self.by_ip = policy
+            .routes
+            .iter()
+            .any(|r| r.limits.iter().any(|l| l.by == crate::policy::LimitBy::Ip));
         self.policy = Some(Rc::new(policy));
         true
     }
@@ -764,6 +770,7 @@ impl RootContext for Root {
             replacement: None,
             webhooks: Rc::clone(&self.webhooks),
             body: None,
+            by_ip: self.by_ip,
         }))
     }
 
@@ -785,6 +792,8 @@ struct Filter {
     webhooks: Webhooks,
     /// The request body under the route's body rules, between headers and end of stream.
     body: Option<BodyState>,
+    /// [`Root::by_ip`], from the policy this stream started under.
+    by_ip: bool,
 }
 
 impl Context for Filter {}
@@ -912,15 +921,11 @@ impl HttpContext for Filter {
         // Repeated x-forwarded-for lines are one list (RFC 9110 §5.3).
         let forwarded_for = (!forwarded.is_empty()).then(|| forwarded.join(&b","[..]));
         // The client address counts only for callers without an identity (anonymous
-        // limits) and for route limits `by: ip`: a request with an API key on a policy
-        // without the latter never needs it, so it costs no host call. (A request without
-        // a key may still be anonymous whatever its Authorization header says.)
-        let anonymous = matches!(api_key, Presented::None);
-        let by_ip = policy
-            .routes
-            .iter()
-            .any(|r| r.limits.iter().any(|l| l.by == crate::policy::LimitBy::Ip));
-        let source_address = if anonymous || by_ip {
+        // limits) and for route limits `by: ip`: a request with a credential (an API key,
+        // or a bearer token when the policy takes JWTs) is authenticated or refused, never
+        // anonymous, so on a policy without the latter it costs no host call.
+        let anonymous = !crate::decision::presents_credential_in(&policy, api_key, authorization);
+        let source_address = if anonymous || self.by_ip {
             hostcalls::get_property(vec!["source", "address"])
                 .ok()
                 .flatten()

@@ -11,7 +11,10 @@
 //! exhaust the plan's burst within the first iterations and measure 429s from then on.
 //! `rate_limit/*` measures the limiter alone (`check_all` on the in-memory store) and
 //! `harness/*` one request through the real module in the wasmtime host
-//! (`target/wasm32-wasip1/release/gatehouse.wasm`, `make wasm`).
+//! (`target/wasm32-wasip1/release/gatehouse.wasm`, `make wasm`), printing beside each
+//! its wasmtime fuel (about one unit per wasm instruction) and host calls per request.
+//! `body/webhook_hmac/*` is the webhook check on 1 KB and 64 KB bodies, `route/*` route
+//! matching over 10 and 1,000 routes.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use gatehouse::api_key::{KeyHash, check_format, hash_presented_key};
@@ -85,6 +88,9 @@ fn api_key_decision(c: &mut Criterion) {
     let no_jwt_keys = KeySet::new(Vec::new());
 
     let mut g = c.benchmark_group("api_key");
+    g.bench_function("baseline_sha256_of_key", |b| {
+        b.iter(|| KeyHash::of_key(black_box(DEMO_KEY)))
+    });
     g.bench_function("check_format", |b| {
         b.iter(|| check_format(black_box(DEMO_KEY)))
     });
@@ -235,6 +241,9 @@ const HARNESS_POLICY_JSON: &str = r#"{
   "version": 1,
   "keys": [{"id": "key_demo", "sha256": "ea4d1b2a0167d9569b431fc952792261ff21c7e8da3bb4e49b66fd9bf07ef55f",
             "user": "user_demo", "tenant": "tenant_demo", "plan": "team"}],
+  "jwt": {"keys": [{"kid": "demo-hs256", "alg": "HS256", "secret_env": "GATEHOUSE_JWT_SECRET"}],
+          "claims": {"user": "sub", "tenant": "tenant", "plan": "plan"},
+          "default_tenant": "tenant_demo", "default_plan": "free"},
   "routes": [
     {"name": "export", "match": {"path_prefix": "/v1/export"},
      "limits": [{"requests": 3600, "per": "1h", "by": "user"}]},
@@ -251,6 +260,7 @@ fn harness(c: &mut Criterion) {
     #[allow(clippy::panic)]
     let mut h = Harness::builder(&wasm)
         .plugin_config(HARNESS_POLICY_JSON)
+        .env("GATEHOUSE_JWT_SECRET", HARNESS_JWT_SECRET)
         .time(NOW * SEC)
         .build()
         .unwrap_or_else(|e| panic!("{}: {e} (build it with `make wasm`)", wasm.display()));
@@ -259,17 +269,43 @@ fn harness(c: &mut Criterion) {
     g.bench_function("baseline_sha256_of_key", |b| {
         b.iter(|| KeyHash::of_key(black_box(DEMO_KEY)))
     });
-    for (name, path, with_key, expected) in [
-        ("no_key_401", "/v1/things", false, 401),
-        ("valid_key_plan_limit", "/v1/things", true, 200),
-        ("valid_key_plan+route_limit", "/v1/export", true, 200),
+    let bearer = format!("Bearer {HARNESS_JWT}");
+    for (name, path, credential, expected) in [
+        ("no_key_401", "/v1/things", None, 401),
+        (
+            "unknown_key_401",
+            "/v1/things",
+            Some(("x-api-key", UNKNOWN_KEY)),
+            401,
+        ),
+        (
+            "valid_key_plan_limit",
+            "/v1/things",
+            Some(("x-api-key", key)),
+            200,
+        ),
+        (
+            "valid_key_plan+route_limit",
+            "/v1/export",
+            Some(("x-api-key", key)),
+            200,
+        ),
+        (
+            "jwt_hs256_plan_limit",
+            "/v1/things",
+            Some(("authorization", bearer.as_str())),
+            200,
+        ),
     ] {
+        // A request as Envoy hands it over: the pseudo-headers and a few ordinary ones.
         let request = || {
-            let r = Request::get(path);
-            if with_key {
-                r.header("x-api-key", key)
-            } else {
-                r
+            let r = Request::get(path)
+                .header("user-agent", "curl/8.5.0")
+                .header("accept", "application/json")
+                .header("x-request-id", "0f6a3d0e-8c1b-4c7e-9a51-2f4b6d8e0a13");
+            match credential {
+                Some((header, value)) => r.header(header, value),
+                None => r,
             }
         };
         let send = |h: &mut Harness| {
@@ -283,12 +319,41 @@ fn harness(c: &mut Criterion) {
             Ok(s) if s == expected => {}
             other => panic!("harness/{name}: expected {expected}, got {other:?}"),
         };
+        // What one request costs the module, deterministically: wasmtime fuel (about one
+        // unit per wasm instruction) and host calls, printed beside criterion's times.
+        let (fuel, calls) = (h.fuel_used(), h.host_call_counts());
         check(send(&mut h));
+        let fuel = h.fuel_used() - fuel;
+        let mut per_call: Vec<String> = h
+            .host_call_counts()
+            .into_iter()
+            .filter_map(|(call, n)| {
+                let d = n - calls.get(&call).copied().unwrap_or(0);
+                (d > 0).then(|| format!("{call} {d}"))
+            })
+            .collect();
+        per_call.sort();
+        let total: u64 = per_call
+            .iter()
+            .filter_map(|c| c.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        println!(
+            "harness/{name}: {fuel} fuel, {total} host calls per request ({})",
+            per_call.join(", ")
+        );
         g.bench_function(name, |b| b.iter(|| send(&mut h)));
         check(send(&mut h));
     }
     g.finish();
 }
+
+/// The HMAC secret of the harness policy's JWT key (`GATEHOUSE_JWT_SECRET`).
+const HARNESS_JWT_SECRET: &str = "gatehouse-test-secret-0123456789abcdef-xyz";
+/// HS256 under [`HARNESS_JWT_SECRET`], kid `demo-hs256`: `{"sub":"user_jwt","plan":"team",
+/// "email":"jwt@example.com","iat":1767225000,"exp":4070908800,"jti":"t-1"}`.
+const HARNESS_JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRlbW8taHMyNTYifQ.eyJzdWIiOiJ1c2VyX2p3dCIsInBsYW4iOiJ0ZWFtIiwiZW1haWwiOiJqd3RAZXhhbXBsZS5jb20iLCJpYXQiOjE3NjcyMjUwMDAsImV4cCI6NDA3MDkwODgwMCwianRpIjoidC0xIn0.cKKyGCP7aR1MhPxsdXYNuWpK8kdGNdG2pMUkdufZC20";
+/// Well formed, checksum included, but in no key record: refused after the lookup.
+const UNKNOWN_KEY: &str = "ghk_unknown_0000000000000000000000000000";
 
 /// Test-only signing: a private key of each family and the public JWK the plugin loads.
 mod signing {
@@ -453,6 +518,9 @@ fn jwt_verify(c: &mut Criterion) {
     let mut keys = signing::generate();
     let rules = Rules::default();
     let mut g = c.benchmark_group("jwt_verify");
+    g.bench_function("baseline_sha256_of_key", |b| {
+        b.iter(|| KeyHash::of_key(black_box(DEMO_KEY)))
+    });
     for alg in Alg::ALL {
         let kid = format!("bench-{alg}");
         // A realistic key set: every algorithm's key, the token's chosen by kid.
@@ -478,6 +546,9 @@ fn jwt_verify(c: &mut Criterion) {
 
 fn error_body(c: &mut Criterion) {
     let mut g = c.benchmark_group("error_body");
+    g.bench_function("baseline_sha256_of_key", |b| {
+        b.iter(|| KeyHash::of_key(black_box(DEMO_KEY)))
+    });
     g.bench_function("unauthorized", |b| {
         b.iter(|| {
             Denial::Unauthorized(AuthFailure::Missing).reply(
@@ -494,8 +565,37 @@ fn error_body(c: &mut Criterion) {
 fn webhook_and_body(c: &mut Criterion) {
     use gatehouse::signature::{Provider, Verifier, Webhook, sign};
     let mut g = c.benchmark_group("body");
+    g.bench_function("baseline_sha256_of_key", |b| {
+        b.iter(|| KeyHash::of_key(black_box(DEMO_KEY)))
+    });
     let body: Vec<u8> = (0..64 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
     let secret = "whsec_bench_0123456789abcdef";
+    // The webhook check (header parse, HMAC-SHA256 over `t.body`, constant-time compare,
+    // the tolerance window) on a 1 KB and a 64 KB body, one secret.
+    for (label, len) in [("1KB", 1024usize), ("64KB", 64 * 1024)] {
+        let w = Webhook {
+            provider: Provider::Stripe,
+            secrets_env: vec!["S0".to_string()],
+            tolerance_secs: 300,
+            replay_slots: None,
+        };
+        #[allow(clippy::expect_used)]
+        let v = Verifier::new(&w, "bench", |_| Some(secret.to_string()))
+            .expect("bench secret is valid");
+        let body = body.get(..len).unwrap_or(&body);
+        let header = sign(&Provider::Stripe, secret.as_bytes(), NOW, body);
+        g.bench_function(BenchmarkId::new("webhook_hmac", label), |b| {
+            b.iter(|| {
+                gatehouse::signature::verify(
+                    &v,
+                    Presented::One(header.as_bytes()),
+                    Presented::None,
+                    black_box(body),
+                    NOW,
+                )
+            })
+        });
+    }
     for secrets in [1usize, 2] {
         let w = Webhook {
             provider: Provider::Stripe,
@@ -531,6 +631,39 @@ fn webhook_and_body(c: &mut Criterion) {
     g.finish();
 }
 
+/// Route matching (first match wins, in policy order) over 10 and 1,000 prefix routes:
+/// a request for the last route (every route tried) and one that matches none.
+fn route_match(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route");
+    g.bench_function("baseline_sha256_of_key", |b| {
+        b.iter(|| KeyHash::of_key(black_box(DEMO_KEY)))
+    });
+    for n in [10usize, 1000] {
+        let routes: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    r#"{{"name": "r{i}", "match": {{"path_prefix": "/v1/service{i}/", "methods": ["GET", "POST"]}}}}"#
+                )
+            })
+            .collect();
+        let json = format!(r#"{{"version": 1, "routes": [{}]}}"#, routes.join(","));
+        #[allow(clippy::expect_used)]
+        let policy = Policy::from_json(json.as_bytes()).expect("bench policy is valid");
+        let last = format!("/v1/service{}/items/42", n - 1);
+        #[allow(clippy::panic)]
+        if gatehouse::route::find(&policy.routes, b"GET", last.as_bytes()) != Some(n - 1) {
+            panic!("route/{n}: the last route should match");
+        }
+        g.bench_function(BenchmarkId::new("last_of", n), |b| {
+            b.iter(|| gatehouse::route::find(&policy.routes, b"GET", black_box(last.as_bytes())))
+        });
+        g.bench_function(BenchmarkId::new("none_of", n), |b| {
+            b.iter(|| gatehouse::route::find(&policy.routes, b"GET", black_box(b"/v2/other")))
+        });
+    }
+    g.finish();
+}
+
 fn policy_load(c: &mut Criterion) {
     c.bench_function("policy_from_json", |b| {
         b.iter(|| Policy::from_json(black_box(POLICY_JSON.as_bytes())))
@@ -546,6 +679,7 @@ criterion_group!(
     jwt_verify,
     error_body,
     webhook_and_body,
+    route_match,
     policy_load
 );
 criterion_main!(benches);

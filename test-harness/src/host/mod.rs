@@ -619,6 +619,24 @@ impl Harness {
             .unwrap_or(0)
     }
 
+    /// Every host call the module made so far, by import name, over all VMs: compare two
+    /// snapshots to count one request's calls.
+    pub fn host_call_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        let world = self.world.lock();
+        world
+            .call_counts
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// Wasmtime fuel the module's callbacks consumed so far, over all VMs: about one unit
+    /// per wasm instruction, deterministic for a given module and input, so the difference
+    /// across one request is an instruction-like count that machine noise does not move.
+    pub fn fuel_used(&self) -> u64 {
+        self.world.lock().fuel_used
+    }
+
     /// Makes the `nth` call (1-based, counted from now, over all VMs) of host function
     /// `call` return `status` without doing anything: e.g. `fault("proxy_set_shared_data",
     /// 1, 8)` makes the next write a `CasMismatch`. Statuses are proxy-wasm `WasmResult`s

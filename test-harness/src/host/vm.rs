@@ -184,7 +184,9 @@ impl Vm {
         state.effective_context = None;
         state.limits.refused = None;
         let result = typed.call(&mut self.store, params);
+        let left = self.store.get_fuel().unwrap_or(0);
         let state = self.store.data_mut();
+        state.world.lock().fuel_used += fuel.saturating_sub(left);
         state.flush_stdio();
         state.effective_context = None;
         match result {

@@ -136,6 +136,8 @@ pub(crate) struct WorldState {
     pub calls: Vec<HttpCall>,
     /// Host calls made so far, by import name, over all VMs.
     pub call_counts: HashMap<String, u64>,
+    /// Wasmtime fuel the module's callbacks consumed so far, over all VMs.
+    pub fuel_used: u64,
     pub faults: Vec<Fault>,
     /// Every trap so far: which VM, and the message.
     pub traps: Vec<(VmId, String)>,
@@ -163,6 +165,7 @@ impl World {
                 upstreams: Vec::new(),
                 calls: Vec::new(),
                 call_counts: HashMap::new(),
+                fuel_used: 0,
                 faults: Vec::new(),
                 traps: Vec::new(),
                 timers: BTreeMap::new(),
