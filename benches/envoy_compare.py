@@ -9,7 +9,7 @@ same `direct_response` 200 route (no upstream), differing only in their HTTP fil
   b        a proxy-wasm filter that reads one header   (the wasm floor, benches/wasm-floor)
   h        the same module making the host calls gatehouse makes for an API key, and
            nothing else: splits d_key - b into host calls (h - b) and work in the VM (d_key - h)
-  c        jwt_authn (HS256, inline JWKS) + local_ratelimit
+  c        jwt_authn (HS256, inline JWKS, jwt_cache_config of 128) + local_ratelimit
   d        gatehouse, plan limit on; requests with a JWT (d_jwt) and with an API key (d_key)
   e        ext_authz (HTTP service) calling gatehouse-control's /v1/authz on loopback
 
@@ -303,6 +303,10 @@ routes:
              "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
              "providers": {"bench": {
                  "local_jwks": {"inline_string": jwks},
+                 # gatehouse keeps the tokens that verified (128 per worker, checked
+                 # against the clock on every use); jwt_authn's cache of verified
+                 # tokens does the same, so both sides verify a repeated token once.
+                 "jwt_cache_config": {"jwt_cache_size": 128},
                  # The identity upstream, as gatehouse sends it.
                  "claim_to_headers": [{"header_name": "x-gatehouse-user", "claim_name": "sub"},
                                       {"header_name": "x-gatehouse-tenant", "claim_name": "tenant"},

@@ -6,7 +6,7 @@
 
 use crate::api_key::{KeyFailure, KeyRecord, check_format, hash_presented_key, is_valid_id};
 use crate::error::{AuthFailure, Denial, JwtFailure};
-use crate::jwt::{self, JwtError, KeySet, Verified};
+use crate::jwt::{self, JwtError, KeySet};
 use crate::key_cache;
 use crate::policy::LimitBy;
 use crate::policy::auth::JwtPolicy;
@@ -135,6 +135,7 @@ pub fn decide(
     store: &impl SharedStore,
     clock: &impl Clock,
 ) -> Decision {
+    let clock = &crate::store::OnceClock::new(clock);
     let path = route::path_only(head.path);
     if route::check_normal_form(path).is_err() {
         return Decision::Deny(Denial::AmbiguousPath);
@@ -256,27 +257,40 @@ fn limit(
     clock: &impl Clock,
 ) -> Result<(Option<Quota>, bool), rate_limit::Refusal> {
     let rl = &policy.rate_limit;
-    let ip = client_address(head.source_address, head.forwarded_for, rl.trusted_proxies);
-    let who = |by: LimitBy| -> String {
+    // Only anonymous callers and limits `by: ip` need the address.
+    let mut ip: Option<String> = None;
+    let mut who = |by: LimitBy| -> String {
         match (by, identity) {
-            (LimitBy::Key, Some(i)) => format!("k:{}", i.key_id),
-            (LimitBy::User, Some(i)) => format!("u:{}", i.user),
-            (LimitBy::Tenant, Some(i)) => format!("t:{}", i.tenant),
+            (LimitBy::Key, Some(i)) => ["k:", &i.key_id].concat(),
+            (LimitBy::User, Some(i)) => ["u:", &i.user].concat(),
+            (LimitBy::Tenant, Some(i)) => ["t:", &i.tenant].concat(),
             // Anonymous callers are counted by address whatever the limit says.
-            _ => format!("ip:{ip}"),
+            _ => {
+                let ip = ip.get_or_insert_with(|| {
+                    client_address(head.source_address, head.forwarded_for, rl.trusted_proxies)
+                });
+                ["ip:", ip.as_str()].concat()
+            }
         }
     };
-    let mut limits: Vec<(String, String, rate_limit::Rate)> = Vec::new();
+    let mut limits: Vec<(String, String, rate_limit::Rate)> =
+        Vec::with_capacity(1 + route.limits.len());
     match identity {
         Some(i) => {
             if let Some(plan) = policy.plan(&i.plan) {
-                limits.push((format!("plan:{}", plan.name), who(rl.plan_key), plan.rate()));
+                limits.push((
+                    ["plan:", &plan.name].concat(),
+                    who(rl.plan_key),
+                    plan.rate(),
+                ));
             }
         }
         None => limits.push(("anonymous".to_string(), who(LimitBy::Ip), rl.anonymous)),
     }
     for (n, l) in route.limits.iter().enumerate() {
-        limits.push((format!("route:{}:{n}", route.name), who(l.by), l.rate));
+        let mut id = ["route:", &route.name, ":"].concat();
+        crate::text::push_decimal(&mut id, n as u64);
+        limits.push((id, who(l.by), l.rate));
     }
     let checks: Vec<Check<'_>> = limits
         .iter()
@@ -290,7 +304,7 @@ fn limit(
         slots: rl.slots,
         on_contention: rl.on_contention,
     };
-    let outcome = rate_limit::check_all(store, &table, &checks, clock.now().0);
+    let outcome = rate_limit::check_all_with(store, &table, &checks, clock.now().0, &rl.places);
     outcome.result.map(|quota| (quota, outcome.contention))
 }
 
@@ -342,10 +356,18 @@ fn authenticate(
         }
         (Presented::One(raw), None) => raw,
     };
-    if policy.api_key_format == KeyFormat::Checksummed {
-        check_format(raw).map_err(AuthFailure::Key)?;
-    }
-    let hash = hash_presented_key(raw).map_err(AuthFailure::Key)?;
+    let cache = &policy.presented_keys.0;
+    let hash = match cache.get(raw) {
+        Some((checked_as, hash)) if checked_as == policy.api_key_format => hash,
+        _ => {
+            if policy.api_key_format == KeyFormat::Checksummed {
+                check_format(raw).map_err(AuthFailure::Key)?;
+            }
+            let hash = hash_presented_key(raw).map_err(AuthFailure::Key)?;
+            cache.insert(raw, (policy.api_key_format, hash));
+            hash
+        }
+    };
     let record = key_cache::lookup(policy, store, &hash, clock.now()).map_err(AuthFailure::Key)?;
     Ok(Some(Authenticated {
         identity: Identity::from(record.clone()),
@@ -402,8 +424,8 @@ fn authenticate_jwt(
 ) -> Result<Authenticated, AuthFailure> {
     let fail = |f| AuthFailure::Jwt(f);
     let now = clock.now().secs();
-    let verified: Verified =
-        jwt::verify(token, keys, now, &jwt.rules).map_err(|e| fail(jwt_failure(&e)))?;
+    let verified =
+        jwt::verify_cached(token, keys, now, &jwt.rules).map_err(|e| fail(jwt_failure(&e)))?;
 
     let claim_id = |name: &str| {
         verified
@@ -442,7 +464,7 @@ fn authenticate_jwt(
         })
         .collect();
     let key_id = match verified.kid.as_deref() {
-        Some(kid) if is_valid_id(kid) && kid.len() < 120 => format!("jwt:{kid}"),
+        Some(kid) if is_valid_id(kid) && kid.len() < 120 => ["jwt:", kid].concat(),
         _ => "jwt".to_string(),
     };
     Ok(Authenticated {
@@ -988,6 +1010,52 @@ mod tests {
             decide(&policy, &KeySet::default(), &head, &store, &clock),
             Decision::Deny(Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)))
         );
+    }
+
+    #[test]
+    fn a_remembered_key_is_still_looked_up_and_rechecked_under_another_format() {
+        let (mut policy, store, clock) = setup();
+        let head = |key| RequestHead {
+            method: b"GET",
+            path: b"/v1/x",
+            api_key: Presented::One(key),
+            authorization: Presented::None,
+            source_address: b"10.0.0.1:5555",
+            forwarded_for: None,
+        };
+        let go =
+            |policy: &Policy, key| decide(policy, &KeySet::default(), &head(key), &store, &clock);
+        assert!(matches!(go(&policy, DEMO), Decision::Allow(_)));
+        assert_eq!(policy.presented_keys.0.len(), 1, "remembered");
+        assert!(matches!(go(&policy, DEMO), Decision::Allow(_)));
+        // Revoked after it was remembered: the record is read on every request.
+        let hash = crate::api_key::KeyHash::of_key(DEMO);
+        let mut record = key_cache::lookup(&policy, &store, &hash, clock.now()).unwrap();
+        record.active = false;
+        store.set(&hash.cache_key(), &record.encode(), 0).unwrap();
+        assert_eq!(
+            go(&policy, DEMO),
+            Decision::Deny(Denial::Unauthorized(AuthFailure::Key(KeyFailure::Revoked)))
+        );
+        // A key remembered under the opaque format has no checksum to speak of; under
+        // the checksummed format it is checked again, and refused.
+        policy.api_key_format = crate::policy::KeyFormat::Opaque;
+        let legacy: &[u8] = b"legacy-key-123";
+        assert_eq!(
+            go(&policy, legacy),
+            Decision::Deny(Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)))
+        );
+        policy.api_key_format = crate::policy::KeyFormat::Checksummed;
+        assert_eq!(
+            go(&policy, legacy),
+            Decision::Deny(Denial::Unauthorized(AuthFailure::Key(
+                KeyFailure::Malformed
+            )))
+        );
+        // A refused key is never remembered.
+        let before = policy.presented_keys.0.len();
+        let _ = go(&policy, b"nope");
+        assert_eq!(policy.presented_keys.0.len(), before);
     }
 
     #[test]

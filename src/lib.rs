@@ -13,15 +13,19 @@
 //! | [`jwt`] | verifying JWTs (JWS compact): keys, JWKS, signatures, claims |
 //! | [`feed`] | the control service's cache feed: apply an answer, tell a stale cache |
 //! | [`jwks_cache`] | a JWKS fetched from a URL, shared by all workers, one fetch at a time |
+//! | [`header_map`] | the host's serialized header map, read in place |
 //! | [`decision`] | the request path: route, authenticate, allow or refuse |
 //! | [`body`] | body rules: size limits, JSON caps, the webhook check over the body |
+//! | [`secret_cache`] | per-worker memo keyed by a credential, compared in constant time |
 //! | [`signature`] | webhook signatures: provider formats, HMAC, the replay window |
+//! | [`slot_table`] | fixed tables of shared-data slots: placement, lookup, compare-and-swap |
 //! | [`replay_cache`] | signatures already accepted, in a fixed table of shared-data slots |
 //! | [`cors`] | CORS: allowed origins, preflight answers, headers on actual responses |
 //! | [`response`] | the response path: security headers, CORS headers, upstream error hygiene |
 //! | [`error`] | every refusal and its one JSON shape |
 //! | [`store`] | the shared-data and clock seams (host-backed in wasm, fakes in tests) |
 //! | [`time`] | RFC 3339 and Unix time |
+//! | [`text`] | decimal text without the formatting machinery (request-path helpers) |
 //! | `shell` (wasm32 only) | moves bytes between Envoy and the core; no decisions |
 //!
 //! The core never calls the host: it takes plain values and returns a decision, so it
@@ -33,6 +37,7 @@ pub mod cors;
 pub mod decision;
 pub mod error;
 pub mod feed;
+pub mod header_map;
 pub mod jwks_cache;
 pub mod jwt;
 pub mod key_cache;
@@ -42,8 +47,11 @@ pub mod replay_cache;
 pub mod response;
 pub mod revocation;
 pub mod route;
+pub mod secret_cache;
 pub mod signature;
+pub mod slot_table;
 pub mod store;
+pub mod text;
 pub mod time;
 
 #[cfg(target_arch = "wasm32")]

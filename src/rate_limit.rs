@@ -18,8 +18,8 @@
 //!
 //! **Bounded memory**: shared data has no delete, so states live in a fixed table of
 //! `slots` entries, `rl/<slots>/<index>`. An identity (limit id + caller) hashes to
-//! [`CANDIDATES`] candidate slots; each entry carries a 64-bit tag of its owner:
-//! `<tag hex>|<tat ns>`. A caller uses the candidate that holds its tag, else claims one
+//! [`CANDIDATES`] candidate slots; each entry is 16 bytes, a 64-bit tag of its owner and
+//! its `tat`. A caller uses the candidate that holds its tag, else claims one
 //! whose owner's state has lapsed (`tat` more than [`RECLAIM_GRACE_NANOS`] in the past:
 //! nothing to remember). If every candidate belongs to a live stranger, the request is
 //! refused as a collision: never is a stranger's budget granted or consumed. With the
@@ -32,15 +32,15 @@
 //! says it is done), so every later write is a real compare-and-swap. A different `slots`
 //! value is a different table (`rl/<slots>/...`), created afresh.
 
+use crate::secret_cache::SecretCache;
+use crate::slot_table::{Found, Place, SlotTable};
 use crate::store::{SharedStore, StoreError};
-use sha2::{Digest, Sha256};
 
 /// Lost compare-and-swaps in a row before the policy's contention rule applies.
 pub const MAX_CAS_ATTEMPTS: u32 = 16;
 
-/// Candidate slots per identity: a newcomer is refused only when all of them hold live
-/// strangers, which at a table load `a` happens with probability about `a^4`.
-pub const CANDIDATES: usize = 4;
+/// Candidate slots per identity ([`crate::slot_table`]).
+pub use crate::slot_table::CANDIDATES;
 
 /// A slot whose owner's `tat` lies this far in the past holds nothing worth keeping.
 /// Longer than any decision takes, so two workers claiming for the same new caller at
@@ -148,118 +148,26 @@ pub struct Table {
     pub on_contention: OnContention,
 }
 
-fn digest(limit: &str, caller: &str) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(limit.as_bytes());
-    h.update([0]);
-    h.update(caller.as_bytes());
-    h.finalize().into()
+/// The limiter's slot table (`rl/<slots>/<index>`).
+fn table(slots: u32) -> SlotTable<'static> {
+    SlotTable { name: "rl", slots }
 }
 
-fn u64_at(d: &[u8; 32], at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    if let Some(s) = d.get(at..at + 8) {
-        b.copy_from_slice(s);
-    }
-    u64::from_be_bytes(b)
-}
-
-fn slot_key(slots: u32, index: u64) -> String {
-    format!("rl/{slots}/{index}")
-}
-
-fn ready_key(slots: u32) -> String {
-    format!("rl/{slots}/ready")
-}
-
-/// A free slot: no owner, nothing consumed. As long as a used entry (16 hex digits, `|`,
-/// up to 19 digits of nanoseconds), so claiming a slot never grows shared data: the
-/// table takes its full size when it is made.
-const FREE: &[u8] = b"0000000000000000|0000000000000000000";
-
-/// Creates every slot of the table unless a worker already did. Every worker calls this
-/// when it configures, before it decides any request; workers configure before Envoy
-/// sends them traffic, so the unconditional writes cannot overwrite a live state (and
-/// once the marker exists, nobody writes them again). Returns the slots written.
+/// Creates every slot of the table unless a worker already did
+/// ([`SlotTable::prepare`]). Returns the slots written.
 pub fn prepare(store: &impl SharedStore, slots: u32) -> Result<u32, StoreError> {
-    if store.get(&ready_key(slots)).is_some() {
-        return Ok(0);
-    }
-    for i in 0..u64::from(slots) {
-        store.set(&slot_key(slots, i), FREE, 0)?;
-    }
-    store.set(&ready_key(slots), b"1", 0)?;
-    Ok(slots)
+    table(slots).prepare(store)
 }
 
-/// The candidate slots (distinct, at most `slots` of them) and the owner tag of
-/// (limit, caller).
-fn place(limit: &str, caller: &str, slots: u32) -> (Vec<String>, u64) {
-    let d = digest(limit, caller);
-    let n = u64::from(slots.max(1));
-    let mut picked: Vec<u64> = Vec::with_capacity(CANDIDATES);
-    for c in 0..CANDIDATES.min(usize::try_from(n).unwrap_or(CANDIDATES)) {
-        let mut i = u64_at(&d, c * 8) % n;
-        while picked.contains(&i) {
-            i = (i + 1) % n;
-        }
-        picked.push(i);
-    }
-    // The tag comes from a second digest, independent of the slot choice.
-    let tag = u64_at(&Sha256::digest(d).into(), 0);
-    (
-        picked.into_iter().map(|i| slot_key(slots, i)).collect(),
-        tag,
+/// Where (limit, caller)'s state is, or can go ([`SlotTable::find`]): its own slot
+/// with its `tat`, or a slot whose owner's state has lapsed, to start afresh in.
+fn locate(store: &impl SharedStore, slots: u32, place: &Place, now: u64) -> Option<Found> {
+    table(slots).find(
+        store,
+        place,
+        |_| true,
+        |tat| tat.saturating_add(RECLAIM_GRACE_NANOS) < now,
     )
-}
-
-/// A slot entry: owner tag and `tat`. `None` for anything we did not write.
-fn decode(bytes: &[u8]) -> Option<(u64, u64)> {
-    let s = std::str::from_utf8(bytes).ok()?;
-    let (tag, tat) = s.split_once('|')?;
-    Some((u64::from_str_radix(tag, 16).ok()?, tat.parse().ok()?))
-}
-
-fn encode(tag: u64, tat: u64) -> Vec<u8> {
-    format!("{tag:016x}|{tat:019}").into_bytes()
-}
-
-/// Where (limit, caller)'s state is, or can go: the slot's position in `keys`, its cas
-/// and the current `tat` (0 when starting fresh). `None`: every candidate belongs to a
-/// live stranger (or does not exist: the table was not prepared; refusing is safe).
-fn locate(
-    store: &impl SharedStore,
-    keys: &[String],
-    tag: u64,
-    now: u64,
-) -> Option<(usize, u32, u64)> {
-    let entries: Vec<Option<(Vec<u8>, u32)>> = keys.iter().map(|k| store.get(k)).collect();
-    let parsed: Vec<Option<(u64, u64, u32)>> = entries
-        .iter()
-        .map(|e| {
-            e.as_ref()
-                .map(|(bytes, cas)| decode(bytes).map_or((0, 0, *cas), |(t, tat)| (t, tat, *cas)))
-        })
-        .collect();
-    // Ours, wherever it is.
-    for (i, p) in parsed.iter().enumerate() {
-        if let Some((t, tat, cas)) = p
-            && *t == tag
-        {
-            return Some((i, *cas, *tat));
-        }
-    }
-    // Else the first free one: unreadable or lapsed. Never an absent one: a write to an
-    // absent key is not a compare-and-swap.
-    for (i, p) in parsed.iter().enumerate() {
-        if let Some((_, tat, cas)) = p
-            && tat.saturating_add(RECLAIM_GRACE_NANOS) < now
-            && *cas != 0
-        {
-            return Some((i, *cas, 0));
-        }
-    }
-    None
 }
 
 /// One GCRA step at `now` from `tat`: `Ok((new tat, quota))` or `Err(refusal)`.
@@ -299,24 +207,22 @@ fn consume(
     store: &impl SharedStore,
     table: &Table,
     check: &Check<'_>,
+    place: &Place,
     now: u64,
 ) -> (Result<Option<Quota>, Refusal>, bool) {
-    let (keys, tag) = place(check.limit, check.caller, table.slots);
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let collision = Refusal::Collision {
-            quota: unknown_quota(&check.rate),
-        };
-        let Some((slot, cas, tat)) = locate(store, &keys, tag, now) else {
+        let Some(found) = locate(store, table.slots, place, now) else {
+            let collision = Refusal::Collision {
+                quota: unknown_quota(&check.rate),
+            };
             return (Err(collision), false);
         };
-        let (new_tat, quota) = match step(&check.rate, tat, now) {
+        let (new_tat, quota) = match step(&check.rate, found.value.unwrap_or(0), now) {
             Ok(v) => v,
             Err(refusal) => return (Err(refusal), false),
         };
-        let Some(key) = keys.get(slot) else {
-            return (Err(collision), false);
-        };
-        match store.set(key, &encode(tag, new_tat), cas) {
+        let slots = self::table(table.slots);
+        match slots.write(store, found.index, place.tag, new_tat, found.cas) {
             Ok(()) => return (Ok(Some(quota)), false),
             Err(StoreError::CasMismatch) => continue,
             Err(StoreError::Failed) => break,
@@ -334,18 +240,21 @@ fn consume(
 }
 
 /// Gives back one unit consumed by [`consume`] (a later limit refused the request).
-fn refund(store: &impl SharedStore, table: &Table, check: &Check<'_>, now: u64) {
-    let (keys, tag) = place(check.limit, check.caller, table.slots);
+fn refund(store: &impl SharedStore, table: &Table, check: &Check<'_>, place: &Place, now: u64) {
     let t = check.rate.interval();
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let Some((slot, cas, tat)) = locate(store, &keys, tag, now) else {
+        let Some(Found {
+            index,
+            cas,
+            value: Some(tat),
+        }) = locate(store, table.slots, place, now)
+        else {
             return;
         };
         if tat == 0 {
             return;
         }
-        let Some(key) = keys.get(slot) else { return };
-        match store.set(key, &encode(tag, tat.saturating_sub(t)), cas) {
+        match self::table(table.slots).write(store, index, place.tag, tat.saturating_sub(t), cas) {
             Err(StoreError::CasMismatch) => continue,
             _ => return,
         }
@@ -360,23 +269,82 @@ pub fn check_all(
     checks: &[Check<'_>],
     now: u64,
 ) -> Outcome {
-    let mut consumed: Vec<&Check<'_>> = Vec::new();
+    check_all_with(store, table, checks, now, &Places::none())
+}
+
+/// The slots and tag of each (limit, caller) seen lately, per worker: a caller's place is
+/// a pure function of the limit, the caller and the table size, so a worker that has
+/// placed a caller once skips the SHA-256 on its next requests. Held by the policy
+/// ([`crate::policy::RateLimitPolicy::places`]), whose table size it was computed for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Places(SecretCache<Place>);
+
+impl Places {
+    /// Entries per worker.
+    pub const ENTRIES: usize = 512;
+    /// The longest `limit ‖ 0 ‖ caller` remembered.
+    const MAX_ID: usize = 192;
+
+    /// A memo that remembers nothing.
+    pub const fn none() -> Places {
+        Places(SecretCache::new(0, 0))
+    }
+
+    fn place(&self, slots: u32, check: &Check<'_>) -> Place {
+        let table = self::table(slots);
+        let (limit, caller) = (check.limit.as_bytes(), check.caller.as_bytes());
+        let mut id = [0u8; Self::MAX_ID];
+        let len = limit.len() + 1 + caller.len();
+        let Some(id) = id.get_mut(..len) else {
+            return table.place(limit, caller);
+        };
+        let (l, rest) = id.split_at_mut(limit.len());
+        l.copy_from_slice(limit);
+        if let Some((sep, c)) = rest.split_first_mut() {
+            *sep = 0;
+            c.copy_from_slice(caller);
+        }
+        if let Some(place) = self.0.get(id) {
+            return place;
+        }
+        let place = table.place(limit, caller);
+        self.0.insert(id, place);
+        place
+    }
+}
+
+impl Default for Places {
+    fn default() -> Self {
+        Places(SecretCache::new(Self::ENTRIES, Self::MAX_ID))
+    }
+}
+
+/// [`check_all`] with a memo of places (the request path passes the policy's).
+pub fn check_all_with(
+    store: &impl SharedStore,
+    table: &Table,
+    checks: &[Check<'_>],
+    now: u64,
+    places: &Places,
+) -> Outcome {
+    let mut consumed: Vec<(&Check<'_>, Place)> = Vec::new();
     let mut tightest: Option<Quota> = None;
     let mut contention = false;
     for check in checks {
-        let (result, gave_up) = consume(store, table, check, now);
+        let place = places.place(table.slots, check);
+        let (result, gave_up) = consume(store, table, check, &place, now);
         contention |= gave_up;
         match result {
             Ok(Some(q)) => {
-                consumed.push(check);
+                consumed.push((check, place));
                 if tightest.is_none_or(|t| q.remaining < t.remaining) {
                     tightest = Some(q);
                 }
             }
             Ok(None) => {}
             Err(refusal) => {
-                for done in consumed {
-                    refund(store, table, done, now);
+                for (done, place) in &consumed {
+                    refund(store, table, done, place, now);
                 }
                 return Outcome {
                     result: Err(refusal),
@@ -627,18 +595,94 @@ mod tests {
         assert!(!allowed(&store, &c, T0 - 30 * SEC));
     }
 
-    #[test]
-    fn corrupt_slots_are_reclaimed_not_trusted() {
-        let store = store();
-        let (keys, _) = place("l", "a", 1024);
-        store.set(&keys[0], b"garbage", 0).unwrap();
-        store.set(&keys[1], b"ffff|notanumber", 0).unwrap();
-        let c = [Check {
+    /// Caller `a` under limit `l`, one request a minute.
+    fn one_a_minute_for_a() -> [Check<'static>; 1] {
+        [Check {
             limit: "l",
             caller: "a",
             rate: per_minute(1),
-        }];
+        }]
+    }
+
+    #[test]
+    fn corrupt_slots_are_reclaimed_not_trusted() {
+        let store = store();
+        let t = super::table(1024);
+        let keys: Vec<String> = t
+            .place(b"l", b"a")
+            .candidates()
+            .iter()
+            .map(|&i| t.key(i))
+            .collect();
+        store.set(&keys[0], b"garbage", 0).unwrap();
+        store
+            .set(&keys[1], b"0000000000000000|0000000000000000000", 0)
+            .unwrap();
+        let c = one_a_minute_for_a();
         assert!(allowed(&store, &c, T0));
         assert!(!allowed(&store, &c, T0));
+    }
+
+    #[test]
+    fn a_state_behind_a_slot_that_frees_up_is_kept_not_doubled() {
+        let store = store();
+        let t = super::table(1024);
+        let a = t.place(b"l", b"a");
+        let first = a.candidates()[0];
+        // A live stranger holds a's first candidate, so a's state goes to the second.
+        t.write(&store, first, 7, T0 + 3600 * SEC, 0).unwrap();
+        let c = one_a_minute_for_a();
+        assert!(allowed(&store, &c, T0));
+        assert!(!allowed(&store, &c, T0));
+        // The first candidate frees up (lapsed or unreadable): a's spent budget is still
+        // found behind it; a fresh one is not started there.
+        t.write(&store, first, 7, 1, 0).unwrap();
+        assert!(!allowed(&store, &c, T0));
+        store.set(&t.key(first), b"garbage", 0).unwrap();
+        assert!(!allowed(&store, &c, T0));
+    }
+
+    #[test]
+    fn remembered_places_are_the_computed_ones() {
+        let places = Places::default();
+        let c = Check {
+            limit: "plan:team",
+            caller: "u:user_1",
+            rate: per_minute(5),
+        };
+        let fresh = super::table(1024).place(b"plan:team", b"u:user_1");
+        for _ in 0..2 {
+            let p = places.place(1024, &c);
+            assert_eq!((p.candidates(), p.tag), (fresh.candidates(), fresh.tag));
+        }
+        assert_eq!(places.0.len(), 1);
+        let other = Check {
+            caller: "u:user_2",
+            ..c.clone()
+        };
+        assert_ne!(places.place(1024, &other).tag, fresh.tag);
+        // Over the length bound: computed, not remembered.
+        let long = "x".repeat(300);
+        let big = Check {
+            limit: "l",
+            caller: &long,
+            rate: per_minute(5),
+        };
+        let p = places.place(1024, &big);
+        assert_eq!(p.tag, super::table(1024).place(b"l", long.as_bytes()).tag);
+        // The request path through a memo allows exactly as many as without one.
+        let store = store();
+        let a = one_a_minute_for_a();
+        assert!(
+            check_all_with(&store, &table(), &a, T0, &places)
+                .result
+                .is_ok()
+        );
+        assert!(
+            check_all_with(&store, &table(), &a, T0, &places)
+                .result
+                .is_err()
+        );
+        assert!(check_all(&store, &table(), &a, T0).result.is_err());
     }
 }

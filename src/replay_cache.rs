@@ -2,16 +2,15 @@
 //! it could still verify (within its tolerance window), across every Envoy worker.
 //!
 //! **Algorithm.** Shared data has no delete, so the cache is a fixed table of `slots`
-//! entries per route, `wh/<route>/<slots>/<index>`, created up front ([`prepare`]) like
-//! the rate limiter's (`crate::rate_limit`), so that every later write is a real
-//! compare-and-swap (Envoy writes an absent key whatever cas it is given). A message is
-//! known by the SHA-256 of the MAC that verified it ([`crate::signature::Accepted`]):
-//! `d = SHA-256(route ‖ 0 ‖ fingerprint)`. Four 8-byte words of `d` pick
-//! [`CANDIDATES`] distinct slots; the first 8 bytes of `SHA-256(d)` are the message's tag. An entry is
-//! `<tag hex>|<until secs>`: the tag of the message it remembers and the Unix second
-//! after which that message could no longer verify (its signed timestamp plus the
-//! tolerance, or the moment it was accepted plus the tolerance when nothing signed a
-//! timestamp, as with GitHub).
+//! entries per route, `wh/<route>/<slots>/<index>` ([`crate::slot_table`], the same kind
+//! of table as the rate limiter's), created up front ([`prepare`]) so that every later
+//! write is a real compare-and-swap (Envoy writes an absent key whatever cas it is
+//! given). A message is known by the SHA-256 of the MAC that verified it
+//! ([`crate::signature::Accepted`]); `SHA-256(route ‖ 0 ‖ fingerprint)` picks its
+//! [`CANDIDATES`] slots and its tag. An entry holds the tag of the message it remembers
+//! and the Unix second after which that message could no longer verify (its signed
+//! timestamp plus the tolerance, or the moment it was accepted plus the tolerance when
+//! nothing signed a timestamp, as with GitHub).
 //!
 //! To remember a message at `now`: read the candidates; if one holds our tag with
 //! `until > now`, it is a **replay**. Otherwise claim the first candidate that is free
@@ -27,14 +26,14 @@
 //! Known limit: two copies of one message arriving at the very second a stranger's entry
 //! expires may see different first free slots and both be accepted.
 //!
-//! Memory is `slots` × ~60 bytes (key and value) per route, whatever the traffic.
+//! Memory is `slots` × ~40 bytes (key and 16-byte value) per route, whatever the traffic.
 
 use crate::signature::{Accepted, SignatureError};
+use crate::slot_table::SlotTable;
 use crate::store::{SharedStore, StoreError};
-use sha2::{Digest, Sha256};
 
-/// Candidate slots per message.
-pub const CANDIDATES: usize = 4;
+/// Candidate slots per message ([`crate::slot_table`]).
+pub use crate::slot_table::CANDIDATES;
 
 /// Lost compare-and-swaps in a row before the message is refused as unrememberable.
 pub const MAX_CAS_ATTEMPTS: u32 = 16;
@@ -42,73 +41,17 @@ pub const MAX_CAS_ATTEMPTS: u32 = 16;
 /// Table size when `replay_cache: {}` does not say.
 pub const DEFAULT_SLOTS: u32 = 4096;
 
-/// A free slot: as long as a used one (16 hex digits, `|`, 20 digits), so claiming a slot
-/// never grows shared data.
-const FREE: &[u8] = b"0000000000000000|00000000000000000000";
-
-fn slot_key(table: &str, slots: u32, index: u64) -> String {
-    format!("wh/{table}/{slots}/{index}")
-}
-
-fn ready_key(table: &str, slots: u32) -> String {
-    format!("wh/{table}/{slots}/ready")
+/// A route's table, `wh/<route>/<slots>/<index>`.
+fn slot_table(table: &str, slots: u32) -> (String, u32) {
+    (["wh/", table].concat(), slots)
 }
 
 /// Creates every slot of a route's table unless a worker already did (see the module
 /// doc). Called by every worker at configure time, before it decides any request.
 /// Returns the slots written.
 pub fn prepare(store: &impl SharedStore, table: &str, slots: u32) -> Result<u32, StoreError> {
-    if store.get(&ready_key(table, slots)).is_some() {
-        return Ok(0);
-    }
-    for i in 0..u64::from(slots) {
-        store.set(&slot_key(table, slots, i), FREE, 0)?;
-    }
-    store.set(&ready_key(table, slots), b"1", 0)?;
-    Ok(slots)
-}
-
-fn u64_at(d: &[u8; 32], at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    if let Some(s) = d.get(at..at + 8) {
-        b.copy_from_slice(s);
-    }
-    u64::from_be_bytes(b)
-}
-
-/// The candidate slot keys and the tag of a message.
-fn place(table: &str, slots: u32, fingerprint: &[u8; 32]) -> (Vec<String>, u64) {
-    let mut h = Sha256::new();
-    h.update(table.as_bytes());
-    h.update([0]);
-    h.update(fingerprint);
-    let d: [u8; 32] = h.finalize().into();
-    let n = u64::from(slots.max(1));
-    let mut picked: Vec<u64> = Vec::with_capacity(CANDIDATES);
-    for c in 0..CANDIDATES.min(usize::try_from(n).unwrap_or(CANDIDATES)) {
-        let mut i = u64_at(&d, c * 8) % n;
-        while picked.contains(&i) {
-            i = (i + 1) % n;
-        }
-        picked.push(i);
-    }
-    // The tag comes from a second digest, independent of the slot choice.
-    let tag = u64_at(&Sha256::digest(d).into(), 0);
-    let keys = picked
-        .into_iter()
-        .map(|i| slot_key(table, slots, i))
-        .collect();
-    (keys, tag)
-}
-
-fn decode(bytes: &[u8]) -> Option<(u64, u64)> {
-    let s = std::str::from_utf8(bytes).ok()?;
-    let (tag, until) = s.split_once('|')?;
-    Some((u64::from_str_radix(tag, 16).ok()?, until.parse().ok()?))
-}
-
-fn encode(tag: u64, until: u64) -> Vec<u8> {
-    format!("{tag:016x}|{until:020}").into_bytes()
+    let (name, slots) = slot_table(table, slots);
+    SlotTable { name: &name, slots }.prepare(store)
 }
 
 /// Remembers an accepted message at `now` (Unix seconds): `Err(Replayed)` when the table
@@ -120,34 +63,20 @@ pub fn remember(
     accepted: &Accepted,
     now: u64,
 ) -> Result<(), SignatureError> {
-    let (keys, tag) = place(table, slots, &accepted.fingerprint);
+    let (name, slots) = slot_table(table, slots);
+    let slots = SlotTable { name: &name, slots };
+    let place = slots.place(table.as_bytes(), &accepted.fingerprint);
     let until = accepted.replayable_until.max(now.saturating_add(1));
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let entries: Vec<Option<(u64, u64, u32)>> = keys
-            .iter()
-            .map(|k| {
-                store.get(k).map(|(bytes, cas)| {
-                    let (t, u) = decode(&bytes).unwrap_or((0, 0));
-                    (t, u, cas)
-                })
-            })
-            .collect();
-        if entries
-            .iter()
-            .flatten()
-            .any(|(t, u, _)| *t == tag && *u > now)
-        {
-            return Err(SignatureError::Replayed);
-        }
-        // Never an absent slot: writing it would not be a compare-and-swap.
-        let free = keys.iter().zip(&entries).find_map(|(key, e)| match e {
-            Some((_, u, cas)) if *u <= now && *cas != 0 => Some((key, *cas)),
-            _ => None,
-        });
-        let Some((key, cas)) = free else {
+        // Ours while it could still verify; anyone's, ours included, once it could not.
+        let live = |until: u64| until > now;
+        let Some(found) = slots.find(store, &place, live, |until| !live(until)) else {
             return Err(SignatureError::Unavailable);
         };
-        match store.set(key, &encode(tag, until), cas) {
+        if found.value.is_some() {
+            return Err(SignatureError::Replayed);
+        }
+        match slots.write(store, found.index, place.tag, until, found.cas) {
             Ok(()) => return Ok(()),
             Err(StoreError::CasMismatch) => continue,
             Err(StoreError::Failed) => return Err(SignatureError::Unavailable),
@@ -267,8 +196,20 @@ mod tests {
     }
 
     #[test]
-    fn slot_entries_keep_their_size() {
-        assert_eq!(encode(u64::MAX, u64::MAX).len(), FREE.len());
-        assert_eq!(decode(FREE), Some((0, 0)));
+    fn a_replay_behind_a_slot_that_frees_up_is_still_refused() {
+        let s = prepared(64);
+        let (name, slots) = slot_table("hooks", 64);
+        let t = SlotTable { name: &name, slots };
+        let a = accepted(1, NOW + 300);
+        let first = t.place(b"hooks", &a.fingerprint).candidates()[0];
+        // A live stranger holds the message's first slot, so it is remembered in the next.
+        t.write(&s, first, 7, NOW + 1000, 0).unwrap();
+        assert_eq!(remember(&s, "hooks", 64, &a, NOW), Ok(()));
+        // The stranger's entry lapses; the message behind it is still known.
+        t.write(&s, first, 7, NOW - 1, 0).unwrap();
+        assert_eq!(
+            remember(&s, "hooks", 64, &a, NOW + 1),
+            Err(SignatureError::Replayed)
+        );
     }
 }

@@ -287,16 +287,16 @@ impl Pending {
     pub fn on_response<'p>(
         &self,
         policy: &'p Policy,
-        headers: &[(String, Vec<u8>)],
+        headers: &[(&[u8], &[u8])],
         now: UnixNanos,
     ) -> Edits<'p> {
         let get = |name: &str| {
             headers
                 .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_slice())
+                .find(|(n, _)| *n == name.as_bytes())
+                .map(|(_, v)| *v)
         };
-        let has = |name: &str| headers.iter().any(|(n, _)| n == name);
+        let has = |name: &str| headers.iter().any(|(n, _)| *n == name.as_bytes());
         let rules = rules(policy, self.route);
         let mut edits = Edits::default();
         let status = get(":status")
@@ -347,8 +347,8 @@ impl Pending {
             if cors.varies_by_origin() {
                 let vary: Vec<&[u8]> = headers
                     .iter()
-                    .filter(|(n, _)| n == "vary")
-                    .map(|(_, v)| v.as_slice())
+                    .filter(|(n, _)| *n == b"vary")
+                    .map(|(_, v)| *v)
                     .collect();
                 if let Some(v) = cors::vary_with_origin(&vary) {
                     edits.set.push(("vary", v));
@@ -419,10 +419,10 @@ mod policy_tests {
             .policy
     }
 
-    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    fn headers<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<(&'a [u8], &'a [u8])> {
         pairs
             .iter()
-            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
             .collect()
     }
 

@@ -43,7 +43,8 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Stat
 use std::cell::RefCell;
 use std::rc::Rc;
 
-// `main!` expands to the module's `_initialize` export, which is `#[no_mangle]`.
+// The one place with `unsafe`: `main!` expands to the module's `_initialize` export,
+// which is `#[no_mangle]`, and the header map is read with the raw host call.
 #[allow(unsafe_code)]
 mod entry {
     proxy_wasm::main! {{
@@ -52,10 +53,60 @@ mod entry {
             Box::new(super::Root::default())
         });
     }}
+
+    // The SDK declares the same import with its own enums; here the map type and the
+    // status are plain integers (a status the enum does not know must not be UB).
+    #[allow(clashing_extern_declarations)]
+    #[link(wasm_import_module = "env")]
+    unsafe extern "C" {
+        fn proxy_get_header_map_pairs(
+            map_type: u32,
+            return_map_data: *mut *mut u8,
+            return_map_size: *mut usize,
+        ) -> u32;
+    }
+
+    /// A header map as the host serializes it ([`crate::header_map`] reads it in place),
+    /// empty when the host has none. The SDK's reader copies every header into a `String`
+    /// and a `Vec` and panics on a name that is not UTF-8.
+    pub(super) fn header_map(map: proxy_wasm::types::MapType) -> Vec<u8> {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: the host writes a pointer and a size into the two locals; the buffer
+        // is one it got from `proxy_on_memory_allocate` (the SDK's allocator: a boxed
+        // byte slice of exactly `size` bytes), so it is ours to own as a `Vec` of that
+        // length and capacity, as the SDK itself does.
+        unsafe {
+            let status = proxy_get_header_map_pairs(map as u32, &mut data, &mut size);
+            if status != 0 || data.is_null() {
+                return Vec::new();
+            }
+            Vec::from_raw_parts(data, size, size)
+        }
+    }
+}
+
+std::thread_local! {
+    /// The host's log level, read on configure: a message below it is not even formatted
+    /// (a refusal's debug line was a `format!` and a host call on every refused request,
+    /// dropped by Envoy at its default level).
+    static LOG_LEVEL: std::cell::Cell<u32> = const { std::cell::Cell::new(LogLevel::Trace as u32) };
+}
+
+fn read_log_level() {
+    if let Ok(level) = hostcalls::get_log_level() {
+        LOG_LEVEL.with(|l| l.set(level as u32));
+    }
+}
+
+fn log_enabled(level: LogLevel) -> bool {
+    level as u32 >= LOG_LEVEL.with(std::cell::Cell::get)
 }
 
 fn log(level: LogLevel, message: &str) {
-    let _ = hostcalls::log(level, message);
+    if log_enabled(level) {
+        let _ = hostcalls::log(level, message);
+    }
 }
 
 /// Envoy's shared data for this vm_id.
@@ -638,6 +689,7 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        read_log_level();
         let Some(policy) = load_policy() else {
             return false;
         };
@@ -811,8 +863,8 @@ impl HttpContext for Filter {
         let edits = match (&self.policy, &self.response) {
             (Some(policy), Some(pending)) => {
                 // One host call for the map: the rules look at several headers.
-                let headers =
-                    hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
+                let raw = entry::header_map(MapType::HttpResponseHeaders);
+                let headers: Vec<(&[u8], &[u8])> = crate::header_map::pairs(&raw).collect();
                 pending.on_response(policy, &headers, HostClock.now())
             }
             _ => crate::response::Edits::default(),
@@ -870,7 +922,7 @@ impl HttpContext for Filter {
         };
         // One host call for the whole map: cheaper than one call per header we need, and
         // we must see every name anyway to strip client-sent identity headers.
-        let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        let raw = entry::header_map(MapType::HttpRequestHeaders);
 
         let mut method: &[u8] = b"";
         let mut path: &[u8] = b"";
@@ -882,28 +934,34 @@ impl HttpContext for Filter {
         let mut cors_method: Option<&[u8]> = None;
         let mut cors_headers: Vec<&[u8]> = Vec::new();
         let mut spoofed: Vec<&str> = Vec::new();
-        for (name, value) in &headers {
-            match name.as_str() {
-                ":method" => method = value,
-                ":path" => path = value,
-                "x-request-id" => request_id = value,
-                n if n == policy.api_key_header => {
+        for (name, value) in crate::header_map::pairs(&raw) {
+            match name {
+                b":method" => method = value,
+                b":path" => path = value,
+                b"x-request-id" => request_id = value,
+                n if n == policy.api_key_header.as_bytes() => {
                     api_key = match api_key {
                         Presented::None => Presented::One(value),
                         _ => Presented::Several,
                     }
                 }
-                "authorization" => {
+                b"authorization" => {
                     authorization = match authorization {
                         Presented::None => Presented::One(value),
                         _ => Presented::Several,
                     }
                 }
-                "x-forwarded-for" => forwarded.push(value),
-                "origin" => origin = Some(value),
-                "access-control-request-method" => cors_method = Some(value),
-                "access-control-request-headers" => cors_headers.push(value),
-                n if n.starts_with(IDENTITY_HEADER_PREFIX) => spoofed.push(n),
+                b"x-forwarded-for" => forwarded.push(value),
+                b"origin" => origin = Some(value),
+                b"access-control-request-method" => cors_method = Some(value),
+                b"access-control-request-headers" => cors_headers.push(value),
+                // Envoy's codecs admit only token characters in names, so a name is
+                // always UTF-8 here; one that is not could not be removed by name.
+                n if n.starts_with(IDENTITY_HEADER_PREFIX.as_bytes()) => {
+                    if let Ok(n) = std::str::from_utf8(n) {
+                        spoofed.push(n);
+                    }
+                }
                 _ => {}
             }
         }
@@ -1001,7 +1059,7 @@ impl HttpContext for Filter {
                         let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
                     }
                 }
-                self.start_body(&policy, allowed.route, &headers, end_of_stream, request_id)
+                self.start_body(&policy, allowed.route, &raw, end_of_stream, request_id)
             }
             Decision::Deny(denial) => {
                 if let Denial::RateLimited(r) = denial {
@@ -1094,7 +1152,7 @@ impl Filter {
         &mut self,
         policy: &Policy,
         route: usize,
-        headers: &[(String, Vec<u8>)],
+        headers: &[u8],
         end_of_stream: bool,
         request_id: &[u8],
     ) -> Action {
@@ -1109,10 +1167,10 @@ impl Filter {
         }
         let find = |name: Option<&str>| {
             let mut found = Presented::None;
-            for (n, v) in headers {
-                if Some(n.as_str()) == name {
+            for (n, v) in crate::header_map::pairs(headers) {
+                if Some(n) == name.map(str::as_bytes) {
                     found = match found {
-                        Presented::None => Presented::One(v.as_slice()),
+                        Presented::None => Presented::One(v),
                         _ => Presented::Several,
                     };
                 }
@@ -1226,10 +1284,12 @@ fn configure_webhooks(policy: &Policy) -> Option<Vec<Option<crate::signature::Ve
 /// The one place that refuses a request.
 fn send_refusal(denial: Denial, request_id: &[u8], verbose: bool) {
     let reply = denial.render(HostClock.now(), request_id, verbose);
-    log(
-        LogLevel::Debug,
-        &format!("refused {} {}", reply.status, denial.reason()),
-    );
+    if log_enabled(LogLevel::Debug) {
+        log(
+            LogLevel::Debug,
+            &format!("refused {} {}", reply.status, denial.reason()),
+        );
+    }
     send_reply(&reply);
 }
 

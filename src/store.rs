@@ -32,6 +32,36 @@ pub trait Clock {
     fn now(&self) -> UnixNanos;
 }
 
+/// One reading per decision: the first `now` is read from the wrapped clock (a host call
+/// in the module), every later one repeats it, so the parts of one decision agree on the
+/// time and a request pays for one clock read at most.
+pub struct OnceClock<'a, C: Clock> {
+    clock: &'a C,
+    at: Cell<Option<UnixNanos>>,
+}
+
+impl<'a, C: Clock> OnceClock<'a, C> {
+    pub fn new(clock: &'a C) -> Self {
+        OnceClock {
+            clock,
+            at: Cell::new(None),
+        }
+    }
+}
+
+impl<C: Clock> Clock for OnceClock<'_, C> {
+    fn now(&self) -> UnixNanos {
+        match self.at.get() {
+            Some(at) => at,
+            None => {
+                let at = self.clock.now();
+                self.at.set(Some(at));
+                at
+            }
+        }
+    }
+}
+
 /// An in-memory [`SharedStore`] with Envoy's CAS rules, for core tests.
 #[derive(Default)]
 pub struct MemoryStore {
@@ -81,6 +111,16 @@ impl Clock for FixedClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_once_clock_reads_its_clock_once() {
+        let clock = FixedClock::at_secs(10);
+        let once = OnceClock::new(&clock);
+        assert_eq!(once.now().secs(), 10);
+        clock.set_secs(20);
+        assert_eq!(once.now().secs(), 10);
+        assert_eq!(OnceClock::new(&clock).now().secs(), 20);
+    }
 
     #[test]
     fn a_stale_cas_is_refused_and_a_fresh_one_accepted() {

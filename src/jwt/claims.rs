@@ -135,6 +135,36 @@ pub(crate) struct Checked {
     pub jti: Option<String>,
     pub iat: Option<i64>,
     pub exp: Option<i64>,
+    pub times: Times,
+}
+
+/// The time claims as numbers, exactly as the token had them (fractions included): all
+/// the time rules need. A cached token is checked against these again on every use.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Times {
+    exp: Option<f64>,
+    nbf: Option<f64>,
+    iat: Option<f64>,
+}
+
+impl Times {
+    /// The time rules at `now_unix` (see the module's documentation).
+    pub(crate) fn check(&self, now_unix: u64, rules: &Rules) -> Result<(), JwtError> {
+        let now = now_unix as f64;
+        let leeway = rules.leeway_secs as f64;
+        match self.exp {
+            None if rules.require_exp => return Err(JwtError::MissingClaim("exp".to_owned())),
+            Some(exp) if now >= exp + leeway => return Err(JwtError::Expired),
+            _ => {}
+        }
+        if self.nbf.is_some_and(|nbf| now + leeway < nbf) {
+            return Err(JwtError::NotYetValid);
+        }
+        if self.iat.is_some_and(|iat| iat > now + leeway) {
+            return Err(JwtError::IssuedInFuture);
+        }
+        Ok(())
+    }
 }
 
 fn number(claims: &Map<String, Value>, name: &'static str) -> Result<Option<f64>, JwtError> {
@@ -162,9 +192,6 @@ pub(crate) fn check(
     now_unix: u64,
     rules: &Rules,
 ) -> Result<Checked, JwtError> {
-    let now = now_unix as f64;
-    let leeway = rules.leeway_secs as f64;
-
     let exp = number(&claims, "exp")?;
     let nbf = number(&claims, "nbf")?;
     let iat = number(&claims, "iat")?;
@@ -181,17 +208,8 @@ pub(crate) fn check(
         Some(_) => return Err(JwtError::InvalidClaim("aud")),
     };
 
-    match exp {
-        None if rules.require_exp => return Err(JwtError::MissingClaim("exp".to_owned())),
-        Some(exp) if now >= exp + leeway => return Err(JwtError::Expired),
-        _ => {}
-    }
-    if nbf.is_some_and(|nbf| now + leeway < nbf) {
-        return Err(JwtError::NotYetValid);
-    }
-    if iat.is_some_and(|iat| iat > now + leeway) {
-        return Err(JwtError::IssuedInFuture);
-    }
+    let times = Times { exp, nbf, iat };
+    times.check(now_unix, rules)?;
     if !rules.issuers.is_empty() {
         let iss = iss.ok_or_else(|| JwtError::MissingClaim("iss".to_owned()))?;
         if !rules.issuers.iter().any(|want| want == iss) {
@@ -239,6 +257,7 @@ pub(crate) fn check(
         jti,
         iat,
         exp,
+        times,
     })
 }
 

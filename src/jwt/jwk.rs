@@ -457,19 +457,30 @@ pub fn parse_jwks(json: &[u8], default_rsa_alg: Option<Alg>) -> Result<Jwks, Jwk
     Ok(out)
 }
 
-/// The keys one route verifies tokens with.
+/// The keys one route verifies tokens with, and the tokens they verified lately
+/// ([`super::verify_cached`]). A new set (a new policy, a new JWKS) starts with an empty
+/// cache, so a token whose key left the set is checked again in full, and refused.
 #[derive(Clone, Debug, Default)]
 pub struct KeySet {
     keys: Vec<Key>,
+    cache: super::cache::TokenCache,
 }
 
 impl KeySet {
     pub fn new(keys: Vec<Key>) -> KeySet {
-        KeySet { keys }
+        KeySet {
+            keys,
+            cache: Default::default(),
+        }
+    }
+
+    pub(crate) fn cache(&self) -> &super::cache::TokenCache {
+        &self.cache
     }
 
     pub fn push(&mut self, key: Key) {
         self.keys.push(key);
+        self.cache.clear();
     }
 
     pub fn keys(&self) -> &[Key] {
@@ -487,7 +498,7 @@ impl KeySet {
 
 impl From<Vec<Key>> for KeySet {
     fn from(keys: Vec<Key>) -> KeySet {
-        KeySet { keys }
+        KeySet::new(keys)
     }
 }
 

@@ -9,6 +9,7 @@
 //! | `signature.rs` | one signature with one key (HMAC, RSA PKCS#1 v1.5 and PSS, ECDSA, Ed25519) |
 //! | `claims.rs` | [`Rules`] for `exp`/`nbf`/`iat`/`iss`/`aud`/required claims; [`Verified`]'s claim map |
 //! | `b64.rs` | strict, canonical base64url without padding |
+//! | `cache.rs` | tokens that verified, per key set: a token seen again skips the signature |
 //!
 //! Decisions, and why:
 //! - **The key decides the algorithm.** Each [`Key`] is made for exactly one [`Alg`] at
@@ -47,6 +48,7 @@
 //! the harness's end-to-end tests).
 
 pub(crate) mod b64;
+mod cache;
 mod claims;
 mod jwk;
 mod signature;
@@ -60,9 +62,10 @@ mod tests;
 
 use std::fmt;
 
+pub use cache::{CACHE_ENTRIES, CACHE_MAX_TOKEN};
 pub use claims::{ClaimValue, Claims, DEFAULT_LEEWAY_SECS, DEFAULT_MAX_SIZE, Rules};
 pub use jwk::{Alg, JwkError, Jwks, Key, KeySet, MAX_JWKS_KEYS, SkippedKey, parse_jwks};
-pub use verify::{MAX_KEYS_TRIED, Verified, verify};
+pub use verify::{MAX_KEYS_TRIED, Verified, verify, verify_cached};
 
 /// Why a token was refused. Closed: every refusal path has its variant and a test.
 #[derive(Clone, Debug, PartialEq, Eq)]

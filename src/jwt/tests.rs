@@ -650,6 +650,118 @@ fn time_claims_are_checked_at_their_edges_with_the_leeway() {
     assert!(at(r#"{"exp":1800000000.25,"nbf":1699999999.5}"#, NOW).is_ok());
 }
 
+// --- the cache of verified tokens ---
+
+#[test]
+fn a_cached_token_gets_the_same_answer_as_a_fresh_check_at_every_time() {
+    // Time claims with fractions, at the edges of each rule.
+    let payload = r#"{"sub":"u","exp":1700000000.5,"nbf":1699990000.25,"iat":1699990000}"#;
+    for alg in [Alg::HS256, Alg::ES256] {
+        let keys = set(vec![public_key(alg, None)]);
+        let token = mint(alg, None, payload);
+        let rules = Rules::default();
+        let first = verify_cached(token.as_bytes(), &keys, NOW, &rules).unwrap();
+        let again = verify_cached(token.as_bytes(), &keys, NOW, &rules).unwrap();
+        assert!(
+            std::sync::Arc::ptr_eq(&first, &again),
+            "{alg}: served from the cache"
+        );
+        assert_eq!(*first, check(&token, &keys).unwrap());
+        for now in [
+            NOW + 59,
+            NOW + 60,
+            NOW + 61,
+            1_699_990_000 - 59,
+            1_699_990_000 - 60,
+            1_699_990_000 - 61,
+            0,
+            u64::MAX,
+        ] {
+            let fresh = verify(token.as_bytes(), &keys, now, &rules);
+            let cached = verify_cached(token.as_bytes(), &keys, now, &rules).map(|v| (*v).clone());
+            assert_eq!(cached, fresh, "{alg} at {now}");
+        }
+    }
+    // A cached token expires on time.
+    let keys = set(vec![public_key(Alg::HS256, None)]);
+    let token = mint(Alg::HS256, None, r#"{"exp":1700000000}"#);
+    assert!(verify_cached(token.as_bytes(), &keys, NOW, &Rules::default()).is_ok());
+    assert_eq!(
+        verify_cached(token.as_bytes(), &keys, NOW + 60, &Rules::default()).unwrap_err(),
+        JwtError::Expired
+    );
+}
+
+#[test]
+fn the_cache_never_lets_a_changed_token_other_rules_or_other_keys_through() {
+    let keys = set(vec![public_key(Alg::HS256, None)]);
+    let token = mint(Alg::HS256, None, GOOD);
+    let rules = Rules::default();
+    assert!(verify_cached(token.as_bytes(), &keys, NOW, &rules).is_ok());
+    // One bit of the signature changed: the same slot, another text.
+    let mut flipped = token.clone().into_bytes();
+    let last = flipped.len() - 2;
+    flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
+    assert_eq!(
+        verify_cached(&flipped, &keys, NOW, &rules).unwrap_err(),
+        JwtError::BadSignature
+    );
+    // A prefix, and the token with a byte more.
+    assert!(verify_cached(&token.as_bytes()[..token.len() - 1], &keys, NOW, &rules).is_err());
+    assert!(verify_cached(format!("{token}A").as_bytes(), &keys, NOW, &rules).is_err());
+    // Other rules: checked in full, and refused.
+    let strict = Rules {
+        audiences: vec!["api".into()],
+        ..Rules::default()
+    };
+    assert_eq!(
+        verify_cached(token.as_bytes(), &keys, NOW, &strict).unwrap_err(),
+        JwtError::MissingClaim("aud".into())
+    );
+    // A key set without the key (a rotated JWKS) has its own, empty cache.
+    let rotated = set(vec![public_key(Alg::ES256, None)]);
+    assert!(verify_cached(token.as_bytes(), &rotated, NOW, &rules).is_err());
+    // A key added to a set empties its cache.
+    let mut grown = keys.clone();
+    assert!(verify_cached(token.as_bytes(), &grown, NOW, &rules).is_ok());
+    grown.push(public_key(Alg::ES256, None));
+    assert!(format!("{:?}", grown).contains("SecretCache(0 held)"));
+    // The cache's Debug never shows a token.
+    assert!(!format!("{keys:?}").contains(&token[..20]));
+}
+
+#[test]
+fn the_cache_holds_a_bounded_number_of_tokens() {
+    let keys = set(vec![public_key(Alg::HS256, None)]);
+    for i in 0..1000 {
+        let token = mint(
+            Alg::HS256,
+            None,
+            &format!(r#"{{"sub":"u{i}","exp":1800000000}}"#),
+        );
+        assert!(verify_cached(token.as_bytes(), &keys, NOW, &Rules::default()).is_ok());
+    }
+    let held: usize = format!("{keys:?}")
+        .split("SecretCache(")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(held > 0 && held <= CACHE_ENTRIES, "{held}");
+    // A token over the size bound verifies and is not kept.
+    let big = mint(
+        Alg::HS256,
+        None,
+        &format!(
+            r#"{{"exp":1800000000,"pad":"{}"}}"#,
+            "x".repeat(CACHE_MAX_TOKEN)
+        ),
+    );
+    let a = verify_cached(big.as_bytes(), &keys, NOW, &Rules::default()).unwrap();
+    let b = verify_cached(big.as_bytes(), &keys, NOW, &Rules::default()).unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&a, &b));
+}
+
 #[test]
 fn issuer_audience_and_required_claims_are_checked() {
     let keys = set(vec![public_key(Alg::EdDSA, None)]);

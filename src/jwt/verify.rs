@@ -15,9 +15,11 @@
 //! Header members that point at keys (`jwk`, `jku`, `x5u`, `x5c`) are ignored: keys come
 //! from the policy and its JWKS, never from the token.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
-use super::claims::{self, Checked, ClaimValue, Claims, Rules};
+use super::claims::{self, Checked, ClaimValue, Claims, Rules, Times};
 use super::jwk::{Alg, Key, KeySet};
 use super::{JwtError, b64, signature};
 
@@ -59,6 +61,35 @@ pub fn verify(
     now_unix: u64,
     rules: &Rules,
 ) -> Result<Verified, JwtError> {
+    verify_uncached(token, keys, now_unix, rules).map(|(verified, _)| verified)
+}
+
+/// [`verify`] through the key set's cache of tokens that verified
+/// ([`super::cache`]): a token seen before is only checked against the time rules
+/// again. The answer is the same as [`verify`]'s.
+pub fn verify_cached(
+    token: &[u8],
+    keys: &KeySet,
+    now_unix: u64,
+    rules: &Rules,
+) -> Result<Arc<Verified>, JwtError> {
+    let cache = keys.cache();
+    if let Some((verified, times)) = cache.get(token, rules) {
+        times.check(now_unix, rules)?;
+        return Ok(verified);
+    }
+    let (verified, times) = verify_uncached(token, keys, now_unix, rules)?;
+    let verified = Arc::new(verified);
+    cache.insert(token, rules, &verified, times);
+    Ok(verified)
+}
+
+fn verify_uncached(
+    token: &[u8],
+    keys: &KeySet,
+    now_unix: u64,
+    rules: &Rules,
+) -> Result<(Verified, Times), JwtError> {
     if token.len() > rules.max_size {
         return Err(JwtError::TooLarge);
     }
@@ -113,8 +144,9 @@ pub fn verify(
         jti,
         iat,
         exp,
+        times,
     } = claims::check(payload, now_unix, rules)?;
-    Ok(Verified {
+    let verified = Verified {
         kid: key.kid().map(str::to_owned),
         alg: key.alg(),
         claims,
@@ -122,7 +154,8 @@ pub fn verify(
         jti,
         iat,
         exp,
-    })
+    };
+    Ok((verified, times))
 }
 
 /// The keys a token may be checked against, at most [`MAX_KEYS_TRIED`], without

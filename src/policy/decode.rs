@@ -290,6 +290,7 @@ impl Decoder {
         Some(Policy {
             api_key_header,
             api_key_format,
+            presented_keys: Default::default(),
             verbose_errors: verbose_errors?,
             jwt: jwt?,
             revocations: revocations?,

@@ -25,6 +25,26 @@ pub const DEFAULT_PLANS: [(&str, u32); 4] = [
     ("enterprise", 6000),
 ];
 
+/// Presented API keys already checked and hashed ([`Policy::presented_keys`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresentedKeys(
+    pub crate::secret_cache::SecretCache<(KeyFormat, crate::api_key::KeyHash)>,
+);
+
+impl PresentedKeys {
+    /// Entries per worker.
+    pub const ENTRIES: usize = 256;
+}
+
+impl Default for PresentedKeys {
+    fn default() -> Self {
+        PresentedKeys(crate::secret_cache::SecretCache::new(
+            Self::ENTRIES,
+            crate::api_key::MAX_PRESENTED_KEY_LEN,
+        ))
+    }
+}
+
 /// A validated policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
@@ -32,6 +52,12 @@ pub struct Policy {
     pub api_key_header: String,
     /// Which keys are plausible before any lookup. Defaults to [`KeyFormat::Checksummed`].
     pub api_key_format: KeyFormat,
+    /// Keys presented lately that passed the format check, with their SHA-256, so a
+    /// client's next request with the same key skips both ([`crate::secret_cache`]; the
+    /// key's record is still read on every request). Not read from the policy file: one
+    /// per worker, empty when the policy loads. Each entry remembers the format it was
+    /// checked under.
+    pub presented_keys: PresentedKeys,
     /// Refusal bodies say "unknown key" or "revoked key" instead of "invalid
     /// credentials". Defaults to false: a caller probing keys learns nothing.
     pub verbose_errors: bool,
@@ -167,6 +193,9 @@ pub struct RateLimitPolicy {
     pub on_contention: crate::rate_limit::OnContention,
     /// Send `RateLimit-*` headers on allowed responses too. Defaults to false.
     pub headers_on_allowed: bool,
+    /// Callers' slots remembered per worker ([`crate::rate_limit::Places`]); not read from
+    /// the policy file, empty when the policy loads.
+    pub places: crate::rate_limit::Places,
 }
 
 /// A key declared in the policy: its hash and the record cached for it.

@@ -33,6 +33,7 @@ impl Decoder {
             slots: DEFAULT_SLOTS,
             on_contention: OnContention::Refuse,
             headers_on_allowed: false,
+            places: Default::default(),
         }
     }
 

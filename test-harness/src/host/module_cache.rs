@@ -20,6 +20,9 @@ fn engine() -> &'static Engine {
         // Fuel bounds the work one callback may do (see `limits`).
         let mut config = wasmtime::Config::new();
         config.consume_fuel(true);
+        if std::env::var_os("GATEHOUSE_HARNESS_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         Engine::new(&config).unwrap_or_else(|_| Engine::default())
     })
 }

@@ -1,0 +1,28 @@
+//! The request the benches and `examples/profile_request.rs` measure: one policy, one
+//! key, one token, shared so that fuel and times from either are about the same thing.
+
+/// The policy: the demo key on the team plan, an HS256 JWT key, a route with a route
+/// limit on top of the plan's (`/v1/export`) and one with the plan's only (`/v1/`).
+pub const HARNESS_POLICY_JSON: &str = r#"{
+  "version": 1,
+  "keys": [{"id": "key_demo", "sha256": "ea4d1b2a0167d9569b431fc952792261ff21c7e8da3bb4e49b66fd9bf07ef55f",
+            "user": "user_demo", "tenant": "tenant_demo", "plan": "team"}],
+  "jwt": {"keys": [{"kid": "demo-hs256", "alg": "HS256", "secret_env": "GATEHOUSE_JWT_SECRET"}],
+          "claims": {"user": "sub", "tenant": "tenant", "plan": "plan"},
+          "default_tenant": "tenant_demo", "default_plan": "free"},
+  "routes": [
+    {"name": "export", "match": {"path_prefix": "/v1/export"},
+     "limits": [{"requests": 3600, "per": "1h", "by": "user"}]},
+    {"name": "api", "match": {"path_prefix": "/v1/"}, "audience": "internal"}
+  ]
+}"#;
+
+/// The demo key, whose SHA-256 the policy holds.
+pub const HARNESS_KEY: &str = "ghk_demo_5f0c1b8e2d7a4c9e8b3f6A2d4hG5";
+
+/// The HMAC secret of the policy's JWT key (`GATEHOUSE_JWT_SECRET`). A test value.
+pub const HARNESS_JWT_SECRET: &str = "gatehouse-test-secret-0123456789abcdef-xyz";
+
+/// HS256 under [`HARNESS_JWT_SECRET`], kid `demo-hs256`: `{"sub":"user_jwt","plan":"team",
+/// "email":"jwt@example.com","iat":1767225000,"exp":4070908800,"jti":"t-1"}`.
+pub const HARNESS_JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRlbW8taHMyNTYifQ.eyJzdWIiOiJ1c2VyX2p3dCIsInBsYW4iOiJ0ZWFtIiwiZW1haWwiOiJqd3RAZXhhbXBsZS5jb20iLCJpYXQiOjE3NjcyMjUwMDAsImV4cCI6NDA3MDkwODgwMCwianRpIjoidC0xIn0.cKKyGCP7aR1MhPxsdXYNuWpK8kdGNdG2pMUkdufZC20";
