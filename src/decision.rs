@@ -70,13 +70,13 @@ pub struct Identity {
     pub plan: String,
 }
 
-impl From<KeyRecord> for Identity {
-    fn from(r: KeyRecord) -> Self {
+impl From<&KeyRecord> for Identity {
+    fn from(r: &KeyRecord) -> Self {
         Identity {
-            key_id: r.key_id,
-            user: r.user,
-            tenant: r.tenant,
-            plan: r.plan,
+            key_id: r.key_id.clone(),
+            user: r.user.clone(),
+            tenant: r.tenant.clone(),
+            plan: r.plan.clone(),
         }
     }
 }
@@ -115,7 +115,7 @@ pub struct Allowed {
 struct Authenticated {
     identity: Identity,
     /// Scopes of an API key; `None` for a JWT (tokens are not scoped to route groups).
-    key: Option<KeyRecord>,
+    key: Option<std::sync::Arc<KeyRecord>>,
     credential: Credential,
     claim_headers: Vec<(String, String)>,
 }
@@ -357,20 +357,29 @@ fn authenticate(
         (Presented::One(raw), None) => raw,
     };
     let cache = &policy.presented_keys.0;
-    let hash = match cache.get(raw) {
-        Some((checked_as, hash)) if checked_as == policy.api_key_format => hash,
+    let cache_key = match cache.get(raw) {
+        Some((checked_as, _, cache_key)) if checked_as == policy.api_key_format => cache_key,
         _ => {
             if policy.api_key_format == KeyFormat::Checksummed {
                 check_format(raw).map_err(AuthFailure::Key)?;
             }
             let hash = hash_presented_key(raw).map_err(AuthFailure::Key)?;
-            cache.insert(raw, (policy.api_key_format, hash));
-            hash
+            let cache_key: std::sync::Arc<str> = hash.cache_key().into();
+            cache.insert(
+                raw,
+                (
+                    policy.api_key_format,
+                    hash,
+                    std::sync::Arc::clone(&cache_key),
+                ),
+            );
+            cache_key
         }
     };
-    let record = key_cache::lookup(policy, store, &hash, clock.now()).map_err(AuthFailure::Key)?;
+    let record =
+        key_cache::lookup_at(policy, store, &cache_key, clock.now()).map_err(AuthFailure::Key)?;
     Ok(Some(Authenticated {
-        identity: Identity::from(record.clone()),
+        identity: Identity::from(&*record),
         key: Some(record),
         credential: Credential::ApiKey,
         claim_headers: Vec::new(),
@@ -445,12 +454,12 @@ fn authenticate_jwt(
         _ => return Err(fail(JwtFailure::Invalid("jwt_bad_plan_claim"))),
     };
     let iat = verified.iat.and_then(|i| u64::try_from(i).ok());
-    revocation::check(
+    revocation::check_at(
         store,
         policy.fingerprint,
         &user,
         iat,
-        verified.jti.as_deref(),
+        verified.jti_key.as_deref(),
         now,
     )
     .map_err(|r| fail(JwtFailure::Revoked(r)))?;
@@ -679,6 +688,54 @@ mod tests {
         assert_eq!(
             run_jwt("/v1/x", &bearer(&denied_jti), Presented::None),
             jwt_denied(JwtFailure::Revoked(Revoked::Jti))
+        );
+    }
+
+    #[test]
+    fn a_token_served_from_the_cache_is_still_refused_once_revoked() {
+        let (policy, store, clock) = setup();
+        let keys = jwt_test_keys();
+        let token = mint(
+            Alg::HS256,
+            Some("demo-hs256"),
+            &format!(
+                r#"{{"sub":"user_later","jti":"later-jti","iat":{},"exp":{}}}"#,
+                NOW - 10,
+                NOW + 3600
+            ),
+        );
+        let auth = bearer(&token);
+        let head = RequestHead {
+            method: b"GET",
+            path: b"/v1/x",
+            api_key: Presented::None,
+            authorization: Presented::One(&auth),
+            source_address: b"10.0.0.1:5555",
+            forwarded_for: None,
+        };
+        let go = || decide(&policy, &keys, &head, &store, &clock);
+        assert!(matches!(go(), Decision::Allow(_)));
+        assert!(matches!(go(), Decision::Allow(_)), "now from the cache");
+        let origin = crate::api_key::Origin::Feed;
+        let jti = crate::revocation::JtiRevocation {
+            jti: "later-jti".into(),
+            origin,
+            until: None,
+        };
+        crate::revocation::install(&[], &[jti], &store).unwrap();
+        assert_eq!(go(), jwt_denied(JwtFailure::Revoked(Revoked::Jti)));
+        let user = crate::revocation::UserRevocation {
+            user: "user_later".into(),
+            origin,
+            before: NOW,
+            until: None,
+        };
+        let other = MemoryStore::default();
+        crate::rate_limit::prepare(&other, policy.rate_limit.slots).unwrap();
+        crate::revocation::install(&[user], &[], &other).unwrap();
+        assert_eq!(
+            decide(&policy, &keys, &head, &other, &clock),
+            jwt_denied(JwtFailure::Revoked(Revoked::User))
         );
     }
 
@@ -1027,6 +1084,7 @@ mod tests {
             |policy: &Policy, key| decide(policy, &KeySet::default(), &head(key), &store, &clock);
         assert!(matches!(go(&policy, DEMO), Decision::Allow(_)));
         assert_eq!(policy.presented_keys.0.len(), 1, "remembered");
+        assert_eq!(policy.key_records.0.len(), 1, "its record decoded once");
         assert!(matches!(go(&policy, DEMO), Decision::Allow(_)));
         // Revoked after it was remembered: the record is read on every request.
         let hash = crate::api_key::KeyHash::of_key(DEMO);

@@ -290,14 +290,20 @@ fn printable_request_id(raw: &[u8]) -> &str {
 /// The standard error body. Shared with the control service, so both speak one shape.
 /// Fields are written in the documented order: error, code, timestamp, request_id.
 pub fn error_body(message: &str, code: &str, now: UnixNanos, request_id: &[u8]) -> String {
-    let quoted = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string());
-    format!(
-        "{{\"error\":{},\"code\":{},\"timestamp\":\"{}\",\"request_id\":{}}}",
-        quoted(message),
-        quoted(code),
-        format_rfc3339(now),
-        quoted(printable_request_id(request_id)),
-    )
+    // Built by hand, not with `format!` and serde_json: every refusal renders one, and a
+    // refusal should cost less than the request it turns away.
+    use crate::text::push_json_string;
+    let mut out = String::with_capacity(128 + message.len());
+    out.push_str("{\"error\":");
+    push_json_string(&mut out, message);
+    out.push_str(",\"code\":");
+    push_json_string(&mut out, code);
+    out.push_str(",\"timestamp\":\"");
+    out.push_str(&format_rfc3339(now));
+    out.push_str("\",\"request_id\":");
+    push_json_string(&mut out, printable_request_id(request_id));
+    out.push('}');
+    out
 }
 
 #[cfg(test)]

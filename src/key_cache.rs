@@ -6,6 +6,7 @@ use crate::api_key::{KeyFailure, KeyHash, KeyRecord, Origin};
 use crate::policy::Policy;
 use crate::store::{SharedStore, StoreError};
 use crate::time::UnixNanos;
+use std::sync::Arc;
 
 /// Writes every key the policy declares. Every worker does this on configure; the writes
 /// are idempotent. Returns how many were written.
@@ -23,8 +24,30 @@ pub fn lookup(
     hash: &KeyHash,
     now: UnixNanos,
 ) -> Result<KeyRecord, KeyFailure> {
-    let (bytes, _) = store.get(&hash.cache_key()).ok_or(KeyFailure::Unknown)?;
-    let record = KeyRecord::decode(&bytes).ok_or(KeyFailure::Unknown)?;
+    lookup_at(policy, store, &hash.cache_key(), now).map(|r| (*r).clone())
+}
+
+/// [`lookup`] by the record's shared-data key (`k/<hex>`, [`KeyHash::cache_key`]). The
+/// record is read on every call; decoding it is skipped when the policy's
+/// [`crate::policy::KeyRecords`] holds it at the same version (cas).
+pub fn lookup_at(
+    policy: &Policy,
+    store: &impl SharedStore,
+    cache_key: &str,
+    now: UnixNanos,
+) -> Result<Arc<KeyRecord>, KeyFailure> {
+    let (bytes, cas) = store.get(cache_key).ok_or(KeyFailure::Unknown)?;
+    let memo = &policy.key_records.0;
+    let record = match memo.get(cache_key.as_bytes()) {
+        Some((seen, record)) if seen == cas && cas != 0 => record,
+        _ => {
+            let record = Arc::new(KeyRecord::decode(&bytes).ok_or(KeyFailure::Unknown)?);
+            if cas != 0 {
+                memo.insert(cache_key.as_bytes(), (cas, Arc::clone(&record)));
+            }
+            record
+        }
+    };
     if let Origin::Policy(fp) = record.origin {
         // Declared by another (older) policy: shared data cannot forget it, so we do.
         if fp != policy.fingerprint {

@@ -68,11 +68,11 @@ fn parse_until(s: &str) -> Option<Option<u64>> {
 }
 
 pub fn user_key(user: &str) -> String {
-    format!("u/{user}")
+    ["u/", user].concat()
 }
 
 pub fn jti_key(jti: &str) -> String {
-    format!("j/{}", hex(&Sha256::digest(jti.as_bytes())))
+    ["j/", &hex(&Sha256::digest(jti.as_bytes()))].concat()
 }
 
 impl UserRevocation {
@@ -169,6 +169,19 @@ pub fn check(
     jti: Option<&str>,
     now_secs: u64,
 ) -> Result<(), Revoked> {
+    let jti_key = jti.map(jti_key);
+    check_at(store, fingerprint, user, iat, jti_key.as_deref(), now_secs)
+}
+
+/// [`check`] with the jti's denylist key already computed ([`jti_key`]).
+pub fn check_at(
+    store: &impl SharedStore,
+    fingerprint: u64,
+    user: &str,
+    iat: Option<u64>,
+    jti_key: Option<&str>,
+    now_secs: u64,
+) -> Result<(), Revoked> {
     if let Some((bytes, _)) = store.get(&user_key(user))
         && let Some((origin, before, until)) = UserRevocation::decode(&bytes)
         && in_force(origin, until, fingerprint, now_secs)
@@ -176,8 +189,8 @@ pub fn check(
     {
         return Err(Revoked::User);
     }
-    if let Some(jti) = jti
-        && let Some((bytes, _)) = store.get(&jti_key(jti))
+    if let Some(key) = jti_key
+        && let Some((bytes, _)) = store.get(key)
         && let Some((origin, until)) = JtiRevocation::decode(&bytes)
         && in_force(origin, until, fingerprint, now_secs)
     {

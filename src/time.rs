@@ -48,12 +48,24 @@ pub fn format_rfc3339(t: UnixNanos) -> String {
     let millis = (t.0 / 1_000_000) % 1000;
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    )
+    // Without `format!`: every refusal body carries one.
+    use crate::text::push_padded;
+    let mut out = String::with_capacity(24);
+    push_padded(&mut out, u64::try_from(y).unwrap_or(0), 4);
+    out.push('-');
+    push_padded(&mut out, u64::from(mo), 2);
+    out.push('-');
+    push_padded(&mut out, u64::from(d), 2);
+    out.push('T');
+    push_padded(&mut out, u64::try_from(sod / 3600).unwrap_or(0), 2);
+    out.push(':');
+    push_padded(&mut out, u64::try_from((sod / 60) % 60).unwrap_or(0), 2);
+    out.push(':');
+    push_padded(&mut out, u64::try_from(sod % 60).unwrap_or(0), 2);
+    out.push('.');
+    push_padded(&mut out, millis, 3);
+    out.push('Z');
+    out
 }
 
 fn num(s: &str) -> Option<u32> {

@@ -37,6 +37,10 @@ pub struct Verified {
     pub claims: Claims,
     pub sub: Option<String>,
     pub jti: Option<String>,
+    /// Where the jti denylist would hold this token's `jti`
+    /// ([`crate::revocation::jti_key`], a SHA-256): computed once per token, so a token
+    /// served from the cache does not hash its `jti` again on every request.
+    pub jti_key: Option<String>,
     /// `iat` and `exp` in whole Unix seconds (a fraction is dropped).
     pub iat: Option<i64>,
     pub exp: Option<i64>,
@@ -151,6 +155,7 @@ fn verify_uncached(
         alg: key.alg(),
         claims,
         sub,
+        jti_key: jti.as_deref().map(crate::revocation::jti_key),
         jti,
         iat,
         exp,

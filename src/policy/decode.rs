@@ -291,6 +291,7 @@ impl Decoder {
             api_key_header,
             api_key_format,
             presented_keys: Default::default(),
+            key_records: Default::default(),
             verbose_errors: verbose_errors?,
             jwt: jwt?,
             revocations: revocations?,

@@ -25,11 +25,29 @@ pub const DEFAULT_PLANS: [(&str, u32); 4] = [
     ("enterprise", 6000),
 ];
 
-/// Presented API keys already checked and hashed ([`Policy::presented_keys`]).
+/// Presented API keys already checked and hashed ([`Policy::presented_keys`]): the
+/// format they were checked under, their SHA-256 and their shared-data key (`k/<hex>`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PresentedKeys(
-    pub crate::secret_cache::SecretCache<(KeyFormat, crate::api_key::KeyHash)>,
-);
+pub struct PresentedKeys(pub crate::secret_cache::SecretCache<PresentedKey>);
+
+/// One remembered key ([`PresentedKeys`]).
+pub type PresentedKey = (KeyFormat, crate::api_key::KeyHash, std::sync::Arc<str>);
+
+/// Key records decoded lately, by shared-data key, with the version (cas) they were
+/// decoded from ([`Policy::key_records`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecords(pub crate::secret_cache::SecretCache<(u32, std::sync::Arc<KeyRecord>)>);
+
+impl KeyRecords {
+    /// Entries per worker.
+    pub const ENTRIES: usize = 256;
+}
+
+impl Default for KeyRecords {
+    fn default() -> Self {
+        KeyRecords(crate::secret_cache::SecretCache::new(Self::ENTRIES, 66))
+    }
+}
 
 impl PresentedKeys {
     /// Entries per worker.
@@ -58,6 +76,10 @@ pub struct Policy {
     /// per worker, empty when the policy loads. Each entry remembers the format it was
     /// checked under.
     pub presented_keys: PresentedKeys,
+    /// Key records decoded lately, reused while their shared-data version is the one
+    /// they were decoded from (the record is still read on every request: a revocation
+    /// or any other write changes the version). Per worker, empty when the policy loads.
+    pub key_records: KeyRecords,
     /// Refusal bodies say "unknown key" or "revoked key" instead of "invalid
     /// credentials". Defaults to false: a caller probing keys learns nothing.
     pub verbose_errors: bool,
