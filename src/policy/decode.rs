@@ -17,6 +17,25 @@ mod feed;
 mod limits;
 mod response;
 
+/// Helpers the section decoders' tests share.
+#[cfg(all(test, feature = "yaml"))]
+mod test_support {
+    use crate::policy::load_yaml;
+
+    /// A policy with `extra` at the top and one `/v1/` route carrying `route_extra`.
+    pub fn minimal(extra: &str, route_extra: &str) -> String {
+        format!("version: 1\n{extra}routes:\n  - match: {{ path_prefix: /v1/ }}\n{route_extra}")
+    }
+
+    /// The policy's errors, one line each; empty when it loads.
+    pub fn errors(src: &str) -> Vec<String> {
+        match load_yaml("p.yaml", src) {
+            Ok(_) => vec![],
+            Err(e) => e.to_string().lines().map(str::to_owned).collect(),
+        }
+    }
+}
+
 pub(super) struct Decoder {
     pub errors: Vec<PolicyError>,
     /// Valid but probably wrong; reported by `gatehouse-harness check`, never fatal.

@@ -312,6 +312,69 @@ pub enum OldKeyEnd {
     At(i64),
 }
 
+/// The rotation rules both backends apply inside their write transaction: `old` may be
+/// rotated at `now` only while it is active, unreplaced and unexpired.
+pub(crate) fn check_rotatable(old: &KeyRow, now: i64) -> StoreResult<()> {
+    if !old.active || old.replaced_by.is_some() {
+        return Err(StoreError::Conflict(
+            "the key is revoked or already rotated",
+        ));
+    }
+    if !old.usable_at(now) {
+        return Err(StoreError::Conflict("the key has expired"));
+    }
+    Ok(())
+}
+
+/// The key that replaces `old`: same owner, plan, device and scopes, and the old expiry
+/// (a rotation never extends a key's life).
+pub(crate) fn successor(old: &KeyRow, id: String, sha256: String) -> NewKey {
+    NewKey {
+        id,
+        sha256,
+        user_id: old.user_id.clone(),
+        tenant_id: old.tenant_id.clone(),
+        plan: old.plan.clone(),
+        device_name: old.device_name.clone(),
+        scopes: old.scopes.clone(),
+        expires_at: old.expires_at,
+    }
+}
+
+/// `old` as it stands once `new_id` replaced it at `version`.
+pub(crate) fn retired(
+    mut old: KeyRow,
+    new_id: &str,
+    end: OldKeyEnd,
+    now: i64,
+    version: i64,
+) -> KeyRow {
+    old.replaced_by = Some(new_id.to_string());
+    old.version = version;
+    match end {
+        OldKeyEnd::Now => {
+            old.active = false;
+            old.revoked_at = Some(now);
+        }
+        // Kept active with an earlier effective expiry: the proxies refuse it from then
+        // on by themselves, with no feed change needed at that instant. `expires_at`
+        // itself stays, so the row is purged no sooner than any copy a proxy holds.
+        OldKeyEnd::At(t) => {
+            old.grace_until = Some(t);
+            old.revoked_at = old.effective_expiry();
+        }
+    }
+    old
+}
+
+/// `key` revoked at `now` in change `version` (an earlier scheduled end stays the end).
+pub(crate) fn revoked(mut key: KeyRow, now: i64, version: i64) -> KeyRow {
+    key.active = false;
+    key.revoked_at = Some(key.revoked_at.map_or(now, |t| t.min(now)));
+    key.version = version;
+    key
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
     /// The database answers.

@@ -19,7 +19,8 @@
 
 use super::{
     AuditEvent, ChangeCtx, FeedAnswer, FeedKey, FeedPage, JtiRevocation, KeyRow, NewKey, OldKeyEnd,
-    PurgeCounts, Store, StoreError, StoreResult, UserRevocation, scrub,
+    PurgeCounts, Store, StoreError, StoreResult, UserRevocation, check_rotatable, retired, revoked,
+    scrub, successor,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, Row};
@@ -273,43 +274,16 @@ impl Store for PostgresStore {
         let Some(old) = key_by_id(&mut tx, id).await? else {
             return Err(StoreError::NotFound);
         };
-        if !old.active || old.replaced_by.is_some() {
-            return Err(StoreError::Conflict(
-                "the key is revoked or already rotated",
-            ));
-        }
-        if !old.usable_at(ctx.now) {
-            return Err(StoreError::Conflict("the key has expired"));
-        }
+        check_rotatable(&old, ctx.now)?;
         let version = bump(&mut tx, ctx, "key.rotate", id).await?;
-        // The new key inherits the old expiry: a rotation never extends a key's life.
-        let new_key = NewKey {
-            id: new_id,
-            sha256: new_sha256,
-            user_id: old.user_id.clone(),
-            tenant_id: old.tenant_id.clone(),
-            plan: old.plan.clone(),
-            device_name: old.device_name.clone(),
-            scopes: old.scopes.clone(),
-            expires_at: old.expires_at,
-        };
-        let new = insert_key(&mut tx, &new_key, ctx.now, version).await?;
-        let mut old = old;
-        old.replaced_by = Some(new.id.clone());
-        old.version = version;
-        match end {
-            OldKeyEnd::Now => {
-                old.active = false;
-                old.revoked_at = Some(ctx.now);
-            }
-            // Kept active with an earlier effective expiry: the proxies refuse it from then
-            // on by themselves, with no feed change needed at that instant. `expires_at`
-            // itself stays, so the row is purged no sooner than any copy a proxy holds.
-            OldKeyEnd::At(t) => {
-                old.grace_until = Some(t);
-                old.revoked_at = old.effective_expiry();
-            }
-        }
+        let new = insert_key(
+            &mut tx,
+            &successor(&old, new_id, new_sha256),
+            ctx.now,
+            version,
+        )
+        .await?;
+        let old = retired(old, &new.id, end, ctx.now, version);
         sqlx::query(
             "UPDATE api_keys SET active = $1, revoked_at = $2, grace_until = $3, \
              replaced_by = $4, version = $5 WHERE id = $6",
@@ -328,16 +302,14 @@ impl Store for PostgresStore {
 
     async fn revoke_key(&self, id: &str, ctx: &ChangeCtx) -> StoreResult<KeyRow> {
         let mut tx = self.begin_write().await?;
-        let Some(mut key) = key_by_id(&mut tx, id).await? else {
+        let Some(key) = key_by_id(&mut tx, id).await? else {
             return Err(StoreError::NotFound);
         };
         if !key.active {
             return Ok(key);
         }
         let version = bump(&mut tx, ctx, "key.revoke", id).await?;
-        key.active = false;
-        key.revoked_at = Some(key.revoked_at.map_or(ctx.now, |t| t.min(ctx.now)));
-        key.version = version;
+        let key = revoked(key, ctx.now, version);
         sqlx::query(
             "UPDATE api_keys SET active = FALSE, revoked_at = $1, version = $2 WHERE id = $3",
         )

@@ -9,7 +9,8 @@
 
 use super::{
     AuditEvent, ChangeCtx, FeedAnswer, FeedKey, FeedPage, JtiRevocation, KeyRow, NewKey, OldKeyEnd,
-    PurgeCounts, Store, StoreError, StoreResult, UserRevocation,
+    PurgeCounts, Store, StoreError, StoreResult, UserRevocation, check_rotatable, retired, revoked,
+    successor,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -239,43 +240,16 @@ impl Store for SqliteStore {
         let Some(old) = key_by_id(&mut tx, id).await? else {
             return Err(StoreError::NotFound);
         };
-        if !old.active || old.replaced_by.is_some() {
-            return Err(StoreError::Conflict(
-                "the key is revoked or already rotated",
-            ));
-        }
-        if !old.usable_at(ctx.now) {
-            return Err(StoreError::Conflict("the key has expired"));
-        }
+        check_rotatable(&old, ctx.now)?;
         let version = bump(&mut tx, ctx, "key.rotate", id).await?;
-        // The new key inherits the old expiry: a rotation never extends a key's life.
-        let new_key = NewKey {
-            id: new_id,
-            sha256: new_sha256,
-            user_id: old.user_id.clone(),
-            tenant_id: old.tenant_id.clone(),
-            plan: old.plan.clone(),
-            device_name: old.device_name.clone(),
-            scopes: old.scopes.clone(),
-            expires_at: old.expires_at,
-        };
-        let new = insert_key(&mut tx, &new_key, ctx.now, version).await?;
-        let mut old = old;
-        old.replaced_by = Some(new.id.clone());
-        old.version = version;
-        match end {
-            OldKeyEnd::Now => {
-                old.active = false;
-                old.revoked_at = Some(ctx.now);
-            }
-            // Kept active with an earlier effective expiry: the proxies refuse it from then
-            // on by themselves, with no feed change needed at that instant. `expires_at`
-            // itself stays, so the row is purged no sooner than any copy a proxy holds.
-            OldKeyEnd::At(t) => {
-                old.grace_until = Some(t);
-                old.revoked_at = old.effective_expiry();
-            }
-        }
+        let new = insert_key(
+            &mut tx,
+            &successor(&old, new_id, new_sha256),
+            ctx.now,
+            version,
+        )
+        .await?;
+        let old = retired(old, &new.id, end, ctx.now, version);
         sqlx::query(
             "UPDATE api_keys SET active = ?, revoked_at = ?, grace_until = ?, replaced_by = ?, \
              version = ? WHERE id = ?",
@@ -294,16 +268,14 @@ impl Store for SqliteStore {
 
     async fn revoke_key(&self, id: &str, ctx: &ChangeCtx) -> StoreResult<KeyRow> {
         let mut tx = self.begin_write().await?;
-        let Some(mut key) = key_by_id(&mut tx, id).await? else {
+        let Some(key) = key_by_id(&mut tx, id).await? else {
             return Err(StoreError::NotFound);
         };
         if !key.active {
             return Ok(key);
         }
         let version = bump(&mut tx, ctx, "key.revoke", id).await?;
-        key.active = false;
-        key.revoked_at = Some(key.revoked_at.map_or(ctx.now, |t| t.min(ctx.now)));
-        key.version = version;
+        let key = revoked(key, ctx.now, version);
         sqlx::query("UPDATE api_keys SET active = 0, revoked_at = ?, version = ? WHERE id = ?")
             .bind(key.revoked_at)
             .bind(version)

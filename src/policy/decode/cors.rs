@@ -282,16 +282,7 @@ mod tests {
     use crate::cors::{AllowedOrigins, CorsPolicy};
     use crate::policy::load_yaml;
 
-    fn minimal(extra: &str, route_extra: &str) -> String {
-        format!("version: 1\n{extra}routes:\n  - match: {{ path_prefix: /v1/ }}\n{route_extra}")
-    }
-
-    fn errors(src: &str) -> Vec<String> {
-        match load_yaml("p.yaml", src) {
-            Ok(_) => vec![],
-            Err(e) => e.to_string().lines().map(str::to_owned).collect(),
-        }
-    }
+    use super::super::test_support::{errors, minimal};
 
     fn route_cors(src: &str) -> Option<CorsPolicy> {
         load_yaml("p.yaml", src)
