@@ -41,16 +41,16 @@ pub const MAX_CAS_ATTEMPTS: u32 = 16;
 /// Table size when `replay_cache: {}` does not say.
 pub const DEFAULT_SLOTS: u32 = 4096;
 
-/// A route's table, `wh/<route>/<slots>/<index>`.
-fn slot_table(table: &str, slots: u32) -> (String, u32) {
-    (["wh/", table].concat(), slots)
+/// The name of a route's table (`wh/<route>`; slots are `wh/<route>/<slots>/<index>`).
+fn table_name(table: &str) -> String {
+    ["wh/", table].concat()
 }
 
 /// Creates every slot of a route's table unless a worker already did (see the module
 /// doc). Called by every worker at configure time, before it decides any request.
 /// Returns the slots written.
 pub fn prepare(store: &impl SharedStore, table: &str, slots: u32) -> Result<u32, StoreError> {
-    let (name, slots) = slot_table(table, slots);
+    let name = table_name(table);
     SlotTable { name: &name, slots }.prepare(store)
 }
 
@@ -63,7 +63,7 @@ pub fn remember(
     accepted: &Accepted,
     now: u64,
 ) -> Result<(), SignatureError> {
-    let (name, slots) = slot_table(table, slots);
+    let name = table_name(table);
     let slots = SlotTable { name: &name, slots };
     let place = slots.place(table.as_bytes(), &accepted.fingerprint);
     let until = accepted.replayable_until.max(now.saturating_add(1));
@@ -198,8 +198,11 @@ mod tests {
     #[test]
     fn a_replay_behind_a_slot_that_frees_up_is_still_refused() {
         let s = prepared(64);
-        let (name, slots) = slot_table("hooks", 64);
-        let t = SlotTable { name: &name, slots };
+        let name = table_name("hooks");
+        let t = SlotTable {
+            name: &name,
+            slots: 64,
+        };
         let a = accepted(1, NOW + 300);
         let first = t.place(b"hooks", &a.fingerprint).candidates()[0];
         // A live stranger holds the message's first slot, so it is remembered in the next.

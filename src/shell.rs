@@ -1005,7 +1005,9 @@ impl HttpContext for Filter {
             .try_borrow()
             .map(|k| Rc::clone(&k))
             .unwrap_or_default();
-        let decision = decide(&policy, &keys, &head, &HostStore, &HostClock);
+        // One clock reading for the decision and, when it refuses, the refusal's timestamp.
+        let clock = crate::store::OnceClock::new(&HostClock);
+        let decision = decide(&policy, &keys, &head, &HostStore, &clock);
         let facts = crate::response::RequestFacts {
             method,
             path,
@@ -1078,9 +1080,9 @@ impl HttpContext for Filter {
                 if denial.reason() == "jwt_unknown_kid"
                     && let Some(url) = policy.jwt.as_ref().and_then(|j| j.jwks_url.as_ref())
                 {
-                    jwks_cache::want_refetch(&HostStore, url, now_secs());
+                    jwks_cache::want_refetch(&HostStore, url, clock.now().secs());
                 }
-                send_refusal(denial, request_id, policy.verbose_errors);
+                send_refusal_at(clock.now(), denial, request_id, policy.verbose_errors);
                 Action::Pause
             }
         }
@@ -1283,7 +1285,12 @@ fn configure_webhooks(policy: &Policy) -> Option<Vec<Option<crate::signature::Ve
 
 /// The one place that refuses a request.
 fn send_refusal(denial: Denial, request_id: &[u8], verbose: bool) {
-    let reply = denial.render(HostClock.now(), request_id, verbose);
+    send_refusal_at(HostClock.now(), denial, request_id, verbose);
+}
+
+/// [`send_refusal`] with the time already read for the request.
+fn send_refusal_at(now: UnixNanos, denial: Denial, request_id: &[u8], verbose: bool) {
+    let reply = denial.render(now, request_id, verbose);
     if log_enabled(LogLevel::Debug) {
         log(
             LogLevel::Debug,

@@ -27,7 +27,9 @@ use gatehouse::rate_limit::{Check, OnContention, Rate, Table, check_all, prepare
 use gatehouse::secret_cache::SecretCache;
 use gatehouse::store::{Clock, MemoryStore};
 use gatehouse::time::UnixNanos;
-use gatehouse_harness::bench_fixtures::{HARNESS_JWT, HARNESS_JWT_SECRET, HARNESS_POLICY_JSON};
+use gatehouse_harness::bench_fixtures::{
+    HARNESS_JWT, HARNESS_JWT_SECRET, HARNESS_POLICY_JSON, measure,
+};
 use gatehouse_harness::host::{Harness, Request};
 use std::cell::Cell;
 use std::hint::black_box;
@@ -338,23 +340,9 @@ fn harness(c: &mut Criterion) {
         // First sight (a caller's first request: every candidate slot read, a token
         // verified in full), then a request from the same caller (what criterion times).
         let cost = |h: &mut Harness| {
-            let (fuel, calls) = (h.fuel_used(), h.host_call_counts());
-            check(send(h));
-            let fuel = h.fuel_used() - fuel;
-            let mut per_call: Vec<String> = h
-                .host_call_counts()
-                .into_iter()
-                .filter_map(|(call, n)| {
-                    let d = n - calls.get(&call).copied().unwrap_or(0);
-                    (d > 0).then(|| format!("{call} {d}"))
-                })
-                .collect();
-            per_call.sort();
-            let total: u64 = per_call
-                .iter()
-                .filter_map(|c| c.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum();
-            format!("{fuel} fuel, {total} host calls ({})", per_call.join(", "))
+            let (status, cost) = measure(h, send);
+            check(status);
+            cost
         };
         let first = cost(&mut h);
         let then = cost(&mut h);

@@ -15,7 +15,7 @@
 //! `none` (no credential on an internal route: 401).
 
 use gatehouse_harness::bench_fixtures::{
-    HARNESS_JWT, HARNESS_JWT_SECRET, HARNESS_KEY, HARNESS_POLICY_JSON,
+    HARNESS_JWT, HARNESS_JWT_SECRET, HARNESS_KEY, HARNESS_POLICY_JSON, measure,
 };
 use gatehouse_harness::host::{Harness, Request};
 
@@ -57,22 +57,8 @@ fn main() -> anyhow::Result<()> {
     };
     // The first request warms what a worker keeps (a JWT verified once is cached).
     send(&mut h)?;
-    let (fuel, calls) = (h.fuel_used(), h.host_call_counts());
-    let status = send(&mut h)?;
-    let fuel = h.fuel_used() - fuel;
-    let mut per_call: Vec<String> = h
-        .host_call_counts()
-        .into_iter()
-        .filter_map(|(call, count)| {
-            let d = count - calls.get(&call).copied().unwrap_or(0);
-            (d > 0).then(|| format!("{call} {d}"))
-        })
-        .collect();
-    per_call.sort();
-    println!(
-        "{mode}: status {status}, {fuel} fuel, host calls: {}",
-        per_call.join(", ")
-    );
+    let (status, cost) = measure(&mut h, send);
+    println!("{mode}: status {}, {cost}", status?);
     for _ in 0..n {
         send(&mut h)?;
     }

@@ -26,3 +26,28 @@ pub const HARNESS_JWT_SECRET: &str = "gatehouse-test-secret-0123456789abcdef-xyz
 /// HS256 under [`HARNESS_JWT_SECRET`], kid `demo-hs256`: `{"sub":"user_jwt","plan":"team",
 /// "email":"jwt@example.com","iat":1767225000,"exp":4070908800,"jti":"t-1"}`.
 pub const HARNESS_JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRlbW8taHMyNTYifQ.eyJzdWIiOiJ1c2VyX2p3dCIsInBsYW4iOiJ0ZWFtIiwiZW1haWwiOiJqd3RAZXhhbXBsZS5jb20iLCJpYXQiOjE3NjcyMjUwMDAsImV4cCI6NDA3MDkwODgwMCwianRpIjoidC0xIn0.cKKyGCP7aR1MhPxsdXYNuWpK8kdGNdG2pMUkdufZC20";
+
+/// Runs `f` (one request, say) and says what it cost the module, deterministically:
+/// wasmtime fuel (about one unit per wasm instruction) and the host calls it made, as
+/// `"<fuel> fuel, <n> host calls (<call> <count>, ...)"`.
+pub fn measure<T>(
+    h: &mut crate::host::Harness,
+    f: impl FnOnce(&mut crate::host::Harness) -> T,
+) -> (T, String) {
+    let (fuel, calls) = (h.fuel_used(), h.host_call_counts());
+    let out = f(h);
+    let fuel = h.fuel_used() - fuel;
+    let mut per_call: Vec<(String, u64)> = h
+        .host_call_counts()
+        .into_iter()
+        .filter_map(|(call, n)| {
+            let d = n - calls.get(&call).copied().unwrap_or(0);
+            (d > 0).then_some((call, d))
+        })
+        .collect();
+    per_call.sort();
+    let total: u64 = per_call.iter().map(|(_, d)| d).sum();
+    let list: Vec<String> = per_call.iter().map(|(c, d)| format!("{c} {d}")).collect();
+    let text = format!("{fuel} fuel, {total} host calls ({})", list.join(", "));
+    (out, text)
+}
