@@ -139,6 +139,10 @@ pub struct Outcome {
     pub result: Result<Option<Quota>, Refusal>,
     /// Compare-and-swap gave up at least once (allowed or refused per the policy).
     pub contention: bool,
+    /// Compare-and-swap writes lost (another worker wrote the slot between our read and
+    /// our write), over every limit of the request: each is followed by a fresh read and
+    /// another try, up to [`MAX_CAS_ATTEMPTS`] per limit.
+    pub retries: u32,
 }
 
 /// The fixed slot table.
@@ -209,22 +213,23 @@ fn consume(
     check: &Check<'_>,
     place: &Place,
     now: u64,
-) -> (Result<Option<Quota>, Refusal>, bool) {
+) -> (Result<Option<Quota>, Refusal>, bool, u32) {
+    let mut retries = 0;
     for _ in 0..MAX_CAS_ATTEMPTS {
         let Some(found) = locate(store, table.slots, place, now) else {
             let collision = Refusal::Collision {
                 quota: unknown_quota(&check.rate),
             };
-            return (Err(collision), false);
+            return (Err(collision), false, retries);
         };
         let (new_tat, quota) = match step(&check.rate, found.value.unwrap_or(0), now) {
             Ok(v) => v,
-            Err(refusal) => return (Err(refusal), false),
+            Err(refusal) => return (Err(refusal), false, retries),
         };
         let slots = self::table(table.slots);
         match slots.write(store, found.index, place.tag, new_tat, found.cas) {
-            Ok(()) => return (Ok(Some(quota)), false),
-            Err(StoreError::CasMismatch) => continue,
+            Ok(()) => return (Ok(Some(quota)), false, retries),
+            Err(StoreError::CasMismatch) => retries += 1,
             Err(StoreError::Failed) => break,
         }
     }
@@ -234,8 +239,9 @@ fn consume(
                 quota: unknown_quota(&check.rate),
             }),
             true,
+            retries,
         ),
-        OnContention::Allow => (Ok(None), true),
+        OnContention::Allow => (Ok(None), true, retries),
     }
 }
 
@@ -330,10 +336,12 @@ pub fn check_all_with(
     let mut consumed: Vec<(&Check<'_>, Place)> = Vec::new();
     let mut tightest: Option<Quota> = None;
     let mut contention = false;
+    let mut retries: u32 = 0;
     for check in checks {
         let place = places.place(table.slots, check);
-        let (result, gave_up) = consume(store, table, check, &place, now);
+        let (result, gave_up, lost) = consume(store, table, check, &place, now);
         contention |= gave_up;
+        retries = retries.saturating_add(lost);
         match result {
             Ok(Some(q)) => {
                 consumed.push((check, place));
@@ -349,6 +357,7 @@ pub fn check_all_with(
                 return Outcome {
                     result: Err(refusal),
                     contention,
+                    retries,
                 };
             }
         }
@@ -356,6 +365,7 @@ pub fn check_all_with(
     Outcome {
         result: Ok(tightest),
         contention,
+        retries,
     }
 }
 
@@ -580,6 +590,11 @@ mod tests {
         };
         let allowed = check_all(&store, &allow, &c, T0);
         assert_eq!((allowed.result, allowed.contention), (Ok(None), true));
+        // Every write lost the race.
+        assert_eq!(refuse.retries, MAX_CAS_ATTEMPTS);
+        assert_eq!(allowed.retries, MAX_CAS_ATTEMPTS);
+        let calm = check_all(&super::tests::store(), &table(), &c, T0);
+        assert_eq!((calm.contention, calm.retries), (false, 0));
     }
 
     #[test]
