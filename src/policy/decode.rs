@@ -5,7 +5,9 @@
 //! types it produces and never re-checks them.
 
 use super::tree::{Key, Node, Pos, Value};
-use super::{DEFAULT_PLANS, KeyFormat, Plan, Policy, PolicyError, StaticKey};
+use super::{
+    DEFAULT_PLANS, KeyFormat, LogLevel, LoggingPolicy, Plan, Policy, PolicyError, StaticKey,
+};
 use crate::api_key::{KeyHash, KeyRecord, Origin, is_valid_id};
 use crate::route::{Audience, PathMatch, Route};
 use crate::time::parse_rfc3339;
@@ -228,6 +230,7 @@ impl Decoder {
                 "security_headers",
                 "upstream_errors",
                 "body",
+                "logging",
             ],
         )?;
         if let Some(v) = f.get("version") {
@@ -302,6 +305,10 @@ impl Decoder {
             None => Some(false),
             Some(n) => self.boolean(n, "hide_credentials"),
         };
+        let logging = match f.get("logging") {
+            None => Some(LoggingPolicy::default()),
+            Some(n) => self.logging(n, "logging"),
+        };
         if !self.errors.is_empty() {
             return None;
         }
@@ -321,10 +328,36 @@ impl Decoder {
             keys: keys?,
             routes: routes?,
             environment: inherited.environment,
+            logging: logging?,
             cors: inherited.cors,
             security_headers: inherited.security_headers,
             fingerprint,
         })
+    }
+
+    fn logging(&mut self, node: &Node, path: &str) -> Option<LoggingPolicy> {
+        let f = self.object(node, path, &["refusals"])?;
+        let Some(n) = f.get("refusals") else {
+            return Some(LoggingPolicy::default());
+        };
+        let rp = join(path, "refusals");
+        let refusals = match self.string(n, &rp)? {
+            "off" => None,
+            "debug" => Some(LogLevel::Debug),
+            "info" => Some(LogLevel::Info),
+            "warn" => Some(LogLevel::Warn),
+            other => {
+                self.error(
+                    &rp,
+                    n.pos,
+                    format!(
+                        "unknown log level '{other}'; expected one of [off, debug, info, warn]"
+                    ),
+                );
+                return None;
+            }
+        };
+        Some(LoggingPolicy { refusals })
     }
 
     fn api_key(&mut self, node: &Node, path: &str) -> Option<(String, KeyFormat)> {

@@ -105,6 +105,9 @@ pub struct Policy {
     /// Where the policy runs; only warnings depend on it. Defaults to
     /// [`Environment::Production`].
     pub environment: Environment,
+    /// What gatehouse writes to Envoy's log (`logging:`). Defaults to
+    /// [`LoggingPolicy::default`]: one line per refusal at `info`.
+    pub logging: LoggingPolicy,
     /// CORS (`cors:`) for responses no route matched; routes carry their merged copy.
     /// Defaults to none.
     pub cors: Option<crate::cors::CorsPolicy>,
@@ -150,6 +153,37 @@ pub enum OnStale {
     FailClosed,
     /// Serve from the cache as it is (counted in `gatehouse.feed.stale_served`).
     KeepServing,
+}
+
+/// The `logging` section.
+///
+/// ```yaml
+/// logging:
+///   refusals: info   # off, debug, info or warn. Defaults to info.
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoggingPolicy {
+    /// The level of the one JSON line written per refusal (time, request id, method, route,
+    /// code, status, key id or user, client address; never a credential), or `None`
+    /// (`off`) for no line. Envoy drops lines below its own log level. Defaults to
+    /// [`LogLevel::Info`].
+    pub refusals: Option<LogLevel>,
+}
+
+/// A log level a policy may choose, in Envoy's (and proxy-wasm's) order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+}
+
+impl Default for LoggingPolicy {
+    fn default() -> Self {
+        LoggingPolicy {
+            refusals: Some(LogLevel::Info),
+        }
+    }
 }
 
 /// Where a policy runs (`environment:`): a production policy with a development-only
@@ -550,7 +584,7 @@ mod tests {
         assert_eq!(
             errors(&minimal("colour: blue\n")),
             [
-                "p.yaml:4:1: colour: unknown field 'colour'; expected one of [version, api_key, plans, keys, routes, errors, jwt, revocations, hide_credentials, rate_limit, feed, environment, cors, security_headers, upstream_errors, body]"
+                "p.yaml:4:1: colour: unknown field 'colour'; expected one of [version, api_key, plans, keys, routes, errors, jwt, revocations, hide_credentials, rate_limit, feed, environment, cors, security_headers, upstream_errors, body, logging]"
             ]
         );
     }
@@ -683,6 +717,49 @@ mod tests {
         assert!(
             text.contains("routes: at least one route is required"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_refusal_log_level_defaults_to_info_and_unknown_levels_are_refused_at_their_position() {
+        let level = |extra: &str| load_yaml("p", &minimal(extra)).unwrap().policy.logging;
+        assert_eq!(level("").refusals, Some(LogLevel::Info));
+        assert_eq!(level("logging: {}\n").refusals, Some(LogLevel::Info));
+        assert_eq!(level("logging: { refusals: off }\n").refusals, None);
+        assert_eq!(
+            level("logging: { refusals: debug }\n").refusals,
+            Some(LogLevel::Debug)
+        );
+        assert_eq!(
+            level("logging:\n  refusals: warn\n").refusals,
+            Some(LogLevel::Warn)
+        );
+        assert_eq!(
+            errors(&minimal("logging:\n  refusals: loud\n")),
+            [
+                "p.yaml:5:13: logging.refusals: unknown log level 'loud'; expected one of [off, debug, info, warn]"
+            ]
+        );
+        assert_eq!(
+            errors(&minimal("logging: { requests: info }\n")),
+            ["p.yaml:4:12: logging.requests: unknown field 'requests'; expected one of [refusals]"]
+        );
+        assert_eq!(
+            errors(&minimal("logging: { refusals: 3 }\n")),
+            ["p.yaml:4:22: logging.refusals: expected a string, found an integer (quote it)"]
+        );
+        // The plugin reads the same field from JSON.
+        let json = r#"{"routes":[{"match":{"path_prefix":"/"}}],"logging":{"refusals":"off"}}"#;
+        assert_eq!(
+            Policy::from_json(json.as_bytes()).unwrap().logging.refusals,
+            None
+        );
+        let bad = r#"{"routes":[{"match":{"path_prefix":"/"}}],"logging":{"refusals":"error"}}"#;
+        assert!(
+            Policy::from_json(bad.as_bytes())
+                .unwrap_err()
+                .to_string()
+                .contains("logging.refusals: unknown log level 'error'")
         );
     }
 
