@@ -109,6 +109,20 @@ pub struct Allowed {
     pub limiter_contention: bool,
     /// The credential was checked against a stale feed cache (`on_stale: keep_serving`).
     pub feed_stale: bool,
+    /// Compare-and-swap writes the limiter lost and retried ([`rate_limit::Outcome`]).
+    pub limiter_retries: u32,
+}
+
+/// What was known about a request when it was refused, for the refusal log and audit:
+/// the matched route, the caller when it had authenticated (refused for scope or rate
+/// limit), and the limiter's lost compare-and-swaps. Never the credential itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Refused {
+    /// Index of the matched route in the policy; `None` before or without a match.
+    pub route: Option<usize>,
+    pub identity: Option<Identity>,
+    pub credential: Option<Credential>,
+    pub limiter_retries: u32,
 }
 
 /// Who authenticated, before route checks.
@@ -135,6 +149,34 @@ pub fn decide(
     store: &impl SharedStore,
     clock: &impl Clock,
 ) -> Decision {
+    decide_explained(policy, jwt_keys, head, store, clock).0
+}
+
+/// [`decide`], and for a refusal what was known about the request ([`Refused`]; left
+/// empty for an allowed request, whose [`Allowed`] says it all).
+pub fn decide_explained(
+    policy: &Policy,
+    jwt_keys: &KeySet,
+    head: &RequestHead<'_>,
+    store: &impl SharedStore,
+    clock: &impl Clock,
+) -> (Decision, Refused) {
+    let mut refused = Refused::default();
+    let decision = decide_into(policy, jwt_keys, head, store, clock, &mut refused);
+    if matches!(decision, Decision::Allow(_)) {
+        refused.route = None;
+    }
+    (decision, refused)
+}
+
+fn decide_into(
+    policy: &Policy,
+    jwt_keys: &KeySet,
+    head: &RequestHead<'_>,
+    store: &impl SharedStore,
+    clock: &impl Clock,
+    refused: &mut Refused,
+) -> Decision {
     let clock = &crate::store::OnceClock::new(clock);
     let path = route::path_only(head.path);
     if route::check_normal_form(path).is_err() {
@@ -143,6 +185,7 @@ pub fn decide(
     let Some(route_index) = route::find(&policy.routes, head.method, path) else {
         return Decision::Deny(Denial::NoRoute);
     };
+    refused.route = Some(route_index);
     let route = policy.routes.get(route_index);
     let audience = route.map_or(Audience::Internal, |r| r.audience);
     let group = route.and_then(|r| r.group.as_deref());
@@ -184,10 +227,13 @@ pub fn decide(
             quota: None,
             limiter_contention: false,
             feed_stale: false,
+            limiter_retries: 0,
         },
         // A scoped key calls only its route groups, external routes included: a key
         // limited to `billing` is not a general-purpose credential anywhere.
         Some(a) if a.key.as_ref().is_some_and(|k| !k.allows(group)) => {
+            refused.identity = Some(a.identity);
+            refused.credential = Some(a.credential);
             return Decision::Deny(Denial::Forbidden);
         }
         Some(a) => Allowed {
@@ -198,19 +244,27 @@ pub fn decide(
             quota: None,
             limiter_contention: false,
             feed_stale: false,
+            limiter_retries: 0,
         },
     };
     allowed.feed_stale = feed_stale;
     let Some(route) = route else {
         return Decision::Allow(allowed);
     };
-    match limit(policy, route, head, allowed.identity.as_ref(), store, clock) {
-        Ok((quota, contention)) => {
+    let outcome = limit(policy, route, head, allowed.identity.as_ref(), store, clock);
+    match outcome.result {
+        Ok(quota) => {
             allowed.quota = quota;
-            allowed.limiter_contention = contention;
+            allowed.limiter_contention = outcome.contention;
+            allowed.limiter_retries = outcome.retries;
             Decision::Allow(allowed)
         }
-        Err(refusal) => Decision::Deny(Denial::RateLimited(refusal)),
+        Err(refusal) => {
+            refused.identity = allowed.identity;
+            refused.credential = allowed.credential;
+            refused.limiter_retries = outcome.retries;
+            Decision::Deny(Denial::RateLimited(refusal))
+        }
     }
 }
 
@@ -255,7 +309,7 @@ fn limit(
     identity: Option<&Identity>,
     store: &impl SharedStore,
     clock: &impl Clock,
-) -> Result<(Option<Quota>, bool), rate_limit::Refusal> {
+) -> rate_limit::Outcome {
     let rl = &policy.rate_limit;
     // Only anonymous callers and limits `by: ip` need the address.
     let mut ip: Option<String> = None;
@@ -304,8 +358,7 @@ fn limit(
         slots: rl.slots,
         on_contention: rl.on_contention,
     };
-    let outcome = rate_limit::check_all_with(store, &table, &checks, clock.now().0, &rl.places);
-    outcome.result.map(|quota| (quota, outcome.contention))
+    rate_limit::check_all_with(store, &table, &checks, clock.now().0, &rl.places)
 }
 
 /// Whether the request carries a credential gatehouse checks: an API key header, or a
@@ -889,6 +942,7 @@ mod tests {
                 }),
                 limiter_contention: false,
                 feed_stale: false,
+                limiter_retries: 0,
             })
         );
         assert!(matches!(
@@ -1027,6 +1081,42 @@ mod tests {
             })
             .count();
         assert_eq!(more, 57);
+    }
+
+    #[test]
+    fn a_refusal_says_what_was_known_when_it_was_refused_and_never_the_credential() {
+        let (policy, store, clock) = setup();
+        let keys = KeySet::default();
+        let explain = |h: &RequestHead<'_>| decide_explained(&policy, &keys, h, &store, &clock);
+        let things = policy
+            .routes
+            .iter()
+            .position(|r| route::find(std::slice::from_ref(r), b"GET", b"/v1/things").is_some())
+            .unwrap();
+        // No route: nothing known.
+        let (d, r) = explain(&head("/nowhere", Presented::One(DEMO), b"10.0.0.1:1"));
+        assert_eq!(d, Decision::Deny(Denial::NoRoute));
+        assert_eq!(r, Refused::default());
+        // A bad key: the route, no identity.
+        let (d, r) = explain(&head("/v1/things", Presented::One(UNKNOWN), b"10.0.0.1:1"));
+        assert!(matches!(d, Decision::Deny(Denial::Unauthorized(_))));
+        assert_eq!((r.route, r.identity), (Some(things), None));
+        // Out of scope: the caller is known.
+        let (d, r) = explain(&head("/v1/things", Presented::One(BILLING), b"10.0.0.1:1"));
+        assert_eq!(d, Decision::Deny(Denial::Forbidden));
+        assert_eq!(r.identity.unwrap().key_id, "key_billing");
+        assert_eq!(r.credential, Some(Credential::ApiKey));
+        // Over the limit: the caller is known too.
+        let free = b"ghk_free_0a9b8c7d6e5f40312e1d0C1OdSVz";
+        let h = head("/v1/things", Presented::One(free), b"10.0.0.1:1");
+        let refused = (0..61).map(|_| explain(&h)).last().unwrap();
+        assert!(matches!(refused.0, Decision::Deny(Denial::RateLimited(_))));
+        assert_eq!(refused.1.route, Some(things));
+        assert_eq!(refused.1.identity.unwrap().plan, "free");
+        // Allowed: nothing here, the decision carries it.
+        let (d, r) = explain(&head("/v1/things", Presented::One(DEMO), b"10.0.0.1:1"));
+        assert!(matches!(d, Decision::Allow(_)));
+        assert_eq!(r, Refused::default());
     }
 
     #[test]

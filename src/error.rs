@@ -69,6 +69,32 @@ pub enum Denial {
     Body(crate::body::BodyError),
 }
 
+/// Every `code` a refusal can carry ([`Denial::code`], verbose or not), in a fixed order:
+/// the refusal metrics (`gatehouse.refused.<code in lower case>`) are defined from this
+/// list, and [`Denial::code_index`] points into it. `UPSTREAM_ERROR` is not here: a
+/// replaced upstream error is not a refusal.
+pub const REFUSAL_CODES: [&str; 19] = [
+    "MISSING_CREDENTIALS",
+    "MALFORMED_CREDENTIALS",
+    "EXPIRED_CREDENTIALS",
+    "INVALID_CREDENTIALS",
+    "UNKNOWN_KEY",
+    "REVOKED_KEY",
+    "REVOKED_TOKEN",
+    "FORBIDDEN",
+    "RATE_LIMITED",
+    "NOT_FOUND",
+    "BAD_REQUEST",
+    "UNAVAILABLE",
+    "AUTH_UNAVAILABLE",
+    "CORS_REJECTED",
+    "INVALID_SIGNATURE",
+    "SIGNATURE_EXPIRED",
+    "PAYLOAD_TOO_LARGE",
+    "MALFORMED_BODY",
+    "JSON_LIMIT_EXCEEDED",
+];
+
 /// `Retry-After` on [`Denial::AuthUnavailable`]: a few sync polls.
 pub const AUTH_UNAVAILABLE_RETRY_AFTER_SECS: u32 = 5;
 
@@ -138,6 +164,18 @@ impl Denial {
             Denial::Body(BodyError::Json(JsonError::Malformed)) => "MALFORMED_BODY",
             Denial::Body(BodyError::Json(_)) => "JSON_LIMIT_EXCEEDED",
         }
+    }
+
+    /// The code operators see (logs, metrics, the refusal audit): the precise one, as
+    /// `errors.verbose` would show it, whatever the policy shows clients.
+    pub fn audit_code(self) -> &'static str {
+        self.code(true)
+    }
+
+    /// Where [`Denial::audit_code`] is in [`REFUSAL_CODES`]; `None` for an upstream error.
+    pub fn code_index(self) -> Option<usize> {
+        let code = self.audit_code();
+        REFUSAL_CODES.iter().position(|c| *c == code)
     }
 
     /// The message clients see, as precise as `code`.
@@ -446,6 +484,94 @@ mod tests {
         ] {
             check(Denial::Body(BodyError::Json(e)), 413, "JSON_LIMIT_EXCEEDED");
         }
+    }
+
+    /// One denial of every kind (every variant, every reason), for exhaustive checks.
+    fn every_denial() -> Vec<Denial> {
+        use crate::rate_limit::{Quota, Refusal};
+        let quota = Quota {
+            limit: 1,
+            remaining: 0,
+            reset_secs: 1,
+        };
+        let mut all = vec![
+            Denial::Unauthorized(AuthFailure::Missing),
+            Denial::Unauthorized(AuthFailure::Duplicate),
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Malformed("jwt_malformed"))),
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Invalid("jwt_bad_signature"))),
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Expired)),
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Revoked(Revoked::User))),
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Revoked(Revoked::Jti))),
+            Denial::Forbidden,
+            Denial::RateLimited(Refusal::Exceeded {
+                quota,
+                retry_after_secs: 1,
+            }),
+            Denial::RateLimited(Refusal::Collision { quota }),
+            Denial::RateLimited(Refusal::Contention { quota }),
+            Denial::NoRoute,
+            Denial::AmbiguousPath,
+            Denial::NotConfigured,
+            Denial::AuthUnavailable,
+            Denial::Body(BodyError::TooLarge),
+        ];
+        for k in [
+            KeyFailure::Malformed,
+            KeyFailure::Unknown,
+            KeyFailure::Revoked,
+            KeyFailure::Expired,
+        ] {
+            all.push(Denial::Unauthorized(AuthFailure::Key(k)));
+        }
+        for c in [
+            crate::cors::CorsRefusal::Origin,
+            crate::cors::CorsRefusal::Method,
+            crate::cors::CorsRefusal::Headers,
+            crate::cors::CorsRefusal::Route,
+        ] {
+            all.push(Denial::CorsRejected(c));
+        }
+        for e in [
+            SignatureError::Missing,
+            SignatureError::Malformed,
+            SignatureError::Mismatch,
+            SignatureError::Expired,
+            SignatureError::Replayed,
+            SignatureError::Unavailable,
+        ] {
+            all.push(Denial::Signature(e));
+        }
+        for e in [
+            JsonError::Malformed,
+            JsonError::StringTooLong,
+            JsonError::TooManyItems,
+            JsonError::TooDeep,
+        ] {
+            all.push(Denial::Body(BodyError::Json(e)));
+        }
+        all
+    }
+
+    #[test]
+    fn every_refusal_code_is_in_the_metric_list_and_every_listed_code_occurs() {
+        let mut seen = std::collections::BTreeSet::new();
+        for d in every_denial() {
+            for verbose in [false, true] {
+                let code = d.code(verbose);
+                assert!(REFUSAL_CODES.contains(&code), "{d:?}: {code}");
+                seen.insert(code);
+            }
+            assert_eq!(
+                d.code_index().map(|i| REFUSAL_CODES[i]),
+                Some(d.audit_code())
+            );
+        }
+        assert_eq!(seen.len(), REFUSAL_CODES.len(), "{seen:?}");
+        assert_eq!(Denial::UpstreamError(502).code_index(), None);
+        // Operators see the precise code even where clients see the generic one.
+        let revoked = Denial::Unauthorized(AuthFailure::Key(KeyFailure::Revoked));
+        assert_eq!(revoked.code(false), "INVALID_CREDENTIALS");
+        assert_eq!(revoked.audit_code(), "REVOKED_KEY");
     }
 
     #[test]
