@@ -23,6 +23,8 @@
 //! | [`cors`] | CORS: allowed origins, preflight answers, headers on actual responses |
 //! | [`response`] | the response path: security headers, CORS headers, upstream error hygiene |
 //! | [`error`] | every refusal and its one JSON shape |
+//! | [`tally`] | per-worker counts, refusal log lines and audit records, flushed once a second |
+//! | [`events`] | the sync's side of the refusal audit: merged batches, the `POST /v1/events` body |
 //! | [`store`] | the shared-data and clock seams (host-backed in wasm, fakes in tests) |
 //! | [`time`] | RFC 3339 and Unix time |
 //! | [`text`] | decimal text without the formatting machinery (request-path helpers) |
@@ -36,6 +38,7 @@ pub mod body;
 pub mod cors;
 pub mod decision;
 pub mod error;
+pub mod events;
 pub mod feed;
 pub mod header_map;
 pub mod jwks_cache;
@@ -51,6 +54,7 @@ pub mod secret_cache;
 pub mod signature;
 pub mod slot_table;
 pub mod store;
+pub mod tally;
 pub mod text;
 pub mod time;
 
