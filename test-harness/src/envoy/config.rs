@@ -18,6 +18,13 @@
 //! and the listener's `per_connection_buffer_limit_bytes` is raised to twice the largest
 //! body such a route may hold ([`gatehouse::body::envoy_buffer_limit`]), so Envoy's own
 //! 413 never undercuts the policy's.
+//!
+//! The connection manager takes the client address from the connection
+//! (`use_remote_address: true`), never from a client-sent `x-forwarded-for`, and leaves
+//! that header as the proxies in front wrote it (`skip_xff_append`), which is what the
+//! policy's `rate_limit.trusted_proxies` counts. Envoy's own refusals (400, 408, 413,
+//! 431, 5xx) get the standard JSON body through `local_reply_config`; gatehouse's replies,
+//! which always carry a content-type, pass untouched.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -260,6 +267,46 @@ mod tests {
             ]
         });
         assert_eq!(limit(&held.to_string()), 8 << 20);
+    }
+
+    #[test]
+    fn the_client_address_is_the_connections_and_envoys_own_refusals_are_json() {
+        let tree = gatehouse::policy::yaml::parse(&sample().render())
+            .unwrap()
+            .to_json();
+        let hcm = &tree["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        assert_eq!(hcm["use_remote_address"], true);
+        assert_eq!(hcm["skip_xff_append"], true);
+        let mappers = hcm["local_reply_config"]["mappers"].as_array().unwrap();
+        let mut codes = Vec::new();
+        for m in mappers {
+            let expression = m["filter"]["extension_filter"]["typed_config"]["expression"]
+                .as_str()
+                .unwrap();
+            // gatehouse's own replies always have a content-type: never rewritten.
+            assert!(
+                expression.contains("!('content-type' in response.headers)"),
+                "{expression}"
+            );
+            let body = &m["body_format_override"];
+            assert_eq!(body["content_type"], "application/json");
+            // The standard body's four fields (listed here in serde_json's sorted order).
+            let fields: Vec<&String> = body["json_format"].as_object().unwrap().keys().collect();
+            assert_eq!(fields, ["code", "error", "request_id", "timestamp"]);
+            codes.push(body["json_format"]["code"].as_str().unwrap().to_string());
+        }
+        assert_eq!(
+            codes,
+            [
+                "BAD_REQUEST",
+                "REQUEST_TIMEOUT",
+                "PAYLOAD_TOO_LARGE",
+                "HEADERS_TOO_LARGE",
+                "UPSTREAM_ERROR",
+                "BAD_REQUEST"
+            ]
+        );
     }
 
     #[test]
