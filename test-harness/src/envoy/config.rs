@@ -274,8 +274,7 @@ mod tests {
         let tree = gatehouse::policy::yaml::parse(&sample().render())
             .unwrap()
             .to_json();
-        let hcm = &tree["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-            ["typed_config"];
+        let hcm = &tree["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
         assert_eq!(hcm["use_remote_address"], true);
         assert_eq!(hcm["skip_xff_append"], true);
         let mappers = hcm["local_reply_config"]["mappers"].as_array().unwrap();
