@@ -5,7 +5,7 @@ use crate::clock::Clock;
 use crate::config::{Config, Token};
 use crate::error::{ApiError, ErrorInfo, code_for_status};
 use crate::store::{ChangeCtx, Store};
-use crate::{audit, authz, feed, health, keys, revocations};
+use crate::{audit, authz, dashboard, events, feed, health, keys, revocations, stats};
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -20,15 +20,25 @@ use tokio::sync::watch;
 /// Request bodies above this are refused with 413 before they are parsed.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-/// A body declared larger than [`BODY_LIMIT`]. Checked for every route before any handler
+/// The proxies' reports (`POST /v1/events`), whose bodies may be larger: see
+/// [`events::BODY_LIMIT`].
+const EVENTS_PATH: &str = "/v1/events";
+
+/// A body declared larger than the route's limit ([`BODY_LIMIT`], or
+/// [`events::BODY_LIMIT`] on [`EVENTS_PATH`]). Checked for every route before any handler
 /// runs: the extractors' limit only covers the bodies a handler reads, and a huge body on
 /// a route that reads none would otherwise be answered 200.
 fn declared_too_large(req: &Request) -> bool {
+    let limit = if req.uri().path() == EVENTS_PATH {
+        events::BODY_LIMIT
+    } else {
+        BODY_LIMIT
+    };
     req.headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .is_some_and(|n| usize::try_from(n).map_or(true, |n| n > BODY_LIMIT))
+        .is_some_and(|n| usize::try_from(n).map_or(true, |n| n > limit))
 }
 
 #[derive(Clone)]
@@ -110,7 +120,17 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/tokens/revoke", post(revocations::revoke_jti))
         .route("/v1/audit", get(audit::list))
+        .route("/v1/stats", get(stats::get))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    // The proxies' reports: the sync posts them with the feed token; the admin token may
+    // too (a person replaying a batch by hand).
+    let reports = Router::new()
+        .route(EVENTS_PATH, post(events::post))
+        .layer(DefaultBodyLimit::max(events::BODY_LIMIT))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_feed_or_admin,
+        ));
     // The proxies' token: the feed, and the key check `ext_authz` calls (authz.rs says why
     // that one shares it). Five methods, as the OpenAPI document lists them (`get` also
     // answers HEAD); ext_authz keeps the original request's method.
@@ -129,8 +149,12 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(health::openapi))
+        // The page itself holds no data: its script asks the admin API with the token
+        // the person types in.
+        .route("/", get(dashboard::page))
         .merge(admin)
         .merge(feed)
+        .merge(reports)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -163,6 +187,17 @@ async fn require_feed(State(s): State<AppState>, req: Request, next: Next) -> Re
     match check(&s.config.feed_token, &req) {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
+    }
+}
+
+async fn require_feed_or_admin(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    // Both compared, whichever matches: the time taken does not tell which token it was.
+    let feed = check(&s.config.feed_token, &req).is_ok();
+    let admin = check(&s.config.admin_token, &req).is_ok();
+    if feed | admin {
+        next.run(req).await
+    } else {
+        ApiError::unauthorized().into_response()
     }
 }
 

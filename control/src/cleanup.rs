@@ -1,19 +1,28 @@
-//! The cleanup job: deletes keys and revocation entries that expired longer ago than the
-//! retention period, in batches so the writer is never held for long. Until then they
-//! stay in the feed (a proxy refuses them on their own expiry anyway); once deleted, a
-//! feed `since` below their version gets 410 and the sync takes a fresh snapshot.
-//! Keys revoked without an expiry stay as tombstones: a proxy must keep refusing them.
+//! The cleanup job. It purges two things, each after its own retention period:
+//!
+//! - keys and revocation entries that expired longer ago than `retention`, in batches so
+//!   the writer is never held for long. Until then they stay in the feed (a proxy refuses
+//!   them on their own expiry anyway); once deleted, a feed `since` below their version
+//!   gets 410 and the sync takes a fresh snapshot. Keys revoked without an expiry stay as
+//!   tombstones: a proxy must keep refusing them.
+//! - what the proxies reported (`POST /v1/events`) longer ago than `event_retention`:
+//!   refusal events (by their `at`), per-minute request counts and proxies not heard
+//!   from since. None of it is in the feed, so no version moves.
 
 use crate::app::AppState;
-use crate::store::{PurgeCounts, StoreError};
+use crate::store::{EventPurgeCounts, PurgeCounts, StoreError};
 
 /// Rows of each kind deleted per transaction.
 pub const BATCH: u32 = 500;
 
+fn cutoff(s: &AppState, retention: std::time::Duration) -> i64 {
+    let retention = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+    s.clock.now_secs().saturating_sub(retention)
+}
+
 /// One pass: purges in batches until nothing is left to purge.
 pub async fn run_once(s: &AppState) -> Result<PurgeCounts, StoreError> {
-    let retention = i64::try_from(s.config.retention.as_secs()).unwrap_or(i64::MAX);
-    let cutoff = s.clock.now_secs().saturating_sub(retention);
+    let cutoff = cutoff(s, s.config.retention);
     let mut total = PurgeCounts::default();
     loop {
         let n = s.store.purge(cutoff, BATCH).await?;
@@ -35,7 +44,32 @@ pub async fn run_once(s: &AppState) -> Result<PurgeCounts, StoreError> {
     Ok(total)
 }
 
-/// Runs [`run_once`] every `cleanup_interval`, logging failures and carrying on.
+/// One pass over what the proxies reported, in batches until nothing is left to purge.
+pub async fn run_events_once(s: &AppState) -> Result<EventPurgeCounts, StoreError> {
+    let cutoff = cutoff(s, s.config.event_retention);
+    let mut total = EventPurgeCounts::default();
+    loop {
+        let n = s.store.purge_events(cutoff, BATCH).await?;
+        total.refusals += n.refusals;
+        total.usage_buckets += n.usage_buckets;
+        total.proxies += n.proxies;
+        let batch = u64::from(BATCH);
+        if n.refusals < batch && n.usage_buckets < batch && n.proxies < batch {
+            break;
+        }
+    }
+    tracing::info!(
+        refusals = total.refusals,
+        usage_buckets = total.usage_buckets,
+        proxies = total.proxies,
+        cutoff,
+        "cleanup of reported events"
+    );
+    Ok(total)
+}
+
+/// Runs [`run_once`] and [`run_events_once`] every `cleanup_interval`, logging failures
+/// and carrying on.
 pub fn spawn(s: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(s.config.cleanup_interval);
@@ -44,6 +78,9 @@ pub fn spawn(s: AppState) -> tokio::task::JoinHandle<()> {
             tick.tick().await;
             if let Err(e) = run_once(&s).await {
                 tracing::error!(error = %e, "cleanup failed");
+            }
+            if let Err(e) = run_events_once(&s).await {
+                tracing::error!(error = %e, "cleanup of reported events failed");
             }
         }
     })

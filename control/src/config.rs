@@ -22,7 +22,9 @@ pub const USAGE: &str = "gatehouse-control serve [--listen ADDR] [--database-url
     GATEHOUSE_MAX_KEYS_PER_USER  defaults to 5
     GATEHOUSE_MAX_JWT_LIFETIME   defaults to 24h (how long a user's token revocation lasts)
     GATEHOUSE_CLEANUP_INTERVAL   defaults to 60s
-    GATEHOUSE_RETENTION          defaults to 7d (expired entries are purged after it)";
+    GATEHOUSE_RETENTION          defaults to 7d (expired entries are purged after it)
+    GATEHOUSE_EVENT_RETENTION    defaults to 30d (refusals, request counts and proxies
+                                 reported by POST /v1/events are purged after it)";
 
 /// The shortest token accepted: shorter ones are guessable.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -102,6 +104,9 @@ pub struct Config {
     pub cleanup_interval: Duration,
     /// How long expired entries stay in the feed before they are purged. Defaults to 7d.
     pub retention: Duration,
+    /// How long refusal events, per-minute request counts and proxies not heard from are
+    /// kept. Defaults to 30d.
+    pub event_retention: Duration,
 }
 
 impl Config {
@@ -117,6 +122,7 @@ impl Config {
             max_jwt_lifetime: Duration::from_secs(24 * 3600),
             cleanup_interval: Duration::from_secs(60),
             retention: Duration::from_secs(7 * 86_400),
+            event_retention: Duration::from_secs(30 * 86_400),
         }
     }
 
@@ -198,6 +204,7 @@ impl Config {
             ("GATEHOUSE_MAX_JWT_LIFETIME", &mut config.max_jwt_lifetime),
             ("GATEHOUSE_CLEANUP_INTERVAL", &mut config.cleanup_interval),
             ("GATEHOUSE_RETENTION", &mut config.retention),
+            ("GATEHOUSE_EVENT_RETENTION", &mut config.event_retention),
         ] {
             if let Some(v) = env(name) {
                 match parse_duration(&v) {
@@ -294,12 +301,22 @@ mod tests {
         assert_eq!(c.database_url.expose(), "sqlite://gatehouse-control.db");
         assert_eq!(c.max_keys_per_user, 5);
         assert_eq!(c.retention, Duration::from_secs(604_800));
+        assert_eq!(c.event_retention, Duration::from_secs(30 * 86_400));
         let mut env = TOKENS.to_vec();
         env.push(("GATEHOUSE_CONTROL_LISTEN", "127.0.0.1:9000"));
         env.push(("GATEHOUSE_RETENTION", "2h"));
+        env.push(("GATEHOUSE_EVENT_RETENTION", "90d"));
         let c = parse(&env, &["--listen", "127.0.0.1:9001"]).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:9001");
         assert_eq!(c.retention, Duration::from_secs(7200));
+        assert_eq!(c.event_retention, Duration::from_secs(90 * 86_400));
+        let mut env = TOKENS.to_vec();
+        env.push(("GATEHOUSE_EVENT_RETENTION", "0d"));
+        let err = parse(&env, &[]).unwrap_err();
+        assert!(
+            err.contains("GATEHOUSE_EVENT_RETENTION must be a duration"),
+            "{err}"
+        );
     }
 
     #[test]

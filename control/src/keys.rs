@@ -38,10 +38,16 @@ pub struct RotateKey {
     grace_seconds: Option<u32>,
 }
 
+/// The most keys one list answers, and how many it answers unless told.
+pub const MAX_LIST_LIMIT: u32 = 1000;
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    user: String,
+    /// One user's keys, oldest first; absent: every key, newest first (the dashboard).
+    user: Option<String>,
+    limit: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -70,6 +76,8 @@ pub struct KeyView {
     expires_at: Option<String>,
     revoked_at: Option<String>,
     replaced_by: Option<String>,
+    /// The latest use a proxy reported (`POST /v1/events`), or null.
+    last_used: Option<String>,
 }
 
 impl KeyView {
@@ -93,6 +101,7 @@ impl KeyView {
             expires_at: k.effective_expiry().map(rfc3339),
             revoked_at: k.revoked_at.map(rfc3339),
             replaced_by: k.replaced_by.clone(),
+            last_used: k.last_used.map(rfc3339),
         }
     }
 }
@@ -219,9 +228,17 @@ pub async fn list(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<KeyList>, ApiError> {
-    check_id("user", &q.user)?;
+    if let Some(user) = &q.user {
+        check_id("user", user)?;
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be from 1 to {MAX_LIST_LIMIT}"
+        )));
+    }
     let now = s.clock.now_secs();
-    let keys = s.store.list_keys(&q.user).await?;
+    let keys = s.store.list_keys(q.user.as_deref(), limit).await?;
     Ok(Json(KeyList {
         keys: keys.iter().map(|k| KeyView::of(k, now)).collect(),
     }))

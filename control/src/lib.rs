@@ -6,6 +6,9 @@
 //! Where things live:
 //! - `app.rs`: the router, the bearer-token checks and the per-request middleware;
 //! - `keys.rs`, `revocations.rs`, `audit.rs`, `feed.rs`, `health.rs`: the handlers;
+//! - `events.rs`: what the proxies report (`POST /v1/events`: refusals, key uses, request
+//!   counts, their cache version); `stats.rs`: the counts and versions (`GET /v1/stats`);
+//! - `dashboard.rs`: the admin page at `/` (its HTML, script and style in `dashboard/`);
 //! - `authz.rs`: the key check Envoy's `ext_authz` calls (`ANY /v1/authz/{*rest}`);
 //! - `error.rs`: the one JSON error shape, for handler errors and axum's rejections;
 //! - `store/`: the storage trait and its SQLite and PostgreSQL implementations, chosen by
@@ -22,13 +25,16 @@ pub mod authz;
 pub mod cleanup;
 pub mod clock;
 pub mod config;
+pub mod dashboard;
 pub mod error;
+pub mod events;
 pub mod feed;
 pub mod health;
 pub mod keys;
 pub mod random;
 pub mod revocations;
 pub mod serve;
+pub mod stats;
 pub mod store;
 
 pub use app::{AppState, router};

@@ -135,13 +135,16 @@ async fn oversized_bodies_are_413_in_the_standard_shape() {
 async fn bad_query_strings_and_path_values_are_400() {
     let s = svc().await;
     for path in [
-        "/v1/keys",
+        "/v1/keys?limit=0",
+        "/v1/keys?limit=1001",
         "/v1/keys?user=",
         "/v1/keys?user=a%20b",
         "/v1/keys?user=u&extra=1",
         "/v1/audit?limit=0",
         "/v1/audit?limit=1001",
         "/v1/audit?limit=abc",
+        "/v1/audit?kind=changes",
+        "/v1/audit?kind=",
     ] {
         let (status, resp) = s.admin(Method::GET, path, None).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {resp}");
@@ -377,6 +380,7 @@ async fn openapi_lists_exactly_the_routes_and_describes_their_answers() {
     let routed = [
         "DELETE /v1/authz/{rest}",
         "DELETE /v1/keys/{id}",
+        "GET /",
         "GET /healthz",
         "GET /openapi.json",
         "GET /readyz",
@@ -385,8 +389,10 @@ async fn openapi_lists_exactly_the_routes_and_describes_their_answers() {
         "GET /v1/cache",
         "GET /v1/keys",
         "GET /v1/keys/{id}",
+        "GET /v1/stats",
         "PATCH /v1/authz/{rest}",
         "POST /v1/authz/{rest}",
+        "POST /v1/events",
         "POST /v1/keys",
         "POST /v1/keys/verify",
         "POST /v1/keys/{id}/rotate",
@@ -459,6 +465,42 @@ async fn openapi_lists_exactly_the_routes_and_describes_their_answers() {
     check("/v1/cache", "get", st, &b);
     let (st, b) = s.feed("since=1").await;
     check("/v1/cache", "get", st, &b);
+    // What the proxies report, and what it shows.
+    let (st, b) = send(
+        &s.app,
+        common::request(
+            Method::POST,
+            "/v1/events",
+            Some(common::FEED),
+            Some(&json!({
+                "proxy": "envoy-1", "cache_version": 3, "dropped": 0,
+                "refusals": [
+                    {"at": 1, "request_id": "r1", "method": "GET", "route": "/v1/x",
+                     "code": "RATE_LIMITED", "status": 429, "key_id": id, "plan": "team",
+                     "client": "2001:db8::7"},
+                    {"at": 2, "request_id": "", "method": "", "route": "",
+                     "code": "NO_ROUTE", "status": 404}
+                ],
+                "key_uses": [{"key_id": id, "at": 5}],
+                "requests": [{"plan": "team", "allowed": 2, "refused": 1},
+                             {"plan": "", "allowed": 0, "refused": 1}]
+            })),
+        ),
+    )
+    .await;
+    check("/v1/events", "post", st, &b);
+    for path in [
+        "/v1/audit",
+        "/v1/audit?kind=refusal",
+        "/v1/audit?kind=change",
+    ] {
+        let (st, b) = s.admin(Method::GET, path, None).await;
+        check("/v1/audit", "get", st, &b);
+    }
+    let (st, b) = s.admin(Method::GET, "/v1/stats", None).await;
+    check("/v1/stats", "get", st, &b);
+    let (st, b) = s.admin(Method::GET, "/v1/keys", None).await;
+    check("/v1/keys", "get", st, &b);
     // And an error.
     let (st, b) = s.admin(Method::GET, "/v1/keys/nope", None).await;
     check("/v1/keys/{id}", "get", st, &b);

@@ -165,6 +165,8 @@ pub struct KeyRow {
     pub active: bool,
     pub replaced_by: Option<String>,
     pub version: i64,
+    /// The latest use a proxy reported (`POST /v1/events`); not part of the feed.
+    pub last_used: Option<i64>,
 }
 
 impl KeyRow {
@@ -246,9 +248,39 @@ pub enum FeedAnswer {
     Gone,
 }
 
+/// The two kinds of audit event: a change of the feed, written in the change's own
+/// transaction, or a refusal a proxy reported (`POST /v1/events`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditKind {
+    Change,
+    Refusal,
+}
+
+impl AuditKind {
+    /// The value of the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::Change => "change",
+            AuditKind::Refusal => "refusal",
+        }
+    }
+
+    pub fn of_column(s: &str) -> StoreResult<AuditKind> {
+        match s {
+            "change" => Ok(AuditKind::Change),
+            "refusal" => Ok(AuditKind::Refusal),
+            _ => Err(StoreError::Database(
+                "audit_events.kind: unknown kind".to_string(),
+            )),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AuditEvent {
     pub id: i64,
+    pub kind: AuditKind,
     pub at: i64,
     pub actor: String,
     pub action: String,
@@ -256,6 +288,135 @@ pub struct AuditEvent {
     pub request_id: String,
     pub client: Option<String>,
     pub version: i64,
+    /// Refusals only (`None` for changes): code, status, method, plan, proxy.
+    pub refusal: Option<RefusalDetail>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RefusalDetail {
+    pub code: String,
+    pub status: i64,
+    pub method: String,
+    pub plan: Option<String>,
+    pub proxy: Option<String>,
+}
+
+/// One refusal a proxy reported, checked by the handler (`events.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub at: i64,
+    pub request_id: String,
+    pub method: String,
+    pub route: String,
+    pub code: String,
+    pub status: i64,
+    pub key_id: Option<String>,
+    pub user: Option<String>,
+    pub plan: Option<String>,
+    pub client: Option<String>,
+}
+
+impl Refusal {
+    /// Who was refused, as the audit log names actors: the key if the caller presented a
+    /// known one, else the user, else `anonymous`.
+    pub fn actor(&self) -> String {
+        match (&self.key_id, &self.user) {
+            (Some(k), _) => format!("key:{k}"),
+            (None, Some(u)) => format!("user:{u}"),
+            (None, None) => "anonymous".to_string(),
+        }
+    }
+}
+
+/// Requests one plan served since the proxy's last report (`""`: anonymous callers).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlanCount {
+    pub plan: String,
+    pub allowed: i64,
+    pub refused: i64,
+}
+
+/// The largest count one bucket (or one reported entry) holds: a day of buckets summed
+/// stays an exact integer in JSON (below 2^53), whatever the proxies send.
+pub const MAX_COUNT: i64 = 1_000_000_000_000;
+
+/// One checked `POST /v1/events`, stored in one transaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventBatch {
+    /// The reporting proxy (Envoy node id), if it named itself.
+    pub proxy: Option<String>,
+    pub cache_version: Option<i64>,
+    pub refusals: Vec<Refusal>,
+    /// (key id, Unix seconds).
+    pub key_uses: Vec<(String, i64)>,
+    pub requests: Vec<PlanCount>,
+}
+
+impl EventBatch {
+    /// The key uses with one entry per key (the latest), sorted by key id, each with how
+    /// many entries named it.
+    pub fn latest_uses(&self) -> Vec<(String, i64, u64)> {
+        let mut by_key: std::collections::BTreeMap<&str, (i64, u64)> = Default::default();
+        for (id, at) in &self.key_uses {
+            let e = by_key.entry(id.as_str()).or_insert((*at, 0));
+            e.0 = e.0.max(*at);
+            e.1 += 1;
+        }
+        by_key
+            .into_iter()
+            .map(|(id, (at, n))| (id.to_string(), at, n))
+            .collect()
+    }
+
+    /// The request counts with one entry per plan (summed, saturating at [`MAX_COUNT`]),
+    /// sorted by plan.
+    pub fn counts_by_plan(&self) -> Vec<PlanCount> {
+        let mut by_plan: std::collections::BTreeMap<&str, (i64, i64)> = Default::default();
+        for c in &self.requests {
+            let e = by_plan.entry(c.plan.as_str()).or_insert((0, 0));
+            e.0 = e.0.saturating_add(c.allowed).min(MAX_COUNT);
+            e.1 = e.1.saturating_add(c.refused).min(MAX_COUNT);
+        }
+        by_plan
+            .into_iter()
+            .map(|(plan, (allowed, refused))| PlanCount {
+                plan: plan.to_string(),
+                allowed,
+                refused,
+            })
+            .collect()
+    }
+}
+
+/// What a `POST /v1/events` stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Accepted {
+    pub refusals: u64,
+    /// Entries naming a known key (others are ignored).
+    pub key_uses: u64,
+    pub requests: u64,
+}
+
+/// A proxy as last heard from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxySeen {
+    pub proxy: String,
+    pub cache_version: Option<i64>,
+    pub seen_at: i64,
+}
+
+/// What `GET /v1/stats` shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    pub plans: Vec<PlanCount>,
+    pub version: i64,
+    pub epoch: String,
+    pub proxies: Vec<ProxySeen>,
+}
+
+/// The start of the minute bucket `t` falls in.
+pub fn minute_of(t: i64) -> i64 {
+    t - t.rem_euclid(60)
 }
 
 /// What one cleanup pass deleted.
@@ -264,6 +425,14 @@ pub struct PurgeCounts {
     pub keys: u64,
     pub users: u64,
     pub jtis: u64,
+}
+
+/// What one cleanup pass deleted of what the proxies reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventPurgeCounts {
+    pub refusals: u64,
+    pub usage_buckets: u64,
+    pub proxies: u64,
 }
 
 #[derive(Debug)]
@@ -392,7 +561,9 @@ pub trait Store: Send + Sync {
         ctx: &ChangeCtx,
     ) -> StoreResult<KeyRow>;
     async fn get_key(&self, id: &str) -> StoreResult<Option<KeyRow>>;
-    async fn list_keys(&self, user_id: &str) -> StoreResult<Vec<KeyRow>>;
+    /// One user's keys, oldest first; or, with no user, every key, newest first. At most
+    /// `limit`.
+    async fn list_keys(&self, user_id: Option<&str>, limit: u32) -> StoreResult<Vec<KeyRow>>;
     async fn find_key_by_hash(&self, sha256: &str) -> StoreResult<Option<KeyRow>>;
     /// Replaces key `id` by `new` (same owner, plan, scopes and expiry, filled in here);
     /// returns (old, new).
@@ -421,8 +592,22 @@ pub trait Store: Send + Sync {
         ctx: &ChangeCtx,
     ) -> StoreResult<JtiRevocation>;
 
-    /// Newest first.
-    async fn audit(&self, limit: u32) -> StoreResult<Vec<AuditEvent>>;
+    /// Newest (last stored) first; of one kind, or of both.
+    async fn audit(&self, limit: u32, kind: Option<AuditKind>) -> StoreResult<Vec<AuditEvent>>;
+
+    /// Stores what a proxy reported, all or nothing, at `now` (the time of the request
+    /// counts' bucket and of the proxy's `seen_at`). Refusals are audit events of kind
+    /// `refusal` carrying the current feed version, which they never bump; a key use
+    /// moves the key's `last_used` forward only, and one naming an unknown key is ignored.
+    async fn record_events(&self, batch: &EventBatch, now: i64) -> StoreResult<Accepted>;
+
+    /// Request counts per plan in the buckets that start after `since`, the feed version
+    /// and epoch, and every proxy heard from.
+    async fn stats(&self, since: i64) -> StoreResult<Stats>;
+
+    /// Deletes up to `batch` refusal events, usage buckets and proxies each from before
+    /// `cutoff` (their `at`, bucket start and `seen_at`). The feed is not touched.
+    async fn purge_events(&self, cutoff: i64, batch: u32) -> StoreResult<EventPurgeCounts>;
 
     /// Changes after `since` (0: everything still kept, as a snapshot).
     async fn feed(&self, since: i64) -> StoreResult<FeedAnswer>;

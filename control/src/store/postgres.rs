@@ -18,9 +18,10 @@
 //! password.
 
 use super::{
-    AuditEvent, ChangeCtx, FeedAnswer, FeedKey, FeedPage, JtiRevocation, KeyRow, NewKey, OldKeyEnd,
-    PurgeCounts, Store, StoreError, StoreResult, UserRevocation, check_rotatable, retired, revoked,
-    scrub, successor,
+    Accepted, AuditEvent, AuditKind, ChangeCtx, EventBatch, EventPurgeCounts, FeedAnswer, FeedKey,
+    FeedPage, JtiRevocation, KeyRow, MAX_COUNT, NewKey, OldKeyEnd, PlanCount, ProxySeen,
+    PurgeCounts, RefusalDetail, Stats, Store, StoreError, StoreResult, UserRevocation,
+    check_rotatable, minute_of, retired, revoked, scrub, successor,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, Row};
@@ -30,7 +31,10 @@ use std::time::Duration;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 const KEY_COLUMNS: &str = "id, sha256, user_id, tenant_id, plan, device_name, scopes, \
-    created_at, expires_at, grace_until, revoked_at, active, replaced_by, version";
+    created_at, expires_at, grace_until, revoked_at, active, replaced_by, version, last_used";
+
+const AUDIT_COLUMNS: &str = "id, kind, at, actor, action, target, request_id, client, version, \
+    code, status, method, plan, proxy";
 
 /// How long start-up waits for the server's first answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -143,6 +147,35 @@ fn key_row(row: &PgRow) -> StoreResult<KeyRow> {
         active: row.try_get("active")?,
         replaced_by: row.try_get("replaced_by")?,
         version: row.try_get("version")?,
+        last_used: row.try_get("last_used")?,
+    })
+}
+
+fn audit_event(r: &PgRow) -> StoreResult<AuditEvent> {
+    let kind = AuditKind::of_column(&r.try_get::<String, _>("kind")?)?;
+    let refusal = match kind {
+        AuditKind::Change => None,
+        AuditKind::Refusal => Some(RefusalDetail {
+            code: r.try_get::<Option<String>, _>("code")?.unwrap_or_default(),
+            status: i64::from(r.try_get::<Option<i32>, _>("status")?.unwrap_or_default()),
+            method: r
+                .try_get::<Option<String>, _>("method")?
+                .unwrap_or_default(),
+            plan: r.try_get("plan")?,
+            proxy: r.try_get("proxy")?,
+        }),
+    };
+    Ok(AuditEvent {
+        id: r.try_get("id")?,
+        kind,
+        at: r.try_get("at")?,
+        actor: r.try_get("actor")?,
+        action: r.try_get("action")?,
+        target: r.try_get("target")?,
+        request_id: r.try_get("request_id")?,
+        client: r.try_get("client")?,
+        version: r.try_get("version")?,
+        refusal,
     })
 }
 
@@ -193,6 +226,7 @@ async fn insert_key(
         active: true,
         replaced_by: None,
         version,
+        last_used: None,
     })
 }
 
@@ -242,14 +276,30 @@ impl Store for PostgresStore {
         key_by_id(&mut conn, id).await
     }
 
-    async fn list_keys(&self, user_id: &str) -> StoreResult<Vec<KeyRow>> {
-        let sql = format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at, id"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(user_id)
-            .fetch_all(&self.pool)
-            .await?;
+    async fn list_keys(&self, user_id: Option<&str>, limit: u32) -> StoreResult<Vec<KeyRow>> {
+        let rows = match user_id {
+            Some(user) => {
+                let sql = format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 \
+                     ORDER BY created_at, id LIMIT $2"
+                );
+                sqlx::query(&sql)
+                    .bind(user)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                let sql = format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at DESC, id DESC \
+                     LIMIT $1"
+                );
+                sqlx::query(&sql)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
         rows.iter().map(key_row).collect()
     }
 
@@ -390,28 +440,224 @@ impl Store for PostgresStore {
         Ok(out)
     }
 
-    async fn audit(&self, limit: u32) -> StoreResult<Vec<AuditEvent>> {
-        let rows = sqlx::query(
-            "SELECT id, at, actor, action, target, request_id, client, version \
-             FROM audit_events ORDER BY id DESC LIMIT $1",
+    async fn audit(&self, limit: u32, kind: Option<AuditKind>) -> StoreResult<Vec<AuditEvent>> {
+        let rows = match kind {
+            Some(kind) => {
+                sqlx::query(&format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE kind = $1 \
+                     ORDER BY id DESC LIMIT $2"
+                ))
+                .bind(kind.as_str())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_events ORDER BY id DESC LIMIT $1"
+                ))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(audit_event).collect()
+    }
+
+    async fn record_events(&self, batch: &EventBatch, now: i64) -> StoreResult<Accepted> {
+        // Writers' lock first, as every change takes it: the refusals carry the version
+        // current when they are stored, and concurrent posts touching the same keys and
+        // buckets queue instead of deadlocking on their rows. Each kind is one statement
+        // over arrays (UNNEST), so a post of 1000 refusals is one round trip, not 1000.
+        let mut tx = self.begin_write().await?;
+        let version: i64 = sqlx::query_scalar("SELECT seq FROM meta WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        if !batch.refusals.is_empty() {
+            let col = |f: &dyn Fn(&super::Refusal) -> String| -> Vec<String> {
+                batch.refusals.iter().map(f).collect()
+            };
+            let opt = |f: &dyn Fn(&super::Refusal) -> Option<String>| -> Vec<Option<String>> {
+                batch.refusals.iter().map(f).collect()
+            };
+            let at: Vec<i64> = batch.refusals.iter().map(|r| r.at).collect();
+            let status: Vec<i32> = batch
+                .refusals
+                .iter()
+                .map(|r| i32::try_from(r.status).unwrap_or_default())
+                .collect();
+            sqlx::query(
+                "INSERT INTO audit_events (kind, at, actor, action, target, request_id, client, \
+                 version, code, status, method, plan, proxy) \
+                 SELECT 'refusal', u.at, u.actor, 'refused', u.route, u.request_id, u.client, \
+                        $1, u.code, u.status, u.method, u.plan, $2 \
+                 FROM UNNEST($3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], \
+                             $8::TEXT[], $9::INTEGER[], $10::TEXT[], $11::TEXT[]) \
+                      WITH ORDINALITY AS u(at, actor, route, request_id, client, code, status, \
+                                          method, plan, n) \
+                 ORDER BY u.n",
+            )
+            .bind(version)
+            .bind(&batch.proxy)
+            .bind(at)
+            .bind(col(&|r| r.actor()))
+            .bind(col(&|r| r.route.clone()))
+            .bind(col(&|r| r.request_id.clone()))
+            .bind(opt(&|r| r.client.clone()))
+            .bind(col(&|r| r.code.clone()))
+            .bind(status)
+            .bind(col(&|r| r.method.clone()))
+            .bind(opt(&|r| r.plan.clone()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        let uses = batch.latest_uses();
+        let mut key_uses = 0;
+        if !uses.is_empty() {
+            let ids: Vec<String> = uses.iter().map(|(id, _, _)| id.clone()).collect();
+            let ats: Vec<i64> = uses.iter().map(|(_, at, _)| *at).collect();
+            let known: Vec<String> = sqlx::query_scalar(
+                "UPDATE api_keys AS k SET last_used = GREATEST(k.last_used, u.at) \
+                 FROM UNNEST($1::TEXT[], $2::BIGINT[]) AS u(id, at) \
+                 WHERE k.id = u.id RETURNING k.id",
+            )
+            .bind(ids)
+            .bind(ats)
+            .fetch_all(&mut *tx)
+            .await?;
+            let known: std::collections::HashSet<String> = known.into_iter().collect();
+            key_uses = uses
+                .iter()
+                .filter(|(id, _, _)| known.contains(id))
+                .map(|(_, _, n)| n)
+                .sum();
+        }
+        let counts = batch.counts_by_plan();
+        if !counts.is_empty() {
+            let plans: Vec<String> = counts.iter().map(|c| c.plan.clone()).collect();
+            let allowed: Vec<i64> = counts.iter().map(|c| c.allowed).collect();
+            let refused: Vec<i64> = counts.iter().map(|c| c.refused).collect();
+            sqlx::query(
+                "INSERT INTO usage_buckets AS b (plan, minute, allowed, refused) \
+                 SELECT u.plan, $1, u.allowed, u.refused \
+                 FROM UNNEST($2::TEXT[], $3::BIGINT[], $4::BIGINT[]) AS u(plan, allowed, refused) \
+                 ON CONFLICT (plan, minute) DO UPDATE SET \
+                 allowed = LEAST(b.allowed + excluded.allowed, $5), \
+                 refused = LEAST(b.refused + excluded.refused, $5)",
+            )
+            .bind(minute_of(now))
+            .bind(plans)
+            .bind(allowed)
+            .bind(refused)
+            .bind(MAX_COUNT)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(proxy) = &batch.proxy {
+            sqlx::query(
+                "INSERT INTO proxies AS p (proxy, cache_version, seen_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (proxy) DO UPDATE SET \
+                 cache_version = COALESCE(excluded.cache_version, p.cache_version), \
+                 seen_at = GREATEST(p.seen_at, excluded.seen_at)",
+            )
+            .bind(proxy)
+            .bind(batch.cache_version)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Accepted {
+            refusals: batch.refusals.len() as u64,
+            key_uses,
+            requests: batch.requests.len() as u64,
+        })
+    }
+
+    async fn stats(&self, since: i64) -> StoreResult<Stats> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
+        let meta = sqlx::query("SELECT seq, epoch FROM meta WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        // SUM of BIGINT is NUMERIC; each bucket is at most MAX_COUNT, so a day's sum fits.
+        let plans = sqlx::query(
+            "SELECT plan, SUM(allowed)::BIGINT AS allowed, SUM(refused)::BIGINT AS refused \
+             FROM usage_buckets WHERE minute > $1 GROUP BY plan ORDER BY plan",
         )
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEvent {
-                    id: r.try_get("id")?,
-                    at: r.try_get("at")?,
-                    actor: r.try_get("actor")?,
-                    action: r.try_get("action")?,
-                    target: r.try_get("target")?,
-                    request_id: r.try_get("request_id")?,
-                    client: r.try_get("client")?,
-                    version: r.try_get("version")?,
-                })
+        .bind(since)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(PlanCount {
+                plan: r.try_get("plan")?,
+                allowed: r.try_get("allowed")?,
+                refused: r.try_get("refused")?,
             })
-            .collect()
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        let proxies = sqlx::query(
+            "SELECT proxy, cache_version, seen_at FROM proxies ORDER BY proxy LIMIT 1000",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ProxySeen {
+                proxy: r.try_get("proxy")?,
+                cache_version: r.try_get("cache_version")?,
+                seen_at: r.try_get("seen_at")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(Stats {
+            plans,
+            version: meta.try_get("seq")?,
+            epoch: meta.try_get("epoch")?,
+            proxies,
+        })
+    }
+
+    async fn purge_events(&self, cutoff: i64, batch: u32) -> StoreResult<EventPurgeCounts> {
+        let mut tx = self.begin_write().await?;
+        let limit = i64::from(batch);
+        let refusals = sqlx::query(
+            "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events \
+             WHERE kind = 'refusal' AND at < $1 LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let usage_buckets = sqlx::query(
+            "DELETE FROM usage_buckets WHERE (plan, minute) IN (SELECT plan, minute \
+             FROM usage_buckets WHERE minute < $1 LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let proxies = sqlx::query(
+            "DELETE FROM proxies WHERE proxy IN (SELECT proxy FROM proxies \
+             WHERE seen_at < $1 LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(EventPurgeCounts {
+            refusals,
+            usage_buckets,
+            proxies,
+        })
     }
 
     async fn feed(&self, since: i64) -> StoreResult<FeedAnswer> {

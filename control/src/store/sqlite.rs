@@ -8,9 +8,10 @@
 //! the version and the rows in one read transaction, so they agree.
 
 use super::{
-    AuditEvent, ChangeCtx, FeedAnswer, FeedKey, FeedPage, JtiRevocation, KeyRow, NewKey, OldKeyEnd,
-    PurgeCounts, Store, StoreError, StoreResult, UserRevocation, check_rotatable, retired, revoked,
-    successor,
+    Accepted, AuditEvent, AuditKind, ChangeCtx, EventBatch, EventPurgeCounts, FeedAnswer, FeedKey,
+    FeedPage, JtiRevocation, KeyRow, MAX_COUNT, NewKey, OldKeyEnd, PlanCount, ProxySeen,
+    PurgeCounts, RefusalDetail, Stats, Store, StoreError, StoreResult, UserRevocation,
+    check_rotatable, minute_of, retired, revoked, successor,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -23,7 +24,10 @@ use std::time::Duration;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 const KEY_COLUMNS: &str = "id, sha256, user_id, tenant_id, plan, device_name, scopes, \
-    created_at, expires_at, grace_until, revoked_at, active, replaced_by, version";
+    created_at, expires_at, grace_until, revoked_at, active, replaced_by, version, last_used";
+
+const AUDIT_COLUMNS: &str = "id, kind, at, actor, action, target, request_id, client, version, \
+    code, status, method, plan, proxy";
 
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -110,6 +114,35 @@ fn key_row(row: &SqliteRow) -> StoreResult<KeyRow> {
         active: row.try_get("active")?,
         replaced_by: row.try_get("replaced_by")?,
         version: row.try_get("version")?,
+        last_used: row.try_get("last_used")?,
+    })
+}
+
+fn audit_event(r: &SqliteRow) -> StoreResult<AuditEvent> {
+    let kind = AuditKind::of_column(&r.try_get::<String, _>("kind")?)?;
+    let refusal = match kind {
+        AuditKind::Change => None,
+        AuditKind::Refusal => Some(RefusalDetail {
+            code: r.try_get::<Option<String>, _>("code")?.unwrap_or_default(),
+            status: r.try_get::<Option<i64>, _>("status")?.unwrap_or_default(),
+            method: r
+                .try_get::<Option<String>, _>("method")?
+                .unwrap_or_default(),
+            plan: r.try_get("plan")?,
+            proxy: r.try_get("proxy")?,
+        }),
+    };
+    Ok(AuditEvent {
+        id: r.try_get("id")?,
+        kind,
+        at: r.try_get("at")?,
+        actor: r.try_get("actor")?,
+        action: r.try_get("action")?,
+        target: r.try_get("target")?,
+        request_id: r.try_get("request_id")?,
+        client: r.try_get("client")?,
+        version: r.try_get("version")?,
+        refusal,
     })
 }
 
@@ -162,6 +195,7 @@ async fn insert_key(
         active: true,
         replaced_by: None,
         version,
+        last_used: None,
     })
 }
 
@@ -209,13 +243,29 @@ impl Store for SqliteStore {
         key_by_id(&mut conn, id).await
     }
 
-    async fn list_keys(&self, user_id: &str) -> StoreResult<Vec<KeyRow>> {
-        let sql =
-            format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = ? ORDER BY created_at, id");
-        let rows = sqlx::query(&sql)
-            .bind(user_id)
-            .fetch_all(&self.reader)
-            .await?;
+    async fn list_keys(&self, user_id: Option<&str>, limit: u32) -> StoreResult<Vec<KeyRow>> {
+        let rows = match user_id {
+            Some(user) => {
+                let sql = format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = ? \
+                     ORDER BY created_at, id LIMIT ?"
+                );
+                sqlx::query(&sql)
+                    .bind(user)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.reader)
+                    .await?
+            }
+            None => {
+                let sql = format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at DESC, id DESC LIMIT ?"
+                );
+                sqlx::query(&sql)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.reader)
+                    .await?
+            }
+        };
         rows.iter().map(key_row).collect()
     }
 
@@ -352,28 +402,187 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    async fn audit(&self, limit: u32) -> StoreResult<Vec<AuditEvent>> {
-        let rows = sqlx::query(
-            "SELECT id, at, actor, action, target, request_id, client, version \
-             FROM audit_events ORDER BY id DESC LIMIT ?",
+    async fn audit(&self, limit: u32, kind: Option<AuditKind>) -> StoreResult<Vec<AuditEvent>> {
+        let rows = match kind {
+            Some(kind) => {
+                sqlx::query(&format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE kind = ? \
+                     ORDER BY id DESC LIMIT ?"
+                ))
+                .bind(kind.as_str())
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_events ORDER BY id DESC LIMIT ?"
+                ))
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?
+            }
+        };
+        rows.iter().map(audit_event).collect()
+    }
+
+    async fn record_events(&self, batch: &EventBatch, now: i64) -> StoreResult<Accepted> {
+        // The writer connection: one transaction, so a post is stored whole or not at all.
+        let mut tx = self.begin_write().await?;
+        let version: i64 = sqlx::query_scalar("SELECT seq FROM meta WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        for r in &batch.refusals {
+            sqlx::query(
+                "INSERT INTO audit_events (kind, at, actor, action, target, request_id, client, \
+                 version, code, status, method, plan, proxy) \
+                 VALUES ('refusal', ?, ?, 'refused', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(r.at)
+            .bind(r.actor())
+            .bind(&r.route)
+            .bind(&r.request_id)
+            .bind(&r.client)
+            .bind(version)
+            .bind(&r.code)
+            .bind(r.status)
+            .bind(&r.method)
+            .bind(&r.plan)
+            .bind(&batch.proxy)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut key_uses = 0;
+        for (id, at, n) in batch.latest_uses() {
+            let known = sqlx::query(
+                "UPDATE api_keys SET last_used = MAX(COALESCE(last_used, ?1), ?1) WHERE id = ?2",
+            )
+            .bind(at)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if known > 0 {
+                key_uses += n;
+            }
+        }
+        let minute = minute_of(now);
+        for c in batch.counts_by_plan() {
+            sqlx::query(
+                "INSERT INTO usage_buckets (plan, minute, allowed, refused) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (plan, minute) DO UPDATE SET \
+                 allowed = MIN(allowed + excluded.allowed, ?5), \
+                 refused = MIN(refused + excluded.refused, ?5)",
+            )
+            .bind(&c.plan)
+            .bind(minute)
+            .bind(c.allowed)
+            .bind(c.refused)
+            .bind(MAX_COUNT)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(proxy) = &batch.proxy {
+            sqlx::query(
+                "INSERT INTO proxies (proxy, cache_version, seen_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (proxy) DO UPDATE SET \
+                 cache_version = COALESCE(excluded.cache_version, cache_version), \
+                 seen_at = MAX(seen_at, excluded.seen_at)",
+            )
+            .bind(proxy)
+            .bind(batch.cache_version)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Accepted {
+            refusals: batch.refusals.len() as u64,
+            key_uses,
+            requests: batch.requests.len() as u64,
+        })
+    }
+
+    async fn stats(&self, since: i64) -> StoreResult<Stats> {
+        let mut tx = self.reader.begin().await?;
+        let meta = sqlx::query("SELECT seq, epoch FROM meta WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let plans = sqlx::query(
+            "SELECT plan, SUM(allowed) AS allowed, SUM(refused) AS refused FROM usage_buckets \
+             WHERE minute > ? GROUP BY plan ORDER BY plan",
         )
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEvent {
-                    id: r.try_get("id")?,
-                    at: r.try_get("at")?,
-                    actor: r.try_get("actor")?,
-                    action: r.try_get("action")?,
-                    target: r.try_get("target")?,
-                    request_id: r.try_get("request_id")?,
-                    client: r.try_get("client")?,
-                    version: r.try_get("version")?,
-                })
+        .bind(since)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(PlanCount {
+                plan: r.try_get("plan")?,
+                allowed: r.try_get("allowed")?,
+                refused: r.try_get("refused")?,
             })
-            .collect()
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        let proxies = sqlx::query(
+            "SELECT proxy, cache_version, seen_at FROM proxies ORDER BY proxy LIMIT 1000",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ProxySeen {
+                proxy: r.try_get("proxy")?,
+                cache_version: r.try_get("cache_version")?,
+                seen_at: r.try_get("seen_at")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(Stats {
+            plans,
+            version: meta.try_get("seq")?,
+            epoch: meta.try_get("epoch")?,
+            proxies,
+        })
+    }
+
+    async fn purge_events(&self, cutoff: i64, batch: u32) -> StoreResult<EventPurgeCounts> {
+        let mut tx = self.begin_write().await?;
+        let limit = i64::from(batch);
+        let refusals = sqlx::query(
+            "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events \
+             WHERE kind = 'refusal' AND at < ? LIMIT ?)",
+        )
+        .bind(cutoff)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let usage_buckets = sqlx::query(
+            "DELETE FROM usage_buckets WHERE (plan, minute) IN (SELECT plan, minute \
+             FROM usage_buckets WHERE minute < ? LIMIT ?)",
+        )
+        .bind(cutoff)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let proxies = sqlx::query(
+            "DELETE FROM proxies WHERE proxy IN (SELECT proxy FROM proxies \
+             WHERE seen_at < ? LIMIT ?)",
+        )
+        .bind(cutoff)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(EventPurgeCounts {
+            refusals,
+            usage_buckets,
+            proxies,
+        })
     }
 
     async fn feed(&self, since: i64) -> StoreResult<FeedAnswer> {

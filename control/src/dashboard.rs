@@ -1,0 +1,133 @@
+//! `GET /`: the dashboard, one self-contained HTML page for people: keys, recent
+//! refusals, per-plan request counts and cache versions. Its HTML, script and style are
+//! compiled into the binary (`dashboard/`); it loads nothing from elsewhere.
+//!
+//! The page holds no data and needs no token to load: its script reads the admin API
+//! with the admin token the person enters. The Content-Security-Policy allows exactly
+//! the page's own inline script and style (by their SHA-256, computed once here), fetches
+//! to this origin only, no frames, no forms posting anywhere, and requires Trusted Types,
+//! so no string can become markup even by mistake.
+
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::response::IntoResponse;
+use sha2::{Digest, Sha256};
+use std::sync::LazyLock;
+
+const HTML: &str = include_str!("dashboard/index.html");
+const SCRIPT: &str = include_str!("dashboard/dashboard.js");
+const STYLE: &str = include_str!("dashboard/dashboard.css");
+
+/// The page and its Content-Security-Policy, made once.
+static PAGE: LazyLock<(String, HeaderValue)> = LazyLock::new(|| {
+    let page = HTML
+        .replace("/*STYLE*/", STYLE)
+        .replace("/*SCRIPT*/", SCRIPT);
+    (
+        page,
+        HeaderValue::from_str(&csp()).unwrap_or(HeaderValue::from_static("default-src 'none'")),
+    )
+});
+
+/// Standard base64 (RFC 4648, padded), as CSP hash sources are written.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk.first().copied().unwrap_or(0),
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                let index = usize::try_from((n >> shift) & 63).unwrap_or(0);
+                out.push(char::from(ALPHABET.get(index).copied().unwrap_or(b'A')));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn sha256_source(text: &str) -> String {
+    format!("'sha256-{}'", base64(&Sha256::digest(text.as_bytes())))
+}
+
+/// The policy: nothing but this page's own script and style, and requests to this origin.
+pub fn csp() -> String {
+    format!(
+        "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src 'none'; \
+         base-uri 'none'; form-action 'none'; frame-ancestors 'none'; \
+         require-trusted-types-for 'script'; trusted-types 'none'",
+        sha256_source(SCRIPT),
+        sha256_source(STYLE)
+    )
+}
+
+pub async fn page() -> impl IntoResponse {
+    let (page, csp) = &*PAGE;
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+            (header::CONTENT_SECURITY_POLICY, csp.clone()),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+            (
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ),
+            (
+                HeaderName::from_static("cross-origin-opener-policy"),
+                HeaderValue::from_static("same-origin"),
+            ),
+        ],
+        page.as_str(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_rfc_4648_vectors() {
+        for (input, expected) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), expected);
+        }
+    }
+
+    #[test]
+    fn the_page_is_whole_and_its_csp_names_exactly_its_script_and_style() {
+        let (page, csp) = &*PAGE;
+        assert!(!page.contains("/*SCRIPT*/") && !page.contains("/*STYLE*/"));
+        assert!(page.contains(SCRIPT) && page.contains(STYLE));
+        let csp = csp.to_str().unwrap_or_default();
+        assert!(csp.contains(&sha256_source(SCRIPT)), "{csp}");
+        assert!(csp.contains(&sha256_source(STYLE)), "{csp}");
+        assert!(csp.starts_with("default-src 'none';"), "{csp}");
+        assert!(!csp.contains("unsafe"), "{csp}");
+        // Nothing loaded from anywhere else.
+        for needle in ["http://", "https://", "src=", "<link"] {
+            assert!(!page.contains(needle), "{needle}");
+        }
+        // No data is ever written as markup.
+        assert!(!SCRIPT.contains("innerHTML") && !SCRIPT.contains("insertAdjacentHTML"));
+    }
+}
