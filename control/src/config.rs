@@ -14,7 +14,8 @@ use subtle::ConstantTimeEq;
 pub const USAGE: &str = "gatehouse-control serve [--listen ADDR] [--database-url URL]
   environment:
     GATEHOUSE_ADMIN_TOKEN        required: bearer token of the admin API (16+ characters)
-    GATEHOUSE_FEED_TOKEN         required: bearer token of GET /v1/cache (16+ characters)
+    GATEHOUSE_FEED_TOKEN         required: bearer token of GET /v1/cache and POST /v1/events
+                                 (16+ characters)
     GATEHOUSE_CONTROL_LISTEN     defaults to 127.0.0.1:8081 (--listen)
     GATEHOUSE_DATABASE_URL       defaults to sqlite://gatehouse-control.db (--database-url);
                                  or postgres://USER:PASSWORD@HOST:PORT/DATABASE
