@@ -179,18 +179,6 @@ impl Pending {
         overflow
     }
 
-    /// Counts the refusals of a batch the server refused for good as dropped; what is
-    /// left to post is only that count.
-    pub fn drop_refused(&mut self) -> u64 {
-        let n = self.refusals.len() as u64;
-        let dropped = self.dropped.saturating_add(n);
-        *self = Pending {
-            dropped,
-            ..Pending::default()
-        };
-        n
-    }
-
     /// The body of `POST /v1/events`.
     pub fn body(&self, proxy: Option<&str>, cache_version: Option<u64>) -> String {
         let mut o = Map::new();
@@ -310,10 +298,6 @@ mod tests {
         assert_eq!(sent.absorb(newer), 0);
         let body: Value = serde_json::from_str(&sent.body(None, None)).unwrap();
         assert_eq!(body["refusals"], json!([refusal(1), refusal(2)]));
-        // Refused for good: only the count of what was lost is left to report.
-        assert_eq!(sent.drop_refused(), 2);
-        assert_eq!(sent.dropped(), 2);
-        assert!(!sent.is_empty());
     }
 
     #[test]

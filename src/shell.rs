@@ -29,14 +29,16 @@
 //! must not panic the VM (a panic kills it and Envoy then fails every request).
 
 use crate::decision::{
-    Credential, Decision, IDENTITY_HEADER_PREFIX, Presented, RequestHead, decide,
+    Credential, Decision, IDENTITY_HEADER_PREFIX, Identity, Presented, RequestHead,
+    decide_explained,
 };
 use crate::error::Denial;
 use crate::jwt::{Key, KeySet, parse_jwks};
 use crate::policy::{FeedPolicy, Policy};
 use crate::store::{Clock, SharedStore, StoreError};
+use crate::tally::{RefusalFacts, SignatureProvider, Tally};
 use crate::time::UnixNanos;
-use crate::{feed, jwks_cache, key_cache, revocation};
+use crate::{events, feed, jwks_cache, key_cache, revocation};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
@@ -147,42 +149,45 @@ impl Clock for HostClock {
 /// rather than the HTTP filter.
 pub(crate) const SYNC_ROOT_ID: &str = "gatehouse_sync";
 
-/// Counters, defined once per VM on configure (Envoy shows them as
-/// `wasmcustom.gatehouse.*`). Id 0 means "not defined": increments are then skipped.
-#[derive(Clone, Copy, Default)]
-struct Counters {
-    rate_limited: u32,
-    limiter_contention: u32,
-    limiter_collisions: u32,
-    /// Requests allowed against a stale feed cache (`on_stale: keep_serving`).
-    feed_stale_served: u32,
-    /// Webhook requests refused for their signature (any reason).
-    webhook_refused: u32,
-    /// Requests refused by the body rules (size or JSON caps).
-    body_refused: u32,
+/// A worker's counters ([`crate::tally::metric_names`]), defined once per VM on
+/// configure (Envoy shows them as `wasmcustom.gatehouse.*`); id 0 means "not defined".
+/// The filters never touch them: they add to the worker's [`Tally`], which the root
+/// context flushes here on its one-second tick, so Envoy's stats lag by up to a second.
+#[derive(Default)]
+struct WorkerMetrics {
+    ids: Vec<u32>,
+    jwks_fetches: u32,
+    jwks_fetch_failures: u32,
 }
 
-impl Counters {
-    fn define() -> Counters {
-        let counter = |name: &str| {
-            hostcalls::define_metric(proxy_wasm::types::MetricType::Counter, name).unwrap_or(0)
-        };
-        Counters {
-            rate_limited: counter("gatehouse.rate_limited"),
-            limiter_contention: counter("gatehouse.rate_limit_contention"),
-            limiter_collisions: counter("gatehouse.rate_limit_collisions"),
-            feed_stale_served: counter("gatehouse.feed.stale_served"),
-            webhook_refused: counter("gatehouse.webhook_refused"),
-            body_refused: counter("gatehouse.body_refused"),
+impl WorkerMetrics {
+    fn define(policy: &Policy) -> WorkerMetrics {
+        use proxy_wasm::types::MetricType;
+        let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).unwrap_or(0);
+        let plans: Vec<String> = policy.plans.iter().map(|p| p.name.clone()).collect();
+        WorkerMetrics {
+            ids: crate::tally::metric_names(&plans)
+                .iter()
+                .map(|n| counter(n))
+                .collect(),
+            jwks_fetches: counter("gatehouse.jwks.fetches"),
+            jwks_fetch_failures: counter("gatehouse.jwks.fetch_failures"),
         }
     }
 
-    fn bump(id: u32) {
-        if id != 0 {
-            let _ = hostcalls::increment_metric(id, 1);
+    fn flush(&self, tally: &RefCell<Tally>) {
+        if let Ok(mut tally) = tally.try_borrow_mut() {
+            tally.flush_counts(|i, n| {
+                if let Some(&id) = self.ids.get(i) {
+                    FeedMetrics::add(id, n);
+                }
+            });
         }
     }
 }
+
+/// A worker's tally, shared by its root context (which flushes it) and its filters.
+type SharedTally = Rc<RefCell<Tally>>;
 
 /// The JWT keys in force, shared by a worker's root context (which replaces them when a
 /// new JWKS arrives) and its filters (which take the current set per request).
@@ -196,7 +201,12 @@ pub(crate) struct Root {
     keys: SharedKeys,
     /// The cas of the JWKS document the keys were built from.
     jwks_cas: u32,
-    counters: Counters,
+    metrics: WorkerMetrics,
+    tally: Option<SharedTally>,
+    /// This plugin's vm_id (`plugin_vm_id`), which names the events queue.
+    vm_id: String,
+    /// The sync's events queue, once resolved ([`events::QUEUE`]).
+    events_queue: Option<u32>,
     /// Set when this VM is the sync and the policy has a feed.
     sync: Option<FeedSync>,
     /// Each route's webhook verifier (secrets read from the environment), by route index.
@@ -216,6 +226,16 @@ struct FeedMetrics {
     failures: u32,
     records_skipped: u32,
     last_sync_age: u32,
+    /// Key records the sync has applied (live and tombstones): the cache's size.
+    keys: u32,
+    /// Posts of the refusal audit that the control service accepted ...
+    events_posts: u32,
+    /// ... and that failed (no answer, or a status other than 2xx).
+    events_post_failures: u32,
+    /// Refusals in accepted posts.
+    events_refusals_posted: u32,
+    /// Refusals the sync dropped for lack of room or because the server refused them.
+    events_refusals_dropped: u32,
 }
 
 impl FeedMetrics {
@@ -228,6 +248,14 @@ impl FeedMetrics {
             failures: define(MetricType::Counter, "gatehouse.feed.failures"),
             records_skipped: define(MetricType::Counter, "gatehouse.feed.records_skipped"),
             last_sync_age: define(MetricType::Gauge, "gatehouse.feed.last_sync_age_seconds"),
+            keys: define(MetricType::Gauge, "gatehouse.feed.keys"),
+            events_posts: define(MetricType::Counter, "gatehouse.events.posts"),
+            events_post_failures: define(MetricType::Counter, "gatehouse.events.post_failures"),
+            events_refusals_posted: define(MetricType::Counter, "gatehouse.events.refusals_posted"),
+            events_refusals_dropped: define(
+                MetricType::Counter,
+                "gatehouse.events.refusals_dropped",
+            ),
         }
     }
 
@@ -270,6 +298,16 @@ struct FeedSync {
     recovering: bool,
     fed: feed::FedKeys,
     metrics: FeedMetrics,
+    /// The refusal audit waiting to be posted ([`crate::events`]).
+    events: events::Pending,
+    /// The events post in flight, and what it carries (merged back if it fails).
+    events_in_flight: Option<(u32, events::Pending)>,
+    /// The tick the last events post went out on: at most one a second.
+    events_posted_tick: Option<u64>,
+    /// The events queue this sync registered.
+    events_queue: u32,
+    /// Envoy's node id when it is a valid id: the posts' `proxy`.
+    proxy: Option<String>,
 }
 
 /// A poll sent and not yet answered.
@@ -300,6 +338,7 @@ impl FeedSync {
     fn on_tick(&mut self) {
         self.ticks += 1;
         self.refill();
+        self.post_events();
         let now = now_secs();
         let regular = self.ticks >= self.next_regular;
         if regular {
@@ -324,6 +363,114 @@ impl FeedSync {
             self.poll_due = false;
             self.quick_budget -= 1;
             self.poll(now);
+        }
+    }
+
+    /// Merges every worker batch waiting in the events queue into the pending post.
+    fn on_queue_ready(&mut self, queue: u32) {
+        if queue != self.events_queue {
+            return;
+        }
+        // Bounded: a flood of batches is drained over several notifications.
+        for _ in 0..1024 {
+            let batch = match hostcalls::dequeue_shared_queue(queue) {
+                Ok(Some(batch)) => batch,
+                _ => return,
+            };
+            match self.events.merge(&batch) {
+                Ok(dropped) => FeedMetrics::add(self.metrics.events_refusals_dropped, dropped),
+                Err(e) => log(
+                    LogLevel::Warn,
+                    &format!("events: a worker batch was refused ({e:?}); dropped"),
+                ),
+            }
+        }
+    }
+
+    /// Posts the pending refusal audit: at most once a second, one post at a time.
+    fn post_events(&mut self) {
+        if self.events_in_flight.is_some() || self.events.is_empty() {
+            return;
+        }
+        if self
+            .events_posted_tick
+            .is_some_and(|t| self.ticks.saturating_sub(t) < TICKS_PER_SEC)
+        {
+            return;
+        }
+        let version = feed::read_state(&HostStore).map(|s| s.version);
+        let body = self.events.body(self.proxy.as_deref(), version);
+        let headers = vec![
+            (":method", "POST"),
+            (":path", events::PATH),
+            (":authority", self.feed.authority.as_str()),
+            ("authorization", self.authorization.as_str()),
+            ("content-type", "application/json"),
+        ];
+        self.events_posted_tick = Some(self.ticks);
+        let timeout = std::time::Duration::from_secs(EVENTS_POST_TIMEOUT_SECS);
+        match hostcalls::dispatch_http_call(
+            &self.feed.cluster,
+            headers,
+            Some(body.as_bytes()),
+            vec![],
+            timeout,
+        ) {
+            Ok(token) => {
+                let sent = std::mem::take(&mut self.events);
+                self.events_in_flight = Some((token, sent));
+            }
+            Err(status) => {
+                FeedMetrics::add(self.metrics.events_post_failures, 1);
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "events: post not sent to cluster {}: {status:?}; kept for the next try",
+                        self.feed.cluster
+                    ),
+                );
+            }
+        }
+    }
+
+    /// The answer to an events post: done, kept for another try, or dropped.
+    fn on_events_answer(&mut self, sent: events::Pending) {
+        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        match events::Posted::from_status(&status) {
+            events::Posted::Accepted => {
+                FeedMetrics::add(self.metrics.events_posts, 1);
+                FeedMetrics::add(self.metrics.events_refusals_posted, sent.refusals() as u64);
+            }
+            events::Posted::Retry => {
+                FeedMetrics::add(self.metrics.events_post_failures, 1);
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "events: post failed (status {}); kept for the next try",
+                        String::from_utf8_lossy(if status.is_empty() { b"none" } else { &status })
+                    ),
+                );
+                let newer = std::mem::replace(&mut self.events, sent);
+                let dropped = self.events.absorb(newer);
+                FeedMetrics::add(self.metrics.events_refusals_dropped, dropped);
+            }
+            events::Posted::Refused => {
+                // Sent again it would be refused again (and a server without the events
+                // endpoint would be asked every second): dropped whole, counted here.
+                FeedMetrics::add(self.metrics.events_post_failures, 1);
+                let dropped = sent.refusals() as u64;
+                FeedMetrics::add(self.metrics.events_refusals_dropped, dropped);
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "events: the control service refused a post (status {}); its {dropped} refusals are dropped",
+                        String::from_utf8_lossy(&status)
+                    ),
+                );
+            }
         }
     }
 
@@ -393,6 +540,16 @@ impl FeedSync {
     /// bucket cannot pay for goes out on a later tick): no server can make the sync spin,
     /// and under a steady stream of changes each answer carries a batch of them.
     fn on_response(&mut self, token: u32, body_size: usize) {
+        if self
+            .events_in_flight
+            .as_ref()
+            .is_some_and(|(t, _)| *t == token)
+        {
+            if let Some((_, sent)) = self.events_in_flight.take() {
+                self.on_events_answer(sent);
+            }
+            return;
+        }
         let ours = self.in_flight.filter(|p| p.token == token);
         if ours.is_some() {
             self.in_flight = None;
@@ -470,6 +627,7 @@ impl FeedSync {
             Ok(applied) => {
                 self.full_next = false;
                 FeedMetrics::set(self.metrics.version, answer.version);
+                FeedMetrics::set(self.metrics.keys, self.fed.len() as u64);
                 FeedMetrics::add(self.metrics.entries_applied, applied.entries as u64);
                 FeedMetrics::set(self.metrics.last_sync_age, 0);
                 let level = if applied.snapshot || applied.entries > 0 {
@@ -524,6 +682,8 @@ const TICKS_PER_SEC: u64 = 10;
 const QUICK_POLL_BURST: u32 = 16;
 /// ... and in the long run: at 50 a second, 100 changes a second arrive two per answer.
 const QUICK_POLLS_PER_SEC: u64 = 50;
+/// How long an events post may take before Envoy gives up on it (and it is tried again).
+const EVENTS_POST_TIMEOUT_SECS: u64 = 5;
 
 fn now_secs() -> u64 {
     HostClock.now().secs()
@@ -553,6 +713,40 @@ impl Root {
                 self.set_keys(keys);
             }
             Err(e) => log(LogLevel::Warn, &format!("stored JWKS unreadable: {e}")),
+        }
+    }
+}
+
+impl Root {
+    /// The worker's tick: counters to Envoy's stats (as deltas) and, with a feed, one
+    /// batch on the sync's events queue. Until the queue resolves (the sync registers it
+    /// on its configure), the tally keeps counting and drops refusals past its bound.
+    fn flush_tally(&mut self, policy: &Policy) {
+        let Some(tally) = self.tally.clone() else {
+            return;
+        };
+        self.metrics.flush(&tally);
+        if policy.feed.is_none() {
+            return;
+        }
+        if self.events_queue.is_none() {
+            self.events_queue = hostcalls::resolve_shared_queue(&self.vm_id, events::QUEUE)
+                .ok()
+                .flatten();
+        }
+        let Some(queue) = self.events_queue else {
+            return;
+        };
+        let Some(batch) = tally.try_borrow_mut().ok().and_then(|mut t| t.take_batch()) else {
+            return;
+        };
+        if hostcalls::enqueue_shared_queue(queue, Some(batch.as_bytes())).is_err() {
+            // The sync is gone (a new one registers anew): resolve again next tick.
+            self.events_queue = None;
+            log(
+                LogLevel::Warn,
+                "events: the sync's queue is gone; one batch lost",
+            );
         }
     }
 }
@@ -628,6 +822,20 @@ impl Root {
                 feed_policy.staleness_secs
             ),
         );
+        let events_queue = match hostcalls::register_shared_queue(events::QUEUE) {
+            Ok(q) => q,
+            Err(e) => {
+                log(
+                    LogLevel::Error,
+                    &format!("sync: could not register the events queue: {e:?}"),
+                );
+                return false;
+            }
+        };
+        let proxy = hostcalls::get_property(vec!["node", "id"])
+            .ok()
+            .flatten()
+            .and_then(|id| events::proxy_id(&id));
         self.sync = Some(FeedSync {
             feed: feed_policy,
             authorization: format!("Bearer {token}"),
@@ -641,6 +849,11 @@ impl Root {
             recovering: false,
             fed: feed::FedKeys::default(),
             metrics: FeedMetrics::define(),
+            events: events::Pending::default(),
+            events_in_flight: None,
+            events_posted_tick: None,
+            events_queue,
+            proxy,
         });
         true
     }
@@ -661,6 +874,7 @@ impl Context for Root {
             .flatten()
             .unwrap_or_default();
         if status != b"200" {
+            FeedMetrics::add(self.metrics.jwks_fetch_failures, 1);
             log(
                 LogLevel::Warn,
                 &format!(
@@ -679,10 +893,13 @@ impl Context for Root {
                 log(LogLevel::Info, &format!("JWKS fetched: {n} keys"));
                 self.pick_up_jwks(&policy);
             }
-            Err(e) => log(
-                LogLevel::Warn,
-                &format!("JWKS fetch refused: {e}; keeping the last good JWKS"),
-            ),
+            Err(e) => {
+                FeedMetrics::add(self.metrics.jwks_fetch_failures, 1);
+                log(
+                    LogLevel::Warn,
+                    &format!("JWKS fetch refused: {e}; keeping the last good JWKS"),
+                )
+            }
         }
     }
 }
@@ -743,12 +960,11 @@ impl RootContext for Root {
                     return false;
                 }
             }
-            if jwt.jwks_url.is_some() {
-                if let Err(e) = jwks_cache::init(&HostStore) {
-                    log(LogLevel::Error, &format!("shared data: {e:?}"));
-                    return false;
-                }
-                let _ = hostcalls::set_tick_period(std::time::Duration::from_secs(1));
+            if jwt.jwks_url.is_some()
+                && let Err(e) = jwks_cache::init(&HostStore)
+            {
+                log(LogLevel::Error, &format!("shared data: {e:?}"));
+                return false;
             }
         }
         match configure_webhooks(&policy) {
@@ -756,7 +972,19 @@ impl RootContext for Root {
             None => return false,
         }
         self.set_keys(self.static_keys.clone());
-        self.counters = Counters::define();
+        self.metrics = WorkerMetrics::define(&policy);
+        let plans: Vec<String> = policy.plans.iter().map(|p| p.name.clone()).collect();
+        self.tally = Some(Rc::new(RefCell::new(Tally::new(
+            &plans,
+            policy.feed.is_some(),
+        ))));
+        self.vm_id = hostcalls::get_property(vec!["plugin_vm_id"])
+            .ok()
+            .flatten()
+            .and_then(|v| String::from_utf8(v).ok())
+            .unwrap_or_default();
+        // Every worker ticks once a second: it flushes its tally (and fetches a JWKS).
+        let _ = hostcalls::set_tick_period(std::time::Duration::from_secs(1));
         log(
             LogLevel::Info,
             &format!(
@@ -775,6 +1003,12 @@ impl RootContext for Root {
         true
     }
 
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        if let Some(sync) = &mut self.sync {
+            sync.on_queue_ready(queue_id);
+        }
+    }
+
     fn on_tick(&mut self) {
         if let Some(sync) = &mut self.sync {
             sync.on_tick();
@@ -783,6 +1017,7 @@ impl RootContext for Root {
         let Some(policy) = self.policy.clone() else {
             return;
         };
+        self.flush_tally(&policy);
         let Some(url) = policy.jwt.as_ref().and_then(|j| j.jwks_url.as_ref()) else {
             return;
         };
@@ -797,9 +1032,10 @@ impl RootContext for Root {
             ("accept", "application/json"),
         ];
         let timeout = std::time::Duration::from_millis(jwks_cache::FETCH_TIMEOUT_MS);
-        if let Err(status) =
-            hostcalls::dispatch_http_call(&url.cluster, headers, None, vec![], timeout)
-        {
+        let sent = hostcalls::dispatch_http_call(&url.cluster, headers, None, vec![], timeout);
+        FeedMetrics::add(self.metrics.jwks_fetches, 1);
+        if let Err(status) = sent {
+            FeedMetrics::add(self.metrics.jwks_fetch_failures, 1);
             log(
                 LogLevel::Warn,
                 &format!(
@@ -816,7 +1052,7 @@ impl RootContext for Root {
         Some(Box::new(Filter {
             policy: self.policy.clone(),
             keys: Rc::clone(&self.keys),
-            counters: self.counters,
+            tally: self.tally.clone(),
             quota: None,
             response: None,
             replacement: None,
@@ -834,7 +1070,8 @@ impl RootContext for Root {
 struct Filter {
     policy: Option<Rc<Policy>>,
     keys: SharedKeys,
-    counters: Counters,
+    /// The worker's tally: what this stream decided is added there, never sent from here.
+    tally: Option<SharedTally>,
     /// The request's rate-limit quota, for `RateLimit-*` on the response.
     quota: Option<crate::rate_limit::Quota>,
     /// What the response needs from the request (route rules, allowed origin, request id).
@@ -972,7 +1209,19 @@ impl HttpContext for Filter {
         {
             match answer {
                 Ok(reply) => send_reply(&reply),
-                Err(denial) => send_refusal(denial, request_id, policy.verbose_errors),
+                Err(denial) => {
+                    let seen = Seen {
+                        request_id,
+                        method,
+                        route: None,
+                        identity: None,
+                        credential: None,
+                        source_address: &[],
+                        forwarded_for: None,
+                    };
+                    self.record_refusal(&policy, denial, HostClock.now(), &seen, None);
+                    send_refusal(denial, request_id, policy.verbose_errors);
+                }
             }
             return Action::Pause;
         }
@@ -1007,7 +1256,7 @@ impl HttpContext for Filter {
             .unwrap_or_default();
         // One clock reading for the decision and, when it refuses, the refusal's timestamp.
         let clock = crate::store::OnceClock::new(&HostClock);
-        let decision = decide(&policy, &keys, &head, &HostStore, &clock);
+        let (decision, refused) = decide_explained(&policy, &keys, &head, &HostStore, &clock);
         let facts = crate::response::RequestFacts {
             method,
             path,
@@ -1022,11 +1271,15 @@ impl HttpContext for Filter {
         self.response = crate::response::Pending::new(&policy, route, &facts);
         match decision {
             Decision::Allow(allowed) => {
-                if allowed.limiter_contention {
-                    Counters::bump(self.counters.limiter_contention);
+                if let Some(tally) = &self.tally
+                    && let Ok(mut tally) = tally.try_borrow_mut()
+                {
+                    tally.limiter(allowed.limiter_retries, allowed.limiter_contention);
+                    if allowed.feed_stale {
+                        tally.stale_served();
+                    }
                 }
                 if allowed.feed_stale {
-                    Counters::bump(self.counters.feed_stale_served);
                     log(
                         LogLevel::Debug,
                         "feed cache is stale; serving from it (on_stale: keep_serving)",
@@ -1061,21 +1314,56 @@ impl HttpContext for Filter {
                         let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
                     }
                 }
-                self.start_body(&policy, allowed.route, &raw, end_of_stream, request_id)
+                // A key's use is reported (at most once a minute per worker) when the
+                // policy has a feed; the clock was read for the decision already.
+                let key_use = match (&allowed.identity, allowed.credential) {
+                    (Some(i), Some(Credential::ApiKey)) if policy.feed.is_some() => {
+                        Some((i.key_id.as_str(), clock.now().secs()))
+                    }
+                    _ => None,
+                };
+                if !body_checked(&policy, &self.webhooks, allowed.route, end_of_stream) {
+                    // Nothing left to refuse it for: allowed, counted now.
+                    if let Some(tally) = &self.tally
+                        && let Ok(mut tally) = tally.try_borrow_mut()
+                    {
+                        tally.allowed(allowed.identity.as_ref(), key_use);
+                    }
+                    return Action::Continue;
+                }
+                let caller = Caller {
+                    key_use_at: key_use.map(|(_, at)| at),
+                    identity: allowed.identity,
+                    credential: allowed.credential,
+                    method: method.to_vec(),
+                    source_address: source_address.clone(),
+                    forwarded_for: forwarded_for.clone(),
+                };
+                self.start_body(
+                    &policy,
+                    allowed.route,
+                    &raw,
+                    end_of_stream,
+                    request_id,
+                    caller,
+                )
             }
             Decision::Deny(denial) => {
-                if let Denial::RateLimited(r) = denial {
-                    Counters::bump(self.counters.rate_limited);
-                    match r {
-                        crate::rate_limit::Refusal::Contention { .. } => {
-                            Counters::bump(self.counters.limiter_contention)
-                        }
-                        crate::rate_limit::Refusal::Collision { .. } => {
-                            Counters::bump(self.counters.limiter_collisions)
-                        }
-                        crate::rate_limit::Refusal::Exceeded { .. } => {}
-                    }
+                let seen = Seen {
+                    request_id,
+                    method,
+                    route: refused.route,
+                    identity: refused.identity.as_ref(),
+                    credential: refused.credential,
+                    source_address: &source_address,
+                    forwarded_for: forwarded_for.as_deref(),
+                };
+                if let Some(tally) = &self.tally
+                    && let Ok(mut tally) = tally.try_borrow_mut()
+                {
+                    tally.limiter(refused.limiter_retries, false);
                 }
+                self.record_refusal(&policy, denial, clock.now(), &seen, None);
                 // A token signed with a key we have not seen: the issuer may have rotated.
                 if denial.reason() == "jwt_unknown_kid"
                     && let Some(url) = policy.jwt.as_ref().and_then(|j| j.jwks_url.as_ref())
@@ -1110,7 +1398,7 @@ impl HttpContext for Filter {
             state.check.count(body_size as u64)
         };
         if let Err(denial) = result {
-            self.refuse_body(denial, &state.request_id, state.verbose);
+            self.refuse_body(denial, &state.caller.seen(&state.request_id, state.route));
             return Action::Pause;
         }
         if !end_of_stream {
@@ -1142,7 +1430,67 @@ struct BodyState {
     held: usize,
     route: usize,
     request_id: Vec<u8>,
-    verbose: bool,
+    caller: Caller,
+}
+
+/// What the headers said about an allowed request whose body is still to be checked: its
+/// allowed count waits for the body, and a refusal of the body is logged with it.
+struct Caller {
+    identity: Option<Identity>,
+    credential: Option<Credential>,
+    /// When the key was used, for an API key whose use is reported.
+    key_use_at: Option<u64>,
+    method: Vec<u8>,
+    source_address: Vec<u8>,
+    forwarded_for: Option<Vec<u8>>,
+}
+
+/// A request as a refusal is recorded with ([`Filter::record_refusal`]).
+struct Seen<'a> {
+    request_id: &'a [u8],
+    method: &'a [u8],
+    route: Option<usize>,
+    identity: Option<&'a Identity>,
+    credential: Option<Credential>,
+    /// `source.address` when the request path read it, else empty (read on refusal).
+    source_address: &'a [u8],
+    forwarded_for: Option<&'a [u8]>,
+}
+
+impl Caller {
+    fn seen<'a>(&'a self, request_id: &'a [u8], route: usize) -> Seen<'a> {
+        Seen {
+            request_id,
+            method: &self.method,
+            route: Some(route),
+            identity: self.identity.as_ref(),
+            credential: self.credential,
+            source_address: &self.source_address,
+            forwarded_for: self.forwarded_for.as_deref(),
+        }
+    }
+}
+
+/// Whether an allowed request's body is still to be checked: the route has body rules
+/// to apply to a body, or a webhook signature to verify ([`Filter::start_body`]).
+fn body_checked(policy: &Policy, webhooks: &Webhooks, route: usize, end_of_stream: bool) -> bool {
+    policy.routes.get(route).is_some()
+        && !(end_of_stream && webhooks.get(route).and_then(Option::as_ref).is_none())
+}
+
+/// The route's path pattern as written in the policy.
+fn route_pattern(route: &crate::route::Route) -> &str {
+    match &route.path {
+        crate::route::PathMatch::Exact(p) | crate::route::PathMatch::Prefix(p) => p,
+    }
+}
+
+fn host_level(level: crate::policy::LogLevel) -> LogLevel {
+    match level {
+        crate::policy::LogLevel::Debug => LogLevel::Debug,
+        crate::policy::LogLevel::Info => LogLevel::Info,
+        crate::policy::LogLevel::Warn => LogLevel::Warn,
+    }
 }
 
 impl Filter {
@@ -1157,16 +1505,13 @@ impl Filter {
         headers: &[u8],
         end_of_stream: bool,
         request_id: &[u8],
+        caller: Caller,
     ) -> Action {
         let Some(rules) = policy.routes.get(route) else {
             return Action::Continue;
         };
         let webhooks = Rc::clone(&self.webhooks);
         let verifier = webhooks.get(route).and_then(Option::as_ref);
-        if end_of_stream && verifier.is_none() {
-            // No body and nothing to verify: the common GET costs nothing here.
-            return Action::Continue;
-        }
         let find = |name: Option<&str>| {
             let mut found = Presented::None;
             for (n, v) in crate::header_map::pairs(headers) {
@@ -1188,22 +1533,22 @@ impl Filter {
             signature: find(verifier.map(|v| v.provider().signature_header())),
             timestamp: find(verifier.and_then(|v| v.provider().timestamp_header())),
         };
-        let state = |check| BodyState {
+        let state = |check, caller| BodyState {
             check,
             held: 0,
             route,
             request_id: request_id.to_vec(),
-            verbose: policy.verbose_errors,
+            caller,
         };
         match crate::body::start(rules, verifier, &head, now_secs()) {
             Err(denial) => {
-                self.refuse_body(denial, request_id, policy.verbose_errors);
+                self.refuse_body(denial, &caller.seen(request_id, route));
                 Action::Pause
             }
-            Ok(check) if end_of_stream => self.finish_body(state(check)),
+            Ok(check) if end_of_stream => self.finish_body(state(check, caller)),
             Ok(check) => {
                 let holds = check.holds();
-                self.body = Some(state(check));
+                self.body = Some(state(check, caller));
                 if holds {
                     Action::Pause
                 } else {
@@ -1219,24 +1564,98 @@ impl Filter {
         let webhooks = Rc::clone(&self.webhooks);
         let verifier = webhooks.get(state.route).and_then(Option::as_ref);
         match state.check.finish(verifier, &HostStore, now_secs()) {
-            Ok(()) => Action::Continue,
+            Ok(()) => {
+                let caller = &state.caller;
+                if let Some(tally) = &self.tally
+                    && let Ok(mut tally) = tally.try_borrow_mut()
+                {
+                    let key_use = caller
+                        .identity
+                        .as_ref()
+                        .zip(caller.key_use_at)
+                        .map(|(i, at)| (i.key_id.as_str(), at));
+                    tally.allowed(caller.identity.as_ref(), key_use);
+                }
+                Action::Continue
+            }
             Err(denial) => {
-                self.refuse_body(denial, &state.request_id, state.verbose);
+                self.refuse_body(denial, &state.caller.seen(&state.request_id, state.route));
                 Action::Pause
             }
         }
     }
 
-    fn refuse_body(&mut self, denial: Denial, request_id: &[u8], verbose: bool) {
-        match denial {
-            Denial::Signature(_) => Counters::bump(self.counters.webhook_refused),
-            _ => Counters::bump(self.counters.body_refused),
-        }
+    fn refuse_body(&mut self, denial: Denial, seen: &Seen<'_>) {
         if let Some(response) = &mut self.response {
             // Our own refusal: the response rules must not take it for an upstream error.
             response.mark_local();
         }
-        send_refusal(denial, request_id, verbose);
+        let Some(policy) = self.policy.clone() else {
+            return;
+        };
+        let provider = seen
+            .route
+            .and_then(|r| self.webhooks.get(r))
+            .and_then(Option::as_ref)
+            .map(|v| SignatureProvider::of(v.provider()));
+        self.record_refusal(&policy, denial, HostClock.now(), seen, provider);
+        send_refusal(denial, seen.request_id, policy.verbose_errors);
+    }
+
+    /// Counts a refusal, keeps its audit record (with a feed) and writes its log line at
+    /// the policy's level. Reads the client's address when the request path did not.
+    fn record_refusal(
+        &self,
+        policy: &Policy,
+        denial: Denial,
+        at: UnixNanos,
+        seen: &Seen<'_>,
+        provider: Option<SignatureProvider>,
+    ) {
+        let level = policy
+            .logging
+            .refusals
+            .map(host_level)
+            .filter(|l| log_enabled(*l));
+        let wants_client = level.is_some() || policy.feed.is_some();
+        let read;
+        let source = if seen.source_address.is_empty() && wants_client {
+            read = hostcalls::get_property(vec!["source", "address"])
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            read.as_slice()
+        } else {
+            seen.source_address
+        };
+        let client = wants_client.then(|| {
+            crate::decision::client_address(
+                source,
+                seen.forwarded_for,
+                policy.rate_limit.trusted_proxies,
+            )
+        });
+        let facts = RefusalFacts {
+            at,
+            denial,
+            request_id: seen.request_id,
+            method: seen.method,
+            route: seen
+                .route
+                .and_then(|r| policy.routes.get(r))
+                .map(route_pattern),
+            identity: seen.identity,
+            credential: seen.credential,
+            client: client.as_deref(),
+        };
+        if let Some(tally) = &self.tally
+            && let Ok(mut tally) = tally.try_borrow_mut()
+        {
+            tally.refused(&facts, provider);
+        }
+        if let Some(level) = level {
+            log(level, &facts.log_line());
+        }
     }
 }
 

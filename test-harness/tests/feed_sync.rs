@@ -14,7 +14,7 @@ use gatehouse::jwt::Alg;
 use gatehouse::jwt::test_tokens::{hmac_secret, mint};
 use gatehouse_harness::envoy::default_wasm;
 use gatehouse_harness::host::{
-    BuildError, Harness, HarnessBuilder, Reply, Request, Route, Upstream, VmId,
+    BuildError, Harness, HarnessBuilder, HttpCall, Reply, Request, Route, Upstream, VmId,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -112,8 +112,17 @@ fn with_token(h: &mut Harness, token: &str) -> gatehouse_harness::host::Outcome 
         .unwrap()
 }
 
+/// The sync's feed polls, in order (its refusal audit posts, `POST /v1/events`, are
+/// tested in `observability.rs`).
+fn polls(h: &Harness) -> Vec<HttpCall> {
+    h.http_calls()
+        .into_iter()
+        .filter(|c| c.path != gatehouse::events::PATH)
+        .collect()
+}
+
 fn paths(h: &Harness) -> Vec<String> {
-    h.http_calls().into_iter().map(|c| c.path).collect()
+    polls(h).into_iter().map(|c| c.path).collect()
 }
 
 fn secs(n: u64) -> Duration {
@@ -133,7 +142,7 @@ fn a_fed_key_works_after_the_first_poll_and_a_tombstone_refuses_it_within_one_po
     assert_eq!(out.status, 503, "not fed yet");
     assert_eq!(out.json()["code"], "AUTH_UNAVAILABLE");
     h.advance(secs(1)).unwrap();
-    let calls = h.http_calls();
+    let calls = polls(&h);
     assert_eq!(calls.len(), 2);
     assert_eq!(
         calls[1].path, "/v1/cache?since=1&epoch=e1&wait=20",
@@ -317,10 +326,10 @@ fn a_server_that_answers_at_once_cannot_make_the_sync_spin() {
     h.advance(secs(1)).unwrap();
     // The first tick's poll and a burst of 16 quick ones at +0.1 s, then 5 a tick (50 a
     // second) at +0.2 s .. +1 s.
-    assert_eq!(h.http_calls().len(), 17 + 9 * 5);
+    assert_eq!(polls(&h).len(), 17 + 9 * 5);
     // Ten ticks more, and the regular poll at +1.1 s.
     h.advance(secs(1)).unwrap();
-    assert_eq!(h.http_calls().len(), 17 + 9 * 5 + 10 * 5 + 1);
+    assert_eq!(polls(&h).len(), 17 + 9 * 5 + 10 * 5 + 1);
     h.assert_no_trap().unwrap();
 }
 
@@ -390,11 +399,11 @@ fn a_hanging_feed_holds_one_call_until_its_timeout_and_keep_serving_serves_past_
     );
     h.advance(secs(1)).unwrap(); // the snapshot, then a poll that hangs
     h.advance(secs(10)).unwrap();
-    assert_eq!(h.http_calls().len(), 2, "one call in flight at a time");
+    assert_eq!(polls(&h).len(), 2, "one call in flight at a time");
     // The hung long poll timed out at +26 s (wait + 5); the next tick sent a poll asking
     // not to be held (wait=0, timeout 5 s), which timed out at +31 s; so did the next.
     h.advance(secs(20)).unwrap();
-    let calls = h.http_calls();
+    let calls = polls(&h);
     assert_eq!(calls.len(), 4);
     assert_eq!(calls[2].path, "/v1/cache?since=1&epoch=e1&wait=0");
     assert_eq!(calls[2].timeout, Some(secs(5)));
@@ -402,6 +411,8 @@ fn a_hanging_feed_holds_one_call_until_its_timeout_and_keep_serving_serves_past_
     h.advance(secs(5)).unwrap();
     let out = with_key(&mut h, KEY_A);
     assert_eq!(out.status, 200, "keep_serving: {}", out.text());
+    // Workers flush their counters on their one-second tick.
+    h.tick_on(VmId::Worker(0)).unwrap();
     assert_eq!(h.metric("gatehouse.feed.stale_served"), Some(1));
 }
 

@@ -136,6 +136,8 @@ fn a_full_slot_table_refuses_newcomers_and_never_touches_strangers_budgets() {
         first_refused.unwrap() >= 150,
         "refused too early: {first_refused:?}"
     );
+    // Workers flush their counters on their one-second tick.
+    h.tick().unwrap();
     assert_eq!(
         h.metric("gatehouse.rate_limit_collisions"),
         Some(collisions)
@@ -161,6 +163,7 @@ fn endless_compare_and_swap_failures_follow_the_policy_and_are_counted() {
         }
         let out = h.request(keyed()).unwrap();
         assert_eq!(out.status, status, "on_contention: {policy}");
+        h.tick().unwrap();
         assert_eq!(
             h.metric("gatehouse.rate_limit_contention"),
             Some(1),

@@ -105,7 +105,10 @@ fn admin_get(envoy: &Envoy, path: &str) -> String {
 }
 
 /// A gatehouse counter from Envoy's admin (`wasmcustom.<name>`); 0 until first bumped.
+/// A gatehouse counter from Envoy's stats. Workers flush their counters on a one-second
+/// tick, so a reading right after the requests waits two seconds for every worker's.
 fn envoy_counter(envoy: &Envoy, name: &str) -> u64 {
+    std::thread::sleep(Duration::from_secs(2));
     let stats = admin_get(envoy, "/stats?filter=gatehouse");
     let wanted = format!("wasmcustom.{name}: ");
     stats
@@ -438,6 +441,7 @@ fn the_limiter_never_holds_more_entries_than_its_slots() {
         }
     }
     h.assert_no_trap().unwrap();
+    h.tick().unwrap();
     eprintln!(
         "harness: {CALLERS} callers: {} x 200, {} x 429; at most {owned} of {SLOTS} slots owned",
         statuses[0], statuses[1]
