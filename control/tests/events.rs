@@ -715,3 +715,47 @@ async fn the_dashboard_page_is_served_without_a_token_with_a_strict_csp() {
     // The page holds no data: that comes from the API, with the token.
     assert!(!page.contains(key["id"].as_str().unwrap()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_reports_are_all_counted() {
+    let s = svc().await;
+    let key_id = s.issue("user_1").await["id"].as_str().unwrap().to_string();
+    s.warm_pool(12).await;
+    let overlap = s.watch_pool();
+    let tasks: Vec<_> = (0..20_i64)
+        .map(|i| {
+            let app = s.app.clone();
+            let body = json!({
+                "proxy": format!("envoy-{}", i % 4),
+                "cache_version": i,
+                "refusals": (0..5).map(|_| refusal("/c", "FORBIDDEN", 403)).collect::<Vec<_>>(),
+                "key_uses": [{"key_id": key_id, "at": T0 as i64 + i}],
+                "requests": [{"plan": "team", "allowed": 1, "refused": 2},
+                             {"plan": "", "allowed": 3, "refused": 0}]
+            });
+            tokio::spawn(async move {
+                send(
+                    &app,
+                    request(Method::POST, "/v1/events", Some(FEED), Some(&body)),
+                )
+                .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    overlap.assert_overlapped().await;
+    assert_eq!(refusals(&s).await.len(), 100);
+    assert_eq!(last_used(&s, &key_id).await, "2026-01-01T00:00:19.000Z");
+    let st = stats(&s).await;
+    assert_eq!(
+        st["plans"],
+        json!([
+            {"plan": "", "allowed": 60, "refused": 0},
+            {"plan": "team", "allowed": 20, "refused": 40}
+        ])
+    );
+    assert_eq!(st["proxies"].as_array().unwrap().len(), 4);
+}
