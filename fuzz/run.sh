@@ -5,7 +5,7 @@
 #   fuzz/run.sh [TARGET...]      default: every target in fuzz/fuzz_targets
 #
 #   FUZZ_SECONDS   wall-clock fuzzing time in all (default 60), shared by the targets:
-#                  with 4 targets and 2 jobs, two waves of 30 s each
+#                  with 8 targets and 2 jobs, four waves of 15 s each
 #   FUZZ_JOBS      targets fuzzed at once (default: the number of CPUs, at most 4)
 #
 # How, on the stable toolchain: libFuzzer (the `libfuzzer-sys` crate, which builds it

@@ -1,0 +1,207 @@
+//! A whole request through the core: `decide` against `policies/adversarial.yaml` (API
+//! keys, HS256 and RS256 JWTs, claims copied to headers, rate limits by plan and by client
+//! address, a webhook route, internal routes beside external ones) with an in-memory
+//! store. The fuzzer picks the method, path, credential headers (once or twice),
+//! x-forwarded-for, source address, request id and clock.
+//!
+//! Input: `flags` (1 byte), `clock` (2 bytes, seconds after 2026-01-01), then fields split
+//! on `\n`: method, path, x-api-key, authorization, x-forwarded-for, source address,
+//! x-request-id (an empty or missing field is an absent header). Flags: bit 0 sends the
+//! API key twice, bit 1 the authorization header twice, bit 2 renders verbose errors.
+//!
+//! Whatever the input, on every decision (each request is decided twice, so caches and
+//! limits see a second visit):
+//! - a refusal renders the standard body: JSON with exactly `error`, `code`, `timestamp`,
+//!   `request_id` (strings), `code` the denial's, a 4xx/5xx status, JSON content type;
+//! - an allowed request has a matched route (the one `route::find` gives for its normal
+//!   path); an internal route has an identity; an API-key identity was the policy's key;
+//!   every identity and claim header value is header-safe;
+//! - the per-worker caches stay within their bounds.
+#![no_main]
+
+use gatehouse::decision::{Credential, Decision, Presented, RequestHead, decide};
+use gatehouse::jwt::KeySet;
+use gatehouse::policy::{Policy, PresentedKeys, load_yaml};
+use gatehouse::route::{self, Audience};
+use gatehouse::store::{FixedClock, MemoryStore, SharedStore, StoreError};
+use gatehouse::time::UnixNanos;
+use libfuzzer_sys::fuzz_target;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+/// The policy's one API key (policies/example.yaml's published demo key).
+const DEMO_KEY: &[u8] = b"ghk_demo_5f0c1b8e2d7a4c9e8b3f6A2d4hG5";
+/// The policy's HS256 secret (ADV_JWT_SECRET in policies/adversarial.cases.yaml).
+const JWT_SECRET: &str = "adversarial-test-secret-0123456789abcdef";
+/// 2026-01-01T00:00:00Z: the tokens in the seeds are fresh from here until 2035.
+const START: u64 = 1_767_225_600;
+
+struct Fixture {
+    policy: Policy,
+    keys: KeySet,
+    /// Shared data after the plugin configured: the policy's keys, the limiter's table.
+    base: MemoryStore,
+}
+
+/// A fresh store per input without rebuilding the 1024-slot table each time: reads fall
+/// through to the configured `base`, writes stay here, with Envoy's CAS rules.
+struct Overlay<'a> {
+    base: &'a MemoryStore,
+    written: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    next_cas: Cell<u32>,
+}
+
+impl<'a> Overlay<'a> {
+    fn new(base: &'a MemoryStore) -> Self {
+        Overlay {
+            base,
+            written: RefCell::new(HashMap::new()),
+            // Above every version the base handed out (it wrote a few thousand entries).
+            next_cas: Cell::new(1 << 30),
+        }
+    }
+}
+
+impl SharedStore for Overlay<'_> {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match self.written.borrow().get(key) {
+            Some(entry) => Some(entry.clone()),
+            None => self.base.get(key),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        if cas != 0
+            && let Some((_, current)) = self.get(key)
+            && current != cas
+        {
+            return Err(StoreError::CasMismatch);
+        }
+        let next = self.next_cas.get().wrapping_add(1).max(1 << 30);
+        self.next_cas.set(next);
+        self.written
+            .borrow_mut()
+            .insert(key.to_string(), (value.to_vec(), next));
+        Ok(())
+    }
+}
+
+fn fixture() -> &'static Fixture {
+    // Built once; libFuzzer runs the target on one thread (the store is not `Sync`).
+    thread_local!(static F: &'static Fixture = Box::leak(Box::new(build())));
+    F.with(|f| *f)
+}
+
+fn build() -> Fixture {
+    let source = include_str!("../../policies/adversarial.yaml");
+    let mut policy = load_yaml("adversarial.yaml", source)
+        .expect("policies/adversarial.yaml loads")
+        .policy;
+    // The smallest table the policy allows.
+    policy.rate_limit.slots = 1024;
+    let keys = policy
+        .jwt
+        .as_ref()
+        .expect("the policy has a jwt section")
+        .static_keys(|name| (name == "ADV_JWT_SECRET").then(|| JWT_SECRET.to_string()))
+        .expect("the policy's JWT keys build");
+    let base = MemoryStore::default();
+    gatehouse::key_cache::install_policy_keys(&policy, &base).expect("keys install");
+    gatehouse::rate_limit::prepare(&base, policy.rate_limit.slots).expect("slots");
+    Fixture { policy, keys, base }
+}
+
+fn header_safe(v: &str) -> bool {
+    !v.is_empty() && v.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+fn presented(field: Option<&[u8]>, twice: bool) -> Presented<'_> {
+    match field {
+        None | Some([]) => Presented::None,
+        Some(_) if twice => Presented::Several,
+        Some(v) => Presented::One(v),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&[flags, c0, c1], rest)) = data.split_first_chunk::<3>() else {
+        return;
+    };
+    let f = fixture();
+    let fields: Vec<&[u8]> = rest.split(|b| *b == b'\n').collect();
+    let field = |i: usize| fields.get(i).copied();
+    let method = field(0).unwrap_or(b"GET");
+    let path = field(1).unwrap_or(b"/");
+    let request_id = field(6).unwrap_or_default();
+    let head = RequestHead {
+        method,
+        path,
+        api_key: presented(field(2), flags & 1 != 0),
+        authorization: presented(field(3), flags & 2 != 0),
+        forwarded_for: field(4).filter(|v| !v.is_empty()),
+        source_address: field(5).unwrap_or(b"10.0.0.1:5555"),
+    };
+    let verbose = flags & 4 != 0;
+
+    // A fresh store per input: what one input did to the limits never leaks into another.
+    let policy = f.policy.clone();
+    let store = Overlay::new(&f.base);
+    let clock = FixedClock::at_secs(START + u64::from(u16::from_le_bytes([c0, c1])));
+    let now = UnixNanos::from_secs(START + u64::from(u16::from_le_bytes([c0, c1])));
+
+    for _ in 0..2 {
+        match decide(&policy, &f.keys, &head, &store, &clock) {
+            Decision::Deny(denial) => {
+                let reply = denial.render(now, request_id, verbose);
+                assert!(
+                    (400..600).contains(&reply.status),
+                    "status {}",
+                    reply.status
+                );
+                assert!(
+                    reply
+                        .headers
+                        .iter()
+                        .any(|(k, v)| *k == "content-type" && v == "application/json")
+                );
+                let body: serde_json::Value =
+                    serde_json::from_str(&reply.body).expect("the refusal body is JSON");
+                let obj = body.as_object().expect("the refusal body is an object");
+                assert_eq!(obj.len(), 4, "{body}");
+                for field in ["error", "code", "timestamp", "request_id"] {
+                    assert!(obj.get(field).is_some_and(|v| v.is_string()), "{body}");
+                }
+                assert_eq!(obj["code"], denial.code(verbose));
+                for (name, value) in &reply.headers {
+                    assert!(header_safe(value), "{name}: {value:?}");
+                }
+            }
+            Decision::Allow(a) => {
+                let normal = route::path_only(path);
+                assert!(route::check_normal_form(normal).is_ok(), "{path:?}");
+                assert_eq!(route::find(&policy.routes, method, normal), Some(a.route));
+                let r = &policy.routes[a.route];
+                if r.audience == Audience::Internal {
+                    assert!(
+                        a.identity.is_some(),
+                        "anonymous on internal route {}",
+                        r.name
+                    );
+                }
+                if a.credential == Some(Credential::ApiKey) {
+                    assert_eq!(head.api_key, Presented::One(DEMO_KEY));
+                }
+                if let Some(identity) = &a.identity {
+                    for (name, value) in identity.headers() {
+                        assert!(header_safe(value), "{name}: {value:?}");
+                    }
+                }
+                for (name, value) in &a.claim_headers {
+                    assert!(name.starts_with("x-gatehouse-"), "{name}");
+                    assert!(header_safe(value), "{name}: {value:?}");
+                }
+            }
+        }
+    }
+    assert!(policy.presented_keys.0.len() <= PresentedKeys::ENTRIES);
+});
