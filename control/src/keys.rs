@@ -38,7 +38,9 @@ pub struct RotateKey {
     grace_seconds: Option<u32>,
 }
 
-/// The most keys one list answers, and how many it answers unless told.
+/// The most keys one list answers, and how many a list of every key answers unless told
+/// (one user's list answers up to the most: it is read oldest first, and a smaller
+/// default would hide the user's newest keys).
 pub const MAX_LIST_LIMIT: u32 = 1000;
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
 
@@ -231,7 +233,12 @@ pub async fn list(
     if let Some(user) = &q.user {
         check_id("user", user)?;
     }
-    let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    let default = if q.user.is_some() {
+        MAX_LIST_LIMIT
+    } else {
+        DEFAULT_LIST_LIMIT
+    };
+    let limit = q.limit.unwrap_or(default);
     if !(1..=MAX_LIST_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request(format!(
             "limit must be from 1 to {MAX_LIST_LIMIT}"

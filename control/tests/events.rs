@@ -759,3 +759,19 @@ async fn twenty_concurrent_reports_are_all_counted() {
     );
     assert_eq!(st["proxies"].as_array().unwrap().len(), 4);
 }
+
+#[tokio::test]
+async fn one_users_list_is_not_cut_at_the_default_of_the_list_of_every_key() {
+    let s = svc_with(|c| c.max_keys_per_user = 200).await;
+    for _ in 0..101 {
+        s.issue("user_1").await;
+    }
+    let (_, mine) = s.admin(Method::GET, "/v1/keys?user=user_1", None).await;
+    assert_eq!(mine["keys"].as_array().unwrap().len(), 101);
+    let (_, all) = s.admin(Method::GET, "/v1/keys", None).await;
+    assert_eq!(all["keys"].as_array().unwrap().len(), 100);
+    let (_, some) = s
+        .admin(Method::GET, "/v1/keys?user=user_1&limit=3", None)
+        .await;
+    assert_eq!(some["keys"].as_array().unwrap().len(), 3);
+}
