@@ -8,8 +8,11 @@
 //! (`UPDATE meta SET seq = seq + 1 RETURNING seq`), stamps each row it touches with that
 //! version and writes its audit event. Because writers serialize on that one row, versions
 //! commit in order: a reader that sees version N sees every change up to N, so the feed
-//! never loses a change to a gap. Times are Unix seconds passed in by the caller; the
-//! store never reads a clock.
+//! never loses a change to a gap. What the proxies report (`record_events`: refusals,
+//! key uses, request counts, their cache version) is not a change: it runs in one write
+//! transaction too, all or nothing, but bumps no version and stamps no row, so the feed
+//! never sees it. Times are Unix seconds passed in by the caller; the store never reads a
+//! clock.
 
 pub mod postgres;
 pub mod sqlite;
