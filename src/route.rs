@@ -2,9 +2,12 @@
 //!
 //! Routes are compiled once at configure time and matched in order; the first match
 //! wins. Matching uses the path without its query string. A path that is not in normal
-//! form (`//`, `.` or `..` segments, percent-encoded `.`, `/` or `\`, a backslash, bytes
-//! outside visible ASCII) is refused before matching: such paths are how prefix rules
-//! get bypassed when the gateway and the upstream normalise differently.
+//! form (`//`, `.` or `..` segments, percent-encoded `/` or `\` or unreserved characters,
+//! a backslash, bytes outside visible ASCII) is refused before matching: such paths are
+//! how prefix rules get bypassed when the gateway and the upstream normalise differently.
+//! RFC 3986 §6.2.2.2 makes `%61dmin` the same path as `admin` (an encoded letter, digit,
+//! `-`, `.`, `_` or `~` is that character), so an upstream that decodes it would serve
+//! `/admin` to a request that matched no internal route here.
 
 /// Who may call a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,12 +105,11 @@ pub fn check_normal_form(path: &[u8]) -> Result<(), AmbiguousPath> {
         return Err(AmbiguousPath);
     }
     for w in path.windows(3) {
-        if w.first() == Some(&b'%') {
-            let enc = [
-                w.get(1).copied().unwrap_or(0).to_ascii_lowercase(),
-                w.get(2).copied().unwrap_or(0).to_ascii_lowercase(),
-            ];
-            if matches!(&enc, b"2e" | b"2f" | b"5c") {
+        if let [b'%', hi, lo] = *w
+            && let (Some(hi), Some(lo)) = (hex_digit(hi), hex_digit(lo))
+        {
+            let decoded = (hi << 4) | lo;
+            if decoded.is_ascii_alphanumeric() || b"-._~/\\".contains(&decoded) {
                 return Err(AmbiguousPath);
             }
         }
@@ -126,6 +128,12 @@ pub fn check_normal_form(path: &[u8]) -> Result<(), AmbiguousPath> {
         }
     }
     Ok(())
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 /// Finds the first route that matches, by index into `routes`.
@@ -207,6 +215,13 @@ mod tests {
             b"/v1\\admin",
             b"/v1/\xc3\xa9",
             b"/v1/a b",
+            // Encoded unreserved characters are the characters themselves (RFC 3986).
+            b"/%61dmin/users",
+            b"/%41DMIN",
+            b"/v1/%7euser",
+            b"/v1/%5F",
+            b"/v%31/x",
+            b"/v1/a%2Db",
         ] {
             assert_eq!(
                 check_normal_form(bad),
@@ -222,6 +237,12 @@ mod tests {
             b"/v1/a%20b",
             b"/v1/.well-known",
             b"/v1/a..b",
+            // Encoded reserved and other characters keep their meaning.
+            b"/v1/a%3Ab",
+            b"/v1/a%25b",
+            b"/v1/%E2%82%AC",
+            b"/v1/50%",
+            b"/v1/%zz",
         ] {
             assert_eq!(
                 check_normal_form(good),
