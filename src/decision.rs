@@ -111,6 +111,9 @@ pub struct Allowed {
     pub feed_stale: bool,
     /// Compare-and-swap writes the limiter lost and retried ([`rate_limit::Outcome`]).
     pub limiter_retries: u32,
+    /// Where the caller's plan is in `policy.plans` (`None`: anonymous, or a plan the
+    /// policy does not list), so counting per plan compares no names.
+    pub plan: Option<usize>,
 }
 
 /// What was known about a request when it was refused, for the refusal log and audit:
@@ -228,6 +231,7 @@ fn decide_into(
             limiter_contention: false,
             feed_stale: false,
             limiter_retries: 0,
+            plan: None,
         },
         // A scoped key calls only its route groups, external routes included: a key
         // limited to `billing` is not a general-purpose credential anywhere.
@@ -245,13 +249,26 @@ fn decide_into(
             limiter_contention: false,
             feed_stale: false,
             limiter_retries: 0,
+            plan: None,
         },
     };
     allowed.feed_stale = feed_stale;
     let Some(route) = route else {
         return Decision::Allow(allowed);
     };
-    let outcome = limit(policy, route, head, allowed.identity.as_ref(), store, clock);
+    allowed.plan = allowed
+        .identity
+        .as_ref()
+        .and_then(|i| policy.plans.iter().position(|p| p.name == i.plan));
+    let outcome = limit(
+        policy,
+        route,
+        head,
+        allowed.identity.as_ref(),
+        allowed.plan,
+        store,
+        clock,
+    );
     match outcome.result {
         Ok(quota) => {
             allowed.quota = quota;
@@ -307,6 +324,7 @@ fn limit(
     route: &Route,
     head: &RequestHead<'_>,
     identity: Option<&Identity>,
+    plan: Option<usize>,
     store: &impl SharedStore,
     clock: &impl Clock,
 ) -> rate_limit::Outcome {
@@ -330,8 +348,8 @@ fn limit(
     let mut limits: Vec<(String, String, rate_limit::Rate)> =
         Vec::with_capacity(1 + route.limits.len());
     match identity {
-        Some(i) => {
-            if let Some(plan) = policy.plan(&i.plan) {
+        Some(_) => {
+            if let Some(plan) = plan.and_then(|p| policy.plans.get(p)) {
                 limits.push((
                     ["plan:", &plan.name].concat(),
                     who(rl.plan_key),
@@ -943,6 +961,7 @@ mod tests {
                 limiter_contention: false,
                 feed_stale: false,
                 limiter_retries: 0,
+                plan: None,
             })
         );
         assert!(matches!(

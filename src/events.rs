@@ -347,7 +347,7 @@ mod tests {
             tenant: "t".into(),
             plan: "team".into(),
         };
-        t.allowed(Some(&id), Some(("key_a", 9)));
+        t.allowed(Some(0), false, Some(("key_a", 9)));
         let f = crate::tally::RefusalFacts {
             at: crate::time::UnixNanos::from_secs(9),
             denial: crate::error::Denial::NoRoute,

@@ -1271,13 +1271,12 @@ impl HttpContext for Filter {
         self.response = crate::response::Pending::new(&policy, route, &facts);
         match decision {
             Decision::Allow(allowed) => {
-                if let Some(tally) = &self.tally
-                    && let Ok(mut tally) = tally.try_borrow_mut()
-                {
-                    tally.limiter(allowed.limiter_retries, allowed.limiter_contention);
-                    if allowed.feed_stale {
-                        tally.stale_served();
-                    }
+                if allowed.limiter_retries > 0 || allowed.limiter_contention || allowed.feed_stale {
+                    self.note_limiter(
+                        allowed.limiter_retries,
+                        allowed.limiter_contention,
+                        allowed.feed_stale,
+                    );
                 }
                 if allowed.feed_stale {
                     log(
@@ -1327,11 +1326,12 @@ impl HttpContext for Filter {
                     if let Some(tally) = &self.tally
                         && let Ok(mut tally) = tally.try_borrow_mut()
                     {
-                        tally.allowed(allowed.identity.as_ref(), key_use);
+                        tally.allowed(allowed.plan, allowed.identity.is_none(), key_use);
                     }
                     return Action::Continue;
                 }
                 let caller = Caller {
+                    plan: allowed.plan,
                     key_use_at: key_use.map(|(_, at)| at),
                     identity: allowed.identity,
                     credential: allowed.credential,
@@ -1358,10 +1358,8 @@ impl HttpContext for Filter {
                     source_address: &source_address,
                     forwarded_for: forwarded_for.as_deref(),
                 };
-                if let Some(tally) = &self.tally
-                    && let Ok(mut tally) = tally.try_borrow_mut()
-                {
-                    tally.limiter(refused.limiter_retries, false);
+                if refused.limiter_retries > 0 {
+                    self.note_limiter(refused.limiter_retries, false, false);
                 }
                 self.record_refusal(&policy, denial, clock.now(), &seen, None);
                 // A token signed with a key we have not seen: the issuer may have rotated.
@@ -1436,6 +1434,8 @@ struct BodyState {
 /// What the headers said about an allowed request whose body is still to be checked: its
 /// allowed count waits for the body, and a refusal of the body is logged with it.
 struct Caller {
+    /// [`crate::decision::Allowed::plan`].
+    plan: Option<usize>,
     identity: Option<Identity>,
     credential: Option<Credential>,
     /// When the key was used, for an API key whose use is reported.
@@ -1574,7 +1574,7 @@ impl Filter {
                         .as_ref()
                         .zip(caller.key_use_at)
                         .map(|(i, at)| (i.key_id.as_str(), at));
-                    tally.allowed(caller.identity.as_ref(), key_use);
+                    tally.allowed(caller.plan, caller.identity.is_none(), key_use);
                 }
                 Action::Continue
             }
@@ -1602,8 +1602,25 @@ impl Filter {
         send_refusal(denial, seen.request_id, policy.verbose_errors);
     }
 
+    /// The limiter's lost compare-and-swaps and give-ups, and a credential served from a
+    /// stale cache: rare, so kept off the common path.
+    #[cold]
+    #[inline(never)]
+    fn note_limiter(&self, retries: u32, contention: bool, stale: bool) {
+        if let Some(tally) = &self.tally
+            && let Ok(mut tally) = tally.try_borrow_mut()
+        {
+            tally.limiter(retries, contention);
+            if stale {
+                tally.stale_served();
+            }
+        }
+    }
+
     /// Counts a refusal, keeps its audit record (with a feed) and writes its log line at
     /// the policy's level. Reads the client's address when the request path did not.
+    #[cold]
+    #[inline(never)]
     fn record_refusal(
         &self,
         policy: &Policy,

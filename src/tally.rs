@@ -320,10 +320,11 @@ impl Tally {
     /// The plan's slot: its place among the counted plans, the last one for anonymous
     /// callers, `None` for a plan without its own counts.
     fn plan_slot(&self, identity: Option<&Identity>) -> Option<usize> {
-        match identity {
-            None => Some(self.plan_names.len()),
-            Some(i) => self.plan_names.iter().position(|p| *p == i.plan),
-        }
+        let plan = match identity {
+            None => return Some(self.plan_names.len()),
+            Some(i) => i.plan.as_bytes(),
+        };
+        self.plan_names.iter().position(|p| p.as_bytes() == plan)
     }
 
     fn add(&mut self, index: usize, n: u64) {
@@ -332,8 +333,8 @@ impl Tally {
         }
     }
 
-    fn count_plan(&mut self, identity: Option<&Identity>, outcome: usize) {
-        let Some(slot) = self.plan_slot(identity) else {
+    fn count_slot(&mut self, slot: Option<usize>, outcome: usize) {
+        let Some(slot) = slot else {
             return;
         };
         self.add(PLANS + 2 * slot + outcome, 1);
@@ -345,12 +346,18 @@ impl Tally {
         }
     }
 
-    /// An allowed request (counted once its body, if checked, passed too). `key_use`: the
-    /// API key's id and the time, kept for the sync unless this key id's use was kept
-    /// less than [`KEY_USE_EVERY_SECS`] ago.
-    pub fn allowed(&mut self, identity: Option<&Identity>, key_use: Option<(&str, u64)>) {
+    /// An allowed request (counted once its body, if checked, passed too). `plan`: the
+    /// caller's plan as [`crate::decision::Allowed::plan`] says (`None` and `anonymous`:
+    /// an anonymous caller). `key_use`: the API key's id and the time, kept for the sync
+    /// unless this key id's use was kept less than [`KEY_USE_EVERY_SECS`] ago.
+    pub fn allowed(&mut self, plan: Option<usize>, anonymous: bool, key_use: Option<(&str, u64)>) {
         self.add(ALLOWED, 1);
-        self.count_plan(identity, 0);
+        let slot = match plan {
+            _ if anonymous => Some(self.plan_names.len()),
+            Some(p) if p < self.plan_names.len() => Some(p),
+            _ => None,
+        };
+        self.count_slot(slot, 0);
         if let (true, Some((key_id, now))) = (self.audit, key_use) {
             self.key_used(key_id, now);
         }
@@ -399,7 +406,7 @@ impl Tally {
         };
         self.add(REFUSED, 1);
         self.add(CODES + code, 1);
-        self.count_plan(facts.identity, 1);
+        self.count_slot(self.plan_slot(facts.identity), 1);
         match denial {
             Denial::RateLimited(r) => {
                 self.add(RATE_LIMITED, 1);
@@ -601,9 +608,9 @@ mod tests {
         let mut t = Tally::new(&plans(), false);
         let team = team_key();
         for _ in 0..3 {
-            t.allowed(Some(&team), Some(("key_8f3a", T0)));
+            t.allowed(Some(1), false, Some(("key_8f3a", T0)));
         }
-        t.allowed(None, None);
+        t.allowed(None, true, None);
         t.refused(&facts(rate_limited(), Some(&team)), None);
         t.refused(
             &facts(Denial::Unauthorized(AuthFailure::Missing), None),
@@ -638,7 +645,7 @@ mod tests {
         .collect();
         assert_eq!(c, expect);
         assert!(counters(&mut t).is_empty(), "flushed: deltas start at zero");
-        t.allowed(Some(&team), None);
+        t.allowed(Some(1), false, None);
         assert_eq!(counters(&mut t)["gatehouse.requests.allowed"], 1);
         // Without a feed nothing is kept for the sync.
         assert_eq!(t.take_batch(), None);
@@ -649,9 +656,9 @@ mod tests {
         let mut t = Tally::new(&plans(), true);
         assert_eq!(t.take_batch(), None, "nothing to report");
         let team = team_key();
-        t.allowed(Some(&team), Some(("key_8f3a", T0)));
-        t.allowed(Some(&team), Some(("key_8f3a", T0 + 59)));
-        t.allowed(None, None);
+        t.allowed(Some(1), false, Some(("key_8f3a", T0)));
+        t.allowed(Some(1), false, Some(("key_8f3a", T0 + 59)));
+        t.allowed(None, true, None);
         t.refused(&facts(rate_limited(), Some(&team)), None);
         let batch: Value = serde_json::from_str(&t.take_batch().unwrap()).unwrap();
         assert_eq!(
@@ -668,10 +675,10 @@ mod tests {
         );
         assert_eq!(t.take_batch(), None, "taken: a new batch starts empty");
         // Within the minute the key's use is not kept again; after it, it is.
-        t.allowed(Some(&team), Some(("key_8f3a", T0 + 30)));
+        t.allowed(Some(1), false, Some(("key_8f3a", T0 + 30)));
         let b: Value = serde_json::from_str(&t.take_batch().unwrap()).unwrap();
         assert_eq!(b["key_uses"], json!([]));
-        t.allowed(Some(&team), Some(("key_8f3a", T0 + 60)));
+        t.allowed(Some(1), false, Some(("key_8f3a", T0 + 60)));
         let b: Value = serde_json::from_str(&t.take_batch().unwrap()).unwrap();
         assert_eq!(
             b["key_uses"],
@@ -687,7 +694,7 @@ mod tests {
         }
         let ids: Vec<String> = (0..MAX_KEY_USES + 5).map(|i| format!("key_{i}")).collect();
         for id in &ids {
-            t.allowed(None, Some((id, T0)));
+            t.allowed(None, true, Some((id, T0)));
         }
         let c = counters(&mut t);
         assert_eq!(c["gatehouse.events.refusals_dropped"], 10);
@@ -698,7 +705,7 @@ mod tests {
         assert_eq!(b["key_uses"].as_array().unwrap().len(), MAX_KEY_USES);
         // The keys that found no room are kept on their next request.
         for id in &ids {
-            t.allowed(None, Some((id, T0 + 1)));
+            t.allowed(None, true, Some((id, T0 + 1)));
         }
         let b: Value = serde_json::from_str(&t.take_batch().unwrap()).unwrap();
         let later: Vec<&str> = b["key_uses"]
@@ -781,11 +788,7 @@ mod tests {
         let names = metric_names(&many);
         assert_eq!(names.len(), PLANS + 2 * (MAX_PLANS + 1));
         let mut t = Tally::new(&many, true);
-        let last = Identity {
-            plan: format!("p{}", MAX_PLANS + 1),
-            ..team_key()
-        };
-        t.allowed(Some(&last), None);
+        t.allowed(Some(MAX_PLANS + 1), false, None);
         let mut seen = Vec::new();
         t.flush_counts(|i, n| seen.push((names[i].clone(), n)));
         assert_eq!(seen, [("gatehouse.requests.allowed".to_string(), 1)]);
