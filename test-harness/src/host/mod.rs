@@ -124,6 +124,7 @@ pub struct HarnessBuilder {
     memory_limit: usize,
     fuel_per_callback: u64,
     allow_on_headers_stop_iteration: bool,
+    node_id: String,
 }
 
 /// Why a harness did not start.
@@ -284,6 +285,13 @@ impl HarnessBuilder {
         self
     }
 
+    /// Envoy's node id, the `node.id` property (Envoy's `--service-node`). Defaults to
+    /// empty, as Envoy's is without one.
+    pub fn node_id(mut self, id: &str) -> Self {
+        self.node_id = id.to_string();
+        self
+    }
+
     /// Loads the module and starts every VM as Envoy does: `_initialize` (or `_start`),
     /// root context creation, `on_vm_start`, `on_configure`; the singleton first, then
     /// the workers in order.
@@ -334,6 +342,7 @@ impl Harness {
             memory_limit: DEFAULT_MEMORY_LIMIT,
             fuel_per_callback: DEFAULT_FUEL_PER_CALLBACK,
             allow_on_headers_stop_iteration: false,
+            node_id: String::new(),
         }
     }
 

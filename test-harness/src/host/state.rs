@@ -218,6 +218,8 @@ pub(crate) struct PluginInfo {
     pub name: String,
     pub root_id: String,
     pub vm_id: String,
+    /// Envoy's node id (`node.id`; `--service-node` or the bootstrap's `node.id`).
+    pub node_id: String,
 }
 
 pub(crate) struct HostState {

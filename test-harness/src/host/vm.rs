@@ -69,6 +69,7 @@ impl Vm {
                     VmId::Worker(_) => String::new(),
                 },
                 vm_id: "gatehouse".to_string(),
+                node_id: config.node_id.clone(),
             },
             phase: Phase::Idle,
             stream: None,
