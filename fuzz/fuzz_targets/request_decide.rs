@@ -6,12 +6,18 @@
 //!
 //! Input: `flags` (1 byte), `clock` (2 bytes, seconds after 2026-01-01), then fields split
 //! on `\n`: method, path, x-api-key, authorization, x-forwarded-for, source address,
-//! x-request-id (an empty or missing field is an absent header). Flags: bit 0 sends the
-//! API key twice, bit 1 the authorization header twice, bit 2 renders verbose errors.
+//! x-request-id, x-hub-signature-256, body (an empty or missing field is an absent
+//! header). Flags: bit 0 sends the API key twice, bit 1 the authorization header twice,
+//! bit 2 renders verbose errors, bit 3 declares the body's length; bits 4-7 pick the size
+//! of the pieces the body arrives in (1 to 16 bytes, or whole).
+//!
+//! An allowed request's body then goes through the route's body rules as the shell runs
+//! them (`body::start`, each piece fed or counted, `finish`), the webhook route's
+//! signature included.
 //!
 //! Whatever the input, on every decision (each request is decided twice, so caches and
 //! limits see a second visit):
-//! - a refusal renders the standard body: JSON with exactly `error`, `code`, `timestamp`,
+//! - a refusal (of the headers or the body) renders the standard body: JSON with exactly `error`, `code`, `timestamp`,
 //!   `request_id` (strings), `code` the denial's, a 4xx/5xx status, JSON content type;
 //! - an allowed request has a matched route (the one `route::find` gives for its normal
 //!   path); an internal route has an identity; an API-key identity was the policy's key;
@@ -19,10 +25,13 @@
 //! - the per-worker caches stay within their bounds.
 #![no_main]
 
+use gatehouse::body::{self, BodyHead};
 use gatehouse::decision::{Credential, Decision, Presented, RequestHead, decide};
+use gatehouse::error::Denial;
 use gatehouse::jwt::KeySet;
 use gatehouse::policy::{Policy, PresentedKeys, load_yaml};
 use gatehouse::route::{self, Audience};
+use gatehouse::signature::Verifier;
 use gatehouse::store::{FixedClock, MemoryStore, SharedStore, StoreError};
 use gatehouse::time::UnixNanos;
 use libfuzzer_sys::fuzz_target;
@@ -35,12 +44,16 @@ const DEMO_KEY: &[u8] = b"ghk_demo_5f0c1b8e2d7a4c9e8b3f6A2d4hG5";
 const JWT_SECRET: &str = "adversarial-test-secret-0123456789abcdef";
 /// 2026-01-01T00:00:00Z: the tokens in the seeds are fresh from here until 2035.
 const START: u64 = 1_767_225_600;
+/// The webhook route's secret (GitHub's documented example).
+const GITHUB_SECRET: &str = "It's a Secret to Everybody";
 
 struct Fixture {
     policy: Policy,
     keys: KeySet,
     /// Shared data after the plugin configured: the policy's keys, the limiter's table.
     base: MemoryStore,
+    /// Each route's webhook verifier, as the shell builds them.
+    verifiers: Vec<Option<Verifier>>,
 }
 
 /// A fresh store per input without rebuilding the 1024-slot table each time: reads fall
@@ -108,11 +121,91 @@ fn build() -> Fixture {
     let base = MemoryStore::default();
     gatehouse::key_cache::install_policy_keys(&policy, &base).expect("keys install");
     gatehouse::rate_limit::prepare(&base, policy.rate_limit.slots).expect("slots");
-    Fixture { policy, keys, base }
+    let verifiers = policy
+        .routes
+        .iter()
+        .map(|r| {
+            r.webhook.as_ref().map(|w| {
+                Verifier::new(w, &r.name, |_| Some(GITHUB_SECRET.to_string()))
+                    .expect("the webhook verifier builds")
+            })
+        })
+        .collect();
+    Fixture {
+        policy,
+        keys,
+        base,
+        verifiers,
+    }
 }
 
 fn header_safe(v: &str) -> bool {
     !v.is_empty() && v.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+/// A refusal renders the standard body: status, JSON content type, exactly the four
+/// fields as strings, the denial's code, header-safe headers.
+fn assert_standard(denial: Denial, now: UnixNanos, request_id: &[u8], verbose: bool) {
+    let reply = denial.render(now, request_id, verbose);
+    assert!(
+        (400..600).contains(&reply.status),
+        "status {}",
+        reply.status
+    );
+    assert!(
+        reply
+            .headers
+            .iter()
+            .any(|(k, v)| *k == "content-type" && v == "application/json")
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(&reply.body).expect("the refusal body is JSON");
+    let obj = body.as_object().expect("the refusal body is an object");
+    assert_eq!(obj.len(), 4, "{body}");
+    for field in ["error", "code", "timestamp", "request_id"] {
+        assert!(obj.get(field).is_some_and(|v| v.is_string()), "{body}");
+    }
+    assert_eq!(obj["code"], denial.code(verbose));
+    for (name, value) in &reply.headers {
+        assert!(header_safe(value), "{name}: {value:?}");
+    }
+}
+
+/// The body through the route's rules, as the shell runs them: judged at the headers,
+/// then fed piece by piece (held) or counted (streamed), then finished.
+fn run_body(
+    route: &gatehouse::route::Route,
+    verifier: Option<&Verifier>,
+    store: &Overlay<'_>,
+    flags: u8,
+    body: &[u8],
+    signature: &[u8],
+    now: u64,
+) -> Result<(), Denial> {
+    let length = body.len().to_string();
+    let head = BodyHead {
+        content_length: (flags & 8 != 0).then_some(length.as_bytes()),
+        end_of_stream: body.is_empty(),
+        signature: presented(Some(signature), false),
+        timestamp: Presented::None,
+    };
+    if head.end_of_stream && verifier.is_none() {
+        return Ok(());
+    }
+    let mut check = body::start(route, verifier, &head, now)?;
+    let piece = match flags >> 4 {
+        0 => body.len().max(1),
+        n => usize::from(n),
+    };
+    for chunk in body.chunks(piece) {
+        if check.holds() {
+            check.feed(chunk)?;
+        } else {
+            check.count(chunk.len() as u64)?;
+        }
+    }
+    assert!(check.seen() <= route.body.max_bytes, "past the limit");
+    check.finish(verifier, store, now)
 }
 
 fn presented(field: Option<&[u8]>, twice: bool) -> Presented<'_> {
@@ -128,11 +221,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let f = fixture();
-    let fields: Vec<&[u8]> = rest.split(|b| *b == b'\n').collect();
+    // The body is the rest, newlines and all.
+    let fields: Vec<&[u8]> = rest.splitn(9, |b| *b == b'\n').collect();
     let field = |i: usize| fields.get(i).copied();
     let method = field(0).unwrap_or(b"GET");
     let path = field(1).unwrap_or(b"/");
     let request_id = field(6).unwrap_or_default();
+    let signature = field(7).unwrap_or_default();
+    let body = field(8).unwrap_or_default();
     let head = RequestHead {
         method,
         path,
@@ -151,31 +247,7 @@ fuzz_target!(|data: &[u8]| {
 
     for _ in 0..2 {
         match decide(&policy, &f.keys, &head, &store, &clock) {
-            Decision::Deny(denial) => {
-                let reply = denial.render(now, request_id, verbose);
-                assert!(
-                    (400..600).contains(&reply.status),
-                    "status {}",
-                    reply.status
-                );
-                assert!(
-                    reply
-                        .headers
-                        .iter()
-                        .any(|(k, v)| *k == "content-type" && v == "application/json")
-                );
-                let body: serde_json::Value =
-                    serde_json::from_str(&reply.body).expect("the refusal body is JSON");
-                let obj = body.as_object().expect("the refusal body is an object");
-                assert_eq!(obj.len(), 4, "{body}");
-                for field in ["error", "code", "timestamp", "request_id"] {
-                    assert!(obj.get(field).is_some_and(|v| v.is_string()), "{body}");
-                }
-                assert_eq!(obj["code"], denial.code(verbose));
-                for (name, value) in &reply.headers {
-                    assert!(header_safe(value), "{name}: {value:?}");
-                }
-            }
+            Decision::Deny(denial) => assert_standard(denial, now, request_id, verbose),
             Decision::Allow(a) => {
                 let normal = route::path_only(path);
                 assert!(route::check_normal_form(normal).is_ok(), "{path:?}");
@@ -199,6 +271,12 @@ fuzz_target!(|data: &[u8]| {
                 for (name, value) in &a.claim_headers {
                     assert!(name.starts_with("x-gatehouse-"), "{name}");
                     assert!(header_safe(value), "{name}: {value:?}");
+                }
+                let verifier = f.verifiers.get(a.route).and_then(Option::as_ref);
+                if let Err(denial) =
+                    run_body(r, verifier, &store, flags, body, signature, now.secs())
+                {
+                    assert_standard(denial, now, request_id, verbose);
                 }
             }
         }
