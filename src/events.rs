@@ -10,10 +10,10 @@
 //! feed token, adding `proxy` (Envoy's node id, when it is a valid id) and `cache_version`
 //! (the feed version applied): the contract in `control/FEED.md`, section "Events".
 //!
-//! A post that fails for a reason that may pass (no answer, 408, 429, 5xx) is merged back
-//! in front of what arrived meanwhile and sent again, still within the bounds; one the
-//! server refused as bad input (another 4xx) would never be accepted and is dropped, its
-//! refusals counted as dropped.
+//! A post that fails for a reason that may pass (no answer, 5xx, 401, 429, ...) is merged
+//! back in front of what arrived meanwhile and sent again, still within the bounds; one the
+//! server refused as bad input (400) or cannot take at all (404, 405) would never be
+//! accepted and is dropped whole, its refusals counted in the sync's metrics only.
 //!
 //! Never: panic on a batch (a malformed one is refused whole), grow without bound.
 
@@ -46,9 +46,11 @@ pub enum BatchError {
 pub enum Posted {
     /// 2xx: stored.
     Accepted,
-    /// No answer, 408, 429 or 5xx: send it again.
+    /// No answer, or a status that may pass (5xx, 401 while a token rotates, 429, 413,
+    /// 415, ...): send it again (`control/FEED.md`).
     Retry,
-    /// Another status: the server will never take it; drop it.
+    /// 400 (bad input: stored whole or not at all, so never), or no such endpoint (404,
+    /// 405): the server will never take it; drop it.
     Refused,
 }
 
@@ -57,8 +59,8 @@ impl Posted {
     pub fn from_status(status: &[u8]) -> Posted {
         match status {
             [b'2', _, _] => Posted::Accepted,
-            b"408" | b"429" | [] | [b'5', _, _] => Posted::Retry,
-            _ => Posted::Refused,
+            b"400" | b"404" | b"405" => Posted::Refused,
+            _ => Posted::Retry,
         }
     }
 }
@@ -321,10 +323,19 @@ mod tests {
     #[test]
     fn answers_decide_between_done_retry_and_drop() {
         assert_eq!(Posted::from_status(b"202"), Posted::Accepted);
-        for retry in [&b""[..], b"408", b"429", b"500", b"503"] {
+        for retry in [
+            &b""[..],
+            b"401",
+            b"408",
+            b"413",
+            b"415",
+            b"429",
+            b"500",
+            b"503",
+        ] {
             assert_eq!(Posted::from_status(retry), Posted::Retry);
         }
-        for refused in [&b"400"[..], b"401", b"413", b"xyz"] {
+        for refused in [&b"400"[..], b"404", b"405"] {
             assert_eq!(Posted::from_status(refused), Posted::Refused);
         }
     }
