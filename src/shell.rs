@@ -832,10 +832,20 @@ impl Root {
                 return false;
             }
         };
-        let proxy = hostcalls::get_property(vec!["node", "id"])
-            .ok()
-            .flatten()
+        // Envoy's node id: `xds.node` since Envoy 1.3x, `node` before.
+        let proxy = [vec!["xds", "node", "id"], vec!["node", "id"]]
+            .into_iter()
+            .find_map(|path| hostcalls::get_property(path).ok().flatten())
             .and_then(|id| events::proxy_id(&id));
+        log(
+            LogLevel::Info,
+            &format!(
+                "sync: refusal audit to {} {} as proxy {}",
+                feed_policy.cluster,
+                events::PATH,
+                proxy.as_deref().unwrap_or("(no valid node id: left out)")
+            ),
+        );
         self.sync = Some(FeedSync {
             feed: feed_policy,
             authorization: format!("Bearer {token}"),

@@ -136,6 +136,14 @@ fn scratch_dir(kind: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// The node id of the Envoy whose scratch directory is `dir`: unique per run, and an id
+/// by the events contract's rule.
+fn node_id(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "gatehouse-envoy".to_string())
+}
+
 fn loopback_any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
@@ -191,6 +199,9 @@ impl Envoy {
             .arg("--concurrency")
             .arg(opts.concurrency.max(1).to_string())
             .arg("--disable-hot-restart")
+            // Envoy's node id (the `node.id` property): the sync reports it as `proxy`.
+            .arg("--service-node")
+            .arg(node_id(&dir))
             .arg("--admin-address-path")
             .arg(&admin_path)
             .arg("--log-level")
@@ -296,6 +307,11 @@ impl Envoy {
                 self.log_tail(20)
             )
         })
+    }
+
+    /// Envoy's node id: its scratch directory's name (`gatehouse-envoy-<pid>-<n>`).
+    pub fn node_id(&self) -> String {
+        node_id(&self.dir)
     }
 
     /// The bootstrap Envoy runs with, as rendered.

@@ -466,7 +466,8 @@ fn property(state: &HostState, path: &str) -> Option<Vec<u8>> {
         "plugin_name" => return Some(state.plugin.name.as_bytes().to_vec()),
         "plugin_root_id" => return Some(state.plugin.root_id.as_bytes().to_vec()),
         "plugin_vm_id" => return Some(state.plugin.vm_id.as_bytes().to_vec()),
-        "node.id" => return Some(state.plugin.node_id.as_bytes().to_vec()),
+        // Envoy 1.40 answers `xds.node`; older versions `node`.
+        "xds.node.id" | "node.id" => return Some(state.plugin.node_id.as_bytes().to_vec()),
         _ => {}
     }
     let stream = state.stream.as_ref()?;

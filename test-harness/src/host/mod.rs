@@ -285,8 +285,8 @@ impl HarnessBuilder {
         self
     }
 
-    /// Envoy's node id, the `node.id` property (Envoy's `--service-node`). Defaults to
-    /// empty, as Envoy's is without one.
+    /// Envoy's node id, the `xds.node.id` (and older `node.id`) property (Envoy's
+    /// `--service-node`). Defaults to empty, as Envoy's is without one.
     pub fn node_id(mut self, id: &str) -> Self {
         self.node_id = id.to_string();
         self
