@@ -352,12 +352,6 @@ mod tests {
     fn a_tally_batch_is_a_batch_the_sync_merges() {
         let plans = ["team".to_string()];
         let mut t = crate::tally::Tally::new(&plans, true);
-        let id = crate::decision::Identity {
-            key_id: "key_a".into(),
-            user: "u".into(),
-            tenant: "t".into(),
-            plan: "team".into(),
-        };
         t.allowed(Some(0), false, Some(("key_a", 9)));
         let f = crate::tally::RefusalFacts {
             at: crate::time::UnixNanos::from_secs(9),
