@@ -24,6 +24,14 @@
 //! into shared data ([`crate::feed`]); the filters read it there and refuse credentials
 //! with 503 once the cache is older than `feed.staleness` (`on_stale: fail_closed`).
 //!
+//! What the filter decided is counted in the worker's own memory ([`crate::tally`],
+//! shared with the worker's root context): an allowed request makes no host call for it.
+//! Every worker's root context ticks once a second and flushes the counts to Envoy's stats
+//! (so they lag by up to a second) and, with a feed, puts one batch of refusals, key uses
+//! and per-plan counts on the `gatehouse_events` queue the sync registered; the sync merges
+//! the batches and posts them to the control service ([`crate::events`]). Each refusal also
+//! writes one JSON line to the log at the policy's `logging.refusals` level.
+//!
 //! Host calls go through `proxy_wasm::hostcalls` directly, never the trait helpers that
 //! `unwrap` host results, and header values are read as bytes: a header that is not UTF-8
 //! must not panic the VM (a panic kills it and Envoy then fails every request).
