@@ -75,6 +75,12 @@ pub trait Backend {
     fn tick(&mut self) -> anyhow::Result<()>;
     /// Makes a host call fail. Only the harness can.
     fn fault(&mut self, fault: &FaultSpec) -> anyhow::Result<()>;
+    /// Lets the counters gatehouse keeps per worker reach the stats before they are read:
+    /// one `on_tick` on every worker VM, as Envoy's stats are a second later. Only the
+    /// harness reads stats; elsewhere nothing to do.
+    fn flush_stats(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Metrics (those named), logs, calls and traps so far; `None` where the backend
     /// cannot see them.
     fn host_seen(&self, metric_names: &[&str]) -> Option<HostSeen>;

@@ -117,6 +117,14 @@ impl Backend for HarnessBackend {
         self.harness()?.tick()
     }
 
+    fn flush_stats(&mut self) -> anyhow::Result<()> {
+        let h = self.harness()?;
+        for n in 0..h.workers() {
+            h.tick_on(crate::host::VmId::Worker(n))?;
+        }
+        Ok(())
+    }
+
     fn fault(&mut self, fault: &FaultSpec) -> anyhow::Result<()> {
         self.harness()?.fault(&fault.call, fault.nth, fault.status);
         Ok(())

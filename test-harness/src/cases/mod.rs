@@ -51,7 +51,9 @@
 //!         # BadExpression, InvalidMemoryAccess, Empty, CasMismatch, ResultMismatch,
 //!         # InternalFailure, BrokenConnection, Unimplemented
 //!         expect:                             # on any step; these look at the whole case so far:
-//!           metrics: { probe_ticks: 2 }       # exact values (summed over VMs)
+//!           metrics: { probe_ticks: 2 }       # exact values (summed over VMs); gatehouse.*
+//!                                             # ones after one tick of every worker (gatehouse
+//!                                             # flushes its counters on its tick)
 //!           logs:                             # substrings of log lines "[worker 0] [info] msg"
 //!             contains: ["tick at"]
 //!             absent: ["panic"]

@@ -6,6 +6,9 @@ use super::{Action, CaseFile, PluginSource};
 use anyhow::Context;
 use std::path::PathBuf;
 
+/// The prefix of the counters gatehouse flushes on each worker's tick ([`Backend::flush_stats`]).
+const GATEHOUSE_METRICS: &str = "gatehouse.";
+
 /// How to run.
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
@@ -184,6 +187,17 @@ fn run_case(backend: &mut dyn Backend, file: &CaseFile, case: &super::Case) -> O
             None => Vec::new(),
         };
         let metric_names: Vec<&str> = expect.metrics.iter().map(|(n, _)| n.as_str()).collect();
+        // gatehouse counts per worker and flushes to the stats on each worker's tick (they
+        // lag by up to a second in Envoy): its counters are read after one.
+        if metric_names
+            .iter()
+            .any(|n| n.starts_with(GATEHOUSE_METRICS))
+            && let Err(e) = backend.flush_stats()
+        {
+            let mut msg = format!("{at}: {what}: flushing the stats: {e:#}");
+            append_diagnostics(&mut msg, backend);
+            return Outcome::Failed(msg);
+        }
         match backend.host_seen(&metric_names) {
             Some(seen) => {
                 mismatches.extend(check_host(expect, &seen));
