@@ -539,3 +539,44 @@ fn no_key_token_signature_or_secret_reaches_the_log_the_queue_or_the_post() {
     }
     h.assert_no_trap().unwrap();
 }
+
+#[test]
+fn jwks_fetches_and_their_failures_are_counted() {
+    let jwks_policy = json!({
+        "version": 1,
+        "jwt": {
+            "jwks_url": { "cluster": "auth", "path": "/jwks", "refresh": "10m", "min_refetch": "30s" },
+            "default_tenant": "t1",
+            "default_plan": "free"
+        },
+        "routes": [ { "match": { "path_prefix": "/v1/" } } ]
+    })
+    .to_string();
+    let failing = Upstream::new("auth").route(Route::get("/jwks").reply(Reply::status(500)));
+    let mut h = Harness::builder(default_wasm())
+        .plugin_config(jwks_policy)
+        .time(T0_NANOS)
+        .workers(2)
+        .upstream(failing)
+        .build()
+        .unwrap();
+    h.advance(Duration::from_secs(2)).unwrap();
+    let jwk: Value = serde_json::from_str(&gatehouse::jwt::test_tokens::public_jwk(
+        Alg::ES256,
+        Some("es-1"),
+    ))
+    .unwrap();
+    let keys = json!({ "keys": [jwk] }).to_string();
+    h.set_upstream(Upstream::new("auth").route(Route::get("/jwks").reply(Reply::json(200, &keys))));
+    h.advance(Duration::from_secs(11 * 60)).unwrap();
+    let calls = h.http_calls();
+    let failed = calls
+        .iter()
+        .filter(|c| c.result != gatehouse_harness::host::CallResult::Responded(200))
+        .count() as u64;
+    // The first fetch failed, the later ones (a refresh every 10 minutes) got the JWKS.
+    assert!(failed == 1 && calls.len() >= 2, "{calls:#?}");
+    assert_eq!(metric(&h, "gatehouse.jwks.fetches"), calls.len() as u64);
+    assert_eq!(metric(&h, "gatehouse.jwks.fetch_failures"), failed);
+    h.assert_no_trap().unwrap();
+}
