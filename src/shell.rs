@@ -935,6 +935,16 @@ impl RootContext for Root {
         if root_id == SYNC_ROOT_ID.as_bytes() {
             return self.configure_sync(policy);
         }
+        // First, before the temporary allocations of the steps below: the worker's long-lived
+        // counters then sit below them in the heap, and the allocator's free lists stay as the
+        // request path found them before there were counters (allocated last, they cost an
+        // API-key request some 500 wasm instructions more: examples/profile_request).
+        self.metrics = WorkerMetrics::define(&policy);
+        let plans: Vec<String> = policy.plans.iter().map(|p| p.name.clone()).collect();
+        self.tally = Some(Rc::new(RefCell::new(Tally::new(
+            &plans,
+            policy.feed.is_some(),
+        ))));
         if policy.feed.is_some()
             && let Err(e) = feed::mark_started(&HostStore, now_secs())
         {
@@ -990,12 +1000,7 @@ impl RootContext for Root {
             None => return false,
         }
         self.set_keys(self.static_keys.clone());
-        self.metrics = WorkerMetrics::define(&policy);
-        let plans: Vec<String> = policy.plans.iter().map(|p| p.name.clone()).collect();
-        self.tally = Some(Rc::new(RefCell::new(Tally::new(
-            &plans,
-            policy.feed.is_some(),
-        ))));
+
         self.vm_id = hostcalls::get_property(vec!["plugin_vm_id"])
             .ok()
             .flatten()
