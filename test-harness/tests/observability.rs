@@ -323,8 +323,23 @@ fn refusals_key_uses_and_plan_counts_are_posted_once_a_second_in_one_batch() {
     let mut h = audit_harness(202);
     assert_eq!(posts(&h).len(), 0, "nothing to report yet");
     // Worker 0 then worker 1 (requests alternate): two allowed key requests, one 429,
-    // one anonymous 401.
+    // one anonymous 401. Reporting a key's use costs the request no host call (the clock
+    // was read for the decision).
+    let before = h.host_call_counts();
     h.request(keyed("/v1/a")).unwrap();
+    let after = h.host_call_counts();
+    let calls =
+        |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
+    assert_eq!(calls("proxy_get_current_time_nanoseconds"), 1);
+    for name in [
+        "proxy_increment_metric",
+        "proxy_log",
+        "proxy_enqueue_shared_queue",
+        "proxy_resolve_shared_queue",
+        "proxy_get_property",
+    ] {
+        assert_eq!(calls(name), 0, "{name}");
+    }
     h.request(keyed("/v1/b")).unwrap();
     h.request(keyed("/v1/c")).unwrap();
     h.request(
