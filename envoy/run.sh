@@ -213,8 +213,12 @@ fi
 if [[ -n $admin_token_generated ]]; then
   admin_token_lines="The admin token (generated for this run; set GATEHOUSE_ADMIN_TOKEN to choose it):
 export GATEHOUSE_ADMIN_TOKEN='$GATEHOUSE_ADMIN_TOKEN'"
+  # The token travels in the fragment, which the browser never sends; the page moves it
+  # to the tab's session storage and clears the address bar.
+  dashboard_url="http://$CONTROL_LISTEN/#token=$GATEHOUSE_ADMIN_TOKEN"
 else
   admin_token_lines="The admin token: GATEHOUSE_ADMIN_TOKEN from the environment (not printed)."
+  dashboard_url="http://$CONTROL_LISTEN/ (it asks for the admin token)"
 fi
 
 cat <<MSG
@@ -235,6 +239,13 @@ List a user's keys:
 curl -s -H "authorization: Bearer \$GATEHOUSE_ADMIN_TOKEN" 'http://$CONTROL_LISTEN/v1/keys?user=$DEMO_USER'
 Revoke a key by id (here the demo key: its curl line above then gets 401 within a second):
 curl -s -X DELETE -H "authorization: Bearer \$GATEHOUSE_ADMIN_TOKEN" http://$CONTROL_LISTEN/v1/keys/${DEMO_KEY_ID:-<key id>}
+
+The dashboard (keys, recent refusals, requests per plan, cache versions):
+$dashboard_url
+Who was refused and why (each proxy reports its refusals within a few seconds):
+curl -s -H "authorization: Bearer \$GATEHOUSE_ADMIN_TOKEN" 'http://$CONTROL_LISTEN/v1/audit?kind=refusal'
+gatehouse's counters, as Envoy exports them:
+curl -s http://$ADMIN/stats/prometheus | grep gatehouse
 
 With a demo JWT (HS256, kid demo-hs256, valid for an hour), answered by the upstream (200):
 curl -i -H 'authorization: Bearer $DEMO_JWT' http://$LISTEN/v1/things
