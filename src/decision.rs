@@ -189,6 +189,9 @@ fn decide_into(
         return Decision::Deny(Denial::NoRoute);
     };
     refused.route = Some(route_index);
+    if query_carries_credential(policy, head.path) {
+        return Decision::Deny(Denial::Unauthorized(AuthFailure::InQuery));
+    }
     let route = policy.routes.get(route_index);
     let audience = route.map_or(Audience::Internal, |r| r.audience);
     let group = route.and_then(|r| r.group.as_deref());
@@ -283,6 +286,84 @@ fn decide_into(
             Decision::Deny(Denial::RateLimited(refusal))
         }
     }
+}
+
+/// Query parameter names that carry API keys in other gateways (Kong's `apikey` among
+/// them), besides the policy's own key header name.
+const QUERY_KEY_NAMES: [&[u8]; 3] = [b"api_key", b"apikey", b"api-key"];
+
+/// Whether the query string carries a credential: a parameter named like the policy's key
+/// header or [`QUERY_KEY_NAMES`] (any case), `access_token` (RFC 6750 2.3) when the policy
+/// takes JWTs, or any parameter whose value is a key of gatehouse's format (prefix,
+/// checksum), whatever its name. Names and values are compared percent-decoded. Costs
+/// nothing on a path without `?`.
+pub fn query_carries_credential(policy: &Policy, raw_path: &[u8]) -> bool {
+    let Some(start) = raw_path.iter().position(|&b| b == b'?') else {
+        return false;
+    };
+    let query = raw_path.get(start + 1..).unwrap_or_default();
+    let query = query
+        .iter()
+        .position(|&b| b == b'#')
+        .and_then(|end| query.get(..end))
+        .unwrap_or(query);
+    let header = policy.api_key_header.as_bytes();
+    for pair in query.split(|&b| b == b'&' || b == b';') {
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (
+                pair.get(..eq).unwrap_or_default(),
+                pair.get(eq + 1..).unwrap_or_default(),
+            ),
+            None => (pair, &b""[..]),
+        };
+        let value = percent_decoded(value);
+        if value.is_empty() {
+            continue;
+        }
+        let name = percent_decoded(name);
+        let named = name.eq_ignore_ascii_case(header)
+            || QUERY_KEY_NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
+            || (policy.jwt.is_some() && name.eq_ignore_ascii_case(b"access_token"));
+        if named || check_format(&value).is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
+/// `%XX` decoded (a malformed escape kept as it is), borrowing when there is none.
+/// Longer input than any key or name is cut: nothing past it could change the answer.
+fn percent_decoded(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let raw = raw
+        .get(..crate::api_key::MAX_PRESENTED_KEY_LEN.saturating_mul(3))
+        .unwrap_or(raw);
+    if !raw.contains(&b'%') {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    let hex = |b: u8| {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while let Some(&b) = raw.get(i) {
+        let escaped = match (raw.get(i + 1), raw.get(i + 2)) {
+            (Some(&h), Some(&l)) if b == b'%' => hex(h).zip(hex(l)).map(|(h, l)| h * 16 + l),
+            _ => None,
+        };
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The client address: the connection's (`source.address` without the port), or, when
@@ -866,6 +947,66 @@ mod tests {
             forwarded_for: None,
         };
         decide(&policy, &KeySet::default(), &head, &store, &clock)
+    }
+
+    fn in_query(d: &Decision) -> bool {
+        matches!(
+            d,
+            Decision::Deny(Denial::Unauthorized(AuthFailure::InQuery))
+        )
+    }
+
+    /// A credential in the query string is refused on every route, beside a good key in
+    /// the header too: whichever the upstream reads, it is not the caller gatehouse checked.
+    #[test]
+    fn a_credential_in_the_query_string_is_refused_with_or_without_one_in_the_header() {
+        let demo = std::str::from_utf8(DEMO).unwrap();
+        let escaped = demo.replace('_', "%5F");
+        for path in [
+            format!("/v1/things?x-api-key={demo}"),
+            format!("/v1/things?page=2&X-API-KEY={demo}"),
+            "/v1/things?x%2Dapi%2Dkey=anything".to_string(),
+            "/v1/things?api_key=k1&page=2".to_string(),
+            "/v1/things?APIKEY=k1".to_string(),
+            "/v1/things?api-key=k1#frag".to_string(),
+            "/v1/things?a=1;apikey=k1".to_string(),
+            "/v1/things?access_token=eyJ.eyJ.sig".to_string(),
+            format!("/v1/things?q={demo}"),
+            format!("/v1/things?q={escaped}"),
+            format!("/docs/page?token={demo}"),
+            format!(
+                "/healthz?key={REVOKED}",
+                REVOKED = std::str::from_utf8(REVOKED).unwrap()
+            ),
+        ] {
+            for key in [Presented::One(DEMO), Presented::None] {
+                let d = run("GET", &path, key);
+                assert!(in_query(&d), "{path} with {key:?}: {d:?}");
+            }
+        }
+        // Query strings without a credential: the usual answer.
+        for path in [
+            "/v1/things?page=2&sort=name",
+            "/v1/things?api_key=",
+            "/v1/things?key=hello&token=abc",
+            "/v1/things?x=ghk_demo_5f0c1b8e2d7a4c9e8b3f6A2d4hG6",
+            "/v1/things?%zz=%",
+            "/v1/things?",
+            "/v1/things#x-api-key=k1",
+        ] {
+            assert!(
+                matches!(run("GET", path, Presented::One(DEMO)), Decision::Allow(_)),
+                "{path}"
+            );
+        }
+        // `access_token` is a credential only where the policy takes JWTs.
+        let (mut policy, _, _) = setup();
+        assert!(query_carries_credential(&policy, b"/x?access_token=t"));
+        policy.jwt = None;
+        assert!(!query_carries_credential(&policy, b"/x?access_token=t"));
+        assert!(query_carries_credential(&policy, b"/x?x-api-key=t"));
+        let d = Denial::Unauthorized(AuthFailure::InQuery);
+        assert_eq!((d.status(), d.code(false)), (401, "MALFORMED_CREDENTIALS"));
     }
 
     #[test]

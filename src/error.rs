@@ -25,6 +25,10 @@ pub enum AuthFailure {
     Missing,
     /// The credential header was sent more than once.
     Duplicate,
+    /// A credential in the query string, alone or beside one in a header: refused
+    /// wherever it is (a URL lands in logs, caches and `Referer`, and an upstream that
+    /// reads it could act for someone other than the caller gatehouse checked).
+    InQuery,
     /// An API key was presented and refused.
     Key(KeyFailure),
     /// A bearer token was presented and refused.
@@ -133,6 +137,7 @@ impl Denial {
         match self {
             Denial::Unauthorized(AuthFailure::Missing) => "MISSING_CREDENTIALS",
             Denial::Unauthorized(AuthFailure::Duplicate)
+            | Denial::Unauthorized(AuthFailure::InQuery)
             | Denial::Unauthorized(AuthFailure::Key(KeyFailure::Malformed)) => {
                 "MALFORMED_CREDENTIALS"
             }
@@ -184,6 +189,9 @@ impl Denial {
             Denial::Unauthorized(AuthFailure::Missing) => "authentication required",
             Denial::Unauthorized(AuthFailure::Duplicate) => {
                 "the credential was sent more than once"
+            }
+            Denial::Unauthorized(AuthFailure::InQuery) => {
+                "credentials go in a header, never in the query string"
             }
             Denial::Unauthorized(AuthFailure::Key(KeyFailure::Malformed)) => {
                 "the API key is malformed"
@@ -237,6 +245,7 @@ impl Denial {
         match self {
             Denial::Unauthorized(AuthFailure::Missing) => "missing_credential",
             Denial::Unauthorized(AuthFailure::Duplicate) => "duplicate_credential",
+            Denial::Unauthorized(AuthFailure::InQuery) => "credential_in_query",
             Denial::Unauthorized(AuthFailure::Key(k)) => k.as_str(),
             Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Malformed(r)))
             | Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Invalid(r))) => r,
@@ -497,6 +506,7 @@ mod tests {
         let mut all = vec![
             Denial::Unauthorized(AuthFailure::Missing),
             Denial::Unauthorized(AuthFailure::Duplicate),
+            Denial::Unauthorized(AuthFailure::InQuery),
             Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Malformed("jwt_malformed"))),
             Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Invalid("jwt_bad_signature"))),
             Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Expired)),
