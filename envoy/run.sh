@@ -11,6 +11,8 @@
 #                       its keys from the feed; a policy without `feed:` gets no demo key)
 #   GATEHOUSE_UPSTREAM  the echo upstream       (default: a free loopback port)
 #   GATEHOUSE_WORKERS   Envoy worker threads    (default 2)
+#   GATEHOUSE_NODE_ID   Envoy's node id, which the refusal audit and /v1/stats name it by
+#                       (default gatehouse-local)
 #   GATEHOUSE_CONTROL_LISTEN  the control API   (default 127.0.0.1:8081)
 #   GATEHOUSE_CONTROL_DB      its SQLite file   (default .run/control.db; kept across runs)
 #   GATEHOUSE_ADMIN_TOKEN     the control API's bearer token (default: generated and
@@ -30,6 +32,7 @@ LISTEN=${GATEHOUSE_LISTEN:-127.0.0.1:10000}
 ADMIN=${GATEHOUSE_ADMIN:-127.0.0.1:9901}
 POLICY=${GATEHOUSE_POLICY:-policies/local.yaml}
 WORKERS=${GATEHOUSE_WORKERS:-2}
+NODE_ID=${GATEHOUSE_NODE_ID:-gatehouse-local}
 ENVOY=${GATEHOUSE_ENVOY:-.venv/bin/envoy}
 HARNESS=${GATEHOUSE_HARNESS:-target/debug/gatehouse-harness}
 CONTROL=${GATEHOUSE_CONTROL:-target/debug/gatehouse-control}
@@ -144,7 +147,7 @@ if grep -q '"root_id":"gatehouse_sync"' "$RUN_DIR/envoy.yaml"; then fed=1; else 
 pids+=($!)
 # .venv/bin/envoy exec's the real binary, so this pid is Envoy's and signals reach it.
 "$ENVOY" -c "$RUN_DIR/envoy.yaml" --concurrency "$WORKERS" --disable-hot-restart \
-  --log-level info >"$RUN_DIR/envoy.log" 2>&1 &
+  --service-node "$NODE_ID" --log-level info >"$RUN_DIR/envoy.log" 2>&1 &
 envoy_pid=$!
 pids+=("$envoy_pid")
 wait_ready Envoy "$ADMIN/ready" "$envoy_pid" "$RUN_DIR/envoy.log"
