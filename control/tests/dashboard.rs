@@ -30,8 +30,21 @@ use std::time::{Duration, Instant};
 
 const ADMIN: &str = "admin-token-for-dashboard-test";
 const FEED: &str = "feed-token-for-dashboard-test";
-/// 2026-01-01T00:00:42Z: the last use reported for the first key.
-const USED_AT: u64 = 1_767_225_642;
+/// The last use reported for the first key: an hour ago. Reports are real-time data the
+/// server keeps for `GATEHOUSE_EVENT_RETENTION` (30 days) and purges when it starts, so a
+/// fixed date would be purged, racing the page load, once it is a month old.
+fn used_at() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    now - 3600
+}
+
+/// Unix seconds as the API and the page show them.
+fn shown(secs: u64) -> String {
+    gatehouse::time::format_rfc3339(gatehouse::time::UnixNanos::from_secs(secs))
+}
 /// A route with markup in it: the route rule allows any printable ASCII but the space.
 const MARKUP_ROUTE: &str = "/v1/<i>x</i>/<img/src=x>/{id}";
 
@@ -218,6 +231,7 @@ struct Seeded {
     server: Server,
     keys: Vec<Value>,
     feed_version: i64,
+    used_at: u64,
 }
 
 /// Three keys, one of them used; refusals (one with markup in its route); request counts
@@ -252,18 +266,19 @@ fn seeded() -> Seeded {
     assert_eq!(feed_version, 4);
 
     let alice = keys[0]["id"].as_str().unwrap();
+    let used_at = used_at();
     let reports = [
         json!({
             "proxy": "envoy-east", "cache_version": feed_version,
             "refusals": [
-                {"at": USED_AT + 5, "request_id": "req-rl", "method": "POST",
+                {"at": used_at + 5, "request_id": "req-rl", "method": "POST",
                  "route": "/v1/orders/{id}", "code": "RATE_LIMITED", "status": 429,
                  "key_id": alice, "user": "alice", "plan": "team", "client": "203.0.113.7"},
-                {"at": USED_AT + 6, "request_id": "req-mk", "method": "GET",
+                {"at": used_at + 6, "request_id": "req-mk", "method": "GET",
                  "route": MARKUP_ROUTE, "code": "INVALID_CREDENTIALS", "status": 401,
                  "client": "2001:db8::9"}
             ],
-            "key_uses": [{"key_id": alice, "at": USED_AT}],
+            "key_uses": [{"key_id": alice, "at": used_at}],
             "requests": [{"plan": "team", "allowed": 120, "refused": 3},
                          {"plan": "", "allowed": 7, "refused": 2}]
         }),
@@ -281,6 +296,7 @@ fn seeded() -> Seeded {
         server,
         keys,
         feed_version,
+        used_at,
     }
 }
 
@@ -311,7 +327,7 @@ fn the_dashboard_shows_keys_refusals_counts_and_cache_versions() {
     assert_eq!(alice[1..4], ["alice", "team", "active"]);
     assert_eq!(alice[4], seeded.keys[0]["created_at"].as_str().unwrap());
     assert_eq!(alice[5], seeded.keys[0]["expires_at"].as_str().unwrap());
-    assert_eq!(alice[6], "2026-01-01T00:00:42.000Z");
+    assert_eq!(alice[6], shown(seeded.used_at));
     let bob = by_id(&seeded.keys[1]["id"]);
     assert_eq!(bob[1..4], ["bob", "free", "active"]);
     assert_eq!(bob[6], "never");
@@ -324,7 +340,7 @@ fn the_dashboard_shows_keys_refusals_counts_and_cache_versions() {
     assert_eq!(
         refusals[1],
         [
-            "2026-01-01T00:00:47.000Z",
+            shown(seeded.used_at + 5).as_str(),
             &format!("key:{}", seeded.keys[0]["id"].as_str().unwrap()),
             "POST",
             "/v1/orders/{id}",
@@ -335,7 +351,7 @@ fn the_dashboard_shows_keys_refusals_counts_and_cache_versions() {
     assert_eq!(
         refusals[0],
         [
-            "2026-01-01T00:00:48.000Z",
+            shown(seeded.used_at + 6).as_str(),
             "anonymous",
             "GET",
             MARKUP_ROUTE,
