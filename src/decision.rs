@@ -292,6 +292,10 @@ fn decide_into(
 /// them), besides the policy's own key header name.
 const QUERY_KEY_NAMES: [&[u8]; 3] = [b"api_key", b"apikey", b"api-key"];
 
+/// The query name or value bytes worth decoding: three times the longest key a request may
+/// present (every byte escaped); nothing past it could change the answer.
+const MAX_QUERY_TEXT: usize = crate::api_key::MAX_PRESENTED_KEY_LEN * 3;
+
 /// Whether the query string carries a credential: a parameter named like the policy's key
 /// header or [`QUERY_KEY_NAMES`] (any case), `access_token` (RFC 6750 2.3) when the policy
 /// takes JWTs, or any parameter whose value is a key of gatehouse's format (prefix,
@@ -316,11 +320,11 @@ pub fn query_carries_credential(policy: &Policy, raw_path: &[u8]) -> bool {
             ),
             None => (pair, &b""[..]),
         };
-        let value = percent_decoded(value);
+        let value = route::percent_decoded(value, MAX_QUERY_TEXT);
         if value.is_empty() {
             continue;
         }
-        let name = percent_decoded(name);
+        let name = route::percent_decoded(name, MAX_QUERY_TEXT);
         let named = name.eq_ignore_ascii_case(header)
             || QUERY_KEY_NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
             || (policy.jwt.is_some() && name.eq_ignore_ascii_case(b"access_token"));
@@ -329,41 +333,6 @@ pub fn query_carries_credential(policy: &Policy, raw_path: &[u8]) -> bool {
         }
     }
     false
-}
-
-/// `%XX` decoded (a malformed escape kept as it is), borrowing when there is none.
-/// Longer input than any key or name is cut: nothing past it could change the answer.
-fn percent_decoded(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    let raw = raw
-        .get(..crate::api_key::MAX_PRESENTED_KEY_LEN.saturating_mul(3))
-        .unwrap_or(raw);
-    if !raw.contains(&b'%') {
-        return std::borrow::Cow::Borrowed(raw);
-    }
-    let hex = |b: u8| {
-        char::from(b)
-            .to_digit(16)
-            .and_then(|d| u8::try_from(d).ok())
-    };
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while let Some(&b) = raw.get(i) {
-        let escaped = match (raw.get(i + 1), raw.get(i + 2)) {
-            (Some(&h), Some(&l)) if b == b'%' => hex(h).zip(hex(l)).map(|(h, l)| h * 16 + l),
-            _ => None,
-        };
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    std::borrow::Cow::Owned(out)
 }
 
 /// The client address: the connection's (`source.address` without the port), or, when

@@ -136,6 +136,34 @@ fn hex_digit(b: u8) -> Option<u8> {
         .and_then(|d| u8::try_from(d).ok())
 }
 
+/// The first `max` bytes of `raw` with `%XX` decoded (a malformed escape kept as it is),
+/// borrowed when there is no escape.
+pub fn percent_decoded(raw: &[u8], max: usize) -> std::borrow::Cow<'_, [u8]> {
+    let raw = raw.get(..max).unwrap_or(raw);
+    if !raw.contains(&b'%') {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while let Some(&b) = raw.get(i) {
+        let escaped = match (b, raw.get(i + 1), raw.get(i + 2)) {
+            (b'%', Some(&hi), Some(&lo)) => hex_digit(hi).zip(hex_digit(lo)),
+            _ => None,
+        };
+        match escaped {
+            Some((hi, lo)) => {
+                out.push((hi << 4) | lo);
+                i += 3;
+            }
+            None => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Finds the first route that matches, by index into `routes`.
 pub fn find(routes: &[Route], method: &[u8], path: &[u8]) -> Option<usize> {
     routes.iter().position(|r| r.matches(method, path))
