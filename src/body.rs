@@ -279,6 +279,7 @@ mod tests {
             upstream_errors: false,
             body,
             webhook,
+            path_parameters: false,
         }
     }
 
@@ -287,6 +288,7 @@ mod tests {
             provider: Provider::Github,
             secrets_env: vec!["S".into()],
             tolerance_secs: 300,
+            replay_window_secs: crate::signature::DEFAULT_REPLAY_WINDOW_SECS,
             replay_slots: replay,
         };
         let v = Verifier::new(&w, "hooks", |_| Some(SECRET.into())).unwrap();
@@ -410,7 +412,13 @@ mod tests {
             run(b"{\"action\":\"closed\"}", NOW),
             Err(Denial::Signature(SignatureError::Mismatch))
         );
-        assert_eq!(run(body, NOW + 301), Ok(()));
+        // GitHub signs no timestamp: the delivery is remembered for the replay window (24
+        // hours), not the 5-minute tolerance, and only then accepted again.
+        assert_eq!(
+            run(body, NOW + 301),
+            Err(Denial::Signature(SignatureError::Replayed))
+        );
+        assert_eq!(run(body, NOW + 86_400), Ok(()));
         assert_eq!(
             start(&r, Some(&v), &head(None, Presented::None), NOW).map(|_| ()),
             Err(Denial::Signature(SignatureError::Missing))

@@ -327,11 +327,13 @@ pub fn answer_preflight(policy: &Policy, p: &Preflight<'_>) -> Option<Result<Loc
 
 fn preflight(policy: &Policy, p: &Preflight<'_>) -> Result<LocalReply, Denial> {
     let refuse = |r: CorsRefusal| Denial::CorsRejected(r);
-    let path = route::path_only(p.path);
-    if route::check_normal_form(path).is_err() {
-        return Err(Denial::AmbiguousPath);
+    // Methods are case-sensitive (Fetch normalises only the well-known ones to upper case):
+    // one no route could take is the preflight's refusal, not a malformed request.
+    if !route::is_method(p.method) {
+        return Err(refuse(CorsRefusal::Method));
     }
-    let cors = route::find(&policy.routes, p.method, path)
+    let cors = route::resolve(&policy.routes, p.method, p.path)
+        .map_err(Denial::Unclear)?
         .and_then(|i| policy.routes.get(i))
         .and_then(|r| r.cors.as_ref())
         .ok_or(refuse(CorsRefusal::Route))?;
@@ -729,7 +731,7 @@ routes:
         );
         assert_eq!(
             refused("/v1/../admin", app, "GET", &[]),
-            Denial::AmbiguousPath
+            Denial::Unclear(route::Unclear::Path)
         );
         let reply =
             Denial::CorsRejected(CorsRefusal::Origin).reply(crate::time::UnixNanos(0), b"r");

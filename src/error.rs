@@ -55,8 +55,8 @@ pub enum Denial {
     /// Over a rate limit (or the limiter could not decide and the policy refuses).
     RateLimited(crate::rate_limit::Refusal),
     NoRoute,
-    /// The path is not in normal form (see `route::check_normal_form`).
-    AmbiguousPath,
+    /// The method or path could mean another route to the upstream ([`crate::route::resolve`]).
+    Unclear(crate::route::Unclear),
     /// The plugin has no valid policy (Envoy should never route to it then).
     NotConfigured,
     /// The credential cannot be checked: the control service's feed is older than the
@@ -121,7 +121,7 @@ impl Denial {
             Denial::UpstreamError(status) => status,
             Denial::RateLimited(_) => 429,
             Denial::NoRoute => 404,
-            Denial::AmbiguousPath => 400,
+            Denial::Unclear(_) => 400,
             Denial::NotConfigured | Denial::AuthUnavailable => 503,
             Denial::Signature(SignatureError::Unavailable) => 503,
             Denial::Signature(_) => 401,
@@ -156,7 +156,7 @@ impl Denial {
             Denial::Forbidden => "FORBIDDEN",
             Denial::RateLimited(_) => "RATE_LIMITED",
             Denial::NoRoute => "NOT_FOUND",
-            Denial::AmbiguousPath => "BAD_REQUEST",
+            Denial::Unclear(_) => "BAD_REQUEST",
             Denial::NotConfigured => "UNAVAILABLE",
             Denial::AuthUnavailable => "AUTH_UNAVAILABLE",
             Denial::CorsRejected(_) => "CORS_REJECTED",
@@ -217,7 +217,8 @@ impl Denial {
             Denial::Forbidden => "this credential may not call this route",
             Denial::RateLimited(_) => "rate limit exceeded",
             Denial::NoRoute => "no route matches this request",
-            Denial::AmbiguousPath => "the request path is not in normal form",
+            Denial::Unclear(crate::route::Unclear::Method) => "the request method is not valid",
+            Denial::Unclear(_) => "the request path is not in normal form",
             Denial::NotConfigured => "the gateway is not configured",
             Denial::AuthUnavailable => "authentication is temporarily unavailable",
             Denial::CorsRejected(_) => "this cross-origin request is not allowed",
@@ -265,7 +266,7 @@ impl Denial {
                 "rate_limit_contention"
             }
             Denial::NoRoute => "no_route",
-            Denial::AmbiguousPath => "ambiguous_path",
+            Denial::Unclear(u) => u.reason(),
             Denial::NotConfigured => "not_configured",
             Denial::AuthUnavailable => "feed_stale",
             Denial::CorsRejected(r) => r.reason(),
@@ -520,7 +521,8 @@ mod tests {
             Denial::RateLimited(Refusal::Collision { quota }),
             Denial::RateLimited(Refusal::Contention { quota }),
             Denial::NoRoute,
-            Denial::AmbiguousPath,
+            Denial::Unclear(crate::route::Unclear::Path),
+            Denial::Unclear(crate::route::Unclear::Method),
             Denial::NotConfigured,
             Denial::AuthUnavailable,
             Denial::Body(BodyError::TooLarge),

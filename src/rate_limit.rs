@@ -16,14 +16,32 @@
 //! later one refuses, the ones already consumed are refunded (`tat -= T`, itself a CAS
 //! loop), so a refused request consumes none of them.
 //!
-//! **Bounded memory**: shared data has no delete, so states live in a fixed table of
-//! `slots` entries, `rl/<slots>/<index>`. An identity (limit id + caller) hashes to
-//! [`CANDIDATES`] candidate slots; each entry is 16 bytes, a 64-bit tag of its owner and
-//! its `tat`. A caller uses the candidate that holds its tag, else claims one
-//! whose owner's state has lapsed (`tat` more than [`RECLAIM_GRACE_NANOS`] in the past:
-//! nothing to remember). If every candidate belongs to a live stranger, the request is
-//! refused as a collision: never is a stranger's budget granted or consumed. With the
-//! default 65,536 slots Envoy holds a few MB of limiter state however many callers come.
+//! **Bounded memory**: shared data has no delete, so states live in fixed tables of
+//! slots, `rl/<slots>/<index>` for identified callers and `rla/<slots>/<index>` for
+//! states counted by client address (anonymous callers, limits `by: ip`). An identity
+//! (limit id + caller) hashes to [`CANDIDATES`] candidate slots of its table; each entry
+//! is 16 bytes, a 64-bit tag of its owner and its `tat`. A caller uses the candidate that
+//! holds its tag, else claims one whose owner's state has lapsed (`tat` more than
+//! [`RECLAIM_GRACE_NANOS`] in the past: nothing to remember). If every candidate belongs
+//! to a live stranger, the request is refused as a collision: never is a stranger's
+//! budget granted or consumed. With the default 65,536 slots per table Envoy holds a few
+//! MB of limiter state however many callers come.
+//!
+//! **Placement with a secret**: the candidates and tag are `SHA-256(secret ‖ limit ‖ 0 ‖
+//! caller)`, where the secret is 32 random bytes made when the tables are first created
+//! and kept in shared data ([`SECRET_KEY`]) for every worker. Unkeyed, anyone who knows a
+//! user id and plan could search client addresses whose entries land on that user's
+//! candidates (some 70,000 hashes for the default table) and keep them warm, so that the
+//! user's requests are refused as collisions. Keyed, the slots cannot be computed from
+//! outside. Workers read the secret once and again on every tick ([`Places::refresh`]):
+//! should two workers have created the tables at the same moment, the one secret that
+//! stayed in shared data is everyone's within a second.
+//!
+//! **Callers by address have a table of their own**: anonymous traffic, from any number
+//! of addresses at any rate, fills only `rla/...`. It can refuse other anonymous callers
+//! when that table is full, never an identified caller: an identified caller's plan and
+//! route limits live in `rl/...`, and its own `by: ip` route limits, which do live in the
+//! address table, are skipped when that table has no room for them ([`CallerKind`]).
 //!
 //! **Why the table is created up front** ([`prepare`]): Envoy writes an absent key
 //! whatever compare-and-swap value is given, so two workers claiming the same absent slot
@@ -35,6 +53,7 @@
 use crate::secret_cache::SecretCache;
 use crate::slot_table::{Found, Place, SlotTable};
 use crate::store::{SharedStore, StoreError};
+use std::sync::Mutex;
 
 /// Lost compare-and-swaps in a row before the policy's contention rule applies.
 pub const MAX_CAS_ATTEMPTS: u32 = 16;
@@ -75,12 +94,26 @@ pub enum OnContention {
 }
 
 /// A limit to apply to this request: which one (a stable name, part of the slot tag), the
-/// caller it is counted for, and its rate.
+/// caller it is counted for, its rate, and which table holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Check<'a> {
     pub limit: &'a str,
     pub caller: &'a str,
     pub rate: Rate,
+    pub kind: CallerKind,
+}
+
+/// Which table a check's state lives in, and what a full one means for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallerKind {
+    /// An identified caller's own state (user, key, tenant): `rl/...`; no room refuses.
+    Identified,
+    /// An anonymous caller, counted by address: `rla/...`; no room refuses.
+    Address,
+    /// An identified caller's limit `by: ip`: `rla/...`, shared with the anonymous
+    /// callers of that address; no room skips this limit, since anonymous traffic must
+    /// never refuse an identified caller.
+    AddressOfIdentified,
 }
 
 /// Quota figures for the `RateLimit-*` headers, for the tightest limit that applied.
@@ -145,28 +178,67 @@ pub struct Outcome {
     pub retries: u32,
 }
 
-/// The fixed slot table.
+/// The fixed slot tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Table {
+    /// Slots for identified callers (`rl/<slots>/...`).
     pub slots: u32,
+    /// Slots for states counted by address (`rla/<slots>/...`).
+    pub address_slots: u32,
     pub on_contention: OnContention,
 }
 
-/// The limiter's slot table (`rl/<slots>/<index>`).
-fn table(slots: u32) -> SlotTable<'static> {
-    SlotTable { name: "rl", slots }
+/// The shared-data key of the placement secret (see the module doc).
+pub const SECRET_KEY: &str = "rl/secret";
+
+/// The placement secret's length.
+pub const SECRET_LEN: usize = 32;
+
+/// The limiter's slot table for one kind of caller.
+fn table_for(table: &Table, kind: CallerKind) -> SlotTable<'static> {
+    match kind {
+        CallerKind::Identified => SlotTable {
+            name: "rl",
+            slots: table.slots,
+        },
+        CallerKind::Address | CallerKind::AddressOfIdentified => SlotTable {
+            name: "rla",
+            slots: table.address_slots,
+        },
+    }
 }
 
-/// Creates every slot of the table unless a worker already did
-/// ([`SlotTable::prepare`]). Returns the slots written.
-pub fn prepare(store: &impl SharedStore, slots: u32) -> Result<u32, StoreError> {
-    table(slots).prepare(store)
+/// Creates every slot of both tables unless a worker already did
+/// ([`SlotTable::prepare`]), and the placement secret from `fresh_secret` (random bytes
+/// the caller drew) unless one is there. Returns the slots written.
+pub fn prepare(
+    store: &impl SharedStore,
+    table: &Table,
+    fresh_secret: &[u8; SECRET_LEN],
+) -> Result<u32, StoreError> {
+    let written = table_for(table, CallerKind::Identified).prepare(store)?
+        + table_for(table, CallerKind::Address).prepare(store)?;
+    if read_secret(store).is_none() {
+        store.set(SECRET_KEY, fresh_secret, 0)?;
+    }
+    Ok(written)
+}
+
+/// The placement secret and its version, when there is a well-formed one.
+fn read_secret(store: &impl SharedStore) -> Option<([u8; SECRET_LEN], u32)> {
+    let (bytes, cas) = store.get(SECRET_KEY)?;
+    Some((bytes.as_slice().try_into().ok()?, cas))
 }
 
 /// Where (limit, caller)'s state is, or can go ([`SlotTable::find`]): its own slot
 /// with its `tat`, or a slot whose owner's state has lapsed, to start afresh in.
-fn locate(store: &impl SharedStore, slots: u32, place: &Place, now: u64) -> Option<Found> {
-    table(slots).find(
+fn locate(
+    store: &impl SharedStore,
+    slots: &SlotTable<'_>,
+    place: &Place,
+    now: u64,
+) -> Option<Found> {
+    slots.find(
         store,
         place,
         |_| true,
@@ -215,8 +287,12 @@ fn consume(
     now: u64,
 ) -> (Result<Option<Quota>, Refusal>, bool, u32) {
     let mut retries = 0;
+    let slots = table_for(table, check.kind);
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let Some(found) = locate(store, table.slots, place, now) else {
+        let Some(found) = locate(store, &slots, place, now) else {
+            if check.kind == CallerKind::AddressOfIdentified {
+                return (Ok(None), false, retries);
+            }
             let collision = Refusal::Collision {
                 quota: unknown_quota(&check.rate),
             };
@@ -226,7 +302,6 @@ fn consume(
             Ok(v) => v,
             Err(refusal) => return (Err(refusal), false, retries),
         };
-        let slots = self::table(table.slots);
         match slots.write(store, found.index, place.tag, new_tat, found.cas) {
             Ok(()) => return (Ok(Some(quota)), false, retries),
             Err(StoreError::CasMismatch) => retries += 1,
@@ -248,19 +323,20 @@ fn consume(
 /// Gives back one unit consumed by [`consume`] (a later limit refused the request).
 fn refund(store: &impl SharedStore, table: &Table, check: &Check<'_>, place: &Place, now: u64) {
     let t = check.rate.interval();
+    let slots = table_for(table, check.kind);
     for _ in 0..MAX_CAS_ATTEMPTS {
         let Some(Found {
             index,
             cas,
             value: Some(tat),
-        }) = locate(store, table.slots, place, now)
+        }) = locate(store, &slots, place, now)
         else {
             return;
         };
         if tat == 0 {
             return;
         }
-        match self::table(table.slots).write(store, index, place.tag, tat.saturating_sub(t), cas) {
+        match slots.write(store, index, place.tag, tat.saturating_sub(t), cas) {
             Err(StoreError::CasMismatch) => continue,
             _ => return,
         }
@@ -278,12 +354,16 @@ pub fn check_all(
     check_all_with(store, table, checks, now, &Places::none())
 }
 
-/// The slots and tag of each (limit, caller) seen lately, per worker: a caller's place is
-/// a pure function of the limit, the caller and the table size, so a worker that has
-/// placed a caller once skips the SHA-256 on its next requests. Held by the policy
-/// ([`crate::policy::RateLimitPolicy::places`]), whose table size it was computed for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Places(SecretCache<Place>);
+/// Where callers' states go, per worker: the placement secret as last read from shared
+/// data, and the slots and tag of each (limit, caller) seen lately. A caller's place is a
+/// pure function of the secret, the limit, the caller and the table size, so a worker
+/// that has placed a caller once skips the SHA-256 on its next requests. Held by the
+/// policy ([`crate::policy::RateLimitPolicy::places`]), whose table sizes it was computed
+/// for; a new secret ([`Places::refresh`]) forgets every place.
+pub struct Places {
+    memo: SecretCache<Place>,
+    secret: Mutex<Option<([u8; SECRET_LEN], u32)>>,
+}
 
 impl Places {
     /// Entries per worker.
@@ -291,18 +371,50 @@ impl Places {
     /// The longest `limit ‖ 0 ‖ caller` remembered.
     const MAX_ID: usize = 192;
 
-    /// A memo that remembers nothing.
+    /// A memo that remembers no place (the secret is read from the store each time).
     pub const fn none() -> Places {
-        Places(SecretCache::new(0, 0))
+        Places {
+            memo: SecretCache::new(0, 0),
+            secret: Mutex::new(None),
+        }
     }
 
-    fn place(&self, slots: u32, check: &Check<'_>) -> Place {
-        let table = self::table(slots);
+    /// The placement secret: as remembered, else read from the store (`None` before the
+    /// tables exist).
+    fn secret(&self, store: &impl SharedStore) -> Option<[u8; SECRET_LEN]> {
+        let mut held = self.secret.try_lock().ok();
+        if let Some(Some((secret, _))) = held.as_deref() {
+            return Some(*secret);
+        }
+        let read = read_secret(store)?;
+        if self.memo.capacity() > 0
+            && let Some(held) = held.as_deref_mut()
+        {
+            *held = Some(read);
+        }
+        Some(read.0)
+    }
+
+    /// Reads the secret again (each worker does on its tick): if another worker's stayed
+    /// in shared data, this worker takes it and forgets the places it computed.
+    pub fn refresh(&self, store: &impl SharedStore) {
+        let read = read_secret(store);
+        let Ok(mut held) = self.secret.try_lock() else {
+            return;
+        };
+        if held.map(|(_, cas)| cas) != read.map(|(_, cas)| cas) {
+            *held = read;
+            self.memo.clear();
+        }
+    }
+
+    fn place(&self, secret: &[u8; SECRET_LEN], table: &Table, check: &Check<'_>) -> Place {
+        let slots = table_for(table, check.kind);
         let (limit, caller) = (check.limit.as_bytes(), check.caller.as_bytes());
         let mut id = [0u8; Self::MAX_ID];
         let len = limit.len() + 1 + caller.len();
         let Some(id) = id.get_mut(..len) else {
-            return table.place(limit, caller);
+            return slots.place_keyed(secret, limit, caller);
         };
         let (l, rest) = id.split_at_mut(limit.len());
         l.copy_from_slice(limit);
@@ -310,18 +422,49 @@ impl Places {
             *sep = 0;
             c.copy_from_slice(caller);
         }
-        if let Some(place) = self.0.get(id) {
+        if let Some(place) = self.memo.get(id) {
             return place;
         }
-        let place = table.place(limit, caller);
-        self.0.insert(id, place);
+        let place = slots.place_keyed(secret, limit, caller);
+        self.memo.insert(id, place);
         place
     }
 }
 
 impl Default for Places {
     fn default() -> Self {
-        Places(SecretCache::new(Self::ENTRIES, Self::MAX_ID))
+        Places {
+            memo: SecretCache::new(Self::ENTRIES, Self::MAX_ID),
+            secret: Mutex::new(None),
+        }
+    }
+}
+
+/// A fresh memo: what a worker derived is not part of the policy it holds.
+impl Clone for Places {
+    fn clone(&self) -> Self {
+        Places {
+            memo: self.memo.clone(),
+            secret: Mutex::new(None),
+        }
+    }
+}
+
+/// Any two are equal: a policy compares by its content.
+impl PartialEq for Places {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Places {}
+
+/// Never the secret.
+impl std::fmt::Debug for Places {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Places")
+            .field("remembered", &self.memo.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -337,8 +480,21 @@ pub fn check_all_with(
     let mut tightest: Option<Quota> = None;
     let mut contention = false;
     let mut retries: u32 = 0;
+    // Without the secret the tables were never made: nothing can be placed.
+    let secret = match (places.secret(store), checks.first()) {
+        (Some(secret), _) => secret,
+        (None, None) => [0; SECRET_LEN],
+        (None, Some(first)) => {
+            let quota = unknown_quota(&first.rate);
+            return Outcome {
+                result: Err(Refusal::Collision { quota }),
+                contention,
+                retries,
+            };
+        }
+    };
     for check in checks {
-        let place = places.place(table.slots, check);
+        let place = places.place(&secret, table, check);
         let (result, gave_up, lost) = consume(store, table, check, &place, now);
         contention |= gave_up;
         retries = retries.saturating_add(lost);
@@ -388,15 +544,23 @@ mod tests {
     fn table() -> Table {
         Table {
             slots: 1024,
+            address_slots: 1024,
             on_contention: OnContention::Refuse,
         }
     }
 
+    const SECRET: [u8; SECRET_LEN] = [7; SECRET_LEN];
+
     /// A prepared store for `table()`.
     fn store() -> MemoryStore {
         let s = MemoryStore::default();
-        prepare(&s, table().slots).unwrap();
+        prepare(&s, &table(), &SECRET).unwrap();
         s
+    }
+
+    /// The identified callers' table of `table()`.
+    fn identified() -> SlotTable<'static> {
+        table_for(&table(), CallerKind::Identified)
     }
 
     fn allowed(store: &MemoryStore, checks: &[Check<'_>], now: u64) -> bool {
@@ -410,13 +574,18 @@ mod tests {
             limit: "l",
             caller: "a",
             rate: per_minute(5),
+            kind: CallerKind::Identified,
         }];
         assert!(matches!(
             check_all(&s, &table(), &c, T0).result,
             Err(Refusal::Collision { .. })
         ));
-        assert_eq!(prepare(&s, 1024).unwrap(), 1024);
-        assert_eq!(prepare(&s, 1024).unwrap(), 0, "the marker says it is done");
+        assert_eq!(prepare(&s, &table(), &SECRET).unwrap(), 2048);
+        assert_eq!(
+            prepare(&s, &table(), &SECRET).unwrap(),
+            0,
+            "the markers say it is done"
+        );
         assert!(check_all(&s, &table(), &c, T0).result.is_ok());
     }
 
@@ -427,6 +596,7 @@ mod tests {
             limit: "plan:free",
             caller: "alice",
             rate: per_minute(60),
+            kind: CallerKind::Identified,
         }];
         let admitted = (0..100).filter(|_| allowed(&store, &c, T0)).count();
         assert_eq!(admitted, 60);
@@ -458,6 +628,7 @@ mod tests {
             limit: "l",
             caller: "a",
             rate: per_minute(3),
+            kind: CallerKind::Identified,
         }];
         let remaining: Vec<u32> = (0..3)
             .map(|_| {
@@ -478,16 +649,19 @@ mod tests {
             limit: "l",
             caller: "a",
             rate: per_minute(1),
+            kind: CallerKind::Identified,
         }];
         let b = [Check {
             limit: "l",
             caller: "b",
             rate: per_minute(1),
+            kind: CallerKind::Identified,
         }];
         let a2 = [Check {
             limit: "m",
             caller: "a",
             rate: per_minute(1),
+            kind: CallerKind::Identified,
         }];
         assert!(allowed(&store, &a, T0) && allowed(&store, &b, T0) && allowed(&store, &a2, T0));
         assert!(!allowed(&store, &a, T0));
@@ -500,11 +674,13 @@ mod tests {
             limit: "plan",
             caller: "u",
             rate: per_minute(10),
+            kind: CallerKind::Identified,
         };
         let route = Check {
             limit: "route:login",
             caller: "u",
             rate: per_minute(2),
+            kind: CallerKind::Identified,
         };
         let both = [plan.clone(), route.clone()];
         assert!(allowed(&store, &both, T0));
@@ -523,14 +699,16 @@ mod tests {
         let store = MemoryStore::default();
         let tiny = Table {
             slots: 2,
+            address_slots: 2,
             on_contention: OnContention::Refuse,
         };
-        prepare(&store, 2).unwrap();
+        prepare(&store, &tiny, &SECRET).unwrap();
         let c = |caller| {
             [Check {
                 limit: "l",
                 caller,
                 rate: per_minute(100),
+                kind: CallerKind::Identified,
             }]
         };
         // With two slots, two callers fill the table; a third collides while they live.
@@ -581,6 +759,7 @@ mod tests {
             limit: "l",
             caller: "a",
             rate: per_minute(5),
+            kind: CallerKind::Identified,
         }];
         let refuse = check_all(&store, &table(), &c, T0);
         assert!(matches!(refuse.result, Err(Refusal::Contention { .. })) && refuse.contention);
@@ -604,6 +783,7 @@ mod tests {
             limit: "l",
             caller: "a",
             rate: per_minute(2),
+            kind: CallerKind::Identified,
         }];
         assert!(allowed(&store, &c, T0));
         assert!(allowed(&store, &c, T0));
@@ -616,15 +796,16 @@ mod tests {
             limit: "l",
             caller: "a",
             rate: per_minute(1),
+            kind: CallerKind::Identified,
         }]
     }
 
     #[test]
     fn corrupt_slots_are_reclaimed_not_trusted() {
         let store = store();
-        let t = super::table(1024);
+        let t = identified();
         let keys: Vec<String> = t
-            .place(b"l", b"a")
+            .place_keyed(&SECRET, b"l", b"a")
             .candidates()
             .iter()
             .map(|&i| t.key(i))
@@ -641,8 +822,8 @@ mod tests {
     #[test]
     fn a_state_behind_a_slot_that_frees_up_is_kept_not_doubled() {
         let store = store();
-        let t = super::table(1024);
-        let a = t.place(b"l", b"a");
+        let t = identified();
+        let a = t.place_keyed(&SECRET, b"l", b"a");
         let first = a.candidates()[0];
         // A live stranger holds a's first candidate, so a's state goes to the second.
         t.write(&store, first, 7, T0 + 3600 * SEC, 0).unwrap();
@@ -664,27 +845,32 @@ mod tests {
             limit: "plan:team",
             caller: "u:user_1",
             rate: per_minute(5),
+            kind: CallerKind::Identified,
         };
-        let fresh = super::table(1024).place(b"plan:team", b"u:user_1");
+        let fresh = identified().place_keyed(&SECRET, b"plan:team", b"u:user_1");
         for _ in 0..2 {
-            let p = places.place(1024, &c);
+            let p = places.place(&SECRET, &table(), &c);
             assert_eq!((p.candidates(), p.tag), (fresh.candidates(), fresh.tag));
         }
-        assert_eq!(places.0.len(), 1);
+        assert_eq!(places.memo.len(), 1);
         let other = Check {
             caller: "u:user_2",
             ..c.clone()
         };
-        assert_ne!(places.place(1024, &other).tag, fresh.tag);
+        assert_ne!(places.place(&SECRET, &table(), &other).tag, fresh.tag);
         // Over the length bound: computed, not remembered.
         let long = "x".repeat(300);
         let big = Check {
             limit: "l",
             caller: &long,
             rate: per_minute(5),
+            kind: CallerKind::Identified,
         };
-        let p = places.place(1024, &big);
-        assert_eq!(p.tag, super::table(1024).place(b"l", long.as_bytes()).tag);
+        let p = places.place(&SECRET, &table(), &big);
+        assert_eq!(
+            p.tag,
+            identified().place_keyed(&SECRET, b"l", long.as_bytes()).tag
+        );
         // The request path through a memo allows exactly as many as without one.
         let store = store();
         let a = one_a_minute_for_a();
@@ -699,5 +885,130 @@ mod tests {
                 .is_err()
         );
         assert!(check_all(&store, &table(), &a, T0).result.is_err());
+    }
+
+    /// The attack on unkeyed placement: search addresses whose anonymous entries take a
+    /// known user's candidate slots, keep them warm, and the user is refused. Keyed with a
+    /// secret and kept in another table, no address search reaches the user's slots.
+    #[test]
+    fn anonymous_entries_aimed_at_a_user_never_refuse_that_user() {
+        let store = store();
+        let tiny = Table {
+            slots: 1024,
+            address_slots: 1024,
+            on_contention: OnContention::Refuse,
+        };
+        let victim = Check {
+            limit: "plan:team",
+            caller: "u:victim",
+            rate: per_minute(1200),
+            kind: CallerKind::Identified,
+        };
+        // What the attacker computes without the secret: addresses whose unkeyed
+        // placement covers the victim's unkeyed candidates, as in the old module.
+        let unkeyed =
+            |limit: &str, caller: &str| identified().place(limit.as_bytes(), caller.as_bytes());
+        let target = unkeyed(victim.limit, victim.caller);
+        let mut aimed: Vec<String> = Vec::new();
+        for i in 0..400_000u32 {
+            let caller = format!("ip:10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+            let p = unkeyed("anonymous", &caller);
+            if p.candidates()
+                .iter()
+                .any(|c| target.candidates().contains(c))
+            {
+                aimed.push(caller);
+            }
+            if aimed.len() == 64 {
+                break;
+            }
+        }
+        assert_eq!(aimed.len(), 64, "the search finds aimed addresses");
+        // Those addresses, and a flood of others, fill the address table completely.
+        let mut refused_anonymous = 0;
+        let flood = aimed
+            .iter()
+            .cloned()
+            .chain((0..4096u32).map(|i| format!("ip:192.0.{}.{}", i >> 8, i & 255)));
+        for caller in flood {
+            let c = [Check {
+                limit: "anonymous",
+                caller: &caller,
+                rate: per_minute(60),
+                kind: CallerKind::Address,
+            }];
+            if check_all(&store, &tiny, &c, T0).result.is_err() {
+                refused_anonymous += 1;
+            }
+        }
+        assert!(refused_anonymous > 0, "the address table is full");
+        // The victim has its whole budget, and its own limit still holds.
+        for n in 0..1200 {
+            assert!(
+                check_all(&store, &tiny, std::slice::from_ref(&victim), T0)
+                    .result
+                    .is_ok(),
+                "request {n}"
+            );
+        }
+        assert!(matches!(
+            check_all(&store, &tiny, std::slice::from_ref(&victim), T0).result,
+            Err(Refusal::Exceeded { .. })
+        ));
+        // An identified caller's own `by: ip` limit finds no room in the full address
+        // table: skipped, never a refusal; an anonymous caller there is refused.
+        let by_ip = |kind| {
+            [Check {
+                limit: "route:login:0",
+                caller: "ip:203.0.113.7",
+                rate: per_minute(10),
+                kind,
+            }]
+        };
+        assert_eq!(
+            check_all(&store, &tiny, &by_ip(CallerKind::AddressOfIdentified), T0).result,
+            Ok(None)
+        );
+        assert!(matches!(
+            check_all(&store, &tiny, &by_ip(CallerKind::Address), T0).result,
+            Err(Refusal::Collision { .. })
+        ));
+    }
+
+    #[test]
+    fn placement_depends_on_the_secret_and_every_worker_takes_the_one_in_shared_data() {
+        let t = identified();
+        let a = t.place_keyed(&[1; SECRET_LEN], b"plan:team", b"u:victim");
+        let b = t.place_keyed(&[2; SECRET_LEN], b"plan:team", b"u:victim");
+        assert_ne!((a.candidates(), a.tag), (b.candidates(), b.tag));
+        // The first worker's secret stays; a second prepare draws another and keeps the
+        // first.
+        let s = MemoryStore::default();
+        prepare(&s, &table(), &[1; SECRET_LEN]).unwrap();
+        prepare(&s, &table(), &[2; SECRET_LEN]).unwrap();
+        assert_eq!(read_secret(&s).unwrap().0, [1; SECRET_LEN]);
+        // Two workers raced and one secret was overwritten: the worker that read the
+        // first one takes the survivor on its next tick and forgets its places.
+        let places = Places::default();
+        let c = one_a_minute_for_a();
+        assert!(check_all_with(&s, &table(), &c, T0, &places).result.is_ok());
+        assert_eq!(places.memo.len(), 1);
+        s.set(SECRET_KEY, &[2; SECRET_LEN], 0).unwrap();
+        places.refresh(&s);
+        assert_eq!(places.memo.len(), 0);
+        assert_eq!(places.secret(&s), Some([2; SECRET_LEN]));
+        // A secret's bytes are never printed.
+        assert!(!format!("{places:?}").contains('2'));
+    }
+
+    #[test]
+    fn without_a_secret_nothing_is_placed() {
+        let s = MemoryStore::default();
+        identified().prepare(&s).unwrap();
+        assert!(matches!(
+            check_all(&s, &table(), &one_a_minute_for_a(), T0).result,
+            Err(Refusal::Collision { .. })
+        ));
+        assert_eq!(check_all(&s, &table(), &[], T0).result, Ok(None));
     }
 }

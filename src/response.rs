@@ -253,9 +253,9 @@ impl Pending {
             return None;
         }
         let route = route.or_else(|| {
-            let path = route::path_only(req.path);
-            route::check_normal_form(path).ok()?;
-            route::find(&policy.routes, req.method, path)
+            route::resolve(&policy.routes, req.method, req.path)
+                .ok()
+                .flatten()
         });
         let rules = rules(policy, route);
         let replaces = rules.upstream_errors && !req.refused;

@@ -81,6 +81,11 @@ impl<V: Clone> SecretCache<V> {
     }
 
     /// How many secrets are held.
+    /// Entries it can hold (0: it remembers nothing).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub fn len(&self) -> usize {
         self.entries
             .try_lock()

@@ -958,11 +958,20 @@ impl RootContext for Root {
             );
             return false;
         }
-        match crate::rate_limit::prepare(&HostStore, policy.rate_limit.slots) {
+        // Drawn by every worker, kept only by the first to create the tables.
+        let mut fresh_secret = [0u8; crate::rate_limit::SECRET_LEN];
+        if let Err(e) = getrandom::getrandom(&mut fresh_secret) {
+            log(
+                LogLevel::Error,
+                &format!("no randomness for the rate limiter's placement secret: {e}"),
+            );
+            return false;
+        }
+        match crate::rate_limit::prepare(&HostStore, &policy.rate_limit.table(), &fresh_secret) {
             Ok(0) => {}
             Ok(n) => log(
                 LogLevel::Info,
-                &format!("rate-limit table created: {n} slots"),
+                &format!("rate-limit tables created: {n} slots"),
             ),
             Err(e) => {
                 log(
@@ -1041,6 +1050,7 @@ impl RootContext for Root {
             return;
         };
         self.flush_tally(&policy);
+        policy.rate_limit.places.refresh(&HostStore);
         let Some(url) = policy.jwt.as_ref().and_then(|j| j.jwks_url.as_ref()) else {
             return;
         };
@@ -1222,7 +1232,17 @@ impl HttpContext for Filter {
                         spoofed.push(n);
                     }
                 }
-                _ => {}
+                // Another spelling of a name gatehouse owns (`x_gatehouse_user`,
+                // `X-Api_Key`): CGI-style upstreams read `_` as `-` in any case.
+                n => match crate::decision::classify_spelling(&policy.api_key_header, n) {
+                    Some(crate::decision::Spelling::Identity) => {
+                        if let Ok(n) = std::str::from_utf8(n) {
+                            spoofed.push(n);
+                        }
+                    }
+                    Some(crate::decision::Spelling::ApiKey) => api_key = Presented::Several,
+                    None => {}
+                },
             }
         }
         // A CORS preflight carries no credentials: it is answered before authentication.

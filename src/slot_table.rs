@@ -11,8 +11,9 @@
 //!   nanoseconds for the limiter, an expiry second for the replay cache), big-endian. A
 //!   free slot is all zeros; anything else that is not 16 bytes reads as free.
 //! - **Placement.** An owner (two byte strings, e.g. limit and caller) is hashed once
-//!   with SHA-256: its first 16 bytes pick [`CANDIDATES`] distinct slots (4 bytes each),
-//!   the next 8 are the tag (never 0), independent of the slot choice.
+//!   with SHA-256, after a table secret where callers choose owners
+//!   ([`SlotTable::place_keyed`]): its first 16 bytes pick [`CANDIDATES`] distinct slots
+//!   (4 bytes each), the next 8 are the tag (never 0), independent of the slot choice.
 //! - **Lookup** ([`SlotTable::find`]) reads the candidates in order and stops at the
 //!   owner's own entry: an owner seen before costs one read. A free slot is chosen only
 //!   after every candidate was read, since the owner's entry may sit behind it.
@@ -128,9 +129,18 @@ impl SlotTable<'_> {
         Ok(self.slots)
     }
 
-    /// The place of the owner `(a, b)`: `SHA-256(a ‖ 0 ‖ b)`.
+    /// The place of the owner `(a, b)`: `SHA-256(a ‖ 0 ‖ b)`. For owners no caller can
+    /// choose (the replay cache's verified MACs); see [`SlotTable::place_keyed`].
     pub fn place(&self, a: &[u8], b: &[u8]) -> Place {
+        self.place_keyed(&[], a, b)
+    }
+
+    /// The place of the owner `(a, b)` under a secret: `SHA-256(secret ‖ a ‖ 0 ‖ b)`.
+    /// Where callers choose the owners (the rate limiter's client addresses and ids),
+    /// the secret keeps them from computing which slots an owner of their choice takes.
+    pub fn place_keyed(&self, secret: &[u8], a: &[u8], b: &[u8]) -> Place {
         let mut h = Sha256::new();
+        h.update(secret);
         h.update(a);
         h.update([0]);
         h.update(b);

@@ -23,7 +23,7 @@ use gatehouse::error::{AuthFailure, Denial};
 use gatehouse::jwt::{Alg, Key, KeySet, Rules, verify, verify_cached};
 use gatehouse::key_cache;
 use gatehouse::policy::{Policy, PresentedKeys};
-use gatehouse::rate_limit::{Check, OnContention, Rate, Table, check_all, prepare};
+use gatehouse::rate_limit::{CallerKind, Check, OnContention, Rate, Table, check_all, prepare};
 use gatehouse::secret_cache::SecretCache;
 use gatehouse::store::{Clock, MemoryStore};
 use gatehouse::time::UnixNanos;
@@ -74,7 +74,7 @@ fn prepared_store(policy: &Policy) -> MemoryStore {
     #[allow(clippy::expect_used)]
     key_cache::install_policy_keys(policy, &store).expect("memory store accepts writes");
     #[allow(clippy::expect_used)]
-    prepare(&store, policy.rate_limit.slots).expect("memory store accepts writes");
+    prepare(&store, &policy.rate_limit.table(), &[7; 32]).expect("memory store accepts writes");
     store
 }
 
@@ -193,15 +193,17 @@ fn per_minute(n: u32) -> Rate {
 fn rate_limit(c: &mut Criterion) {
     let table = Table {
         slots: 65_536,
+        address_slots: 65_536,
         on_contention: OnContention::Refuse,
     };
     let store = MemoryStore::default();
     #[allow(clippy::expect_used)]
-    prepare(&store, table.slots).expect("memory store accepts writes");
+    prepare(&store, &table, &[7; 32]).expect("memory store accepts writes");
     let plan = Check {
         limit: "plan:team",
         caller: "u:user_demo",
         rate: per_minute(1200),
+        kind: CallerKind::Identified,
     };
     let route = Check {
         limit: "route:export:0",
@@ -211,6 +213,7 @@ fn rate_limit(c: &mut Criterion) {
             period_nanos: 3600 * SEC,
             burst: 10,
         },
+        kind: CallerKind::Identified,
     };
     let mut g = c.benchmark_group("rate_limit");
     g.bench_function("baseline_sha256_of_key", |b| {
@@ -587,6 +590,7 @@ fn webhook_and_body(c: &mut Criterion) {
             provider: Provider::Stripe,
             secrets_env: vec!["S0".to_string()],
             tolerance_secs: 300,
+            replay_window_secs: 86_400,
             replay_slots: None,
         };
         #[allow(clippy::expect_used)]
@@ -611,6 +615,7 @@ fn webhook_and_body(c: &mut Criterion) {
             provider: Provider::Stripe,
             secrets_env: (0..secrets).map(|i| format!("S{i}")).collect(),
             tolerance_secs: 300,
+            replay_window_secs: 86_400,
             replay_slots: None,
         };
         #[allow(clippy::expect_used)]

@@ -656,7 +656,55 @@ impl Decoder {
                 None => ok = false,
             }
         }
+        if ok {
+            self.warn_extension_twins(&routes, items, path);
+        }
         ok.then_some(routes)
+    }
+
+    /// Warns when an internal route's extension twin (`/admin.json` for `/admin`) falls to
+    /// a broader external route after it: frameworks that read a format suffix (Rails,
+    /// Spring's suffix patterns, Django REST's `format_suffix_patterns`) serve the twin as
+    /// the internal route, to anyone.
+    fn warn_extension_twins(&mut self, routes: &[Route], items: &[Node], path: &str) {
+        let line = |i: usize| {
+            items
+                .get(i)
+                .and_then(|n| n.pos)
+                .map_or(String::new(), |p| format!(", line {}", p.line))
+        };
+        for (i, internal) in routes.iter().enumerate() {
+            if internal.audience != Audience::Internal {
+                continue;
+            }
+            let base = match &internal.path {
+                PathMatch::Exact(p) | PathMatch::Prefix(p) => p.trim_end_matches('/'),
+            };
+            if base.is_empty() {
+                continue;
+            }
+            let twin = format!("{base}.json");
+            let method = internal.methods.first().map_or("GET", String::as_str);
+            let Some(j) = crate::route::find(routes, method.as_bytes(), twin.as_bytes()) else {
+                continue;
+            };
+            if j > i
+                && let Some(external) = routes.get(j)
+                && external.audience == Audience::External
+            {
+                self.warn(
+                    &format!("{path}[{j}]"),
+                    items.get(j).and_then(|n| n.pos),
+                    format!(
+                        "external route '{}' ({path}[{j}]{}) takes '{twin}', the extension twin of internal route '{}' ({path}[{i}]{}): frameworks that read a format suffix serve it as '{base}' without identity; add an internal route for '{base}.' paths before it",
+                        external.name,
+                        line(j),
+                        internal.name,
+                        line(i),
+                    ),
+                );
+            }
+        }
     }
 
     fn route(
@@ -700,9 +748,12 @@ impl Decoder {
             None => Some(format!("route-{index}")),
         };
         let mp = join(path, "match");
-        let (path_match, methods) = match self.required(&f, path, "match") {
-            Some(m) => self.route_match(m, &mp).unzip(),
-            None => (None, None),
+        let (path_match, methods, path_parameters) = match self.required(&f, path, "match") {
+            Some(m) => match self.route_match(m, &mp) {
+                Some((p, m, pp)) => (Some(p), Some(m), Some(pp)),
+                None => (None, None, None),
+            },
+            None => (None, None, None),
         };
         let audience = match f.get("audience") {
             None => Some(Audience::Internal),
@@ -739,11 +790,37 @@ impl Decoder {
             upstream_errors: response.upstream_errors,
             body,
             webhook,
+            path_parameters: path_parameters?,
         })
     }
 
-    fn route_match(&mut self, node: &Node, path: &str) -> Option<(PathMatch, Vec<String>)> {
-        let f = self.object(node, path, &["path", "path_prefix", "methods"])?;
+    /// A route's `match`: its path, its methods (`GET` brings `HEAD`) and whether servlet
+    /// path parameters may reach it (`path_parameters: allow`; defaults to `refuse`).
+    fn route_match(&mut self, node: &Node, path: &str) -> Option<(PathMatch, Vec<String>, bool)> {
+        let f = self.object(
+            node,
+            path,
+            &["path", "path_prefix", "methods", "path_parameters"],
+        )?;
+        let path_parameters = match f.get("path_parameters") {
+            None => Some(false),
+            Some(n) => {
+                let pp = join(path, "path_parameters");
+                match self.string(n, &pp) {
+                    Some("refuse") => Some(false),
+                    Some("allow") => Some(true),
+                    Some(other) => {
+                        self.error(
+                            &pp,
+                            n.pos,
+                            format!("unknown value '{other}'; expected one of [refuse, allow]"),
+                        );
+                        None
+                    }
+                    None => None,
+                }
+            }
+        };
         let path_match = match (f.get("path"), f.get("path_prefix")) {
             (Some(_), Some(n)) => {
                 self.error(
@@ -774,11 +851,7 @@ impl Decoder {
                 for (i, m) in items.iter().enumerate() {
                     let ip = format!("{mp}[{i}]");
                     match self.string(m, &ip) {
-                        Some(s)
-                            if !s.is_empty()
-                                && s.len() <= 32
-                                && s.bytes().all(|b| b.is_ascii_uppercase()) =>
-                        {
+                        Some(s) if crate::route::is_method(s.as_bytes()) => {
                             methods.push(s.to_string())
                         }
                         Some(s) => {
@@ -792,16 +865,21 @@ impl Decoder {
                         None => ok = false,
                     }
                 }
+                // Every server answers HEAD with the GET handler: a GET-only internal route
+                // must not leave HEAD to a broader route after it.
+                if methods.iter().any(|m| m == "GET") && !methods.iter().any(|m| m == "HEAD") {
+                    methods.push("HEAD".to_string());
+                }
                 ok.then_some(methods)
             }
         };
-        Some((path_match?, methods?))
+        Some((path_match?, methods?, path_parameters?))
     }
 
     fn route_path(&mut self, node: &Node, path: &str) -> Option<String> {
         let s = self.string(node, path)?;
         if crate::route::check_normal_form(s.as_bytes()).is_err() || s.contains(['?', '#']) {
-            self.error(path, node.pos, "must start with '/' and be in normal form (no '//', '.', '..', '%2e', '%2f', query or spaces)");
+            self.error(path, node.pos, "must start with '/' and be in normal form (no '//', '.', '..', a segment ending in '.', ';', '%2e', '%2f', query or spaces)");
             return None;
         }
         Some(s.to_string())

@@ -245,13 +245,35 @@ pub struct RateLimitPolicy {
     /// Proxies in front of Envoy that append to `x-forwarded-for`; 0 (default) means the
     /// client address is the connection's.
     pub trusted_proxies: u32,
+    /// Slots for identified callers' states. Defaults to 65,536 (~40 bytes each).
     pub slots: u32,
+    /// Slots for states counted by client address: anonymous callers and `by: ip` route
+    /// limits, kept apart so that anonymous traffic never takes an identified caller's
+    /// room. Defaults to 65,536.
+    pub address_slots: u32,
+    /// An IPv4 client counts as its address's network of this many bits. Defaults to 32
+    /// (the address itself).
+    pub ipv4_prefix: u8,
+    /// An IPv6 client counts as its address's network of this many bits. Defaults to 64:
+    /// one subscriber's network, as ISPs assign them.
+    pub ipv6_prefix: u8,
     pub on_contention: crate::rate_limit::OnContention,
     /// Send `RateLimit-*` headers on allowed responses too. Defaults to false.
     pub headers_on_allowed: bool,
     /// Callers' slots remembered per worker ([`crate::rate_limit::Places`]); not read from
     /// the policy file, empty when the policy loads.
     pub places: crate::rate_limit::Places,
+}
+
+impl RateLimitPolicy {
+    /// The limiter's tables for this policy.
+    pub fn table(&self) -> crate::rate_limit::Table {
+        crate::rate_limit::Table {
+            slots: self.slots,
+            address_slots: self.address_slots,
+            on_contention: self.on_contention,
+        }
+    }
 }
 
 /// A key declared in the policy: its hash and the record cached for it.

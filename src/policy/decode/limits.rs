@@ -31,6 +31,9 @@ impl Decoder {
             anonymous: anonymous_default(plans),
             trusted_proxies: 0,
             slots: DEFAULT_SLOTS,
+            address_slots: DEFAULT_SLOTS,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
             on_contention: OnContention::Refuse,
             headers_on_allowed: false,
             places: Default::default(),
@@ -73,6 +76,9 @@ impl Decoder {
                 "anonymous",
                 "trusted_proxies",
                 "slots",
+                "address_slots",
+                "ipv4_prefix",
+                "ipv6_prefix",
                 "on_contention",
                 "headers_on_allowed",
             ],
@@ -128,6 +134,29 @@ impl Decoder {
             match self.integer(n, &join(path, "slots"), 1024, 16_777_216) {
                 Some(v) => out.slots = u32::try_from(v).unwrap_or(DEFAULT_SLOTS),
                 None => ok = false,
+            }
+        }
+        if let Some(n) = f.get("address_slots") {
+            match self.integer(n, &join(path, "address_slots"), 1024, 16_777_216) {
+                Some(v) => out.address_slots = u32::try_from(v).unwrap_or(DEFAULT_SLOTS),
+                None => ok = false,
+            }
+        }
+        // A client's address counts as its network: every address of an IPv6 /64 is one
+        // subscriber's, and would otherwise be a fresh budget each.
+        for (field, min, max) in [("ipv4_prefix", 8, 32), ("ipv6_prefix", 16, 128)] {
+            if let Some(n) = f.get(field) {
+                match self.integer(n, &join(path, field), min, max) {
+                    Some(v) => {
+                        let v = u8::try_from(v).unwrap_or(0);
+                        if field == "ipv4_prefix" {
+                            out.ipv4_prefix = v;
+                        } else {
+                            out.ipv6_prefix = v;
+                        }
+                    }
+                    None => ok = false,
+                }
             }
         }
         if let Some(n) = f.get("on_contention") {

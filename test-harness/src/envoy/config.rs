@@ -22,7 +22,9 @@
 //! The connection manager takes the client address from the connection
 //! (`use_remote_address: true`), never from a client-sent `x-forwarded-for`, and leaves
 //! that header as the proxies in front wrote it (`skip_xff_append`), which is what the
-//! policy's `rate_limit.trusted_proxies` counts. Envoy's own refusals (400, 408, 413,
+//! policy's `rate_limit.trusted_proxies` counts. Header names with `_` are refused
+//! (`headers_with_underscores_action: REJECT_REQUEST`): CGI-style upstreams read `_` as
+//! `-`, so `x_gatehouse_user` would be an identity header to them. Envoy's own refusals (400, 408, 413,
 //! 431, 5xx) get the standard JSON body through `local_reply_config`; gatehouse's replies,
 //! which always carry a content-type, pass untouched.
 
@@ -277,6 +279,10 @@ mod tests {
         let hcm = &tree["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
         assert_eq!(hcm["use_remote_address"], true);
         assert_eq!(hcm["skip_xff_append"], true);
+        assert_eq!(
+            hcm["common_http_protocol_options"]["headers_with_underscores_action"],
+            "REJECT_REQUEST"
+        );
         let mappers = hcm["local_reply_config"]["mappers"].as_array().unwrap();
         let mut codes = Vec::new();
         for m in mappers {
