@@ -8,6 +8,11 @@
 //! pins the signer used by every other test. ECDSA here uses RFC 6979 nonces and PSS a
 //! seeded salt, so every token minted is the same on every run.
 //!
+//! ECDSA signatures are normalized to low-S (s <= n/2) because the plugin refuses high-S
+//! ([`super::signature`]); p256 and p384 0.13 do not normalize when they sign, so without
+//! it about half of the minted ES256/ES384 tokens would be refused. RFC 7515 A.3's token
+//! is high-S, so it is refused too; [`RFC7515_A3_TOKEN_LOW_S`] is its low-S twin.
+//!
 //! Built for this crate's tests and, with the native-only `test-tokens` feature, for the
 //! harness's end-to-end tests. Not part of the plugin: it may panic on bad test input.
 #![allow(
@@ -48,7 +53,16 @@ pub const RFC7515_A2_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJ
 /// RFC 7515 A.3: the P-256 key (public JWK and private `d`) and ES256 token.
 pub const RFC7515_A3_JWK: &str = r#"{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
 const RFC7515_A3_D: &str = "jpsQnnGQmL-YBIffH1136cspYG6-0iY7X1fCE9-E9LI";
+/// Its signature is high-S (s > n/2), which the plugin refuses.
 pub const RFC7515_A3_TOKEN: &str = "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.DtEhU3ljbEg8L38VWAfUAqOyKAM6-Xx-F4GawxaepmXFCgfTjDxw5djxLa8ISlSApmWQxfKTUJqPP3-Kg6NU1Q";
+/// [`RFC7515_A3_TOKEN`] with `s` replaced by `n - s` ([`ecdsa_twin`]): the same
+/// signature spelt low-S, which the plugin accepts.
+pub const RFC7515_A3_TOKEN_LOW_S: &str = "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.DtEhU3ljbEg8L38VWAfUAqOyKAM6-Xx-F4GawxaepmU69fgrc8OPGycO0lD3tat_FoFp57SETepkeks4eL_QfA";
+
+/// The order n of the P-256 group (FIPS 186-4 D.1.2.3), big-endian hex.
+pub const P256_ORDER: &str = "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551";
+/// The order n of the P-384 group (FIPS 186-4 D.1.2.4), big-endian hex.
+pub const P384_ORDER: &str = "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973";
 
 /// RFC 7515 A.4: the P-521 key and ES512 token (header `{"alg":"ES512"}`, payload
 /// `Payload`), which this plugin does not support.
@@ -188,17 +202,52 @@ pub fn sign(alg: Alg, signer: &Signer, signing_input: &[u8]) -> Vec<u8> {
                 .sign_with_rng(&mut rng, signing_input)
                 .to_vec()
         }
+        // The signers leave s as it falls; the plugin only accepts low-S.
         (Alg::ES256, Signer::P256(k)) => {
             let sig: p256::ecdsa::Signature = k.sign(signing_input);
-            sig.to_bytes().to_vec()
+            sig.normalize_s().unwrap_or(sig).to_bytes().to_vec()
         }
         (Alg::ES384, Signer::P384(k)) => {
             let sig: p384::ecdsa::Signature = k.sign(signing_input);
-            sig.to_bytes().to_vec()
+            sig.normalize_s().unwrap_or(sig).to_bytes().to_vec()
         }
         (Alg::EdDSA, Signer::Ed25519(k)) => k.sign(signing_input).to_bytes().to_vec(),
         (alg, _) => panic!("the test signer cannot sign {alg} with this key"),
     }
+}
+
+/// The order n of the curve behind `alg` (ES256 or ES384).
+pub fn ecdsa_order(alg: Alg) -> BigUint {
+    let hex = match alg {
+        Alg::ES256 => P256_ORDER,
+        Alg::ES384 => P384_ORDER,
+        _ => panic!("{alg} is not ECDSA"),
+    };
+    BigUint::parse_bytes(hex.as_bytes(), 16).unwrap()
+}
+
+/// The `s` of a JWS ECDSA signature (`r || s`, fixed size) as a number.
+pub fn ecdsa_s(sig: &[u8]) -> BigUint {
+    BigUint::from_bytes_be(&sig[sig.len() / 2..])
+}
+
+/// The other spelling of the JWS ECDSA signature `sig` for `alg`: `(r, n - s)`, which
+/// verifies wherever `(r, s)` does. Computed with big integers, not the curve crates, so
+/// it does not lean on the code it tests.
+pub fn ecdsa_twin(alg: Alg, sig: &[u8]) -> Vec<u8> {
+    let half = sig.len() / 2;
+    let twin_s = (ecdsa_order(alg) - ecdsa_s(sig)).to_bytes_be();
+    let mut out = sig[..half].to_vec();
+    out.resize(sig.len() - twin_s.len(), 0);
+    out.extend_from_slice(&twin_s);
+    out
+}
+
+/// `token` with its signature replaced by [`ecdsa_twin`]'s.
+pub fn with_ecdsa_twin(alg: Alg, token: &str) -> String {
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let twin = ecdsa_twin(alg, &b64::decode(sig.as_bytes()).unwrap());
+    format!("{input}.{}", b64::encode(&twin))
 }
 
 /// `BASE64URL(header) '.' BASE64URL(payload)`.

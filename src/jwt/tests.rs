@@ -92,31 +92,29 @@ fn rfc7515_a2_rs256_verifies_and_the_test_signer_reproduces_it() {
 }
 
 #[test]
-fn rfc7515_a3_es256_verifies() {
+fn rfc7515_a3_es256_is_refused_for_its_high_s_and_its_low_s_twin_verifies() {
     let keys = set(vec![
         Key::from_jwk(RFC7515_A3_JWK.as_bytes(), None).unwrap(),
     ]);
-    let v = verify(
-        RFC7515_A3_TOKEN.as_bytes(),
-        &keys,
-        RFC7515_EXP - 1,
-        &Rules::default(),
-    )
-    .unwrap();
+    let at_exp = |token: &str, keys: &KeySet| {
+        verify(token.as_bytes(), keys, RFC7515_EXP - 1, &Rules::default())
+    };
+    // The RFC's own example signature is high-S.
+    assert_eq!(
+        at_exp(RFC7515_A3_TOKEN, &keys).unwrap_err(),
+        JwtError::BadSignature
+    );
+    assert_eq!(
+        with_ecdsa_twin(Alg::ES256, RFC7515_A3_TOKEN),
+        RFC7515_A3_TOKEN_LOW_S
+    );
+    let v = at_exp(RFC7515_A3_TOKEN_LOW_S, &keys).unwrap();
     assert_eq!(v.alg, Alg::ES256);
     assert_eq!(v.claim_str("iss"), Some("joe"));
     // The A.3 private key is the one our ES256 tokens are signed with.
     assert_eq!(public_key(Alg::ES256, None).alg(), Alg::ES256);
     let ours = Key::from_jwk(public_jwk(Alg::ES256, None).as_bytes(), None).unwrap();
-    assert!(
-        verify(
-            RFC7515_A3_TOKEN.as_bytes(),
-            &set(vec![ours]),
-            RFC7515_EXP - 1,
-            &Rules::default()
-        )
-        .is_ok()
-    );
+    assert!(at_exp(RFC7515_A3_TOKEN_LOW_S, &set(vec![ours])).is_ok());
 }
 
 #[test]
@@ -580,15 +578,68 @@ fn a_huge_token_is_refused_before_it_is_read() {
 fn an_ecdsa_signature_in_der_form_is_refused() {
     let keys = set(vec![public_key(Alg::ES256, None)]);
     let input = signing_input(r#"{"alg":"ES256"}"#, GOOD);
-    let Signer::P256(sk) = signer(Alg::ES256) else {
-        unreachable!()
-    };
-    let sig: p256::ecdsa::Signature = p256::ecdsa::signature::Signer::sign(&sk, input.as_bytes());
+    // The test signer's low-S signature: a high-S one would be refused for that alone.
+    let raw = sign(Alg::ES256, &signer(Alg::ES256), input.as_bytes());
+    let sig = p256::ecdsa::Signature::from_slice(&raw).unwrap();
     let der = sig.to_der();
     let token = format!("{input}.{}", b64::encode(der.as_bytes()));
     assert_eq!(check(&token, &keys).unwrap_err(), JwtError::BadSignature);
     let token = format!("{input}.{}", b64::encode(&sig.to_bytes()));
     assert!(check(&token, &keys).is_ok());
+}
+
+#[test]
+fn a_high_s_ecdsa_token_is_refused_as_a_bad_signature_like_a_tampered_one() {
+    for alg in [Alg::ES256, Alg::ES384] {
+        let keys = set(vec![public_key(alg, None)]);
+        let token = mint(alg, None, GOOD);
+        assert!(
+            check(&token, &keys).is_ok(),
+            "{alg}: the low-S token verifies"
+        );
+        let high_s = with_ecdsa_twin(alg, &token);
+        let err = check(&high_s, &keys).unwrap_err();
+        assert_eq!(err, JwtError::BadSignature, "{alg}");
+
+        let mut sig = b64::decode(token.rsplit('.').next().unwrap().as_bytes()).unwrap();
+        sig[0] ^= 0x01;
+        let tampered = check(&with_segment(&token, 2, &b64::encode(&sig)), &keys).unwrap_err();
+        assert_eq!(err.code(), tampered.code(), "{alg}");
+    }
+}
+
+#[test]
+fn a_high_s_ecdsa_token_is_refused_even_after_its_low_s_twin_was_cached() {
+    // The cache is keyed on the token's bytes: the second spelling must not ride on the
+    // first one's entry, nor earn its own.
+    for alg in [Alg::ES256, Alg::ES384] {
+        let keys = set(vec![public_key(alg, None)]);
+        let token = mint(alg, None, GOOD);
+        let rules = Rules::default();
+        assert!(verify_cached(token.as_bytes(), &keys, NOW, &rules).is_ok());
+        let high_s = with_ecdsa_twin(alg, &token);
+        for _ in 0..2 {
+            assert_eq!(
+                verify_cached(high_s.as_bytes(), &keys, NOW, &rules).unwrap_err(),
+                JwtError::BadSignature,
+                "{alg}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_test_signer_always_emits_low_s_ecdsa_signatures() {
+    // p256 and p384 leave s high about half the time; 64 inputs would all come out low
+    // by chance once in 2^64 runs.
+    for alg in [Alg::ES256, Alg::ES384] {
+        let key = signer(alg);
+        let half = ecdsa_order(alg) / 2u32;
+        for i in 0..64 {
+            let sig = sign(alg, &key, format!("input-{i}").as_bytes());
+            assert!(ecdsa_s(&sig) <= half, "{alg} input-{i}");
+        }
+    }
 }
 
 #[test]
@@ -868,7 +919,7 @@ fn the_fuzz_key_set_holds_the_rfc_keys_so_fuzzing_reaches_every_verifier() {
     let keys = super::fuzz_keys();
     let algs: Vec<Alg> = keys.keys().iter().map(Key::alg).collect();
     assert_eq!(algs, [Alg::RS256, Alg::ES256, Alg::EdDSA, Alg::HS256]);
-    for token in [RFC7515_A1_TOKEN, RFC7515_A2_TOKEN, RFC7515_A3_TOKEN] {
+    for token in [RFC7515_A1_TOKEN, RFC7515_A2_TOKEN, RFC7515_A3_TOKEN_LOW_S] {
         assert!(verify(token.as_bytes(), &keys, RFC7515_EXP - 1, &Rules::default()).is_ok());
     }
 }
@@ -879,6 +930,7 @@ fn the_fuzz_entry_point_survives_the_rfc_tokens_and_junk() {
         RFC7515_A1_TOKEN,
         RFC7515_A2_TOKEN,
         RFC7515_A3_TOKEN,
+        RFC7515_A3_TOKEN_LOW_S,
         RFC7515_A4_TOKEN,
         RFC8037_A4_TOKEN,
         "",
