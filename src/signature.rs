@@ -19,7 +19,14 @@
 //! **Order of checks.** The headers are judged first ([`Verifier::begin`]): a missing or
 //! malformed signature, or a timestamp outside the window (`|now - ts| > tolerance`,
 //! default 5 minutes; a timestamp from the future is as suspect as an old one), is
-//! refused before a byte of the body is read. The body is then fed to one running MAC per
+//! refused before a byte of the body is read.
+//!
+//! **How long a message stays replayable** ([`Accepted::replayable_until`], which the
+//! replay cache remembers it until). With a signed timestamp, through `ts + tolerance`:
+//! after that a copy fails the window check anyway. Without one (`github`, `generic`
+//! without `timestamp_header`) nothing in the message ever goes stale, so a captured copy
+//! verifies forever; the cache can only remember it for a fixed `replay_window` after it
+//! was accepted (default 24 hours), and a copy sent after that is accepted again. The body is then fed to one running MAC per
 //! secret as it arrives ([`Pending::update`]), so the plugin never needs the whole body in
 //! its memory, and [`Pending::finish`] compares.
 //!
@@ -37,6 +44,11 @@ use subtle::ConstantTimeEq;
 /// The replay window when the policy does not set `tolerance`: 5 minutes, the window
 /// Stripe's and Slack's own libraries use.
 pub const DEFAULT_TOLERANCE_SECS: u64 = 300;
+
+/// How long a message without a signed timestamp is remembered when the policy does not
+/// set `replay_window`: 24 hours, longer than any sender's own retries (GitHub does not
+/// retry by itself; a redelivery is a person's doing).
+pub const DEFAULT_REPLAY_WINDOW_SECS: u64 = 86_400;
 
 /// Signatures one header may carry (Stripe's `v1` values). A header with more is refused:
 /// the work per request stays bounded.
@@ -227,6 +239,16 @@ impl Provider {
             Provider::Generic(_) => "generic",
         }
     }
+
+    /// Whether the sender signs a timestamp, so that an old copy of a message stops
+    /// verifying on its own (see the module doc).
+    pub fn signs_timestamp(&self) -> bool {
+        match self {
+            Provider::Stripe | Provider::Slack => true,
+            Provider::Github => false,
+            Provider::Generic(g) => g.timestamp_header.is_some(),
+        }
+    }
 }
 
 /// A route's `webhook` section, validated.
@@ -236,9 +258,16 @@ pub struct Webhook {
     /// Environment variables holding the secrets (1 or more; any may match).
     pub secrets_env: Vec<String>,
     /// Accepted distance between the signed timestamp and now, and how long the replay
-    /// cache remembers a signature. Defaults to [`DEFAULT_TOLERANCE_SECS`].
+    /// cache remembers a message with a signed timestamp (after `ts + tolerance` it fails
+    /// the window check anyway). Defaults to [`DEFAULT_TOLERANCE_SECS`].
     pub tolerance_secs: u64,
-    /// Slots of the replay cache ([`crate::replay_cache`]). Defaults to none: no cache.
+    /// How long the replay cache remembers a message without a signed timestamp, from the
+    /// moment it was accepted; unused when the provider signs one. Defaults to
+    /// [`DEFAULT_REPLAY_WINDOW_SECS`].
+    pub replay_window_secs: u64,
+    /// Slots of the replay cache ([`crate::replay_cache`]). Defaults to
+    /// [`crate::replay_cache::DEFAULT_WINDOW_SLOTS`] when the provider signs no timestamp,
+    /// else to none: no cache.
     pub replay_slots: Option<u32>,
 }
 
@@ -380,6 +409,7 @@ pub struct Verifier {
     provider: Provider,
     keys: Vec<KeyedMac>,
     tolerance_secs: u64,
+    replay_window_secs: u64,
     /// The replay cache's table name and size, when the route has one.
     replay: Option<(String, u32)>,
 }
@@ -402,8 +432,7 @@ pub struct Pending {
     candidates: Candidates,
     /// Signed bytes that follow the body (`generic` templates only; usually empty).
     after: Vec<u8>,
-    /// Until when a replay of this message is possible: the signed timestamp plus the
-    /// tolerance, or now plus the tolerance when nothing signed a timestamp.
+    /// [`Accepted::replayable_until`].
     replayable_until: u64,
 }
 
@@ -418,6 +447,9 @@ impl std::fmt::Debug for Pending {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Accepted {
     pub fingerprint: [u8; 32],
+    /// The first Unix second at which the cache may forget the message: `ts + tolerance +
+    /// 1` with a signed timestamp (the first second it fails the window check), the
+    /// moment it was accepted plus the replay window without one.
     pub replayable_until: u64,
 }
 
@@ -551,6 +583,7 @@ impl Verifier {
             provider: webhook.provider.clone(),
             keys,
             tolerance_secs: webhook.tolerance_secs,
+            replay_window_secs: webhook.replay_window_secs,
             replay: webhook
                 .replay_slots
                 .map(|slots| (replay_table.to_string(), slots)),
@@ -603,9 +636,13 @@ impl Verifier {
                 if ts.abs_diff(now_secs) > self.tolerance_secs {
                     return Err(SignatureError::Expired);
                 }
-                ts.saturating_add(self.tolerance_secs)
+                // The first second at which it no longer verifies: at `ts + tolerance` it
+                // still does (the window is inclusive), so forgetting it then would let one
+                // copy through.
+                ts.saturating_add(self.tolerance_secs).saturating_add(1)
             }
-            None => now_secs.saturating_add(self.tolerance_secs),
+            // Nothing in the message ages: remember it for the replay window instead.
+            None => now_secs.saturating_add(self.replay_window_secs),
         };
         let ts_text = parsed.timestamp.map(|(t, _)| t).unwrap_or_default();
         let mut macs = self.keys.clone();
@@ -783,6 +820,7 @@ mod tests {
             provider,
             secrets_env: names.iter().map(|s| s.to_string()).collect(),
             tolerance_secs: DEFAULT_TOLERANCE_SECS,
+            replay_window_secs: DEFAULT_REPLAY_WINDOW_SECS,
             replay_slots: None,
         }
     }
@@ -1072,7 +1110,50 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a.fingerprint, b.fingerprint);
-        assert_eq!(a.replayable_until, NOW + 300);
+        assert_eq!(a.replayable_until, NOW + DEFAULT_REPLAY_WINDOW_SECS);
+    }
+
+    #[test]
+    fn a_message_without_a_signed_timestamp_is_replayable_for_the_replay_window_not_the_tolerance()
+    {
+        let shop = Provider::Generic(Generic {
+            header: "x-sig".into(),
+            algorithm: Algorithm::Sha256,
+            encoding: Encoding::Hex,
+            prefix: None,
+            timestamp_header: None,
+            payload: Template::parse("{body}").unwrap(),
+        });
+        for provider in [Provider::Github, shop] {
+            assert!(!provider.signs_timestamp(), "{}", provider.name());
+            let mut w = webhook(provider.clone(), &["SECRET"]);
+            w.tolerance_secs = 60;
+            w.replay_window_secs = 7 * 86_400;
+            let v = Verifier::new(&w, "t", env).unwrap();
+            let header = sign(&provider, SECRET.as_bytes(), 0, b"{}");
+            let a = verify(&v, one(&header), Presented::None, b"{}", NOW).unwrap();
+            assert_eq!(a.replayable_until, NOW + 7 * 86_400, "{}", provider.name());
+        }
+    }
+
+    #[test]
+    fn a_message_with_a_signed_timestamp_is_replayable_until_its_timestamp_plus_the_tolerance() {
+        for provider in [
+            Provider::Stripe,
+            Provider::Slack,
+            Provider::Generic(generic()),
+        ] {
+            assert!(provider.signs_timestamp(), "{}", provider.name());
+            let mut w = webhook(provider.clone(), &["SECRET"]);
+            // The replay window is not theirs: the timestamp check already bounds a copy.
+            w.replay_window_secs = 7 * 86_400;
+            let v = Verifier::new(&w, "t", env).unwrap();
+            let header = sign(&provider, SECRET.as_bytes(), NOW - 100, b"{}");
+            let ts = (NOW - 100).to_string();
+            let a = verify(&v, one(&header), one(&ts), b"{}", NOW).unwrap();
+            // The first second at which a copy fails the window check.
+            assert_eq!(a.replayable_until, NOW - 100 + 301, "{}", provider.name());
+        }
     }
 
     #[test]
@@ -1173,6 +1254,7 @@ mod properties {
                     provider,
                     secrets_env: vec!["S".into()],
                     tolerance_secs: 300,
+                    replay_window_secs: DEFAULT_REPLAY_WINDOW_SECS,
                     replay_slots: None,
                 };
                 let v = Verifier::new(&w, "t", |_| Some("0123456789abcdef0123".into())).unwrap();
@@ -1191,6 +1273,7 @@ mod properties {
                     provider: provider.clone(),
                     secrets_env: vec!["S".into()],
                     tolerance_secs: 300,
+                    replay_window_secs: DEFAULT_REPLAY_WINDOW_SECS,
                     replay_slots: None,
                 };
                 let v = Verifier::new(&w, "t", |_| Some(String::from_utf8_lossy(secret).into_owned())).unwrap();

@@ -54,6 +54,7 @@ fn verifiers() -> &'static [Verifier] {
                 provider,
                 secrets_env: vec!["S".into(), "T".into()],
                 tolerance_secs: 300,
+                replay_window_secs: 86_400,
                 replay_slots: None,
             };
             Verifier::new(&w, "fuzz", |n| {

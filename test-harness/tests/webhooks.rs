@@ -1,8 +1,8 @@
 //! Webhook signatures through the real module in the harness (`policies/webhooks.yaml`):
 //! every provider accepted with signatures computed here, bodies in many small chunks,
 //! and every refusal (tampered body, wrong secret, old or future timestamp, missing or
-//! duplicated header, replay), each answered with the standard body and never seen by the
-//! upstream.
+//! duplicated header, replay, also 23 hours later where no timestamp is signed), each
+//! answered with the standard body and never seen by the upstream.
 
 #![allow(
     clippy::unwrap_used,
@@ -15,7 +15,10 @@ mod webhook_fixtures;
 
 use gatehouse_harness::envoy::default_wasm;
 use gatehouse_harness::host::{BuildError, Harness, HarnessBuilder, Outcome, Request};
+use std::time::Duration;
 use webhook_fixtures::*;
+
+const HOUR: u64 = 3600;
 
 fn builder() -> HarnessBuilder {
     let mut b = Harness::builder(default_wasm())
@@ -61,7 +64,7 @@ fn every_provider_is_accepted_with_its_body_in_one_byte_chunks() {
     let mut h = harness();
     for (provider, secret, _) in PROVIDERS {
         for chunk in [1, 7, 64, 4096] {
-            // A fresh message each time, or Stripe's replay cache would refuse it.
+            // A fresh message each time, or the replay caches would refuse it.
             let body = event_body(300 + chunk);
             let (path, headers) = signed(provider, secret, T0, &body);
             let out = h
@@ -240,6 +243,65 @@ fn a_stripe_replay_is_refused_on_any_worker_until_its_window_ends() {
     h.advance(std::time::Duration::from_secs(301)).unwrap();
     let late = h.request(post(&path, &headers, &body)).unwrap();
     assert_refused(&late, 401, "SIGNATURE_EXPIRED");
+}
+
+#[test]
+fn a_delivery_without_a_timestamp_is_refused_as_a_replay_on_any_worker_for_24_hours() {
+    // github says nothing of a replay cache, so it gets the default of a provider without
+    // a signed timestamp (65,536 slots); shop sizes its own.
+    let mut h = builder().workers(2).build().unwrap();
+    for (route, slots) in [("github", 65_536), ("shop", 4096)] {
+        let keys = h.shared_data_keys(&format!("wh/{route}/{slots}/"));
+        assert_eq!(
+            keys.len(),
+            slots + 1,
+            "{route}: the slots and the ready marker"
+        );
+    }
+    let deliveries: Vec<_> = ["github", "shop"]
+        .into_iter()
+        .map(|provider| {
+            let secret = PROVIDERS.iter().find(|p| p.0 == provider).unwrap().1;
+            let body = event_body(140);
+            let (path, headers) = signed(provider, secret, T0, &body);
+            let out = h.request_on(0, post(&path, &headers, &body)).unwrap();
+            assert_eq!(out.status, 200, "{provider}: {}", out.text());
+            (provider, path, headers, body)
+        })
+        .collect();
+    let replay = |h: &mut Harness, worker: usize, when: &str| {
+        for (provider, path, headers, body) in &deliveries {
+            let out = h
+                .request_on(worker, post(path, headers, body).chunked(11))
+                .unwrap();
+            assert_refused(&out, 401, "INVALID_SIGNATURE");
+            assert_eq!(
+                out.json()["error"],
+                "the webhook signature is missing or invalid",
+                "{provider} {when}"
+            );
+        }
+    };
+    // Past the 5-minute tolerance, which was all such a delivery used to be remembered
+    // for; then 23 hours on; then the window's last second. Virtual time: every tick on
+    // the way is delivered.
+    h.advance(Duration::from_secs(5 * 60 + 1)).unwrap();
+    replay(&mut h, 1, "after 5 minutes");
+    h.advance(Duration::from_secs(23 * HOUR - 5 * 60 - 1))
+        .unwrap();
+    replay(&mut h, 0, "after 23 hours");
+    h.advance(Duration::from_secs(HOUR - 1)).unwrap();
+    replay(&mut h, 1, "at the window's last second");
+    // Once the window has passed, nothing in the delivery tells it from a first one: it
+    // is accepted again (the documented limit), and remembered for a new window.
+    h.advance(Duration::from_secs(1)).unwrap();
+    for (provider, path, headers, body) in &deliveries {
+        let out = h.request_on(0, post(path, headers, body)).unwrap();
+        assert_eq!(out.status, 200, "{provider} after 24 hours: {}", out.text());
+        assert_eq!(out.upstream.unwrap().body, *body);
+    }
+    replay(&mut h, 1, "in the new window");
+    h.assert_no_trap().unwrap();
 }
 
 #[test]

@@ -10,9 +10,11 @@
 use super::auth::parse_duration_secs;
 use super::{Decoder, Fields, field_pos, join};
 use crate::body::{BodyPolicy, MAX_BYTES_LIMIT, MAX_HELD_BYTES};
+use crate::policy::tree::Pos;
 use crate::policy::tree::{Node, Value};
 use crate::signature::{
-    Algorithm, DEFAULT_TOLERANCE_SECS, Encoding, Generic, Provider, Template, Webhook,
+    Algorithm, DEFAULT_REPLAY_WINDOW_SECS, DEFAULT_TOLERANCE_SECS, Encoding, Generic, Provider,
+    Template, Webhook,
 };
 
 /// `64KB`, `1MB`, `512`, `2 GiB`: a size in bytes (binary units). `None` when it is not
@@ -59,6 +61,28 @@ fn header_name(s: &str) -> Option<String> {
 
 fn env_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The position of a field's key (where a reader looks for it), else of its value.
+fn key_pos(f: &Fields<'_>, name: &str) -> Option<Pos> {
+    f.entries
+        .iter()
+        .find(|(k, _)| k.name == name)
+        .and_then(|(k, v)| k.pos.or(v.pos))
+}
+
+/// `replay_window`'s bounds: from the default tolerance (a shorter window would remember
+/// less than GitHub routes did before it existed) to 30 days.
+const REPLAY_WINDOW_SECS: std::ops::RangeInclusive<u64> = 300..=30 * 86_400;
+
+/// What a webhook's `replay_cache` field says.
+enum ReplayCache {
+    /// Absent: on where the provider signs no timestamp, else off.
+    Unsaid,
+    /// `false`.
+    Off,
+    /// A mapping, with `slots` or without (the provider's default size).
+    On(Option<u32>),
 }
 
 /// The fields only `provider: generic` has.
@@ -193,8 +217,20 @@ impl Decoder {
         Some((body, webhook))
     }
 
+    /// A route's `webhook`. Its replay fields depend on whether the provider signs a
+    /// timestamp ([`Provider::signs_timestamp`]): with one, the cache is optional and
+    /// remembers a message for `tolerance`, and `replay_window` is refused (a copy outside
+    /// the tolerance fails the timestamp check anyway, so a longer memory would only fill
+    /// the table); without one, the cache is on unless `replay_cache: false`, remembers a
+    /// message for `replay_window`, and `tolerance` has nothing to check (a warning).
     pub(super) fn webhook(&mut self, node: &Node, path: &str) -> Option<Webhook> {
-        let mut allowed = vec!["provider", "secrets_env", "tolerance", "replay_cache"];
+        let mut allowed = vec![
+            "provider",
+            "secrets_env",
+            "tolerance",
+            "replay_window",
+            "replay_cache",
+        ];
         allowed.extend(GENERIC_FIELDS);
         let f = self.object(node, path, &allowed)?;
         let provider_name = self.required(&f, path, "provider").and_then(|n| {
@@ -246,34 +282,44 @@ impl Decoder {
         });
         let tolerance = match f.get("tolerance") {
             None => Some(DEFAULT_TOLERANCE_SECS),
-            Some(n) => {
-                let tp = join(path, "tolerance");
-                match &n.value {
-                    Value::Str(s) => match parse_duration_secs(s) {
-                        Some(secs) if (1..=86_400).contains(&secs) => Some(secs),
-                        _ => {
-                            self.error(&tp, n.pos, "expected a duration from 1s to 1d, such as 5m");
-                            None
-                        }
-                    },
-                    _ => {
-                        self.error(&tp, n.pos, "expected a duration from 1s to 1d, such as 5m");
-                        None
-                    }
-                }
-            }
+            Some(n) => self.webhook_duration(
+                n,
+                &join(path, "tolerance"),
+                1..=86_400,
+                "from 1s to 1d, such as 5m",
+            ),
         };
-        let replay_slots = match f.get("replay_cache") {
+        let replay_window = match f.get("replay_window") {
             None => Some(None),
+            Some(n) => self
+                .webhook_duration(
+                    n,
+                    &join(path, "replay_window"),
+                    REPLAY_WINDOW_SECS,
+                    "from 5m to 30d, such as 24h",
+                )
+                .map(Some),
+        };
+        let replay_cache = match f.get("replay_cache") {
+            None => Some(ReplayCache::Unsaid),
+            Some(n) if n.value == Value::Bool(false) => Some(ReplayCache::Off),
+            Some(n) if !matches!(n.value, Value::Map(_)) => {
+                self.error(
+                    &join(path, "replay_cache"),
+                    n.pos,
+                    "expected a mapping such as { slots: 65536 }, or false",
+                );
+                None
+            }
             Some(n) => {
                 let rp = join(path, "replay_cache");
                 self.object(n, &rp, &["slots"])
                     .and_then(|r| match r.get("slots") {
-                        None => Some(Some(crate::replay_cache::DEFAULT_SLOTS)),
+                        None => Some(ReplayCache::On(None)),
                         Some(s) => self
                             .integer(s, &join(&rp, "slots"), 16, 1_048_576)
                             .and_then(|v| u32::try_from(v).ok())
-                            .map(Some),
+                            .map(|v| ReplayCache::On(Some(v))),
                     })
             }
         };
@@ -282,16 +328,10 @@ impl Decoder {
             Some(name) => {
                 let mut ok = true;
                 for field in GENERIC_FIELDS {
-                    if let Some(n) = f.get(field) {
-                        let pos = f
-                            .entries
-                            .iter()
-                            .find(|(k, _)| k.name == field)
-                            .and_then(|(k, _)| k.pos)
-                            .or(n.pos);
+                    if f.get(field).is_some() {
                         self.error(
                             &join(path, field),
-                            pos,
+                            key_pos(&f, field),
                             format!(
                                 "only for provider: generic; {name} signatures have a fixed format"
                             ),
@@ -308,12 +348,78 @@ impl Decoder {
             }
             None => None,
         };
+        let (provider, replay_window, replay_cache) = (provider?, replay_window?, replay_cache?);
+        let replay_slots = if provider.signs_timestamp() {
+            if replay_window.is_some() {
+                self.error(
+                    &join(path, "replay_window"),
+                    key_pos(&f, "replay_window"),
+                    format!(
+                        "only for providers that sign no timestamp (github, or generic without timestamp_header); {} signs one, so a copy older than tolerance already fails and the replay cache remembers each message for tolerance",
+                        provider.name()
+                    ),
+                );
+                return None;
+            }
+            match replay_cache {
+                ReplayCache::On(slots) => Some(slots.unwrap_or(crate::replay_cache::DEFAULT_SLOTS)),
+                ReplayCache::Unsaid | ReplayCache::Off => None,
+            }
+        } else {
+            if f.get("tolerance").is_some() {
+                self.warn(
+                    &join(path, "tolerance"),
+                    key_pos(&f, "tolerance"),
+                    format!(
+                        "has no effect: {} signs no timestamp to check; an accepted message is remembered for replay_window (default 24h)",
+                        provider.name()
+                    ),
+                );
+            }
+            match replay_cache {
+                ReplayCache::On(slots) => {
+                    Some(slots.unwrap_or(crate::replay_cache::DEFAULT_WINDOW_SLOTS))
+                }
+                ReplayCache::Unsaid => Some(crate::replay_cache::DEFAULT_WINDOW_SLOTS),
+                ReplayCache::Off if replay_window.is_some() => {
+                    self.error(
+                        &join(path, "replay_window"),
+                        key_pos(&f, "replay_window"),
+                        "needs the replay cache, which replay_cache: false turns off",
+                    );
+                    return None;
+                }
+                ReplayCache::Off => None,
+            }
+        };
         Some(Webhook {
-            provider: provider?,
+            provider,
             secrets_env: secrets_env?,
             tolerance_secs: tolerance?,
-            replay_slots: replay_slots?,
+            replay_window_secs: replay_window.unwrap_or(DEFAULT_REPLAY_WINDOW_SECS),
+            replay_slots,
         })
+    }
+
+    /// `tolerance` or `replay_window`: a duration string within `range` (seconds).
+    fn webhook_duration(
+        &mut self,
+        n: &Node,
+        path: &str,
+        range: std::ops::RangeInclusive<u64>,
+        expected: &str,
+    ) -> Option<u64> {
+        let secs = match &n.value {
+            Value::Str(s) => parse_duration_secs(s),
+            _ => None,
+        };
+        match secs {
+            Some(secs) if range.contains(&secs) => Some(secs),
+            _ => {
+                self.error(path, n.pos, format!("expected a duration {expected}"));
+                None
+            }
+        }
     }
 
     fn generic(&mut self, f: &Fields<'_>, path: &str) -> Option<Generic> {
@@ -630,6 +736,131 @@ mod tests {
             g.payload.before,
             [Piece::Timestamp, Piece::Text(":".into())]
         );
+    }
+
+    #[test]
+    fn a_route_without_a_signed_timestamp_gets_a_24h_replay_cache_by_default() {
+        let webhook = |route: &str| {
+            policy("", route).map(|p| {
+                let w = p.routes[0].webhook.clone().unwrap();
+                (w.replay_window_secs, w.replay_slots)
+            })
+        };
+        let window_slots = Some(crate::replay_cache::DEFAULT_WINDOW_SLOTS);
+        assert_eq!(
+            webhook("    webhook: { provider: github, secrets_env: [S] }\n"),
+            Ok((86_400, window_slots))
+        );
+        assert_eq!(
+            webhook("    webhook: { provider: github, secrets_env: [S], replay_cache: {} }\n"),
+            Ok((86_400, window_slots))
+        );
+        assert_eq!(
+            webhook(
+                "    webhook: { provider: github, secrets_env: [S], replay_window: 7d, replay_cache: { slots: 1024 } }\n"
+            ),
+            Ok((7 * 86_400, Some(1024)))
+        );
+        // Turned off on purpose: every captured delivery then verifies forever.
+        assert_eq!(
+            webhook("    webhook: { provider: github, secrets_env: [S], replay_cache: false }\n"),
+            Ok((86_400, None))
+        );
+        assert_eq!(
+            webhook(
+                "    webhook: { provider: generic, secrets_env: [S], header: x-sig, replay_window: 2h }\n"
+            ),
+            Ok((7200, window_slots))
+        );
+        // With a signed timestamp the cache stays optional and its default small.
+        assert_eq!(
+            webhook(
+                "    webhook: { provider: generic, secrets_env: [S], header: x-sig, timestamp_header: x-ts }\n"
+            )
+            .map(|w| w.1),
+            Ok(None)
+        );
+        assert_eq!(
+            webhook("    webhook: { provider: stripe, secrets_env: [S] }\n").map(|w| w.1),
+            Ok(None)
+        );
+        assert_eq!(
+            webhook("    webhook: { provider: slack, secrets_env: [S], replay_cache: {} }\n")
+                .map(|w| w.1),
+            Ok(Some(crate::replay_cache::DEFAULT_SLOTS))
+        );
+    }
+
+    #[test]
+    fn replay_window_is_refused_where_a_timestamp_is_signed_and_out_of_range_anywhere() {
+        let errs = policy(
+            "",
+            concat!(
+                "    webhook:\n",
+                "      provider: stripe\n",
+                "      secrets_env: [S]\n",
+                "      replay_window: 24h\n",
+            ),
+        )
+        .unwrap_err()
+        .join("\n");
+        assert!(
+            errs.contains(
+                "p.yaml:8:7: routes[0].webhook.replay_window: only for providers that sign no timestamp (github, or generic without timestamp_header); stripe signs one, so a copy older than tolerance already fails"
+            ),
+            "{errs}"
+        );
+        let errs = policy(
+            "",
+            "    webhook: { provider: generic, secrets_env: [S], header: x-sig, timestamp_header: x-ts, replay_window: 1h }\n",
+        )
+        .unwrap_err()
+        .join("\n");
+        assert!(
+            errs.contains(
+                "routes[0].webhook.replay_window: only for providers that sign no timestamp"
+            ) && errs.contains("generic signs one"),
+            "{errs}"
+        );
+        for (route, expected) in [
+            (
+                "    webhook: { provider: github, secrets_env: [S], replay_window: 1m }\n",
+                "p.yaml:5:67: routes[0].webhook.replay_window: expected a duration from 5m to 30d, such as 24h",
+            ),
+            (
+                "    webhook: { provider: github, secrets_env: [S], replay_window: 31d }\n",
+                "routes[0].webhook.replay_window: expected a duration from 5m to 30d",
+            ),
+            (
+                "    webhook: { provider: github, secrets_env: [S], replay_window: 24h, replay_cache: false }\n",
+                "routes[0].webhook.replay_window: needs the replay cache, which replay_cache: false turns off",
+            ),
+            (
+                "    webhook: { provider: github, secrets_env: [S], replay_cache: true }\n",
+                "p.yaml:5:66: routes[0].webhook.replay_cache: expected a mapping such as { slots: 65536 }, or false",
+            ),
+        ] {
+            let errs = policy("", route).unwrap_err().join("\n");
+            assert!(errs.contains(expected), "missing {expected:?} in:\n{errs}");
+        }
+    }
+
+    #[test]
+    fn tolerance_on_a_route_without_a_signed_timestamp_is_a_warning_not_an_error() {
+        // Policies written before replay_window still load; the warning says what counts.
+        let src = "version: 1\nroutes:\n  - match: { path: /hooks }\n    webhook: { provider: github, secrets_env: [S], tolerance: 10m }\n";
+        let loaded = load_yaml("p.yaml", src).unwrap();
+        let w = loaded.policy.routes[0].webhook.as_ref().unwrap();
+        assert_eq!(w.replay_window_secs, 86_400);
+        let warnings = loaded.warnings.to_string();
+        assert!(
+            warnings.contains(
+                "p.yaml:4:52: routes[0].webhook.tolerance: has no effect: github signs no timestamp to check; an accepted message is remembered for replay_window (default 24h)"
+            ),
+            "{warnings}"
+        );
+        let src = src.replace("github", "stripe");
+        assert!(load_yaml("p.yaml", &src).unwrap().warnings.is_empty());
     }
 
     #[test]
