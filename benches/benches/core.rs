@@ -489,12 +489,13 @@ mod signing {
                     .sign_with_rng(&mut self.rng, input)
                     .to_vec(),
                 Alg::ES256 => {
+                    // gatehouse accepts only low-S signatures (one spelling per token).
                     let sig: p256::ecdsa::Signature = self.p256.sign(input);
-                    sig.to_bytes().to_vec()
+                    sig.normalize_s().unwrap_or(sig).to_bytes().to_vec()
                 }
                 Alg::ES384 => {
                     let sig: p384::ecdsa::Signature = self.p384.sign(input);
-                    sig.to_bytes().to_vec()
+                    sig.normalize_s().unwrap_or(sig).to_bytes().to_vec()
                 }
                 Alg::EdDSA => self.ed25519.sign(input).to_bytes().to_vec(),
             }
