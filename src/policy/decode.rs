@@ -680,7 +680,13 @@ impl Decoder {
             let base = match &internal.path {
                 PathMatch::Exact(p) | PathMatch::Prefix(p) => p.trim_end_matches('/'),
             };
-            if base.is_empty() {
+            // A base that has an extension already (`/admin.json`) is itself a twin.
+            if base.is_empty()
+                || base
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|last| last.contains('.'))
+            {
                 continue;
             }
             let twin = format!("{base}.json");
@@ -696,7 +702,7 @@ impl Decoder {
                     &format!("{path}[{j}]"),
                     items.get(j).and_then(|n| n.pos),
                     format!(
-                        "external route '{}' ({path}[{j}]{}) takes '{twin}', the extension twin of internal route '{}' ({path}[{i}]{}): frameworks that read a format suffix serve it as '{base}' without identity; add an internal route for '{base}.' paths before it",
+                        "external route '{}' ({path}[{j}]{}) takes '{twin}', the extension twin of internal route '{}' ({path}[{i}]{}): frameworks that read a format suffix (Rails, Spring, Django REST) serve it as '{base}' without identity; add internal routes for the twins the upstream serves ('{twin}') before it",
                         external.name,
                         line(j),
                         internal.name,

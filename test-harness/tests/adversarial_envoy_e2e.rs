@@ -504,3 +504,255 @@ fn ten_thousand_distinct_invalid_keys_are_all_refused_and_envoy_keeps_serving() 
     assert_eq!(upstream_requests(&envoy), before_upstream);
     assert_still_serving(&envoy, "10,000 invalid keys");
 }
+
+/// One request on a keep-alive connection (reopened when Envoy closes it): method, path,
+/// headers.
+fn send_on(
+    conn: &mut Option<(TcpStream, BufReader<TcpStream>)>,
+    envoy: &Envoy,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> ClientResponse {
+    let (stream, reader) = conn.get_or_insert_with(|| {
+        let stream = TcpStream::connect(envoy.listener_addr()).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        (stream, reader)
+    });
+    let mut out = Vec::with_capacity(256);
+    write!(
+        out,
+        "{method} {path} HTTP/1.1\r\nhost: gatehouse\r\ncontent-length: 0\r\n"
+    )
+    .unwrap();
+    for (name, value) in headers {
+        write!(out, "{name}: {value}\r\n").unwrap();
+    }
+    out.extend_from_slice(b"\r\n");
+    stream.write_all(&out).unwrap();
+    let head = http1::read_head(reader)
+        .unwrap()
+        .expect("Envoy closed the connection");
+    let body = http1::read_body(reader, &head, false).unwrap();
+    if head.wants_close() {
+        *conn = None;
+    }
+    ClientResponse {
+        status: status_of(&head),
+        headers: head.headers,
+        body,
+    }
+}
+
+/// Over HTTP/2 Envoy forwards a lower-case method (its HTTP/1 codec refuses one itself):
+/// the module refuses it, so `delete` never lands on a route that `DELETE` would not.
+#[test]
+fn a_lower_case_method_over_http2_is_the_modules_400_and_never_reaches_the_upstream() {
+    let _g = alone();
+    let envoy = envoy();
+    let before = upstream_requests(&envoy);
+    for method in ["delete", "Delete", "get"] {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--http2-prior-knowledge", "-X", method, "-D", "-"])
+            .args(["-H", "x-request-id: adv-h2-method"])
+            .arg(format!("http://{}/accounts/7", envoy.listener_addr()))
+            .output()
+            .expect("curl (HTTP/2 client) runs: `apt-get install curl`");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        assert!(head.starts_with("HTTP/2 400"), "{method}: {text}");
+        assert!(head.contains("content-type: application/json"), "{text}");
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["code"], "BAD_REQUEST", "{body}");
+        assert_eq!(body["error"], "the request method is not valid", "{body}");
+        assert_eq!(body["request_id"], "adv-h2-method", "{body}");
+    }
+    // The upper-case method over HTTP/2 is an ordinary request of the internal route.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-X",
+            "DELETE",
+            "-o",
+            "/dev/null",
+        ])
+        .args(["-w", "%{http_code}"])
+        .arg(format!("http://{}/accounts/7", envoy.listener_addr()))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+    assert_eq!(
+        upstream_requests(&envoy),
+        before,
+        "nothing reached the upstream"
+    );
+    assert_still_serving(&envoy, "lower-case methods over HTTP/2");
+}
+
+/// The rendered bootstrap refuses header names with `_` (CGI-style upstreams read
+/// `x_gatehouse_user` as `x-gatehouse-user`): Envoy's 400, in the standard shape.
+#[test]
+fn a_header_name_with_an_underscore_is_envoys_400_in_the_standard_shape() {
+    let _g = alone();
+    let envoy = envoy();
+    let before = upstream_requests(&envoy);
+    for (name, value) in [
+        ("x_gatehouse_user", &b"admin"[..]),
+        ("x-gatehouse_plan", b"enterprise"),
+        ("X_Gatehouse_Tenant", b"other"),
+        ("x_api_key", DEMO_KEY.as_bytes()),
+    ] {
+        let resp = get_with(
+            &envoy,
+            b"/public/page",
+            &[(name, value), ("x-api-key", DEMO_KEY.as_bytes())],
+        );
+        let text = String::from_utf8_lossy(&resp.body);
+        assert_eq!(resp.status, 400, "{name}: {text}");
+        assert_eq!(header(&resp, "content-type"), Some("application/json"));
+        let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(body["code"], "BAD_REQUEST", "{name}: {body}");
+        assert!(
+            !text.contains("admin") && !text.contains(DEMO_KEY),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        upstream_requests(&envoy),
+        before,
+        "nothing reached the upstream"
+    );
+    assert_still_serving(&envoy, "underscore header names");
+}
+
+/// A policy whose client address comes from one trusted proxy's `x-forwarded-for`, so
+/// one test can speak from many addresses, with small limiter tables.
+const ADDRESS_POLICY: &str = r#"
+version: 1
+plans:
+  team: { requests_per_minute: 1200 }
+keys:
+  - { id: key_demo, sha256: ea4d1b2a0167d9569b431fc952792261ff21c7e8da3bb4e49b66fd9bf07ef55f, user: user_demo, tenant: tenant_demo, plan: team }
+rate_limit:
+  trusted_proxies: 1
+  slots: 1024
+  address_slots: 1024
+  anonymous: { requests_per_minute: 5 }
+routes:
+  - name: login
+    match: { path: /login, methods: [POST] }
+    audience: external
+    limits: [ { requests: 2, per: 1m, by: ip } ]
+  - name: api
+    match: { path_prefix: /v1/ }
+    audience: external
+"#;
+
+fn address_envoy() -> Envoy {
+    let policy = gatehouse::policy::load_yaml("address.yaml", ADDRESS_POLICY).unwrap();
+    Envoy::start(&EnvoyOptions {
+        concurrency: 2,
+        ..EnvoyOptions::new(policy.plugin_config_json)
+    })
+    .unwrap_or_else(|e| panic!("could not start Envoy: {e:#}"))
+}
+
+/// The attack on unkeyed slots, in Envoy: anonymous requests from addresses computed to
+/// land on a known user's slots (as the slots were placed before they were keyed), then a
+/// flood that fills the address table. The user keeps its whole budget.
+#[test]
+fn anonymous_traffic_from_any_addresses_never_makes_a_known_user_429() {
+    let envoy = address_envoy();
+    // The victim's slots as an attacker computed them: unkeyed, one table for all.
+    let unkeyed = gatehouse::slot_table::SlotTable {
+        name: "rl",
+        slots: 1024,
+    };
+    let victim = unkeyed.place(b"plan:team", b"u:user_demo");
+    let aimed: Vec<String> = (0..200_000u32)
+        .map(|i| format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255))
+        .filter(|a| {
+            let p = unkeyed.place(b"anonymous", format!("ip:{a}").as_bytes());
+            p.candidates()
+                .iter()
+                .any(|c| victim.candidates().contains(c))
+        })
+        .take(64)
+        .collect();
+    assert_eq!(aimed.len(), 64);
+    let flood = (0..2048u32).map(|i| format!("192.0.{}.{}", i >> 8, i & 255));
+    let mut conn = None;
+    let mut full = 0;
+    for address in aimed.iter().cloned().chain(flood) {
+        for _ in 0..2 {
+            let resp = send_on(
+                &mut conn,
+                &envoy,
+                "GET",
+                "/v1/x",
+                &[("x-forwarded-for", &address)],
+            );
+            match resp.status {
+                200 => {}
+                429 => full += 1,
+                other => panic!("{address}: {other}"),
+            }
+        }
+    }
+    assert!(full > 0, "the flood filled the address table");
+    for n in 0..300 {
+        let resp = send_on(
+            &mut conn,
+            &envoy,
+            "GET",
+            "/v1/x",
+            &[("x-api-key", DEMO_KEY), ("x-forwarded-for", "192.0.0.1")],
+        );
+        assert_eq!(resp.status, 200, "the known user's request {n}");
+    }
+    // The user's own by-ip login limit finds the address table full: skipped, not a 429.
+    let resp = send_on(
+        &mut conn,
+        &envoy,
+        "POST",
+        "/login",
+        &[
+            ("x-api-key", DEMO_KEY),
+            ("x-forwarded-for", "198.51.100.77"),
+        ],
+    );
+    assert_eq!(resp.status, 200);
+}
+
+/// Every address of an IPv6 /64 is one client to the login limit and the anonymous one.
+#[test]
+fn an_ipv6_client_counts_as_its_64_for_the_login_limit() {
+    let envoy = address_envoy();
+    let mut conn = None;
+    let mut login = |address: &str| {
+        send_on(
+            &mut conn,
+            &envoy,
+            "POST",
+            "/login",
+            &[("x-forwarded-for", address)],
+        )
+        .status
+    };
+    assert_eq!(login("2001:db8:5:5::1"), 200);
+    assert_eq!(login("2001:db8:5:5::2"), 200);
+    assert_eq!(login("2001:db8:5:5:ffff:1:2:3"), 429);
+    assert_eq!(
+        login("2001:db8:5:6::1"),
+        200,
+        "another /64 has its own budget"
+    );
+    assert_eq!(login("203.0.113.9"), 200);
+    assert_eq!(login("203.0.113.9"), 200);
+    assert_eq!(login("203.0.113.10"), 200, "IPv4 counts by address");
+}

@@ -116,3 +116,64 @@ fn a_case_file_with_an_unknown_field_is_refused_with_its_position() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `/admin.json` is `/admin` to frameworks that read a format suffix: an external route
+/// after the internal one that takes it is named, with both routes' positions.
+#[test]
+fn check_warns_when_an_internal_routes_extension_twin_falls_to_a_broader_external_route() {
+    let dir = std::env::temp_dir().join(format!("gatehouse-twins-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("twins.yaml");
+    std::fs::write(
+        &file,
+        concat!(
+            "version: 1\n",
+            "routes:\n",
+            "  - name: admin\n",
+            "    match: { path: /admin }\n",
+            "    audience: internal\n",
+            "  - name: docs\n",
+            "    match: { path_prefix: /docs/ }\n",
+            "    audience: external\n",
+            "  - name: site\n",
+            "    match: { path_prefix: / }\n",
+            "    audience: external\n",
+        ),
+    )
+    .unwrap();
+    let out = check(file.to_str().unwrap());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a warning does not fail: {stdout}"
+    );
+    let warning = stdout
+        .lines()
+        .find(|l| l.contains("warning"))
+        .unwrap_or_else(|| panic!("no warning in:\n{stdout}"));
+    for phrase in [
+        "twins.yaml:9:",
+        "external route 'site' (routes[2], line 9)",
+        "'/admin.json'",
+        "internal route 'admin' (routes[0], line 3)",
+    ] {
+        assert!(warning.contains(phrase), "{phrase:?} missing in {warning}");
+    }
+    // With the twin claimed by an internal route first, nothing to warn about.
+    std::fs::write(
+        &file,
+        concat!(
+            "version: 1\n",
+            "routes:\n",
+            "  - { name: admin, match: { path: /admin }, audience: internal }\n",
+            "  - { name: admin-json, match: { path: /admin.json }, audience: internal }\n",
+            "  - { name: site, match: { path_prefix: / }, audience: external }\n",
+        ),
+    )
+    .unwrap();
+    let out = check(file.to_str().unwrap());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("warning"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
