@@ -786,6 +786,61 @@ mod tests {
     }
 
     #[test]
+    fn address_tables_networks_and_path_parameters_are_read_with_their_defaults() {
+        let p = load_yaml("p", &minimal("")).unwrap().policy;
+        assert_eq!(
+            (
+                p.rate_limit.address_slots,
+                p.rate_limit.ipv4_prefix,
+                p.rate_limit.ipv6_prefix
+            ),
+            (65_536, 32, 64)
+        );
+        assert!(!p.routes[0].path_parameters);
+        let p = load_yaml(
+            "p",
+            "version: 1
+rate_limit: { address_slots: 2048, ipv4_prefix: 24, ipv6_prefix: 56 }
+routes:
+  - match: { path_prefix: /cars/, path_parameters: allow, methods: [GET] }
+",
+        )
+        .unwrap()
+        .policy;
+        assert_eq!(
+            (
+                p.rate_limit.address_slots,
+                p.rate_limit.ipv4_prefix,
+                p.rate_limit.ipv6_prefix
+            ),
+            (2048, 24, 56)
+        );
+        assert!(p.routes[0].path_parameters);
+        assert_eq!(p.routes[0].methods, ["GET", "HEAD"]);
+        let errs = errors(
+            "version: 1
+rate_limit: { address_slots: 10, ipv6_prefix: 200 }
+routes:
+  - match: { path: /a, path_parameters: yes }
+  - match: { path: '/admin.', methods: [delete] }
+",
+        );
+        let joined = errs.join("\n");
+        for expected in [
+            "p.yaml:2:30: rate_limit.address_slots:",
+            "p.yaml:2:47: rate_limit.ipv6_prefix:",
+            "p.yaml:4:41: routes[0].match.path_parameters: unknown value 'yes'; expected one of [refuse, allow]",
+            "routes[1].match.path: must start with '/' and be in normal form",
+            "routes[1].match.methods[0]: 'delete' is not an HTTP method",
+        ] {
+            assert!(
+                joined.contains(expected),
+                "missing {expected:?} in:\n{joined}"
+            );
+        }
+    }
+
+    #[test]
     fn header_names_are_lower_cased_and_identity_headers_are_reserved() {
         let p = load_yaml("p", &minimal("api_key: { header: X-My-Key }\n"))
             .unwrap()
