@@ -105,10 +105,11 @@ fn four_interleaved_workers_admit_exactly_the_plan_under_every_seed() {
 
 #[test]
 fn a_full_slot_table_refuses_newcomers_and_never_touches_strangers_budgets() {
-    // 1024 slots (the minimum); anonymous callers counted per x-forwarded-for address.
+    // 1024 address slots (the minimum); anonymous callers counted per x-forwarded-for
+    // address.
     let mut h = builder(
         1,
-        json!({ "slots": 1024, "trusted_proxies": 1, "anonymous": { "requests_per_minute": 10 } }),
+        json!({ "address_slots": 1024, "trusted_proxies": 1, "anonymous": { "requests_per_minute": 10 } }),
     )
     .build()
     .unwrap_or_else(|e| panic!("{e}"));
@@ -149,6 +150,60 @@ fn a_full_slot_table_refuses_newcomers_and_never_touches_strangers_budgets() {
     // slots again.
     h.advance(Duration::from_secs(10)).unwrap();
     assert_eq!(h.request(from(5000)).unwrap().status, 200);
+}
+
+/// The attack on unkeyed slots through the real module: anonymous requests from addresses
+/// computed to land on a known user's slots (as they were placed before the secret),
+/// then a flood that fills the address table, on two workers. The user still gets exactly
+/// its plan (5 a minute), then 429 for its own budget; the placement secret is in shared
+/// data, 32 bytes, and both workers use it (their counts agree).
+#[test]
+fn anonymous_traffic_aimed_at_a_known_user_never_refuses_that_user() {
+    let mut h = builder(
+        2,
+        json!({ "slots": 1024, "address_slots": 1024, "trusted_proxies": 1,
+                "anonymous": { "requests_per_minute": 1000 } }),
+    )
+    .build()
+    .unwrap_or_else(|e| panic!("{e}"));
+    let unkeyed = gatehouse::slot_table::SlotTable {
+        name: "rl",
+        slots: 1024,
+    };
+    let victim = unkeyed.place(b"plan:tiny", b"u:user_lim");
+    let aimed = (0..400_000u32)
+        .map(|i| format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255))
+        .filter(|a| {
+            let p = unkeyed.place(b"anonymous", format!("ip:{a}").as_bytes());
+            p.candidates()
+                .iter()
+                .any(|c| victim.candidates().contains(c))
+        })
+        .take(64);
+    let flood = (0..3000u32).map(|i| format!("192.0.{}.{}", i >> 8, i & 255));
+    let mut full = 0;
+    for (n, address) in aimed.chain(flood).enumerate() {
+        let out = h
+            .request_on(
+                n % 2,
+                Request::get("/open/x").header("x-forwarded-for", address),
+            )
+            .unwrap();
+        match out.status {
+            200 => {}
+            429 => full += 1,
+            other => panic!("unexpected {other}: {}", out.text()),
+        }
+    }
+    assert!(full > 0, "the flood filled the address table");
+    let statuses: Vec<u16> = (0..8)
+        .map(|n| h.request_on(n % 2, keyed()).unwrap().status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+    let (secret, _) = h.shared_data("rl/secret").expect("the placement secret");
+    assert_eq!(secret.len(), 32);
+    assert_ne!(secret, vec![0; 32]);
+    h.assert_no_trap().unwrap();
 }
 
 #[test]
