@@ -197,7 +197,8 @@ fn upstream_requests(envoy: &Envoy) -> u64 {
         .unwrap_or(0)
 }
 
-/// A message nobody has sent before (Stripe's route remembers signatures).
+/// A message nobody has sent before (the stripe, github and shop routes remember
+/// signatures).
 fn fresh_body(tag: &str, len: usize) -> Vec<u8> {
     let mut body = event_body(len);
     let id = format!("{tag}-{}", now_secs());
@@ -318,6 +319,34 @@ fn a_stripe_signature_is_accepted_once() {
     for _ in 0..3 {
         let resp = post(&envoy, &path, &headers, &body);
         assert_refused(&resp, 401, "INVALID_SIGNATURE", "replay");
+    }
+}
+
+#[test]
+fn the_same_delivery_without_a_timestamp_is_accepted_once_and_refused_on_any_worker_after() {
+    // GitHub signs no timestamp, nor does `shop`: nothing but the replay cache (on by
+    // default for such providers, 24 hours) refuses the second copy of a captured delivery.
+    let _g = shared();
+    let envoy = envoy();
+    for provider in ["github", "shop"] {
+        let (_, secret, _) = PROVIDERS.into_iter().find(|p| p.0 == provider).unwrap();
+        let body = fresh_body(&format!("{provider}replay"), 120);
+        let (path, headers) = signed(provider, secret, now_secs(), &body);
+        assert_passed(&post(&envoy, &path, &headers, &body), &body, provider);
+        // Two workers: each copy may land on either; both read the route's one table.
+        for copy in 2..5 {
+            let resp = post(&envoy, &path, &headers, &body);
+            assert_refused(
+                &resp,
+                401,
+                "INVALID_SIGNATURE",
+                &format!("{provider}: copy {copy}"),
+            );
+            assert_eq!(
+                json(&resp)["error"],
+                "the webhook signature is missing or invalid"
+            );
+        }
     }
 }
 
