@@ -11,8 +11,9 @@
 //! perf report -i key.data --no-children --sort dso,sym | grep JIT
 //! ```
 //!
-//! `MODE`: `key` (a valid API key, plan limit), `jwt` (an HS256 token, plan limit) or
-//! `none` (no credential on an internal route: 401).
+//! `MODE`: `key` (a valid API key, plan limit), `jwt` (an HS256 token, plan limit),
+//! `none` (no credential on an internal route: 401) or `anon` (no credential on an
+//! external route: the anonymous limit, counted by the client's address).
 
 use gatehouse_harness::bench_fixtures::{
     HARNESS_JWT, HARNESS_JWT_SECRET, HARNESS_KEY, HARNESS_POLICY_JSON, measure,
@@ -30,8 +31,17 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
+    // `anon` needs an external route: the bench policy with one more, after the others.
+    let policy = match mode.as_str() {
+        "anon" => HARNESS_POLICY_JSON.replace(
+            r#""audience": "internal"}"#,
+            r#""audience": "internal"},
+    {"name": "docs", "match": {"path_prefix": "/docs/"}, "audience": "external"}"#,
+        ),
+        _ => HARNESS_POLICY_JSON.to_string(),
+    };
     let mut h = Harness::builder(std::path::Path::new(&wasm))
-        .plugin_config(HARNESS_POLICY_JSON)
+        .plugin_config(policy)
         .env("GATEHOUSE_JWT_SECRET", HARNESS_JWT_SECRET)
         .time(1_767_225_600 * SEC)
         .build()?;
@@ -39,13 +49,18 @@ fn main() -> anyhow::Result<()> {
     let credential = match mode.as_str() {
         "key" => Some(("x-api-key", HARNESS_KEY)),
         "jwt" => Some(("authorization", bearer.as_str())),
-        "none" => None,
-        other => anyhow::bail!("MODE is key, jwt or none, not {other:?}"),
+        "none" | "anon" => None,
+        other => anyhow::bail!("MODE is key, jwt, none or anon, not {other:?}"),
     };
     let send = |h: &mut Harness| -> anyhow::Result<u16> {
         // One second apart: the plan's limit never runs out.
         h.set_time(h.now_nanos() + SEC);
-        let r = Request::get("/v1/things")
+        let path = if mode == "anon" {
+            "/docs/page"
+        } else {
+            "/v1/things"
+        };
+        let r = Request::get(path)
             .header("user-agent", "curl/8.5.0")
             .header("accept", "application/json")
             .header("x-request-id", "0f6a3d0e-8c1b-4c7e-9a51-2f4b6d8e0a13");

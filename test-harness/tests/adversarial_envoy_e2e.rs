@@ -338,10 +338,12 @@ fn dribble(
             let mut frame = format!("{:x}\r\n", piece.len()).into_bytes();
             frame.extend_from_slice(piece);
             frame.extend_from_slice(b"\r\n");
+            // Counted before the write: the piece that crosses the limit may be answered
+            // before `write_all` returns here, and it was sent all the same.
+            counter.fetch_add(piece.len(), Ordering::SeqCst);
             if writer.write_all(&frame).is_err() {
                 return;
             }
-            counter.fetch_add(piece.len(), Ordering::SeqCst);
         }
         let _ = writer.write_all(b"0\r\n\r\n");
     });
