@@ -59,6 +59,7 @@ fn policy_json(slots: u32) -> String {
         "rate_limit": {
             "trusted_proxies": 1,
             "slots": slots,
+            "address_slots": slots,
             "anonymous": { "requests_per_minute": ANONYMOUS_PER_MINUTE }
         },
         "routes": [
@@ -396,8 +397,9 @@ fn envoy_memory_stays_flat_across_many_distinct_callers() {
     );
 }
 
-/// The harness lists shared data, so there the bound is exact: 100,000 distinct callers
-/// never make the limiter hold more than its slots.
+/// The harness lists shared data, so there the bound is exact: 100,000 distinct
+/// anonymous callers never make the limiter hold more than its slots. They live in the
+/// address table (`rla/`); the identified callers' table (`rl/`) keeps its own size.
 #[test]
 fn the_limiter_never_holds_more_entries_than_its_slots() {
     const SLOTS: usize = 1_024;
@@ -424,14 +426,16 @@ fn the_limiter_never_holds_more_entries_than_its_slots() {
             other => panic!("caller {n}: status {other}: {}", out.text()),
         }
         if n % 10_000 == 9_999 {
-            let entries = h.shared_data_keys("rl/").len();
+            let entries = h.shared_data_keys("rla/").len();
             // The slots and the table's `ready` marker.
             assert!(entries <= SLOTS + 1, "{entries} entries after {n} callers");
+            // The identified table, its marker and the placement secret: untouched.
+            assert_eq!(h.shared_data_keys("rl/").len(), SLOTS + 2);
             owned = owned.max(owned_slots(&h));
         }
     }
-    let table = format!("rl/{SLOTS}/");
-    for k in h.shared_data_keys("rl/") {
+    let table = format!("rla/{SLOTS}/");
+    for k in h.shared_data_keys("rla/") {
         let rest = k
             .strip_prefix(&table)
             .unwrap_or_else(|| panic!("{k} outside the table"));
@@ -458,7 +462,7 @@ fn the_limiter_never_holds_more_entries_than_its_slots() {
 /// Slots holding some caller's state: 16 bytes, owner tag then `tat`; a free slot's
 /// owner tag is all zeros.
 fn owned_slots(h: &Harness) -> usize {
-    h.shared_data_keys("rl/")
+    h.shared_data_keys("rla/")
         .iter()
         .filter_map(|k| h.shared_data(k))
         .filter(|(v, _)| v.len() == 16 && v.iter().take(8).any(|b| *b != 0))
