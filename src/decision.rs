@@ -45,9 +45,6 @@ pub enum Spelling {
 /// PHP-FPM: `x_gatehouse_user` is `HTTP_X_GATEHOUSE_USER`). Only names with `_` or an
 /// upper-case letter can; others cost one byte scan.
 pub fn classify_spelling(api_key_header: &str, name: &[u8]) -> Option<Spelling> {
-    if !name.iter().any(|&b| b == b'_' || b.is_ascii_uppercase()) {
-        return None;
-    }
     let fold = |b: u8| {
         if b == b'_' {
             b'-'
@@ -55,16 +52,26 @@ pub fn classify_spelling(api_key_header: &str, name: &[u8]) -> Option<Spelling> 
             b.to_ascii_lowercase()
         }
     };
+    // Most names are neither by their first byte and length: one comparison each.
+    let first = fold(*name.first()?);
+    let prefix = IDENTITY_HEADER_PREFIX.as_bytes();
+    let key = api_key_header.as_bytes();
+    let maybe_identity = first == b'x' && name.len() > prefix.len();
+    let maybe_key = name.len() == key.len() && key.first() == Some(&first);
+    if !(maybe_identity || maybe_key) || !name.iter().any(|&b| b == b'_' || b.is_ascii_uppercase())
+    {
+        return None;
+    }
     let same =
         |a: &[u8], b: &[u8]| a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| fold(x) == y);
-    let prefix = IDENTITY_HEADER_PREFIX.as_bytes();
-    if name
-        .get(..prefix.len())
-        .is_some_and(|head| same(head, prefix))
+    if maybe_identity
+        && name
+            .get(..prefix.len())
+            .is_some_and(|head| same(head, prefix))
     {
         return Some(Spelling::Identity);
     }
-    same(name, api_key_header.as_bytes()).then_some(Spelling::ApiKey)
+    (maybe_key && same(name, key)).then_some(Spelling::ApiKey)
 }
 
 /// The credential header as the request carried it.
@@ -458,7 +465,7 @@ fn limit(
                 let ip = ip.get_or_insert_with(|| {
                     let address =
                         client_address(head.source_address, head.forwarded_for, rl.trusted_proxies);
-                    client_network(&address, rl.ipv4_prefix, rl.ipv6_prefix)
+                    client_network(address, rl.ipv4_prefix, rl.ipv6_prefix)
                 });
                 let kind = match id {
                     Some(_) => CallerKind::AddressOfIdentified,
@@ -503,8 +510,12 @@ fn limit(
 /// itself), an IPv6 one as its `/ipv6_prefix` (64 by default: every address a subscriber
 /// can pick from its network is one caller), an IPv4-mapped IPv6 address as IPv4. Text
 /// that is no address (a proxy's odd `x-forwarded-for` entry) is kept as it is.
-pub fn client_network(address: &str, ipv4_prefix: u8, ipv6_prefix: u8) -> String {
+pub fn client_network(address: String, ipv4_prefix: u8, ipv6_prefix: u8) -> String {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    // The common case costs no parsing: an IPv4 address (no `:`) counted as itself.
+    if ipv4_prefix >= 32 && !address.contains(':') {
+        return address;
+    }
     let v4 = |a: Ipv4Addr| {
         let bits = u32::from(ipv4_prefix.min(32));
         let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
@@ -526,7 +537,7 @@ pub fn client_network(address: &str, ipv4_prefix: u8, ipv6_prefix: u8) -> String
                 format!("{net}/{bits}")
             }
         },
-        Err(_) => address.to_string(),
+        Err(_) => address,
     }
 }
 
@@ -1019,16 +1030,17 @@ mod tests {
 
     #[test]
     fn clients_count_as_their_network() {
-        let net = |a: &str| client_network(a, 32, 64);
+        let net = |a: &str| client_network(a.to_string(), 32, 64);
         assert_eq!(net("203.0.113.7"), "203.0.113.7");
         assert_eq!(net("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
         assert_eq!(net("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::/64");
         assert_ne!(net("2001:db8:1:3::1"), net("2001:db8:1:2::1"));
         assert_eq!(net("::ffff:203.0.113.7"), "203.0.113.7");
         assert_eq!(net("not an address"), "not an address");
-        assert_eq!(client_network("203.0.113.7", 24, 64), "203.0.113.0/24");
-        assert_eq!(client_network("2001:db8::1", 32, 48), "2001:db8::/48");
-        assert_eq!(client_network("2001:db8::1", 32, 128), "2001:db8::1/128");
+        let with = |a: &str, v4, v6| client_network(a.to_string(), v4, v6);
+        assert_eq!(with("203.0.113.7", 24, 64), "203.0.113.0/24");
+        assert_eq!(with("2001:db8::1", 32, 48), "2001:db8::/48");
+        assert_eq!(with("2001:db8::1", 32, 128), "2001:db8::1/128");
     }
 
     /// Every address of one IPv6 /64 shares one anonymous budget and one login budget.
