@@ -416,35 +416,10 @@ fn a_webhook_body_dribbled_slowly_verifies_and_an_endless_one_is_cut_at_the_limi
 /// Sends `keys` on one keep-alive connection, one request each, and checks every answer;
 /// returns how many were refused in the standard shape.
 fn flood(envoy: &Envoy, keys: &[String]) -> usize {
-    let connect = || {
-        let stream = TcpStream::connect(envoy.listener_addr()).unwrap();
-        stream.set_nodelay(true).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        (stream, reader)
-    };
-    let (mut stream, mut reader) = connect();
+    let mut conn = None;
     let mut refused = 0;
-    let mut out = Vec::with_capacity(256);
     for key in keys {
-        out.clear();
-        write!(
-            out,
-            "GET /v1/things HTTP/1.1\r\nhost: gatehouse\r\nx-api-key: {key}\r\n\r\n"
-        )
-        .unwrap();
-        stream.write_all(&out).unwrap();
-        let head = http1::read_head(&mut reader)
-            .unwrap()
-            .expect("Envoy closed the connection");
-        let body = http1::read_body(&mut reader, &head, false).unwrap();
-        let resp = ClientResponse {
-            status: status_of(&head),
-            headers: head.headers.clone(),
-            body,
-        };
+        let resp = send_on(&mut conn, envoy, "GET", "/v1/things", &[("x-api-key", key)]);
         let code = if key.ends_with("zzzzzz") {
             "MALFORMED_CREDENTIALS"
         } else {
@@ -452,9 +427,6 @@ fn flood(envoy: &Envoy, keys: &[String]) -> usize {
         };
         assert_standard(&resp, 401, code, By::Module, key);
         refused += 1;
-        if head.wants_close() {
-            (stream, reader) = connect();
-        }
     }
     refused
 }
@@ -671,26 +643,12 @@ fn address_envoy() -> Envoy {
 fn anonymous_traffic_from_any_addresses_never_makes_a_known_user_429() {
     let envoy = address_envoy();
     // The victim's slots as an attacker computed them: unkeyed, one table for all.
-    let unkeyed = gatehouse::slot_table::SlotTable {
-        name: "rl",
-        slots: 1024,
-    };
-    let victim = unkeyed.place(b"plan:team", b"u:user_demo");
-    let aimed: Vec<String> = (0..200_000u32)
-        .map(|i| format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255))
-        .filter(|a| {
-            let p = unkeyed.place(b"anonymous", format!("ip:{a}").as_bytes());
-            p.candidates()
-                .iter()
-                .any(|c| victim.candidates().contains(c))
-        })
-        .take(64)
-        .collect();
+    let aimed = gatehouse_harness::attacks::addresses_aimed_at("team", "user_demo", 1024, 64);
     assert_eq!(aimed.len(), 64);
     let flood = (0..2048u32).map(|i| format!("192.0.{}.{}", i >> 8, i & 255));
     let mut conn = None;
     let mut full = 0;
-    for address in aimed.iter().cloned().chain(flood) {
+    for address in aimed.into_iter().chain(flood) {
         for _ in 0..2 {
             let resp = send_on(
                 &mut conn,

@@ -166,23 +166,11 @@ fn anonymous_traffic_aimed_at_a_known_user_never_refuses_that_user() {
     )
     .build()
     .unwrap_or_else(|e| panic!("{e}"));
-    let unkeyed = gatehouse::slot_table::SlotTable {
-        name: "rl",
-        slots: 1024,
-    };
-    let victim = unkeyed.place(b"plan:tiny", b"u:user_lim");
-    let aimed = (0..400_000u32)
-        .map(|i| format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255))
-        .filter(|a| {
-            let p = unkeyed.place(b"anonymous", format!("ip:{a}").as_bytes());
-            p.candidates()
-                .iter()
-                .any(|c| victim.candidates().contains(c))
-        })
-        .take(64);
+    let aimed = gatehouse_harness::attacks::addresses_aimed_at("tiny", "user_lim", 1024, 64);
+    assert_eq!(aimed.len(), 64);
     let flood = (0..3000u32).map(|i| format!("192.0.{}.{}", i >> 8, i & 255));
     let mut full = 0;
-    for (n, address) in aimed.chain(flood).enumerate() {
+    for (n, address) in aimed.into_iter().chain(flood).enumerate() {
         let out = h
             .request_on(
                 n % 2,
