@@ -716,3 +716,120 @@ fn an_ipv6_client_counts_as_its_64_for_the_login_limit() {
     assert_eq!(login("203.0.113.9"), 200);
     assert_eq!(login("203.0.113.10"), 200, "IPv4 counts by address");
 }
+
+/// ES256 and ES384 test keys in an inline JWKS, a plan of 2 a minute counted `by: key`:
+/// for the high-S twin of a token and for JWT callers per user, in the harness and Envoy.
+fn ecdsa_policy() -> String {
+    use gatehouse::jwt::Alg;
+    use gatehouse::jwt::test_tokens::public_jwk;
+    let src = format!(
+        r#"
+version: 1
+plans:
+  tiny: {{ requests_per_minute: 2 }}
+rate_limit: {{ key: key }}
+jwt:
+  jwks: {{ keys: [ {}, {} ] }}
+  default_tenant: tenant_es
+  default_plan: tiny
+routes:
+  - name: api
+    match: {{ path_prefix: /v1/ }}
+"#,
+        public_jwk(Alg::ES256, Some("es256-adv")),
+        public_jwk(Alg::ES384, Some("es384-adv")),
+    );
+    gatehouse::policy::load_yaml("ecdsa.yaml", &src)
+        .unwrap()
+        .plugin_config_json
+}
+
+/// Low-S tokens of fresh users pass; their high-S twins (the second valid ECDSA spelling)
+/// are refused; two users of one `kid` have a budget each under `key: key`.
+fn check_ecdsa_spellings_and_jwt_budgets(mut send: impl FnMut(&str) -> (u16, String)) {
+    use gatehouse::jwt::Alg;
+    use gatehouse::jwt::test_tokens::{mint, with_ecdsa_twin};
+    let token = |alg: Alg, kid: &str, sub: &str| {
+        mint(
+            alg,
+            Some(kid),
+            &format!(r#"{{"sub":"{sub}","iat":1767225000,"exp":2051222400}}"#),
+        )
+    };
+    for (alg, kid) in [(Alg::ES256, "es256-adv"), (Alg::ES384, "es384-adv")] {
+        let good = token(alg, kid, &format!("twin_{kid}"));
+        assert_eq!(send(&good).0, 200, "{alg:?} low-S");
+        let twin = with_ecdsa_twin(alg, &good);
+        assert_eq!(
+            send(&twin),
+            (401, "INVALID_CREDENTIALS".to_string()),
+            "{alg:?} high-S twin"
+        );
+    }
+    let a = token(Alg::ES256, "es256-adv", "user_a");
+    let b = token(Alg::ES256, "es256-adv", "user_b");
+    assert_eq!(send(&a).0, 200);
+    assert_eq!(send(&a).0, 200);
+    assert_eq!(
+        send(&a),
+        (429, "RATE_LIMITED".to_string()),
+        "user_a's own budget"
+    );
+    assert_eq!(
+        send(&b).0,
+        200,
+        "user_b has a budget of its own under one kid"
+    );
+}
+
+#[test]
+fn a_high_s_ecdsa_twin_is_refused_and_key_limits_count_jwt_users_apart_in_the_harness() {
+    let mut h = gatehouse_harness::host::Harness::builder(gatehouse_harness::envoy::default_wasm())
+        .plugin_config(ecdsa_policy())
+        .time(1_767_225_600_000_000_000)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    check_ecdsa_spellings_and_jwt_budgets(|token| {
+        let out = h
+            .request(
+                gatehouse_harness::host::Request::get("/v1/x")
+                    .header("authorization", format!("Bearer {token}")),
+            )
+            .unwrap();
+        let code = if out.status == 200 {
+            String::new()
+        } else {
+            out.json()["code"].as_str().unwrap_or_default().to_string()
+        };
+        (out.status, code)
+    });
+}
+
+#[test]
+fn a_high_s_ecdsa_twin_is_refused_and_key_limits_count_jwt_users_apart_in_envoy() {
+    let envoy = Envoy::start(&EnvoyOptions {
+        concurrency: 2,
+        ..EnvoyOptions::new(ecdsa_policy())
+    })
+    .unwrap_or_else(|e| panic!("could not start Envoy: {e:#}"));
+    let mut conn = None;
+    check_ecdsa_spellings_and_jwt_budgets(|token| {
+        let bearer = format!("Bearer {token}");
+        let resp = send_on(
+            &mut conn,
+            &envoy,
+            "GET",
+            "/v1/x",
+            &[("authorization", &bearer)],
+        );
+        let code = if resp.status == 200 {
+            String::new()
+        } else {
+            serde_json::from_slice::<serde_json::Value>(&resp.body).unwrap()["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        (resp.status, code)
+    });
+}
