@@ -96,6 +96,9 @@ pub struct RequestHead<'a> {
     pub source_address: &'a [u8],
     /// The `x-forwarded-for` header, read when the policy trusts proxies in front.
     pub forwarded_for: Option<&'a [u8]>,
+    /// A method override header (`x-http-method-override`, `x-http-method`,
+    /// `x-method-override`), which frameworks behind gatehouse may take as the method.
+    pub method_override: Presented<'a>,
 }
 
 /// Which credential authenticated the request (so the shell can hide it).
@@ -230,6 +233,9 @@ fn decide_into(
         Ok(None) => return Decision::Deny(Denial::NoRoute),
         Err(unclear) => return Decision::Deny(Denial::Unclear(unclear)),
     };
+    if !method_overrides_agree(policy, head, route_index) {
+        return Decision::Deny(Denial::Unclear(route::Unclear::Method));
+    }
     refused.route = Some(route_index);
     if query_carries_credential(policy, head.path) {
         return Decision::Deny(Denial::Unauthorized(AuthFailure::InQuery));
@@ -329,6 +335,34 @@ fn decide_into(
             Decision::Deny(Denial::RateLimited(refusal))
         }
     }
+}
+
+/// Whether every method override the request carries would take the same route as its
+/// method: the header (`X-HTTP-Method-Override` and its two cousins, read by Express's
+/// method-override, Rails, Laravel, ASP.NET Web API) and a `_method` query parameter
+/// (Laravel, Symfony, Express), each upper-cased as those frameworks do. A GET that the
+/// upstream runs as a DELETE must not pass on the strength of a public read route. Costs
+/// nothing without either.
+fn method_overrides_agree(policy: &Policy, head: &RequestHead<'_>, route: usize) -> bool {
+    let header = match head.method_override {
+        Presented::None => None,
+        Presented::One(value) => Some(value),
+        Presented::Several => return false,
+    };
+    let query = route::query_value(head.path, b"_method");
+    if header.is_none() && query.is_none() {
+        return true;
+    }
+    let same_route = |value: &[u8]| {
+        let mut upper = [0u8; route::MAX_METHOD_LEN];
+        let Some(method) = upper.get_mut(..value.len()) else {
+            return false;
+        };
+        method.copy_from_slice(value);
+        method.make_ascii_uppercase();
+        route::resolve(&policy.routes, method, head.path) == Ok(Some(route))
+    };
+    header.is_none_or(same_route) && query.as_deref().is_none_or(same_route)
 }
 
 /// Query parameter names that carry API keys in other gateways (Kong's `apikey` among
@@ -766,6 +800,7 @@ mod tests {
             authorization: Presented::One(authorization),
             source_address: b"10.0.0.1:5555",
             forwarded_for: None,
+            method_override: Presented::None,
         };
         decide(&policy, &jwt_test_keys(), &head, &store, &clock)
     }
@@ -945,6 +980,7 @@ mod tests {
             authorization: Presented::One(&auth),
             source_address: b"10.0.0.1:5555",
             forwarded_for: None,
+            method_override: Presented::None,
         };
         let go = || decide(&policy, &keys, &head, &store, &clock);
         assert!(matches!(go(), Decision::Allow(_)));
@@ -1060,6 +1096,7 @@ mod tests {
                 authorization: Presented::None,
                 source_address: source.as_bytes(),
                 forwarded_for: None,
+                method_override: Presented::None,
             };
             decide(&policy, &KeySet::default(), &head, &store, &clock)
         };
@@ -1104,6 +1141,7 @@ mod tests {
                 authorization: Presented::One(&auth),
                 source_address: b"10.0.0.1:5555",
                 forwarded_for: None,
+                method_override: Presented::None,
             };
             decide(&policy, &keys, &head, &store, &clock)
         };
@@ -1148,6 +1186,53 @@ mod tests {
         ));
     }
 
+    /// `X-HTTP-Method-Override: DELETE` or `?_method=delete` on a GET is a DELETE to the
+    /// frameworks that read them: refused unless it takes the same route as the method.
+    #[test]
+    fn a_method_override_that_would_take_another_route_is_400() {
+        let (policy, store, clock) = setup();
+        let go = |method: &str, path: &str, over: Presented<'_>| {
+            let head = RequestHead {
+                method: method.as_bytes(),
+                path: path.as_bytes(),
+                api_key: Presented::None,
+                authorization: Presented::None,
+                source_address: b"10.0.0.1:5555",
+                forwarded_for: None,
+                method_override: over,
+            };
+            decide(&policy, &KeySet::default(), &head, &store, &clock)
+        };
+        let unclear = Decision::Deny(Denial::Unclear(route::Unclear::Method));
+        // `/healthz` is GET/HEAD only and external; a DELETE there is another route (none).
+        for (path, over) in [
+            ("/healthz", Presented::One(b"DELETE")),
+            ("/healthz", Presented::One(b"delete")),
+            ("/healthz", Presented::One(b"POST")),
+            ("/healthz", Presented::One(b"not a method")),
+            ("/healthz", Presented::Several),
+            ("/healthz?_method=DELETE", Presented::None),
+            ("/healthz?x=1&_method=delete", Presented::None),
+            ("/healthz?_METHOD=put", Presented::None),
+            ("/healthz?%5Fmethod=PUT", Presented::None),
+        ] {
+            assert_eq!(go("GET", path, over), unclear, "{path} {over:?}");
+        }
+        // The same route either way: nothing to tell apart.
+        for (path, over) in [
+            ("/healthz", Presented::One(b"HEAD")),
+            ("/healthz", Presented::One(b"get")),
+            ("/healthz?_method=GET", Presented::None),
+            ("/healthz?method=DELETE", Presented::None),
+            ("/docs/page", Presented::One(b"DELETE")),
+        ] {
+            assert!(
+                matches!(go("GET", path, over), Decision::Allow(_)),
+                "{path} {over:?}"
+            );
+        }
+    }
+
     /// Well-formed (valid checksum) but in no policy.
     const UNKNOWN: &[u8] = b"ghk_nobody_00000000000000000000004NBVVD";
     const BILLING: &[u8] = b"ghk_billing_9c8b7a6d5e4f3a2b1c0dEf32tzAe";
@@ -1176,6 +1261,7 @@ mod tests {
             authorization: Presented::None,
             source_address: b"10.0.0.1:5555",
             forwarded_for: None,
+            method_override: Presented::None,
         };
         decide(&policy, &KeySet::default(), &head, &store, &clock)
     }
@@ -1315,6 +1401,7 @@ mod tests {
             authorization: Presented::None,
             source_address: b"10.0.0.1:5555",
             forwarded_for: None,
+            method_override: Presented::None,
         };
         clock.set_secs(NOW + 9);
         assert!(matches!(
@@ -1362,6 +1449,7 @@ mod tests {
             authorization: Presented::None,
             source_address: source,
             forwarded_for: None,
+            method_override: Presented::None,
         }
     }
 
@@ -1558,6 +1646,7 @@ mod tests {
             authorization: Presented::None,
             source_address: b"10.0.0.1:5555",
             forwarded_for: None,
+            method_override: Presented::None,
         };
         assert_eq!(
             decide(&policy, &KeySet::default(), &head, &store, &clock),
@@ -1575,6 +1664,7 @@ mod tests {
             authorization: Presented::None,
             source_address: b"10.0.0.1:5555",
             forwarded_for: None,
+            method_override: Presented::None,
         };
         let go =
             |policy: &Policy, key| decide(policy, &KeySet::default(), &head(key), &store, &clock);
@@ -1655,6 +1745,7 @@ mod tests {
             authorization: Presented::None,
             source_address: b"10.0.0.1:5555",
             forwarded_for: None,
+            method_override: Presented::None,
         };
         assert_eq!(
             decide(&policy, &KeySet::default(), &head, &store, &clock),
@@ -1684,6 +1775,7 @@ mod tests {
             authorization: Presented::None,
             source_address: b"10.0.0.1:5555",
             forwarded_for: None,
+            method_override: Presented::None,
         };
         let run =
             |p: &Policy, path, key| decide(p, &KeySet::default(), &head(path, key), &store, &clock);
@@ -1736,6 +1828,7 @@ mod tests {
             authorization: Presented::None,
             source_address: b"10.0.0.1:5555",
             forwarded_for: None,
+            method_override: Presented::None,
         };
         let run = |key| decide(&policy, &KeySet::default(), &head(key), &store, &clock);
         let unknown_key = crate::api_key::format_key("ghk", "notfedyet0000000000000");
@@ -1768,6 +1861,7 @@ mod tests {
             authorization: Presented::None,
             source_address: b"10.0.0.1:5555",
             forwarded_for: None,
+            method_override: Presented::None,
         };
         assert_eq!(
             decide(&policy, &KeySet::default(), &head, &store, &clock),
@@ -1809,7 +1903,7 @@ mod properties {
                 None => Presented::None,
                 Some(a) => Presented::One(a),
             };
-            let head = RequestHead { method: &method, path: &path, api_key, authorization, source_address: b"10.0.0.1:1", forwarded_for: None };
+            let head = RequestHead { method: &method, path: &path, api_key, authorization, source_address: b"10.0.0.1:1", forwarded_for: None, method_override: Presented::None };
             let keys = super::tests::jwt_test_keys();
             let decision = decide(&policy, &keys, &head, &store, &FixedClock::at_secs(1_767_225_600));
             if let Decision::Allow(Allowed { identity: Some(_), .. }) = decision {

@@ -171,7 +171,7 @@ impl Unclear {
 }
 
 /// The longest method accepted (Envoy's own bound is far larger; no real method is).
-const MAX_METHOD_LEN: usize = 32;
+pub const MAX_METHOD_LEN: usize = 32;
 
 /// RFC 9110 §5.6.2 `tchar`, less the lower-case letters.
 fn is_method_char(b: u8) -> bool {
@@ -330,6 +330,25 @@ fn hex_digit(b: u8) -> Option<u8> {
     char::from(b)
         .to_digit(16)
         .and_then(|d| u8::try_from(d).ok())
+}
+
+/// The value of the first query parameter named `name` (percent-decoded, `+` left as is),
+/// `None` when there is none. Costs one scan of the query, nothing without `?`.
+pub fn query_value<'p>(raw_path: &'p [u8], name: &[u8]) -> Option<std::borrow::Cow<'p, [u8]>> {
+    let start = raw_path.iter().position(|&b| b == b'?')?;
+    let query = raw_path.get(start + 1..)?;
+    let query = query
+        .iter()
+        .position(|&b| b == b'#')
+        .and_then(|end| query.get(..end))
+        .unwrap_or(query);
+    query.split(|&b| b == b'&' || b == b';').find_map(|pair| {
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        let (n, v) = (pair.get(..eq)?, pair.get(eq + 1..)?);
+        percent_decoded(n, name.len() * 3)
+            .eq_ignore_ascii_case(name)
+            .then(|| percent_decoded(v, MAX_METHOD_LEN * 3))
+    })
 }
 
 /// The first `max` bytes of `raw` with `%XX` decoded (a malformed escape kept as it is),

@@ -1199,6 +1199,7 @@ impl HttpContext for Filter {
         let mut request_id: &[u8] = b"";
         let mut api_key = Presented::None;
         let mut authorization = Presented::None;
+        let mut method_override = Presented::None;
         let mut forwarded: Vec<&[u8]> = Vec::new();
         let mut origin: Option<&[u8]> = None;
         let mut cors_method: Option<&[u8]> = None;
@@ -1222,6 +1223,12 @@ impl HttpContext for Filter {
                     }
                 }
                 b"x-forwarded-for" => forwarded.push(value),
+                b"x-http-method-override" | b"x-http-method" | b"x-method-override" => {
+                    method_override = match method_override {
+                        Presented::None => Presented::One(value),
+                        _ => Presented::Several,
+                    }
+                }
                 b"origin" => origin = Some(value),
                 b"access-control-request-method" => cors_method = Some(value),
                 b"access-control-request-headers" => cors_headers.push(value),
@@ -1291,6 +1298,7 @@ impl HttpContext for Filter {
             authorization,
             source_address: &source_address,
             forwarded_for: forwarded_for.as_deref(),
+            method_override,
         };
         let keys = self
             .keys

@@ -122,6 +122,7 @@ fn api_key_decision(c: &mut Criterion) {
             authorization: Presented::None,
             source_address: b"10.0.0.1:5555",
             forwarded_for: None,
+            method_override: gatehouse::decision::Presented::None,
         };
         let expected = match head.api_key {
             Presented::One(k) if k == DEMO_KEY => 200,
@@ -160,6 +161,7 @@ fn api_key_decision(c: &mut Criterion) {
         authorization: Presented::None,
         source_address: b"10.0.0.1:5555",
         forwarded_for: None,
+        method_override: gatehouse::decision::Presented::None,
     };
     g.bench_function("decide/valid_key_first_sight", |b| {
         b.iter(|| {

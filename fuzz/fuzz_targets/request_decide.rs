@@ -236,6 +236,8 @@ fuzz_target!(|data: &[u8]| {
         api_key: presented(field(2), flags & 1 != 0),
         authorization: presented(field(3), flags & 2 != 0),
         forwarded_for: field(4).filter(|v| !v.is_empty()),
+        // Bit 3: an `X-HTTP-Method-Override: DELETE` beside the method.
+        method_override: presented((flags & 8 != 0).then_some(&b"DELETE"[..]), false),
         source_address: field(5).unwrap_or(b"10.0.0.1:5555"),
     };
     let verbose = flags & 4 != 0;
@@ -258,6 +260,13 @@ fuzz_target!(|data: &[u8]| {
                     Ok(Some(a.route))
                 );
                 let r = &policy.routes[a.route];
+                if flags & 8 != 0 {
+                    assert_eq!(
+                        route::resolve(&policy.routes, b"DELETE", path),
+                        Ok(Some(a.route)),
+                        "an override that takes another route"
+                    );
+                }
                 let normal = route::path_only(path);
                 assert!(r.path_parameters || !normal.contains(&b';'), "{path:?}");
                 if r.audience == Audience::Internal {
