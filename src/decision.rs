@@ -448,12 +448,16 @@ pub fn client_address(source: &[u8], forwarded_for: Option<&[u8]>, trusted_proxi
         if let Some(entry) = hops.len().checked_sub(n).and_then(|i| hops.get(i)) {
             let ip = text(entry);
             if !ip.is_empty() {
-                return ip;
+                // Some proxies write the peer's port too: a port is not part of who calls.
+                return without_port(ip);
             }
         }
     }
-    let s = text(source);
-    // `[v6]:port` or `v4:port`; anything else as it is.
+    without_port(text(source))
+}
+
+/// `[v6]:port` or `v4:port` without the port; anything else as it is.
+fn without_port(s: String) -> String {
     if let Some(rest) = s.strip_prefix('[')
         && let Some((ip, _)) = rest.split_once(']')
     {
@@ -1062,6 +1066,19 @@ mod tests {
         ] {
             assert_eq!(c(n), None, "{n}");
         }
+    }
+
+    #[test]
+    fn a_port_in_a_trusted_proxys_forwarded_entry_is_not_part_of_the_client() {
+        let addr = |xff: &str| client_address(b"10.9.9.9:1", Some(xff.as_bytes()), 1);
+        assert_eq!(addr("203.0.113.7:1234"), "203.0.113.7");
+        assert_eq!(addr("[2001:db8::7]:443"), "2001:db8::7");
+        assert_eq!(addr("2001:db8::7"), "2001:db8::7");
+        assert_eq!(addr("198.51.100.1, 203.0.113.7:9"), "203.0.113.7");
+        assert_eq!(
+            client_address(b"[2001:db8::1]:5555", None, 0),
+            "2001:db8::1"
+        );
     }
 
     #[test]

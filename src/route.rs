@@ -15,7 +15,8 @@
 //!   path `admin`; `%2F`, `%5C`, `%3B`, control bytes, IIS's `%uXXXX`, overlong UTF-8
 //!   leads (`%C0`, `%C1`) and a double-escaped one of these (`%252e`) likewise.
 //! - **Trailing dots** (`/admin./users`): IIS and Windows file servers drop them, as
-//!   they drop a trailing encoded space (`/admin%20`).
+//!   they drop a trailing encoded space (`/admin%20`); an NTFS stream name
+//!   (`/admin.aspx::$DATA`) is the file it names to them.
 //! - **Path parameters** (`/admin;jsessionid=x/users`, `/public/..;/admin`): servlet
 //!   containers (Tomcat, Jetty, Spring) cut `;...` from every segment before routing, so
 //!   `..;` is `..` to them. Refused unless the route the upstream would serve (matched on
@@ -298,6 +299,10 @@ pub fn check_normal_form(path: &[u8]) -> Result<(), Unclear> {
         if seg.ends_with(b".") || seg.ends_with(b"%20") {
             return Err(Unclear::TrailingDot);
         }
+        // An NTFS stream name (`admin.aspx::$DATA`): IIS serves the file it names.
+        if seg.windows(3).any(|w| w == b"::$") {
+            return Err(Unclear::Path);
+        }
     }
     Ok(())
 }
@@ -539,6 +544,8 @@ mod tests {
             b"/%2561dmin",
             b"/a%25u002e",
             b"/admin#frag",
+            b"/admin.aspx::$DATA",
+            b"/admin::$INDEX_ALLOCATION/users",
         ] {
             assert!(
                 check_normal_form(bad).is_err(),
@@ -554,6 +561,8 @@ mod tests {
             b"/v1/.well-known",
             b"/v1/a..b",
             b"/v1/file.json",
+            b"/v1/projects/p:run",
+            b"/v1/a::b",
             // Encoded reserved and other characters keep their meaning.
             b"/v1/a%3Ab",
             b"/v1/a%25b",
