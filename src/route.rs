@@ -23,7 +23,8 @@
 //!   the path with the parameters cut, as Tomcat does) says `path_parameters: allow`.
 //! - **Letter case**: case-insensitive upstreams (IIS, ASP.NET Core) serve `/ADMIN` as
 //!   `/admin`. A path whose first case-insensitive match is not its exact match is
-//!   refused; callers who use a route's own spelling never see this.
+//!   refused; callers who use a route's own spelling never see this. So is an escaped
+//!   `ı`, `ſ` or Kelvin sign, which Unicode case mapping turns into ASCII `I`, `S`, `k`.
 //!
 //! Twins that are the same route rather than a refusal: an exact `path: /login` also
 //! owns `/login/`, and a `path_prefix: /admin/` also owns `/admin`, since most frameworks
@@ -284,6 +285,9 @@ pub fn check_normal_form(path: &[u8]) -> Result<(), Unclear> {
             _ => {}
         }
     }
+    if path.contains(&b'%') && folds_into_ascii(path) {
+        return Err(Unclear::Case);
+    }
     // Segments after the leading slash; a trailing slash gives one empty last segment,
     // which is fine.
     let mut segments = path
@@ -305,6 +309,28 @@ pub fn check_normal_form(path: &[u8]) -> Result<(), Unclear> {
         }
     }
     Ok(())
+}
+
+/// The UTF-8 of the non-ASCII characters whose case mapping is ASCII: `ı` (U+0131,
+/// upper case `I`), `ſ` (U+017F, upper case `S`) and the Kelvin sign (U+212A, lower case
+/// `k`). A router that compares with Unicode case-insensitivity (ASP.NET's
+/// `OrdinalIgnoreCase` upper-cases invariantly) serves `/adm%C4%B1n` as `/ADMIN`.
+const FOLDS_INTO_ASCII: [&[u8]; 3] = [&[0xc4, 0xb1], &[0xc5, 0xbf], &[0xe2, 0x84, 0xaa]];
+
+/// Whether `path` holds a percent-escaped [`FOLDS_INTO_ASCII`] character.
+fn folds_into_ascii(path: &[u8]) -> bool {
+    // The escaped bytes in order; an unescaped byte between two of them can only make a
+    // false alarm on text that is not UTF-8 anyway.
+    let bytes: Vec<u8> = path
+        .windows(3)
+        .filter_map(|w| match *w {
+            [b'%', hi, lo] => Some((hex_digit(hi)? << 4) | hex_digit(lo)?),
+            _ => None,
+        })
+        .collect();
+    FOLDS_INTO_ASCII
+        .iter()
+        .any(|seq| bytes.windows(seq.len()).any(|w| w == *seq))
 }
 
 /// A byte whose percent-escape an upstream would decode into a different route: an
@@ -545,6 +571,10 @@ mod tests {
             b"/a%25u002e",
             b"/admin#frag",
             b"/admin.aspx::$DATA",
+            // Unicode characters whose case mapping is ASCII.
+            b"/adm%C4%B1n/users",
+            b"/%c5%bfecret",
+            b"/%E2%84%AAeys",
             b"/admin::$INDEX_ALLOCATION/users",
         ] {
             assert!(
@@ -569,6 +599,8 @@ mod tests {
             b"/v1/a%2525",
             b"/v1/%25zz",
             b"/v1/%E2%82%AC",
+            b"/v1/%C4%B0",
+            b"/v1/%C3%A9t%C3%A9",
             b"/v1/50%",
             b"/v1/%zz",
         ] {
