@@ -380,37 +380,18 @@ const MAX_QUERY_TEXT: usize = crate::api_key::MAX_PRESENTED_KEY_LEN * 3;
 /// names as the frameworks behind gatehouse read them ([`same_param_name`]). Costs
 /// nothing on a path without `?`.
 pub fn query_carries_credential(policy: &Policy, raw_path: &[u8]) -> bool {
-    let Some(start) = raw_path.iter().position(|&b| b == b'?') else {
-        return false;
-    };
-    let query = raw_path.get(start + 1..).unwrap_or_default();
-    let query = query
-        .iter()
-        .position(|&b| b == b'#')
-        .and_then(|end| query.get(..end))
-        .unwrap_or(query);
     let header = policy.api_key_header.as_bytes();
-    for pair in query.split(|&b| b == b'&' || b == b';') {
-        let (name, value) = match pair.iter().position(|&b| b == b'=') {
-            Some(eq) => (
-                pair.get(..eq).unwrap_or_default(),
-                pair.get(eq + 1..).unwrap_or_default(),
-            ),
-            None => (pair, &b""[..]),
-        };
-        let value = route::percent_decoded(value, MAX_QUERY_TEXT);
+    route::query_pairs(raw_path).any(|(name, value)| {
+        let value = route::percent_decoded(value.unwrap_or_default(), MAX_QUERY_TEXT);
         if value.is_empty() {
-            continue;
+            return false;
         }
         let name = route::percent_decoded(name, MAX_QUERY_TEXT);
         let named = same_param_name(&name, header)
             || QUERY_KEY_NAMES.iter().any(|n| same_param_name(&name, n))
             || (policy.jwt.is_some() && same_param_name(&name, b"access_token"));
-        if named || check_format(&value).is_ok() {
-            return true;
-        }
-    }
-    false
+        named || check_format(&value).is_ok()
+    })
 }
 
 /// Whether a query parameter name reads as `canonical` to some framework: PHP turns `.`

@@ -363,19 +363,34 @@ fn hex_digit(b: u8) -> Option<u8> {
         .and_then(|d| u8::try_from(d).ok())
 }
 
-/// The value of the first query parameter named `name` (percent-decoded, `+` left as is),
-/// `None` when there is none. Costs one scan of the query, nothing without `?`.
-pub fn query_value<'p>(raw_path: &'p [u8], name: &[u8]) -> Option<std::borrow::Cow<'p, [u8]>> {
-    let start = raw_path.iter().position(|&b| b == b'?')?;
-    let query = raw_path.get(start + 1..)?;
+/// The query string's parameters as raw bytes, `(name, value)`, split at `&` and `;`;
+/// `value` is `None` for a parameter without `=`. Nothing on a path without `?`; the
+/// fragment, if any, is not part of the query.
+pub fn query_pairs(raw_path: &[u8]) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+    let query = raw_path
+        .iter()
+        .position(|&b| b == b'?')
+        .and_then(|start| raw_path.get(start + 1..))
+        .unwrap_or_default();
     let query = query
         .iter()
         .position(|&b| b == b'#')
         .and_then(|end| query.get(..end))
         .unwrap_or(query);
-    query.split(|&b| b == b'&' || b == b';').find_map(|pair| {
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        let (n, v) = (pair.get(..eq)?, pair.get(eq + 1..)?);
+    query
+        .split(|&b| b == b'&' || b == b';')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (pair.get(..eq).unwrap_or_default(), pair.get(eq + 1..)),
+            None => (pair, None),
+        })
+}
+
+/// The value of the first query parameter named `name` (any case, percent-decoded, `+`
+/// left as is), `None` when there is none.
+pub fn query_value<'p>(raw_path: &'p [u8], name: &[u8]) -> Option<std::borrow::Cow<'p, [u8]>> {
+    query_pairs(raw_path).find_map(|(n, v)| {
+        let v = v?;
         percent_decoded(n, name.len() * 3)
             .eq_ignore_ascii_case(name)
             .then(|| percent_decoded(v, MAX_METHOD_LEN * 3))
