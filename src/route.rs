@@ -319,18 +319,19 @@ const FOLDS_INTO_ASCII: [&[u8]; 3] = [&[0xc4, 0xb1], &[0xc5, 0xbf], &[0xe2, 0x84
 
 /// Whether `path` holds a percent-escaped [`FOLDS_INTO_ASCII`] character.
 fn folds_into_ascii(path: &[u8]) -> bool {
-    // The escaped bytes in order; an unescaped byte between two of them can only make a
-    // false alarm on text that is not UTF-8 anyway.
-    let bytes: Vec<u8> = path
-        .windows(3)
-        .filter_map(|w| match *w {
-            [b'%', hi, lo] => Some((hex_digit(hi)? << 4) | hex_digit(lo)?),
-            _ => None,
-        })
-        .collect();
-    FOLDS_INTO_ASCII
-        .iter()
-        .any(|seq| bytes.windows(seq.len()).any(|w| w == *seq))
+    // The last three escaped bytes, in order, with no allocation; an unescaped byte between
+    // two of them can only make a false alarm on text that is not UTF-8 anyway.
+    let mut last = [0u8; 3];
+    path.windows(3).any(|w| {
+        let [b'%', hi, lo] = *w else {
+            return false;
+        };
+        let (Some(hi), Some(lo)) = (hex_digit(hi), hex_digit(lo)) else {
+            return false;
+        };
+        last = [last[1], last[2], (hi << 4) | lo];
+        FOLDS_INTO_ASCII.iter().any(|seq| last.ends_with(seq))
+    })
 }
 
 /// A byte whose percent-escape an upstream would decode into a different route: an
