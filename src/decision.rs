@@ -380,6 +380,9 @@ const MAX_QUERY_TEXT: usize = crate::api_key::MAX_PRESENTED_KEY_LEN * 3;
 /// names as the frameworks behind gatehouse read them ([`same_param_name`]). Costs
 /// nothing on a path without `?`.
 pub fn query_carries_credential(policy: &Policy, raw_path: &[u8]) -> bool {
+    if !raw_path.contains(&b'?') {
+        return false;
+    }
     let header = policy.api_key_header.as_bytes();
     route::query_pairs(raw_path).any(|(name, value)| {
         let value = route::percent_decoded(value.unwrap_or_default(), MAX_QUERY_TEXT);

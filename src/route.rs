@@ -390,6 +390,9 @@ pub fn query_pairs(raw_path: &[u8]) -> impl Iterator<Item = (&[u8], Option<&[u8]
 /// The value of the first query parameter named `name` (any case, percent-decoded, `+`
 /// left as is), `None` when there is none.
 pub fn query_value<'p>(raw_path: &'p [u8], name: &[u8]) -> Option<std::borrow::Cow<'p, [u8]>> {
+    if !raw_path.contains(&b'?') {
+        return None;
+    }
     query_pairs(raw_path).find_map(|(n, v)| {
         let v = v?;
         percent_decoded(n, name.len() * 3)
