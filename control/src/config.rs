@@ -6,12 +6,15 @@
 //! the database URL's password too.
 
 use crate::store::{Backend, redact_url};
+use gatehouse::policy::Policy;
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 
-pub const USAGE: &str = "gatehouse-control serve [--listen ADDR] [--database-url URL]
+pub const USAGE: &str =
+    "gatehouse-control serve [--listen ADDR] [--database-url URL] [--policy FILE]
   environment:
     GATEHOUSE_ADMIN_TOKEN        required: bearer token of the admin API (16+ characters)
     GATEHOUSE_FEED_TOKEN         required: bearer token of GET /v1/cache and POST /v1/events
@@ -19,6 +22,8 @@ pub const USAGE: &str = "gatehouse-control serve [--listen ADDR] [--database-url
     GATEHOUSE_CONTROL_LISTEN     defaults to 127.0.0.1:8081 (--listen)
     GATEHOUSE_DATABASE_URL       defaults to sqlite://gatehouse-control.db (--database-url);
                                  or postgres://USER:PASSWORD@HOST:PORT/DATABASE
+    GATEHOUSE_POLICY             the proxies' policy file (--policy): its plans, token
+                                 lifetime and routes are the service's too. Defaults to none
     GATEHOUSE_KEY_PREFIX         defaults to ghk
     GATEHOUSE_MAX_KEYS_PER_USER  defaults to 5
     GATEHOUSE_MAX_JWT_LIFETIME   defaults to 24h (how long a user's token revocation lasts)
@@ -108,6 +113,9 @@ pub struct Config {
     /// How long refusal events, per-minute request counts and proxies not heard from are
     /// kept. Defaults to 30d.
     pub event_retention: Duration,
+    /// The policy the proxies run (`--policy FILE`), checked at start-up like
+    /// `gatehouse-harness check` does. Defaults to none.
+    pub policy: Option<Arc<Policy>>,
 }
 
 impl Config {
@@ -124,19 +132,31 @@ impl Config {
             cleanup_interval: Duration::from_secs(60),
             retention: Duration::from_secs(7 * 86_400),
             event_retention: Duration::from_secs(30 * 86_400),
+            policy: None,
         }
+    }
+
+    /// Reads and checks a policy file; the error names the file, line and column.
+    pub fn load_policy(path: &str) -> Result<Arc<Policy>, String> {
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| format!("GATEHOUSE_POLICY / --policy: reading {path}: {e}"))?;
+        gatehouse::policy::load_yaml(path, &source)
+            .map(|loaded| Arc::new(loaded.policy))
+            .map_err(|e| format!("GATEHOUSE_POLICY / --policy: the policy is not valid:\n{e}"))
     }
 
     /// Reads flags (`args`, after `serve`) and the environment (`env`).
     pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
         let mut listen = env("GATEHOUSE_CONTROL_LISTEN");
         let mut database_url = env("GATEHOUSE_DATABASE_URL");
+        let mut policy = env("GATEHOUSE_POLICY");
         let mut rest = args.iter();
         while let Some(flag) = rest.next() {
             let value = rest.next().cloned();
             match (flag.as_str(), value) {
                 ("--listen", Some(v)) => listen = Some(v),
                 ("--database-url", Some(v)) => database_url = Some(v),
+                ("--policy", Some(v)) => policy = Some(v),
                 _ => return Err(format!("unexpected argument {flag:?}\nusage: {USAGE}")),
             }
         }
@@ -180,6 +200,12 @@ impl Config {
         if let Some(u) = database_url {
             match DatabaseUrl::new(u) {
                 Ok(u) => config.database_url = u,
+                Err(problem) => problems.push(problem),
+            }
+        }
+        if let Some(path) = policy {
+            match Config::load_policy(&path) {
+                Ok(p) => config.policy = Some(p),
                 Err(problem) => problems.push(problem),
             }
         }
@@ -358,6 +384,33 @@ mod tests {
             assert!(!shown.contains("hunter2"), "{shown}");
             assert!(shown.contains("postgres://gh:***@db/gh"), "{shown}");
         }
+    }
+
+    #[test]
+    fn a_policy_file_is_checked_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.yaml");
+        std::fs::write(
+            &good,
+            "version: 1\nroutes:\n  - match: { path_prefix: /v1/ }\n",
+        )
+        .unwrap();
+        let mut env = TOKENS.to_vec();
+        let good = good.to_str().unwrap().to_string();
+        env.push(("GATEHOUSE_POLICY", &good));
+        let c = parse(&env, &[]).unwrap();
+        assert_eq!(c.policy.unwrap().routes.len(), 1);
+
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(
+            &bad,
+            "version: 1\nroutes:\n  - match: { path_prefx: /v1/ }\n",
+        )
+        .unwrap();
+        let err = parse(&TOKENS, &["--policy", bad.to_str().unwrap()]).unwrap_err();
+        assert!(err.contains("bad.yaml:3:"), "{err}");
+        let err = parse(&TOKENS, &["--policy", "/nonexistent/p.yaml"]).unwrap_err();
+        assert!(err.contains("reading /nonexistent/p.yaml"), "{err}");
     }
 
     #[test]

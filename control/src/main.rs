@@ -18,7 +18,7 @@ use std::io::Read;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage:
-  gatehouse-control serve [--listen ADDR] [--database-url URL]
+  gatehouse-control serve [--listen ADDR] [--database-url URL] [--policy FILE]
                                                 run the control service (serve --help)
   gatehouse-control new-key [--prefix PREFIX]   print a new API key and its policy entry
   gatehouse-control hash-key                    read a key on stdin, print its SHA-256
