@@ -667,6 +667,7 @@ fn jwt_failure(e: &JwtError) -> JwtFailure {
         | JwtError::BadSignature
         | JwtError::NotYetValid
         | JwtError::IssuedInFuture
+        | JwtError::LifetimeTooLong
         | JwtError::BadIssuer
         | JwtError::BadAudience
         | JwtError::MissingClaim(_) => JwtFailure::Invalid(e.code()),
@@ -901,7 +902,10 @@ mod tests {
             run_jwt("/v1/x", &bearer(&bad_plan), Presented::None),
             jwt_denied(JwtFailure::Invalid("jwt_bad_plan_claim"))
         );
-        let bad_user = hs(&format!(r#"{{"sub":"a b","exp":{}}}"#, NOW + 60));
+        let bad_user = hs(&format!(
+            r#"{{"sub":"a b","iat":{NOW},"exp":{}}}"#,
+            NOW + 60
+        ));
         assert_eq!(
             run_jwt("/v1/x", &bearer(&bad_user), Presented::None),
             jwt_denied(JwtFailure::Invalid("jwt_bad_user_claim"))

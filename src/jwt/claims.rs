@@ -8,6 +8,11 @@
 //! - `nbf`: valid once `now + L >= nbf`.
 //! - `iat`: refused when `iat > now + L` (issued in the future: a broken or hostile
 //!   issuer clock).
+//! - lifetime: with a bound `M` ([`Rules::max_lifetime_secs`], 24 h by default), `iat` is
+//!   required, a token whose `exp - iat` exceeds `M` is refused, and a token without
+//!   `exp` (allowed by `require_exp: false`) expires at `iat + M`. So no token is accepted
+//!   after `iat + M + L`, and a revocation of every token issued before `T` is complete
+//!   once it has lasted until `T + M + L` ([`Rules::longest_acceptance_secs`]).
 //!
 //! `exp`, `nbf`, `iat` must be numbers, `iss`, `sub`, `jti` strings and `aud` a string or
 //! an array of strings when present; anything else is refused rather than ignored, so a
@@ -36,12 +41,29 @@ pub struct Rules {
     pub audiences: Vec<String>,
     /// Claims that must be present and not `null`. Defaults to `[]`.
     pub required_claims: Vec<String>,
+    /// The longest a token may live, `exp - iat`, in seconds; `None`: unbounded (a
+    /// revocation must then last forever). `Rules::default()` holds RFC 7519's rules
+    /// alone, so `None`; a policy's `jwt.max_token_lifetime` defaults to
+    /// [`DEFAULT_MAX_LIFETIME_SECS`].
+    pub max_lifetime_secs: Option<u64>,
+}
+
+impl Rules {
+    /// How long after its `iat` a token can still be accepted: the lifetime bound plus
+    /// the leeway; `None` when the lifetime is unbounded. A per-user revocation written at
+    /// `T` must last until `T` plus this, and may end then.
+    pub fn longest_acceptance_secs(&self) -> Option<u64> {
+        self.max_lifetime_secs
+            .map(|m| m.saturating_add(self.leeway_secs))
+    }
 }
 
 /// The default [`Rules::max_size`].
 pub const DEFAULT_MAX_SIZE: usize = 8 * 1024;
 /// The default [`Rules::leeway_secs`].
 pub const DEFAULT_LEEWAY_SECS: u64 = 60;
+/// The policy's default `jwt.max_token_lifetime`: 24 hours.
+pub const DEFAULT_MAX_LIFETIME_SECS: u64 = 24 * 3600;
 
 impl Default for Rules {
     fn default() -> Self {
@@ -52,6 +74,7 @@ impl Default for Rules {
             issuers: Vec::new(),
             audiences: Vec::new(),
             required_claims: Vec::new(),
+            max_lifetime_secs: None,
         }
     }
 }
@@ -156,6 +179,18 @@ impl Times {
             None if rules.require_exp => return Err(JwtError::MissingClaim("exp".to_owned())),
             Some(exp) if now >= exp + leeway => return Err(JwtError::Expired),
             _ => {}
+        }
+        if let Some(max) = rules.max_lifetime_secs {
+            let max = max as f64;
+            let iat = self
+                .iat
+                .ok_or_else(|| JwtError::MissingClaim("iat".to_owned()))?;
+            match self.exp {
+                Some(exp) if exp - iat > max => return Err(JwtError::LifetimeTooLong),
+                // No `exp`: the bound is the token's expiry.
+                None if now >= iat + max + leeway => return Err(JwtError::Expired),
+                _ => {}
+            }
         }
         if self.nbf.is_some_and(|nbf| now + leeway < nbf) {
             return Err(JwtError::NotYetValid);
@@ -317,6 +352,54 @@ mod tests {
         let iat = r#"{"exp":2000000,"iat":1000000}"#;
         assert!(run(iat, EXP - 60, &r).is_ok());
         assert_eq!(run(iat, EXP - 61, &r).err(), Some(JwtError::IssuedInFuture));
+    }
+
+    #[test]
+    fn a_lifetime_bound_needs_iat_and_caps_exp_minus_iat() {
+        let r = Rules {
+            max_lifetime_secs: Some(3600),
+            ..Rules::default()
+        };
+        // Exactly the bound passes; a second more is refused.
+        assert!(run(r#"{"iat":1000000,"exp":1003600}"#, EXP, &r).is_ok());
+        assert_eq!(
+            run(r#"{"iat":1000000,"exp":1003601}"#, EXP, &r).err(),
+            Some(JwtError::LifetimeTooLong)
+        );
+        assert_eq!(
+            run(r#"{"iat":1000000,"exp":1003600.5}"#, EXP, &r).err(),
+            Some(JwtError::LifetimeTooLong)
+        );
+        // Without iat nothing bounds the token.
+        assert_eq!(
+            run(r#"{"exp":1003600}"#, EXP, &r).err(),
+            Some(JwtError::MissingClaim("iat".into()))
+        );
+        // An iat far in the past does not stretch a short token: exp still decides.
+        assert_eq!(
+            run(r#"{"iat":1000000,"exp":1000010}"#, EXP + 100, &r).err(),
+            Some(JwtError::Expired)
+        );
+        // Unbounded: RFC 7519's rules alone.
+        assert!(run(r#"{"exp":9000000}"#, EXP, &Rules::default()).is_ok());
+    }
+
+    #[test]
+    fn without_exp_the_bound_is_the_expiry() {
+        let r = Rules {
+            require_exp: false,
+            max_lifetime_secs: Some(3600),
+            ..Rules::default()
+        };
+        let tok = r#"{"iat":1000000}"#;
+        assert!(run(tok, EXP + 3600 + 59, &r).is_ok());
+        assert_eq!(run(tok, EXP + 3600 + 60, &r).err(), Some(JwtError::Expired));
+        assert_eq!(
+            run("{}", EXP, &r).err(),
+            Some(JwtError::MissingClaim("iat".into()))
+        );
+        assert_eq!(r.longest_acceptance_secs(), Some(3660));
+        assert_eq!(Rules::default().longest_acceptance_secs(), None);
     }
 
     #[test]

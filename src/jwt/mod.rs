@@ -63,7 +63,9 @@ mod tests;
 use std::fmt;
 
 pub use cache::{CACHE_ENTRIES, CACHE_MAX_TOKEN};
-pub use claims::{ClaimValue, Claims, DEFAULT_LEEWAY_SECS, DEFAULT_MAX_SIZE, Rules};
+pub use claims::{
+    ClaimValue, Claims, DEFAULT_LEEWAY_SECS, DEFAULT_MAX_LIFETIME_SECS, DEFAULT_MAX_SIZE, Rules,
+};
 pub use jwk::{Alg, JwkError, Jwks, Key, KeySet, MAX_JWKS_KEYS, SkippedKey, parse_jwks};
 pub use verify::{MAX_KEYS_TRIED, Verified, verify, verify_cached};
 
@@ -93,6 +95,8 @@ pub enum JwtError {
     NotYetValid,
     /// `iat` is further in the future than the leeway.
     IssuedInFuture,
+    /// `exp - iat` is longer than [`Rules::max_lifetime_secs`].
+    LifetimeTooLong,
     /// `iss` is not one of the accepted issuers.
     BadIssuer,
     /// `aud` holds none of the accepted audiences.
@@ -118,6 +122,7 @@ impl JwtError {
             JwtError::Expired => "jwt_expired",
             JwtError::NotYetValid => "jwt_not_yet_valid",
             JwtError::IssuedInFuture => "jwt_issued_in_future",
+            JwtError::LifetimeTooLong => "jwt_lifetime_too_long",
             JwtError::BadIssuer => "jwt_bad_issuer",
             JwtError::BadAudience => "jwt_bad_audience",
             JwtError::InvalidClaim(_) => "jwt_invalid_claim",
@@ -145,6 +150,9 @@ impl fmt::Display for JwtError {
             JwtError::Expired => f.write_str("the token has expired"),
             JwtError::NotYetValid => f.write_str("the token is not valid yet (nbf)"),
             JwtError::IssuedInFuture => f.write_str("the token is issued in the future (iat)"),
+            JwtError::LifetimeTooLong => {
+                f.write_str("the token lives longer (exp - iat) than the policy allows")
+            }
             JwtError::BadIssuer => f.write_str("the token's issuer is not accepted"),
             JwtError::BadAudience => f.write_str("the token's audience is not accepted"),
             JwtError::InvalidClaim(name) => {

@@ -7,6 +7,10 @@
 //!   leeway: 60s                           # clock skew on exp/nbf/iat. Defaults to 60s.
 //!   max_token_bytes: 8192                 # Defaults to 8192.
 //!   require_exp: true                     # Defaults to true.
+//!   max_token_lifetime: 24h               # exp - iat at most this; iat required. A token
+//!                                         # without exp expires at iat + this. Defaults to
+//!                                         # 24h; `unbounded` turns it off (then a user's
+//!                                         # revocation must last forever).
 //!   required_claims: [sub]                # Defaults to none.
 //!   claims: { user: sub, tenant: tenant, plan: plan }   # claim names (these defaults)
 //!   default_tenant: t1                    # when the tenant claim is absent. Defaults to
@@ -35,6 +39,7 @@
 //! refused unless the key says `test_fixture: true`.
 
 use crate::jwt::{Alg, Key, KeySet, Rules, parse_jwks};
+
 use crate::revocation::{JtiRevocation, UserRevocation};
 
 /// Where an HMAC key's secret comes from.
@@ -124,6 +129,12 @@ pub struct Revocations {
 }
 
 impl JwtPolicy {
+    /// How long after its `iat` a token of this policy can still be accepted
+    /// ([`Rules::longest_acceptance_secs`]); `None`: unbounded.
+    pub fn longest_acceptance_secs(&self) -> Option<u64> {
+        self.rules.longest_acceptance_secs()
+    }
+
     /// The keys known without fetching: HMAC keys (secrets from `env`) and the inline
     /// JWKS. An error names the environment variable or the key, never a secret.
     pub fn static_keys(&self, env: impl Fn(&str) -> Option<String>) -> Result<KeySet, String> {

@@ -288,7 +288,13 @@ impl Decoder {
         };
         let revocations = match f.get("revocations") {
             None => Some(Default::default()),
-            Some(n) => self.revocations(n, "revocations", fingerprint),
+            Some(n) => {
+                let longest = jwt
+                    .as_ref()
+                    .and_then(|j| j.as_ref())
+                    .map(|j| j.longest_acceptance_secs());
+                self.revocations(n, "revocations", fingerprint, longest)
+            }
         };
         let rate_limit = {
             let known = plans.clone().unwrap_or_else(default_plans);

@@ -582,6 +582,44 @@ mod tests {
     }
 
     #[test]
+    fn token_lifetime_defaults_to_a_day_and_bounds_revocations() {
+        let jwt = "jwt:\n  keys:\n    - { kid: k1, alg: HS256, secret_env: K }\n";
+        let p = load_yaml("p", &minimal(jwt)).unwrap().policy;
+        let rules = &p.jwt.as_ref().unwrap().rules;
+        assert_eq!(rules.max_lifetime_secs, Some(86_400));
+        assert_eq!(rules.longest_acceptance_secs(), Some(86_460));
+        let set = |v: &str| minimal(&format!("{jwt}  max_token_lifetime: {v}\n"));
+        let p = load_yaml("p", &set("1h")).unwrap().policy;
+        assert_eq!(p.jwt.unwrap().rules.max_lifetime_secs, Some(3600));
+        let p = load_yaml("p", &set("unbounded")).unwrap().policy;
+        assert_eq!(p.jwt.unwrap().rules.max_lifetime_secs, None);
+        assert!(
+            errors(&set("0s"))[0]
+                .contains("p.yaml:7:23: jwt.max_token_lifetime: must be longer than 0s")
+        );
+        assert!(errors(&set("400d"))[0].contains("at most"));
+
+        // A watermark must outlive the tokens it covers: until >= before + 24h + 60s.
+        let revoked = |until: &str| {
+            format!(
+                "{jwt}revocations:\n  users: [ {{ user: u1, tokens_issued_before: 2026-01-01T00:00:00Z{until} }} ]\n"
+            )
+        };
+        assert!(load_yaml("p", &minimal(&revoked(""))).is_ok());
+        assert!(load_yaml("p", &minimal(&revoked(", until: 2026-01-02T00:01:00Z"))).is_ok());
+        let short = errors(&minimal(&revoked(", until: 2026-01-02T00:00:59Z")));
+        assert!(
+            short[0].contains("revocations.users[0].until: ends before the tokens it revokes do")
+                && short[0].contains("2026-01-02T00:01:00.000Z"),
+            "{short:?}"
+        );
+        let unbounded = format!(
+            "{jwt}  max_token_lifetime: unbounded\nrevocations:\n  users: [ {{ user: u1, tokens_issued_before: 2026-01-01T00:00:00Z, until: 2030-01-01T00:00:00Z }} ]\n"
+        );
+        assert!(errors(&minimal(&unbounded))[0].contains("must be left out"));
+    }
+
+    #[test]
     fn revocations_are_read_with_the_policys_origin() {
         let src = minimal(concat!(
             "revocations:\n",

@@ -3,7 +3,9 @@
 
 use super::{Decoder, field_pos, join};
 use crate::api_key::Origin;
-use crate::jwt::{Alg, DEFAULT_LEEWAY_SECS, DEFAULT_MAX_SIZE, Key, Rules, parse_jwks};
+use crate::jwt::{
+    Alg, DEFAULT_LEEWAY_SECS, DEFAULT_MAX_LIFETIME_SECS, DEFAULT_MAX_SIZE, Key, Rules, parse_jwks,
+};
 use crate::policy::Plan;
 use crate::policy::auth::{
     ClaimNames, HmacKey, JwksUrl, JwtPolicy, Revocations, Secret, SecretEncoding,
@@ -11,6 +13,10 @@ use crate::policy::auth::{
 use crate::policy::tree::{Node, Value};
 use crate::revocation::{JtiRevocation, UserRevocation};
 use crate::time::parse_rfc3339;
+
+/// The longest `max_token_lifetime` a policy may set (a year); beyond it, say
+/// `unbounded` and accept that revocations must then last forever.
+const MAX_TOKEN_LIFETIME_SECS: u64 = 366 * 86_400;
 
 /// `30s`, `10m`, `2h`, `1d` or a plain number of seconds.
 pub(super) fn parse_duration_secs(s: &str) -> Option<u64> {
@@ -137,6 +143,7 @@ impl Decoder {
                 "leeway",
                 "max_token_bytes",
                 "require_exp",
+                "max_token_lifetime",
                 "required_claims",
                 "claims",
                 "default_tenant",
@@ -169,6 +176,21 @@ impl Decoder {
         let require_exp = match f.get("require_exp") {
             None => Some(true),
             Some(n) => self.boolean(n, &join(path, "require_exp")),
+        };
+        let max_lifetime = match f.get("max_token_lifetime") {
+            None => Some(Some(DEFAULT_MAX_LIFETIME_SECS)),
+            Some(n) if matches!(&n.value, Value::Str(s) if s == "unbounded") => Some(None),
+            Some(n) => {
+                let mp = join(path, "max_token_lifetime");
+                match self.duration(n, &mp, MAX_TOKEN_LIFETIME_SECS) {
+                    Some(0) => {
+                        self.error(&mp, n.pos, "must be longer than 0s");
+                        None
+                    }
+                    Some(secs) => Some(Some(secs)),
+                    None => None,
+                }
+            }
         };
         let claims = match f.get("claims") {
             None => Some(ClaimNames {
@@ -247,6 +269,7 @@ impl Decoder {
             issuers: issuers?,
             audiences: audiences?,
             required_claims: required_claims?,
+            max_lifetime_secs: max_lifetime?,
         };
         let policy = JwtPolicy {
             rules,
@@ -541,6 +564,7 @@ impl Decoder {
         node: &Node,
         path: &str,
         fingerprint: u64,
+        longest_acceptance: Option<Option<u64>>,
     ) -> Option<Revocations> {
         let f = self.object(node, path, &["users", "jtis"])?;
         let origin = Origin::Policy(fingerprint);
@@ -565,6 +589,33 @@ impl Decoder {
                     None => Some(None),
                     Some(n) => self.date(n, &join(&p, "until")).map(Some),
                 };
+                // The watermark must outlive every token it covers: one issued just before
+                // it is accepted for up to the lifetime bound plus the leeway.
+                if let (Some(before), Some(until), Some(bound)) =
+                    (before, until, longest_acceptance)
+                {
+                    let needed = bound.map(|b| before.saturating_add(b));
+                    let short = match (until, needed) {
+                        (Some(u), Some(n)) => u < n,
+                        (Some(_), None) => true,
+                        (None, _) => false,
+                    };
+                    if short {
+                        let why = match needed {
+                            Some(n) => format!(
+                                "ends before the tokens it revokes do: tokens issued before \
+                                 tokens_issued_before are accepted until {} (jwt.max_token_lifetime \
+                                 plus jwt.leeway); set until to that or later, or leave it out",
+                                crate::time::format_rfc3339(crate::time::UnixNanos::from_secs(n))
+                            ),
+                            None => "must be left out: jwt.max_token_lifetime is unbounded, so \
+                                     the tokens it revokes never expire"
+                                .to_string(),
+                        };
+                        self.error(&join(&p, "until"), field_pos(item, "until"), why);
+                        ok = false;
+                    }
+                }
                 match (user, before, until) {
                     (Some(user), Some(before), Some(until)) => users.push(UserRevocation {
                         user,
