@@ -594,6 +594,10 @@ pub trait Store: Send + Sync {
         until: Option<i64>,
         ctx: &ChangeCtx,
     ) -> StoreResult<JtiRevocation>;
+    /// The user's token watermark as the feed carries it, if any (`/v1/authz`).
+    async fn find_user_revocation(&self, user_id: &str) -> StoreResult<Option<UserRevocation>>;
+    /// The jti entry as the feed carries it, if any (`/v1/authz`).
+    async fn find_jti_revocation(&self, jti_sha256: &str) -> StoreResult<Option<JtiRevocation>>;
 
     /// Newest (last stored) first; of one kind, or of both.
     async fn audit(&self, limit: u32, kind: Option<AuditKind>) -> StoreResult<Vec<AuditEvent>>;

@@ -440,6 +440,42 @@ impl Store for PostgresStore {
         Ok(out)
     }
 
+    async fn find_user_revocation(&self, user_id: &str) -> StoreResult<Option<UserRevocation>> {
+        let row = sqlx::query(
+            "SELECT user_id, tokens_issued_before, until, version FROM user_revocations \
+             WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(UserRevocation {
+                user: r.try_get("user_id")?,
+                tokens_issued_before: r.try_get("tokens_issued_before")?,
+                until: r.try_get("until")?,
+                version: r.try_get("version")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn find_jti_revocation(&self, jti_sha256: &str) -> StoreResult<Option<JtiRevocation>> {
+        let row = sqlx::query(
+            "SELECT jti_sha256, until, version FROM jti_revocations WHERE jti_sha256 = $1",
+        )
+        .bind(jti_sha256)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(JtiRevocation {
+                jti_sha256: r.try_get("jti_sha256")?,
+                until: r.try_get("until")?,
+                version: r.try_get("version")?,
+            })
+        })
+        .transpose()
+    }
+
     async fn audit(&self, limit: u32, kind: Option<AuditKind>) -> StoreResult<Vec<AuditEvent>> {
         let rows = match kind {
             Some(kind) => {
