@@ -158,8 +158,8 @@ pub struct Allowed {
     pub feed_stale: bool,
     /// Compare-and-swap writes the limiter lost and retried ([`rate_limit::Outcome`]).
     pub limiter_retries: u32,
-    /// Where the caller's plan is in `policy.plans` (`None`: anonymous, or a plan the
-    /// policy does not list), so counting per plan compares no names.
+    /// Where the caller's plan is in `policy.plans` (`None`: anonymous; a plan the policy
+    /// does not list is refused or mapped), so counting per plan compares no names.
     pub plan: Option<usize>,
 }
 
@@ -269,6 +269,32 @@ fn decide_into(
         }
         Err(failure) => return Decision::Deny(Denial::Unauthorized(failure)),
     };
+    // The caller's plan, by its place in the policy: a plan the policy does not list has
+    // no limit, so it is refused unless the policy maps unknown plans to one it has.
+    let mut plan = None;
+    let caller = match caller {
+        Some(mut a) => {
+            plan = policy.plans.iter().position(|p| p.name == a.identity.plan);
+            if plan.is_none() {
+                match policy
+                    .unknown_plan
+                    .and_then(|i| Some((i, policy.plans.get(i)?)))
+                {
+                    Some((i, mapped)) => {
+                        a.identity.plan.clone_from(&mapped.name);
+                        plan = Some(i);
+                    }
+                    None => {
+                        refused.identity = Some(a.identity);
+                        refused.credential = Some(a.credential);
+                        return Decision::Deny(Denial::UnknownPlan);
+                    }
+                }
+            }
+            Some(a)
+        }
+        None => None,
+    };
     let mut allowed = match caller {
         None if audience == Audience::Internal => {
             return Decision::Deny(Denial::Unauthorized(AuthFailure::Missing));
@@ -307,10 +333,7 @@ fn decide_into(
     let Some(route) = route else {
         return Decision::Allow(allowed);
     };
-    allowed.plan = allowed
-        .identity
-        .as_ref()
-        .and_then(|i| policy.plans.iter().position(|p| p.name == i.plan));
+    allowed.plan = plan;
     let outcome = limit(
         policy,
         route,
@@ -704,8 +727,10 @@ fn authenticate_jwt(
         (None, Some(d)) if verified.claim(&jwt.claims.tenant).is_none() => d.clone(),
         _ => return Err(fail(JwtFailure::Invalid("jwt_bad_tenant_claim"))),
     };
-    let plan = match (verified.claim_str(&jwt.claims.plan), &jwt.default_plan) {
-        (Some(p), _) if policy.plan(p).is_some() => p.to_string(),
+    // A plan the policy does not list is the caller's business to refuse or map
+    // (`unknown_plan`), as for a key; a plan that is no id is a bad token.
+    let plan = match (claim_id(&jwt.claims.plan), &jwt.default_plan) {
+        (Some(p), _) => p,
         (None, Some(d)) if verified.claim(&jwt.claims.plan).is_none() => d.clone(),
         _ => return Err(fail(JwtFailure::Invalid("jwt_bad_plan_claim"))),
     };
@@ -897,7 +922,12 @@ mod tests {
             run_jwt("/v1/x", b"Bearer not.a.jwt", Presented::None),
             jwt_denied(JwtFailure::Malformed("jwt_malformed"))
         );
-        let bad_plan = hs(&claims(r#","plan":"gold""#));
+        let unknown_plan = hs(&claims(r#","plan":"gold""#));
+        assert_eq!(
+            run_jwt("/v1/x", &bearer(&unknown_plan), Presented::None),
+            Decision::Deny(Denial::UnknownPlan)
+        );
+        let bad_plan = hs(&claims(r#","plan":["team"]"#));
         assert_eq!(
             run_jwt("/v1/x", &bearer(&bad_plan), Presented::None),
             jwt_denied(JwtFailure::Invalid("jwt_bad_plan_claim"))
@@ -1255,6 +1285,69 @@ mod tests {
         key_cache::install_policy_keys(&policy, &store).unwrap();
         crate::rate_limit::prepare(&store, &policy.rate_limit.table(), &[7; 32]).unwrap();
         (policy, store, FixedClock::at_secs(NOW))
+    }
+
+    /// A fed key whose plan the policy does not list ("pro": a typo, or a plan dropped
+    /// from the policy) is refused with its own code, on external routes too, unless the
+    /// policy maps unknown plans to one it has.
+    #[test]
+    fn a_plan_the_policy_does_not_know_is_refused_or_mapped() {
+        let key = crate::api_key::format_key("ghk", "pro0123456789abcdefghi");
+        let key = key.as_bytes();
+        let fed = |policy: &Policy, store: &MemoryStore| {
+            let record = KeyRecord {
+                origin: crate::api_key::Origin::Feed,
+                key_id: "key_pro".into(),
+                user: "u_pro".into(),
+                tenant: "t_pro".into(),
+                plan: "pro".into(),
+                expires_at: None,
+                active: true,
+                scopes: vec![],
+            };
+            let hash = crate::api_key::KeyHash::of_key(key);
+            store.set(&hash.cache_key(), &record.encode(), 0).unwrap();
+            let _ = policy;
+        };
+        let ask = |policy: &Policy, store: &MemoryStore, path: &str| {
+            let head = RequestHead {
+                method: b"GET",
+                path: path.as_bytes(),
+                api_key: Presented::One(key),
+                authorization: Presented::None,
+                source_address: b"10.0.0.1:5555",
+                forwarded_for: None,
+                method_override: Presented::None,
+            };
+            decide_explained(
+                policy,
+                &KeySet::default(),
+                &head,
+                store,
+                &FixedClock::at_secs(NOW),
+            )
+        };
+        let (policy, store, _) = setup();
+        fed(&policy, &store);
+        for path in ["/v1/things", "/docs/intro"] {
+            let (d, refused) = ask(&policy, &store, path);
+            assert_eq!(d, Decision::Deny(Denial::UnknownPlan), "{path}");
+            // The audit names who was refused, with the plan it presented.
+            assert_eq!(refused.identity.unwrap().plan, "pro");
+        }
+        let reply = Denial::UnknownPlan.reply(crate::time::UnixNanos(0), b"");
+        assert_eq!(reply.status, 403);
+        assert!(reply.body.contains("\"code\":\"UNKNOWN_PLAN\""));
+
+        let mut mapped = policy.clone();
+        mapped.unknown_plan = mapped.plans.iter().position(|p| p.name == "free");
+        let (d, _) = ask(&mapped, &store, "/v1/things");
+        let Decision::Allow(a) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(a.identity.unwrap().plan, "free");
+        assert_eq!(a.plan, mapped.unknown_plan);
+        assert_eq!(a.quota.unwrap().limit, 60, "the free plan's limit applies");
     }
 
     fn run(method: &str, path: &str, key: Presented<'_>) -> Decision {

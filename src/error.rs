@@ -52,6 +52,10 @@ pub enum Denial {
     Unauthorized(AuthFailure),
     /// The caller is authenticated, but its key's scopes do not include this route.
     Forbidden,
+    /// The credential names a plan the policy does not list (a typo, a renamed or dropped
+    /// plan), and the policy does not map unknown plans to one it has: refused rather
+    /// than served without a plan limit.
+    UnknownPlan,
     /// Over a rate limit (or the limiter could not decide and the policy refuses).
     RateLimited(crate::rate_limit::Refusal),
     NoRoute,
@@ -77,7 +81,7 @@ pub enum Denial {
 /// the refusal metrics (`gatehouse.refused.<code in lower case>`) are defined from this
 /// list, and [`Denial::code_index`] points into it. `UPSTREAM_ERROR` is not here: a
 /// replaced upstream error is not a refusal.
-pub const REFUSAL_CODES: [&str; 19] = [
+pub const REFUSAL_CODES: [&str; 20] = [
     "MISSING_CREDENTIALS",
     "MALFORMED_CREDENTIALS",
     "EXPIRED_CREDENTIALS",
@@ -86,6 +90,7 @@ pub const REFUSAL_CODES: [&str; 19] = [
     "REVOKED_KEY",
     "REVOKED_TOKEN",
     "FORBIDDEN",
+    "UNKNOWN_PLAN",
     "RATE_LIMITED",
     "NOT_FOUND",
     "BAD_REQUEST",
@@ -117,7 +122,7 @@ impl Denial {
     pub fn status(self) -> u32 {
         match self {
             Denial::Unauthorized(_) => 401,
-            Denial::Forbidden | Denial::CorsRejected(_) => 403,
+            Denial::Forbidden | Denial::UnknownPlan | Denial::CorsRejected(_) => 403,
             Denial::UpstreamError(status) => status,
             Denial::RateLimited(_) => 429,
             Denial::NoRoute => 404,
@@ -154,6 +159,7 @@ impl Denial {
             Denial::Unauthorized(AuthFailure::Key(KeyFailure::Revoked)) if verbose => "REVOKED_KEY",
             Denial::Unauthorized(AuthFailure::Key(_)) => "INVALID_CREDENTIALS",
             Denial::Forbidden => "FORBIDDEN",
+            Denial::UnknownPlan => "UNKNOWN_PLAN",
             Denial::RateLimited(_) => "RATE_LIMITED",
             Denial::NoRoute => "NOT_FOUND",
             Denial::Unclear(_) => "BAD_REQUEST",
@@ -215,6 +221,7 @@ impl Denial {
             }
             Denial::Unauthorized(AuthFailure::Key(_)) => "invalid credentials",
             Denial::Forbidden => "this credential may not call this route",
+            Denial::UnknownPlan => "this credential's plan is not offered here",
             Denial::RateLimited(_) => "rate limit exceeded",
             Denial::NoRoute => "no route matches this request",
             Denial::Unclear(crate::route::Unclear::Method) => "the request method is not valid",
@@ -258,6 +265,7 @@ impl Denial {
                 "jwt_revoked_jti"
             }
             Denial::Forbidden => "out_of_scope",
+            Denial::UnknownPlan => "unknown_plan",
             Denial::RateLimited(crate::rate_limit::Refusal::Exceeded { .. }) => "rate_limited",
             Denial::RateLimited(crate::rate_limit::Refusal::Collision { .. }) => {
                 "rate_limit_collision"
@@ -514,6 +522,7 @@ mod tests {
             Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Revoked(Revoked::User))),
             Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Revoked(Revoked::Jti))),
             Denial::Forbidden,
+            Denial::UnknownPlan,
             Denial::RateLimited(Refusal::Exceeded {
                 quota,
                 retry_after_secs: 1,

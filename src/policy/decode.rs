@@ -217,6 +217,7 @@ impl Decoder {
                 "version",
                 "api_key",
                 "plans",
+                "unknown_plan",
                 "keys",
                 "routes",
                 "errors",
@@ -253,6 +254,11 @@ impl Decoder {
         let plans = match f.get("plans") {
             Some(n) => self.plans(n, "plans"),
             None => Some(default_plans()),
+        };
+        let unknown_plan = match (f.get("unknown_plan"), &plans) {
+            (None, _) => Some(None),
+            (Some(n), Some(plans)) => self.unknown_plan(n, "unknown_plan", plans),
+            (Some(_), None) => None,
         };
         let inherited = {
             let header = api_key.as_ref().map_or("x-api-key", |(h, _)| h.as_str());
@@ -331,6 +337,7 @@ impl Decoder {
             hide_credentials: hide_credentials?,
             rate_limit: rate_limit?,
             plans: plans?,
+            unknown_plan: unknown_plan?,
             keys: keys?,
             routes: routes?,
             environment: inherited.environment,
@@ -339,6 +346,37 @@ impl Decoder {
             security_headers: inherited.security_headers,
             fingerprint,
         })
+    }
+
+    /// `unknown_plan: refuse` (the default) or `unknown_plan: { map_to: <plan> }`.
+    fn unknown_plan(&mut self, node: &Node, path: &str, plans: &[Plan]) -> Option<Option<usize>> {
+        if let Value::Str(s) = &node.value {
+            if s == "refuse" {
+                return Some(None);
+            }
+            self.error(path, node.pos, "expected refuse or { map_to: <plan> }");
+            return None;
+        }
+        let f = self.object(node, path, &["map_to"])?;
+        let n = self.required(&f, path, "map_to")?;
+        let mp = join(path, "map_to");
+        let name = self.string(n, &mp)?;
+        match plans.iter().position(|p| p.name == name) {
+            Some(i) => Some(Some(i)),
+            None => {
+                let mut names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+                names.sort_unstable();
+                self.error(
+                    &mp,
+                    n.pos,
+                    format!(
+                        "unknown plan '{name}'; expected one of [{}]",
+                        names.join(", ")
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn logging(&mut self, node: &Node, path: &str) -> Option<LoggingPolicy> {

@@ -98,6 +98,11 @@ pub struct Policy {
     /// Plans and their limits. Defaults to [`DEFAULT_PLANS`]; the policy may override
     /// their limits and add plans.
     pub plans: Vec<Plan>,
+    /// What a credential naming a plan not in `plans` gets (`unknown_plan:`): `None`,
+    /// refused with 403 `UNKNOWN_PLAN` (the default: a plan the policy does not know has
+    /// no limit, and serving it would be fail-open); `Some(i)`, treated as `plans[i]`
+    /// (`unknown_plan: { map_to: free }`), which the upstream then sees as its plan.
+    pub unknown_plan: Option<usize>,
     /// Keys declared in the policy (DB-less use). Defaults to none.
     pub keys: Vec<StaticKey>,
     /// Routes in match order. Required, at least one.
@@ -582,6 +587,30 @@ mod tests {
     }
 
     #[test]
+    fn unknown_plans_are_refused_by_default_or_mapped_to_a_known_one() {
+        let p = load_yaml("p", &minimal("")).unwrap().policy;
+        assert_eq!(p.unknown_plan, None);
+        let p = load_yaml("p", &minimal("unknown_plan: refuse\n"))
+            .unwrap()
+            .policy;
+        assert_eq!(p.unknown_plan, None);
+        let p = load_yaml("p", &minimal("unknown_plan: { map_to: team }\n"))
+            .unwrap()
+            .policy;
+        assert_eq!(p.plans[p.unknown_plan.unwrap()].name, "team");
+        let errs = errors(&minimal("unknown_plan: { map_to: pro }\n"));
+        assert!(
+            errs[0].contains("p.yaml:4:25: unknown_plan.map_to: unknown plan 'pro'; expected one of [enterprise, free, solo, team]"),
+            "{errs:?}"
+        );
+        let errs = errors(&minimal("unknown_plan: allow\n"));
+        assert!(
+            errs[0].contains("expected refuse or { map_to: <plan> }"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn token_lifetime_defaults_to_a_day_and_bounds_revocations() {
         let jwt = "jwt:\n  keys:\n    - { kid: k1, alg: HS256, secret_env: K }\n";
         let p = load_yaml("p", &minimal(jwt)).unwrap().policy;
@@ -644,7 +673,7 @@ mod tests {
         assert_eq!(
             errors(&minimal("colour: blue\n")),
             [
-                "p.yaml:4:1: colour: unknown field 'colour'; expected one of [version, api_key, plans, keys, routes, errors, jwt, revocations, hide_credentials, rate_limit, feed, environment, cors, security_headers, upstream_errors, body, logging]"
+                "p.yaml:4:1: colour: unknown field 'colour'; expected one of [version, api_key, plans, unknown_plan, keys, routes, errors, jwt, revocations, hide_credentials, rate_limit, feed, environment, cors, security_headers, upstream_errors, body, logging]"
             ]
         );
     }
