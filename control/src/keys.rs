@@ -148,13 +148,30 @@ fn check_id(field: &str, value: &str) -> Result<(), ApiError> {
     }
 }
 
-/// A new secret and its hash, and a new key id, all from the OS CSPRNG.
-fn draw_key(prefix: &str) -> Result<(String, String, String), ApiError> {
-    let random = crate::random::base62(RANDOM_LEN).map_err(|e| ApiError::internal(&e))?;
-    let id_part = crate::random::base62(16).map_err(|e| ApiError::internal(&e))?;
+/// Base62 characters of a key id after `key_` (95 bits).
+pub const ID_RANDOM_LEN: usize = 16;
+
+/// A new key: the secret (shown once), its SHA-256 and its id.
+#[derive(Debug)]
+pub struct DrawnKey {
+    pub secret: String,
+    pub sha256: String,
+    pub id: String,
+}
+
+/// Draws a key for the API and for `gatehouse-control new-key` alike. The id is drawn
+/// apart from the secret: it is shown in lists, audit events, logs and identity headers,
+/// so no character of it may come from the secret.
+pub fn draw_key(prefix: &str) -> Result<DrawnKey, getrandom::Error> {
+    let random = crate::random::base62(RANDOM_LEN)?;
+    let id_random = crate::random::base62(ID_RANDOM_LEN)?;
     let secret = format_key(prefix, &random);
-    let hash = KeyHash::of_key(secret.as_bytes()).to_hex();
-    Ok((secret, hash, format!("key_{id_part}")))
+    let sha256 = KeyHash::of_key(secret.as_bytes()).to_hex();
+    Ok(DrawnKey {
+        secret,
+        sha256,
+        id: format!("key_{id_random}"),
+    })
 }
 
 pub async fn create(
@@ -200,7 +217,8 @@ pub async fn create(
             )));
         }
     };
-    let (secret, sha256, id) = draw_key(&s.config.key_prefix)?;
+    let DrawnKey { secret, sha256, id } =
+        draw_key(&s.config.key_prefix).map_err(|e| ApiError::internal(&e))?;
     let new = NewKey {
         id,
         sha256,
@@ -277,7 +295,11 @@ pub async fn rotate(
             )));
         }
     };
-    let (secret, sha256, new_id) = draw_key(&s.config.key_prefix)?;
+    let DrawnKey {
+        secret,
+        sha256,
+        id: new_id,
+    } = draw_key(&s.config.key_prefix).map_err(|e| ApiError::internal(&e))?;
     let (old, new) = s
         .store
         .rotate_key(&id, new_id, sha256, end, &ctx.change(now))
@@ -330,5 +352,33 @@ pub async fn verify(
             scopes: Some(k.scopes),
         })),
         _ => Ok(Json(invalid)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    /// Every 8-character window of `s`.
+    fn windows(s: &str) -> Vec<&str> {
+        (0..=s.len().saturating_sub(8))
+            .map(|i| &s[i..i + 8])
+            .collect()
+    }
+
+    #[test]
+    fn a_key_id_shares_no_eight_characters_with_its_secret() {
+        for _ in 0..2000 {
+            let k = draw_key("ghk").unwrap();
+            let id = k.id.strip_prefix("key_").unwrap();
+            assert_eq!(id.len(), ID_RANDOM_LEN);
+            assert!(is_valid_id(&k.id));
+            let random = &k.secret["ghk_".len()..];
+            for w in windows(id) {
+                assert!(!random.contains(w), "{} and {} share {w}", k.id, k.secret);
+            }
+            assert_eq!(k.sha256, KeyHash::of_key(k.secret.as_bytes()).to_hex());
+        }
     }
 }

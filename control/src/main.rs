@@ -13,7 +13,7 @@
 
 mod mint_jwt;
 
-use gatehouse::api_key::{KeyHash, RANDOM_LEN, format_key, is_valid_prefix};
+use gatehouse::api_key::{KeyHash, is_valid_prefix};
 use std::io::Read;
 use std::process::ExitCode;
 
@@ -37,16 +37,15 @@ fn new_key(args: &[String]) -> Result<(), String> {
             "--prefix must start with a-z and have 1 to 32 of a-z 0-9 _, got {prefix:?}"
         ));
     }
-    let random = gatehouse_control::random::base62(RANDOM_LEN)
-        .map_err(|e| format!("no randomness from the OS: {e}"))?;
     // <prefix>_<random><checksum>: the plugin refuses a mistyped key before any lookup.
-    let key = format_key(&prefix, &random);
-    let hash = KeyHash::of_key(key.as_bytes()).to_hex();
-    println!("api key (shown once, store it now): {key}");
+    // The id is drawn apart from the secret, as the API draws it.
+    let key = gatehouse_control::keys::draw_key(&prefix)
+        .map_err(|e| format!("no randomness from the OS: {e}"))?;
+    println!("api key (shown once, store it now): {}", key.secret);
     println!();
     println!("policy entry:");
-    println!("  - id: key_{}", random.get(..8).unwrap_or_default());
-    println!("    sha256: {hash}");
+    println!("  - id: {}", key.id);
+    println!("    sha256: {}", key.sha256);
     println!("    user: USER");
     println!("    tenant: TENANT");
     println!("    plan: free");

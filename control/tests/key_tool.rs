@@ -74,3 +74,25 @@ fn a_bad_prefix_or_command_is_refused_with_usage() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"));
 }
+
+#[test]
+fn new_key_draws_its_id_apart_from_the_secret() {
+    for _ in 0..20 {
+        let out = bin().arg("new-key").output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let key = text.lines().next().unwrap().rsplit(' ').next().unwrap();
+        let random = key.strip_prefix("ghk_").unwrap();
+        let id = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("- id: "))
+            .unwrap();
+        let id_random = id.strip_prefix("key_").unwrap();
+        assert_eq!(id_random.len(), 16, "{id}");
+        assert!(gatehouse::api_key::is_valid_id(id), "{id}");
+        for i in 0..=id_random.len() - 8 {
+            let window = &id_random[i..i + 8];
+            assert!(!random.contains(window), "{id} and {key} share {window}");
+        }
+    }
+}
