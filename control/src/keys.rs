@@ -194,7 +194,17 @@ pub async fn create(
             "device_name must be 1 to {MAX_DEVICE_NAME_CHARS} characters, no control characters"
         )));
     }
-    let mut scopes = body.scopes.unwrap_or_default();
+    // A key without scopes may call every route. `[]` would read as "no route" to anyone
+    // but the plugin, so it is refused rather than given either meaning.
+    let mut scopes = match body.scopes {
+        None => Vec::new(),
+        Some(s) if s.is_empty() => {
+            return Err(ApiError::bad_request(
+                "scopes must not be empty: omit scopes for a key that may call every route",
+            ));
+        }
+        Some(s) => s,
+    };
     if scopes.len() > MAX_SCOPES {
         return Err(ApiError::bad_request(format!(
             "scopes may hold at most {MAX_SCOPES} entries"

@@ -108,6 +108,34 @@ async fn null_optional_fields_mean_absent() {
 }
 
 #[tokio::test]
+async fn empty_scopes_are_400_and_say_to_omit_them_for_every_route() {
+    let s = svc().await;
+    let mut body = new_key("laptop");
+    body["scopes"] = json!([]);
+    let (status, resp) = s.admin(Method::POST, "/v1/keys", Some(body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+    assert_eq!(error_code(&resp), "BAD_REQUEST");
+    assert!(
+        resp["error"].as_str().unwrap().contains("omit scopes"),
+        "{resp}"
+    );
+    let (_, list) = s.admin(Method::GET, "/v1/keys?user=user_1", None).await;
+    assert_eq!(list["keys"], json!([]), "nothing was issued");
+    // Omitted, the key may call every route, and its rotation keeps that.
+    let (status, key) = s
+        .admin(Method::POST, "/v1/keys", Some(new_key("laptop")))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    assert_eq!(key["scopes"], json!([]));
+    let id = key["id"].as_str().unwrap();
+    let (status, rotated) = s
+        .admin(Method::POST, &format!("/v1/keys/{id}/rotate"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    assert_eq!(rotated["scopes"], json!([]));
+}
+
+#[tokio::test]
 async fn feed_wait_beyond_int64_is_400_in_the_standard_shape() {
     let s = svc().await;
     for query in [
@@ -299,6 +327,7 @@ async fn openapi_states_the_rules_these_tests_check() {
     assert!(create["device_name"]["pattern"].is_string());
     assert_eq!(create["expires_in_days"]["nullable"], true);
     assert_eq!(create["scopes"]["nullable"], true);
+    assert_eq!(create["scopes"]["minItems"], 1);
     let rotate = &doc["components"]["schemas"]["RotateKey"]["properties"];
     assert_eq!(rotate["grace_seconds"]["nullable"], true);
     let wait = doc["paths"]["/v1/cache"]["get"]["parameters"]
