@@ -24,10 +24,21 @@ pub const HEADER_USER: &str = "x-gatehouse-user";
 pub const HEADER_TENANT: &str = "x-gatehouse-tenant";
 pub const HEADER_PLAN: &str = "x-gatehouse-plan";
 pub const HEADER_KEY_ID: &str = "x-gatehouse-key-id";
+/// The JWT provider (`jwt.providers[].name`) whose token authenticated the caller; absent
+/// for an API key. An upstream that takes tokens of several issuers tells users apart by
+/// this header and `x-gatehouse-user` together.
+pub const HEADER_ISSUER: &str = "x-gatehouse-issuer";
 
 /// Whether `name` is one of the identity headers gatehouse sets itself.
 pub fn is_identity_header(name: &str) -> bool {
-    [HEADER_USER, HEADER_TENANT, HEADER_PLAN, HEADER_KEY_ID].contains(&name)
+    [
+        HEADER_USER,
+        HEADER_TENANT,
+        HEADER_PLAN,
+        HEADER_KEY_ID,
+        HEADER_ISSUER,
+    ]
+    .contains(&name)
 }
 
 /// A header name that is another spelling of one gatehouse owns ([`classify_spelling`]).
@@ -173,6 +184,9 @@ pub struct Refused {
     pub identity: Option<Identity>,
     pub credential: Option<Credential>,
     pub limiter_retries: u32,
+    /// The JWT provider a bearer token went to (by its `iss`), allowed or refused: an
+    /// unknown `kid` asks that provider's JWKS to be fetched again.
+    pub jwt_provider: Option<usize>,
 }
 
 /// Who authenticated, before route checks.
@@ -190,11 +204,12 @@ pub enum Decision {
     Deny(Denial),
 }
 
-/// Decides a request from its headers. `jwt_keys` are the keys JWTs verify with (built
-/// by the shell from the policy, the environment and any fetched JWKS).
+/// Decides a request from its headers. `jwt_keys` are the keys JWTs verify with, one set
+/// per provider of `policy.jwt` in its order (built by the shell from the policy, the
+/// environment and any fetched JWKS).
 pub fn decide(
     policy: &Policy,
-    jwt_keys: &KeySet,
+    jwt_keys: &[KeySet],
     head: &RequestHead<'_>,
     store: &impl SharedStore,
     clock: &impl Clock,
@@ -206,7 +221,7 @@ pub fn decide(
 /// empty for an allowed request, whose [`Allowed`] says it all).
 pub fn decide_explained(
     policy: &Policy,
-    jwt_keys: &KeySet,
+    jwt_keys: &[KeySet],
     head: &RequestHead<'_>,
     store: &impl SharedStore,
     clock: &impl Clock,
@@ -221,7 +236,7 @@ pub fn decide_explained(
 
 fn decide_into(
     policy: &Policy,
-    jwt_keys: &KeySet,
+    jwt_keys: &[KeySet],
     head: &RequestHead<'_>,
     store: &impl SharedStore,
     clock: &impl Clock,
@@ -258,7 +273,14 @@ fn decide_into(
         feed_stale = true;
     }
 
-    let caller = match authenticate(policy, jwt_keys, head, store, clock) {
+    let caller = match authenticate(
+        policy,
+        jwt_keys,
+        head,
+        store,
+        clock,
+        &mut refused.jwt_provider,
+    ) {
         Ok(caller) => caller,
         // Before the sync's first answer the cache holds only the policy's own keys: a
         // miss says nothing about the key, so the caller gets a retryable 503, not a 401.
@@ -334,12 +356,16 @@ fn decide_into(
         return Decision::Allow(allowed);
     };
     allowed.plan = plan;
+    let provider = refused
+        .jwt_provider
+        .and_then(|i| policy.jwt.as_ref()?.providers.get(i))
+        .map(|p| p.name.as_str());
     let outcome = limit(
         policy,
         route,
         head,
         allowed.identity.as_ref(),
-        allowed.credential,
+        provider,
         allowed.plan,
         store,
         clock,
@@ -481,14 +507,17 @@ fn without_port(s: String) -> String {
 /// Applies the plan's limit (or the anonymous one) and the route's limits. Anonymous
 /// callers and limits `by: ip` count the client's network ([`client_network`]) in the
 /// address table; a token has no key of its own, so `by: key` counts a JWT caller per
-/// user (its `kid` names the issuer's signing key, shared by every user).
+/// user (its `kid` names the issuer's signing key, shared by every user). A token's user
+/// and tenant count under its provider's name (`jwt_provider`): `sub` and tenant values
+/// are an issuer's own, so another issuer's (or an API key's) same value is another
+/// caller.
 #[allow(clippy::too_many_arguments)]
 fn limit(
     policy: &Policy,
     route: &Route,
     head: &RequestHead<'_>,
     identity: Option<&Identity>,
-    credential: Option<Credential>,
+    jwt_provider: Option<&str>,
     plan: Option<usize>,
     store: &impl SharedStore,
     clock: &impl Clock,
@@ -497,16 +526,21 @@ fn limit(
     // Only anonymous callers and limits `by: ip` need the address.
     let mut ip: Option<String> = None;
     let mut who = |by: LimitBy| -> (String, CallerKind) {
-        match (by, identity) {
-            (LimitBy::Key, Some(i)) if credential != Some(Credential::Jwt) => {
-                (["k:", &i.key_id].concat(), CallerKind::Identified)
+        match (by, identity, jwt_provider) {
+            (LimitBy::Key, Some(i), None) => (["k:", &i.key_id].concat(), CallerKind::Identified),
+            (LimitBy::User, Some(i), None) => (["u:", &i.user].concat(), CallerKind::Identified),
+            (LimitBy::Tenant, Some(i), None) => {
+                (["t:", &i.tenant].concat(), CallerKind::Identified)
             }
-            (LimitBy::Key | LimitBy::User, Some(i)) => {
-                (["u:", &i.user].concat(), CallerKind::Identified)
+            // Provider names are a-z 0-9 _ -: the `:` after one is unambiguous.
+            (LimitBy::Key | LimitBy::User, Some(i), Some(p)) => {
+                (["ju:", p, ":", &i.user].concat(), CallerKind::Identified)
             }
-            (LimitBy::Tenant, Some(i)) => (["t:", &i.tenant].concat(), CallerKind::Identified),
+            (LimitBy::Tenant, Some(i), Some(p)) => {
+                (["jt:", p, ":", &i.tenant].concat(), CallerKind::Identified)
+            }
             // Anonymous callers are counted by address whatever the limit says.
-            (_, id) => {
+            (_, id, _) => {
                 let ip = ip.get_or_insert_with(|| {
                     let address =
                         client_address(head.source_address, head.forwarded_for, rl.trusted_proxies);
@@ -614,10 +648,11 @@ pub fn presents_credential_in(
 /// running anonymous.
 fn authenticate(
     policy: &Policy,
-    jwt_keys: &KeySet,
+    jwt_keys: &[KeySet],
     head: &RequestHead<'_>,
     store: &impl SharedStore,
     clock: &impl Clock,
+    provider: &mut Option<usize>,
 ) -> Result<Option<Authenticated>, AuthFailure> {
     let bearer = match (&policy.jwt, head.authorization) {
         (None, _) | (_, Presented::None) => None,
@@ -630,7 +665,8 @@ fn authenticate(
         (Presented::One(_), Some(_)) => return Err(AuthFailure::Duplicate),
         (Presented::None, None) => return Ok(None),
         (Presented::None, Some((jwt, token))) => {
-            return authenticate_jwt(policy, jwt, jwt_keys, token, store, clock).map(Some);
+            return authenticate_jwt(policy, jwt, jwt_keys, token, store, clock, provider)
+                .map(Some);
         }
         (Presented::One(raw), None) => raw,
     };
@@ -705,15 +741,32 @@ fn header_safe(v: &str) -> bool {
 fn authenticate_jwt(
     policy: &Policy,
     jwt: &JwtPolicy,
-    keys: &KeySet,
+    keys: &[KeySet],
     token: &[u8],
     store: &impl SharedStore,
     clock: &impl Clock,
+    chosen: &mut Option<usize>,
 ) -> Result<Authenticated, AuthFailure> {
     let fail = |f| AuthFailure::Jwt(f);
     let now = clock.now().secs();
+    // The provider, by the token's (unverified) `iss`: only its keys may verify the token,
+    // and its rules check `iss` again on the verified claims.
+    let index = match jwt.providers.len() {
+        1 => 0,
+        _ => {
+            let iss = jwt::unverified_issuer(token, jwt.max_token_bytes())
+                .map_err(|e| fail(jwt_failure(&e)))?;
+            jwt.provider_for(iss.as_deref())
+                .ok_or(fail(JwtFailure::Invalid("jwt_unknown_issuer")))?
+        }
+    };
+    *chosen = Some(index);
+    let (Some(provider), Some(keys)) = (jwt.providers.get(index), keys.get(index)) else {
+        return Err(fail(JwtFailure::Invalid("jwt_no_matching_key")));
+    };
     let verified =
-        jwt::verify_cached(token, keys, now, &jwt.rules).map_err(|e| fail(jwt_failure(&e)))?;
+        jwt::verify_cached(token, keys, now, &provider.rules).map_err(|e| fail(jwt_failure(&e)))?;
+    let jwt = provider;
 
     let claim_id = |name: &str| {
         verified
@@ -745,13 +798,12 @@ fn authenticate_jwt(
     )
     .map_err(|r| fail(JwtFailure::Revoked(r)))?;
 
-    let claim_headers = jwt
-        .forward_claims
-        .iter()
-        .filter_map(|(claim, header)| {
+    // Which provider vouched for the user: `sub` values are only unique per issuer.
+    let claim_headers = std::iter::once((HEADER_ISSUER.to_string(), jwt.name.clone()))
+        .chain(jwt.forward_claims.iter().filter_map(|(claim, header)| {
             let text = verified.claim(claim)?.to_text();
             header_safe(&text).then(|| (header.clone(), text.into_owned()))
-        })
+        }))
         .collect();
     let key_id = match verified.kid.as_deref() {
         Some(kid) if is_valid_id(kid) && kid.len() < 120 => ["jwt:", kid].concat(),
@@ -816,7 +868,7 @@ mod tests {
             forwarded_for: None,
             method_override: Presented::None,
         };
-        decide(&policy, &jwt_test_keys(), &head, &store, &clock)
+        decide(&policy, &[jwt_test_keys()], &head, &store, &clock)
     }
 
     /// The shell reads the client address (a host call) only for requests that do not
@@ -878,7 +930,10 @@ mod tests {
         assert_eq!(a.credential, Some(Credential::Jwt));
         assert_eq!(
             a.claim_headers,
-            vec![("x-gatehouse-email".to_string(), "a@example.com".to_string())]
+            vec![
+                ("x-gatehouse-issuer".to_string(), "jwt".to_string()),
+                ("x-gatehouse-email".to_string(), "a@example.com".to_string())
+            ]
         );
         // The policy's default plan applies when the claim is absent; ES256 via its kid.
         let token = mint(Alg::ES256, Some("es-1"), &claims(""));
@@ -1004,7 +1059,7 @@ mod tests {
             forwarded_for: None,
             method_override: Presented::None,
         };
-        let go = || decide(&policy, &keys, &head, &store, &clock);
+        let go = || decide(&policy, std::slice::from_ref(&keys), &head, &store, &clock);
         assert!(matches!(go(), Decision::Allow(_)));
         assert!(matches!(go(), Decision::Allow(_)), "now from the cache");
         let origin = crate::api_key::Origin::Feed;
@@ -1025,7 +1080,7 @@ mod tests {
         crate::rate_limit::prepare(&other, &policy.rate_limit.table(), &[7; 32]).unwrap();
         crate::revocation::install(&[user], &[], &other).unwrap();
         assert_eq!(
-            decide(&policy, &keys, &head, &other, &clock),
+            decide(&policy, std::slice::from_ref(&keys), &head, &other, &clock),
             jwt_denied(JwtFailure::Revoked(Revoked::User))
         );
     }
@@ -1133,7 +1188,7 @@ mod tests {
                 forwarded_for: None,
                 method_override: Presented::None,
             };
-            decide(&policy, &KeySet::default(), &head, &store, &clock)
+            decide(&policy, &[], &head, &store, &clock)
         };
         for host in 1..=3 {
             assert!(matches!(
@@ -1178,7 +1233,7 @@ mod tests {
                 forwarded_for: None,
                 method_override: Presented::None,
             };
-            decide(&policy, &keys, &head, &store, &clock)
+            decide(&policy, std::slice::from_ref(&keys), &head, &store, &clock)
         };
         // The default plan (free) allows 60 a minute: one user spends it, another still
         // has all of it.
@@ -1236,7 +1291,7 @@ mod tests {
                 forwarded_for: None,
                 method_override: over,
             };
-            decide(&policy, &KeySet::default(), &head, &store, &clock)
+            decide(&policy, &[], &head, &store, &clock)
         };
         let unclear = Decision::Deny(Denial::Unclear(route::Unclear::Method));
         // `/healthz` is GET/HEAD only and external; a DELETE there is another route (none).
@@ -1287,6 +1342,119 @@ mod tests {
         (policy, store, FixedClock::at_secs(NOW))
     }
 
+    /// Two providers, each with its own HMAC key: a token goes to the provider its `iss`
+    /// names and only that provider's key verifies it; equal `sub` values of the two
+    /// issuers are two callers for the limits.
+    #[test]
+    fn each_provider_verifies_only_its_own_issuers_tokens() {
+        use crate::jwt::test_tokens::{Signer, sign, signing_input};
+        const CORP: &str = "corp-secret-0123456789abcdef0123";
+        const PARTNER: &str = "partner-secret-0123456789abcdef0123456789abcdef-0123";
+        let src = format!(
+            "version: 1
+rate_limit: {{ key: user }}
+plans: {{ free: {{ requests_per_minute: 2 }} }}
+jwt:
+  providers:
+    - name: corp
+      issuers: [https://corp.example]
+      audiences: [api]
+      keys: [ {{ kid: corp-1, alg: HS256, secret: {CORP}, test_fixture: true }} ]
+      default_tenant: t
+      default_plan: free
+    - name: partner
+      issuers: [https://partner.example]
+      audiences: any
+      keys: [ {{ kid: partner-1, alg: HS384, secret: {PARTNER}, test_fixture: true }} ]
+      default_tenant: t
+      default_plan: free
+routes:
+  - match: {{ path_prefix: /v1/ }}
+"
+        );
+        let mut policy = load_yaml("p.yaml", &src).unwrap().policy;
+        policy.rate_limit.slots = 1024;
+        policy.rate_limit.address_slots = 1024;
+        let keys: Vec<KeySet> = policy
+            .jwt
+            .as_ref()
+            .unwrap()
+            .providers
+            .iter()
+            .map(|p| p.static_keys(|_| None).unwrap())
+            .collect();
+        let store = MemoryStore::default();
+        crate::rate_limit::prepare(&store, &policy.rate_limit.table(), &[7; 32]).unwrap();
+        let clock = FixedClock::at_secs(NOW);
+        let mint = |kid: &str, alg: Alg, secret: &str, iss: &str| {
+            let header = format!(r#"{{"alg":"{}","kid":"{kid}"}}"#, alg.as_str());
+            let payload = format!(
+                r#"{{"sub":"alice","iss":"{iss}","aud":"api","iat":{},"exp":{}}}"#,
+                NOW - 10,
+                NOW + 600
+            );
+            let input = signing_input(&header, &payload);
+            let sig = sign(
+                alg,
+                &Signer::Hmac(secret.as_bytes().to_vec()),
+                input.as_bytes(),
+            );
+            format!("{input}.{}", crate::jwt::b64::encode(&sig))
+        };
+        let corp = mint("corp-1", Alg::HS256, CORP, "https://corp.example");
+        let partner = mint("partner-1", Alg::HS384, PARTNER, "https://partner.example");
+        // The partner's key signing a token that claims the corp issuer.
+        let forged = mint("partner-1", Alg::HS384, PARTNER, "https://corp.example");
+        let stranger = mint("corp-1", Alg::HS256, CORP, "https://other.example");
+        let ask = |token: &str| {
+            let auth = format!("Bearer {token}");
+            let head = RequestHead {
+                method: b"GET",
+                path: b"/v1/x",
+                api_key: Presented::None,
+                authorization: Presented::One(auth.as_bytes()),
+                source_address: b"10.0.0.1:5555",
+                forwarded_for: None,
+                method_override: Presented::None,
+            };
+            decide_explained(&policy, &keys, &head, &store, &clock)
+        };
+        let issuer_of = |d: &Decision| match d {
+            Decision::Allow(a) => a
+                .claim_headers
+                .iter()
+                .find(|(h, _)| h == HEADER_ISSUER)
+                .map(|(_, v)| v.clone()),
+            _ => None,
+        };
+        let (d, r) = ask(&corp);
+        assert_eq!(issuer_of(&d).as_deref(), Some("corp"), "{d:?}");
+        assert_eq!(r.jwt_provider, Some(0));
+        let (d, r) = ask(&partner);
+        assert_eq!(issuer_of(&d).as_deref(), Some("partner"), "{d:?}");
+        assert_eq!(r.jwt_provider, Some(1));
+        assert_eq!(
+            ask(&forged).0,
+            jwt_denied(JwtFailure::Invalid("jwt_unknown_kid")),
+            "the corp provider has no key partner-1"
+        );
+        assert_eq!(
+            ask(&stranger).0,
+            jwt_denied(JwtFailure::Invalid("jwt_unknown_issuer"))
+        );
+        // 2 a minute per caller: corp's alice and partner's alice are two callers.
+        assert!(matches!(ask(&corp).0, Decision::Allow(_)));
+        assert!(matches!(
+            ask(&corp).0,
+            Decision::Deny(Denial::RateLimited(_))
+        ));
+        assert!(matches!(ask(&partner).0, Decision::Allow(_)));
+        assert!(matches!(
+            ask(&partner).0,
+            Decision::Deny(Denial::RateLimited(_))
+        ));
+    }
+
     /// A fed key whose plan the policy does not list ("pro": a typo, or a plan dropped
     /// from the policy) is refused with its own code, on external routes too, unless the
     /// policy maps unknown plans to one it has.
@@ -1319,13 +1487,7 @@ mod tests {
                 forwarded_for: None,
                 method_override: Presented::None,
             };
-            decide_explained(
-                policy,
-                &KeySet::default(),
-                &head,
-                store,
-                &FixedClock::at_secs(NOW),
-            )
+            decide_explained(policy, &[], &head, store, &FixedClock::at_secs(NOW))
         };
         let (policy, store, _) = setup();
         fed(&policy, &store);
@@ -1361,7 +1523,7 @@ mod tests {
             forwarded_for: None,
             method_override: Presented::None,
         };
-        decide(&policy, &KeySet::default(), &head, &store, &clock)
+        decide(&policy, &[], &head, &store, &clock)
     }
 
     fn in_query(d: &Decision) -> bool {
@@ -1503,12 +1665,12 @@ mod tests {
         };
         clock.set_secs(NOW + 9);
         assert!(matches!(
-            decide(&policy, &KeySet::default(), &head, &store, &clock),
+            decide(&policy, &[], &head, &store, &clock),
             Decision::Allow(_)
         ));
         clock.set_secs(NOW + 10);
         assert_eq!(
-            decide(&policy, &KeySet::default(), &head, &store, &clock),
+            decide(&policy, &[], &head, &store, &clock),
             Decision::Deny(Denial::Unauthorized(AuthFailure::Key(KeyFailure::Expired)))
         );
     }
@@ -1561,13 +1723,14 @@ mod tests {
         let admitted = (0..100)
             .filter(|_| {
                 matches!(
-                    decide(&policy, &keys, &h, &store, &clock),
+                    decide(&policy, std::slice::from_ref(&keys), &h, &store, &clock),
                     Decision::Allow(_)
                 )
             })
             .count();
         assert_eq!(admitted, 60);
-        let Decision::Deny(Denial::RateLimited(r)) = decide(&policy, &keys, &h, &store, &clock)
+        let Decision::Deny(Denial::RateLimited(r)) =
+            decide(&policy, std::slice::from_ref(&keys), &h, &store, &clock)
         else {
             panic!("not limited")
         };
@@ -1578,22 +1741,22 @@ mod tests {
         // Another user is not affected; a second later the first gets one more.
         let demo = head("/v1/things", Presented::One(DEMO), b"10.0.0.1:1");
         assert!(matches!(
-            decide(&policy, &keys, &demo, &store, &clock),
+            decide(&policy, std::slice::from_ref(&keys), &demo, &store, &clock),
             Decision::Allow(_)
         ));
         clock.set_secs(NOW + 1);
         assert!(matches!(
-            decide(&policy, &keys, &h, &store, &clock),
+            decide(&policy, std::slice::from_ref(&keys), &h, &store, &clock),
             Decision::Allow(_)
         ));
         assert!(matches!(
-            decide(&policy, &keys, &h, &store, &clock),
+            decide(&policy, std::slice::from_ref(&keys), &h, &store, &clock),
             Decision::Deny(_)
         ));
         // Counting by tenant instead: key_demo and key_revoked share tenant_demo.
         policy.rate_limit.plan_key = LimitBy::Tenant;
         assert!(matches!(
-            decide(&policy, &keys, &demo, &store, &clock),
+            decide(&policy, std::slice::from_ref(&keys), &demo, &store, &clock),
             Decision::Allow(_)
         ));
     }
@@ -1605,7 +1768,8 @@ mod tests {
         policy.rate_limit.anonymous.burst = 2;
         let keys = KeySet::default();
         let from = |addr: &'static [u8]| head("/healthz", Presented::None, addr);
-        let run = |h: &RequestHead<'_>| decide(&policy, &keys, h, &store, &clock);
+        let run =
+            |h: &RequestHead<'_>| decide(&policy, std::slice::from_ref(&keys), h, &store, &clock);
         assert!(matches!(run(&from(b"10.0.0.1:1")), Decision::Allow(_)));
         assert!(
             matches!(run(&from(b"10.0.0.1:2")), Decision::Allow(_)),
@@ -1652,7 +1816,13 @@ mod tests {
         let admitted = (0..10)
             .filter(|_| {
                 matches!(
-                    decide(&policy, &keys, &api_req, &store, &clock),
+                    decide(
+                        &policy,
+                        std::slice::from_ref(&keys),
+                        &api_req,
+                        &store,
+                        &clock
+                    ),
                     Decision::Allow(_)
                 )
             })
@@ -1664,7 +1834,7 @@ mod tests {
         let more = (0..100)
             .filter(|_| {
                 matches!(
-                    decide(&policy, &keys, &docs, &store, &clock),
+                    decide(&policy, std::slice::from_ref(&keys), &docs, &store, &clock),
                     Decision::Allow(_)
                 )
             })
@@ -1676,7 +1846,9 @@ mod tests {
     fn a_refusal_says_what_was_known_when_it_was_refused_and_never_the_credential() {
         let (policy, store, clock) = setup();
         let keys = KeySet::default();
-        let explain = |h: &RequestHead<'_>| decide_explained(&policy, &keys, h, &store, &clock);
+        let explain = |h: &RequestHead<'_>| {
+            decide_explained(&policy, std::slice::from_ref(&keys), h, &store, &clock)
+        };
         let things = policy
             .routes
             .iter()
@@ -1747,7 +1919,7 @@ mod tests {
             method_override: Presented::None,
         };
         assert_eq!(
-            decide(&policy, &KeySet::default(), &head, &store, &clock),
+            decide(&policy, &[], &head, &store, &clock),
             Decision::Deny(Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)))
         );
     }
@@ -1764,8 +1936,7 @@ mod tests {
             forwarded_for: None,
             method_override: Presented::None,
         };
-        let go =
-            |policy: &Policy, key| decide(policy, &KeySet::default(), &head(key), &store, &clock);
+        let go = |policy: &Policy, key| decide(policy, &[], &head(key), &store, &clock);
         assert!(matches!(go(&policy, DEMO), Decision::Allow(_)));
         assert_eq!(policy.presented_keys.0.len(), 1, "remembered");
         assert_eq!(policy.key_records.0.len(), 1, "its record decoded once");
@@ -1846,7 +2017,7 @@ mod tests {
             method_override: Presented::None,
         };
         assert_eq!(
-            decide(&policy, &KeySet::default(), &head, &store, &clock),
+            decide(&policy, &[], &head, &store, &clock),
             Decision::Deny(Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)))
         );
     }
@@ -1875,8 +2046,7 @@ mod tests {
             forwarded_for: None,
             method_override: Presented::None,
         };
-        let run =
-            |p: &Policy, path, key| decide(p, &KeySet::default(), &head(path, key), &store, &clock);
+        let run = |p: &Policy, path, key| decide(p, &[], &head(path, key), &store, &clock);
         clock.set_secs(NOW + 30);
         assert!(
             matches!(run(&policy, "/v1/x", Presented::One(DEMO)), Decision::Allow(a) if !a.feed_stale)
@@ -1928,7 +2098,7 @@ mod tests {
             forwarded_for: None,
             method_override: Presented::None,
         };
-        let run = |key| decide(&policy, &KeySet::default(), &head(key), &store, &clock);
+        let run = |key| decide(&policy, &[], &head(key), &store, &clock);
         let unknown_key = crate::api_key::format_key("ghk", "notfedyet0000000000000");
         let unknown = Presented::One(unknown_key.as_bytes());
         assert_eq!(run(unknown), Decision::Deny(Denial::AuthUnavailable));
@@ -1962,7 +2132,7 @@ mod tests {
             method_override: Presented::None,
         };
         assert_eq!(
-            decide(&policy, &KeySet::default(), &head, &store, &clock),
+            decide(&policy, &[], &head, &store, &clock),
             Decision::Deny(Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)))
         );
     }
@@ -2003,7 +2173,7 @@ mod properties {
             };
             let head = RequestHead { method: &method, path: &path, api_key, authorization, source_address: b"10.0.0.1:1", forwarded_for: None, method_override: Presented::None };
             let keys = super::tests::jwt_test_keys();
-            let decision = decide(&policy, &keys, &head, &store, &FixedClock::at_secs(1_767_225_600));
+            let decision = decide(&policy, std::slice::from_ref(&keys), &head, &store, &FixedClock::at_secs(1_767_225_600));
             if let Decision::Allow(Allowed { identity: Some(_), .. }) = decision {
                 prop_assert!(false, "random key bytes were granted an identity");
             }

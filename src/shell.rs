@@ -199,16 +199,19 @@ type SharedTally = Rc<RefCell<Tally>>;
 
 /// The JWT keys in force, shared by a worker's root context (which replaces them when a
 /// new JWKS arrives) and its filters (which take the current set per request).
-type SharedKeys = Rc<RefCell<Rc<KeySet>>>;
+type SharedKeys = Rc<RefCell<Rc<Vec<KeySet>>>>;
 
 #[derive(Default)]
 pub(crate) struct Root {
     policy: Option<Rc<Policy>>,
-    /// Keys from the policy and the environment; a fetched JWKS adds to these.
-    static_keys: Vec<Key>,
+    /// Keys from the policy and the environment, per JWT provider; a fetched JWKS adds
+    /// to these.
+    static_keys: Vec<Vec<Key>>,
     keys: SharedKeys,
-    /// The cas of the JWKS document the keys were built from.
-    jwks_cas: u32,
+    /// Per provider, the cas of the JWKS document its keys were built from.
+    jwks_cas: Vec<u32>,
+    /// JWKS fetches in flight: (call token, provider).
+    jwks_calls: Vec<(u32, usize)>,
     metrics: WorkerMetrics,
     tally: Option<SharedTally>,
     /// This plugin's vm_id (`plugin_vm_id`), which names the events queue.
@@ -698,29 +701,48 @@ fn now_secs() -> u64 {
 }
 
 impl Root {
-    fn set_keys(&self, keys: Vec<Key>) {
+    /// Replaces provider `p`'s keys (a new set: its cache of verified tokens starts
+    /// empty); the other providers' sets are kept as they are.
+    fn set_keys(&self, p: usize, keys: Vec<Key>) {
         if let Ok(mut current) = self.keys.try_borrow_mut() {
-            *current = Rc::new(KeySet::new(keys));
+            let mut sets: Vec<KeySet> = current.as_ref().clone();
+            if sets.len() <= p {
+                sets.resize_with(p + 1, KeySet::default);
+            }
+            if let Some(set) = sets.get_mut(p) {
+                *set = KeySet::new(keys);
+            }
+            *current = Rc::new(sets);
         }
     }
 
-    /// Rebuilds the keys when another worker stored a new JWKS.
-    fn pick_up_jwks(&mut self, policy: &Policy) {
-        let Some(jwt) = &policy.jwt else { return };
-        let Some((cas, _, doc)) = jwks_cache::current(&HostStore) else {
+    /// Rebuilds provider `p`'s keys when another worker stored a new JWKS for it.
+    fn pick_up_jwks(&mut self, policy: &Policy, p: usize) {
+        let Some(provider) = policy.jwt.as_ref().and_then(|j| j.providers.get(p)) else {
             return;
         };
-        if cas == self.jwks_cas {
+        let Some((cas, _, doc)) = jwks_cache::current(&HostStore, p) else {
+            return;
+        };
+        if self.jwks_cas.len() <= p {
+            self.jwks_cas.resize(p + 1, 0);
+        }
+        if self.jwks_cas.get(p) == Some(&cas) {
             return;
         }
-        self.jwks_cas = cas;
-        match parse_jwks(&doc, Some(jwt.rsa_alg)) {
+        if let Some(seen) = self.jwks_cas.get_mut(p) {
+            *seen = cas;
+        }
+        match parse_jwks(&doc, Some(provider.rsa_alg)) {
             Ok(jwks) => {
-                let mut keys = self.static_keys.clone();
+                let mut keys = self.static_keys.get(p).cloned().unwrap_or_default();
                 keys.extend(jwks.keys);
-                self.set_keys(keys);
+                self.set_keys(p, keys);
             }
-            Err(e) => log(LogLevel::Warn, &format!("stored JWKS unreadable: {e}")),
+            Err(e) => log(
+                LogLevel::Warn,
+                &format!("stored JWKS of provider {} unreadable: {e}", provider.name),
+            ),
         }
     }
 }
@@ -886,7 +908,13 @@ impl Context for Root {
         let Some(policy) = self.policy.clone() else {
             return;
         };
-        let Some(jwt) = &policy.jwt else { return };
+        let Some(at) = self.jwks_calls.iter().position(|(t, _)| *t == token) else {
+            return;
+        };
+        let (_, p) = self.jwks_calls.swap_remove(at);
+        let Some(provider) = policy.jwt.as_ref().and_then(|j| j.providers.get(p)) else {
+            return;
+        };
         let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten()
@@ -906,10 +934,13 @@ impl Context for Root {
             .ok()
             .flatten()
             .unwrap_or_default();
-        match jwks_cache::store_fetched(&HostStore, &body, jwt.rsa_alg, now_secs()) {
+        match jwks_cache::store_fetched(&HostStore, p, &body, provider.rsa_alg, now_secs()) {
             Ok(n) => {
-                log(LogLevel::Info, &format!("JWKS fetched: {n} keys"));
-                self.pick_up_jwks(&policy);
+                log(
+                    LogLevel::Info,
+                    &format!("JWKS of provider {} fetched: {n} keys", provider.name),
+                );
+                self.pick_up_jwks(&policy, p);
             }
             Err(e) => {
                 FeedMetrics::add(self.metrics.jwks_fetch_failures, 1);
@@ -989,16 +1020,23 @@ impl RootContext for Root {
             );
             return false;
         }
-        if let Some(jwt) = &policy.jwt {
-            match jwt.static_keys(|name| std::env::var(name).ok()) {
-                Ok(keys) => self.static_keys = keys.keys().to_vec(),
+        self.static_keys.clear();
+        self.jwks_cas.clear();
+        self.jwks_calls.clear();
+        for (p, provider) in policy
+            .jwt
+            .iter()
+            .flat_map(|j| j.providers.iter().enumerate())
+        {
+            match provider.static_keys(|name| std::env::var(name).ok()) {
+                Ok(keys) => self.static_keys.push(keys.keys().to_vec()),
                 Err(e) => {
                     log(LogLevel::Error, &format!("invalid policy: {e}"));
                     return false;
                 }
             }
-            if jwt.jwks_url.is_some()
-                && let Err(e) = jwks_cache::init(&HostStore)
+            if provider.jwks_url.is_some()
+                && let Err(e) = jwks_cache::init(&HostStore, p)
             {
                 log(LogLevel::Error, &format!("shared data: {e:?}"));
                 return false;
@@ -1008,7 +1046,9 @@ impl RootContext for Root {
             Some(webhooks) => self.webhooks = Rc::new(webhooks),
             None => return false,
         }
-        self.set_keys(self.static_keys.clone());
+        if let Ok(mut current) = self.keys.try_borrow_mut() {
+            *current = Rc::new(self.static_keys.iter().cloned().map(KeySet::new).collect());
+        }
 
         self.vm_id = hostcalls::get_property(vec!["plugin_vm_id"])
             .ok()
@@ -1024,7 +1064,7 @@ impl RootContext for Root {
                 policy.routes.len(),
                 policy.keys.len(),
                 policy.plans.len(),
-                self.static_keys.len()
+                self.static_keys.iter().map(Vec::len).sum::<usize>()
             ),
         );
         self.by_ip = policy
@@ -1051,31 +1091,37 @@ impl RootContext for Root {
         };
         self.flush_tally(&policy);
         policy.rate_limit.places.refresh(&HostStore);
-        let Some(url) = policy.jwt.as_ref().and_then(|j| j.jwks_url.as_ref()) else {
-            return;
-        };
-        self.pick_up_jwks(&policy);
-        if !jwks_cache::should_fetch(&HostStore, url, now_secs()) {
-            return;
-        }
-        let headers = vec![
-            (":method", "GET"),
-            (":path", url.path.as_str()),
-            (":authority", url.authority.as_str()),
-            ("accept", "application/json"),
-        ];
-        let timeout = std::time::Duration::from_millis(jwks_cache::FETCH_TIMEOUT_MS);
-        let sent = hostcalls::dispatch_http_call(&url.cluster, headers, None, vec![], timeout);
-        FeedMetrics::add(self.metrics.jwks_fetches, 1);
-        if let Err(status) = sent {
-            FeedMetrics::add(self.metrics.jwks_fetch_failures, 1);
-            log(
-                LogLevel::Warn,
-                &format!(
-                    "JWKS fetch from cluster {} not sent: {status:?}",
-                    url.cluster
-                ),
-            );
+        let Some(jwt) = &policy.jwt else { return };
+        for (p, provider) in jwt.providers.iter().enumerate() {
+            let Some(url) = &provider.jwks_url else {
+                continue;
+            };
+            self.pick_up_jwks(&policy, p);
+            if !jwks_cache::should_fetch(&HostStore, p, url, now_secs()) {
+                continue;
+            }
+            let headers = vec![
+                (":method", "GET"),
+                (":path", url.path.as_str()),
+                (":authority", url.authority.as_str()),
+                ("accept", "application/json"),
+            ];
+            let timeout = std::time::Duration::from_millis(jwks_cache::FETCH_TIMEOUT_MS);
+            let sent = hostcalls::dispatch_http_call(&url.cluster, headers, None, vec![], timeout);
+            FeedMetrics::add(self.metrics.jwks_fetches, 1);
+            match sent {
+                Ok(token) => self.jwks_calls.push((token, p)),
+                Err(status) => {
+                    FeedMetrics::add(self.metrics.jwks_fetch_failures, 1);
+                    log(
+                        LogLevel::Warn,
+                        &format!(
+                            "JWKS fetch from cluster {} not sent: {status:?}",
+                            url.cluster
+                        ),
+                    );
+                }
+            }
         }
     }
 
@@ -1415,9 +1461,13 @@ impl HttpContext for Filter {
                 self.record_refusal(&policy, denial, clock.now(), &seen, None);
                 // A token signed with a key we have not seen: the issuer may have rotated.
                 if denial.reason() == "jwt_unknown_kid"
-                    && let Some(url) = policy.jwt.as_ref().and_then(|j| j.jwks_url.as_ref())
+                    && let Some(p) = refused.jwt_provider
+                    && let Some(url) = policy
+                        .jwt
+                        .as_ref()
+                        .and_then(|j| j.providers.get(p)?.jwks_url.as_ref())
                 {
-                    jwks_cache::want_refetch(&HostStore, url, clock.now().secs());
+                    jwks_cache::want_refetch(&HostStore, p, url, clock.now().secs());
                 }
                 send_refusal_at(clock.now(), denial, request_id, policy.verbose_errors);
                 Action::Pause

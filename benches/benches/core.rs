@@ -89,7 +89,7 @@ fn api_key_decision(c: &mut Criterion) {
     let policy = Policy::from_json(POLICY_JSON.as_bytes()).expect("bench policy is valid");
     let store = prepared_store(&policy);
     let clock = SteppingClock::new();
-    let no_jwt_keys = KeySet::new(Vec::new());
+    let no_jwt_keys: [KeySet; 0] = [];
 
     let mut g = c.benchmark_group("api_key");
     g.bench_function("baseline_sha256_of_key", |b| {

@@ -117,6 +117,7 @@ fn build() -> Fixture {
         .jwt
         .as_ref()
         .expect("the policy has a jwt section")
+        .providers[0]
         .static_keys(|name| (name == "ADV_JWT_SECRET").then(|| JWT_SECRET.to_string()))
         .expect("the policy's JWT keys build");
     let base = MemoryStore::default();
@@ -249,7 +250,7 @@ fuzz_target!(|data: &[u8]| {
     let now = UnixNanos::from_secs(START + u64::from(u16::from_le_bytes([c0, c1])));
 
     for _ in 0..2 {
-        match decide(&policy, &f.keys, &head, &store, &clock) {
+        match decide(&policy, std::slice::from_ref(&f.keys), &head, &store, &clock) {
             Decision::Deny(denial) => assert_standard(denial, now, request_id, verbose),
             Decision::Allow(a) => {
                 // One meaning: an upper-case method, and the route `resolve` finds with

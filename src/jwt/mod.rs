@@ -67,7 +67,7 @@ pub use claims::{
     ClaimValue, Claims, DEFAULT_LEEWAY_SECS, DEFAULT_MAX_LIFETIME_SECS, DEFAULT_MAX_SIZE, Rules,
 };
 pub use jwk::{Alg, JwkError, Jwks, Key, KeySet, MAX_JWKS_KEYS, SkippedKey, parse_jwks};
-pub use verify::{MAX_KEYS_TRIED, Verified, verify, verify_cached};
+pub use verify::{MAX_KEYS_TRIED, Verified, unverified_issuer, verify, verify_cached};
 
 /// Why a token was refused. Closed: every refusal path has its variant and a test.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1003,3 +1003,46 @@ proptest! {
         let _ = parse_jwks(doc.as_bytes(), None);
     }
 }
+
+#[test]
+fn the_unverified_issuer_is_read_as_strictly_as_a_verified_one() {
+    use super::unverified_issuer;
+    let t = |payload: &str| {
+        format!(
+            "{}.{}.sig",
+            b64::encode(br#"{"alg":"HS256"}"#),
+            b64::encode(payload.as_bytes())
+        )
+    };
+    assert_eq!(
+        unverified_issuer(t(r#"{"iss":"https://a.example"}"#).as_bytes(), 8192),
+        Ok(Some("https://a.example".into()))
+    );
+    assert_eq!(unverified_issuer(t("{}").as_bytes(), 8192), Ok(None));
+    // The last of duplicate members, as the verified claims read them.
+    assert_eq!(
+        unverified_issuer(t(r#"{"iss":"a","iss":"b"}"#).as_bytes(), 8192),
+        Ok(Some("b".into()))
+    );
+    assert_eq!(
+        unverified_issuer(t(r#"{"iss":7}"#).as_bytes(), 8192),
+        Err(JwtError::InvalidClaim("iss"))
+    );
+    assert_eq!(
+        unverified_issuer(t("[1]").as_bytes(), 8192),
+        Err(JwtError::Malformed("payload"))
+    );
+    assert_eq!(
+        unverified_issuer(b"a.b", 8192),
+        Err(JwtError::Malformed("segments"))
+    );
+    assert_eq!(
+        unverified_issuer(t("{}").as_bytes(), 10),
+        Err(JwtError::TooLarge)
+    );
+    assert_eq!(
+        unverified_issuer(b"x.eyJpc3MiOiJhIn0=.y", 8192),
+        Err(JwtError::Malformed("payload")),
+        "padding is not base64url"
+    );
+}

@@ -163,6 +163,34 @@ fn verify_uncached(
     Ok((verified, times))
 }
 
+/// The `iss` of a token whose signature has NOT been checked, to choose which
+/// provider's keys check it ([`crate::policy::auth::JwtPolicy::provider_for`]); nothing
+/// else may rest on it, and the chosen provider's rules check `iss` again once the
+/// signature verified. Strict like [`verify`]: the size bound first, three segments,
+/// canonical base64url, a JSON object, `iss` a string when present.
+pub fn unverified_issuer(token: &[u8], max_size: usize) -> Result<Option<String>, JwtError> {
+    if token.len() > max_size {
+        return Err(JwtError::TooLarge);
+    }
+    let mut parts = token.splitn(4, |&b| b == b'.');
+    let (Some(_), Some(payload_b64), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtError::Malformed("segments"));
+    };
+    let payload = b64::decode(payload_b64).map_err(|_| JwtError::Malformed("payload"))?;
+    // Read as the verified claims are (the last of duplicate members wins), so the
+    // provider chosen here is the one whose rules see the same `iss`.
+    match serde_json::from_slice(&payload) {
+        Ok(Value::Object(mut claims)) => match claims.remove("iss") {
+            None => Ok(None),
+            Some(Value::String(iss)) => Ok(Some(iss)),
+            Some(_) => Err(JwtError::InvalidClaim("iss")),
+        },
+        _ => Err(JwtError::Malformed("payload")),
+    }
+}
+
 /// The keys a token may be checked against, at most [`MAX_KEYS_TRIED`], without
 /// allocating.
 fn select_keys<'k>(

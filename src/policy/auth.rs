@@ -2,8 +2,11 @@
 //!
 //! ```yaml
 //! jwt:
-//!   issuers: [https://auth.example.com]   # `iss` must be one of these. Defaults to any.
-//!   audiences: [api]                      # `aud` must hold one of these. Defaults to any.
+//!   name: corp                            # sent upstream as x-gatehouse-issuer. Defaults to jwt.
+//!   issuers: [https://auth.example.com]   # `iss` must be one of these, or `any`. With jwks
+//!                                         # or jwks_url it must be said; else defaults to any.
+//!   audiences: [api]                      # `aud` must hold one of these, or `any`; the same
+//!                                         # rule.
 //!   leeway: 60s                           # clock skew on exp/nbf/iat. Defaults to 60s.
 //!   max_token_bytes: 8192                 # Defaults to 8192.
 //!   require_exp: true                     # Defaults to true.
@@ -28,6 +31,8 @@
 //!     refresh: 10m                        # Defaults to 10m.
 //!     min_refetch: 30s                    # refetch on an unknown kid at most this often.
 //!   rsa_alg: RS256                        # for JWKS RSA keys without `alg`. Defaults to RS256.
+//! # or several providers, each with every field above (name and issuers required):
+//! # jwt: { providers: [ { name: corp, issuers: [...], ... }, { name: partner, ... } ] }
 //! revocations:                            # until the control service feeds them
 //!   users: [ { user: u1, tokens_issued_before: 2026-01-01T00:00:00Z, until: ... } ]
 //!   jtis: [ { jti: 0b5f..., until: ... } ]
@@ -106,8 +111,30 @@ pub struct ClaimNames {
     pub plan: String,
 }
 
+/// The `jwt` section: one or more providers (`jwt: { providers: [...] }`), each one
+/// issuer's (or one set of issuers') keys, rules and claim mapping, as Envoy's `jwt_authn`
+/// groups them. A section without `providers` is one provider named `jwt`.
+///
+/// A token goes to the provider whose `issuers` hold its `iss`, read before the signature
+/// is checked (only to choose the keys: the chosen provider's rules check `iss` again on
+/// the verified claims), so a key verifies tokens of its own issuer only. With more than
+/// one provider each must list its issuers, and no issuer may be in two.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JwtPolicy {
+    pub providers: Vec<JwtProvider>,
+}
+
+/// The name the one provider of a `jwt` section without `providers` gets (unless it
+/// says `name:`).
+pub const SINGLE_PROVIDER_NAME: &str = "jwt";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JwtProvider {
+    /// Sent upstream as `x-gatehouse-issuer`, and part of the rate-limit caller of its
+    /// tokens, so two providers' `sub` (or tenant) values never share a limit.
+    pub name: String,
+    /// Where it is in the policy (`jwt`, `jwt.providers[1]`), for messages.
+    pub path: String,
     pub rules: Rules,
     pub claims: ClaimNames,
     pub default_tenant: Option<String>,
@@ -129,12 +156,40 @@ pub struct Revocations {
 }
 
 impl JwtPolicy {
-    /// How long after its `iat` a token of this policy can still be accepted
-    /// ([`Rules::longest_acceptance_secs`]); `None`: unbounded.
+    /// How long after its `iat` a token of any provider can still be accepted
+    /// ([`Rules::longest_acceptance_secs`]); `None`: some provider is unbounded.
     pub fn longest_acceptance_secs(&self) -> Option<u64> {
-        self.rules.longest_acceptance_secs()
+        self.providers.iter().try_fold(0, |longest, p| {
+            p.rules
+                .longest_acceptance_secs()
+                .map(|secs| secs.max(longest))
+        })
     }
 
+    /// The provider that `iss` belongs to: the only one, or the one listing it.
+    pub fn provider_for(&self, iss: Option<&str>) -> Option<usize> {
+        match self.providers.as_slice() {
+            [_] => Some(0),
+            providers => {
+                let iss = iss?;
+                providers
+                    .iter()
+                    .position(|p| p.rules.issuers.iter().any(|i| i == iss))
+            }
+        }
+    }
+
+    /// The largest token any provider accepts, for reading `iss` before choosing one.
+    pub fn max_token_bytes(&self) -> usize {
+        self.providers
+            .iter()
+            .map(|p| p.rules.max_size)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl JwtProvider {
     /// The keys known without fetching: HMAC keys (secrets from `env`) and the inline
     /// JWKS. An error names the environment variable or the key, never a secret.
     pub fn static_keys(&self, env: impl Fn(&str) -> Option<String>) -> Result<KeySet, String> {
@@ -146,22 +201,23 @@ impl JwtPolicy {
                     Some(v) if !v.is_empty() => v.into_bytes(),
                     _ => {
                         return Err(format!(
-                            "jwt.keys[{i}]: the environment variable {name} is not set or empty \
-                             (Envoy passes it with vm_config.environment_variables)"
+                            "{}.keys[{i}]: the environment variable {name} is not set or empty \
+                             (Envoy passes it with vm_config.environment_variables)",
+                            self.path
                         ));
                     }
                 },
             };
             let secret = k
                 .decode_secret(&text)
-                .map_err(|e| format!("jwt.keys[{i}]: {e}"))?;
+                .map_err(|e| format!("{}.keys[{i}]: {e}", self.path))?;
             let key = Key::hmac(k.alg, &secret, k.kid.clone())
-                .map_err(|e| format!("jwt.keys[{i}]: {e}"))?;
+                .map_err(|e| format!("{}.keys[{i}]: {e}", self.path))?;
             keys.push(key);
         }
         if let Some(doc) = &self.jwks_inline {
             let jwks = parse_jwks(doc.as_bytes(), Some(self.rsa_alg))
-                .map_err(|e| format!("jwt.jwks: {e}"))?;
+                .map_err(|e| format!("{}.jwks: {e}", self.path))?;
             keys.extend(jwks.keys);
         }
         Ok(KeySet::new(keys))

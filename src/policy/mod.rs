@@ -391,7 +391,8 @@ impl Policy {
         let mut names: Vec<String> = self
             .jwt
             .iter()
-            .flat_map(|j| &j.hmac_keys)
+            .flat_map(|j| &j.providers)
+            .flat_map(|p| &p.hmac_keys)
             .filter_map(|k| match &k.secret {
                 auth::Secret::Env(name) => Some(name.clone()),
                 auth::Secret::Literal(_) => None,
@@ -523,7 +524,7 @@ mod tests {
         let env = minimal("jwt:\n  keys:\n    - { kid: k1, alg: HS256, secret_env: MY_SECRET }\n");
         let p = load_yaml("p", &env).unwrap().policy;
         assert_eq!(p.secret_env_names(), vec!["MY_SECRET".to_string()]);
-        let jwt = p.jwt.unwrap();
+        let jwt = p.jwt.unwrap().providers.remove(0);
         assert!(
             jwt.static_keys(|_| None)
                 .unwrap_err()
@@ -535,7 +536,13 @@ mod tests {
         // never shown.
         let b64 =
             minimal("jwt:\n  keys:\n    - { alg: HS256, secret_env: K, encoding: base64url }\n");
-        let jwt64 = load_yaml("p", &b64).unwrap().policy.jwt.unwrap();
+        let jwt64 = load_yaml("p", &b64)
+            .unwrap()
+            .policy
+            .jwt
+            .unwrap()
+            .providers
+            .remove(0);
         assert_eq!(
             jwt64.static_keys(|_| Some("A".repeat(43))).unwrap().len(),
             1
@@ -587,6 +594,111 @@ mod tests {
     }
 
     #[test]
+    fn a_jwks_needs_its_issuers_and_audiences_said_even_if_any() {
+        let jwks = "  jwks: { keys: [ { kty: OKP, crv: Ed25519, kid: e1, x: 11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo } ] }\n";
+        let errs = errors(&minimal(&format!("jwt:\n{jwks}")));
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with("p.yaml:5:3: jwt: missing required field 'issuers'"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].contains("missing required field 'audiences'"),
+            "{errs:?}"
+        );
+        let url = "  jwks_url: { cluster: auth, path: /jwks }\n  issuers: [https://idp.example]\n";
+        let errs = errors(&minimal(&format!("jwt:\n{url}")));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains("missing required field 'audiences'"),
+            "{errs:?}"
+        );
+        // `any` said is any; an empty list is a mistake.
+        let p = load_yaml("p", &minimal(&format!("jwt:\n{url}  audiences: any\n")))
+            .unwrap()
+            .policy;
+        assert!(p.jwt.unwrap().providers[0].rules.audiences.is_empty());
+        let errs = errors(&minimal(&format!("jwt:\n{url}  audiences: []\n")));
+        assert!(
+            errs[0].contains("jwt.audiences: must not be empty; write any"),
+            "{errs:?}"
+        );
+        // HMAC keys are the policy owner's own: any stays the default there.
+        let hmac = "jwt:\n  keys:\n    - { kid: k1, alg: HS256, secret_env: K }\n";
+        assert!(load_yaml("p", &minimal(hmac)).is_ok());
+    }
+
+    #[test]
+    fn jwt_providers_are_named_and_own_their_issuers() {
+        let provider = |name: &str, issuers: &str| {
+            format!(
+                "    - name: {name}\n      issuers: {issuers}\n      audiences: [api]\n      jwks_url: {{ cluster: {name}, path: /jwks }}\n"
+            )
+        };
+        let two = format!(
+            "jwt:\n  providers:\n{}{}",
+            provider("corp", "[https://corp.example]"),
+            provider("partner", "[https://partner.example, https://p2.example]")
+        );
+        let p = load_yaml("p", &minimal(&two)).unwrap().policy;
+        let jwt = p.jwt.unwrap();
+        assert_eq!(jwt.providers.len(), 2);
+        assert_eq!(jwt.providers[1].name, "partner");
+        assert_eq!(jwt.providers[1].path, "jwt.providers[1]");
+        assert_eq!(jwt.provider_for(Some("https://p2.example")), Some(1));
+        assert_eq!(jwt.provider_for(Some("https://corp.example")), Some(0));
+        assert_eq!(jwt.provider_for(Some("https://x.example")), None);
+        assert_eq!(jwt.provider_for(None), None);
+        assert_eq!(jwt.longest_acceptance_secs(), Some(86_460));
+
+        let clash = format!(
+            "jwt:\n  providers:\n{}{}",
+            provider("corp", "[https://corp.example]"),
+            provider("corp", "[https://corp.example]")
+        );
+        let joined = errors(&minimal(&clash)).join("\n");
+        assert!(
+            joined.contains("jwt.providers[1].name: duplicate provider name"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("jwt.providers[1].issuers: issuer 'https://corp.example' is already provider 'corp''s"),
+            "{joined}"
+        );
+        let vague = format!(
+            "jwt:\n  providers:\n{}{}",
+            provider("corp", "[https://corp.example]"),
+            provider("partner", "any")
+        );
+        let joined = errors(&minimal(&vague)).join("\n");
+        assert!(
+            joined.contains(
+                "jwt.providers[1].issuers: with more than one provider, each lists its issuers"
+            ),
+            "{joined}"
+        );
+        // Settings go in a provider, and every provider has a name.
+        let shared = format!(
+            "jwt:\n  leeway: 30s\n  providers:\n{}",
+            provider("corp", "any")
+        );
+        assert!(errors(&minimal(&shared))[0].contains("jwt.leeway: unknown field"));
+        let unnamed =
+            "jwt:\n  providers:\n    - { keys: [ { kid: k1, alg: HS256, secret_env: K } ] }\n";
+        assert!(
+            errors(&minimal(unnamed))[0]
+                .contains("jwt.providers[0]: missing required field 'name'")
+        );
+        let bad_name = "jwt:\n  name: Corp:1\n  keys: [ { kid: k1, alg: HS256, secret_env: K } ]\n";
+        assert!(errors(&minimal(bad_name))[0].contains("jwt.name: must be 1 to 32 of a-z 0-9 _ -"));
+        // One provider of the old shape keeps its name and its any.
+        let old = "jwt:\n  keys:\n    - { kid: k1, alg: HS256, secret_env: K }\n";
+        let p = load_yaml("p", &minimal(old)).unwrap().policy;
+        assert_eq!(p.jwt.as_ref().unwrap().providers[0].name, "jwt");
+        assert_eq!(p.jwt.unwrap().provider_for(Some("anyone")), Some(0));
+    }
+
+    #[test]
     fn unknown_plans_are_refused_by_default_or_mapped_to_a_known_one() {
         let p = load_yaml("p", &minimal("")).unwrap().policy;
         assert_eq!(p.unknown_plan, None);
@@ -614,14 +726,20 @@ mod tests {
     fn token_lifetime_defaults_to_a_day_and_bounds_revocations() {
         let jwt = "jwt:\n  keys:\n    - { kid: k1, alg: HS256, secret_env: K }\n";
         let p = load_yaml("p", &minimal(jwt)).unwrap().policy;
-        let rules = &p.jwt.as_ref().unwrap().rules;
+        let rules = &p.jwt.as_ref().unwrap().providers[0].rules;
         assert_eq!(rules.max_lifetime_secs, Some(86_400));
         assert_eq!(rules.longest_acceptance_secs(), Some(86_460));
         let set = |v: &str| minimal(&format!("{jwt}  max_token_lifetime: {v}\n"));
         let p = load_yaml("p", &set("1h")).unwrap().policy;
-        assert_eq!(p.jwt.unwrap().rules.max_lifetime_secs, Some(3600));
+        assert_eq!(
+            p.jwt.unwrap().providers.remove(0).rules.max_lifetime_secs,
+            Some(3600)
+        );
         let p = load_yaml("p", &set("unbounded")).unwrap().policy;
-        assert_eq!(p.jwt.unwrap().rules.max_lifetime_secs, None);
+        assert_eq!(
+            p.jwt.unwrap().providers.remove(0).rules.max_lifetime_secs,
+            None
+        );
         assert!(
             errors(&set("0s"))[0]
                 .contains("p.yaml:7:23: jwt.max_token_lifetime: must be longer than 0s")

@@ -8,7 +8,8 @@ use crate::jwt::{
 };
 use crate::policy::Plan;
 use crate::policy::auth::{
-    ClaimNames, HmacKey, JwksUrl, JwtPolicy, Revocations, Secret, SecretEncoding,
+    ClaimNames, HmacKey, JwksUrl, JwtPolicy, JwtProvider, Revocations, SINGLE_PROVIDER_NAME,
+    Secret, SecretEncoding,
 };
 use crate::policy::tree::{Node, Value};
 use crate::revocation::{JtiRevocation, UserRevocation};
@@ -133,11 +134,92 @@ impl Decoder {
         Some(name)
     }
 
+    /// `jwt:` as one provider, or `jwt: { providers: [...] }`.
     pub(super) fn jwt(&mut self, node: &Node, path: &str, plans: &[Plan]) -> Option<JwtPolicy> {
+        let grouped = matches!(&node.value, Value::Map(entries)
+            if entries.iter().any(|(k, _)| k.name == "providers"));
+        if !grouped {
+            return self
+                .jwt_provider(node, path, plans, false)
+                .map(|p| JwtPolicy { providers: vec![p] });
+        }
+        // Every setting belongs to a provider: a shared one would blur whose it is.
+        let f = self.object(node, path, &["providers"])?;
+        let pp = join(path, "providers");
+        let list_node = f.get("providers")?;
+        let items = self.list(list_node, &pp)?;
+        if items.is_empty() {
+            self.error(&pp, list_node.pos, "give at least one provider");
+            return None;
+        }
+        let mut ok = true;
+        let mut providers: Vec<JwtProvider> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let p = format!("{pp}[{i}]");
+            let Some(provider) = self.jwt_provider(item, &p, plans, true) else {
+                ok = false;
+                continue;
+            };
+            if providers.iter().any(|o| o.name == provider.name) {
+                self.error(
+                    &join(&p, "name"),
+                    field_pos(item, "name"),
+                    "duplicate provider name",
+                );
+                ok = false;
+            }
+            if items.len() > 1 && provider.rules.issuers.is_empty() {
+                self.error(
+                    &join(&p, "issuers"),
+                    field_pos(item, "issuers").or(item.pos),
+                    "with more than one provider, each lists its issuers: a token goes to \
+                     the provider its iss names, and only that provider's keys verify it",
+                );
+                ok = false;
+            }
+            for iss in &provider.rules.issuers {
+                if let Some(other) = providers.iter().find(|o| o.rules.issuers.contains(iss)) {
+                    self.error(
+                        &join(&p, "issuers"),
+                        field_pos(item, "issuers"),
+                        format!("issuer '{iss}' is already provider '{}''s", other.name),
+                    );
+                    ok = false;
+                }
+            }
+            providers.push(provider);
+        }
+        ok.then_some(JwtPolicy { providers })
+    }
+
+    /// `issuers` or `audiences`: a list, or `any` said explicitly (an empty list).
+    fn any_or_strings(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {
+        match &node.value {
+            Value::Str(s) if s == "any" => Some(Vec::new()),
+            Value::Seq(items) if items.is_empty() => {
+                self.error(
+                    path,
+                    node.pos,
+                    "must not be empty; write any to accept every value",
+                );
+                None
+            }
+            _ => self.strings(node, path),
+        }
+    }
+
+    fn jwt_provider(
+        &mut self,
+        node: &Node,
+        path: &str,
+        plans: &[Plan],
+        grouped: bool,
+    ) -> Option<JwtProvider> {
         let f = self.object(
             node,
             path,
             &[
+                "name",
                 "issuers",
                 "audiences",
                 "leeway",
@@ -160,8 +242,48 @@ impl Decoder {
             None => Some(Vec::new()),
             Some(n) => d.strings(n, &join(path, name)),
         };
-        let issuers = opt_strings(self, "issuers");
-        let audiences = opt_strings(self, "audiences");
+        let name = match f.get("name") {
+            None if grouped => {
+                self.error(path, node.pos, "missing required field 'name'");
+                None
+            }
+            None => Some(SINGLE_PROVIDER_NAME.to_string()),
+            Some(n) => {
+                let np = join(path, "name");
+                let s = self.string(n, &np)?;
+                let valid = !s.is_empty()
+                    && s.len() <= 32
+                    && s.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                    });
+                if !valid {
+                    self.error(&np, n.pos, "must be 1 to 32 of a-z 0-9 _ -");
+                }
+                valid.then(|| s.to_string())
+            }
+        };
+        // A JWKS is usually an identity provider's, which mints tokens for other
+        // applications too: which issuers and audiences this API takes must be said, even
+        // if the answer is `any`.
+        let fetched_or_public = f.get("jwks").is_some() || f.get("jwks_url").is_some();
+        let explicit = |d: &mut Decoder, field: &str, what: &str| match f.get(field) {
+            Some(n) => d.any_or_strings(n, &join(path, field)),
+            None if fetched_or_public => {
+                d.error(
+                    path,
+                    node.pos,
+                    format!(
+                        "missing required field '{field}': with jwks or jwks_url, list the \
+                         {what} this API accepts, or write {field}: any (an identity \
+                         provider's keys also sign tokens meant for other applications)"
+                    ),
+                );
+                None
+            }
+            None => Some(Vec::new()),
+        };
+        let issuers = explicit(self, "issuers", "issuers");
+        let audiences = explicit(self, "audiences", "audiences");
         let required_claims = opt_strings(self, "required_claims");
         let leeway = match f.get("leeway") {
             None => Some(DEFAULT_LEEWAY_SECS),
@@ -271,7 +393,9 @@ impl Decoder {
             required_claims: required_claims?,
             max_lifetime_secs: max_lifetime?,
         };
-        let policy = JwtPolicy {
+        let policy = JwtProvider {
+            name: name?,
+            path: path.to_string(),
             rules,
             claims: claims?,
             default_tenant: default_tenant?,
