@@ -84,10 +84,20 @@ impl KeyHash {
         hex(&self.0)
     }
 
-    /// The shared-data key under which this key's record lives.
+    /// The shared-data key under which the control service's feed keeps this key's
+    /// record.
     pub fn cache_key(&self) -> String {
         let mut s = String::with_capacity(66);
         s.push_str("k/");
+        push_hex(&mut s, &self.0);
+        s
+    }
+
+    /// The shared-data key under which a policy's static key of this hash lives: apart
+    /// from the feed's, so neither source ever overwrites the other's record.
+    pub fn policy_cache_key(&self) -> String {
+        let mut s = String::with_capacity(67);
+        s.push_str(POLICY_KEY_PREFIX);
         push_hex(&mut s, &self.0);
         s
     }
@@ -236,6 +246,9 @@ pub fn is_valid_id(s: &str) -> bool {
             b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'+' | b'-')
         })
 }
+
+/// The prefix of [`KeyHash::policy_cache_key`]; the feed's is `k/`.
+pub const POLICY_KEY_PREFIX: &str = "kp/";
 
 /// Where a key record came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

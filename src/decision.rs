@@ -1945,7 +1945,9 @@ routes:
         let hash = crate::api_key::KeyHash::of_key(DEMO);
         let mut record = key_cache::lookup(&policy, &store, &hash, clock.now()).unwrap();
         record.active = false;
-        store.set(&hash.cache_key(), &record.encode(), 0).unwrap();
+        store
+            .set(&hash.policy_cache_key(), &record.encode(), 0)
+            .unwrap();
         assert_eq!(
             go(&policy, DEMO),
             Decision::Deny(Denial::Unauthorized(AuthFailure::Key(KeyFailure::Revoked)))
@@ -2122,6 +2124,9 @@ routes:
         let (policy, store, clock) = setup();
         let hash = crate::api_key::KeyHash::of_key(DEMO);
         store.set(&hash.cache_key(), b"\xff garbage", 0).unwrap();
+        store
+            .set(&hash.policy_cache_key(), b"\xff garbage", 0)
+            .unwrap();
         let head = RequestHead {
             method: b"GET",
             path: b"/v1/x",

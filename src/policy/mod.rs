@@ -45,7 +45,8 @@ impl KeyRecords {
 
 impl Default for KeyRecords {
     fn default() -> Self {
-        KeyRecords(crate::secret_cache::SecretCache::new(Self::ENTRIES, 66))
+        // `kp/` and 64 hex digits, the longer of the two entry names (`k/`, `kp/`).
+        KeyRecords(crate::secret_cache::SecretCache::new(Self::ENTRIES, 67))
     }
 }
 

@@ -97,7 +97,7 @@ fn static_keys_are_in_shared_data_only_as_hashes() {
     let h = example();
     let hash = gatehouse::api_key::KeyHash::of_key(DEMO.as_bytes());
     let (record, _cas) = h
-        .shared_data(&hash.cache_key())
+        .shared_data(&hash.policy_cache_key())
         .expect("the demo key is cached");
     let record = String::from_utf8(record).unwrap();
     assert!(record.contains("|key_demo|user_demo|"), "{record}");
