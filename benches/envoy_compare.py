@@ -213,11 +213,12 @@ def main():
     os.chmod(work, 0o700)
 
     # --- the control service: SQLite in the work dir, random tokens, quiet log ---------
+    # It issues keys only on plans it knows: `bench`, the one plan the policy below adds.
     admin_token = secrets.token_urlsafe(32)
     feed_token = secrets.token_urlsafe(32)
     control_addr = f"127.0.0.1:{free_port()}"
     env = dict(os.environ, GATEHOUSE_ADMIN_TOKEN=admin_token, GATEHOUSE_FEED_TOKEN=feed_token,
-               GATEHOUSE_CONTROL_LISTEN=control_addr,
+               GATEHOUSE_CONTROL_LISTEN=control_addr, GATEHOUSE_PLANS="bench",
                GATEHOUSE_DATABASE_URL=f"sqlite://{work}/control.db", RUST_LOG="warn")
     log = f"{work}/control.log"
     control = subprocess.Popen([CONTROL, "serve"], env=env, stdout=subprocess.DEVNULL,

@@ -48,6 +48,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// The latest committed feed version; long-polls wait on it.
     pub changes: Arc<watch::Sender<i64>>,
+    /// The OpenAPI document as served: the file with this configuration's plans in it.
+    pub openapi: Arc<str>,
 }
 
 impl AppState {
@@ -59,6 +61,7 @@ impl AppState {
         let version = store.version().await?;
         Ok(AppState {
             store,
+            openapi: health::openapi_document(&config).into(),
             config: Arc::new(config),
             clock,
             changes: Arc::new(watch::Sender::new(version)),

@@ -5,6 +5,7 @@
 //! flag would show them in `ps`) and are never logged; `Debug` prints them redacted, and
 //! the database URL's password too.
 
+use crate::plans::Plans;
 use crate::store::{Backend, redact_url};
 use gatehouse::policy::Policy;
 use sha2::{Digest, Sha256};
@@ -24,6 +25,9 @@ pub const USAGE: &str =
                                  or postgres://USER:PASSWORD@HOST:PORT/DATABASE
     GATEHOUSE_POLICY             the proxies' policy file (--policy): its plans, token
                                  lifetime and routes are the service's too. Defaults to none
+    GATEHOUSE_PLANS              the plans keys may be issued on, comma-separated (each one
+                                 the policy's, with --policy). Defaults to the policy's
+                                 plans, else free,solo,team,enterprise
     GATEHOUSE_KEY_PREFIX         defaults to ghk
     GATEHOUSE_MAX_KEYS_PER_USER  defaults to 5
     GATEHOUSE_MAX_JWT_LIFETIME   defaults to 24h (how long a user's token revocation lasts)
@@ -116,6 +120,9 @@ pub struct Config {
     /// The policy the proxies run (`--policy FILE`), checked at start-up like
     /// `gatehouse-harness check` does. Defaults to none.
     pub policy: Option<Arc<Policy>>,
+    /// The plans keys may be issued on (`plans.rs`). Defaults to the policy's, else the
+    /// plugin's default plans.
+    pub plans: Plans,
 }
 
 impl Config {
@@ -133,6 +140,7 @@ impl Config {
             retention: Duration::from_secs(7 * 86_400),
             event_retention: Duration::from_secs(30 * 86_400),
             policy: None,
+            plans: Plans::default(),
         }
     }
 
@@ -208,6 +216,10 @@ impl Config {
                 Ok(p) => config.policy = Some(p),
                 Err(problem) => problems.push(problem),
             }
+        }
+        match Plans::resolve(env("GATEHOUSE_PLANS").as_deref(), config.policy.as_deref()) {
+            Ok(plans) => config.plans = plans,
+            Err(problem) => problems.push(problem),
         }
         if let Some(p) = env("GATEHOUSE_KEY_PREFIX") {
             if gatehouse::api_key::is_valid_prefix(&p) {
@@ -411,6 +423,44 @@ mod tests {
         assert!(err.contains("bad.yaml:3:"), "{err}");
         let err = parse(&TOKENS, &["--policy", "/nonexistent/p.yaml"]).unwrap_err();
         assert!(err.contains("reading /nonexistent/p.yaml"), "{err}");
+    }
+
+    #[test]
+    fn plans_come_from_the_setting_else_the_policy_else_the_defaults() {
+        assert_eq!(
+            parse(&TOKENS, &[]).unwrap().plans.listed(),
+            "[free, solo, team, enterprise]"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(
+            &file,
+            "version: 1\nplans:\n  gold: { requests_per_minute: 10 }\n  \
+             silver: { requests_per_minute: 5 }\nroutes:\n  - match: { path_prefix: /v1/ }\n",
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let c = parse(&TOKENS, &["--policy", file]).unwrap();
+        assert_eq!(
+            c.plans.listed(),
+            "[free, solo, team, enterprise, gold, silver]"
+        );
+        let mut env = TOKENS.to_vec();
+        env.push(("GATEHOUSE_PLANS", "silver"));
+        let c = parse(&env, &["--policy", file]).unwrap();
+        assert_eq!(c.plans.listed(), "[silver]");
+        let mut env = TOKENS.to_vec();
+        env.push(("GATEHOUSE_PLANS", "silver,pro"));
+        let err = parse(&env, &["--policy", file]).unwrap_err();
+        assert!(
+            err.contains("GATEHOUSE_PLANS names plans the policy does not have: [pro]"),
+            "{err}"
+        );
+        let err = parse(&env, &["--policy", file, "--listen", "nowhere"]).unwrap_err();
+        assert!(
+            err.contains("GATEHOUSE_PLANS") && err.contains("--listen"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Liveness, readiness and the API description.
 
 use crate::app::AppState;
+use crate::config::Config;
 use crate::error::ApiError;
 use axum::Json;
 use axum::extract::State;
@@ -31,6 +32,30 @@ pub async fn readyz(State(s): State<AppState>) -> Result<Json<Value>, ApiError> 
     }
 }
 
-pub async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+/// The line of the document where `CreateKey.plan` is described: the enum goes before it.
+const PLAN_DESCRIPTION: &str = "\"description\": \"One of the plans the service is configured";
+
+/// [`OPENAPI`] with the plans `config` issues keys on as the enum of `CreateKey.plan`, so
+/// the document lists exactly the values the service accepts (`plans.rs`). Inserted as
+/// text, so the document keeps the order it is written in.
+pub fn openapi_document(config: &Config) -> String {
+    let Some(at) = OPENAPI.find(PLAN_DESCRIPTION) else {
+        return OPENAPI.to_string();
+    };
+    let indent = OPENAPI
+        .get(..at)
+        .and_then(|before| before.rsplit('\n').next())
+        .unwrap_or_default();
+    let (before, after) = OPENAPI.split_at(at);
+    format!(
+        "{before}\"enum\": {},\n{indent}{after}",
+        json!(config.plans.names())
+    )
+}
+
+pub async fn openapi(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        s.openapi.to_string(),
+    )
 }

@@ -148,6 +148,19 @@ fn check_id(field: &str, value: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The proxies refuse a credential on a plan their policy does not know: no key is
+/// issued on one (`plans.rs`). The message lists the plans, never the value sent.
+fn check_plan(s: &AppState, plan: &str) -> Result<(), ApiError> {
+    if s.config.plans.contains(plan) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "plan must be one of {}",
+            s.config.plans.listed()
+        )))
+    }
+}
+
 /// Base62 characters of a key id after `key_` (95 bits).
 pub const ID_RANDOM_LEN: usize = 16;
 
@@ -182,6 +195,7 @@ pub async fn create(
     check_id("user_id", &body.user_id)?;
     check_id("tenant_id", &body.tenant_id)?;
     check_id("plan", &body.plan)?;
+    check_plan(&s, &body.plan)?;
     // Length and characters are checked on the name as sent, as the OpenAPI document
     // states them (a tab or newline at the end is refused, not trimmed away); the name is
     // stored trimmed.
@@ -305,6 +319,19 @@ pub async fn rotate(
             )));
         }
     };
+    // The successor keeps the old key's plan: one the service no longer issues keys on
+    // (it left GATEHOUSE_PLANS or the policy) would give a new secret the proxies refuse.
+    // A plan never changes, so reading it before the rotation's transaction is safe.
+    match s.store.get_key(&id).await? {
+        None => return Err(ApiError::not_found("no such key")),
+        Some(old) if !s.config.plans.contains(&old.plan) => {
+            return Err(ApiError::bad_request(format!(
+                "the key's plan is not one of {}: issue a new key on one of them instead",
+                s.config.plans.listed()
+            )));
+        }
+        Some(_) => {}
+    }
     let DrawnKey {
         secret,
         sha256,

@@ -13,6 +13,7 @@
 //! - `error.rs`: the one JSON error shape, for handler errors and axum's rejections;
 //! - `store/`: the storage trait and its SQLite and PostgreSQL implementations, chosen by
 //!   the database URL (migrations in `control/migrations/sqlite/` and `.../postgres/`);
+//! - `plans.rs`: the plans keys may be issued on, checked on issue and rotation;
 //! - `cleanup.rs`: the job that purges what expired longer ago than the retention;
 //! - `config.rs`: `serve` settings; `clock.rs`: the clock; `random.rs`: the CSPRNG.
 //!
@@ -31,6 +32,7 @@ pub mod events;
 pub mod feed;
 pub mod health;
 pub mod keys;
+pub mod plans;
 pub mod random;
 pub mod revocations;
 pub mod serve;

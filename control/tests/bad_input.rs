@@ -328,6 +328,10 @@ async fn openapi_states_the_rules_these_tests_check() {
     assert_eq!(create["expires_in_days"]["nullable"], true);
     assert_eq!(create["scopes"]["nullable"], true);
     assert_eq!(create["scopes"]["minItems"], 1);
+    assert_eq!(
+        create["plan"]["enum"],
+        json!(["free", "solo", "team", "enterprise"])
+    );
     let rotate = &doc["components"]["schemas"]["RotateKey"]["properties"];
     assert_eq!(rotate["grace_seconds"]["nullable"], true);
     let wait = doc["paths"]["/v1/cache"]["get"]["parameters"]

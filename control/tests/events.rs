@@ -358,7 +358,7 @@ async fn the_feed_token_cannot_read_stats_audit_or_keys() {
             Method::POST,
             "/v1/keys",
             Some(FEED),
-            Some(&json!({"user_id": "u", "tenant_id": "t", "plan": "p", "device_name": "d"})),
+            Some(&json!({"user_id": "u", "tenant_id": "t", "plan": "free", "device_name": "d"})),
         ),
     )
     .await;

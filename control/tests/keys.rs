@@ -12,6 +12,7 @@ mod common;
 use axum::http::{Method, StatusCode};
 use common::{T0, error_code, svc, svc_with};
 use gatehouse::api_key::{KeyHash, check_format};
+use gatehouse_control::plans::Plans;
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -484,4 +485,92 @@ async fn jti_revocation_stores_only_the_hash() {
     for bytes in s.db.raw_contents() {
         assert!(!bytes.windows(jti.len()).any(|w| w == jti));
     }
+}
+
+fn key_on(plan: &str) -> Value {
+    json!({"user_id": "user_1", "tenant_id": "t", "plan": plan, "device_name": "d"})
+}
+
+#[tokio::test]
+async fn a_key_on_a_plan_the_proxies_do_not_know_is_400_listing_the_plans() {
+    let s = svc().await;
+    for plan in ["pro", "Team", "free2"] {
+        let (status, body) = s.admin(Method::POST, "/v1/keys", Some(key_on(plan))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{plan}: {body}");
+        assert_eq!(error_code(&body), "BAD_REQUEST");
+        let message = body["error"].as_str().unwrap();
+        assert_eq!(
+            message, "plan must be one of [free, solo, team, enterprise]",
+            "{plan}"
+        );
+    }
+    let (_, list) = s.admin(Method::GET, "/v1/keys?user=user_1", None).await;
+    assert_eq!(list["keys"], json!([]), "nothing was issued");
+    for plan in ["free", "solo", "team", "enterprise"] {
+        let (status, body) = s.admin(Method::POST, "/v1/keys", Some(key_on(plan))).await;
+        assert_eq!(status, StatusCode::CREATED, "{plan}: {body}");
+        assert_eq!(body["plan"], plan);
+    }
+}
+
+#[tokio::test]
+async fn the_configured_plans_replace_the_defaults() {
+    let s = svc_with(|c| c.plans = Plans::resolve(Some("gold,silver"), None).unwrap()).await;
+    let (status, body) = s
+        .admin(Method::POST, "/v1/keys", Some(key_on("team")))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "plan must be one of [gold, silver]");
+    let (status, body) = s
+        .admin(Method::POST, "/v1/keys", Some(key_on("gold")))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // The document served says so.
+    let (status, doc) = s.admin(Method::GET, "/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        doc["components"]["schemas"]["CreateKey"]["properties"]["plan"]["enum"],
+        json!(["gold", "silver"])
+    );
+}
+
+#[tokio::test]
+async fn a_key_whose_plan_was_dropped_is_not_rotated() {
+    // Issued while `silver` was configured; the service then restarts without it.
+    let before = svc_with(|c| c.plans = Plans::resolve(Some("gold,silver"), None).unwrap()).await;
+    let (status, key) = before
+        .admin(Method::POST, "/v1/keys", Some(key_on("silver")))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let id = key["id"].as_str().unwrap();
+    let mut config = (*before.state.config).clone();
+    config.plans = Plans::resolve(Some("gold"), None).unwrap();
+    let state = gatehouse_control::AppState::new(
+        before.state.store.clone(),
+        config,
+        before.state.clock.clone(),
+    )
+    .await
+    .unwrap();
+    let after = gatehouse_control::router(state);
+    let rotate = |path: String| {
+        common::send(
+            &after,
+            common::request(Method::POST, &path, Some(common::ADMIN), None),
+        )
+    };
+    let (status, body) = rotate(format!("/v1/keys/{id}/rotate")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(error_code(&body), "BAD_REQUEST");
+    assert!(body["error"].as_str().unwrap().contains("[gold]"), "{body}");
+    // Nothing changed: the key still works and has no successor.
+    let (_, list) = before
+        .admin(Method::GET, "/v1/keys?user=user_1", None)
+        .await;
+    assert_eq!(list["keys"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["keys"][0]["status"], "active");
+    assert_eq!(list["keys"][0]["replaced_by"], Value::Null);
+    // An unknown key is still 404.
+    let (status, _) = rotate("/v1/keys/key_nope/rotate".to_string()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
