@@ -7,6 +7,7 @@
 
 use crate::plans::Plans;
 use crate::store::{Backend, redact_url};
+use crate::token_lifetime::{TokenLifetime, parse_lifetime};
 use gatehouse::policy::Policy;
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
@@ -30,7 +31,12 @@ pub const USAGE: &str =
                                  plans, else free,solo,team,enterprise
     GATEHOUSE_KEY_PREFIX         defaults to ghk
     GATEHOUSE_MAX_KEYS_PER_USER  defaults to 5
-    GATEHOUSE_MAX_JWT_LIFETIME   defaults to 24h (how long a user's token revocation lasts)
+    GATEHOUSE_MAX_JWT_LIFETIME   the proxies' jwt.max_token_lifetime, or unbounded: JWT
+                                 revocations last as long as the tokens they cover. Defaults
+                                 to the policy's, else 24h; with --policy, at least the
+                                 policy's
+    GATEHOUSE_JWT_LEEWAY         the proxies' jwt.leeway. Defaults to the policy's, else 60s;
+                                 with --policy, at least the policy's
     GATEHOUSE_CLEANUP_INTERVAL   defaults to 60s
     GATEHOUSE_RETENTION          defaults to 7d (expired entries are purged after it)
     GATEHOUSE_EVENT_RETENTION    defaults to 30d (refusals, request counts and proxies
@@ -108,8 +114,9 @@ pub struct Config {
     pub key_prefix: String,
     /// Usable, unreplaced keys one user may hold. Defaults to 5.
     pub max_keys_per_user: u32,
-    /// The longest a JWT lives: a user's token revocation lasts this long. Defaults to 24h.
-    pub max_jwt_lifetime: Duration,
+    /// How long the proxies accept a JWT, which JWT revocations last
+    /// (`token_lifetime.rs`). Defaults to the policy's bound, else 24h and a 60s leeway.
+    pub token_lifetime: TokenLifetime,
     /// How often the cleanup job runs. Defaults to 60s.
     pub cleanup_interval: Duration,
     /// How long expired entries stay in the feed before they are purged. Defaults to 7d.
@@ -135,7 +142,7 @@ impl Config {
             feed_token: Token::new(feed),
             key_prefix: "ghk".to_string(),
             max_keys_per_user: 5,
-            max_jwt_lifetime: Duration::from_secs(24 * 3600),
+            token_lifetime: TokenLifetime::default(),
             cleanup_interval: Duration::from_secs(60),
             retention: Duration::from_secs(7 * 86_400),
             event_retention: Duration::from_secs(30 * 86_400),
@@ -239,8 +246,31 @@ impl Config {
                 )),
             }
         }
+        let env_lifetime = env("GATEHOUSE_MAX_JWT_LIFETIME").and_then(|v| {
+            let parsed = parse_lifetime(&v);
+            if parsed.is_none() {
+                problems.push(format!(
+                    "GATEHOUSE_MAX_JWT_LIFETIME must be a duration like 15m, 24h or 7d, or \
+                     unbounded, got {v:?}"
+                ));
+            }
+            parsed
+        });
+        let env_leeway = env("GATEHOUSE_JWT_LEEWAY").and_then(|v| {
+            let parsed = parse_duration(&v).map(|d| d.as_secs());
+            if parsed.is_none() {
+                problems.push(format!(
+                    "GATEHOUSE_JWT_LEEWAY must be a duration like 0s, 60s or 5m, got {v:?}"
+                ));
+            }
+            parsed
+        });
+        let jwt = config.policy.as_deref().and_then(|p| p.jwt.as_ref());
+        match TokenLifetime::resolve(jwt, env_lifetime, env_leeway) {
+            Ok(t) => config.token_lifetime = t,
+            Err(problem) => problems.push(problem),
+        }
         for (name, slot) in [
-            ("GATEHOUSE_MAX_JWT_LIFETIME", &mut config.max_jwt_lifetime),
             ("GATEHOUSE_CLEANUP_INTERVAL", &mut config.cleanup_interval),
             ("GATEHOUSE_RETENTION", &mut config.retention),
             ("GATEHOUSE_EVENT_RETENTION", &mut config.event_retention),
@@ -461,6 +491,45 @@ mod tests {
             err.contains("GATEHOUSE_PLANS") && err.contains("--listen"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_token_lifetime_comes_from_the_policy_or_the_settings() {
+        let c = parse(&TOKENS, &[]).unwrap();
+        assert_eq!(c.token_lifetime, TokenLifetime::default());
+        let mut env = TOKENS.to_vec();
+        env.push(("GATEHOUSE_MAX_JWT_LIFETIME", "1h"));
+        env.push(("GATEHOUSE_JWT_LEEWAY", "0s"));
+        let c = parse(&env, &[]).unwrap();
+        assert_eq!(c.token_lifetime.acceptance_secs, Some(3600));
+        assert_eq!(c.token_lifetime.leeway_secs, 0);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(
+            &file,
+            "version: 1\njwt:\n  max_token_lifetime: 2h\n  leeway: 30s\n  keys:\n    \
+             - { kid: k1, alg: HS256, secret_env: K }\nroutes:\n  - match: { path_prefix: /v1/ }\n",
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let c = parse(&TOKENS, &["--policy", file]).unwrap();
+        assert_eq!(c.token_lifetime.acceptance_secs, Some(7230));
+        assert_eq!(c.token_lifetime.leeway_secs, 30);
+        // Shorter than the policy: start-up stops, naming both.
+        let err = parse(&env, &["--policy", file]).unwrap_err();
+        assert!(
+            err.contains("GATEHOUSE_MAX_JWT_LIFETIME (1h) is shorter than the policy's jwt.max_token_lifetime (2h)"),
+            "{err}"
+        );
+        assert!(
+            err.contains("GATEHOUSE_JWT_LEEWAY (0s) is shorter"),
+            "{err}"
+        );
+        let mut env = TOKENS.to_vec();
+        env.push(("GATEHOUSE_MAX_JWT_LIFETIME", "forever"));
+        let err = parse(&env, &[]).unwrap_err();
+        assert!(err.contains("or unbounded, got \"forever\""), "{err}");
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! - `store/`: the storage trait and its SQLite and PostgreSQL implementations, chosen by
 //!   the database URL (migrations in `control/migrations/sqlite/` and `.../postgres/`);
 //! - `plans.rs`: the plans keys may be issued on, checked on issue and rotation;
+//! - `token_lifetime.rs`: how long the proxies accept a JWT, so how long JWT revocations
+//!   last;
 //! - `cleanup.rs`: the job that purges what expired longer ago than the retention;
 //! - `config.rs`: `serve` settings; `clock.rs`: the clock; `random.rs`: the CSPRNG.
 //!
@@ -38,5 +40,6 @@ pub mod revocations;
 pub mod serve;
 pub mod stats;
 pub mod store;
+pub mod token_lifetime;
 
 pub use app::{AppState, router};

@@ -1,5 +1,7 @@
 //! JWT revocation: a per-user watermark ("tokens issued before now are revoked") and a
 //! denylist of single tokens by jti. The jti is stored and fed only as its SHA-256.
+//! Each entry lasts until every token it covers has stopped being accepted by the
+//! proxies, and no longer (`token_lifetime.rs`).
 
 use crate::app::{AppState, RequestCtx};
 use crate::error::{ApiError, ApiJson, OptionalJson};
@@ -16,7 +18,8 @@ pub const MAX_JTI_LEN: usize = 1024;
 #[serde(deny_unknown_fields)]
 pub struct RevokeJti {
     jti: String,
-    /// The token's `exp` claim, Unix seconds: the entry is needed until then.
+    /// The token's `exp` claim, Unix seconds (`iat` plus the lifetime bound for a token
+    /// without `exp`): the entry is needed until then plus the leeway.
     expires_at: i64,
 }
 
@@ -56,12 +59,11 @@ pub async fn revoke_user_tokens(
     }
     let now = s.clock.now_secs();
     // Every token issued before now is revoked; the entry can go once the longest-lived
-    // of them has expired on its own.
-    let lifetime = i64::try_from(s.config.max_jwt_lifetime.as_secs()).unwrap_or(i64::MAX);
-    let until = now.saturating_add(lifetime);
+    // of them has expired on its own (never, with an unbounded lifetime).
+    let until = s.config.token_lifetime.watermark_until(now);
     let row = s
         .store
-        .revoke_user_tokens(&user, now, Some(until), &ctx.change(now))
+        .revoke_user_tokens(&user, now, until, &ctx.change(now))
         .await?;
     s.committed(row.version);
     Ok(Json(UserRevoked {
@@ -91,9 +93,10 @@ pub async fn revoke_jti(
         .map(|b| format!("{b:02x}"))
         .collect();
     let now = s.clock.now_secs();
+    let until = s.config.token_lifetime.jti_until(now, body.expires_at);
     let row = s
         .store
-        .revoke_jti(&hash, Some(body.expires_at), &ctx.change(now))
+        .revoke_jti(&hash, Some(until), &ctx.change(now))
         .await?;
     s.committed(row.version);
     Ok(Json(JtiRevoked {

@@ -50,12 +50,13 @@ async fn snapshot_holds_every_key_and_revocation_in_the_documented_shape() {
     );
     assert_eq!(
         snap["users"],
-        json!([{"user": "user_2", "tokens_issued_before": T0, "until": T0 + 86_400}])
+        // 24 h, the longest a token lives by default, and the proxies' 60 s leeway.
+        json!([{"user": "user_2", "tokens_issued_before": T0, "until": T0 + 86_460}])
     );
     assert_eq!(
         snap["jtis"],
         json!([{"jti_sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
-            "until": T0 + 60}])
+            "until": T0 + 60 + 60}])
     );
     assert!(!snap.to_string().contains(secret));
     // Absent since is a snapshot too; the epoch is stable.
@@ -223,7 +224,8 @@ async fn cleanup_works_in_batches() {
         )
         .await;
     }
-    s.clock.advance_secs(10);
+    // Past each entry's end (exp plus the 60 s leeway) and the retention.
+    s.clock.advance_secs(100);
     let purged = gatehouse_control::cleanup::run_once(&s.state)
         .await
         .unwrap();

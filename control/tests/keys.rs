@@ -13,6 +13,7 @@ use axum::http::{Method, StatusCode};
 use common::{T0, error_code, svc, svc_with};
 use gatehouse::api_key::{KeyHash, check_format};
 use gatehouse_control::plans::Plans;
+use gatehouse_control::token_lifetime::TokenLifetime;
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -442,7 +443,10 @@ async fn every_change_is_audited_with_request_id_and_never_a_secret() {
 
 #[tokio::test]
 async fn user_token_revocation_lasts_the_longest_jwt_lifetime() {
-    let s = svc_with(|c| c.max_jwt_lifetime = std::time::Duration::from_secs(3600)).await;
+    let s = svc_with(|c| {
+        c.token_lifetime = TokenLifetime::resolve(None, Some(Some(3600)), Some(60)).unwrap()
+    })
+    .await;
     let (status, body) = s
         .admin(Method::POST, "/v1/users/user_1/revoke-tokens", None)
         .await;
@@ -450,7 +454,7 @@ async fn user_token_revocation_lasts_the_longest_jwt_lifetime() {
     assert_eq!(
         body,
         json!({"user_id": "user_1", "tokens_issued_before": "2026-01-01T00:00:00.000Z",
-            "until": "2026-01-01T01:00:00.000Z"})
+            "until": "2026-01-01T01:01:00.000Z"})
     );
     let (status, body) = s
         .admin(Method::POST, "/v1/users/bad%20user/revoke-tokens", None)
@@ -474,7 +478,8 @@ async fn jti_revocation_stores_only_the_hash() {
         body["jti_sha256"],
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
-    assert_eq!(body["until"], "2026-01-01T01:00:00.000Z");
+    // The token's exp plus the proxies' leeway (60 s by default).
+    assert_eq!(body["until"], "2026-01-01T01:01:00.000Z");
     let jti = b"jti-that-must-not-be-stored-7f3a";
     s.admin(
         Method::POST,
