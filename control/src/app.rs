@@ -50,6 +50,8 @@ pub struct AppState {
     pub changes: Arc<watch::Sender<i64>>,
     /// The OpenAPI document as served: the file with this configuration's plans in it.
     pub openapi: Arc<str>,
+    /// What this replica counts in memory (`GET /v1/stats`).
+    pub counters: Arc<crate::stats::Counters>,
 }
 
 impl AppState {
@@ -62,6 +64,7 @@ impl AppState {
         Ok(AppState {
             store,
             openapi: health::openapi_document(&config).into(),
+            counters: Arc::new(crate::stats::Counters::new(clock.now_secs())),
             config: Arc::new(config),
             clock,
             changes: Arc::new(watch::Sender::new(version)),

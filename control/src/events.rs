@@ -7,6 +7,13 @@
 //! may be anything a client put in a request), so a proxy that sends what the contract
 //! allows never loses half a batch. Nothing here touches the feed: refusals never bump
 //! the version, and `last_used` is not fed.
+//!
+//! Times come from the proxies' clocks, which the service does not trust: a refusal or
+//! key use whose `at` is more than [`MAX_SKEW_SECS`] ahead of the server's clock is
+//! dropped, not stored (one post would otherwise pin a key's `last_used`, which only ever
+//! moves forward, in the future, or keep a refusal past the event retention). Such
+//! entries are counted in the answer (`dropped_future`), in `GET /v1/stats`
+//! (`counters.future_entries_dropped`) and in a warning; the rest of the post is stored.
 
 use crate::app::AppState;
 use crate::error::{ApiError, ApiJson};
@@ -16,6 +23,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use gatehouse::api_key::is_valid_id;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
 
 pub const MAX_REFUSALS: usize = 1000;
 pub const MAX_KEY_USES: usize = 1000;
@@ -26,6 +34,9 @@ pub const MAX_ROUTE_LEN: usize = 256;
 pub const MAX_CODE_LEN: usize = 64;
 /// The latest `at` taken: 2100-01-01T00:00:00Z. Later is a broken clock, not a time.
 pub const MAX_AT: i64 = 4_102_444_800;
+/// How far ahead of the server's clock an `at` may be (a proxy's clock running fast);
+/// entries later than that are dropped.
+pub const MAX_SKEW_SECS: i64 = 300;
 
 /// The body limit of this route: 1000 refusals at their longest are about 1.2 MB, well
 /// above the 64 KiB of every other route (`app::BODY_LIMIT`).
@@ -75,6 +86,23 @@ pub struct RequestsIn {
 #[derive(Serialize)]
 pub struct EventsAccepted {
     accepted: Accepted,
+    dropped_future: FutureDropped,
+}
+
+/// Entries dropped for an `at` more than [`MAX_SKEW_SECS`] ahead of the server's clock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FutureDropped {
+    pub refusals: u64,
+    pub key_uses: u64,
+}
+
+/// A checked post: what to store, the refusals the proxy says it dropped, and what was
+/// dropped here for being too far ahead.
+#[derive(Debug)]
+pub struct Checked {
+    pub batch: EventBatch,
+    pub dropped: i64,
+    pub future: FutureDropped,
 }
 
 const ID_RULE: &str = "1 to 128 of A-Z a-z 0-9 . _ : @ + -";
@@ -169,8 +197,9 @@ fn refusal(i: usize, r: RefusalIn) -> Result<Refusal, ApiError> {
     })
 }
 
-/// The body as the store takes it, or the first rule it breaks.
-pub fn check(body: EventsIn) -> Result<(EventBatch, i64), ApiError> {
+/// The body as the store takes it, or the first rule it breaks; entries timed later than
+/// `now` + [`MAX_SKEW_SECS`] are left out and counted.
+pub fn check(body: EventsIn, now: i64) -> Result<Checked, ApiError> {
     let proxy = match body.proxy {
         None => None,
         Some(p) if p.is_empty() => None,
@@ -239,8 +268,15 @@ pub fn check(body: EventsIn) -> Result<(EventBatch, i64), ApiError> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((
-        EventBatch {
+    // Every entry has passed its rules first: a post that breaks one is refused whole,
+    // whatever its times.
+    let latest = now.saturating_add(MAX_SKEW_SECS);
+    let (refusals, future_refusals): (Vec<_>, Vec<_>) =
+        refusals.into_iter().partition(|r| r.at <= latest);
+    let (key_uses, future_uses): (Vec<_>, Vec<_>) =
+        key_uses.into_iter().partition(|(_, at)| *at <= latest);
+    Ok(Checked {
+        batch: EventBatch {
             proxy,
             cache_version,
             refusals,
@@ -248,14 +284,23 @@ pub fn check(body: EventsIn) -> Result<(EventBatch, i64), ApiError> {
             requests,
         },
         dropped,
-    ))
+        future: FutureDropped {
+            refusals: future_refusals.len() as u64,
+            key_uses: future_uses.len() as u64,
+        },
+    })
 }
 
 pub async fn post(
     State(s): State<AppState>,
     ApiJson(body): ApiJson<EventsIn>,
 ) -> Result<(StatusCode, Json<EventsAccepted>), ApiError> {
-    let (batch, dropped) = check(body)?;
+    let now = s.clock.now_secs();
+    let Checked {
+        batch,
+        dropped,
+        future,
+    } = check(body, now)?;
     if dropped > 0 {
         tracing::warn!(
             proxy = batch.proxy.as_deref().unwrap_or(""),
@@ -263,8 +308,26 @@ pub async fn post(
             "a proxy dropped refusals it had no room to keep"
         );
     }
-    let accepted = s.store.record_events(&batch, s.clock.now_secs()).await?;
-    Ok((StatusCode::ACCEPTED, Json(EventsAccepted { accepted })))
+    if future != FutureDropped::default() {
+        s.counters
+            .future_entries_dropped
+            .fetch_add(future.refusals + future.key_uses, Ordering::Relaxed);
+        tracing::warn!(
+            proxy = batch.proxy.as_deref().unwrap_or(""),
+            refusals = future.refusals,
+            key_uses = future.key_uses,
+            max_skew_secs = MAX_SKEW_SECS,
+            "dropped reported entries timed ahead of the server's clock"
+        );
+    }
+    let accepted = s.store.record_events(&batch, now).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(EventsAccepted {
+            accepted,
+            dropped_future: future,
+        }),
+    ))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `GET /v1/stats`: per-plan request counts over the last 24 hours (from the per-minute
-//! buckets the proxies' reports fill), the feed's version and epoch, and the cache
-//! version each proxy last said it had applied. What the dashboard shows.
+//! buckets the proxies' reports fill), the feed's version and epoch, the cache version
+//! each proxy last said it had applied, and this replica's own [`Counters`]. What the
+//! dashboard shows.
 
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -8,6 +9,7 @@ use axum::Json;
 use axum::extract::State;
 use gatehouse::time::{UnixNanos, format_rfc3339};
 use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The window the counts cover.
 pub const WINDOW_SECONDS: i64 = 86_400;
@@ -32,12 +34,43 @@ pub struct ProxyView {
     seen_at: String,
 }
 
+/// What this replica has counted since it started: in memory, not shared between replicas
+/// and reset by a restart (the logs have each occurrence).
+#[derive(Debug)]
+pub struct Counters {
+    /// When counting began (Unix seconds).
+    pub since: i64,
+    /// Refusals and key uses `POST /v1/events` dropped for an `at` too far ahead of the
+    /// server's clock (`events.rs`).
+    pub future_entries_dropped: AtomicU64,
+}
+
+impl Counters {
+    pub fn new(since: i64) -> Counters {
+        Counters {
+            since,
+            future_entries_dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct CountersView {
+    since: String,
+    future_entries_dropped: u64,
+}
+
 #[derive(Serialize)]
 pub struct StatsView {
     plans: Vec<PlanView>,
     window_seconds: i64,
     cache: CacheView,
     proxies: Vec<ProxyView>,
+    counters: CountersView,
+}
+
+fn rfc3339(secs: i64) -> String {
+    format_rfc3339(UnixNanos::from_secs(u64::try_from(secs).unwrap_or(0)))
 }
 
 pub async fn get(State(s): State<AppState>) -> Result<Json<StatsView>, ApiError> {
@@ -65,10 +98,12 @@ pub async fn get(State(s): State<AppState>) -> Result<Json<StatsView>, ApiError>
             .map(|p| ProxyView {
                 proxy: p.proxy,
                 cache_version: p.cache_version,
-                seen_at: format_rfc3339(UnixNanos::from_secs(
-                    u64::try_from(p.seen_at).unwrap_or(0),
-                )),
+                seen_at: rfc3339(p.seen_at),
             })
             .collect(),
+        counters: CountersView {
+            since: rfc3339(s.counters.since),
+            future_entries_dropped: s.counters.future_entries_dropped.load(Ordering::Relaxed),
+        },
     }))
 }

@@ -557,6 +557,8 @@ async fn a_full_report_of_1000_refusals_fits_its_larger_body_limit() {
         .collect();
     let body = json!({"proxy": "envoy-1", "cache_version": 1, "refusals": refusals_in,
                       "key_uses": [{"key_id": key_id, "at": T0}]});
+    // Every `at` in the past of the server's clock: none is dropped as too new.
+    s.clock.advance_secs(1000);
     // Far above the 64 KiB of the other routes.
     assert!(body.to_string().len() > 512 * 1024);
     let accepted = report(&s, body).await;
@@ -774,4 +776,63 @@ async fn one_users_list_is_not_cut_at_the_default_of_the_list_of_every_key() {
         .admin(Method::GET, "/v1/keys?user=user_1&limit=3", None)
         .await;
     assert_eq!(some["keys"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn entries_timed_past_the_servers_clock_and_skew_are_dropped_counted_and_the_rest_stored() {
+    let s = svc().await;
+    let a = s.issue("user_1").await["id"].as_str().unwrap().to_string();
+    let mut late = refusal("/late", "FORBIDDEN", 403);
+    late["at"] = json!(T0 + 301);
+    let mut pinned = refusal("/pinned", "FORBIDDEN", 403);
+    pinned["at"] = json!(4_102_444_800_i64);
+    let (status, resp) = post_events(
+        &s,
+        Some(FEED),
+        &json!({"refusals": [refusal("/now", "FORBIDDEN", 403), late, pinned],
+        "key_uses": [
+            {"key_id": a, "at": T0 + 300},
+            {"key_id": a, "at": T0 + 301},
+            {"key_id": a, "at": 4_102_444_800_i64}
+        ]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{resp}");
+    assert_eq!(
+        resp,
+        json!({"accepted": {"refusals": 1, "key_uses": 1, "requests": 0},
+               "dropped_future": {"refusals": 2, "key_uses": 2}})
+    );
+    // 300 s of skew is taken; no later time is stored anywhere.
+    assert_eq!(last_used(&s, &a).await, "2026-01-01T00:05:00.000Z");
+    let stored = refusals(&s).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0]["target"], "/now");
+    assert_eq!(stats(&s).await["counters"]["future_entries_dropped"], 4);
+
+    // The bound moves with the server's clock.
+    s.clock.advance_secs(600);
+    let accepted = report(&s, json!({"key_uses": [{"key_id": a, "at": T0 + 900}]})).await;
+    assert_eq!(accepted["key_uses"], 1);
+    assert_eq!(last_used(&s, &a).await, "2026-01-01T00:15:00.000Z");
+    let st = stats(&s).await;
+    assert_eq!(st["counters"]["future_entries_dropped"], 4);
+    assert_eq!(st["counters"]["since"], "2026-01-01T00:00:00.000Z");
+}
+
+#[tokio::test]
+async fn a_future_entry_does_not_excuse_a_broken_one() {
+    let s = svc().await;
+    let mut bad = refusal("/x", "lower", 403);
+    bad["at"] = json!(T0 + 10_000);
+    let (status, resp) = post_events(
+        &s,
+        Some(FEED),
+        &json!({"refusals": [refusal("/ok", "FORBIDDEN", 403), bad]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+    assert_eq!(error_code(&resp), "BAD_REQUEST");
+    assert!(refusals(&s).await.is_empty());
+    assert_eq!(stats(&s).await["counters"]["future_entries_dropped"], 0);
 }
