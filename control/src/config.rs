@@ -4,6 +4,17 @@
 //! naming every missing or unusable setting. Tokens come only from the environment (a
 //! flag would show them in `ps`) and are never logged; `Debug` prints them redacted, and
 //! the database URL's password too.
+//!
+//! A token must look drawn at random ([`token_problem`]): at least [`MIN_TOKEN_LEN`]
+//! visible ASCII characters, at least [`MIN_TOKEN_DISTINCT`] of them distinct, and at
+//! least [`MIN_TOKEN_BITS`] bits by the usual estimate, length × log2(the alphabet its
+//! characters come from): digits 10, hex 16, lower or upper case letters 26 each, other
+//! symbols 32, summed over the classes it uses (trailing `=` padding not counted). So
+//! `gatehouse-control new-token`, `openssl rand -base64 32` and `openssl rand -hex 32`
+//! pass, as does a 32-digit hex token (128 bits); a word, a sentence, a repeated pattern
+//! or a run of digits does not. Tokens are the only secret guarding the admin API, and
+//! the per-client failure limit (`app.rs`) only slows guessing down: the token itself
+//! must be out of reach.
 
 use crate::plans::Plans;
 use crate::store::{Backend, redact_url};
@@ -18,9 +29,11 @@ use subtle::ConstantTimeEq;
 pub const USAGE: &str =
     "gatehouse-control serve [--listen ADDR] [--database-url URL] [--policy FILE]
   environment:
-    GATEHOUSE_ADMIN_TOKEN        required: bearer token of the admin API (16+ characters)
+    GATEHOUSE_ADMIN_TOKEN        required: bearer token of the admin API
     GATEHOUSE_FEED_TOKEN         required: bearer token of GET /v1/cache and POST /v1/events
-                                 (16+ characters)
+                                 Each at least 32 random characters (128 bits): make one
+                                 with `gatehouse-control new-token` (or
+                                 `openssl rand -base64 32`)
     GATEHOUSE_CONTROL_LISTEN     defaults to 127.0.0.1:8081 (--listen)
     GATEHOUSE_DATABASE_URL       defaults to sqlite://gatehouse-control.db (--database-url);
                                  or postgres://USER:PASSWORD@HOST:PORT/DATABASE
@@ -42,8 +55,74 @@ pub const USAGE: &str =
     GATEHOUSE_EVENT_RETENTION    defaults to 30d (refusals, request counts and proxies
                                  reported by POST /v1/events are purged after it)";
 
-/// The shortest token accepted: shorter ones are guessable.
-pub const MIN_TOKEN_LEN: usize = 16;
+/// The shortest token accepted.
+pub const MIN_TOKEN_LEN: usize = 32;
+/// The fewest distinct characters in a token: fewer is a word or a pattern.
+pub const MIN_TOKEN_DISTINCT: usize = 10;
+/// The least estimated strength of a token, in bits.
+pub const MIN_TOKEN_BITS: f64 = 128.0;
+/// How to make a token, for start-up errors.
+pub const TOKEN_HOW_TO: &str =
+    "make one with `gatehouse-control new-token` (or `openssl rand -base64 32`)";
+
+/// Why `token` is not strong enough to be a bearer token (see the module doc), or `None`.
+/// The answer never quotes the token.
+pub fn token_problem(token: &str) -> Option<String> {
+    if !token.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Some(
+            "may hold visible ASCII characters only (no spaces or control characters)".into(),
+        );
+    }
+    let body = token.trim_end_matches('=').as_bytes();
+    let len = body.len();
+    if len < MIN_TOKEN_LEN {
+        return Some(format!(
+            "must be at least {MIN_TOKEN_LEN} characters, not counting `=` padding; it has {len}"
+        ));
+    }
+    let mut seen = [false; 128];
+    for b in token.bytes() {
+        if let Some(s) = seen.get_mut(usize::from(b)) {
+            *s = true;
+        }
+    }
+    let distinct = seen.iter().filter(|s| **s).count();
+    if distinct < MIN_TOKEN_DISTINCT {
+        return Some(format!(
+            "must use at least {MIN_TOKEN_DISTINCT} distinct characters; it uses {distinct}"
+        ));
+    }
+    let hex_lower = body
+        .iter()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+    let hex_upper = body
+        .iter()
+        .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b));
+    let pool: u32 = if body.iter().all(u8::is_ascii_digit) {
+        10
+    } else if hex_lower || hex_upper {
+        16
+    } else {
+        [
+            (body.iter().any(u8::is_ascii_digit), 10),
+            (body.iter().any(u8::is_ascii_lowercase), 26),
+            (body.iter().any(u8::is_ascii_uppercase), 26),
+            (body.iter().any(|b| !b.is_ascii_alphanumeric()), 32),
+        ]
+        .iter()
+        .filter(|(used, _)| *used)
+        .map(|(_, size)| size)
+        .sum()
+    };
+    let bits = len as f64 * f64::from(pool).log2();
+    if bits < MIN_TOKEN_BITS {
+        return Some(format!(
+            "must hold at least {MIN_TOKEN_BITS} bits; {len} characters from an alphabet of \
+             {pool} hold about {bits:.0}"
+        ));
+    }
+    None
+}
 
 /// A bearer token. Compared in constant time: both sides are hashed first, so neither the
 /// content nor the length of the expected token leaks through timing.
@@ -181,13 +260,13 @@ impl Config {
                 problems.push(format!("{name} is not set"));
                 None
             }
-            Some(t) if t.trim().len() < MIN_TOKEN_LEN => {
-                problems.push(format!(
-                    "{name} must be at least {MIN_TOKEN_LEN} characters"
-                ));
-                None
-            }
-            Some(t) => Some(t),
+            Some(t) => match token_problem(&t) {
+                Some(why) => {
+                    problems.push(format!("{name} {why}: {TOKEN_HOW_TO}"));
+                    None
+                }
+                None => Some(t),
+            },
         };
         let admin = token("GATEHOUSE_ADMIN_TOKEN");
         let feed = token("GATEHOUSE_FEED_TOKEN");
@@ -329,8 +408,14 @@ mod tests {
     }
 
     const TOKENS: [(&str, &str); 2] = [
-        ("GATEHOUSE_ADMIN_TOKEN", "admin-token-0123456789"),
-        ("GATEHOUSE_FEED_TOKEN", "feed-token-0123456789"),
+        (
+            "GATEHOUSE_ADMIN_TOKEN",
+            "admin-token-for-unit-tests-7f3a9c2e41b8",
+        ),
+        (
+            "GATEHOUSE_FEED_TOKEN",
+            "feed-token-for-unit-tests-0d5b6e8a13c4",
+        ),
     ];
 
     #[test]
@@ -350,8 +435,9 @@ mod tests {
             &[],
         )
         .unwrap_err();
-        assert!(err.contains("at least 16"), "{err}");
-        let same = "same-token-0123456789";
+        assert!(err.contains("at least 32"), "{err}");
+        assert!(err.contains("gatehouse-control new-token"), "{err}");
+        let same = "same-token-for-both-7f3a9c2e41b80d5b6e8a";
         let err = parse(
             &[
                 ("GATEHOUSE_ADMIN_TOKEN", same),
@@ -361,6 +447,69 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("must differ"), "{err}");
+    }
+
+    #[test]
+    fn random_tokens_pass_and_made_up_ones_are_refused_without_being_quoted() {
+        for good in [
+            "3q2-9_Zx0pLm7Rw8Tb4Kc1Yv6Nd5Hs2Ja9",       // base64url, 34
+            "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0ZXI=", // base64 with padding
+            "0123456789abcdef0123456789abcdef",         // 32 hex digits: 128 bits
+            "9F86D081884C7D659A2FEAA0C55AD015",         // upper-case hex
+            "3141592653589793238462643383279502884197", // 40 digits: 133 bits
+        ] {
+            assert_eq!(token_problem(good), None, "{good}");
+        }
+        for _ in 0..100 {
+            let t = crate::random::base62(43).unwrap();
+            assert_eq!(token_problem(&t), None, "{t}");
+        }
+        for (bad, why) in [
+            ("short-but-random-Zx9", "at least 32 characters"),
+            (
+                "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                "at least 10 distinct",
+            ),
+            (
+                "changeme-changeme-changeme-changeme",
+                "at least 10 distinct",
+            ),
+            ("12345678901234567890123456789012", "at least 128 bits"),
+            (
+                "with spaces in it, which headers lose at the ends",
+                "visible ASCII",
+            ),
+            ("tab\tseparated-token-0123456789abcdef", "visible ASCII"),
+            (
+                "padding-does-not-count===========",
+                "not counting `=` padding",
+            ),
+        ] {
+            let why_not = token_problem(bad).unwrap_or_default();
+            assert!(why_not.contains(why), "{bad}: {why_not}");
+            assert!(!why_not.contains(bad), "{why_not}");
+        }
+        // At start-up, the message names the setting and says how to make a token.
+        let err = parse(
+            &[
+                (
+                    "GATEHOUSE_ADMIN_TOKEN",
+                    "changeme-changeme-changeme-changeme",
+                ),
+                (
+                    "GATEHOUSE_FEED_TOKEN",
+                    "feed-token-for-unit-tests-0d5b6e8a13c4",
+                ),
+            ],
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("GATEHOUSE_ADMIN_TOKEN must use at least 10 distinct characters"),
+            "{err}"
+        );
+        assert!(err.contains("openssl rand -base64 32"), "{err}");
+        assert!(!err.contains("changeme"), "{err}");
     }
 
     #[test]
@@ -390,9 +539,9 @@ mod tests {
 
     #[test]
     fn tokens_match_only_themselves_and_never_print() {
-        let t = Token::new("admin-token-0123456789");
-        assert!(t.matches(b"admin-token-0123456789"));
-        assert!(!t.matches(b"admin-token-012345678"));
+        let t = Token::new("admin-token-for-unit-tests-7f3a9c2e41b8");
+        assert!(t.matches(b"admin-token-for-unit-tests-7f3a9c2e41b8"));
+        assert!(!t.matches(b"admin-token-for-unit-tests-7f3a9c2e41b"));
         assert!(!format!("{t:?}").contains("admin"));
     }
 

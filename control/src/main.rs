@@ -8,6 +8,8 @@
 //!   policy entry for it, which holds only the key's SHA-256;
 //! - `gatehouse-control hash-key` reads a key on standard input and prints its SHA-256,
 //!   with the same function the plugin uses to look keys up;
+//! - `gatehouse-control new-token` prints a bearer token for `GATEHOUSE_ADMIN_TOKEN` or
+//!   `GATEHOUSE_FEED_TOKEN`: 43 base62 characters (256 bits) from the OS CSPRNG;
 //! - `gatehouse-control mint-jwt --secret-env VAR ...` prints an HMAC-signed JWT for
 //!   local testing (see `mint_jwt.rs`).
 
@@ -22,6 +24,8 @@ const USAGE: &str = "usage:
                                                 run the control service (serve --help)
   gatehouse-control new-key [--prefix PREFIX]   print a new API key and its policy entry
   gatehouse-control hash-key                    read a key on stdin, print its SHA-256
+  gatehouse-control new-token                   print a bearer token for the admin or feed
+                                                token (GATEHOUSE_ADMIN_TOKEN, ..._FEED_TOKEN)
   gatehouse-control mint-jwt --secret-env VAR [--kid KID] [--sub SUB] [--tenant T]
       [--plan P] [--ttl SECONDS] [--alg HS256|HS384|HS512]
                                                 print a JWT signed with the secret in $VAR";
@@ -65,6 +69,16 @@ fn hash_key() -> Result<(), String> {
     Ok(())
 }
 
+/// Base62 characters of a token `new-token` prints: 256 bits.
+const NEW_TOKEN_LEN: usize = 43;
+
+fn new_token() -> Result<(), String> {
+    let token = gatehouse_control::random::base62(NEW_TOKEN_LEN)
+        .map_err(|e| format!("no randomness from the OS: {e}"))?;
+    println!("{token}");
+    Ok(())
+}
+
 fn serve(args: &[String]) -> Result<(), String> {
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("usage: {}", gatehouse_control::config::USAGE);
@@ -85,6 +99,7 @@ fn main() -> ExitCode {
         Some((cmd, rest)) if cmd == "serve" => serve(rest),
         Some((cmd, rest)) if cmd == "new-key" => new_key(rest),
         Some((cmd, [])) if cmd == "hash-key" => hash_key(),
+        Some((cmd, [])) if cmd == "new-token" => new_token(),
         Some((cmd, rest)) if cmd == "mint-jwt" => mint_jwt::run(rest),
         Some((cmd, _)) if cmd == "--help" || cmd == "-h" => {
             println!("{USAGE}");

@@ -28,8 +28,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ADMIN: &str = "admin-token-for-dashboard-test";
-const FEED: &str = "feed-token-for-dashboard-test";
+const ADMIN: &str = "admin-token-for-dashboard-test-5e1c9a3f7b";
+const FEED: &str = "feed-token-for-dashboard-test-2d8b6f0a4c";
 /// The last use reported for the first key: an hour ago. Reports are real-time data the
 /// server keeps for `GATEHOUSE_EVENT_RETENTION` (30 days) and purges when it starts, so a
 /// fixed date would be purged, racing the page load, once it is a month old.

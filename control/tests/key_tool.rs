@@ -96,3 +96,19 @@ fn new_key_draws_its_id_apart_from_the_secret() {
         }
     }
 }
+
+#[test]
+fn new_token_prints_a_token_serve_accepts() {
+    let run = || {
+        let out = bin().arg("new-token").output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a.lines().count(), 1, "{a}");
+    let token = a.trim_end();
+    assert_eq!(token.len(), 43, "{token}");
+    assert!(token.bytes().all(|c| c.is_ascii_alphanumeric()), "{token}");
+    assert_eq!(gatehouse_control::config::token_problem(token), None);
+    assert_ne!(a, b, "two tokens must differ");
+}

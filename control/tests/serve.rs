@@ -18,8 +18,8 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ADMIN: &str = "admin-token-for-serve-test";
-const FEED: &str = "feed-token-for-serve-test";
+const ADMIN: &str = "admin-token-for-serve-test-9b3d7f1a5c2e";
+const FEED: &str = "feed-token-for-serve-test-6a0c4e8b2d7f";
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gatehouse-control"));
@@ -64,6 +64,32 @@ fn serve_fails_fast_naming_the_missing_tokens() {
     assert!(!err.contains("GATEHOUSE_ADMIN_TOKEN is not set"), "{err}");
     assert!(err.contains("GATEHOUSE_FEED_TOKEN is not set"), "{err}");
     assert!(!err.contains(ADMIN), "a token was printed: {err}");
+}
+
+#[test]
+fn serve_refuses_a_weak_token_and_says_how_to_make_one() {
+    let weak = "changeme-changeme-changeme-changeme";
+    for (admin, feed) in [(weak, FEED), (ADMIN, "feed-token-0123456789")] {
+        let out = bin()
+            .arg("serve")
+            .env("GATEHOUSE_ADMIN_TOKEN", admin)
+            .env("GATEHOUSE_FEED_TOKEN", feed)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8(out.stderr).unwrap();
+        let name = if admin == weak {
+            "GATEHOUSE_ADMIN_TOKEN must"
+        } else {
+            "GATEHOUSE_FEED_TOKEN must"
+        };
+        assert!(err.contains(name), "{err}");
+        assert!(err.contains("gatehouse-control new-token"), "{err}");
+        assert!(
+            !err.contains(admin) && !err.contains(feed),
+            "a token was printed: {err}"
+        );
+    }
 }
 
 struct Server(Child);

@@ -30,8 +30,9 @@ use tower::ServiceExt;
 
 pub mod pg_cluster;
 
-pub const ADMIN: &str = "admin-token-for-tests-0001";
-pub const FEED: &str = "feed-token-for-tests-0001";
+/// Fixture tokens, as strong as `serve` requires (`config::token_problem`).
+pub const ADMIN: &str = "admin-token-for-tests-3f9a1c7e5b20d846";
+pub const FEED: &str = "feed-token-for-tests-8c4e2a6f0d97b135";
 /// 2026-01-01T00:00:00Z
 pub const T0: u64 = 1_767_225_600;
 

@@ -82,7 +82,7 @@ impl ControlOptions {
     pub fn new() -> ControlOptions {
         ControlOptions {
             admin_token: "e2e-admin-token-0123456789abcdef".into(),
-            feed_token: "e2e-feed-token-fedcba9876543210".into(),
+            feed_token: "e2e-feed-token-fedcba9876543210-7c1e".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
