@@ -2,9 +2,10 @@
 //! middleware every request passes (request id, client address, access log, error shape).
 
 use crate::clock::Clock;
-use crate::config::{Config, Token};
+use crate::config::Config;
 use crate::error::{ApiError, ErrorInfo, code_for_status};
 use crate::store::{ChangeCtx, Store};
+use crate::token_limit::{Client, FailureLimit};
 use crate::{audit, authz, dashboard, events, feed, health, keys, revocations, stats};
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Request, State};
@@ -15,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tokio::sync::watch;
 
 /// Request bodies above this are refused with 413 before they are parsed.
@@ -52,6 +54,8 @@ pub struct AppState {
     pub openapi: Arc<str>,
     /// What this replica counts in memory (`GET /v1/stats`).
     pub counters: Arc<crate::stats::Counters>,
+    /// Failed bearer-token attempts per client (`token_limit.rs`).
+    pub token_limit: Arc<FailureLimit>,
 }
 
 impl AppState {
@@ -65,6 +69,10 @@ impl AppState {
             store,
             openapi: health::openapi_document(&config).into(),
             counters: Arc::new(crate::stats::Counters::new(clock.now_secs())),
+            token_limit: Arc::new(FailureLimit::new(
+                config.token_failures_per_minute,
+                crate::token_limit::CAPACITY,
+            )),
             config: Arc::new(config),
             clock,
             changes: Arc::new(watch::Sender::new(version)),
@@ -175,36 +183,82 @@ fn bearer(req: &Request) -> Option<&[u8]> {
     scheme.eq_ignore_ascii_case(b"bearer ").then_some(token)
 }
 
-fn check(token: &Token, req: &Request) -> Result<(), ApiError> {
-    match bearer(req) {
-        Some(t) if token.matches(t) => Ok(()),
-        _ => Err(ApiError::unauthorized()),
+/// The client a request is counted as by the failure limit (`token_limit.rs`).
+pub fn client_of(req: &Request) -> Client {
+    Client::of(
+        req.extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(a)| a.ip()),
+    )
+}
+
+/// The 429 for a client locked out by the failure limit, if it is: ask before looking at
+/// the request's token (`token_limit.rs` says why).
+pub fn refuse_if_locked_out(s: &AppState, client: Client) -> Option<Response> {
+    let retry_after = s.token_limit.locked(client, s.clock.now_secs())?;
+    s.counters.token_lockouts.fetch_add(1, Ordering::Relaxed);
+    Some(crate::token_limit::too_many(retry_after))
+}
+
+/// Counts a refused request whose `authorization` header held a token that is neither
+/// ours (a guess), and logs it without the token. Other refusals are not counted.
+pub fn count_token_failure(s: &AppState, client: Client, req: &Request) {
+    let Some(presented) = req.headers().get(header::AUTHORIZATION) else {
+        return;
+    };
+    let ours = bearer(req).is_some_and(|t| {
+        // Both compared: the time taken does not tell which token it was.
+        s.config.admin_token.matches(t) | s.config.feed_token.matches(t)
+    });
+    if ours || presented.is_empty() {
+        return;
     }
+    let failures = s.token_limit.fail(client, s.clock.now_secs());
+    s.counters.token_failures.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(%client, path = %req.uri().path(), failures, "bearer token refused");
+}
+
+/// Which token a group of routes takes.
+#[derive(Clone, Copy)]
+enum Needs {
+    Admin,
+    Feed,
+    FeedOrAdmin,
+}
+
+/// The token check of every route behind a token, under the failure limit.
+async fn guard(s: &AppState, needs: Needs, req: Request, next: Next) -> Response {
+    let client = client_of(&req);
+    if let Some(refused) = refuse_if_locked_out(s, client) {
+        return refused;
+    }
+    let presented = bearer(&req);
+    // Both compared, whichever the route takes: the time taken does not tell which token
+    // it was.
+    let admin = presented.is_some_and(|t| s.config.admin_token.matches(t));
+    let feed = presented.is_some_and(|t| s.config.feed_token.matches(t));
+    let accepted = match needs {
+        Needs::Admin => admin,
+        Needs::Feed => feed,
+        Needs::FeedOrAdmin => admin | feed,
+    };
+    if accepted {
+        return next.run(req).await;
+    }
+    count_token_failure(s, client, &req);
+    ApiError::unauthorized().into_response()
 }
 
 async fn require_admin(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    match check(&s.config.admin_token, &req) {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
-    }
+    guard(&s, Needs::Admin, req, next).await
 }
 
 async fn require_feed(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    match check(&s.config.feed_token, &req) {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
-    }
+    guard(&s, Needs::Feed, req, next).await
 }
 
 async fn require_feed_or_admin(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    // Both compared, whichever matches: the time taken does not tell which token it was.
-    let feed = check(&s.config.feed_token, &req).is_ok();
-    let admin = check(&s.config.admin_token, &req).is_ok();
-    if feed | admin {
-        next.run(req).await
-    } else {
-        ApiError::unauthorized().into_response()
-    }
+    guard(&s, Needs::FeedOrAdmin, req, next).await
 }
 
 /// The caller's request id if it is a short printable one, else a new one.

@@ -34,6 +34,9 @@ pub const USAGE: &str =
                                  Each at least 32 random characters (128 bits): make one
                                  with `gatehouse-control new-token` (or
                                  `openssl rand -base64 32`)
+    GATEHOUSE_TOKEN_FAILURES_PER_MINUTE
+                                 failed token attempts a client may make in a minute before
+                                 it gets 429 for the rest of it. Defaults to 10
     GATEHOUSE_CONTROL_LISTEN     defaults to 127.0.0.1:8081 (--listen)
     GATEHOUSE_DATABASE_URL       defaults to sqlite://gatehouse-control.db (--database-url);
                                  or postgres://USER:PASSWORD@HOST:PORT/DATABASE
@@ -209,6 +212,9 @@ pub struct Config {
     /// The plans keys may be issued on (`plans.rs`). Defaults to the policy's, else the
     /// plugin's default plans.
     pub plans: Plans,
+    /// Failed bearer-token attempts a client may make per minute before it is locked out
+    /// for the rest of the minute (`token_limit.rs`). Defaults to 10.
+    pub token_failures_per_minute: u32,
 }
 
 impl Config {
@@ -227,6 +233,7 @@ impl Config {
             event_retention: Duration::from_secs(30 * 86_400),
             policy: None,
             plans: Plans::default(),
+            token_failures_per_minute: crate::token_limit::DEFAULT_LIMIT,
         }
     }
 
@@ -315,6 +322,15 @@ impl Config {
                     "GATEHOUSE_KEY_PREFIX must start with a-z and have 1 to 32 of a-z 0-9 _, \
                      got {p:?}"
                 ));
+            }
+        }
+        if let Some(n) = env("GATEHOUSE_TOKEN_FAILURES_PER_MINUTE") {
+            match n.parse::<u32>() {
+                Ok(n) if (1..=1_000_000).contains(&n) => config.token_failures_per_minute = n,
+                _ => problems.push(format!(
+                    "GATEHOUSE_TOKEN_FAILURES_PER_MINUTE must be a whole number from 1 to \
+                     1000000, got {n:?}"
+                )),
             }
         }
         if let Some(n) = env("GATEHOUSE_MAX_KEYS_PER_USER") {
@@ -520,6 +536,17 @@ mod tests {
         assert_eq!(c.max_keys_per_user, 5);
         assert_eq!(c.retention, Duration::from_secs(604_800));
         assert_eq!(c.event_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.token_failures_per_minute, 10);
+        let mut env = TOKENS.to_vec();
+        env.push(("GATEHOUSE_TOKEN_FAILURES_PER_MINUTE", "1000"));
+        assert_eq!(parse(&env, &[]).unwrap().token_failures_per_minute, 1000);
+        let mut env = TOKENS.to_vec();
+        env.push(("GATEHOUSE_TOKEN_FAILURES_PER_MINUTE", "0"));
+        let err = parse(&env, &[]).unwrap_err();
+        assert!(
+            err.contains("GATEHOUSE_TOKEN_FAILURES_PER_MINUTE must be a whole number"),
+            "{err}"
+        );
         let mut env = TOKENS.to_vec();
         env.push(("GATEHOUSE_CONTROL_LISTEN", "127.0.0.1:9000"));
         env.push(("GATEHOUSE_RETENTION", "2h"));

@@ -114,6 +114,7 @@ pub fn code_for_status(status: StatusCode) -> (&'static str, &'static str) {
             "UNSUPPORTED_MEDIA_TYPE",
             "expected content-type: application/json",
         ),
+        429 => ("RATE_LIMITED", "too many requests"),
         503 => ("UNAVAILABLE", "service unavailable"),
         s if s >= 500 => ("INTERNAL", "internal error"),
         _ => ("BAD_REQUEST", "bad request"),

@@ -5,6 +5,7 @@
 //!
 //! Where things live:
 //! - `app.rs`: the router, the bearer-token checks and the per-request middleware;
+//!   `token_limit.rs`: the per-client limit on failed token attempts;
 //! - `keys.rs`, `revocations.rs`, `audit.rs`, `feed.rs`, `health.rs`: the handlers;
 //! - `events.rs`: what the proxies report (`POST /v1/events`: refusals, key uses, request
 //!   counts, their cache version); `stats.rs`: the counts and versions (`GET /v1/stats`);
@@ -40,6 +41,7 @@ pub mod revocations;
 pub mod serve;
 pub mod stats;
 pub mod store;
+pub mod token_limit;
 pub mod token_lifetime;
 
 pub use app::{AppState, router};

@@ -43,6 +43,11 @@ pub struct Counters {
     /// Refusals and key uses `POST /v1/events` dropped for an `at` too far ahead of the
     /// server's clock (`events.rs`).
     pub future_entries_dropped: AtomicU64,
+    /// Requests refused for a bearer token that is neither the admin nor the feed token
+    /// (`token_limit.rs`).
+    pub token_failures: AtomicU64,
+    /// Requests answered 429 because their client had too many such failures.
+    pub token_lockouts: AtomicU64,
 }
 
 impl Counters {
@@ -50,6 +55,8 @@ impl Counters {
         Counters {
             since,
             future_entries_dropped: AtomicU64::new(0),
+            token_failures: AtomicU64::new(0),
+            token_lockouts: AtomicU64::new(0),
         }
     }
 }
@@ -58,6 +65,8 @@ impl Counters {
 pub struct CountersView {
     since: String,
     future_entries_dropped: u64,
+    token_failures: u64,
+    token_lockouts: u64,
 }
 
 #[derive(Serialize)]
@@ -104,6 +113,8 @@ pub async fn get(State(s): State<AppState>) -> Result<Json<StatsView>, ApiError>
         counters: CountersView {
             since: rfc3339(s.counters.since),
             future_entries_dropped: s.counters.future_entries_dropped.load(Ordering::Relaxed),
+            token_failures: s.counters.token_failures.load(Ordering::Relaxed),
+            token_lockouts: s.counters.token_lockouts.load(Ordering::Relaxed),
         },
     }))
 }

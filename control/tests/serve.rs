@@ -180,6 +180,9 @@ fn serve_answers_on_a_real_socket_and_records_the_client_address() {
     let (status, body) = http(port, "GET", "/v1/cache?since=0", Some(FEED), None);
     assert_eq!(status, 200);
     assert!(body.contains(key["id"].as_str().unwrap()));
+    // A wrong token is refused and logged with the client's address, never the token.
+    let wrong = "wrong-token-that-must-not-be-logged-4f2a9c";
+    assert_eq!(http(port, "GET", "/v1/stats", Some(wrong), None).0, 401);
 
     let _ = server.0.kill();
     let _ = server.0.wait();
@@ -198,9 +201,23 @@ fn serve_answers_on_a_real_socket_and_records_the_client_address() {
         let v: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
         assert!(v["level"].is_string());
     }
-    for secret in [secret.as_str(), ADMIN, FEED, common::pg_cluster::PASSWORD] {
+    for secret in [
+        secret.as_str(),
+        ADMIN,
+        FEED,
+        wrong,
+        common::pg_cluster::PASSWORD,
+    ] {
         assert!(!logs.contains(secret), "a secret in the logs");
     }
+    let refused = lines
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["fields"]["message"] == "bearer token refused")
+        .unwrap_or_else(|| panic!("no refusal logged: {logs}"));
+    assert_eq!(refused["fields"]["client"], "127.0.0.1", "{refused}");
+    assert_eq!(refused["fields"]["failures"], 1, "{refused}");
+    assert_eq!(refused["level"], "WARN");
 }
 
 /// Runs `serve` with `url`; it must exit with 2 within 15 s. Returns its stderr.
