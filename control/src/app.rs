@@ -145,19 +145,10 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             require_feed_or_admin,
         ));
-    // The proxies' token: the feed, and the key check `ext_authz` calls (authz.rs says why
-    // that one shares it). Five methods, as the OpenAPI document lists them (`get` also
-    // answers HEAD); ext_authz keeps the original request's method.
+    // The proxies' token. The check `ext_authz` calls (`/v1/authz`) takes it too, in its
+    // own header or this one: authz.rs.
     let feed = Router::new()
         .route("/v1/cache", get(feed::cache))
-        .route(
-            "/v1/authz/{*rest}",
-            get(authz::check)
-                .post(authz::check)
-                .put(authz::check)
-                .patch(authz::check)
-                .delete(authz::check),
-        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_feed));
     Router::new()
         .route("/healthz", get(health::healthz))
@@ -168,6 +159,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(dashboard::page))
         .merge(admin)
         .merge(feed)
+        .merge(authz::router(&state))
         .merge(reports)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(

@@ -10,7 +10,8 @@
 //! - `events.rs`: what the proxies report (`POST /v1/events`: refusals, key uses, request
 //!   counts, their cache version); `stats.rs`: the counts and versions (`GET /v1/stats`);
 //! - `dashboard.rs`: the admin page at `/` (its HTML, script and style in `dashboard/`);
-//! - `authz.rs`: the key check Envoy's `ext_authz` calls (`ANY /v1/authz/{*rest}`);
+//! - `authz.rs` (and `authz/`): what Envoy's `ext_authz` asks (`ANY /v1/authz/{*rest}`):
+//!   the plugin's own decision when `serve --policy` gives the policy, the key alone when not;
 //! - `error.rs`: the one JSON error shape, for handler errors and axum's rejections;
 //! - `store/`: the storage trait and its SQLite and PostgreSQL implementations, chosen by
 //!   the database URL (migrations in `control/migrations/sqlite/` and `.../postgres/`);
