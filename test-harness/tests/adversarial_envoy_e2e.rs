@@ -730,6 +730,8 @@ plans:
 rate_limit: {{ key: key }}
 jwt:
   jwks: {{ keys: [ {}, {} ] }}
+  issuers: any
+  audiences: any
   default_tenant: tenant_es
   default_plan: tiny
 routes:
@@ -746,14 +748,20 @@ routes:
 
 /// Low-S tokens of fresh users pass; their high-S twins (the second valid ECDSA spelling)
 /// are refused; two users of one `kid` have a budget each under `key: key`.
-fn check_ecdsa_spellings_and_jwt_budgets(mut send: impl FnMut(&str) -> (u16, String)) {
+/// Tokens are minted for `now` (the clock of the host that checks them): an hour long,
+/// within the default `max_token_lifetime`.
+fn check_ecdsa_spellings_and_jwt_budgets(now: u64, mut send: impl FnMut(&str) -> (u16, String)) {
     use gatehouse::jwt::Alg;
     use gatehouse::jwt::test_tokens::{mint, with_ecdsa_twin};
     let token = |alg: Alg, kid: &str, sub: &str| {
         mint(
             alg,
             Some(kid),
-            &format!(r#"{{"sub":"{sub}","iat":1767225000,"exp":2051222400}}"#),
+            &format!(
+                r#"{{"sub":"{sub}","iat":{},"exp":{}}}"#,
+                now - 60,
+                now + 3600
+            ),
         )
     };
     for (alg, kid) in [(Alg::ES256, "es256-adv"), (Alg::ES384, "es384-adv")] {
@@ -789,7 +797,7 @@ fn a_high_s_ecdsa_twin_is_refused_and_key_limits_count_jwt_users_apart_in_the_ha
         .time(1_767_225_600_000_000_000)
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
-    check_ecdsa_spellings_and_jwt_budgets(|token| {
+    check_ecdsa_spellings_and_jwt_budgets(1_767_225_600, |token| {
         let out = h
             .request(
                 gatehouse_harness::host::Request::get("/v1/x")
@@ -813,7 +821,7 @@ fn a_high_s_ecdsa_twin_is_refused_and_key_limits_count_jwt_users_apart_in_envoy(
     })
     .unwrap_or_else(|e| panic!("could not start Envoy: {e:#}"));
     let mut conn = None;
-    check_ecdsa_spellings_and_jwt_budgets(|token| {
+    check_ecdsa_spellings_and_jwt_budgets(unix_now(), |token| {
         let bearer = format!("Bearer {token}");
         let resp = send_on(
             &mut conn,
@@ -832,4 +840,15 @@ fn a_high_s_ecdsa_twin_is_refused_and_key_limits_count_jwt_users_apart_in_envoy(
         };
         (resp.status, code)
     });
+}
+
+/// The machine's clock, which a real Envoy checks tokens against.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tokens must be valid at Envoy's real clock"
+)]
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

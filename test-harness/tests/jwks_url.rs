@@ -26,6 +26,8 @@ fn policy() -> String {
         "version": 1,
         "jwt": {
             "jwks_url": { "cluster": "auth", "path": "/jwks", "refresh": "10m", "min_refetch": "30s" },
+            "issuers": "any",
+            "audiences": "any",
             "default_tenant": "t1",
             "default_plan": "free"
         },

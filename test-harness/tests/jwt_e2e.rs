@@ -81,8 +81,15 @@ fn claims(sub: &str, extra: Value) -> String {
         "sub": sub, "iss": "https://issuer.test", "aud": "api", "plan": "team",
         "email": "e@example.com", "iat": now - 60, "exp": now + 3600
     });
+    // A `null` in `extra` removes the claim.
     if let (Value::Object(c), Value::Object(extra)) = (&mut c, extra) {
-        c.extend(extra);
+        for (name, value) in extra {
+            if value.is_null() {
+                c.remove(&name);
+            } else {
+                c.insert(name, value);
+            }
+        }
     }
     c.to_string()
 }
@@ -228,6 +235,36 @@ fn cases() -> Vec<Case> {
         case(
             "unknown plan",
             bearer(&hs(claims("u", json!({ "plan": "gold" })))),
+            403,
+            "UNKNOWN_PLAN",
+        ),
+        case(
+            "lives a second longer than max_token_lifetime (24 h)",
+            bearer(&hs(claims(
+                "u",
+                json!({ "iat": now - 60, "exp": now - 60 + 86_401 }),
+            ))),
+            401,
+            "INVALID_CREDENTIALS",
+        ),
+        case(
+            "exact max_token_lifetime (24 h) verifies",
+            bearer(&hs(claims(
+                "user_exact",
+                json!({ "iat": now - 60, "exp": now - 60 + 86_400 }),
+            ))),
+            200,
+            "user",
+        ),
+        case(
+            "no iat while a lifetime bound is in force",
+            bearer(&hs(claims("u", json!({ "iat": null })))),
+            401,
+            "INVALID_CREDENTIALS",
+        ),
+        case(
+            "a plan that is not an id",
+            bearer(&hs(claims("u", json!({ "plan": ["team"] })))),
             401,
             "INVALID_CREDENTIALS",
         ),
@@ -277,11 +314,15 @@ fn check(backend: &str, c: &Case, seen: &Seen) -> Result<(), String> {
             return fail(format!("code {:?}, expected {}", seen.code, c.expect));
         }
         let challenge = seen.authenticate.clone().unwrap_or_default();
-        let wanted = if c.authorization.is_some() {
-            "Bearer"
-        } else {
-            "ApiKey"
+        // A 403 refuses who the caller is, not how it proved it: no challenge.
+        let wanted = match (c.status, c.authorization.is_some()) {
+            (403, _) => "",
+            (_, true) => "Bearer",
+            (_, false) => "ApiKey",
         };
+        if wanted.is_empty() && !challenge.is_empty() {
+            return fail(format!("www-authenticate {challenge:?} on a {}", c.status));
+        }
         if !challenge.starts_with(wanted) {
             return fail(format!("www-authenticate {challenge:?}, expected {wanted}"));
         }

@@ -561,6 +561,8 @@ fn jwks_fetches_and_their_failures_are_counted() {
         "version": 1,
         "jwt": {
             "jwks_url": { "cluster": "auth", "path": "/jwks", "refresh": "10m", "min_refetch": "30s" },
+            "issuers": "any",
+            "audiences": "any",
             "default_tenant": "t1",
             "default_plan": "free"
         },
