@@ -124,6 +124,10 @@ bearer = "${GATEHOUSE_ADMIN_TOKEN}"
 [auth.openapi.feedToken]
 bearer = "${GATEHOUSE_FEED_TOKEN}"
 
+# The same token in its own header, as ext_authz sends it to /v1/authz.
+[auth.openapi.controlToken]
+api_key = "${GATEHOUSE_FEED_TOKEN}"
+
 # DELETE /v1/keys/{id} revokes a key: the record stays, readable with status "revoked"
 # and revoked_at, because the audit trail and the rotation chain (replaced_by) point at
 # it. use_after_free expects a 404 after a DELETE, which is not this API's contract; it
@@ -139,12 +143,13 @@ checks.use_after_free.enabled = false
 include-name = "GET /v1/cache"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "410", "429", "5xx"]
 
-# The ext_authz key check answers 401 INVALID_CREDENTIALS to any key it did not issue, as
-# documented: a generated x-api-key (or none) is valid input and still refused, so these
-# operations answer only 401s and missing_auth would warn about the expected.
+# The ext_authz check (no policy here: the key alone) answers 401 INVALID_CREDENTIALS to
+# any key it did not issue, as documented: a generated x-api-key (or none) is valid input
+# and still refused, so these operations answer only 401s and missing_auth would warn
+# about the expected.
 [[operations]]
 include-path = "/v1/authz/{rest}"
-checks.positive_data_acceptance.expected-statuses = ["2xx", "401"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403"]
 warnings = false
 TOML
 

@@ -390,6 +390,7 @@ async fn openapi_lists_exactly_the_routes_and_describes_their_answers() {
         "GET /v1/keys",
         "GET /v1/keys/{id}",
         "GET /v1/stats",
+        "OPTIONS /v1/authz/{rest}",
         "PATCH /v1/authz/{rest}",
         "POST /v1/authz/{rest}",
         "POST /v1/events",
