@@ -52,7 +52,11 @@ struct Stack {
 
 impl Stack {
     fn start() -> Stack {
-        let control = ControlService::start(&ControlOptions::new())
+        Stack::start_with(ControlOptions::new())
+    }
+
+    fn start_with(control: ControlOptions) -> Stack {
+        let control = ControlService::start(&control)
             .unwrap_or_else(|e| panic!("could not start gatehouse-control: {e:#}"));
         let opts = EnvoyOptions {
             env: vec![(JWT_SECRET_ENV.into(), JWT_SECRET.into())],
@@ -223,4 +227,54 @@ fn refusals_and_key_uses_reach_the_control_service_and_prometheus_shows_the_coun
         Some(allowed)
     );
     assert!(!text.contains(&key.api_key), "the key is in Envoy's stats");
+}
+
+/// A plan the proxies' policy does not list (the control service still offers `pro`; the
+/// policy dropped it): the key is refused with 403 UNKNOWN_PLAN, never served without a
+/// plan limit, and the refusal is counted in Envoy's stats and shown in the audit with
+/// the caller it refused.
+#[test]
+fn a_key_on_a_plan_the_policy_does_not_know_is_refused_counted_and_audited() {
+    let mut control = ControlOptions::new();
+    control.env.push((
+        "GATEHOUSE_PLANS".into(),
+        "free,solo,team,enterprise,pro".into(),
+    ));
+    let stack = Stack::start_with(control);
+    let key: IssuedKey = stack
+        .control
+        .issue_key("user_pro", "tenant_demo", "pro")
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", stack.diagnostics()));
+    let resp = stack.until("the key's refusal for its plan", || {
+        let resp = stack.call(
+            "/v1/things",
+            &[("x-api-key", &key.api_key), ("x-request-id", "e2e-pro-1")],
+        );
+        (resp.status == 403).then_some(resp)
+    });
+    let body: Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(body["code"], "UNKNOWN_PLAN", "{body}");
+    let event = stack.until("the refusal in GET /v1/audit?kind=refusal", || {
+        let audit = stack.admin("/v1/audit?kind=refusal&limit=1000");
+        audit["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["request_id"] == "e2e-pro-1")
+            .cloned()
+    });
+    assert_eq!(event["code"], "UNKNOWN_PLAN", "{event}");
+    assert_eq!(event["status"], 403, "{event}");
+    assert_eq!(event["actor"], format!("key:{}", key.id), "{event}");
+    assert_eq!(event["plan"], "pro", "{event}");
+    stack.until(
+        "gatehouse_refused_unknown_plan in /stats/prometheus",
+        || {
+            let resp = stack.envoy.admin_get("/stats/prometheus").unwrap();
+            let text = String::from_utf8_lossy(&resp.body).into_owned();
+            sample(&text, "gatehouse_refused_unknown_plan")
+                .filter(|n| *n >= 1)
+                .map(|_| ())
+        },
+    );
 }
