@@ -75,6 +75,10 @@ pub struct ControlOptions {
     pub feed_token: String,
     /// Where to listen; port 0 lets the kernel pick (read back from the log).
     pub listen: SocketAddr,
+    /// `--policy FILE`: the proxies' policy. Defaults to none.
+    pub policy: Option<PathBuf>,
+    /// More variables for its environment (the policy's JWT secrets). Defaults to none.
+    pub env: Vec<(String, String)>,
 }
 
 impl ControlOptions {
@@ -84,6 +88,8 @@ impl ControlOptions {
             admin_token: "e2e-admin-token-0123456789abcdef".into(),
             feed_token: "e2e-feed-token-fedcba9876543210-7c1e".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            policy: None,
+            env: Vec::new(),
         }
     }
 }
@@ -144,8 +150,13 @@ impl ControlService {
             .open(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
         let logged_before = fs::read_to_string(&log_path).unwrap_or_default().len();
-        let child = Command::new(&self.binary)
-            .arg("serve")
+        let mut command = Command::new(&self.binary);
+        command.arg("serve");
+        if let Some(policy) = &self.opts.policy {
+            command.arg("--policy").arg(policy);
+        }
+        let child = command
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .env("GATEHOUSE_ADMIN_TOKEN", &self.opts.admin_token)
             .env("GATEHOUSE_FEED_TOKEN", &self.opts.feed_token)
             .env("GATEHOUSE_CONTROL_LISTEN", self.addr.to_string())

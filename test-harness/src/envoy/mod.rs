@@ -13,16 +13,21 @@
 //! set in Envoy's own environment and named in `host_env_keys`, never in the rendered
 //! file. [`control`] runs the real control service it polls.
 //!
+//! [`Envoy::start_ext_authz`] starts the same Envoy with Envoy's `ext_authz` filter asking
+//! the control service's `/v1/authz` in place of the module ([`ext_authz`]).
+//!
 //! There is no mock here: a missing Envoy binary is an error that says how to install it.
 
 pub mod config;
 pub mod control;
 pub mod echo;
+pub mod ext_authz;
 pub mod http1;
 
 use anyhow::{Context, anyhow, bail};
 use config::Bootstrap;
 use echo::EchoUpstream;
+use ext_authz::ExtAuthzLink;
 use http1::{ClientRequest, ClientResponse};
 use std::fs;
 use std::net::SocketAddr;
@@ -151,16 +156,27 @@ fn loopback_any_port() -> SocketAddr {
 impl Envoy {
     /// Starts Envoy with the module and policy in `opts`, and waits until it is ready.
     pub fn start(opts: &EnvoyOptions) -> anyhow::Result<Envoy> {
-        Envoy::launch(opts, None)
+        Envoy::launch(opts, None, None)
     }
 
     /// [`start`](Self::start) for a policy with a `feed` section: the sync polls the
     /// control service at `feed.control`, with the secrets of `feed.secret_env`.
     pub fn start_with_feed(opts: &EnvoyOptions, feed: &FeedLink) -> anyhow::Result<Envoy> {
-        Envoy::launch(opts, Some(feed))
+        Envoy::launch(opts, Some(feed), None)
     }
 
-    fn launch(opts: &EnvoyOptions, feed: Option<&FeedLink>) -> anyhow::Result<Envoy> {
+    /// [`start`](Self::start) with `ext_authz` asking the control service at
+    /// `authz.control` in place of the module (which is not loaded; `opts.wasm` must
+    /// still exist, as the bootstrap is rendered for it first).
+    pub fn start_ext_authz(opts: &EnvoyOptions, authz: &ExtAuthzLink) -> anyhow::Result<Envoy> {
+        Envoy::launch(opts, None, Some(authz))
+    }
+
+    fn launch(
+        opts: &EnvoyOptions,
+        feed: Option<&FeedLink>,
+        authz: Option<&ExtAuthzLink>,
+    ) -> anyhow::Result<Envoy> {
         let binary = envoy_binary()?;
         if !opts.wasm.is_file() {
             bail!(
@@ -185,13 +201,26 @@ impl Envoy {
             control: feed.map(|f| f.control),
         };
         let config_path = dir.join("envoy.yaml");
-        fs::write(&config_path, bootstrap.render())?;
+        let rendered = match authz {
+            None => bootstrap.render(),
+            Some(link) => {
+                let header =
+                    gatehouse::policy::Policy::from_json(opts.plugin_config_json.as_bytes())
+                        .map(|p| p.api_key_header)
+                        .unwrap_or_else(|_| "x-api-key".to_string());
+                ext_authz::rewrite(&bootstrap.render(), &header, link)?
+            }
+        };
+        fs::write(&config_path, rendered)?;
         let admin_path = dir.join("admin-address");
         let log_path = dir.join("envoy.log");
         let log = fs::File::create(&log_path)?;
         let mut command = Command::new(&binary);
         for (name, value) in feed.iter().flat_map(|f| &f.secret_env) {
             command.env(name, value);
+        }
+        if let Some(link) = authz {
+            command.env(&link.token_env.0, &link.token_env.1);
         }
         let child = command
             .arg("-c")
