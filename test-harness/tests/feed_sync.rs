@@ -485,3 +485,52 @@ fn the_sync_refuses_to_start_without_its_token_and_never_logs_it() {
         "{text:?}"
     );
 }
+
+/// The control service revokes a key the policy also declares; then the policy is
+/// written again (what every worker's configure does on a reload). Its write goes to the
+/// policy's own entry, never over the feed's, so the key stays refused; and the feed's
+/// record, once the policy's copy is gone, is what answers.
+#[test]
+fn a_policy_write_after_the_feed_revoked_its_key_does_not_bring_it_back() {
+    let mut fed = key(POLICY_KEY, "key_policy", true);
+    fed["plan"] = json!("enterprise");
+    let mut h = build(builder("fail_closed").upstream(control(&answer("e1", 1, true, vec![fed]))));
+    h.advance(secs(1)).unwrap();
+    let out = with_key(&mut h, POLICY_KEY);
+    assert_eq!(out.status, 200, "{}", out.text());
+    assert_eq!(
+        out.upstream.unwrap().header("x-gatehouse-plan"),
+        Some("enterprise"),
+        "both hold it: the feed's record answers"
+    );
+    let hash = KeyHash::of_key(POLICY_KEY.as_bytes());
+    let (policy_entry, _) = h
+        .shared_data(&hash.policy_cache_key())
+        .expect("the policy's copy is in its own entry");
+
+    h.set_upstream(control(&answer(
+        "e1",
+        2,
+        false,
+        vec![key(POLICY_KEY, "key_policy", false)],
+    )));
+    h.advance(secs(WAIT)).unwrap();
+    let out = with_key(&mut h, POLICY_KEY);
+    assert_eq!(out.status, 401, "revoked by the feed: {}", out.text());
+
+    // A reload writes the policy's keys again, after the feed's tombstone.
+    h.set_shared_data(&hash.policy_cache_key(), &policy_entry);
+    let out = with_key(&mut h, POLICY_KEY);
+    assert_eq!(
+        out.status,
+        401,
+        "a reload brought the key back: {}",
+        out.text()
+    );
+    let (fed_entry, _) = h.shared_data(&hash.cache_key()).unwrap();
+    assert!(
+        String::from_utf8_lossy(&fed_entry).ends_with("|r|"),
+        "the feed's tombstone is intact"
+    );
+    h.assert_no_trap().unwrap();
+}
