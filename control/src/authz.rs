@@ -61,8 +61,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use gatehouse::api_key::{KeyFailure, KeyHash, MAX_PRESENTED_KEY_LEN, check_format};
 use gatehouse::decision::{
-    self, Decision, HEADER_KEY_ID, HEADER_PLAN, HEADER_TENANT, HEADER_USER, IDENTITY_HEADER_PREFIX,
-    Presented, RequestHead, Spelling,
+    self, Decision, HEADER_ISSUER, HEADER_KEY_ID, HEADER_PLAN, HEADER_TENANT, HEADER_USER,
+    IDENTITY_HEADER_PREFIX, Presented, RequestHead, Spelling,
 };
 use gatehouse::error::{AuthFailure, Denial, LocalReply};
 use gatehouse::policy::Policy;
@@ -341,10 +341,16 @@ fn allow(
     // (ext_authz forwards only the names its `allowed_headers` match).
     let mut remove: BTreeSet<String> = spoofed.clone();
     remove.extend(
-        [HEADER_USER, HEADER_TENANT, HEADER_PLAN, HEADER_KEY_ID]
-            .into_iter()
-            .chain(decide::claim_header_names(policy))
-            .map(str::to_string),
+        [
+            HEADER_USER,
+            HEADER_TENANT,
+            HEADER_PLAN,
+            HEADER_KEY_ID,
+            HEADER_ISSUER,
+        ]
+        .into_iter()
+        .chain(decide::claim_header_names(policy))
+        .map(str::to_string),
     );
     remove.retain(|name| !headers.contains_key(name.as_str()));
     if policy.hide_credentials {

@@ -383,7 +383,14 @@ async fn an_unscoped_key_passes_with_its_identity_and_other_identity_headers_are
     assert_eq!(header(&a, "x-gatehouse-plan"), Some("team"));
     assert_eq!(header(&a, "x-gatehouse-key-id"), k["id"].as_str());
     // The client's own x-gatehouse-* names go; the ones this answer sets are replaced.
-    assert_eq!(removed(&a), ["x-gatehouse-email", "x-gatehouse-role"]);
+    assert_eq!(
+        removed(&a),
+        [
+            "x-gatehouse-email",
+            "x-gatehouse-issuer",
+            "x-gatehouse-role"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -401,6 +408,7 @@ async fn external_routes_pass_anonymous_callers_and_internal_ones_refuse_them_40
         removed(&a),
         [
             "x-gatehouse-email",
+            "x-gatehouse-issuer",
             "x-gatehouse-key-id",
             "x-gatehouse-plan",
             "x-gatehouse-tenant",
@@ -512,6 +520,7 @@ async fn a_token_of_a_revoked_user_or_jti_is_refused_and_a_later_token_passes() 
     assert_eq!(header(&a, "x-gatehouse-user"), Some("user_jwt"));
     assert_eq!(header(&a, "x-gatehouse-tenant"), Some("tenant_1"));
     assert_eq!(header(&a, "x-gatehouse-key-id"), Some("jwt:authz-test"));
+    assert_eq!(header(&a, "x-gatehouse-issuer"), Some("jwt"));
     assert_eq!(
         header(&a, "x-gatehouse-email"),
         Some("user_jwt@example.com")

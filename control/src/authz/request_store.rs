@@ -11,7 +11,9 @@
 //!    `gatehouse::feed::apply`, the sync's own encoder);
 //! 3. the policy's own keys and revocations (written once at start-up by
 //!    `key_cache::install_policy_keys` and `revocation::install`, as a proxy's configure
-//!    does), so that a database entry wins over the policy's, as a fed entry does;
+//!    does). Policy keys live under their own prefix (`kp/`), so a key both declare is
+//!    judged by the core from both records, as in the plugin; a revocation both hold is
+//!    the database's, as a fed entry is a proxy's;
 //! 4. the limiter's tables as freshly prepared: every slot free, and a placement secret.
 //!
 //! A read of a key record, watermark or jti entry that none of these holds is recorded
