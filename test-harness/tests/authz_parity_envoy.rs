@@ -298,7 +298,7 @@ fn the_plugin_and_ext_authz_answer_every_request_of_the_table_alike() {
         row("database key, query string", ("GET", "/v1/things?page=2&sort=name"), vec![key(&plain.api_key)], 200, None),
         row("database key, billing route", ("GET", "/v1/billing/invoices"), vec![key(&plain.api_key)], 200, None),
         row("database key, admin route", ("GET", "/admin/users"), vec![key(&plain.api_key)], 200, None),
-        row("database key with forged identity", ("GET", "/v1/things"), vec![key(&plain.api_key), ("x-gatehouse-user", "admin".into()), ("x-gatehouse-role", "root".into())], 200, None),
+        row("database key with forged identity", ("GET", "/v1/things"), vec![key(&plain.api_key), ("x-gatehouse-user", "admin".into()), ("x-gatehouse-issuer", "corp".into()), ("x-gatehouse-role", "root".into())], 200, None),
         row("scoped database key, in scope", ("GET", "/v1/billing/invoices"), vec![key(&billing.api_key)], 200, None),
         row("scoped database key, out of scope", ("GET", "/v1/things"), vec![key(&billing.api_key)], 403, Some("FORBIDDEN")),
         row("scoped database key, admin route", ("GET", "/admin/users"), vec![key(&billing.api_key)], 403, Some("FORBIDDEN")),
