@@ -999,32 +999,48 @@ mod tests {
 
     #[test]
     fn revoked_users_and_jtis_are_refused_on_every_jwt() {
-        let locked_old = mint(
-            Alg::HS256,
-            Some("demo-hs256"),
-            &format!(
-                r#"{{"sub":"user_locked","iat":{},"exp":{}}}"#,
-                NOW - 10,
-                NOW + 3600
-            ),
-        );
+        let locked = |iat: u64| {
+            mint(
+                Alg::HS256,
+                Some("demo-hs256"),
+                &format!(
+                    r#"{{"sub":"user_locked","iat":{iat},"exp":{}}}"#,
+                    NOW + 3600
+                ),
+            )
+        };
+        // The example policy locks user_locked out for good (every token before 2099).
         assert_eq!(
-            run_jwt("/v1/x", &bearer(&locked_old), Presented::None),
+            run_jwt("/v1/x", &bearer(&locked(NOW - 10)), Presented::None),
             jwt_denied(JwtFailure::Revoked(Revoked::User))
         );
-        let locked_new = mint(
-            Alg::HS256,
-            Some("demo-hs256"),
-            &format!(
-                r#"{{"sub":"user_locked","iat":{},"exp":{}}}"#,
-                NOW,
-                NOW + 3600
-            ),
+        // A watermark at NOW: tokens issued before it are refused, from it on allowed.
+        let (policy, store, clock) = setup();
+        let watermark = crate::revocation::UserRevocation {
+            user: "user_locked".into(),
+            origin: crate::api_key::Origin::Feed,
+            before: NOW,
+            until: None,
+        };
+        crate::revocation::install(&[watermark], &[], &store).unwrap();
+        let ask = |token: &str| {
+            let auth = bearer(token);
+            let head = RequestHead {
+                method: b"GET",
+                path: b"/v1/x",
+                api_key: Presented::None,
+                authorization: Presented::One(&auth),
+                source_address: b"10.0.0.1:5555",
+                forwarded_for: None,
+                method_override: Presented::None,
+            };
+            decide(&policy, &[jwt_test_keys()], &head, &store, &clock)
+        };
+        assert_eq!(
+            ask(&locked(NOW - 10)),
+            jwt_denied(JwtFailure::Revoked(Revoked::User))
         );
-        assert!(matches!(
-            run_jwt("/v1/x", &bearer(&locked_new), Presented::None),
-            Decision::Allow(_)
-        ));
+        assert!(matches!(ask(&locked(NOW)), Decision::Allow(_)));
         let denied_jti = mint(
             Alg::HS256,
             Some("demo-hs256"),
