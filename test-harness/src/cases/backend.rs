@@ -8,7 +8,7 @@
 //! [`HostSeen`] (metrics, logs, calls, traps); the runner never asks Envoy for them, since
 //! cases that need them are harness-only (see the module doc of [`crate::cases`]).
 
-use super::{FaultSpec, RequestSpec};
+use super::{FaultSpec, SentRequest};
 use crate::echo_reply::{RECEIVED_HEADER, REPLY_HEADER};
 use crate::envoy::echo::ECHO_MARKER;
 use crate::envoy::http1::ClientRequest;
@@ -68,7 +68,10 @@ pub trait Backend {
     fn kind(&self) -> BackendKind;
     /// Called before each case. The harness starts a fresh host; Envoy keeps running.
     fn begin_case(&mut self) -> anyhow::Result<()>;
-    fn request(&mut self, req: &RequestSpec) -> anyhow::Result<Observed>;
+    /// The time a request sent now is judged at, in Unix seconds: the harness's virtual
+    /// clock, or the machine's that Envoy reads. Tokens are minted against it.
+    fn now_unix(&self) -> anyhow::Result<u64>;
+    fn request(&mut self, req: &SentRequest) -> anyhow::Result<Observed>;
     /// Moves the clock forward. Only the harness can.
     fn advance(&mut self, by: Duration) -> anyhow::Result<()>;
     /// `on_tick` on every VM. Only the harness can.
@@ -165,7 +168,17 @@ impl Backend for EnvoyBackend {
         Ok(())
     }
 
-    fn request(&mut self, req: &RequestSpec) -> anyhow::Result<Observed> {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "Envoy judges tokens by the machine's clock, so tokens are minted by it"
+    )]
+    fn now_unix(&self) -> anyhow::Result<u64> {
+        Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs())
+    }
+
+    fn request(&mut self, req: &SentRequest) -> anyhow::Result<Observed> {
         if req.worker.is_some() || req.chunk.is_some() {
             bail!(
                 "Envoy cannot be told which worker serves a request or how to chunk its body; give this case `backends: [harness]`"

@@ -3,7 +3,7 @@
 //! do not depend on each other's order.
 
 use super::backend::{Backend, BackendConfig, BackendKind, HostSeen, Observed, UpstreamSeen};
-use super::{FaultSpec, RequestSpec};
+use super::{FaultSpec, SentRequest};
 use crate::echo_reply::REPLY_HEADER;
 use crate::host::{Harness, Request};
 use anyhow::{Context, anyhow};
@@ -78,7 +78,16 @@ impl Backend for HarnessBackend {
         Ok(())
     }
 
-    fn request(&mut self, req: &RequestSpec) -> anyhow::Result<Observed> {
+    fn now_unix(&self) -> anyhow::Result<u64> {
+        match &self.harness {
+            Some(h) => Ok(h.now_nanos() / 1_000_000_000),
+            None => Err(anyhow!(
+                "the harness was not started (begin_case not called)"
+            )),
+        }
+    }
+
+    fn request(&mut self, req: &SentRequest) -> anyhow::Result<Observed> {
         let mut request = Request::new(req.method.as_str(), req.path.as_str());
         for (name, value) in &req.headers {
             request = request.header(name.as_str(), value.as_str());

@@ -12,6 +12,22 @@
 //! workers: 2                    # Envoy `--concurrency` / harness VMs. Defaults to `1`.
 //! start: 2026-01-01T00:00:00Z   # harness clock at the start of each case. Defaults to now.
 //! env: { NAME: value }          # environment the module sees. Defaults to none.
+//! tokens:                       # JWTs minted at each request that names them (below).
+//!   user_jwt:                   #   Defaults to none.
+//!     alg: HS256                # HS256/384/512, RS256/384/512, PS256, ES256, ES384, EdDSA
+//!     secret_env: NAME          # the key, one of: an HMAC secret, a variable of `env`,
+//!     encoding: raw             #   read as the policy's key says (raw, base64url;
+//!                               #   defaults to `raw`);
+//!     # key_file: keys/ec.pem   # or a PEM (PKCS#8, PKCS#1, SEC1) or private JWK file,
+//!                               #   relative to this file;
+//!     # test_key: rfc7515-a2    # or a published test key: rfc7515-a2 (RSA), rfc7515-a3
+//!                               #   (P-256), rfc8037-a1 (Ed25519), gatehouse-p384
+//!     kid: demo-hs256           # header `kid`. Defaults to none.
+//!     header: { cty: x, typ: null }   # over {alg, typ: JWT, kid}; null removes a member
+//!     claims: { sub: user_jwt, plan: team }   # any YAML, as JSON; not iat/nbf/exp
+//!     iat: -60s                 # from the request's clock: now, +1h, -60s (s, m, h, d);
+//!     nbf: now                  #   or fixed: 2026-01-01T00:00:00Z, 1767225600.
+//!     exp: +1h                  #   Each defaults to absent.
 //! failure_policy: FAIL_CLOSED   # or FAIL_OPEN, FAIL_RELOAD. Defaults to none: a trap
 //!                               # fails the case with the module's panic message.
 //! upstreams:                    # clusters `proxy_http_call` may name. Defaults to none.
@@ -29,6 +45,7 @@
 //!     backends: [harness, envoy]              # Defaults to both (see "Envoy" below).
 //!     steps:
 //!       - request: { method: GET, path: /v1/things, headers: { x-api-key: "..." }, body: "",
+//!                    # in `path` and header values, ${token:user_jwt} is minted now
 //!                    chunk: 4,                # body delivered in chunks of 4 bytes
 //!                    reply: { status: 500, headers: { content-type: text/html },
 //!                             body: "Traceback ...", chunk: 16 } }
@@ -63,6 +80,14 @@
 //!           trapped: false                    # whether the module trapped
 //! ```
 //!
+//! A request's `path` and header values may hold `${token:NAME}`, minted from recipe
+//! `NAME` when the request is sent, against the clock of the backend that sends it: the
+//! harness's (`start`, moved by `advance`) or the machine's, which a real Envoy reads. So
+//! `iat: -60s, exp: +1h` is fresh on both, however long after it was written the file
+//! runs. `$${` is a literal `${`; any other `${`, or an unknown name, is an error. Tokens
+//! that must be wrong in their signature, `alg` or shape are pasted as they are. The
+//! minting is [`tokens`]; messages never show a secret or a key.
+//!
 //! Unknown fields are errors with `file:line:column`. `request` steps need `expect`; on
 //! `advance`, `tick` and `fault` steps it is optional and may only hold `metrics`, `logs`,
 //! `calls` and `trapped`. An HTTP call no route answers fails the case (naming cluster,
@@ -77,6 +102,8 @@
 //! say `backends: [harness]` itself.
 //!
 //! - [`parse`]: YAML to [`CaseFile`].
+//! - [`tokens`]: `tokens:` recipes, `${token:NAME}` in request text, and minting.
+//! - [`signing_key`]: the keys recipes sign with (env secrets, key files, test keys).
 //! - [`expect`]: compares what a backend [`Observed`](backend::Observed) with an [`Expect`].
 //! - [`backend`]: the [`Backend`](backend::Backend) trait and its harness and Envoy impls.
 //! - [`run`]: runs a file against a backend and reports per case.
@@ -88,6 +115,8 @@ mod harness_backend;
 pub mod junit;
 pub mod parse;
 pub mod run;
+pub mod signing_key;
+pub mod tokens;
 
 pub use backend::{Backend, BackendKind, HostSeen, Observed};
 pub use parse::{CaseError, load};
@@ -96,7 +125,9 @@ pub use run::{CaseResult, Outcome as CaseOutcome, RunOptions, run_file, summary}
 use crate::host::{FailurePolicy, Upstream};
 use gatehouse::policy::tree::Pos;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+use tokens::{Text, TokenRecipe};
 
 /// A parsed case file.
 #[derive(Clone, Debug)]
@@ -112,6 +143,8 @@ pub struct CaseFile {
     pub env: Vec<(String, String)>,
     pub upstreams: Vec<Upstream>,
     pub failure_policy: Option<FailurePolicy>,
+    /// `tokens:` recipes, by name, in file order.
+    pub tokens: Vec<Arc<TokenRecipe>>,
     pub cases: Vec<Case>,
 }
 
@@ -154,12 +187,14 @@ pub enum Action {
     Fault(FaultSpec),
 }
 
-/// A request a step sends.
+/// A request a step sends. As read, its path and header values are [`Text`]s that may
+/// mint tokens; [`RequestSpec::at`] gives the request as sent, with plain strings, which
+/// is what a [`Backend`] takes.
 #[derive(Clone, Debug, Default)]
-pub struct RequestSpec {
+pub struct RequestSpec<T = Text> {
     pub method: String,
-    pub path: String,
-    pub headers: Vec<(String, String)>,
+    pub path: T,
+    pub headers: Vec<(String, T)>,
     pub body: Vec<u8>,
     /// The body arrives in chunks of this many bytes; `None`: in one piece.
     pub chunk: Option<usize>,
@@ -167,6 +202,29 @@ pub struct RequestSpec {
     pub worker: Option<usize>,
     /// What the upstream answers instead of the echo (`reply:`); `None`: the echo.
     pub reply: Option<crate::echo_reply::EchoReply>,
+}
+
+/// A request as a backend sends it: every token minted.
+pub type SentRequest = RequestSpec<String>;
+
+impl RequestSpec {
+    /// The request as sent at `now` (Unix seconds, the backend's clock): each
+    /// `${token:NAME}` minted for that moment.
+    pub fn at(&self, now: u64) -> SentRequest {
+        RequestSpec {
+            method: self.method.clone(),
+            path: self.path.at(now),
+            headers: self
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.at(now)))
+                .collect(),
+            body: self.body.clone(),
+            chunk: self.chunk,
+            worker: self.worker,
+            reply: self.reply.clone(),
+        }
+    }
 }
 
 /// `fault:`: the `nth` call (from now) of host function `call` returns `status`.

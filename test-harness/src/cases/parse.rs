@@ -1,6 +1,8 @@
 //! Reads a case file into [`CaseFile`], through the same positioned YAML reader as
 //! policies, so every mistake is reported as `file:line:column: message`.
 
+use super::signing_key::PrivateKey;
+use super::tokens::{TIME_CLAIMS, Text, TextError, TokenRecipe, When, valid_name};
 use super::{
     Action, BodyExpect, CallEnd, CallExpect, Case, CaseFile, Expect, FaultSpec, PluginSource,
     RequestSpec, Step, UpstreamExpect, ValueMatch,
@@ -8,10 +10,14 @@ use super::{
 use crate::cases::BackendKind;
 use crate::echo_reply::EchoReply;
 use crate::host::{FailurePolicy, Reply, Route, Upstream};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use gatehouse::jwt::Alg;
 use gatehouse::policy::tree::{Key, Node, Pos, Value};
 use gatehouse::policy::yaml;
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Everything wrong with a case file, one line each.
@@ -46,6 +52,8 @@ pub fn parse(name: &str, dir: &Path, source: &str) -> Result<CaseFile, CaseError
     let mut r = Reader {
         file: name,
         errors: Vec::new(),
+        tokens: Vec::new(),
+        broken_tokens: Vec::new(),
     };
     let file = r.file(&root, dir);
     match file {
@@ -64,6 +72,10 @@ pub fn parse(name: &str, dir: &Path, source: &str) -> Result<CaseFile, CaseError
 struct Reader<'a> {
     file: &'a str,
     errors: Vec<(Option<Pos>, String)>,
+    /// The file's `tokens:`, read before its cases so requests can name them.
+    tokens: Vec<Arc<TokenRecipe>>,
+    /// Recipes already reported as wrong: a reference to one is not reported again.
+    broken_tokens: Vec<String>,
 }
 
 type Fields<'n> = Vec<(&'n Key, &'n Node)>;
@@ -235,6 +247,7 @@ impl Reader<'_> {
                 "env",
                 "upstreams",
                 "failure_policy",
+                "tokens",
                 "cases",
             ],
         )?;
@@ -332,6 +345,9 @@ impl Reader<'_> {
                 None => None,
             };
         }
+        if let Some(n) = get(&f, "tokens") {
+            self.tokens(n, dir, &env);
+        }
         let mut cases = Vec::new();
         if let Some(n) = self.required(&f, "cases", "the case file", root) {
             for item in self.seq(n, "cases").unwrap_or_default() {
@@ -349,8 +365,280 @@ impl Reader<'_> {
             env,
             upstreams,
             failure_policy,
+            tokens: self.tokens.clone(),
             cases,
         })
+    }
+
+    /// `tokens: { NAME: recipe, ... }`, into `self.tokens`.
+    fn tokens(&mut self, node: &Node, dir: &Path, env: &[(String, String)]) {
+        let Value::Map(entries) = &node.value else {
+            self.error(
+                node.pos,
+                format!(
+                    "tokens must be a mapping of name: recipe, found {}",
+                    node.value.kind()
+                ),
+            );
+            return;
+        };
+        for (key, value) in entries {
+            if !valid_name(&key.name) {
+                self.error(
+                    key.pos,
+                    format!(
+                        "token name '{}' must be 1 to 64 letters, digits, '_' or '-'",
+                        key.name
+                    ),
+                );
+            } else if let Some(recipe) = self.recipe(&key.name, value, dir, env) {
+                self.tokens.push(Arc::new(recipe));
+            } else {
+                self.broken_tokens.push(key.name.clone());
+            }
+        }
+    }
+
+    /// One token recipe: its key, `kid`, `header`, `claims` and time claims.
+    fn recipe(
+        &mut self,
+        name: &str,
+        node: &Node,
+        dir: &Path,
+        env: &[(String, String)],
+    ) -> Option<TokenRecipe> {
+        const KEYS: [&str; 3] = ["secret_env", "key_file", "test_key"];
+        let what = format!("token '{name}'");
+        let f = self.map(
+            node,
+            &what,
+            &[
+                "alg",
+                "secret_env",
+                "encoding",
+                "key_file",
+                "test_key",
+                "kid",
+                "header",
+                "claims",
+                "iat",
+                "nbf",
+                "exp",
+            ],
+        )?;
+        let alg = self
+            .required(&f, "alg", &what, node)
+            .and_then(|n| self.alg(n, &what));
+        let sources: Vec<(&Key, &Node)> = f
+            .iter()
+            .filter(|(k, _)| KEYS.contains(&k.name.as_str()))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        let key = match (sources.as_slice(), alg) {
+            ([(k, n)], Some(alg)) => {
+                self.private_key(&what, alg, (k.name.as_str(), n), &f, dir, env)
+            }
+            ([_], None) => None,
+            _ => {
+                self.error(
+                    sources.get(1).and_then(|(k, _)| k.pos).or(node.pos),
+                    format!(
+                        "{what} signs with exactly one of `secret_env` (HS256, HS384, HS512: a variable of the file's env), `key_file` (a PEM or JWK private key) or `test_key`"
+                    ),
+                );
+                None
+            }
+        };
+        if let Some((k, _)) = f.iter().find(|(k, _)| k.name == "encoding")
+            && sources.first().is_some_and(|(s, _)| s.name != "secret_env")
+        {
+            self.error(k.pos, format!("{what}: `encoding` goes with `secret_env`"));
+        }
+        // Each part on its own, so one mistake does not hide the next.
+        let kid = match get(&f, "kid") {
+            Some(n) => self.string(n, &format!("{what}: kid")).map(Some),
+            None => Some(None),
+        };
+        let header = match get(&f, "header") {
+            Some(n) => self.json_object(n, &format!("{what}: header"), &["alg", "kid"], |m| {
+                format!("the header's `{m}` is the recipe's own `{m}:` field; a token whose header does not match its signature is an attack token: paste it as is")
+            }),
+            None => Some(serde_json::Map::new()),
+        };
+        let claims = match get(&f, "claims") {
+            Some(n) => self.json_object(n, &format!("{what}: claims"), &TIME_CLAIMS, |m| {
+                format!("write `{m}` beside `claims`, where it can be relative to the request (`{m}: -60s`, `{m}: +1h`) or fixed (`{m}: 2026-01-01T00:00:00Z`)")
+            }),
+            None => Some(serde_json::Map::new()),
+        };
+        let mut times = Some(Vec::new());
+        for claim in TIME_CLAIMS {
+            if let Some(n) = get(&f, claim) {
+                match (self.when(n, &format!("{what}: {claim}")), &mut times) {
+                    (Some(when), Some(times)) => times.push((claim, when)),
+                    _ => times = None,
+                }
+            }
+        }
+        Some(TokenRecipe {
+            name: name.to_string(),
+            alg: alg?,
+            key: key?,
+            kid: kid?,
+            header: header?,
+            claims: claims?,
+            times: times?,
+        })
+    }
+
+    /// A supported JWA name, exactly as the plugin reads it.
+    fn alg(&mut self, node: &Node, what: &str) -> Option<Alg> {
+        let text = self.string(node, &format!("{what}: alg"))?;
+        let alg = Alg::from_name(&text);
+        if alg.is_none() {
+            let names: Vec<&str> = Alg::ALL.iter().map(|a| a.as_str()).collect();
+            self.error(
+                node.pos,
+                format!(
+                    "{what}: unknown alg '{text}'; expected one of [{}] (paste attack tokens such as alg none as they are)",
+                    names.join(", ")
+                ),
+            );
+        }
+        alg
+    }
+
+    /// The key behind `secret_env`, `key_file` or `test_key`. A secret's value is never
+    /// part of a message.
+    fn private_key(
+        &mut self,
+        what: &str,
+        alg: Alg,
+        (field, node): (&str, &Node),
+        f: &Fields<'_>,
+        dir: &Path,
+        env: &[(String, String)],
+    ) -> Option<PrivateKey> {
+        let text = self.string(node, &format!("{what}: {field}"))?;
+        let key = match field {
+            "secret_env" => {
+                let Some((_, secret)) = env.iter().find(|(k, _)| *k == text) else {
+                    let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+                    self.error(
+                        node.pos,
+                        format!(
+                            "{what}: secret_env '{text}' is not in the file's env; expected one of [{}]",
+                            names.join(", ")
+                        ),
+                    );
+                    return None;
+                };
+                let secret = match get(f, "encoding") {
+                    None => secret.as_bytes().to_vec(),
+                    Some(n) => match self.string(n, &format!("{what}: encoding"))?.as_str() {
+                        "raw" => secret.as_bytes().to_vec(),
+                        "base64url" => match URL_SAFE_NO_PAD.decode(secret) {
+                            Ok(bytes) => bytes,
+                            Err(_) => {
+                                self.error(
+                                    node.pos,
+                                    format!("{what}: the value of '{text}' is not base64url (encoding: base64url)"),
+                                );
+                                return None;
+                            }
+                        },
+                        other => {
+                            self.error(
+                                n.pos,
+                                format!(
+                                    "{what}: unknown encoding '{other}'; expected one of [raw, base64url]"
+                                ),
+                            );
+                            return None;
+                        }
+                    },
+                };
+                PrivateKey::hmac(alg, secret, &text)
+            }
+            "key_file" => PrivateKey::from_file(alg, &dir.join(&text)),
+            _ => PrivateKey::built_in(alg, &text),
+        };
+        key.map_err(|why| self.error(node.pos, format!("{what}: {why}")))
+            .ok()
+    }
+
+    /// A mapping as a JSON object, refusing the members in `reserved` (with `why`).
+    fn json_object(
+        &mut self,
+        node: &Node,
+        what: &str,
+        reserved: &[&str],
+        why: impl Fn(&str) -> String,
+    ) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let Value::Map(entries) = &node.value else {
+            self.error(
+                node.pos,
+                format!("{what} must be a mapping, found {}", node.value.kind()),
+            );
+            return None;
+        };
+        let mut ok = true;
+        for (k, _) in entries {
+            if reserved.contains(&k.name.as_str()) {
+                self.error(k.pos, format!("{what}: {}", why(&k.name)));
+                ok = false;
+            }
+        }
+        match node.to_json() {
+            serde_json::Value::Object(map) if ok => Some(map),
+            _ => None,
+        }
+    }
+
+    /// A time claim: `now`, `-60s`, `+1h`, an RFC 3339 time or Unix seconds.
+    fn when(&mut self, node: &Node, what: &str) -> Option<When> {
+        let when = match &node.value {
+            Value::Int(secs) => Some(When::At(*secs)),
+            Value::Str(s) => When::parse(s),
+            _ => None,
+        };
+        if when.is_none() {
+            self.error(
+                node.pos,
+                format!(
+                    "{what} must be relative to the request (now, -60s, +1h; units s, m, h, d), an RFC 3339 time or Unix seconds; found {}",
+                    node_text(node)
+                ),
+            );
+        }
+        when
+    }
+
+    /// A path or header value, with its `${token:NAME}` references resolved.
+    fn text(&mut self, node: &Node, what: &str) -> Option<Text> {
+        let source = self.scalar_text(node, what)?;
+        let parsed = Text::parse(&source, |name| {
+            self.tokens.iter().find(|t| t.name == name).cloned()
+        });
+        let why = match parsed {
+            Ok(text) => return Some(text),
+            Err(TextError::UnknownToken(name)) if self.broken_tokens.contains(&name) => {
+                return None;
+            }
+            Err(TextError::UnknownToken(name)) if self.tokens.is_empty() => {
+                format!("unknown token '{name}': the file has no `tokens:`")
+            }
+            Err(TextError::UnknownToken(name)) => {
+                let names: Vec<&str> = self.tokens.iter().map(|t| t.name.as_str()).collect();
+                format!(
+                    "unknown token '{name}'; expected one of [{}]",
+                    names.join(", ")
+                )
+            }
+            Err(TextError::Syntax(why)) => why,
+        };
+        self.error(node.pos, format!("{what}: {why}"));
+        None
     }
 
     /// `{cluster: NAME, routes: [...]}`.
@@ -691,19 +979,26 @@ impl Reader<'_> {
             Some(n) => self.string(n, "method")?,
             None => "GET".to_string(),
         };
-        let path = self
-            .required(&f, "path", "a request", node)
-            .and_then(|n| self.string(n, "path"))?;
+        let path = self.required(&f, "path", "a request", node)?;
+        // A string, as before tokens; `text` alone would take `path: 12`.
+        self.string(path, "path")?;
+        let path = self.text(path, "path")?;
         let mut headers = Vec::new();
         if let Some(n) = get(&f, "headers") {
-            headers = self
-                .headers(n, "request headers", false)?
-                .into_iter()
-                .filter_map(|(k, v)| match v {
-                    ValueMatch::Equals(v) => Some((k, v)),
-                    ValueMatch::Present => None,
-                })
-                .collect();
+            let Value::Map(entries) = &n.value else {
+                self.error(
+                    n.pos,
+                    format!(
+                        "request headers must be a mapping, found {}",
+                        n.value.kind()
+                    ),
+                );
+                return None;
+            };
+            for (k, v) in entries {
+                let value = self.text(v, &format!("header '{}'", k.name))?;
+                headers.push((k.name.to_ascii_lowercase(), value));
+            }
         }
         let body = match get(&f, "body") {
             None => Vec::new(),
@@ -1337,6 +1632,171 @@ cases:
             joined.contains("reply.status must be an integer from 200 to 599"),
             "{joined}"
         );
+    }
+
+    const TOKENS: &str = "\
+policy: p.yaml
+env: { S: gatehouse-test-secret-0123456789abcdef-xyz }
+tokens:
+  user_jwt:
+    alg: HS256
+    secret_env: S
+    kid: demo-hs256
+    header: { cty: x }
+    claims: { sub: user_jwt, tags: [a, b], n: 3 }
+    iat: -60s
+    nbf: now
+    exp: +1h
+  rsa:
+    alg: RS256
+    test_key: rfc7515-a2
+    iat: 2026-01-01T00:00:00Z
+    exp: 1767229200
+cases:
+  - name: x
+    steps:
+      - request:
+          path: /v1/x?t=${token:rsa}
+          headers: { Authorization: \"Bearer ${token:user_jwt}\", x-t: \"$${literal}\" }
+        expect: { status: 200 }
+";
+
+    #[test]
+    fn token_recipes_are_read_and_requests_name_them() {
+        use crate::cases::tokens::When;
+        let f = parse_str(TOKENS).unwrap();
+        assert_eq!(f.tokens.len(), 2);
+        let t = &f.tokens[0];
+        assert_eq!((t.name.as_str(), t.alg), ("user_jwt", Alg::HS256));
+        assert_eq!(t.kid.as_deref(), Some("demo-hs256"));
+        assert_eq!(t.header["cty"], "x");
+        assert_eq!(
+            serde_json::Value::Object(t.claims.clone()),
+            serde_json::json!({ "sub": "user_jwt", "tags": ["a", "b"], "n": 3 })
+        );
+        assert_eq!(
+            t.times,
+            vec![
+                ("iat", When::Relative(-60)),
+                ("nbf", When::Relative(0)),
+                ("exp", When::Relative(3600))
+            ]
+        );
+        assert!(!format!("{t:?}").contains("gatehouse-test-secret"));
+        let r = &f.tokens[1];
+        assert_eq!(
+            r.times,
+            vec![
+                ("iat", When::At(1_767_225_600)),
+                ("exp", When::At(1_767_229_200))
+            ]
+        );
+        let Action::Request(request) = &f.cases[0].steps[0].action else {
+            panic!()
+        };
+        assert_eq!(request.path.to_string(), "/v1/x?t=${token:rsa}");
+        let sent = request.at(1_767_225_600);
+        assert_eq!(sent.path, format!("/v1/x?t={}", r.mint(1_767_225_600)));
+        assert_eq!(
+            sent.headers,
+            vec![
+                (
+                    "authorization".to_string(),
+                    format!("Bearer {}", t.mint(1_767_225_600))
+                ),
+                ("x-t".to_string(), "${literal}".to_string()),
+            ]
+        );
+        // Tokens work on both backends.
+        assert_eq!(f.cases[0].harness_only, None);
+    }
+
+    #[test]
+    fn an_unknown_token_is_an_error_at_the_header() {
+        let e = errors(
+            "policy: p.yaml\ncases:\n  - name: x\n    steps:\n      - request: { path: /, headers: { authorization: \"Bearer ${token:user}\" } }\n        expect: { status: 200 }\n",
+        );
+        assert_eq!(
+            e,
+            vec![
+                "t.cases.yaml:5:55: header 'authorization': unknown token 'user': the file has no `tokens:`"
+            ]
+        );
+        let src = TOKENS.replace("${token:rsa}", "${token:rsa256}");
+        let e = errors(&src);
+        assert_eq!(
+            e,
+            vec![
+                "t.cases.yaml:22:17: path: unknown token 'rsa256'; expected one of [user_jwt, rsa]"
+            ]
+        );
+        let e = errors(&TOKENS.replace("$${literal}", "${literal}"));
+        assert!(
+            e[0].starts_with("t.cases.yaml:23:70: header 'x-t': '${literal}' is not a reference"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_secret_env_must_be_in_the_file_and_is_never_shown() {
+        let e = errors(&TOKENS.replace("secret_env: S", "secret_env: SECRET"));
+        assert_eq!(
+            e,
+            vec![
+                "t.cases.yaml:6:17: token 'user_jwt': secret_env 'SECRET' is not in the file's env; expected one of [S]"
+            ]
+        );
+        let e = errors(&TOKENS.replace("secret_env: S", "secret_env: S\n    encoding: base64url"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "t.cases.yaml:6:17: token 'user_jwt': the value of 'S' is not base64url"
+            ),
+            "{e:?}"
+        );
+        let e = errors(&TOKENS.replace("alg: HS256", "alg: RS256"));
+        assert_eq!(
+            e,
+            vec![
+                "t.cases.yaml:6:17: token 'user_jwt': secret_env 'S': an HMAC secret cannot sign RS256; RS256 needs an RSA key"
+            ]
+        );
+        for line in errors(&TOKENS.replace("alg: HS256", "alg: ES256")) {
+            assert!(!line.contains("gatehouse-test-secret"), "{line}");
+        }
+    }
+
+    #[test]
+    fn mistakes_in_a_recipe_are_reported_at_their_position() {
+        let e = errors(
+            "\
+policy: p.yaml
+env: { S: s }
+tokens:
+  bad name: { alg: HS256, secret_env: S }
+  a: { alg: none, secret_env: S }
+  b: { alg: RS256, test_key: rfc7515-a2, key_file: k.pem }
+  c: { alg: RS256, test_key: rfc7515-a2, exp: 1h, iat: yesterday }
+  d: { alg: RS256, test_key: rfc7515-a2, header: { alg: HS256 }, claims: { exp: 1 } }
+  e: { alg: RS256, test_key: rfc7515-a2, encoding: raw, secret: x }
+cases: []
+",
+        );
+        let want = [
+            "t.cases.yaml:4:3: token name 'bad name' must be 1 to 64 letters",
+            "t.cases.yaml:5:13: token 'a': unknown alg 'none'; expected one of [HS256,",
+            "t.cases.yaml:6:42: token 'b' signs with exactly one of `secret_env`",
+            "t.cases.yaml:7:47: token 'c': exp must be relative to the request (now, -60s, +1h;",
+            "t.cases.yaml:7:56: token 'c': iat must be relative",
+            "t.cases.yaml:8:52: token 'd': header: the header's `alg` is the recipe's own `alg:` field",
+            "t.cases.yaml:8:76: token 'd': claims: write `exp` beside `claims`",
+            "t.cases.yaml:9:42: token 'e': `encoding` goes with `secret_env`",
+            "t.cases.yaml:9:57: unknown field 'secret' in token 'e'",
+        ];
+        assert_eq!(e.len(), want.len(), "{}", e.join("\n"));
+        for (line, w) in e.iter().zip(want) {
+            assert!(line.starts_with(w), "{line:?} does not start with {w:?}");
+        }
     }
 
     #[test]

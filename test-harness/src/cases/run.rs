@@ -169,9 +169,13 @@ fn run_case(backend: &mut dyn Backend, file: &CaseFile, case: &super::Case) -> O
                 format!("fault {} #{} -> {}", f.call, f.nth, f.status),
                 backend.fault(f).map(|()| None),
             ),
+            // Minted now, so a token's times follow the backend's clock (and `advance`).
             Action::Request(request) => (
                 format!("{} {}", request.method, request.path),
-                backend.request(request).map(Some),
+                backend
+                    .now_unix()
+                    .and_then(|now| backend.request(&request.at(now)))
+                    .map(Some),
             ),
         };
         let observed = match done {
