@@ -127,10 +127,10 @@ enum Proxy {
 /// control API's failure limit (`token_limit.rs`), as every route behind a token: a
 /// wrong `x-control-token` counts as a guess unless it is the admin token, a wrong bearer
 /// token as `app::count_token_failure` says.
-fn proxy(s: &AppState, req: &Request) -> Result<Proxy, Response> {
+fn proxy(s: &AppState, req: &Request) -> Result<Proxy, Box<Response>> {
     let client = app::client_of(req);
     if let Some(refused) = app::refuse_if_locked_out(s, client) {
-        return Err(refused);
+        return Err(Box::new(refused));
     }
     let feed = &s.config.feed_token;
     if let Some(presented) = req.headers().get(CONTROL_TOKEN_HEADER) {
@@ -148,7 +148,7 @@ fn proxy(s: &AppState, req: &Request) -> Result<Proxy, Response> {
             s.counters.token_failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%client, path = %req.uri().path(), failures, "x-control-token refused");
         }
-        return Err(ApiError::unauthorized().into_response());
+        return Err(Box::new(ApiError::unauthorized().into_response()));
     }
     let bearer = req
         .headers()
@@ -160,7 +160,7 @@ fn proxy(s: &AppState, req: &Request) -> Result<Proxy, Response> {
         Some(t) if feed.matches(t) => Ok(Proxy::Bearer),
         _ => {
             app::count_token_failure(s, client, req);
-            Err(ApiError::unauthorized().into_response())
+            Err(Box::new(ApiError::unauthorized().into_response()))
         }
     }
 }
@@ -168,7 +168,7 @@ fn proxy(s: &AppState, req: &Request) -> Result<Proxy, Response> {
 async fn check(State(ep): State<Arc<Endpoint>>, req: Request) -> Result<Response, ApiError> {
     let proxy = match proxy(&ep.app, &req) {
         Ok(proxy) => proxy,
-        Err(refused) => return Ok(refused),
+        Err(refused) => return Ok(*refused),
     };
     // ext_authz sends no body; the parts are what the answer depends on.
     let (req, _) = req.into_parts();
