@@ -130,9 +130,11 @@ wait_ready() {
   exit 1
 }
 
-# The control service first: Envoy's sync polls it from the start.
+# The control service first: Envoy's sync polls it from the start. It runs with Envoy's
+# policy: keys are issued on its plans only, revocations last as long as its tokens, and
+# /v1/authz decides as the module does.
 GATEHOUSE_CONTROL_LISTEN=$CONTROL_LISTEN GATEHOUSE_DATABASE_URL="sqlite://$CONTROL_DB" \
-  "$CONTROL" serve 2>"$RUN_DIR/control.log" &
+  "$CONTROL" serve --policy "$POLICY" 2>"$RUN_DIR/control.log" &
 control_pid=$!
 pids+=("$control_pid")
 wait_ready "the control service (on $CONTROL_LISTEN; set GATEHOUSE_CONTROL_LISTEN to move it)" \
