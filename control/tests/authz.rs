@@ -730,3 +730,145 @@ async fn wrong_control_tokens_count_toward_the_failure_limit_and_the_admin_token
     s.clock.advance_secs(61);
     assert_eq!(call(&s, with_token(FEED)).await.status, StatusCode::OK);
 }
+
+/// Two JWT providers, each with its own HMAC key; corp's tokens live an hour at most.
+const PROVIDERS: &str = r#"
+version: 1
+errors: { verbose: true }
+jwt:
+  providers:
+    - name: corp
+      issuers: [https://corp.test]
+      audiences: [api]
+      keys: [ { kid: corp-1, alg: HS256, secret: "corp-secret-0123456789abcdef0123", test_fixture: true } ]
+      max_token_lifetime: 1h
+      default_tenant: t1
+      default_plan: team
+    - name: partner
+      issuers: [https://partner.test]
+      audiences: any
+      keys: [ { kid: partner-1, alg: HS256, secret: "partner-secret-0123456789abcdef01", test_fixture: true } ]
+      default_tenant: t1
+      default_plan: team
+routes:
+  - match: { path_prefix: /v1/ }
+"#;
+
+/// An HS256 token with `kid`, signed with `secret`, of these claims.
+fn signed(kid: &str, secret: &str, claims: &Value) -> String {
+    let header = json!({"alg": "HS256", "typ": "JWT", "kid": kid});
+    let input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(input.as_bytes());
+    format!("{input}.{}", b64url(&mac.finalize().into_bytes()))
+}
+
+/// As in the plugin: a token is verified only with the keys of the provider its `iss`
+/// names, the answer names the provider, each provider's lifetime bound holds, and a plan
+/// the policy does not list is 403 UNKNOWN_PLAN.
+#[tokio::test]
+async fn jwt_providers_lifetimes_and_unknown_plans_are_decided_as_in_the_plugin() {
+    let s = policy_svc_from(PROVIDERS).await;
+    const CORP: &str = "corp-secret-0123456789abcdef0123";
+    const PARTNER: &str = "partner-secret-0123456789abcdef01";
+    let claims = |iss: &str, extra: Value| {
+        let mut c = json!({"sub": "alice", "iss": iss, "aud": "api",
+                           "iat": T0 - 60, "exp": T0 + 600});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let get = |token: &str| {
+        ask(
+            Method::GET,
+            "/v1/things",
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+    };
+    let corp = signed("corp-1", CORP, &claims("https://corp.test", json!({})));
+    let a = call(&s, get(&corp)).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(header(&a, "x-gatehouse-issuer"), Some("corp"));
+    let partner = signed(
+        "partner-1",
+        PARTNER,
+        &claims("https://partner.test", json!({})),
+    );
+    let a = call(&s, get(&partner)).await;
+    assert_eq!(
+        header(&a, "x-gatehouse-issuer"),
+        Some("partner"),
+        "{}",
+        a.body
+    );
+
+    // The partner's key signing a token that claims to be corp's; an issuer nobody lists.
+    let forged = signed(
+        "partner-1",
+        PARTNER,
+        &claims("https://corp.test", json!({})),
+    );
+    let stranger = signed("corp-1", CORP, &claims("https://evil.test", json!({})));
+    for token in [forged, stranger] {
+        assert_refused(
+            &call(&s, get(&token)).await,
+            StatusCode::UNAUTHORIZED,
+            "INVALID_CREDENTIALS",
+        );
+    }
+    // Corp's bound is an hour; the partner's the default day.
+    let long = json!({"exp": T0 - 60 + 7200});
+    let corp_long = signed("corp-1", CORP, &claims("https://corp.test", long.clone()));
+    assert_refused(
+        &call(&s, get(&corp_long)).await,
+        StatusCode::UNAUTHORIZED,
+        "INVALID_CREDENTIALS",
+    );
+    let partner_long = signed("partner-1", PARTNER, &claims("https://partner.test", long));
+    assert_eq!(call(&s, get(&partner_long)).await.status, StatusCode::OK);
+    let no_iat = {
+        let mut c = claims("https://corp.test", json!({}));
+        c.as_object_mut().unwrap().remove("iat");
+        signed("corp-1", CORP, &c)
+    };
+    assert_refused(
+        &call(&s, get(&no_iat)).await,
+        StatusCode::UNAUTHORIZED,
+        "INVALID_CREDENTIALS",
+    );
+    let gold = signed(
+        "corp-1",
+        CORP,
+        &claims("https://corp.test", json!({"plan": "gold"})),
+    );
+    assert_refused(
+        &call(&s, get(&gold)).await,
+        StatusCode::FORBIDDEN,
+        "UNKNOWN_PLAN",
+    );
+}
+
+/// The control service refuses to start with a policy whose JWKS does not say its
+/// audiences, naming the file, line and column, as `check` and the module do.
+#[test]
+fn a_policy_whose_jwks_says_no_audiences_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idp.yaml");
+    std::fs::write(
+        &path,
+        "version: 1\njwt:\n  jwks_url: { cluster: idp, path: /jwks }\n  issuers: any\nroutes:\n  - match: { path_prefix: /v1/ }\n",
+    )
+    .unwrap();
+    let err = gatehouse_control::config::Config::load_policy(path.to_str().unwrap())
+        .err()
+        .unwrap();
+    assert!(
+        err.contains("idp.yaml:3:3: jwt: missing required field 'audiences'"),
+        "{err}"
+    );
+}
