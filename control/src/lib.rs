@@ -42,7 +42,7 @@ pub mod revocations;
 pub mod serve;
 pub mod stats;
 pub mod store;
-pub mod token_limit;
 pub mod token_lifetime;
+pub mod token_limit;
 
 pub use app::{AppState, router};
