@@ -671,8 +671,10 @@ fn authenticate(
         (Presented::One(raw), None) => raw,
     };
     let cache = &policy.presented_keys.0;
-    let cache_key = match cache.get(raw) {
-        Some((checked_as, _, cache_key)) if checked_as == policy.api_key_format => cache_key,
+    let (hash, cache_key) = match cache.get(raw) {
+        Some((checked_as, hash, cache_key)) if checked_as == policy.api_key_format => {
+            (hash, cache_key)
+        }
         _ => {
             if policy.api_key_format == KeyFormat::Checksummed {
                 check_format(raw).map_err(AuthFailure::Key)?;
@@ -687,11 +689,11 @@ fn authenticate(
                     std::sync::Arc::clone(&cache_key),
                 ),
             );
-            cache_key
+            (hash, cache_key)
         }
     };
-    let record =
-        key_cache::lookup_at(policy, store, &cache_key, clock.now()).map_err(AuthFailure::Key)?;
+    let record = key_cache::lookup_at(policy, store, &hash, &cache_key, clock.now())
+        .map_err(AuthFailure::Key)?;
     Ok(Some(Authenticated {
         identity: Identity::from(&*record),
         key: Some(record),

@@ -34,7 +34,7 @@ pub fn lookup(
     hash: &KeyHash,
     now: UnixNanos,
 ) -> Result<KeyRecord, KeyFailure> {
-    lookup_at(policy, store, &hash.cache_key(), now).map(|r| (*r).clone())
+    lookup_at(policy, store, hash, &hash.cache_key(), now).map(|r| (*r).clone())
 }
 
 /// The record at `entry`, decoded, through the policy's memo of decoded records.
@@ -64,24 +64,33 @@ fn usable(record: &KeyRecord, now: UnixNanos) -> Result<(), KeyFailure> {
     Ok(())
 }
 
-/// [`lookup`] by the feed's shared-data key (`k/<hex>`, [`KeyHash::cache_key`]). Records
-/// are read on every call; decoding is skipped when the policy's
-/// [`crate::policy::KeyRecords`] holds one at the same version (cas).
+/// [`lookup`] by the feed's shared-data key (`k/<hex>`, [`KeyHash::cache_key`]) and the
+/// key's hash. Records are read on every call; decoding is skipped when the policy's
+/// [`crate::policy::KeyRecords`] holds one at the same version (cas). The policy's own
+/// entry is read only for a key the policy declares, under a name built on the stack.
 pub fn lookup_at(
     policy: &Policy,
     store: &impl SharedStore,
+    hash: &KeyHash,
     cache_key: &str,
     now: UnixNanos,
 ) -> Result<Arc<KeyRecord>, KeyFailure> {
     // Only the feed writes `k/`; a policy-origin record there is an older version's.
     let fed = read(policy, store, cache_key).filter(|r| r.origin == Origin::Feed);
     // Declared by another (older) policy: shared data cannot forget it, so we do.
-    let declared = if policy.keys.is_empty() {
-        None
-    } else {
-        let hex = cache_key.strip_prefix("k/").unwrap_or(cache_key);
-        read(policy, store, &[POLICY_KEY_PREFIX, hex].concat())
-            .filter(|r| r.origin == Origin::Policy(policy.fingerprint))
+    let declared = match policy.declared.binary_search(hash) {
+        Err(_) => None,
+        Ok(_) => {
+            let mut name = [0u8; POLICY_ENTRY_LEN];
+            let hex = cache_key.strip_prefix("k/").unwrap_or_default().as_bytes();
+            let (prefix, rest) = name.split_at_mut(POLICY_KEY_PREFIX.len());
+            prefix.copy_from_slice(POLICY_KEY_PREFIX.as_bytes());
+            rest.get_mut(..hex.len())
+                .ok_or(KeyFailure::Unknown)?
+                .copy_from_slice(hex);
+            let name = std::str::from_utf8(&name).map_err(|_| KeyFailure::Unknown)?;
+            read(policy, store, name).filter(|r| r.origin == Origin::Policy(policy.fingerprint))
+        }
     };
     match (fed, declared) {
         (None, None) => Err(KeyFailure::Unknown),
@@ -93,6 +102,9 @@ pub fn lookup_at(
         }
     }
 }
+
+/// `kp/` and 64 hex digits.
+const POLICY_ENTRY_LEN: usize = 67;
 
 #[cfg(test)]
 #[cfg(feature = "yaml")]
@@ -143,12 +155,8 @@ mod tests {
     }
 
     fn ask(policy: &Policy, store: &MemoryStore) -> Result<Arc<KeyRecord>, KeyFailure> {
-        lookup_at(
-            policy,
-            store,
-            &KeyHash::of_key(DEMO).cache_key(),
-            UnixNanos(0),
-        )
+        let hash = KeyHash::of_key(DEMO);
+        lookup_at(policy, store, &hash, &hash.cache_key(), UnixNanos(0))
     }
 
     /// The control service revoked a key the policy also declares: no order of the
@@ -192,6 +200,26 @@ mod tests {
         assert_eq!(ask(&p, &store).err(), Some(KeyFailure::Revoked));
         // Without keys of its own a policy reads the feed's entry alone.
         p.keys.clear();
+        p.declared.clear();
         assert_eq!(ask(&p, &store).unwrap().plan, "enterprise");
+    }
+
+    /// Only keys the policy declares are looked up in its entries: any other costs the
+    /// one get of the feed's entry, as before the two were apart.
+    #[test]
+    fn an_undeclared_key_reads_the_feeds_entry_only() {
+        let p = policy();
+        let store = MemoryStore::default();
+        let stranger = KeyHash::of_key(b"ghk_stranger");
+        let record = p.keys[0].record.clone();
+        store
+            .set(&stranger.policy_cache_key(), &record.encode(), 0)
+            .unwrap();
+        assert_eq!(
+            lookup_at(&p, &store, &stranger, &stranger.cache_key(), UnixNanos(0)).err(),
+            Some(KeyFailure::Unknown)
+        );
+        assert!(p.declared.binary_search(&KeyHash::of_key(DEMO)).is_ok());
+        assert_eq!(p.declared.len(), p.keys.len());
     }
 }

@@ -338,6 +338,11 @@ impl Decoder {
             rate_limit: rate_limit?,
             plans: plans?,
             unknown_plan: unknown_plan?,
+            declared: {
+                let mut d: Vec<_> = keys.iter().flatten().map(|k| k.hash).collect();
+                d.sort_unstable();
+                d
+            },
             keys: keys?,
             routes: routes?,
             environment: inherited.environment,

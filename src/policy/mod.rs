@@ -106,6 +106,9 @@ pub struct Policy {
     pub unknown_plan: Option<usize>,
     /// Keys declared in the policy (DB-less use). Defaults to none.
     pub keys: Vec<StaticKey>,
+    /// The hashes of `keys`, sorted: a presented key is looked up in the policy's own
+    /// entries (`kp/`) only when it is one of them ([`crate::key_cache`]).
+    pub declared: Vec<crate::api_key::KeyHash>,
     /// Routes in match order. Required, at least one.
     pub routes: Vec<Route>,
     /// Where the policy runs; only warnings depend on it. Defaults to

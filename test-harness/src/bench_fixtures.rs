@@ -2,14 +2,17 @@
 //! key, one token, shared so that fuel and times from either are about the same thing.
 
 /// The policy: the demo key on the team plan, an HS256 JWT key, a route with a route
-/// limit on top of the plan's (`/v1/export`) and one with the plan's only (`/v1/`).
+/// limit on top of the plan's (`/v1/export`) and one with the plan's only (`/v1/`). The
+/// token lifetime is unbounded: the benches move the virtual clock a second per request,
+/// so a fixed token of a day's lifetime would expire during a long run.
 pub const HARNESS_POLICY_JSON: &str = r#"{
   "version": 1,
   "keys": [{"id": "key_demo", "sha256": "ea4d1b2a0167d9569b431fc952792261ff21c7e8da3bb4e49b66fd9bf07ef55f",
             "user": "user_demo", "tenant": "tenant_demo", "plan": "team"}],
   "jwt": {"keys": [{"kid": "demo-hs256", "alg": "HS256", "secret_env": "GATEHOUSE_JWT_SECRET"}],
           "claims": {"user": "sub", "tenant": "tenant", "plan": "plan"},
-          "default_tenant": "tenant_demo", "default_plan": "free"},
+          "default_tenant": "tenant_demo", "default_plan": "free",
+          "max_token_lifetime": "unbounded"},
   "routes": [
     {"name": "export", "match": {"path_prefix": "/v1/export"},
      "limits": [{"requests": 3600, "per": "1h", "by": "user"}]},
