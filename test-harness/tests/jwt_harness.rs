@@ -28,20 +28,34 @@ fn the_rfc7515_a1_token_verifies_with_its_published_key_until_exp() {
             "keys": [ { "alg": "HS256", "secret_env": "RFC7515_A1_K", "encoding": "base64url" } ],
             "claims": { "user": "iss" },
             "default_tenant": "rfc",
-            "default_plan": "free"
+            "default_plan": "free",
+            // The example has no `iat`, so no lifetime bound can hold it.
+            "max_token_lifetime": "unbounded"
         },
         "routes": [ { "match": { "path_prefix": "/" } } ]
     });
-    let mut h = Harness::builder(default_wasm())
-        .plugin_config(policy.to_string())
-        .env("RFC7515_A1_K", A1_K)
-        .time((A1_EXP - 3600) * 1_000_000_000)
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let build = |policy: &serde_json::Value| {
+        Harness::builder(default_wasm())
+            .plugin_config(policy.to_string())
+            .env("RFC7515_A1_K", A1_K)
+            .time((A1_EXP - 3600) * 1_000_000_000)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
     let send = |h: &mut Harness| {
         h.request(Request::get("/").header("authorization", format!("Bearer {A1_TOKEN}")))
             .unwrap()
     };
+    // Under the default 24 h bound a token without `iat` is refused.
+    let mut bounded = policy.clone();
+    bounded["jwt"]
+        .as_object_mut()
+        .unwrap()
+        .remove("max_token_lifetime");
+    let out = send(&mut build(&bounded));
+    assert_eq!(out.status, 401);
+    assert_eq!(out.json()["code"], "INVALID_CREDENTIALS");
+    let mut h = build(&policy);
     let out = send(&mut h);
     assert_eq!(out.status, 200, "{}", out.text());
     assert_eq!(
@@ -58,8 +72,24 @@ fn the_rfc7515_a1_token_verifies_with_its_published_key_until_exp() {
 
 #[test]
 fn hide_credentials_keeps_the_key_and_the_token_from_the_upstream() {
+    use base64::Engine as _;
+    use gatehouse::jwt::Alg;
+    use gatehouse::jwt::test_tokens::{Signer, sign, signing_input};
     let secret = "gatehouse-test-secret-0123456789abcdef-xyz";
-    let token = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRlbW8taHMyNTYifQ.eyJzdWIiOiJ1c2VyX2p3dCIsInBsYW4iOiJ0ZWFtIiwiZW1haWwiOiJqd3RAZXhhbXBsZS5jb20iLCJpYXQiOjE3NjcyMjUwMDAsImV4cCI6NDA3MDkwODgwMCwianRpIjoidC0xIn0.cKKyGCP7aR1MhPxsdXYNuWpK8kdGNdG2pMUkdufZC20";
+    // HS256 with the example policy's kid, issued at the harness clock for an hour.
+    let input = signing_input(
+        r#"{"alg":"HS256","typ":"JWT","kid":"demo-hs256"}"#,
+        r#"{"sub":"user_jwt","plan":"team","iat":1767225540,"exp":1767229200}"#,
+    );
+    let sig = sign(
+        Alg::HS256,
+        &Signer::Hmac(secret.as_bytes().to_vec()),
+        input.as_bytes(),
+    );
+    let token = format!(
+        "{input}.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig)
+    );
     let key = "ghk_demo_5f0c1b8e2d7a4c9e8b3f6A2d4hG5";
     let source = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/example.yaml"),
