@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 pub const MAX_PRESENTED_KEY_LEN: usize = 256;
 
 /// SHA-256 of an API key.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyHash(pub [u8; 32]);
 
 impl std::fmt::Debug for KeyHash {

@@ -338,11 +338,7 @@ impl Decoder {
             rate_limit: rate_limit?,
             plans: plans?,
             unknown_plan: unknown_plan?,
-            declared: {
-                let mut d: Vec<_> = keys.iter().flatten().map(|k| k.hash).collect();
-                d.sort_unstable();
-                d
-            },
+            declared: keys.iter().flatten().map(|k| k.hash.0).collect(),
             keys: keys?,
             routes: routes?,
             environment: inherited.environment,

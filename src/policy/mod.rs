@@ -106,9 +106,10 @@ pub struct Policy {
     pub unknown_plan: Option<usize>,
     /// Keys declared in the policy (DB-less use). Defaults to none.
     pub keys: Vec<StaticKey>,
-    /// The hashes of `keys`, sorted: a presented key is looked up in the policy's own
-    /// entries (`kp/`) only when it is one of them ([`crate::key_cache`]).
-    pub declared: Vec<crate::api_key::KeyHash>,
+    /// The hashes of `keys`: a presented key is looked up in the policy's own entries
+    /// (`kp/`) only when it is one of them ([`crate::key_cache`]). A set of the same type
+    /// as the feed's ([`crate::feed::FedKeys`]), so the module carries one instantiation.
+    pub declared: std::collections::HashSet<[u8; 32]>,
     /// Routes in match order. Required, at least one.
     pub routes: Vec<Route>,
     /// Where the policy runs; only warnings depend on it. Defaults to
