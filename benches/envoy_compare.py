@@ -486,13 +486,13 @@ def describe_machine():
     envoy_version = subprocess.run([ENVOY, "--version"], capture_output=True, text=True).stdout.strip()
     envoy_version = envoy_version.split("version:", 1)[-1].strip()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "core", "plugin"], capture_output=True, text=True).stdout.strip()
     with open(WASM, "rb") as f:
         module = f.read()
     return (f"machine: nproc {os.cpu_count()}, {cpu}, kernel {os.uname().release}\n"
             f"envoy: {envoy_version}\n"
             f"gatehouse.wasm: {len(module)} bytes, sha256 {hashlib.sha256(module).hexdigest()[:16]}, "
-            f"built at commit {commit}{' with uncommitted changes in src/' if dirty else ''}")
+            f"built at commit {commit}{' with uncommitted changes in core/ or plugin/' if dirty else ''}")
 
 
 if __name__ == "__main__":

@@ -17,16 +17,17 @@
 //! matching over 10 and 1,000 routes.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use gatehouse::api_key::{KeyHash, check_format, hash_presented_key};
-use gatehouse::decision::{Decision, Presented, RequestHead, decide};
-use gatehouse::error::{AuthFailure, Denial};
-use gatehouse::jwt::{Alg, Key, KeySet, Rules, verify, verify_cached};
-use gatehouse::key_cache;
-use gatehouse::policy::{Policy, PresentedKeys};
-use gatehouse::rate_limit::{CallerKind, Check, OnContention, Rate, Table, check_all, prepare};
-use gatehouse::secret_cache::SecretCache;
-use gatehouse::store::{Clock, MemoryStore};
-use gatehouse::time::UnixNanos;
+use gatehouse_core::authn::api_key::{KeyHash, check_format, hash_presented_key};
+use gatehouse_core::authn::jwt::{Alg, Key, KeySet, Rules, verify, verify_cached};
+use gatehouse_core::authn::key_cache;
+use gatehouse_core::clock::Clock;
+use gatehouse_core::limit::{CallerKind, Check, OnContention, Rate, Table, check_all, prepare};
+use gatehouse_core::pipeline::{Decision, Presented, RequestHead, decide};
+use gatehouse_core::policy::{Policy, PresentedKeys};
+use gatehouse_core::refusal::{AuthFailure, Denial};
+use gatehouse_core::store::MemoryStore;
+use gatehouse_core::time::UnixNanos;
+use gatehouse_core::worker::secret_cache::SecretCache;
 use gatehouse_harness::bench_fixtures::{
     HARNESS_JWT, HARNESS_JWT_SECRET, HARNESS_POLICY_JSON, measure,
 };
@@ -122,7 +123,7 @@ fn api_key_decision(c: &mut Criterion) {
             authorization: Presented::None,
             source_address: b"10.0.0.1:5555",
             forwarded_for: None,
-            method_override: gatehouse::decision::Presented::None,
+            method_override: gatehouse_core::pipeline::Presented::None,
         };
         let expected = match head.api_key {
             Presented::One(k) if k == DEMO_KEY => 200,
@@ -161,7 +162,7 @@ fn api_key_decision(c: &mut Criterion) {
         authorization: Presented::None,
         source_address: b"10.0.0.1:5555",
         forwarded_for: None,
-        method_override: gatehouse::decision::Presented::None,
+        method_override: gatehouse_core::pipeline::Presented::None,
     };
     g.bench_function("decide/valid_key_first_sight", |b| {
         b.iter(|| {
@@ -579,7 +580,7 @@ fn error_body(c: &mut Criterion) {
 /// A 64KB webhook body verified (Stripe: one HMAC-SHA256 per secret) and a 256KB JSON
 /// body checked, whole; in the plugin both run piece by piece as Envoy delivers the body.
 fn webhook_and_body(c: &mut Criterion) {
-    use gatehouse::signature::{Provider, Verifier, Webhook, sign};
+    use gatehouse_core::body::webhook::{Provider, Verifier, Webhook, sign};
     let mut g = c.benchmark_group("body");
     g.bench_function("baseline_sha256_of_key", |b| {
         b.iter(|| KeyHash::of_key(black_box(DEMO_KEY)))
@@ -603,7 +604,7 @@ fn webhook_and_body(c: &mut Criterion) {
         let header = sign(&Provider::Stripe, secret.as_bytes(), NOW, body);
         g.bench_function(BenchmarkId::new("webhook_hmac", label), |b| {
             b.iter(|| {
-                gatehouse::signature::verify(
+                gatehouse_core::body::webhook::verify(
                     &v,
                     Presented::One(header.as_bytes()),
                     Presented::None,
@@ -627,7 +628,7 @@ fn webhook_and_body(c: &mut Criterion) {
         let header = sign(&Provider::Stripe, secret.as_bytes(), NOW, &body);
         g.bench_function(BenchmarkId::new("stripe_64KB_secrets", secrets), |b| {
             b.iter(|| {
-                gatehouse::signature::verify(
+                gatehouse_core::body::webhook::verify(
                     &v,
                     Presented::One(header.as_bytes()),
                     Presented::None,
@@ -644,7 +645,7 @@ fn webhook_and_body(c: &mut Criterion) {
         format!("{{\"items\":[{}]}}", items.join(",")).into_bytes()
     };
     g.bench_function("json_check_256KB", |b| {
-        b.iter(|| gatehouse::body::json::check(black_box(&json), 256 * 1024, 100))
+        b.iter(|| gatehouse_core::body::json::check(black_box(&json), 256 * 1024, 100))
     });
     g.finish();
 }
@@ -669,14 +670,16 @@ fn route_match(c: &mut Criterion) {
         let policy = Policy::from_json(json.as_bytes()).expect("bench policy is valid");
         let last = format!("/v1/service{}/items/42", n - 1);
         #[allow(clippy::panic)]
-        if gatehouse::route::find(&policy.routes, b"GET", last.as_bytes()) != Some(n - 1) {
+        if gatehouse_core::route::find(&policy.routes, b"GET", last.as_bytes()) != Some(n - 1) {
             panic!("route/{n}: the last route should match");
         }
         g.bench_function(BenchmarkId::new("last_of", n), |b| {
-            b.iter(|| gatehouse::route::find(&policy.routes, b"GET", black_box(last.as_bytes())))
+            b.iter(|| {
+                gatehouse_core::route::find(&policy.routes, b"GET", black_box(last.as_bytes()))
+            })
         });
         g.bench_function(BenchmarkId::new("none_of", n), |b| {
-            b.iter(|| gatehouse::route::find(&policy.routes, b"GET", black_box(b"/v2/other")))
+            b.iter(|| gatehouse_core::route::find(&policy.routes, b"GET", black_box(b"/v2/other")))
         });
     }
     g.finish();

@@ -306,7 +306,7 @@ async fn request_context(State(s): State<AppState>, mut req: Request, next: Next
         None => None,
     };
     if let Some(info) = &info {
-        let body = gatehouse::error::error_body(
+        let body = gatehouse_core::refusal::error_body(
             &info.message,
             info.code,
             s.clock.now(),

@@ -8,7 +8,7 @@ use crate::error::{ApiError, ApiQuery};
 use crate::store::{AuditEvent, AuditKind};
 use axum::Json;
 use axum::extract::State;
-use gatehouse::time::{UnixNanos, format_rfc3339};
+use gatehouse_core::time::{UnixNanos, format_rfc3339};
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_LIMIT: u32 = 100;

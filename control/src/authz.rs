@@ -59,14 +59,14 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use gatehouse::api_key::{KeyFailure, KeyHash, MAX_PRESENTED_KEY_LEN, check_format};
-use gatehouse::decision::{
+use gatehouse_core::authn::api_key::{KeyFailure, KeyHash, MAX_PRESENTED_KEY_LEN, check_format};
+use gatehouse_core::pipeline::{
     self, Decision, HEADER_ISSUER, HEADER_KEY_ID, HEADER_PLAN, HEADER_TENANT, HEADER_USER,
     IDENTITY_HEADER_PREFIX, Presented, RequestHead, Spelling,
 };
-use gatehouse::error::{AuthFailure, Denial, LocalReply};
-use gatehouse::policy::Policy;
-use gatehouse::time::UnixNanos;
+use gatehouse_core::policy::Policy;
+use gatehouse_core::refusal::{AuthFailure, Denial, LocalReply};
+use gatehouse_core::time::UnixNanos;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -84,7 +84,7 @@ pub const KEY_HEADER: &str = "x-api-key";
 /// Where ext_authz reads the headers to remove from the upstream request.
 pub const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
-/// The method override headers the plugin checks (`decision::RequestHead`).
+/// The method override headers the plugin checks (`pipeline::RequestHead`).
 const METHOD_OVERRIDES: [&str; 3] = [
     "x-http-method-override",
     "x-http-method",
@@ -245,7 +245,7 @@ impl<'a> Forwarded<'a> {
                 n if n.starts_with(IDENTITY_HEADER_PREFIX) => {
                     f.spoofed.insert(n.to_string());
                 }
-                n => match decision::classify_spelling(&policy.api_key_header, n.as_bytes()) {
+                n => match pipeline::classify_spelling(&policy.api_key_header, n.as_bytes()) {
                     Some(Spelling::Identity) => {
                         f.spoofed.insert(n.to_string());
                     }
@@ -274,13 +274,13 @@ async fn decide(
     let f = Forwarded::read(&req.headers, policy, proxy);
     // A CORS preflight carries no credentials: answered before authentication, as the
     // plugin does. Its 204 is not a 200, so ext_authz sends it to the client as it is.
-    if let Some(preflight) = gatehouse::cors::Preflight::from_request(
+    if let Some(preflight) = gatehouse_core::cors::Preflight::from_request(
         method,
         path,
         f.origin,
         f.cors_method,
         &f.cors_headers,
-    ) && let Some(answer) = gatehouse::cors::answer_preflight(policy, &preflight)
+    ) && let Some(answer) = gatehouse_core::cors::answer_preflight(policy, &preflight)
     {
         return Ok(match answer {
             Ok(reply) => local_reply(reply),
@@ -323,7 +323,7 @@ fn header_name(name: &str) -> Result<HeaderName, ApiError> {
 /// 200 with what the plugin adds upstream, and what it removes.
 fn allow(
     policy: &Policy,
-    allowed: &decision::Allowed,
+    allowed: &pipeline::Allowed,
     spoofed: &BTreeSet<String>,
 ) -> Result<Response, ApiError> {
     let mut headers = HeaderMap::new();
@@ -355,10 +355,10 @@ fn allow(
     remove.retain(|name| !headers.contains_key(name.as_str()));
     if policy.hide_credentials {
         match allowed.credential {
-            Some(decision::Credential::ApiKey) => {
+            Some(pipeline::Credential::ApiKey) => {
                 remove.insert(policy.api_key_header.clone());
             }
-            Some(decision::Credential::Jwt) => {
+            Some(pipeline::Credential::Jwt) => {
                 remove.insert("authorization".to_string());
             }
             None => {}

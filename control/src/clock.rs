@@ -1,7 +1,7 @@
 //! The service's one clock, behind a trait so tests move time by hand (key expiry, grace
 //! periods, retention) instead of sleeping.
 
-use gatehouse::time::UnixNanos;
+use gatehouse_core::time::UnixNanos;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub trait Clock: Send + Sync {

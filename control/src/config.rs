@@ -19,7 +19,7 @@
 use crate::plans::Plans;
 use crate::store::{Backend, redact_url};
 use crate::token_lifetime::{TokenLifetime, parse_lifetime};
-use gatehouse::policy::Policy;
+use gatehouse_core::policy::Policy;
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -241,7 +241,7 @@ impl Config {
     pub fn load_policy(path: &str) -> Result<Arc<Policy>, String> {
         let source = std::fs::read_to_string(path)
             .map_err(|e| format!("GATEHOUSE_POLICY / --policy: reading {path}: {e}"))?;
-        gatehouse::policy::load_yaml(path, &source)
+        gatehouse_core::policy::load_yaml(path, &source)
             .map(|loaded| Arc::new(loaded.policy))
             .map_err(|e| format!("GATEHOUSE_POLICY / --policy: the policy is not valid:\n{e}"))
     }
@@ -315,7 +315,7 @@ impl Config {
             Err(problem) => problems.push(problem),
         }
         if let Some(p) = env("GATEHOUSE_KEY_PREFIX") {
-            if gatehouse::api_key::is_valid_prefix(&p) {
+            if gatehouse_core::authn::api_key::is_valid_prefix(&p) {
                 config.key_prefix = p;
             } else {
                 problems.push(format!(

@@ -1,5 +1,5 @@
 //! Every refusal of the service in the one JSON shape the plugin also answers with
-//! (`gatehouse::error::error_body`): `{"error","code","timestamp","request_id"}`.
+//! (`gatehouse_core::refusal::error_body`): `{"error","code","timestamp","request_id"}`.
 //!
 //! Handlers return [`ApiError`], which only marks the response; the request middleware
 //! (`app.rs`) writes the body, because it knows the request id and the time. Bad bodies

@@ -21,7 +21,7 @@ use crate::store::{Accepted, EventBatch, MAX_COUNT, PlanCount, Refusal};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use gatehouse::api_key::is_valid_id;
+use gatehouse_core::authn::api_key::is_valid_id;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 

@@ -10,8 +10,8 @@ use crate::store::{KeyRow, NewKey, OldKeyEnd};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use gatehouse::api_key::{KeyHash, RANDOM_LEN, check_format, format_key, is_valid_id};
-use gatehouse::time::{UnixNanos, format_rfc3339};
+use gatehouse_core::authn::api_key::{KeyHash, RANDOM_LEN, check_format, format_key, is_valid_id};
+use gatehouse_core::time::{UnixNanos, format_rfc3339};
 use serde::{Deserialize, Serialize};
 
 /// The longest `expires_in_days`: ten years.
@@ -373,7 +373,7 @@ pub async fn verify(
         scopes: None,
     };
     // A mistyped or made-up key is refused without a lookup, as the plugin does.
-    if body.api_key.len() > gatehouse::api_key::MAX_PRESENTED_KEY_LEN
+    if body.api_key.len() > gatehouse_core::authn::api_key::MAX_PRESENTED_KEY_LEN
         || check_format(body.api_key.as_bytes()).is_err()
     {
         return Ok(Json(invalid));

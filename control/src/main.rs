@@ -15,7 +15,7 @@
 
 mod mint_jwt;
 
-use gatehouse::api_key::{KeyHash, is_valid_prefix};
+use gatehouse_core::authn::api_key::{KeyHash, is_valid_prefix};
 use std::io::Read;
 use std::process::ExitCode;
 

@@ -7,13 +7,13 @@
 //! 1. `GATEHOUSE_PLANS`, comma-separated names (with a policy, each must be one of the
 //!    policy's plans: start-up fails otherwise);
 //! 2. the policy's plans (`--policy FILE`);
-//! 3. the plugin's default plans ([`gatehouse::policy::DEFAULT_PLANS`]).
+//! 3. the plugin's default plans ([`gatehouse_core::policy::DEFAULT_PLANS`]).
 //!
 //! Keys already stored on another plan are left as they are; rotating one is refused, so
 //! no new secret is issued on a plan the proxies would refuse.
 
-use gatehouse::api_key::is_valid_id;
-use gatehouse::policy::{DEFAULT_PLANS, Policy};
+use gatehouse_core::authn::api_key::is_valid_id;
+use gatehouse_core::policy::{DEFAULT_PLANS, Policy};
 
 /// The configured plan names, in the order they were given, each once.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,7 +88,7 @@ mod tests {
 
     fn policy(plans: &str) -> Policy {
         let yaml = format!("version: 1\n{plans}routes:\n  - match: {{ path_prefix: /v1/ }}\n");
-        gatehouse::policy::load_yaml("p.yaml", &yaml)
+        gatehouse_core::policy::load_yaml("p.yaml", &yaml)
             .unwrap()
             .policy
     }

@@ -7,8 +7,8 @@ use crate::app::{AppState, RequestCtx};
 use crate::error::{ApiError, ApiJson, OptionalJson};
 use axum::Json;
 use axum::extract::{Path, State};
-use gatehouse::api_key::is_valid_id;
-use gatehouse::time::{UnixNanos, format_rfc3339};
+use gatehouse_core::authn::api_key::is_valid_id;
+use gatehouse_core::time::{UnixNanos, format_rfc3339};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 

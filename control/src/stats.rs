@@ -7,7 +7,7 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use axum::Json;
 use axum::extract::State;
-use gatehouse::time::{UnixNanos, format_rfc3339};
+use gatehouse_core::time::{UnixNanos, format_rfc3339};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 

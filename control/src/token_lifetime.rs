@@ -24,8 +24,8 @@
 //! settings may only lengthen what the policy says: a shorter one stops start-up, since
 //! revocations would then end while tokens they cover still work.
 
-use gatehouse::jwt::{DEFAULT_LEEWAY_SECS, DEFAULT_MAX_LIFETIME_SECS};
-use gatehouse::policy::auth::JwtPolicy;
+use gatehouse_core::authn::jwt::{DEFAULT_LEEWAY_SECS, DEFAULT_MAX_LIFETIME_SECS};
+use gatehouse_core::policy::auth::JwtPolicy;
 
 /// What revocation entries are computed from; see the module doc.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,7 +186,7 @@ mod tests {
             }
         }
         yaml.push_str("routes:\n  - match: { path_prefix: /v1/ }\n");
-        match gatehouse::policy::load_yaml("p.yaml", &yaml) {
+        match gatehouse_core::policy::load_yaml("p.yaml", &yaml) {
             Ok(p) => p.policy.jwt.unwrap(),
             Err(e) => panic!("{e}\n{yaml}"),
         }

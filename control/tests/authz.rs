@@ -17,8 +17,8 @@ mod common;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use common::{ADMIN, FEED, T0, error_code, svc, svc_with};
-use gatehouse::error::{AuthFailure, Denial};
-use gatehouse::time::UnixNanos;
+use gatehouse_core::refusal::{AuthFailure, Denial};
+use gatehouse_core::time::UnixNanos;
 use hmac::{Hmac, Mac};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -103,8 +103,8 @@ async fn missing_malformed_and_unknown_keys_are_refused_alike_with_401() {
     let last = mistyped.pop().unwrap();
     mistyped.push(if last == 'a' { 'b' } else { 'a' });
     // A well-formed key that was never issued.
-    let unknown = gatehouse::api_key::format_key("ghk", "0123456789abcdefABCDEF");
-    assert!(gatehouse::api_key::check_format(unknown.as_bytes()).is_ok());
+    let unknown = gatehouse_core::authn::api_key::format_key("ghk", "0123456789abcdefABCDEF");
+    assert!(gatehouse_core::authn::api_key::check_format(unknown.as_bytes()).is_ok());
     for presented in [
         None,
         Some(""),
@@ -253,7 +253,7 @@ routes:
 "#;
 
 async fn policy_svc_from(source: &str) -> common::Svc {
-    let loaded = gatehouse::policy::load_yaml("authz.yaml", source)
+    let loaded = gatehouse_core::policy::load_yaml("authz.yaml", source)
         .unwrap_or_else(|e| panic!("the test policy does not load:\n{e}"));
     let policy = Arc::new(loaded.policy);
     svc_with(move |c| c.policy = Some(policy)).await
@@ -483,7 +483,7 @@ async fn unknown_revoked_and_expired_keys_are_refused_for_their_own_reason() {
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let expiring = key_of(&expiring);
-    let unknown = gatehouse::api_key::format_key("ghk", "0123456789abcdefABCDEF");
+    let unknown = gatehouse_core::authn::api_key::format_key("ghk", "0123456789abcdefABCDEF");
     let get = |key: &str| ask(Method::GET, "/v1/things", &[("x-api-key", key)]);
     assert_eq!(call(&s, get(expiring)).await.status, StatusCode::OK);
     assert_refused(

@@ -20,7 +20,7 @@
 mod common;
 
 use common::TestDb;
-use gatehouse::api_key::KeyHash;
+use gatehouse_core::authn::api_key::KeyHash;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -43,7 +43,7 @@ fn used_at() -> u64 {
 
 /// Unix seconds as the API and the page show them.
 fn shown(secs: u64) -> String {
-    gatehouse::time::format_rfc3339(gatehouse::time::UnixNanos::from_secs(secs))
+    gatehouse_core::time::format_rfc3339(gatehouse_core::time::UnixNanos::from_secs(secs))
 }
 /// A route with markup in it: the route rule allows any printable ASCII but the space.
 const MARKUP_ROUTE: &str = "/v1/<i>x</i>/<img/src=x>/{id}";

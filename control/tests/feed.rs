@@ -13,7 +13,7 @@ mod common;
 
 use axum::http::{Method, StatusCode};
 use common::{FEED, T0, error_code, svc, svc_with};
-use gatehouse::api_key::{KeyHash, is_valid_id};
+use gatehouse_core::authn::api_key::{KeyHash, is_valid_id};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

@@ -52,14 +52,14 @@ fn new_key_prints_a_fresh_key_and_only_its_hash_in_the_policy_entry() {
     let key = key_of(&a);
     assert!(key.starts_with("acme_") && key.len() == 5 + 22 + 6, "{key}");
     assert_eq!(
-        gatehouse::api_key::check_format(key.as_bytes()),
+        gatehouse_core::authn::api_key::check_format(key.as_bytes()),
         Ok(()),
         "{key}"
     );
     assert_ne!(key, key_of(&b), "two keys must differ");
     let entry = a.split("policy entry:").nth(1).unwrap();
     assert!(!entry.contains(&key));
-    let hash = gatehouse::api_key::KeyHash::of_key(key.as_bytes()).to_hex();
+    let hash = gatehouse_core::authn::api_key::KeyHash::of_key(key.as_bytes()).to_hex();
     assert!(entry.contains(&format!("sha256: {hash}")), "{entry}");
 }
 
@@ -89,7 +89,7 @@ fn new_key_draws_its_id_apart_from_the_secret() {
             .unwrap();
         let id_random = id.strip_prefix("key_").unwrap();
         assert_eq!(id_random.len(), 16, "{id}");
-        assert!(gatehouse::api_key::is_valid_id(id), "{id}");
+        assert!(gatehouse_core::authn::api_key::is_valid_id(id), "{id}");
         for i in 0..=id_random.len() - 8 {
             let window = &id_random[i..i + 8];
             assert!(!random.contains(window), "{id} and {key} share {window}");

@@ -11,9 +11,9 @@ mod common;
 
 use axum::http::{Method, StatusCode};
 use common::{T0, error_code, svc, svc_with};
-use gatehouse::api_key::{KeyHash, check_format};
 use gatehouse_control::plans::Plans;
 use gatehouse_control::token_lifetime::TokenLifetime;
+use gatehouse_core::authn::api_key::{KeyHash, check_format};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -214,7 +214,7 @@ async fn verify_answers_identity_for_a_live_key_and_false_otherwise() {
     ] {
         assert_eq!(verify(&s, bad).await, json!({"valid": false}), "{bad}");
     }
-    let unknown = gatehouse::api_key::format_key("ghk", "0123456789abcdefghijkl");
+    let unknown = gatehouse_core::authn::api_key::format_key("ghk", "0123456789abcdefghijkl");
     assert_eq!(verify(&s, &unknown).await, json!({"valid": false}));
 }
 

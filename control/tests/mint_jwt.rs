@@ -5,7 +5,7 @@
     reason = "the helpers below are test code too: a failure panics"
 )]
 
-use gatehouse::jwt::{Alg, JwtError, Key, KeySet, Rules, verify};
+use gatehouse_core::authn::jwt::{Alg, JwtError, Key, KeySet, Rules, verify};
 use std::process::{Command, Output};
 
 const SECRET: &str = "mint-jwt-test-secret-0123456789abcdefghijklmnop"; // 48 bytes

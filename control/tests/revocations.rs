@@ -14,9 +14,9 @@ mod common;
 
 use axum::http::{Method, StatusCode};
 use common::{ADMIN, FEED, Svc, T0, svc_with};
-use gatehouse::time::{UnixNanos, format_rfc3339};
 use gatehouse_control::config::Config;
 use gatehouse_control::token_lifetime::TokenLifetime;
+use gatehouse_core::time::{UnixNanos, format_rfc3339};
 use serde_json::{Value, json};
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! decoder. A decoded record must encode back to a record that decodes to itself.
 #![no_main]
 
-use gatehouse::api_key::{KeyRecord, check_format, hash_presented_key};
+use gatehouse_core::authn::api_key::{KeyRecord, check_format, hash_presented_key};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! a policy.
 #![no_main]
 
-use gatehouse::jwt::{Alg, Key, parse_jwks};
+use gatehouse_core::authn::jwt::{Alg, Key, parse_jwks};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = gatehouse::policy::Policy::from_json(data);
+    let _ = gatehouse_core::policy::Policy::from_json(data);
 });

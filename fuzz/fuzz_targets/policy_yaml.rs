@@ -3,7 +3,7 @@
 //! loads to the same policy, and every error must name a position inside the text.
 #![no_main]
 
-use gatehouse::policy::{Policy, load_yaml};
+use gatehouse_core::policy::{Policy, load_yaml};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

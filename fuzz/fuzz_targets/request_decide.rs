@@ -25,15 +25,16 @@
 //! - the per-worker caches stay within their bounds.
 #![no_main]
 
-use gatehouse::body::{self, BodyHead};
-use gatehouse::decision::{Credential, Decision, Presented, RequestHead, decide};
-use gatehouse::error::Denial;
-use gatehouse::jwt::KeySet;
-use gatehouse::policy::{Policy, PresentedKeys, load_yaml};
-use gatehouse::route::{self, Audience};
-use gatehouse::signature::Verifier;
-use gatehouse::store::{FixedClock, MemoryStore, SharedStore, StoreError};
-use gatehouse::time::UnixNanos;
+use gatehouse_core::body::{self, BodyHead};
+use gatehouse_core::pipeline::{Credential, Decision, Presented, RequestHead, decide};
+use gatehouse_core::refusal::Denial;
+use gatehouse_core::authn::jwt::KeySet;
+use gatehouse_core::policy::{Policy, PresentedKeys, load_yaml};
+use gatehouse_core::route::{self, Audience};
+use gatehouse_core::body::webhook::Verifier;
+use gatehouse_core::clock::FixedClock;
+use gatehouse_core::store::{MemoryStore, SharedStore, StoreError};
+use gatehouse_core::time::UnixNanos;
 use libfuzzer_sys::fuzz_target;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -121,8 +122,8 @@ fn build() -> Fixture {
         .static_keys(|name| (name == "ADV_JWT_SECRET").then(|| JWT_SECRET.to_string()))
         .expect("the policy's JWT keys build");
     let base = MemoryStore::default();
-    gatehouse::key_cache::install_policy_keys(&policy, &base).expect("keys install");
-    gatehouse::rate_limit::prepare(&base, &policy.rate_limit.table(), &[7; 32]).expect("slots");
+    gatehouse_core::authn::key_cache::install_policy_keys(&policy, &base).expect("keys install");
+    gatehouse_core::limit::prepare(&base, &policy.rate_limit.table(), &[7; 32]).expect("slots");
     let verifiers = policy
         .routes
         .iter()
@@ -176,7 +177,7 @@ fn assert_standard(denial: Denial, now: UnixNanos, request_id: &[u8], verbose: b
 /// The body through the route's rules, as the shell runs them: judged at the headers,
 /// then fed piece by piece (held) or counted (streamed), then finished.
 fn run_body(
-    route: &gatehouse::route::Route,
+    route: &gatehouse_core::route::Route,
     verifier: Option<&Verifier>,
     store: &Overlay<'_>,
     flags: u8,

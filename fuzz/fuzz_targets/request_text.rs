@@ -3,8 +3,8 @@
 //! bodies (escaped by hand: serde_json must read back exactly what went in).
 #![no_main]
 
-use gatehouse::header_map::{pairs, serialize};
-use gatehouse::text::push_json_string;
+use gatehouse_core::request::header_map::{pairs, serialize};
+use gatehouse_core::text::push_json_string;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,9 +4,9 @@
 //! verdict as when it arrives whole, from the verifier and from the JSON checker.
 #![no_main]
 
-use gatehouse::body::json;
-use gatehouse::decision::Presented;
-use gatehouse::signature::{
+use gatehouse_core::body::json;
+use gatehouse_core::pipeline::Presented;
+use gatehouse_core::body::webhook::{
     Algorithm, Encoding, Generic, Provider, Template, Verifier, Webhook, verify,
 };
 use libfuzzer_sys::fuzz_target;

@@ -1,6 +1,6 @@
 //! What the adversarial suites (harness and Envoy) compute as an attacker would.
 
-use gatehouse::slot_table::SlotTable;
+use gatehouse_core::limit::slot_table::SlotTable;
 
 /// Client addresses (`10.x.y.z`) whose anonymous limiter entries would land on a known
 /// user's plan-limit slots if slots were placed as they were before they were keyed with

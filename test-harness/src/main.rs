@@ -159,7 +159,7 @@ fn is_case_file(path: &str) -> bool {
 }
 
 /// `FILE:LINE:COLUMN: warning: PATH: MESSAGE`, one line per warning.
-fn warning_lines(warnings: &gatehouse::policy::PolicyErrors) -> Vec<String> {
+fn warning_lines(warnings: &gatehouse_core::policy::PolicyErrors) -> Vec<String> {
     warnings
         .errors
         .iter()
@@ -186,7 +186,7 @@ fn check_policy(path: &str) -> bool {
             println!("{path}: {e}");
             false
         }
-        Ok(source) => match gatehouse::policy::load_yaml(path, &source) {
+        Ok(source) => match gatehouse_core::policy::load_yaml(path, &source) {
             Ok(loaded) => {
                 for line in warning_lines(&loaded.warnings) {
                     println!("{line}");
@@ -349,7 +349,7 @@ fn envoy_config(args: &[String]) -> CmdResult {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let loaded = match gatehouse::policy::load_yaml(policy, &source) {
+    let loaded = match gatehouse_core::policy::load_yaml(policy, &source) {
         Ok(l) => l,
         Err(errors) => {
             eprintln!("{errors}");

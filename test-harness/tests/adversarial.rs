@@ -18,7 +18,7 @@
     clippy::panic
 )]
 
-use gatehouse::api_key::format_key;
+use gatehouse_core::authn::api_key::format_key;
 use gatehouse_harness::envoy::{default_wasm, workspace_root};
 use gatehouse_harness::host::{Harness, Outcome, Request};
 
@@ -27,7 +27,7 @@ const JWT_SECRET: &str = "adversarial-test-secret-0123456789abcdef";
 
 fn harness() -> Harness {
     let src = std::fs::read_to_string(workspace_root().join("policies/adversarial.yaml")).unwrap();
-    let policy = gatehouse::policy::load_yaml("adversarial.yaml", &src).unwrap();
+    let policy = gatehouse_core::policy::load_yaml("adversarial.yaml", &src).unwrap();
     Harness::builder(default_wasm())
         .plugin_config(policy.plugin_config_json)
         .env("ADV_JWT_SECRET", JWT_SECRET)

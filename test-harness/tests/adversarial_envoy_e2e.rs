@@ -24,7 +24,7 @@
     clippy::panic
 )]
 
-use gatehouse::api_key::format_key;
+use gatehouse_core::authn::api_key::format_key;
 use gatehouse_harness::envoy::http1::{self, ClientResponse};
 use gatehouse_harness::envoy::{Envoy, EnvoyOptions, workspace_root};
 use std::io::{BufReader, Write};
@@ -44,7 +44,7 @@ fn envoy() -> Arc<Envoy> {
         return running;
     }
     let src = std::fs::read_to_string(workspace_root().join("policies/adversarial.yaml")).unwrap();
-    let policy = gatehouse::policy::load_yaml("adversarial.yaml", &src).unwrap();
+    let policy = gatehouse_core::policy::load_yaml("adversarial.yaml", &src).unwrap();
     let envoy = Arc::new(
         Envoy::start(&EnvoyOptions {
             env: vec![
@@ -159,7 +159,7 @@ fn assert_standard(resp: &ClientResponse, status: u16, code: &str, by: By, what:
         assert!(fields[f].is_string(), "{what}: {f} in {body}");
     }
     assert!(
-        gatehouse::time::parse_rfc3339(fields["timestamp"].as_str().unwrap()).is_some(),
+        gatehouse_core::time::parse_rfc3339(fields["timestamp"].as_str().unwrap()).is_some(),
         "{what}: {body}"
     );
     match by {
@@ -628,7 +628,7 @@ routes:
 "#;
 
 fn address_envoy() -> Envoy {
-    let policy = gatehouse::policy::load_yaml("address.yaml", ADDRESS_POLICY).unwrap();
+    let policy = gatehouse_core::policy::load_yaml("address.yaml", ADDRESS_POLICY).unwrap();
     Envoy::start(&EnvoyOptions {
         concurrency: 2,
         ..EnvoyOptions::new(policy.plugin_config_json)
@@ -720,8 +720,8 @@ fn an_ipv6_client_counts_as_its_64_for_the_login_limit() {
 /// ES256 and ES384 test keys in an inline JWKS, a plan of 2 a minute counted `by: key`:
 /// for the high-S twin of a token and for JWT callers per user, in the harness and Envoy.
 fn ecdsa_policy() -> String {
-    use gatehouse::jwt::Alg;
-    use gatehouse::jwt::test_tokens::public_jwk;
+    use gatehouse_core::authn::jwt::Alg;
+    use gatehouse_core::authn::jwt::test_tokens::public_jwk;
     let src = format!(
         r#"
 version: 1
@@ -741,7 +741,7 @@ routes:
         public_jwk(Alg::ES256, Some("es256-adv")),
         public_jwk(Alg::ES384, Some("es384-adv")),
     );
-    gatehouse::policy::load_yaml("ecdsa.yaml", &src)
+    gatehouse_core::policy::load_yaml("ecdsa.yaml", &src)
         .unwrap()
         .plugin_config_json
 }
@@ -751,8 +751,8 @@ routes:
 /// Tokens are minted for `now` (the clock of the host that checks them): an hour long,
 /// within the default `max_token_lifetime`.
 fn check_ecdsa_spellings_and_jwt_budgets(now: u64, mut send: impl FnMut(&str) -> (u16, String)) {
-    use gatehouse::jwt::Alg;
-    use gatehouse::jwt::test_tokens::{mint, with_ecdsa_twin};
+    use gatehouse_core::authn::jwt::Alg;
+    use gatehouse_core::authn::jwt::test_tokens::{mint, with_ecdsa_twin};
     let token = |alg: Alg, kid: &str, sub: &str| {
         mint(
             alg,

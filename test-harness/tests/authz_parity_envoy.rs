@@ -27,8 +27,8 @@
     clippy::panic
 )]
 
-use gatehouse::jwt::Alg;
-use gatehouse::jwt::test_tokens::{hmac_secret, mint};
+use gatehouse_core::authn::jwt::Alg;
+use gatehouse_core::authn::jwt::test_tokens::{hmac_secret, mint};
 use gatehouse_harness::envoy::control::{ControlOptions, ControlService, IssuedKey};
 use gatehouse_harness::envoy::echo::ECHO_MARKER;
 use gatehouse_harness::envoy::ext_authz::ExtAuthzLink;
@@ -78,7 +78,7 @@ impl Stack {
     fn start() -> Stack {
         let path = workspace_root().join("test-harness/tests/fixtures/authz_parity.yaml");
         let source = std::fs::read_to_string(&path).unwrap();
-        let loaded = gatehouse::policy::load_yaml("authz_parity.yaml", &source)
+        let loaded = gatehouse_core::policy::load_yaml("authz_parity.yaml", &source)
             .unwrap_or_else(|e| panic!("authz_parity.yaml does not load:\n{e}"));
         let secret = String::from_utf8(hmac_secret(Alg::HS256)).unwrap();
         let control = ControlService::start(&ControlOptions {
@@ -275,7 +275,7 @@ fn the_plugin_and_ext_authz_answer_every_request_of_the_table_alike() {
     let mut forged = good_jwt.clone();
     let last = forged.pop().unwrap();
     forged.push(if last == 'A' { 'B' } else { 'A' });
-    let unknown = gatehouse::api_key::format_key("ghk", "0123456789abcdefABCDEF");
+    let unknown = gatehouse_core::authn::api_key::format_key("ghk", "0123456789abcdefABCDEF");
     let in_query = format!("/v1/things?api_key={}", plain.api_key);
     let preflight = |origin: &str| {
         vec![

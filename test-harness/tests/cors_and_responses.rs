@@ -26,7 +26,7 @@ const APP: &str = "https://app.example.com";
 fn policy_json(file: &str) -> String {
     let path = workspace_root().join("policies").join(file);
     let src = std::fs::read_to_string(&path).unwrap();
-    gatehouse::policy::load_yaml(file, &src)
+    gatehouse_core::policy::load_yaml(file, &src)
         .unwrap_or_else(|e| panic!("{e}"))
         .plugin_config_json
 }
@@ -505,7 +505,9 @@ fn the_bootstrap_passes_the_server_header_through_only_when_the_policy_removes_i
         control: None,
     };
     let hcm = |yaml: String| {
-        let tree = gatehouse::policy::yaml::parse(&yaml).unwrap().to_json();
+        let tree = gatehouse_core::policy::yaml::parse(&yaml)
+            .unwrap()
+            .to_json();
         tree["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
             ["server_header_transformation"]
             .clone()

@@ -26,7 +26,7 @@ const APP: &str = "https://app.example.com";
 fn start(policy: &str) -> Envoy {
     let file = workspace_root().join("policies").join(policy);
     let source = std::fs::read_to_string(&file).unwrap();
-    let loaded = gatehouse::policy::load_yaml(policy, &source)
+    let loaded = gatehouse_core::policy::load_yaml(policy, &source)
         .unwrap_or_else(|e| panic!("{policy} does not load:\n{e}"));
     Envoy::start(&EnvoyOptions::new(loaded.plugin_config_json))
         .unwrap_or_else(|e| panic!("could not start Envoy: {e:#}"))
@@ -210,7 +210,7 @@ fn an_upstream_500_with_a_stack_trace_reaches_the_client_as_the_standard_body() 
     let body = json(&resp);
     assert_eq!(body["code"], "UPSTREAM_ERROR");
     assert_eq!(body["error"], "the upstream service failed");
-    assert!(gatehouse::time::parse_rfc3339(body["timestamp"].as_str().unwrap()).is_some());
+    assert!(gatehouse_core::time::parse_rfc3339(body["timestamp"].as_str().unwrap()).is_some());
     assert_eq!(body.as_object().unwrap().len(), 4, "{body}");
     // No request id from the client: Envoy generated one and sent it upstream; the body
     // names the same one, so the client's error leads to the upstream's log line.

@@ -56,7 +56,7 @@ fn stopwatch() -> Instant {
 fn local_policy(feed: &Value) -> String {
     let file = workspace_root().join("policies/local.yaml");
     let source = std::fs::read_to_string(&file).unwrap();
-    let loaded = gatehouse::policy::load_yaml("local.yaml", &source)
+    let loaded = gatehouse_core::policy::load_yaml("local.yaml", &source)
         .unwrap_or_else(|e| panic!("local.yaml does not load:\n{e}"));
     let mut config: Value = serde_json::from_str(&loaded.plugin_config_json).unwrap();
     assert_eq!(config["feed"]["token_env"], FEED_TOKEN_ENV);
@@ -64,7 +64,7 @@ fn local_policy(feed: &Value) -> String {
         config["feed"][k] = v.clone();
     }
     let json = config.to_string();
-    gatehouse::policy::Policy::from_json(json.as_bytes())
+    gatehouse_core::policy::Policy::from_json(json.as_bytes())
         .unwrap_or_else(|e| panic!("the adjusted policy is invalid: {e:?}"));
     json
 }
@@ -281,7 +281,9 @@ fn the_rendered_bootstrap_passes_the_feed_token_by_name_and_points_the_control_c
         !yaml.contains(stack.control.feed_token()),
         "the feed token is never written into the bootstrap"
     );
-    let tree = gatehouse::policy::yaml::parse(&yaml).unwrap().to_json();
+    let tree = gatehouse_core::policy::yaml::parse(&yaml)
+        .unwrap()
+        .to_json();
     let sync = &tree["bootstrap_extensions"][0]["typed_config"]["config"];
     assert_eq!(sync["root_id"], "gatehouse_sync");
     let env = &sync["vm_config"]["environment_variables"];

@@ -29,7 +29,7 @@ fn envoy() -> Arc<Envoy> {
     }
     let file = workspace_root().join("policies/example.yaml");
     let source = std::fs::read_to_string(&file).unwrap();
-    let loaded = gatehouse::policy::load_yaml("example.yaml", &source)
+    let loaded = gatehouse_core::policy::load_yaml("example.yaml", &source)
         .unwrap_or_else(|e| panic!("example.yaml does not load:\n{e}"));
     let envoy = Arc::new(
         Envoy::start(&EnvoyOptions {
@@ -91,7 +91,7 @@ fn a_request_without_a_key_is_refused_with_401_and_the_standard_body() {
     assert!(body["error"].is_string());
     let ts = body["timestamp"].as_str().unwrap();
     assert!(
-        gatehouse::time::parse_rfc3339(ts).is_some(),
+        gatehouse_core::time::parse_rfc3339(ts).is_some(),
         "timestamp {ts}"
     );
     let keys: Vec<&String> = body.as_object().unwrap().keys().collect();

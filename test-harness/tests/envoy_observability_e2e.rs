@@ -40,7 +40,7 @@ fn stopwatch() -> Instant {
 fn local_policy() -> String {
     let file = workspace_root().join("policies/local.yaml");
     let source = std::fs::read_to_string(&file).unwrap();
-    gatehouse::policy::load_yaml("local.yaml", &source)
+    gatehouse_core::policy::load_yaml("local.yaml", &source)
         .unwrap_or_else(|e| panic!("local.yaml does not load:\n{e}"))
         .plugin_config_json
 }

@@ -9,9 +9,9 @@
     clippy::panic
 )]
 
-use gatehouse::api_key::KeyHash;
-use gatehouse::jwt::Alg;
-use gatehouse::jwt::test_tokens::{hmac_secret, mint};
+use gatehouse_core::authn::api_key::KeyHash;
+use gatehouse_core::authn::jwt::Alg;
+use gatehouse_core::authn::jwt::test_tokens::{hmac_secret, mint};
 use gatehouse_harness::envoy::default_wasm;
 use gatehouse_harness::host::{
     BuildError, Harness, HarnessBuilder, HttpCall, Reply, Request, Route, Upstream, VmId,
@@ -117,7 +117,7 @@ fn with_token(h: &mut Harness, token: &str) -> gatehouse_harness::host::Outcome 
 fn polls(h: &Harness) -> Vec<HttpCall> {
     h.http_calls()
         .into_iter()
-        .filter(|c| c.path != gatehouse::events::PATH)
+        .filter(|c| c.path != gatehouse_core::observe::events::PATH)
         .collect()
 }
 
@@ -206,7 +206,7 @@ fn fed_user_watermarks_and_jtis_are_enforced_on_jwts() {
     assert_eq!(with_token(&mut h, &alice).status, 200);
     assert_eq!(with_token(&mut h, &bob).status, 200);
 
-    let t2_key = gatehouse::revocation::jti_key("t-2");
+    let t2_key = gatehouse_core::authn::revocation::jti_key("t-2");
     let t2_hash = t2_key.strip_prefix("j/").unwrap();
     let body = json!({
         "epoch": "e1", "version": 2, "full": false, "keys": [],

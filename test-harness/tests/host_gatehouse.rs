@@ -24,7 +24,7 @@ fn gatehouse_wasm() -> PathBuf {
 fn example_policy_json() -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies/example.yaml");
     let src = std::fs::read_to_string(&path).unwrap();
-    gatehouse::policy::load_yaml("example.yaml", &src)
+    gatehouse_core::policy::load_yaml("example.yaml", &src)
         .unwrap()
         .plugin_config_json
 }
@@ -95,7 +95,7 @@ fn a_key_sent_twice_is_refused() {
 #[test]
 fn static_keys_are_in_shared_data_only_as_hashes() {
     let h = example();
-    let hash = gatehouse::api_key::KeyHash::of_key(DEMO.as_bytes());
+    let hash = gatehouse_core::authn::api_key::KeyHash::of_key(DEMO.as_bytes());
     let (record, _cas) = h
         .shared_data(&hash.policy_cache_key())
         .expect("the demo key is cached");

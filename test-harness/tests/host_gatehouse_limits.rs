@@ -10,7 +10,7 @@
     clippy::panic
 )]
 
-use gatehouse::api_key::{KeyHash, format_key};
+use gatehouse_core::authn::api_key::{KeyHash, format_key};
 use gatehouse_harness::envoy::default_wasm;
 use gatehouse_harness::host::{Harness, HarnessBuilder, Request};
 use serde_json::{Value, json};

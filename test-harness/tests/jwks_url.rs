@@ -10,8 +10,8 @@
     clippy::panic
 )]
 
-use gatehouse::jwt::Alg;
-use gatehouse::jwt::test_tokens::{mint, public_jwk};
+use gatehouse_core::authn::jwt::Alg;
+use gatehouse_core::authn::jwt::test_tokens::{mint, public_jwk};
 use gatehouse_harness::envoy::default_wasm;
 use gatehouse_harness::host::{
     CallResult, Harness, HarnessBuilder, Reply, Request, Route, Upstream,

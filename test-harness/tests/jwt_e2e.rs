@@ -1,6 +1,6 @@
 //! JWTs end to end, for every algorithm and every refusal, in the harness and in a real
 //! Envoy with the same policy and the same requests. Tokens are signed in the test with
-//! the published RFC 7515 / RFC 8037 keys (`gatehouse::jwt::test_tokens`, feature
+//! the published RFC 7515 / RFC 8037 keys (`gatehouse_core::authn::jwt::test_tokens`, feature
 //! `test-tokens`), at the real current time so Envoy's clock accepts them.
 
 #![allow(
@@ -10,8 +10,10 @@
     clippy::panic
 )]
 
-use gatehouse::jwt::Alg;
-use gatehouse::jwt::test_tokens::{Signer, hmac_secret, mint, public_jwk, sign, signing_input};
+use gatehouse_core::authn::jwt::Alg;
+use gatehouse_core::authn::jwt::test_tokens::{
+    Signer, hmac_secret, mint, public_jwk, sign, signing_input,
+};
 use gatehouse_harness::envoy::http1::ClientRequest;
 use gatehouse_harness::envoy::{Envoy, EnvoyOptions, default_wasm};
 use gatehouse_harness::host::{Harness, Request};

@@ -73,8 +73,8 @@ fn the_rfc7515_a1_token_verifies_with_its_published_key_until_exp() {
 #[test]
 fn hide_credentials_keeps_the_key_and_the_token_from_the_upstream() {
     use base64::Engine as _;
-    use gatehouse::jwt::Alg;
-    use gatehouse::jwt::test_tokens::{Signer, sign, signing_input};
+    use gatehouse_core::authn::jwt::Alg;
+    use gatehouse_core::authn::jwt::test_tokens::{Signer, sign, signing_input};
     let secret = "gatehouse-test-secret-0123456789abcdef-xyz";
     // HS256 with the example policy's kid, issued at the harness clock for an hour.
     let input = signing_input(
@@ -100,7 +100,7 @@ fn hide_credentials_keeps_the_key_and_the_token_from_the_upstream() {
             "hide_credentials: false",
             &format!("hide_credentials: {hide}"),
         );
-        let loaded = gatehouse::policy::load_yaml("example.yaml", &yaml).unwrap();
+        let loaded = gatehouse_core::policy::load_yaml("example.yaml", &yaml).unwrap();
         assert_eq!(loaded.policy.hide_credentials, hide);
         let mut h = Harness::builder(default_wasm())
             .plugin_config(loaded.plugin_config_json)

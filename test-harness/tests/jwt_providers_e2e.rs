@@ -11,8 +11,10 @@
     clippy::panic
 )]
 
-use gatehouse::jwt::Alg;
-use gatehouse::jwt::test_tokens::{Signer, hmac_secret, mint, public_jwk, sign, signing_input};
+use gatehouse_core::authn::jwt::Alg;
+use gatehouse_core::authn::jwt::test_tokens::{
+    Signer, hmac_secret, mint, public_jwk, sign, signing_input,
+};
 use gatehouse_harness::envoy::http1::ClientRequest;
 use gatehouse_harness::envoy::{Envoy, EnvoyOptions, default_wasm};
 use gatehouse_harness::host::{BuildError, Harness, Request};
@@ -253,7 +255,7 @@ fn providers_in_envoy() {
 #[test]
 fn a_jwks_without_audiences_never_loads() {
     let json = policy(None);
-    let err = gatehouse::policy::Policy::from_json(json.as_bytes())
+    let err = gatehouse_core::policy::Policy::from_json(json.as_bytes())
         .unwrap_err()
         .to_string();
     assert!(
@@ -261,7 +263,7 @@ fn a_jwks_without_audiences_never_loads() {
         "{err}"
     );
     let yaml = "version: 1\njwt:\n  jwks_url: { cluster: idp, path: /jwks }\n  issuers: [https://idp.test]\nroutes:\n  - match: { path_prefix: /v1/ }\n";
-    let err = gatehouse::policy::load_yaml("shared-idp.yaml", yaml)
+    let err = gatehouse_core::policy::load_yaml("shared-idp.yaml", yaml)
         .unwrap_err()
         .to_string();
     assert!(

@@ -15,9 +15,9 @@
 
 mod webhook_fixtures;
 
-use gatehouse::api_key::KeyHash;
-use gatehouse::jwt::Alg;
-use gatehouse::jwt::test_tokens::{hmac_secret, mint};
+use gatehouse_core::authn::api_key::KeyHash;
+use gatehouse_core::authn::jwt::Alg;
+use gatehouse_core::authn::jwt::test_tokens::{hmac_secret, mint};
 use gatehouse_harness::envoy::default_wasm;
 use gatehouse_harness::host::{
     Harness, HarnessBuilder, HttpCall, LogLevel, Reply, Request, Route, Upstream, VmId,
@@ -56,7 +56,7 @@ fn policy(extra: Value) -> String {
         p[k] = v.clone();
     }
     let json = p.to_string();
-    gatehouse::policy::Policy::from_json(json.as_bytes())
+    gatehouse_core::policy::Policy::from_json(json.as_bytes())
         .unwrap_or_else(|e| panic!("invalid test policy: {e}"));
     json
 }
@@ -472,7 +472,7 @@ fn refusals_past_the_workers_bound_are_dropped_and_counted_until_the_sync_is_the
     assert_eq!(metric(&h, "gatehouse.requests.refused"), 300);
     assert_eq!(
         metric(&h, "gatehouse.events.refusals_dropped"),
-        300 - gatehouse::tally::MAX_REFUSALS as u64
+        300 - gatehouse_core::observe::tally::MAX_REFUSALS as u64
     );
     h.assert_no_trap().unwrap();
 }
@@ -578,7 +578,7 @@ fn jwks_fetches_and_their_failures_are_counted() {
         .build()
         .unwrap();
     h.advance(Duration::from_secs(2)).unwrap();
-    let jwk: Value = serde_json::from_str(&gatehouse::jwt::test_tokens::public_jwk(
+    let jwk: Value = serde_json::from_str(&gatehouse_core::authn::jwt::test_tokens::public_jwk(
         Alg::ES256,
         Some("es-1"),
     ))

@@ -20,7 +20,7 @@
     clippy::panic
 )]
 
-use gatehouse::api_key::{KeyHash, format_key};
+use gatehouse_core::authn::api_key::{KeyHash, format_key};
 use gatehouse_harness::envoy::http1::{self, ClientRequest, ClientResponse};
 use gatehouse_harness::envoy::{Envoy, EnvoyOptions, default_wasm};
 use gatehouse_harness::host::{Harness, Request};

@@ -1,4 +1,4 @@
-//! `/v1/authz` with a policy: the plugin's own decision (`gatehouse::decision`), run
+//! `/v1/authz` with a policy: the plugin's own decision (`gatehouse_core::pipeline`), run
 //! against the database instead of a proxy's shared data.
 //!
 //! **Passes.** The core reads one shared-data entry at a time, and which ones it reads
@@ -6,7 +6,7 @@
 //! verified, its user's watermark and its jti's entry. So [`PolicyCheck::decide`] runs the
 //! decision over a [`RequestStore`] holding what is known so far, takes the entries it
 //! asked for and did not find, looks those up in the database, writes them into the
-//! store with `gatehouse::feed::apply` (the sync's own encoder, from a page shaped like a
+//! store with `gatehouse_core::sync::feed::apply` (the sync's own encoder, from a page shaped like a
 //! `GET /v1/cache` answer, so there is one encoding), and decides again. An API key takes
 //! two passes, a JWT two (watermark and jti are asked for in the same pass); a pass that
 //! asks for nothing new is the answer. After [`MAX_PASSES`] the request is refused 503
@@ -32,12 +32,12 @@
 
 use super::request_store::{Entries, RequestStore};
 use crate::store::{FeedKey, FeedPage, Store, StoreError};
-use gatehouse::decision::{Decision, Refused, RequestHead};
-use gatehouse::error::Denial;
-use gatehouse::jwt::KeySet;
-use gatehouse::policy::Policy;
-use gatehouse::store::Clock;
-use gatehouse::time::UnixNanos;
+use gatehouse_core::authn::jwt::KeySet;
+use gatehouse_core::clock::Clock;
+use gatehouse_core::pipeline::{Decision, Refused, RequestHead};
+use gatehouse_core::policy::Policy;
+use gatehouse_core::refusal::Denial;
+use gatehouse_core::time::UnixNanos;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -64,9 +64,9 @@ impl PolicyCheck {
         {
             let writer = base.writer();
             // Writes into a map: they cannot fail.
-            let _ = gatehouse::key_cache::install_policy_keys(&policy, &writer);
+            let _ = gatehouse_core::authn::key_cache::install_policy_keys(&policy, &writer);
             let r = &policy.revocations;
-            let _ = gatehouse::revocation::install(&r.users, &r.jtis, &writer);
+            let _ = gatehouse_core::authn::revocation::install(&r.users, &r.jtis, &writer);
         }
         let unchecked: Vec<&str> = policy
             .routes
@@ -122,7 +122,7 @@ impl PolicyCheck {
 }
 
 /// The plugin's core as this service calls it: the JWT keys (one set per provider of the
-/// policy's `jwt` section) and the one call into `gatehouse::decision`. Everything that
+/// policy's `jwt` section) and the one call into `gatehouse_core::pipeline`. Everything that
 /// depends on the core's signature and on the shape of the `jwt` section is here and in
 /// [`claim_header_names`].
 struct Core {
@@ -157,7 +157,7 @@ impl Core {
         store: &RequestStore<'_>,
         now: UnixNanos,
     ) -> (Decision, Refused) {
-        gatehouse::decision::decide_explained(policy, &self.jwt_keys, head, store, &At(now))
+        gatehouse_core::pipeline::decide_explained(policy, &self.jwt_keys, head, store, &At(now))
     }
 }
 
@@ -219,7 +219,8 @@ async fn fetch(db: &dyn Store, wanted: &[String]) -> Result<FeedPage, StoreError
 fn apply(entries: &mut Entries, page: FeedPage, now: UnixNanos) -> Result<(), StoreError> {
     let internal = |what: &str| StoreError::Database(format!("/v1/authz feed page: {what}"));
     let json = serde_json::to_vec(&page).map_err(|e| internal(&e.to_string()))?;
-    let answer = gatehouse::feed::parse_answer(&json).map_err(|e| internal(&e.to_string()))?;
+    let answer =
+        gatehouse_core::sync::feed::parse_answer(&json).map_err(|e| internal(&e.to_string()))?;
     if answer.skipped > 0 {
         // The proxies skip these records too: the decision is the same as theirs.
         tracing::warn!(
@@ -227,8 +228,8 @@ fn apply(entries: &mut Entries, page: FeedPage, now: UnixNanos) -> Result<(), St
             "/v1/authz: database rows the feed contract refuses"
         );
     }
-    let mut fed = gatehouse::feed::FedKeys::default();
-    gatehouse::feed::apply(&entries.writer(), &answer, &mut fed, now.secs())
+    let mut fed = gatehouse_core::sync::feed::FedKeys::default();
+    gatehouse_core::sync::feed::apply(&entries.writer(), &answer, &mut fed, now.secs())
         .map_err(|e| internal(&format!("{e:?}")))?;
     Ok(())
 }

@@ -1,14 +1,14 @@
 //! The shared data one `/v1/authz` decision reads: what a proxy's shared data would hold
 //! for this request, assembled from the database instead of the feed.
 //!
-//! The plugin's core (`gatehouse::decision::decide`) reads a [`SharedStore`]: key records
+//! The plugin's core (`gatehouse_core::pipeline::decide`) reads a [`SharedStore`]: key records
 //! (`k/<sha256 hex>`), user watermarks (`u/<user>`), jti entries (`j/<sha256 hex>`), the
 //! feed's state and the rate limiter's tables. [`RequestStore`] answers those reads, in
 //! this order, from:
 //!
 //! 1. the writes of this decision (the limiter's, the only writer);
 //! 2. the entries fetched from the database for this request ([`Entries`], written by
-//!    `gatehouse::feed::apply`, the sync's own encoder);
+//!    `gatehouse_core::sync::feed::apply`, the sync's own encoder);
 //! 3. the policy's own keys and revocations (written once at start-up by
 //!    `key_cache::install_policy_keys` and `revocation::install`, as a proxy's configure
 //!    does). Policy keys live under their own prefix (`kp/`), so a key both declare is
@@ -30,14 +30,14 @@
 //! Never: keep anything across requests, or grow past what one decision writes (one
 //! entry per limit the request is counted against, and its refund).
 
-use gatehouse::rate_limit::{SECRET_KEY, SECRET_LEN};
-use gatehouse::slot_table::ENTRY_LEN;
-use gatehouse::store::{SharedStore, StoreError};
+use gatehouse_core::limit::slot_table::ENTRY_LEN;
+use gatehouse_core::limit::{SECRET_KEY, SECRET_LEN};
+use gatehouse_core::store::{SharedStore, StoreError};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
 
 /// The prefixes of the entries the database holds the truth for: key records, user
-/// watermarks and jti entries (`gatehouse::key_cache`, `gatehouse::revocation`).
+/// watermarks and jti entries (`gatehouse_core::authn::key_cache`, `gatehouse_core::authn::revocation`).
 const FROM_DATABASE: [&str; 3] = ["k/", "u/", "j/"];
 
 /// The limiter's placement secret. The secret keeps callers from aiming their limiter
@@ -84,7 +84,7 @@ impl SharedStore for Writer<'_> {
 }
 
 /// Whether `key` names a slot of one of the limiter's tables: `rl/<slots>/<index>` or
-/// `rla/<slots>/<index>` (`gatehouse::rate_limit`, `gatehouse::slot_table`).
+/// `rla/<slots>/<index>` (`gatehouse_core::limit`, `gatehouse_core::limit::slot_table`).
 fn is_limiter_slot(key: &str) -> bool {
     let Some(rest) = key.strip_prefix("rl/").or_else(|| key.strip_prefix("rla/")) else {
         return false;

@@ -123,7 +123,7 @@ pub use parse::{CaseError, load};
 pub use run::{CaseResult, Outcome as CaseOutcome, RunOptions, run_file, summary};
 
 use crate::host::{FailurePolicy, Upstream};
-use gatehouse::policy::tree::Pos;
+use gatehouse_core::policy::tree::Pos;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

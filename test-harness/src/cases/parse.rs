@@ -12,9 +12,9 @@ use crate::echo_reply::EchoReply;
 use crate::host::{FailurePolicy, Reply, Route, Upstream};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use gatehouse::jwt::Alg;
-use gatehouse::policy::tree::{Key, Node, Pos, Value};
-use gatehouse::policy::yaml;
+use gatehouse_core::authn::jwt::Alg;
+use gatehouse_core::policy::tree::{Key, Node, Pos, Value};
+use gatehouse_core::policy::yaml;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -284,7 +284,7 @@ impl Reader<'_> {
         let start = match get(&f, "start") {
             None => None,
             Some(n) => match self.string(n, "start") {
-                Some(s) => match gatehouse::time::parse_rfc3339(&s) {
+                Some(s) => match gatehouse_core::time::parse_rfc3339(&s) {
                     Some(secs) => Some(secs),
                     None => {
                         self.error(

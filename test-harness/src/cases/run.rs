@@ -94,7 +94,7 @@ pub fn run_file(
             let policy_name = path.display().to_string();
             let source = std::fs::read_to_string(path)
                 .with_context(|| format!("{}: reading the policy {policy_name}", file.name))?;
-            gatehouse::policy::load_yaml(&policy_name, &source)
+            gatehouse_core::policy::load_yaml(&policy_name, &source)
                 .map_err(|e| anyhow::anyhow!("{}: the policy does not load:\n{e}", file.name))?
                 .plugin_config_json
         }

@@ -1,6 +1,6 @@
 //! The private keys a case file's `tokens:` sign with: an HMAC secret (from the file's
 //! `env:`), a key file (PEM or private JWK), or one of the published test keys that
-//! `gatehouse::jwt::test_tokens` holds.
+//! `gatehouse_core::authn::jwt::test_tokens` holds.
 //!
 //! Every key is checked against the recipe's `alg` when the file is read, so minting
 //! never meets a key it cannot use (`test_tokens::sign` panics on one). Messages name the
@@ -8,8 +8,8 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use gatehouse::jwt::Alg;
-use gatehouse::jwt::test_tokens::{self, Signer};
+use gatehouse_core::authn::jwt::Alg;
+use gatehouse_core::authn::jwt::test_tokens::{self, Signer};
 use p256::pkcs8::DecodePrivateKey as _;
 use rsa::pkcs1::DecodeRsaPrivateKey as _;
 use rsa::traits::PublicKeyParts as _;

@@ -9,7 +9,7 @@
 //! is a literal `${`, and any other `${` is an error, so a reference is never a typo that
 //! goes out as text.
 //!
-//! Minting is [`gatehouse::jwt::test_tokens::sign`] over `BASE64URL(header) '.'
+//! Minting is [`gatehouse_core::authn::jwt::test_tokens::sign`] over `BASE64URL(header) '.'
 //! BASE64URL(claims)` (RFC 7515 §5.1): the signer the plugin's own tests pin against the
 //! RFC vectors. Every signature it makes is deterministic, so the same recipe at the same
 //! second gives the same token.
@@ -17,8 +17,8 @@
 use super::signing_key::PrivateKey;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use gatehouse::jwt::Alg;
-use gatehouse::jwt::test_tokens;
+use gatehouse_core::authn::jwt::Alg;
+use gatehouse_core::authn::jwt::test_tokens;
 use serde_json::{Map, Value};
 use std::fmt;
 use std::sync::Arc;
@@ -65,7 +65,7 @@ impl When {
             Some(b'+') => 1,
             Some(b'-') => -1,
             _ => {
-                let secs = gatehouse::time::parse_rfc3339(text)?;
+                let secs = gatehouse_core::time::parse_rfc3339(text)?;
                 return i64::try_from(secs).ok().map(When::At);
             }
         };
@@ -231,7 +231,7 @@ impl PartialEq for Text {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
-    use gatehouse::jwt::{JwtError, Key, KeySet, Rules, verify};
+    use gatehouse_core::authn::jwt::{JwtError, Key, KeySet, Rules, verify};
 
     /// 2026-01-01T00:00:00Z, the case files' `start`.
     const NOW: u64 = 1_767_225_600;

@@ -16,7 +16,7 @@
 //! The wasm filter allows `StopIteration` on headers (`allow_on_headers_stop_iteration`),
 //! which webhook and JSON routes need to read the body before the upstream sees anything,
 //! and the listener's `per_connection_buffer_limit_bytes` is raised to twice the largest
-//! body such a route may hold ([`gatehouse::body::envoy_buffer_limit`]), so Envoy's own
+//! body such a route may hold ([`gatehouse_core::body::envoy_buffer_limit`]), so Envoy's own
 //! 413 never undercuts the policy's.
 //!
 //! The connection manager takes the client address from the connection
@@ -81,12 +81,13 @@ impl Bootstrap {
                 .collect::<Vec<_>>(),
         );
         let wasm = self.wasm.to_string_lossy().to_string();
-        let policy = gatehouse::policy::Policy::from_json(self.plugin_config_json.as_bytes()).ok();
+        let policy =
+            gatehouse_core::policy::Policy::from_json(self.plugin_config_json.as_bytes()).ok();
         // Envoy writes `server: envoy` after every filter unless told to pass the header
         // through: a policy that removes `server` must get no header at all.
         let server_header = if policy
             .as_ref()
-            .is_some_and(gatehouse::response::removes_server_header)
+            .is_some_and(gatehouse_core::response::removes_server_header)
         {
             "PASS_THROUGH"
         } else {
@@ -94,8 +95,8 @@ impl Bootstrap {
         };
         let buffer_limit = policy
             .as_ref()
-            .map_or(gatehouse::body::ENVOY_DEFAULT_BUFFER_LIMIT, |p| {
-                gatehouse::body::envoy_buffer_limit(&p.routes)
+            .map_or(gatehouse_core::body::ENVOY_DEFAULT_BUFFER_LIMIT, |p| {
+                gatehouse_core::body::envoy_buffer_limit(&p.routes)
             });
         let feed = policy.and_then(|p| p.feed);
         let extensions = match &feed {
@@ -196,7 +197,9 @@ mod tests {
     #[test]
     fn without_a_feed_there_is_no_sync_and_no_control_cluster() {
         let yaml = sample().render();
-        let tree = gatehouse::policy::yaml::parse(&yaml).unwrap().to_json();
+        let tree = gatehouse_core::policy::yaml::parse(&yaml)
+            .unwrap()
+            .to_json();
         assert_eq!(tree["bootstrap_extensions"], serde_json::json!([]));
         assert_eq!(
             tree["static_resources"]["clusters"]
@@ -218,7 +221,9 @@ mod tests {
         .to_string();
         b.control = Some("127.0.0.1:7070".parse().unwrap());
         let yaml = b.render();
-        let tree = gatehouse::policy::yaml::parse(&yaml).unwrap().to_json();
+        let tree = gatehouse_core::policy::yaml::parse(&yaml)
+            .unwrap()
+            .to_json();
         let sync = &tree["bootstrap_extensions"][0]["typed_config"];
         assert_eq!(sync["singleton"], true);
         assert_eq!(sync["config"]["root_id"], SYNC_ROOT_ID);
@@ -246,7 +251,7 @@ mod tests {
         let limit = |config: &str| {
             let mut b = sample();
             b.plugin_config_json = config.to_string();
-            let tree = gatehouse::policy::yaml::parse(&b.render())
+            let tree = gatehouse_core::policy::yaml::parse(&b.render())
                 .unwrap()
                 .to_json();
             let listener = &tree["static_resources"]["listeners"][0];
@@ -273,7 +278,7 @@ mod tests {
 
     #[test]
     fn the_client_address_is_the_connections_and_envoys_own_refusals_are_json() {
-        let tree = gatehouse::policy::yaml::parse(&sample().render())
+        let tree = gatehouse_core::policy::yaml::parse(&sample().render())
             .unwrap()
             .to_json();
         let hcm = &tree["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
@@ -329,7 +334,9 @@ mod tests {
     fn the_plugin_configuration_survives_yaml_quoting() {
         let b = sample();
         let yaml = b.render();
-        let tree = gatehouse::policy::yaml::parse(&yaml).unwrap().to_json();
+        let tree = gatehouse_core::policy::yaml::parse(&yaml)
+            .unwrap()
+            .to_json();
         let wasm = &tree["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
             ["http_filters"][0]["typed_config"]["config"];
         assert_eq!(

@@ -102,7 +102,7 @@ pub fn rewrite(
     api_key_header: &str,
     link: &ExtAuthzLink,
 ) -> anyhow::Result<String> {
-    let mut tree = gatehouse::policy::yaml::parse(rendered)
+    let mut tree = gatehouse_core::policy::yaml::parse(rendered)
         .map_err(|e| anyhow!("the rendered bootstrap is not YAML: {e:?}"))?
         .to_json();
     tree.as_object_mut()
@@ -155,7 +155,9 @@ mod tests {
         };
         let out = rewrite(&rendered, "x-api-key", &link).unwrap();
         assert!(!out.contains("s3cret-token"));
-        let before = gatehouse::policy::yaml::parse(&rendered).unwrap().to_json();
+        let before = gatehouse_core::policy::yaml::parse(&rendered)
+            .unwrap()
+            .to_json();
         let after: Value = serde_json::from_str(&out).unwrap();
         let hcm = |t: &Value| {
             let mut h = t["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]

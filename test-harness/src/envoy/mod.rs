@@ -205,7 +205,7 @@ impl Envoy {
             None => bootstrap.render(),
             Some(link) => {
                 let header =
-                    gatehouse::policy::Policy::from_json(opts.plugin_config_json.as_bytes())
+                    gatehouse_core::policy::Policy::from_json(opts.plugin_config_json.as_bytes())
                         .map(|p| p.api_key_header)
                         .unwrap_or_else(|_| "x-api-key".to_string());
                 ext_authz::rewrite(&bootstrap.render(), &header, link)?

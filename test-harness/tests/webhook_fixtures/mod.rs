@@ -42,7 +42,7 @@ pub fn env() -> Vec<(String, String)> {
 pub fn policy_json() -> String {
     let path = workspace_root().join("policies/webhooks.yaml");
     let source = std::fs::read_to_string(&path).unwrap();
-    gatehouse::policy::load_yaml("webhooks.yaml", &source)
+    gatehouse_core::policy::load_yaml("webhooks.yaml", &source)
         .unwrap_or_else(|e| panic!("webhooks.yaml does not load:\n{e}"))
         .plugin_config_json
 }

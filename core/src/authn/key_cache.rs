@@ -1,0 +1,230 @@
+//! The API-key cache in shared data, read with one small get per request (two when the
+//! policy declares keys of its own):
+//! - `k/<hex>`: the control service's feed ([`crate::sync::feed`]), origin [`Origin::Feed`];
+//! - `kp/<hex>`: the policy's static keys, written on configure, origin
+//!   [`Origin::Policy`] with the policy's fingerprint.
+//!
+//! The two sources never write each other's entries, so the order in which a policy
+//! (re)load and the feed write cannot matter: a policy reload cannot bring back a key the
+//! control service revoked, whatever the interleaving of the workers' configure and the
+//! sync's writes (shared data has no create-if-absent to make one entry safe). A key
+//! both declare is checked against both, and the stricter answer holds: refused if
+//! either says revoked or expired, else the feed's record (the control service is the
+//! source of truth for scopes and plan).
+
+use crate::authn::api_key::{KeyFailure, KeyHash, KeyRecord, Origin, POLICY_KEY_PREFIX};
+use crate::policy::Policy;
+use crate::store::{SharedStore, StoreError};
+use crate::time::UnixNanos;
+use std::sync::Arc;
+
+/// Writes every key the policy declares, under `kp/` only. Every worker does this on
+/// configure; the writes are idempotent. Returns how many were written.
+pub fn install_policy_keys(policy: &Policy, store: &impl SharedStore) -> Result<usize, StoreError> {
+    for key in &policy.keys {
+        store.set(&key.hash.policy_cache_key(), &key.record.encode(), 0)?;
+    }
+    Ok(policy.keys.len())
+}
+
+/// Looks a key up and checks that it may be used at `now`.
+pub fn lookup(
+    policy: &Policy,
+    store: &impl SharedStore,
+    hash: &KeyHash,
+    now: UnixNanos,
+) -> Result<KeyRecord, KeyFailure> {
+    lookup_at(policy, store, hash, &hash.cache_key(), now).map(|r| (*r).clone())
+}
+
+/// The record at `entry`, decoded, through the policy's memo of decoded records.
+fn read(policy: &Policy, store: &impl SharedStore, entry: &str) -> Option<Arc<KeyRecord>> {
+    let (bytes, cas) = store.get(entry)?;
+    let memo = &policy.key_records.0;
+    match memo.get(entry.as_bytes()) {
+        Some((seen, record)) if seen == cas && cas != 0 => Some(record),
+        _ => {
+            let record = Arc::new(KeyRecord::decode(&bytes)?);
+            if cas != 0 {
+                memo.insert(entry.as_bytes(), (cas, Arc::clone(&record)));
+            }
+            Some(record)
+        }
+    }
+}
+
+/// Whether `record` may be used at `now`.
+fn usable(record: &KeyRecord, now: UnixNanos) -> Result<(), KeyFailure> {
+    if !record.active {
+        return Err(KeyFailure::Revoked);
+    }
+    if record.expires_at.is_some_and(|exp| now.secs() >= exp) {
+        return Err(KeyFailure::Expired);
+    }
+    Ok(())
+}
+
+/// [`lookup`] by the feed's shared-data key (`k/<hex>`, [`KeyHash::cache_key`]) and the
+/// key's hash. Records are read on every call; decoding is skipped when the policy's
+/// [`crate::policy::KeyRecords`] holds one at the same version (cas). The policy's own
+/// entry is read only for a key the policy declares, under a name built on the stack.
+pub fn lookup_at(
+    policy: &Policy,
+    store: &impl SharedStore,
+    hash: &KeyHash,
+    cache_key: &str,
+    now: UnixNanos,
+) -> Result<Arc<KeyRecord>, KeyFailure> {
+    // Only the feed writes `k/`; a policy-origin record there is an older version's.
+    let fed = read(policy, store, cache_key).filter(|r| r.origin == Origin::Feed);
+    // Declared by another (older) policy: shared data cannot forget it, so we do.
+    let declared = if policy.declared.contains(&hash.0) {
+        let mut name = [0u8; POLICY_ENTRY_LEN];
+        let hex = cache_key.strip_prefix("k/").unwrap_or_default().as_bytes();
+        let (prefix, rest) = name.split_at_mut(POLICY_KEY_PREFIX.len());
+        prefix.copy_from_slice(POLICY_KEY_PREFIX.as_bytes());
+        rest.get_mut(..hex.len())
+            .ok_or(KeyFailure::Unknown)?
+            .copy_from_slice(hex);
+        let name = std::str::from_utf8(&name).map_err(|_| KeyFailure::Unknown)?;
+        read(policy, store, name).filter(|r| r.origin == Origin::Policy(policy.fingerprint))
+    } else {
+        None
+    };
+    match (fed, declared) {
+        (None, None) => Err(KeyFailure::Unknown),
+        (Some(record), None) | (None, Some(record)) => usable(&record, now).map(|()| record),
+        (Some(fed), Some(declared)) => {
+            usable(&fed, now)?;
+            usable(&declared, now)?;
+            Ok(fed)
+        }
+    }
+}
+
+/// `kp/` and 64 hex digits.
+const POLICY_ENTRY_LEN: usize = 67;
+
+#[cfg(test)]
+#[cfg(feature = "yaml")]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use crate::sync::feed::{Answer, FedKeys, apply};
+
+    const DEMO: &[u8] = b"ghk_demo_5f0c1b8e2d7a4c9e8b3f6A2d4hG5";
+
+    fn policy() -> Policy {
+        crate::policy::load_yaml(
+            "example.yaml",
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../policies/example.yaml"
+            )),
+        )
+        .unwrap()
+        .policy
+    }
+
+    fn feed(store: &MemoryStore, active: bool, plan: &str) {
+        let record = KeyRecord {
+            origin: Origin::Feed,
+            key_id: "key_demo".into(),
+            user: "user_demo".into(),
+            tenant: "tenant_demo".into(),
+            plan: plan.into(),
+            expires_at: None,
+            active,
+            scopes: vec![],
+        };
+        let answer = Answer {
+            epoch: "e1".into(),
+            version: 1,
+            full: false,
+            keys: vec![(KeyHash::of_key(DEMO), record)],
+            users: vec![],
+            jtis: vec![],
+            skipped: 0,
+        };
+        apply(store, &answer, &mut FedKeys::default(), 1).unwrap();
+    }
+
+    /// The policy as a reload with another fingerprint would decode it.
+    fn reloaded(p: &Policy, fingerprint: u64) -> Policy {
+        let mut p = p.clone();
+        p.fingerprint = fingerprint;
+        for k in &mut p.keys {
+            k.record.origin = Origin::Policy(fingerprint);
+        }
+        p
+    }
+
+    fn ask(policy: &Policy, store: &MemoryStore) -> Result<Arc<KeyRecord>, KeyFailure> {
+        let hash = KeyHash::of_key(DEMO);
+        lookup_at(policy, store, &hash, &hash.cache_key(), UnixNanos(0))
+    }
+
+    /// The control service revoked a key the policy also declares: no order of the
+    /// policy's (re)install and the feed's write brings it back.
+    #[test]
+    fn a_policy_reload_never_brings_back_a_key_the_feed_revoked() {
+        let p = policy();
+        // Feed first, then a policy reload.
+        let store = MemoryStore::default();
+        feed(&store, false, "team");
+        install_policy_keys(&p, &store).unwrap();
+        assert_eq!(ask(&p, &store).err(), Some(KeyFailure::Revoked));
+        // Policy first, then the feed, then another reload (a new fingerprint).
+        let store = MemoryStore::default();
+        install_policy_keys(&p, &store).unwrap();
+        assert!(
+            ask(&p, &store).is_ok(),
+            "declared and not fed: the policy's key"
+        );
+        feed(&store, false, "team");
+        let again = reloaded(&p, p.fingerprint ^ 1);
+        install_policy_keys(&again, &store).unwrap();
+        assert_eq!(ask(&again, &store).err(), Some(KeyFailure::Revoked));
+        assert_eq!(ask(&p, &store).err(), Some(KeyFailure::Revoked));
+    }
+
+    /// Both sources hold the key: the stricter answer, and the feed's record.
+    #[test]
+    fn a_key_both_declare_is_refused_if_either_refuses_and_else_is_the_feeds() {
+        let p = policy();
+        let store = MemoryStore::default();
+        feed(&store, true, "enterprise");
+        install_policy_keys(&p, &store).unwrap();
+        assert_eq!(ask(&p, &store).unwrap().plan, "enterprise");
+        // The policy revokes its copy: refused although the feed says active.
+        let mut p = reloaded(&p, p.fingerprint ^ 2);
+        if let Some(k) = p.keys.iter_mut().find(|k| k.hash == KeyHash::of_key(DEMO)) {
+            k.record.active = false;
+        }
+        install_policy_keys(&p, &store).unwrap();
+        assert_eq!(ask(&p, &store).err(), Some(KeyFailure::Revoked));
+        // Without keys of its own a policy reads the feed's entry alone.
+        p.keys.clear();
+        p.declared.clear();
+        assert_eq!(ask(&p, &store).unwrap().plan, "enterprise");
+    }
+
+    /// Only keys the policy declares are looked up in its entries: any other costs the
+    /// one get of the feed's entry, as before the two were apart.
+    #[test]
+    fn an_undeclared_key_reads_the_feeds_entry_only() {
+        let p = policy();
+        let store = MemoryStore::default();
+        let stranger = KeyHash::of_key(b"ghk_stranger");
+        let record = p.keys[0].record.clone();
+        store
+            .set(&stranger.policy_cache_key(), &record.encode(), 0)
+            .unwrap();
+        assert_eq!(
+            lookup_at(&p, &store, &stranger, &stranger.cache_key(), UnixNanos(0)).err(),
+            Some(KeyFailure::Unknown)
+        );
+        assert!(p.declared.contains(&KeyHash::of_key(DEMO).0));
+        assert_eq!(p.declared.len(), p.keys.len());
+    }
+}

@@ -1,0 +1,240 @@
+//! Decoding of the `rate_limit` section and of routes' `limits` (types in
+//! [`crate::policy::RateLimitPolicy`] and [`crate::route::RouteLimit`]).
+
+use super::auth::parse_duration_secs;
+use super::{Decoder, join};
+use crate::limit::{OnContention, Rate};
+use crate::policy::tree::{Node, Value};
+use crate::policy::{LimitBy, Plan, RateLimitPolicy};
+use crate::route::RouteLimit;
+
+/// The default size of the slot table: ~40 bytes each, about 3 MB in all.
+pub const DEFAULT_SLOTS: u32 = 65_536;
+
+const MINUTE_NANOS: u64 = 60_000_000_000;
+
+fn anonymous_default(plans: &[Plan]) -> Rate {
+    plans.iter().find(|p| p.name == "free").map_or(
+        Rate {
+            requests: 60,
+            period_nanos: MINUTE_NANOS,
+            burst: 60,
+        },
+        Plan::rate,
+    )
+}
+
+impl Decoder {
+    pub(super) fn rate_limit_defaults(&self, plans: &[Plan]) -> RateLimitPolicy {
+        RateLimitPolicy {
+            plan_key: LimitBy::User,
+            anonymous: anonymous_default(plans),
+            trusted_proxies: 0,
+            slots: DEFAULT_SLOTS,
+            address_slots: DEFAULT_SLOTS,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+            on_contention: OnContention::Refuse,
+            headers_on_allowed: false,
+            places: Default::default(),
+        }
+    }
+
+    fn limit_by(&mut self, node: &Node, path: &str) -> Option<LimitBy> {
+        match self.string(node, path)? {
+            "ip" => Some(LimitBy::Ip),
+            "key" => Some(LimitBy::Key),
+            "user" => Some(LimitBy::User),
+            "tenant" => Some(LimitBy::Tenant),
+            other => {
+                self.error(
+                    path,
+                    node.pos,
+                    format!("unknown '{other}'; expected one of [ip, key, user, tenant]"),
+                );
+                None
+            }
+        }
+    }
+
+    fn count(&mut self, node: &Node, path: &str) -> Option<u32> {
+        self.integer(node, path, 1, 1_000_000_000)
+            .and_then(|v| u32::try_from(v).ok())
+    }
+
+    pub(super) fn rate_limit(
+        &mut self,
+        node: &Node,
+        path: &str,
+        plans: &[Plan],
+    ) -> Option<RateLimitPolicy> {
+        let f = self.object(
+            node,
+            path,
+            &[
+                "key",
+                "anonymous",
+                "trusted_proxies",
+                "slots",
+                "address_slots",
+                "ipv4_prefix",
+                "ipv6_prefix",
+                "on_contention",
+                "headers_on_allowed",
+            ],
+        )?;
+        let mut out = self.rate_limit_defaults(plans);
+        let mut ok = true;
+        if let Some(n) = f.get("key") {
+            match self.limit_by(n, &join(path, "key")) {
+                Some(LimitBy::Ip) => {
+                    self.error(
+                        &join(path, "key"),
+                        n.pos,
+                        "plan limits count authenticated callers: expected one of [key, user, tenant]",
+                    );
+                    ok = false;
+                }
+                Some(by) => out.plan_key = by,
+                None => ok = false,
+            }
+        }
+        if let Some(n) = f.get("anonymous") {
+            let ap = join(path, "anonymous");
+            match self.object(n, &ap, &["requests_per_minute", "burst"]) {
+                Some(a) => {
+                    let rpm = self
+                        .required(&a, &ap, "requests_per_minute")
+                        .and_then(|v| self.count(v, &join(&ap, "requests_per_minute")));
+                    let burst = match a.get("burst") {
+                        None => rpm,
+                        Some(b) => self.count(b, &join(&ap, "burst")),
+                    };
+                    match (rpm, burst) {
+                        (Some(requests), Some(burst)) => {
+                            out.anonymous = Rate {
+                                requests,
+                                period_nanos: MINUTE_NANOS,
+                                burst,
+                            }
+                        }
+                        _ => ok = false,
+                    }
+                }
+                None => ok = false,
+            }
+        }
+        if let Some(n) = f.get("trusted_proxies") {
+            match self.integer(n, &join(path, "trusted_proxies"), 0, 16) {
+                Some(v) => out.trusted_proxies = u32::try_from(v).unwrap_or(0),
+                None => ok = false,
+            }
+        }
+        if let Some(n) = f.get("slots") {
+            match self.integer(n, &join(path, "slots"), 1024, 16_777_216) {
+                Some(v) => out.slots = u32::try_from(v).unwrap_or(DEFAULT_SLOTS),
+                None => ok = false,
+            }
+        }
+        if let Some(n) = f.get("address_slots") {
+            match self.integer(n, &join(path, "address_slots"), 1024, 16_777_216) {
+                Some(v) => out.address_slots = u32::try_from(v).unwrap_or(DEFAULT_SLOTS),
+                None => ok = false,
+            }
+        }
+        // A client's address counts as its network: every address of an IPv6 /64 is one
+        // subscriber's, and would otherwise be a fresh budget each.
+        for (field, min, max) in [("ipv4_prefix", 8, 32), ("ipv6_prefix", 16, 128)] {
+            if let Some(n) = f.get(field) {
+                match self.integer(n, &join(path, field), min, max) {
+                    Some(v) => {
+                        let v = u8::try_from(v).unwrap_or(0);
+                        if field == "ipv4_prefix" {
+                            out.ipv4_prefix = v;
+                        } else {
+                            out.ipv6_prefix = v;
+                        }
+                    }
+                    None => ok = false,
+                }
+            }
+        }
+        if let Some(n) = f.get("on_contention") {
+            let cp = join(path, "on_contention");
+            match self.string(n, &cp) {
+                Some("refuse") => out.on_contention = OnContention::Refuse,
+                Some("allow") => out.on_contention = OnContention::Allow,
+                Some(other) => {
+                    self.error(
+                        &cp,
+                        n.pos,
+                        format!("unknown '{other}'; expected one of [refuse, allow]"),
+                    );
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
+        if let Some(n) = f.get("headers_on_allowed") {
+            match self.boolean(n, &join(path, "headers_on_allowed")) {
+                Some(b) => out.headers_on_allowed = b,
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    pub(super) fn route_limits(&mut self, node: &Node, path: &str) -> Option<Vec<RouteLimit>> {
+        let items = self.list(node, path)?;
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let p = format!("{path}[{i}]");
+            let Some(f) = self.object(item, &p, &["requests", "per", "by", "burst"]) else {
+                ok = false;
+                continue;
+            };
+            let requests = self
+                .required(&f, &p, "requests")
+                .and_then(|n| self.count(n, &join(&p, "requests")));
+            let per = self.required(&f, &p, "per").and_then(|n| {
+                let pp = join(&p, "per");
+                let secs = match &n.value {
+                    Value::Str(s) => parse_duration_secs(s),
+                    _ => None,
+                };
+                match secs {
+                    Some(s) if (1..=86_400 * 7).contains(&s) => Some(s),
+                    _ => {
+                        self.error(
+                            &pp,
+                            n.pos,
+                            "expected a period such as 1s, 1m, 1h or 1d (at most 7d)",
+                        );
+                        None
+                    }
+                }
+            });
+            let by = match f.get("by") {
+                None => Some(LimitBy::Ip),
+                Some(n) => self.limit_by(n, &join(&p, "by")),
+            };
+            let burst = match f.get("burst") {
+                None => requests,
+                Some(n) => self.count(n, &join(&p, "burst")),
+            };
+            match (requests, per, by, burst) {
+                (Some(requests), Some(per), Some(by), Some(burst)) => out.push(RouteLimit {
+                    rate: Rate {
+                        requests,
+                        period_nanos: per.saturating_mul(1_000_000_000),
+                        burst,
+                    },
+                    by,
+                }),
+                _ => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+}

@@ -1,0 +1,614 @@
+//! Every refusal, and the one JSON shape it is answered with.
+//!
+//! [`Denial`] is closed: nothing else in the plugin sends an error body (the one other
+//! local answer is a CORS preflight's empty 204, [`crate::cors`]), and an upstream error
+//! replaced by gatehouse ([`Denial::UpstreamError`]) gets the same shape. One function,
+//! [`Denial::reply`], maps a denial to its status, `code`, headers and body. Clients get a
+//! generic message; the precise reason ([`Denial::reason`]) goes to logs and metrics, so a
+//! caller probing keys cannot tell an unknown key from a revoked one.
+//!
+//! Body: `{"error": "...", "code": "MISSING_CREDENTIALS", "timestamp": "<RFC 3339 UTC>",
+//! "request_id": "..."}` with `content-type: application/json`. Nothing from the request
+//! except the request id is echoed, and that one is JSON-escaped and bounded.
+
+use crate::authn::api_key::KeyFailure;
+use crate::authn::revocation::Revoked;
+use crate::body::BodyError;
+use crate::body::json::JsonError;
+use crate::body::webhook::SignatureError;
+use crate::time::{UnixNanos, format_rfc3339};
+
+/// Why a request had no acceptable identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No credential on a route that needs one.
+    Missing,
+    /// The credential header was sent more than once.
+    Duplicate,
+    /// A credential in the query string, alone or beside one in a header: refused
+    /// wherever it is (a URL lands in logs, caches and `Referer`, and an upstream that
+    /// reads it could act for someone other than the caller gatehouse checked).
+    InQuery,
+    /// An API key was presented and refused.
+    Key(KeyFailure),
+    /// A bearer token was presented and refused.
+    Jwt(JwtFailure),
+}
+
+/// Why a bearer token was refused; the `&'static str` is the precise reason for logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JwtFailure {
+    /// Not a well-formed token (or an algorithm or claim type we never accept).
+    Malformed(&'static str),
+    /// Well-formed but not acceptable: signature, key, issuer, audience, claims.
+    Invalid(&'static str),
+    Expired,
+    Revoked(Revoked),
+}
+
+/// A refusal. Closed: add a variant here and its mapping below, nowhere else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denial {
+    Unauthorized(AuthFailure),
+    /// The caller is authenticated, but its key's scopes do not include this route.
+    Forbidden,
+    /// The credential names a plan the policy does not list (a typo, a renamed or dropped
+    /// plan), and the policy does not map unknown plans to one it has: refused rather
+    /// than served without a plan limit.
+    UnknownPlan,
+    /// Over a rate limit (or the limiter could not decide and the policy refuses).
+    RateLimited(crate::limit::Refusal),
+    NoRoute,
+    /// The method or path could mean another route to the upstream ([`crate::route::resolve`]).
+    Unclear(crate::route::Unclear),
+    /// The plugin has no valid policy (Envoy should never route to it then).
+    NotConfigured,
+    /// The credential cannot be checked: the control service's feed is older than the
+    /// policy's `feed.staleness` and the policy says `on_stale: fail_closed`.
+    AuthUnavailable,
+    /// A CORS preflight the route's `cors` does not allow ([`crate::cors`]).
+    CorsRejected(crate::cors::CorsRefusal),
+    /// Not a refusal: an upstream error response (this status) replaced by the standard
+    /// body, which keeps the status ([`crate::response`]).
+    UpstreamError(u32),
+    /// A webhook signature was missing, wrong, expired or replayed ([`crate::body::webhook`]).
+    Signature(crate::body::webhook::SignatureError),
+    /// The body is too large, or breaks the route's JSON rules ([`crate::body`]).
+    Body(crate::body::BodyError),
+}
+
+/// Every `code` a refusal can carry ([`Denial::code`], verbose or not), in a fixed order:
+/// the refusal metrics (`gatehouse.refused.<code in lower case>`) are defined from this
+/// list, and [`Denial::code_index`] points into it. `UPSTREAM_ERROR` is not here: a
+/// replaced upstream error is not a refusal.
+pub const REFUSAL_CODES: [&str; 20] = [
+    "MISSING_CREDENTIALS",
+    "MALFORMED_CREDENTIALS",
+    "EXPIRED_CREDENTIALS",
+    "INVALID_CREDENTIALS",
+    "UNKNOWN_KEY",
+    "REVOKED_KEY",
+    "REVOKED_TOKEN",
+    "FORBIDDEN",
+    "UNKNOWN_PLAN",
+    "RATE_LIMITED",
+    "NOT_FOUND",
+    "BAD_REQUEST",
+    "UNAVAILABLE",
+    "AUTH_UNAVAILABLE",
+    "CORS_REJECTED",
+    "INVALID_SIGNATURE",
+    "SIGNATURE_EXPIRED",
+    "PAYLOAD_TOO_LARGE",
+    "MALFORMED_BODY",
+    "JSON_LIMIT_EXCEEDED",
+];
+
+/// `Retry-After` on [`Denial::AuthUnavailable`]: a few sync polls.
+pub const AUTH_UNAVAILABLE_RETRY_AFTER_SECS: u32 = 5;
+
+/// A local response ready to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+/// The longest request id echoed into a body; longer or non-printable ones are replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+impl Denial {
+    pub fn status(self) -> u32 {
+        match self {
+            Denial::Unauthorized(_) => 401,
+            Denial::Forbidden | Denial::UnknownPlan | Denial::CorsRejected(_) => 403,
+            Denial::UpstreamError(status) => status,
+            Denial::RateLimited(_) => 429,
+            Denial::NoRoute => 404,
+            Denial::Unclear(_) => 400,
+            Denial::NotConfigured | Denial::AuthUnavailable => 503,
+            Denial::Signature(SignatureError::Unavailable) => 503,
+            Denial::Signature(_) => 401,
+            Denial::Body(BodyError::Json(JsonError::Malformed)) => 400,
+            Denial::Body(_) => 413,
+        }
+    }
+
+    /// The machine-readable `code` of the body. Unknown and revoked keys share
+    /// `INVALID_CREDENTIALS` unless `verbose`, so a caller probing keys cannot tell which
+    /// applies.
+    pub fn code(self, verbose: bool) -> &'static str {
+        match self {
+            Denial::Unauthorized(AuthFailure::Missing) => "MISSING_CREDENTIALS",
+            Denial::Unauthorized(AuthFailure::Duplicate)
+            | Denial::Unauthorized(AuthFailure::InQuery)
+            | Denial::Unauthorized(AuthFailure::Key(KeyFailure::Malformed)) => {
+                "MALFORMED_CREDENTIALS"
+            }
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Expired))
+            | Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Expired)) => "EXPIRED_CREDENTIALS",
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Malformed(_))) => {
+                "MALFORMED_CREDENTIALS"
+            }
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Revoked(_))) if verbose => {
+                "REVOKED_TOKEN"
+            }
+            Denial::Unauthorized(AuthFailure::Jwt(_)) => "INVALID_CREDENTIALS",
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)) if verbose => "UNKNOWN_KEY",
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Revoked)) if verbose => "REVOKED_KEY",
+            Denial::Unauthorized(AuthFailure::Key(_)) => "INVALID_CREDENTIALS",
+            Denial::Forbidden => "FORBIDDEN",
+            Denial::UnknownPlan => "UNKNOWN_PLAN",
+            Denial::RateLimited(_) => "RATE_LIMITED",
+            Denial::NoRoute => "NOT_FOUND",
+            Denial::Unclear(_) => "BAD_REQUEST",
+            Denial::NotConfigured => "UNAVAILABLE",
+            Denial::AuthUnavailable => "AUTH_UNAVAILABLE",
+            Denial::CorsRejected(_) => "CORS_REJECTED",
+            Denial::UpstreamError(_) => "UPSTREAM_ERROR",
+            Denial::Signature(SignatureError::Expired) => "SIGNATURE_EXPIRED",
+            // The replay cache could not answer: the signature cannot be checked right now.
+            Denial::Signature(SignatureError::Unavailable) => "AUTH_UNAVAILABLE",
+            Denial::Signature(_) => "INVALID_SIGNATURE",
+            Denial::Body(BodyError::TooLarge) => "PAYLOAD_TOO_LARGE",
+            Denial::Body(BodyError::Json(JsonError::Malformed)) => "MALFORMED_BODY",
+            Denial::Body(BodyError::Json(_)) => "JSON_LIMIT_EXCEEDED",
+        }
+    }
+
+    /// The code operators see (logs, metrics, the refusal audit): the precise one, as
+    /// `errors.verbose` would show it, whatever the policy shows clients.
+    pub fn audit_code(self) -> &'static str {
+        self.code(true)
+    }
+
+    /// Where [`Denial::audit_code`] is in [`REFUSAL_CODES`]; `None` for an upstream error.
+    pub fn code_index(self) -> Option<usize> {
+        let code = self.audit_code();
+        REFUSAL_CODES.iter().position(|c| *c == code)
+    }
+
+    /// The message clients see, as precise as `code`.
+    pub fn message(self, verbose: bool) -> &'static str {
+        match self {
+            Denial::Unauthorized(AuthFailure::Missing) => "authentication required",
+            Denial::Unauthorized(AuthFailure::Duplicate) => {
+                "the credential was sent more than once"
+            }
+            Denial::Unauthorized(AuthFailure::InQuery) => {
+                "credentials go in a header, never in the query string"
+            }
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Malformed)) => {
+                "the API key is malformed"
+            }
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Expired))
+            | Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Expired)) => {
+                "the credential has expired"
+            }
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Malformed(_))) => {
+                "the bearer token is malformed"
+            }
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Revoked(_))) if verbose => {
+                "the token has been revoked"
+            }
+            Denial::Unauthorized(AuthFailure::Jwt(_)) => "invalid credentials",
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)) if verbose => {
+                "unknown API key"
+            }
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Revoked)) if verbose => {
+                "the API key has been revoked"
+            }
+            Denial::Unauthorized(AuthFailure::Key(_)) => "invalid credentials",
+            Denial::Forbidden => "this credential may not call this route",
+            Denial::UnknownPlan => "this credential's plan is not offered here",
+            Denial::RateLimited(_) => "rate limit exceeded",
+            Denial::NoRoute => "no route matches this request",
+            Denial::Unclear(crate::route::Unclear::Method) => "the request method is not valid",
+            Denial::Unclear(_) => "the request path is not in normal form",
+            Denial::NotConfigured => "the gateway is not configured",
+            Denial::AuthUnavailable => "authentication is temporarily unavailable",
+            Denial::CorsRejected(_) => "this cross-origin request is not allowed",
+            // Per class only: the upstream's own words may hold internals.
+            Denial::UpstreamError(500..) => "the upstream service failed",
+            Denial::UpstreamError(_) => "the upstream service could not process the request",
+            // Never the expected signature or the signed string: the sender knows both.
+            Denial::Signature(SignatureError::Expired) => {
+                "the webhook timestamp is outside the allowed window"
+            }
+            Denial::Signature(SignatureError::Unavailable) => {
+                "authentication is temporarily unavailable"
+            }
+            Denial::Signature(_) => "the webhook signature is missing or invalid",
+            Denial::Body(BodyError::TooLarge) => "the request body is too large",
+            Denial::Body(BodyError::Json(JsonError::Malformed)) => {
+                "the request body is not valid JSON"
+            }
+            Denial::Body(BodyError::Json(_)) => "the JSON body exceeds the allowed sizes",
+        }
+    }
+
+    /// The precise reason, for logs and metrics only.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Denial::Unauthorized(AuthFailure::Missing) => "missing_credential",
+            Denial::Unauthorized(AuthFailure::Duplicate) => "duplicate_credential",
+            Denial::Unauthorized(AuthFailure::InQuery) => "credential_in_query",
+            Denial::Unauthorized(AuthFailure::Key(k)) => k.as_str(),
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Malformed(r)))
+            | Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Invalid(r))) => r,
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Expired)) => "jwt_expired",
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Revoked(Revoked::User))) => {
+                "jwt_revoked_user"
+            }
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Revoked(Revoked::Jti))) => {
+                "jwt_revoked_jti"
+            }
+            Denial::Forbidden => "out_of_scope",
+            Denial::UnknownPlan => "unknown_plan",
+            Denial::RateLimited(crate::limit::Refusal::Exceeded { .. }) => "rate_limited",
+            Denial::RateLimited(crate::limit::Refusal::Collision { .. }) => "rate_limit_collision",
+            Denial::RateLimited(crate::limit::Refusal::Contention { .. }) => {
+                "rate_limit_contention"
+            }
+            Denial::NoRoute => "no_route",
+            Denial::Unclear(u) => u.reason(),
+            Denial::NotConfigured => "not_configured",
+            Denial::AuthUnavailable => "feed_stale",
+            Denial::CorsRejected(r) => r.reason(),
+            Denial::UpstreamError(_) => "upstream_error",
+            Denial::Signature(e) => e.as_str(),
+            Denial::Body(e) => e.as_str(),
+        }
+    }
+
+    /// Renders the local response for this denial, with the generic messages.
+    pub fn reply(self, now: UnixNanos, request_id: &[u8]) -> LocalReply {
+        self.render(now, request_id, false)
+    }
+
+    /// Renders the local response; `verbose` is the policy's `errors.verbose`.
+    pub fn render(self, now: UnixNanos, request_id: &[u8], verbose: bool) -> LocalReply {
+        let mut headers = vec![
+            ("content-type", "application/json".to_string()),
+            ("cache-control", "no-store".to_string()),
+        ];
+        match self {
+            // RFC 6750: a refused bearer token gets a Bearer challenge.
+            Denial::Unauthorized(AuthFailure::Jwt(_)) => headers.push((
+                "www-authenticate",
+                "Bearer realm=\"gatehouse\", error=\"invalid_token\"".to_string(),
+            )),
+            Denial::Unauthorized(_) => {
+                headers.push(("www-authenticate", "ApiKey realm=\"gatehouse\"".to_string()))
+            }
+            Denial::RateLimited(r) => {
+                headers.push(("retry-after", r.retry_after_secs().to_string()));
+                headers.extend(quota_headers(&r.quota()));
+            }
+            Denial::AuthUnavailable | Denial::Signature(SignatureError::Unavailable) => {
+                headers.push(("retry-after", AUTH_UNAVAILABLE_RETRY_AFTER_SECS.to_string()))
+            }
+            // RFC 9110 §11.6.1: a 401 names a scheme; webhook senders sign, they do not log in.
+            Denial::Signature(_) => headers.push((
+                "www-authenticate",
+                "Signature realm=\"gatehouse\"".to_string(),
+            )),
+            _ => {}
+        }
+        LocalReply {
+            status: self.status(),
+            headers,
+            body: error_body(self.message(verbose), self.code(verbose), now, request_id),
+        }
+    }
+}
+
+/// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (the IETF draft's
+/// names), for refusals and, when the policy asks, allowed responses.
+pub fn quota_headers(q: &crate::limit::Quota) -> [(&'static str, String); 3] {
+    [
+        ("ratelimit-limit", q.limit.to_string()),
+        ("ratelimit-remaining", q.remaining.to_string()),
+        ("ratelimit-reset", q.reset_secs.to_string()),
+    ]
+}
+
+fn printable_request_id(raw: &[u8]) -> &str {
+    match std::str::from_utf8(raw) {
+        Ok(s) if s.len() <= MAX_REQUEST_ID_LEN && s.bytes().all(|b| (0x20..0x7f).contains(&b)) => s,
+        _ => "invalid",
+    }
+}
+
+/// The standard error body. Shared with the control service, so both speak one shape.
+/// Fields are written in the documented order: error, code, timestamp, request_id.
+pub fn error_body(message: &str, code: &str, now: UnixNanos, request_id: &[u8]) -> String {
+    // Built by hand, not with `format!` and serde_json: every refusal renders one, and a
+    // refusal should cost less than the request it turns away.
+    use crate::text::push_json_string;
+    let mut out = String::with_capacity(128 + message.len());
+    out.push_str("{\"error\":");
+    push_json_string(&mut out, message);
+    out.push_str(",\"code\":");
+    push_json_string(&mut out, code);
+    out.push_str(",\"timestamp\":\"");
+    out.push_str(&format_rfc3339(now));
+    out.push_str("\",\"request_id\":");
+    push_json_string(&mut out, printable_request_id(request_id));
+    out.push('}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(reply: &LocalReply) -> serde_json::Value {
+        serde_json::from_str(&reply.body).unwrap()
+    }
+
+    #[test]
+    fn unauthorized_has_the_standard_shape_and_www_authenticate() {
+        let r = Denial::Unauthorized(AuthFailure::Missing)
+            .reply(UnixNanos(1_767_225_600_000_000_000), b"req-1");
+        assert_eq!(r.status, 401);
+        assert!(
+            r.headers
+                .iter()
+                .any(|(k, v)| *k == "content-type" && v == "application/json")
+        );
+        assert!(r.headers.iter().any(|(k, _)| *k == "www-authenticate"));
+        assert_eq!(
+            body(&r),
+            serde_json::json!({
+                "error": "authentication required",
+                "code": "MISSING_CREDENTIALS",
+                "timestamp": "2026-01-01T00:00:00.000Z",
+                "request_id": "req-1",
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_and_revoked_keys_look_the_same_to_the_client() {
+        let a =
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)).reply(UnixNanos(0), b"x");
+        let b =
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Revoked)).reply(UnixNanos(0), b"x");
+        assert_eq!(a, b);
+        assert_eq!(body(&a)["code"], "INVALID_CREDENTIALS");
+    }
+
+    #[test]
+    fn every_refusal_has_its_own_code_and_verbose_tells_unknown_from_revoked() {
+        let code =
+            |d: Denial, verbose| body(&d.render(UnixNanos(0), b"x", verbose))["code"].clone();
+        let key = |k| Denial::Unauthorized(AuthFailure::Key(k));
+        assert_eq!(
+            code(Denial::Unauthorized(AuthFailure::Missing), false),
+            "MISSING_CREDENTIALS"
+        );
+        assert_eq!(
+            code(key(KeyFailure::Malformed), false),
+            "MALFORMED_CREDENTIALS"
+        );
+        assert_eq!(code(key(KeyFailure::Expired), false), "EXPIRED_CREDENTIALS");
+        assert_eq!(code(key(KeyFailure::Unknown), true), "UNKNOWN_KEY");
+        assert_eq!(code(key(KeyFailure::Revoked), true), "REVOKED_KEY");
+        let forbidden = Denial::Forbidden.reply(UnixNanos(0), b"x");
+        assert_eq!(forbidden.status, 403);
+        assert_eq!(body(&forbidden)["code"], "FORBIDDEN");
+        assert!(
+            !forbidden
+                .headers
+                .iter()
+                .any(|(n, _)| *n == "www-authenticate")
+        );
+    }
+
+    #[test]
+    fn fields_come_in_the_documented_order() {
+        let r = Denial::NoRoute.reply(UnixNanos(0), b"id");
+        assert_eq!(
+            r.body,
+            r#"{"error":"no route matches this request","code":"NOT_FOUND","timestamp":"1970-01-01T00:00:00.000Z","request_id":"id"}"#
+        );
+    }
+
+    #[test]
+    fn a_stale_feed_is_503_auth_unavailable_with_retry_after() {
+        let r = Denial::AuthUnavailable.reply(UnixNanos(0), b"");
+        assert_eq!(r.status, 503);
+        assert_eq!(body(&r)["code"], "AUTH_UNAVAILABLE");
+        assert_eq!(
+            body(&r)["error"],
+            "authentication is temporarily unavailable"
+        );
+        assert!(
+            r.headers
+                .iter()
+                .any(|(k, v)| *k == "retry-after" && v == "5")
+        );
+        assert!(!r.headers.iter().any(|(k, _)| *k == "www-authenticate"));
+    }
+
+    #[test]
+    fn webhook_and_body_refusals_have_their_codes_and_never_more_than_the_standard_fields() {
+        let check = |d: Denial, status: u32, code: &str| {
+            let r = d.reply(UnixNanos(0), b"id");
+            assert_eq!(r.status, status, "{d:?}");
+            let b = body(&r);
+            assert_eq!(b["code"], code, "{d:?}");
+            assert_eq!(b.as_object().unwrap().len(), 4, "{b}");
+            r
+        };
+        for e in [
+            SignatureError::Missing,
+            SignatureError::Malformed,
+            SignatureError::Mismatch,
+            SignatureError::Replayed,
+        ] {
+            let r = check(Denial::Signature(e), 401, "INVALID_SIGNATURE");
+            assert!(r.headers.iter().any(|(k, _)| *k == "www-authenticate"));
+            assert_eq!(
+                body(&r)["error"],
+                "the webhook signature is missing or invalid"
+            );
+        }
+        check(
+            Denial::Signature(SignatureError::Expired),
+            401,
+            "SIGNATURE_EXPIRED",
+        );
+        let r = check(
+            Denial::Signature(SignatureError::Unavailable),
+            503,
+            "AUTH_UNAVAILABLE",
+        );
+        assert!(r.headers.iter().any(|(k, _)| *k == "retry-after"));
+        check(Denial::Body(BodyError::TooLarge), 413, "PAYLOAD_TOO_LARGE");
+        check(
+            Denial::Body(BodyError::Json(JsonError::Malformed)),
+            400,
+            "MALFORMED_BODY",
+        );
+        for e in [
+            JsonError::StringTooLong,
+            JsonError::TooManyItems,
+            JsonError::TooDeep,
+        ] {
+            check(Denial::Body(BodyError::Json(e)), 413, "JSON_LIMIT_EXCEEDED");
+        }
+    }
+
+    /// One denial of every kind (every variant, every reason), for exhaustive checks.
+    fn every_denial() -> Vec<Denial> {
+        use crate::limit::{Quota, Refusal};
+        let quota = Quota {
+            limit: 1,
+            remaining: 0,
+            reset_secs: 1,
+        };
+        let mut all = vec![
+            Denial::Unauthorized(AuthFailure::Missing),
+            Denial::Unauthorized(AuthFailure::Duplicate),
+            Denial::Unauthorized(AuthFailure::InQuery),
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Malformed("jwt_malformed"))),
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Invalid("jwt_bad_signature"))),
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Expired)),
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Revoked(Revoked::User))),
+            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Revoked(Revoked::Jti))),
+            Denial::Forbidden,
+            Denial::UnknownPlan,
+            Denial::RateLimited(Refusal::Exceeded {
+                quota,
+                retry_after_secs: 1,
+            }),
+            Denial::RateLimited(Refusal::Collision { quota }),
+            Denial::RateLimited(Refusal::Contention { quota }),
+            Denial::NoRoute,
+            Denial::Unclear(crate::route::Unclear::Path),
+            Denial::Unclear(crate::route::Unclear::Method),
+            Denial::NotConfigured,
+            Denial::AuthUnavailable,
+            Denial::Body(BodyError::TooLarge),
+        ];
+        for k in [
+            KeyFailure::Malformed,
+            KeyFailure::Unknown,
+            KeyFailure::Revoked,
+            KeyFailure::Expired,
+        ] {
+            all.push(Denial::Unauthorized(AuthFailure::Key(k)));
+        }
+        for c in [
+            crate::cors::CorsRefusal::Origin,
+            crate::cors::CorsRefusal::Method,
+            crate::cors::CorsRefusal::Headers,
+            crate::cors::CorsRefusal::Route,
+        ] {
+            all.push(Denial::CorsRejected(c));
+        }
+        for e in [
+            SignatureError::Missing,
+            SignatureError::Malformed,
+            SignatureError::Mismatch,
+            SignatureError::Expired,
+            SignatureError::Replayed,
+            SignatureError::Unavailable,
+        ] {
+            all.push(Denial::Signature(e));
+        }
+        for e in [
+            JsonError::Malformed,
+            JsonError::StringTooLong,
+            JsonError::TooManyItems,
+            JsonError::TooDeep,
+        ] {
+            all.push(Denial::Body(BodyError::Json(e)));
+        }
+        all
+    }
+
+    #[test]
+    fn every_refusal_code_is_in_the_metric_list_and_every_listed_code_occurs() {
+        let mut seen = std::collections::BTreeSet::new();
+        for d in every_denial() {
+            for verbose in [false, true] {
+                let code = d.code(verbose);
+                assert!(REFUSAL_CODES.contains(&code), "{d:?}: {code}");
+                seen.insert(code);
+            }
+            assert_eq!(
+                d.code_index().map(|i| REFUSAL_CODES[i]),
+                Some(d.audit_code())
+            );
+        }
+        assert_eq!(seen.len(), REFUSAL_CODES.len(), "{seen:?}");
+        assert_eq!(Denial::UpstreamError(502).code_index(), None);
+        // Operators see the precise code even where clients see the generic one.
+        let revoked = Denial::Unauthorized(AuthFailure::Key(KeyFailure::Revoked));
+        assert_eq!(revoked.code(false), "INVALID_CREDENTIALS");
+        assert_eq!(revoked.audit_code(), "REVOKED_KEY");
+    }
+
+    #[test]
+    fn no_route_is_404_not_found_without_www_authenticate() {
+        let r = Denial::NoRoute.reply(UnixNanos(0), b"");
+        assert_eq!(r.status, 404);
+        assert_eq!(body(&r)["code"], "NOT_FOUND");
+        assert!(!r.headers.iter().any(|(k, _)| *k == "www-authenticate"));
+    }
+
+    #[test]
+    fn a_hostile_request_id_is_escaped_or_replaced() {
+        let r = Denial::NoRoute.reply(UnixNanos(0), br#"a","code":"OK"#);
+        assert_eq!(body(&r)["request_id"], r#"a","code":"OK"#);
+        assert_eq!(body(&r)["code"], "NOT_FOUND");
+        let r = Denial::NoRoute.reply(UnixNanos(0), b"a\nb\xff");
+        assert_eq!(body(&r)["request_id"], "invalid");
+        let r = Denial::NoRoute.reply(UnixNanos(0), &[b'a'; 129]);
+        assert_eq!(body(&r)["request_id"], "invalid");
+    }
+}
