@@ -9,7 +9,8 @@
 #                the control service's feed; issues a demo key and prints curl lines (see
 #                envoy/run.sh for the environment variables); Ctrl-C stops it all.
 #   make schemathesis  Schemathesis against a real control service and its /openapi.json
-#   make lint    rustfmt --check, clippy -D warnings on native and wasm32-wasip1
+#   make lint    no module cycles in the core, rustfmt --check, clippy -D warnings on
+#                native and wasm32-wasip1
 #   make wasm    the module: target/wasm32-wasip1/release/gatehouse.wasm
 #   make fuzz    coverage-guided fuzzing of the parsers of untrusted input and of a whole
 #                request through the core (fuzz/fuzz_targets) for
@@ -74,7 +75,9 @@ probe: toolchain
 	$(CARGO) build --release --target $(WASM_TARGET) \
 	  --manifest-path $(TRAP_MANIFEST) --target-dir target/probe
 
+# `tools/modcycles.py`: no import cycle between gatehouse-core's modules.
 lint: toolchain
+	python3 tools/modcycles.py
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p gatehouse --lib --target $(WASM_TARGET) -- -D warnings

@@ -22,9 +22,13 @@ use gatehouse_core::authn::jwt::{Alg, Key, KeySet, Rules, verify, verify_cached}
 use gatehouse_core::authn::key_cache;
 use gatehouse_core::clock::Clock;
 use gatehouse_core::limit::{CallerKind, Check, OnContention, Rate, Table, check_all, prepare};
-use gatehouse_core::pipeline::{Decision, Presented, RequestHead, decide};
+use gatehouse_core::pipeline::{Decision, decide};
+
 use gatehouse_core::policy::{Policy, PresentedKeys};
-use gatehouse_core::refusal::{AuthFailure, Denial};
+use gatehouse_core::refusal::Denial;
+use gatehouse_core::request::{Presented, RequestHead};
+
+use gatehouse_core::authn::AuthFailure;
 use gatehouse_core::store::MemoryStore;
 use gatehouse_core::time::UnixNanos;
 use gatehouse_core::worker::secret_cache::SecretCache;
@@ -123,7 +127,7 @@ fn api_key_decision(c: &mut Criterion) {
             authorization: Presented::None,
             source_address: b"10.0.0.1:5555",
             forwarded_for: None,
-            method_override: gatehouse_core::pipeline::Presented::None,
+            method_override: gatehouse_core::request::Presented::None,
         };
         let expected = match head.api_key {
             Presented::One(k) if k == DEMO_KEY => 200,
@@ -162,7 +166,7 @@ fn api_key_decision(c: &mut Criterion) {
         authorization: Presented::None,
         source_address: b"10.0.0.1:5555",
         forwarded_for: None,
-        method_override: gatehouse_core::pipeline::Presented::None,
+        method_override: gatehouse_core::request::Presented::None,
     };
     g.bench_function("decide/valid_key_first_sight", |b| {
         b.iter(|| {

@@ -60,12 +60,16 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use gatehouse_core::authn::api_key::{KeyFailure, KeyHash, MAX_PRESENTED_KEY_LEN, check_format};
-use gatehouse_core::pipeline::{
-    self, Decision, HEADER_ISSUER, HEADER_KEY_ID, HEADER_PLAN, HEADER_TENANT, HEADER_USER,
-    IDENTITY_HEADER_PREFIX, Presented, RequestHead, Spelling,
-};
+use gatehouse_core::pipeline::{self, Decision};
+
 use gatehouse_core::policy::Policy;
-use gatehouse_core::refusal::{AuthFailure, Denial, LocalReply};
+use gatehouse_core::refusal::{Denial, LocalReply};
+use gatehouse_core::request::{
+    HEADER_ISSUER, HEADER_KEY_ID, HEADER_PLAN, HEADER_TENANT, HEADER_USER, IDENTITY_HEADER_PREFIX,
+    Presented, RequestHead, Spelling,
+};
+
+use gatehouse_core::authn::AuthFailure;
 use gatehouse_core::time::UnixNanos;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -245,7 +249,10 @@ impl<'a> Forwarded<'a> {
                 n if n.starts_with(IDENTITY_HEADER_PREFIX) => {
                     f.spoofed.insert(n.to_string());
                 }
-                n => match pipeline::classify_spelling(&policy.api_key_header, n.as_bytes()) {
+                n => match gatehouse_core::request::classify_spelling(
+                    &policy.api_key_header,
+                    n.as_bytes(),
+                ) {
                     Some(Spelling::Identity) => {
                         f.spoofed.insert(n.to_string());
                     }
@@ -280,7 +287,7 @@ async fn decide(
         f.origin,
         f.cors_method,
         &f.cors_headers,
-    ) && let Some(answer) = gatehouse_core::cors::answer_preflight(policy, &preflight)
+    ) && let Some(answer) = gatehouse_core::cors::preflight::answer_preflight(policy, &preflight)
     {
         return Ok(match answer {
             Ok(reply) => local_reply(reply),
@@ -355,10 +362,10 @@ fn allow(
     remove.retain(|name| !headers.contains_key(name.as_str()));
     if policy.hide_credentials {
         match allowed.credential {
-            Some(pipeline::Credential::ApiKey) => {
+            Some(gatehouse_core::authn::Credential::ApiKey) => {
                 remove.insert(policy.api_key_header.clone());
             }
-            Some(pipeline::Credential::Jwt) => {
+            Some(gatehouse_core::authn::Credential::Jwt) => {
                 remove.insert("authorization".to_string());
             }
             None => {}

@@ -17,7 +17,9 @@ mod common;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use common::{ADMIN, FEED, T0, error_code, svc, svc_with};
-use gatehouse_core::refusal::{AuthFailure, Denial};
+use gatehouse_core::refusal::Denial;
+
+use gatehouse_core::authn::AuthFailure;
 use gatehouse_core::time::UnixNanos;
 use hmac::{Hmac, Mac};
 use http_body_util::BodyExt;

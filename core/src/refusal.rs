@@ -13,38 +13,11 @@
 
 use crate::authn::api_key::KeyFailure;
 use crate::authn::revocation::Revoked;
+use crate::authn::{AuthFailure, JwtFailure};
 use crate::body::BodyError;
 use crate::body::json::JsonError;
 use crate::body::webhook::SignatureError;
 use crate::time::{UnixNanos, format_rfc3339};
-
-/// Why a request had no acceptable identity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuthFailure {
-    /// No credential on a route that needs one.
-    Missing,
-    /// The credential header was sent more than once.
-    Duplicate,
-    /// A credential in the query string, alone or beside one in a header: refused
-    /// wherever it is (a URL lands in logs, caches and `Referer`, and an upstream that
-    /// reads it could act for someone other than the caller gatehouse checked).
-    InQuery,
-    /// An API key was presented and refused.
-    Key(KeyFailure),
-    /// A bearer token was presented and refused.
-    Jwt(JwtFailure),
-}
-
-/// Why a bearer token was refused; the `&'static str` is the precise reason for logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JwtFailure {
-    /// Not a well-formed token (or an algorithm or claim type we never accept).
-    Malformed(&'static str),
-    /// Well-formed but not acceptable: signature, key, issuer, audience, claims.
-    Invalid(&'static str),
-    Expired,
-    Revoked(Revoked),
-}
 
 /// A refusal. Closed: add a variant here and its mapping below, nowhere else.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -320,6 +293,15 @@ impl Denial {
             status: self.status(),
             headers,
             body: error_body(self.message(verbose), self.code(verbose), now, request_id),
+        }
+    }
+}
+
+impl From<crate::body::Refusal> for Denial {
+    fn from(r: crate::body::Refusal) -> Self {
+        match r {
+            crate::body::Refusal::Body(e) => Denial::Body(e),
+            crate::body::Refusal::Signature(e) => Denial::Signature(e),
         }
     }
 }

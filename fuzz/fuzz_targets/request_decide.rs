@@ -11,8 +11,9 @@
 //! bit 2 renders verbose errors, bit 3 declares the body's length; bits 4-7 pick the size
 //! of the pieces the body arrives in (1 to 16 bytes, or whole).
 //!
-//! An allowed request's body then goes through the route's body rules as the shell runs
-//! them (`body::start`, each piece fed or counted, `finish`), the webhook route's
+//! An allowed request's body then goes through the route's body rules as the filter runs
+//! them (`pipeline::stream::BodyStage`: judged at the headers, each piece fed or counted,
+//! then finished), the webhook route's
 //! signature included.
 //!
 //! Whatever the input, on every decision (each request is decided twice, so caches and
@@ -25,14 +26,18 @@
 //! - the per-worker caches stay within their bounds.
 #![no_main]
 
-use gatehouse_core::body::{self, BodyHead};
-use gatehouse_core::pipeline::{Credential, Decision, Presented, RequestHead, decide};
-use gatehouse_core::refusal::Denial;
+use gatehouse_core::pipeline::stream::{self, BodyNext, BodyStage, Caller, Outcome};
+use gatehouse_core::request::header_map;
+
+use gatehouse_core::authn::Credential;
+
 use gatehouse_core::authn::jwt::KeySet;
-use gatehouse_core::policy::{Policy, PresentedKeys, load_yaml};
-use gatehouse_core::route::{self, Audience};
 use gatehouse_core::body::webhook::Verifier;
 use gatehouse_core::clock::FixedClock;
+use gatehouse_core::policy::{Policy, PresentedKeys, load_yaml};
+use gatehouse_core::refusal::Denial;
+use gatehouse_core::request::{Presented, RequestHead};
+use gatehouse_core::route::{self, Audience};
 use gatehouse_core::store::{MemoryStore, SharedStore, StoreError};
 use gatehouse_core::time::UnixNanos;
 use libfuzzer_sys::fuzz_target;
@@ -174,10 +179,12 @@ fn assert_standard(denial: Denial, now: UnixNanos, request_id: &[u8], verbose: b
     }
 }
 
-/// The body through the route's rules, as the shell runs them: judged at the headers,
-/// then fed piece by piece (held) or counted (streamed), then finished.
+/// The body through the core's body stage, as the filter runs it: judged at the headers,
+/// then each piece fed (held, only its new bytes) or counted (streamed), then finished.
+#[allow(clippy::too_many_arguments)]
 fn run_body(
-    route: &gatehouse_core::route::Route,
+    policy: &gatehouse_core::policy::Policy,
+    route: usize,
     verifier: Option<&Verifier>,
     store: &Overlay<'_>,
     flags: u8,
@@ -186,29 +193,55 @@ fn run_body(
     now: u64,
 ) -> Result<(), Denial> {
     let length = body.len().to_string();
-    let head = BodyHead {
-        content_length: (flags & 8 != 0).then_some(length.as_bytes()),
-        end_of_stream: body.is_empty(),
-        signature: presented(Some(signature), false),
-        timestamp: Presented::None,
-    };
-    if head.end_of_stream && verifier.is_none() {
-        return Ok(());
+    let mut pairs: Vec<(&[u8], &[u8])> = Vec::new();
+    if flags & 8 != 0 {
+        pairs.push((b"content-length", length.as_bytes()));
     }
-    let mut check = body::start(route, verifier, &head, now)?;
+    if !signature.is_empty() {
+        pairs.push((b"x-hub-signature-256", signature));
+    }
+    let raw = header_map::serialize(&pairs);
+    let caller = Caller {
+        plan: None,
+        identity: None,
+        credential: None,
+        key_use_at: None,
+        method: b"POST".to_vec(),
+        source_address: Vec::new(),
+        forwarded_for: None,
+    };
+    let max = policy.routes[route].body.max_bytes;
+    let eos = body.is_empty();
+    let mut next = BodyStage::start(policy, route, verifier, &raw, eos, b"r", caller, store, now);
     let piece = match flags >> 4 {
         0 => body.len().max(1),
         n => usize::from(n),
     };
-    for chunk in body.chunks(piece) {
-        if check.holds() {
-            check.feed(chunk)?;
-        } else {
-            check.count(chunk.len() as u64)?;
+    let mut size = 0;
+    let mut chunks = body.chunks(piece).peekable();
+    loop {
+        match next {
+            BodyNext::Pass(_) => return Ok(()),
+            BodyNext::Refuse(denial, _) => return Err(denial),
+            BodyNext::More(stage, _) => {
+                assert!(stage.seen() <= max, "past the limit");
+                let Some(chunk) = chunks.next() else {
+                    next = stage.finish(verifier, store, now);
+                    continue;
+                };
+                size += chunk.len();
+                // Envoy hands over the whole held body each time; the stage asks for
+                // the bytes it has not seen.
+                let held: Vec<u8> = body.get(..size).unwrap_or_default().to_vec();
+                let new = match stage.unseen(size) {
+                    Some((at, n)) => held.get(at..at + n).unwrap_or_default().to_vec(),
+                    None => Vec::new(),
+                };
+                let last = chunks.peek().is_none();
+                next = stage.on_body(size, &new, last, verifier, store, now);
+            }
         }
     }
-    assert!(check.seen() <= route.body.max_bytes, "past the limit");
-    check.finish(verifier, store, now)
 }
 
 fn presented(field: Option<&[u8]>, twice: bool) -> Presented<'_> {
@@ -251,9 +284,13 @@ fuzz_target!(|data: &[u8]| {
     let now = UnixNanos::from_secs(START + u64::from(u16::from_le_bytes([c0, c1])));
 
     for _ in 0..2 {
-        match decide(&policy, std::slice::from_ref(&f.keys), &head, &store, &clock) {
-            Decision::Deny(denial) => assert_standard(denial, now, request_id, verbose),
-            Decision::Allow(a) => {
+        let keys = std::slice::from_ref(&f.keys);
+        match stream::on_request_headers(&policy, keys, &head, body.is_empty(), &store, &clock) {
+            Outcome::Refuse { denial, .. } => assert_standard(denial, now, request_id, verbose),
+            Outcome::Pass {
+                allowed: a,
+                check_body,
+            } => {
                 // One meaning: an upper-case method, and the route `resolve` finds with
                 // every ambiguity check (path parameters only where the route takes them).
                 assert!(route::is_method(method), "{method:?}");
@@ -291,8 +328,17 @@ fuzz_target!(|data: &[u8]| {
                     assert!(header_safe(value), "{name}: {value:?}");
                 }
                 let verifier = f.verifiers.get(a.route).and_then(Option::as_ref);
-                if let Err(denial) =
-                    run_body(r, verifier, &store, flags, body, signature, now.secs())
+                if check_body
+                    && let Err(denial) = run_body(
+                        &policy,
+                        a.route,
+                        verifier,
+                        &store,
+                        flags,
+                        body,
+                        signature,
+                        now.secs(),
+                    )
                 {
                     assert_standard(denial, now, request_id, verbose);
                 }

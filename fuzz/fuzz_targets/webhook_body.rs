@@ -5,10 +5,10 @@
 #![no_main]
 
 use gatehouse_core::body::json;
-use gatehouse_core::pipeline::Presented;
 use gatehouse_core::body::webhook::{
     Algorithm, Encoding, Generic, Provider, Template, Verifier, Webhook, verify,
 };
+use gatehouse_core::request::Presented;
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 

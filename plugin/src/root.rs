@@ -464,7 +464,7 @@ impl RootContext for Root {
         self.by_ip = policy.routes.iter().any(|r| {
             r.limits
                 .iter()
-                .any(|l| l.by == gatehouse_core::policy::LimitBy::Ip)
+                .any(|l| l.by == gatehouse_core::limit::LimitBy::Ip)
         });
         self.policy = Some(Rc::new(policy));
         true

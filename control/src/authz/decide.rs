@@ -34,9 +34,11 @@ use super::request_store::{Entries, RequestStore};
 use crate::store::{FeedKey, FeedPage, Store, StoreError};
 use gatehouse_core::authn::jwt::KeySet;
 use gatehouse_core::clock::Clock;
-use gatehouse_core::pipeline::{Decision, Refused, RequestHead};
+use gatehouse_core::pipeline::{Decision, Refused};
+
 use gatehouse_core::policy::Policy;
 use gatehouse_core::refusal::Denial;
+use gatehouse_core::request::RequestHead;
 use gatehouse_core::time::UnixNanos;
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -29,9 +29,7 @@ pub mod replay_cache;
 pub mod webhook;
 
 use crate::body::webhook::{Pending, Verifier};
-use crate::pipeline::Presented;
-use crate::refusal::Denial;
-use crate::route::Route;
+use crate::request::Presented;
 use crate::store::SharedStore;
 
 /// `max_bytes` when neither the route nor the policy's `body` section says: 1 MiB.
@@ -104,9 +102,23 @@ impl BodyError {
     }
 }
 
-/// Whether a route holds its body back until it is checked.
-pub fn holds_body(route: &Route) -> bool {
-    route.webhook.is_some() || route.body.json.is_some()
+/// Why a body check refused a request: the body itself, or its webhook signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Body(BodyError),
+    Signature(webhook::SignatureError),
+}
+
+impl From<BodyError> for Refusal {
+    fn from(e: BodyError) -> Self {
+        Refusal::Body(e)
+    }
+}
+
+/// Whether a route holds its body back until it is checked: it has JSON caps or a
+/// webhook to verify.
+pub fn holds_body(policy: &BodyPolicy, has_webhook: bool) -> bool {
+    has_webhook || policy.json.is_some()
 }
 
 /// The per-connection buffer Envoy needs so that its own limit (a plain-text 413) never
@@ -118,11 +130,11 @@ pub fn holds_body(route: &Route) -> bool {
 /// (measured with Envoy 1.40: with the limit at exactly `max_bytes`, a body one byte over
 /// got Envoy's own 413). One read can be large; the filter refuses as soon as the held
 /// body passes `max_bytes`, so the extra room costs memory only for that one read.
-pub fn envoy_buffer_limit(routes: &[Route]) -> u64 {
+pub fn envoy_buffer_limit<'a>(routes: impl IntoIterator<Item = (&'a BodyPolicy, bool)>) -> u64 {
     routes
-        .iter()
-        .filter(|r| holds_body(r))
-        .map(|r| r.body.max_bytes.saturating_mul(2))
+        .into_iter()
+        .filter(|(body, webhook)| holds_body(body, *webhook))
+        .map(|(body, _)| body.max_bytes.saturating_mul(2))
         .max()
         .unwrap_or(0)
         .max(ENVOY_DEFAULT_BUFFER_LIMIT)
@@ -168,23 +180,22 @@ fn declared_length(value: &[u8]) -> Option<u64> {
 /// Judges the headers (steps 1 and 2 of the module doc) and returns the check the body
 /// goes through. `verifier` is the route's, if it has a webhook.
 pub fn start(
-    route: &Route,
+    policy: &BodyPolicy,
     verifier: Option<&Verifier>,
     head: &BodyHead<'_>,
     now_secs: u64,
-) -> Result<BodyCheck, Denial> {
-    let policy = &route.body;
+) -> Result<BodyCheck, Refusal> {
     if head
         .content_length
         .and_then(declared_length)
         .is_some_and(|n| n > policy.max_bytes)
     {
-        return Err(Denial::Body(BodyError::TooLarge));
+        return Err(BodyError::TooLarge.into());
     }
     let signature = match verifier {
         Some(v) => Some(
             v.begin(head.signature, head.timestamp, now_secs)
-                .map_err(Denial::Signature)?,
+                .map_err(Refusal::Signature)?,
         ),
         None => None,
     };
@@ -211,21 +222,21 @@ impl BodyCheck {
     }
 
     /// `n` more bytes streamed past (a route that does not hold its body).
-    pub fn count(&mut self, n: u64) -> Result<(), Denial> {
+    pub fn count(&mut self, n: u64) -> Result<(), Refusal> {
         self.seen = self.seen.saturating_add(n);
         if self.seen > self.max_bytes {
-            return Err(Denial::Body(BodyError::TooLarge));
+            return Err(BodyError::TooLarge.into());
         }
         Ok(())
     }
 
     /// The next bytes of a held body, in order.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), Denial> {
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), Refusal> {
         self.count(bytes.len() as u64)?;
         if let Some(scanner) = &mut self.json {
             scanner
                 .feed(bytes)
-                .map_err(|e| Denial::Body(BodyError::Json(e)))?;
+                .map_err(|e| Refusal::Body(BodyError::Json(e)))?;
         }
         if let Some(pending) = &mut self.signature {
             pending.update(bytes);
@@ -239,19 +250,19 @@ impl BodyCheck {
         verifier: Option<&Verifier>,
         store: &impl SharedStore,
         now_secs: u64,
-    ) -> Result<(), Denial> {
+    ) -> Result<(), Refusal> {
         if let Some(mut scanner) = self.json
             && self.seen > 0
         {
             scanner
                 .finish()
-                .map_err(|e| Denial::Body(BodyError::Json(e)))?;
+                .map_err(|e| Refusal::Body(BodyError::Json(e)))?;
         }
         if let Some(pending) = self.signature {
-            let accepted = pending.finish().map_err(Denial::Signature)?;
+            let accepted = pending.finish().map_err(Refusal::Signature)?;
             if let Some((table, slots)) = verifier.and_then(Verifier::replay_table) {
                 crate::body::replay_cache::remember(store, table, slots, &accepted, now_secs)
-                    .map_err(Denial::Signature)?;
+                    .map_err(Refusal::Signature)?;
             }
         }
         Ok(())
@@ -262,28 +273,10 @@ impl BodyCheck {
 mod tests {
     use super::*;
     use crate::body::webhook::{Provider, SignatureError, Webhook, sign};
-    use crate::route::{Audience, PathMatch};
     use crate::store::MemoryStore;
 
     const NOW: u64 = 1_767_225_600;
     const SECRET: &str = "github-secret-0123456789";
-
-    fn route(body: BodyPolicy, webhook: Option<Webhook>) -> Route {
-        Route {
-            name: "hooks".into(),
-            path: PathMatch::Prefix("/".into()),
-            methods: Vec::new(),
-            audience: Audience::External,
-            group: None,
-            limits: Vec::new(),
-            cors: None,
-            security_headers: None,
-            upstream_errors: false,
-            body,
-            webhook,
-            path_parameters: false,
-        }
-    }
 
     fn github(replay: Option<u32>) -> (Webhook, Verifier) {
         let w = Webhook {
@@ -315,8 +308,8 @@ mod tests {
 
     #[test]
     fn a_declared_length_over_the_limit_is_refused_before_any_body() {
-        let r = route(small(10), None);
-        let too_large = Err(Denial::Body(BodyError::TooLarge));
+        let r = small(10);
+        let too_large = Err(Refusal::Body(BodyError::TooLarge));
         assert_eq!(
             start(&r, None, &head(Some("11"), Presented::None), NOW).map(|_| ()),
             too_large
@@ -337,26 +330,23 @@ mod tests {
 
     #[test]
     fn a_streamed_body_is_refused_once_over_the_limit() {
-        let r = route(small(10), None);
+        let r = small(10);
         let mut c = start(&r, None, &head(None, Presented::None), NOW).unwrap();
         assert!(!c.holds());
         assert_eq!(c.count(6), Ok(()));
         assert_eq!(c.count(4), Ok(()));
-        assert_eq!(c.count(1), Err(Denial::Body(BodyError::TooLarge)));
+        assert_eq!(c.count(1), Err(Refusal::Body(BodyError::TooLarge)));
     }
 
     #[test]
     fn json_caps_hold_the_body_and_refuse_what_breaks_them() {
-        let r = route(
-            BodyPolicy {
-                max_bytes: 1000,
-                json: Some(JsonCaps {
-                    max_string_bytes: 8,
-                    max_array_items: 2,
-                }),
-            },
-            None,
-        );
+        let r = BodyPolicy {
+            max_bytes: 1000,
+            json: Some(JsonCaps {
+                max_string_bytes: 8,
+                max_array_items: 2,
+            }),
+        };
         let store = MemoryStore::default();
         let run = |body: &[u8]| {
             let mut c = start(&r, None, &head(None, Presented::None), NOW)?;
@@ -370,26 +360,28 @@ mod tests {
         assert_eq!(run(b""), Ok(()));
         assert_eq!(
             run(br#"{"a":[1,2,3]}"#),
-            Err(Denial::Body(BodyError::Json(json::JsonError::TooManyItems)))
+            Err(Refusal::Body(BodyError::Json(
+                json::JsonError::TooManyItems
+            )))
         );
         assert_eq!(
             run(br#"{"a":"123456789"}"#),
-            Err(Denial::Body(BodyError::Json(
+            Err(Refusal::Body(BodyError::Json(
                 json::JsonError::StringTooLong
             )))
         );
         assert_eq!(
             run(br#"{"a":"#),
-            Err(Denial::Body(BodyError::Json(json::JsonError::Malformed)))
+            Err(Refusal::Body(BodyError::Json(json::JsonError::Malformed)))
         );
     }
 
     #[test]
     fn a_webhook_body_is_verified_at_the_end_and_replays_are_refused() {
-        let (w, v) = github(Some(64));
+        let (_, v) = github(Some(64));
         let store = MemoryStore::default();
         crate::body::replay_cache::prepare(&store, "hooks", 64).unwrap();
-        let r = route(small(100), Some(w));
+        let r = small(100);
         let body = b"{\"action\":\"opened\"}";
         let sig = sign(&Provider::Github, SECRET.as_bytes(), 0, body);
         let run = |body: &[u8], now: u64| {
@@ -408,31 +400,31 @@ mod tests {
         assert_eq!(run(body, NOW), Ok(()));
         assert_eq!(
             run(body, NOW + 1),
-            Err(Denial::Signature(SignatureError::Replayed))
+            Err(Refusal::Signature(SignatureError::Replayed))
         );
         assert_eq!(
             run(b"{\"action\":\"closed\"}", NOW),
-            Err(Denial::Signature(SignatureError::Mismatch))
+            Err(Refusal::Signature(SignatureError::Mismatch))
         );
         // GitHub signs no timestamp: the delivery is remembered for the replay window (24
         // hours), not the 5-minute tolerance, and only then accepted again.
         assert_eq!(
             run(body, NOW + 301),
-            Err(Denial::Signature(SignatureError::Replayed))
+            Err(Refusal::Signature(SignatureError::Replayed))
         );
         assert_eq!(run(body, NOW + 86_400), Ok(()));
         assert_eq!(
             start(&r, Some(&v), &head(None, Presented::None), NOW).map(|_| ()),
-            Err(Denial::Signature(SignatureError::Missing))
+            Err(Refusal::Signature(SignatureError::Missing))
         );
     }
 
     #[test]
     fn the_envoy_buffer_follows_the_largest_held_body() {
-        let (w, _) = github(None);
-        assert_eq!(envoy_buffer_limit(&[route(small(50 << 20), None)]), 1 << 20);
+        let (plain, held) = (small(50 << 20), small(4 << 20));
+        assert_eq!(envoy_buffer_limit([(&plain, false)]), 1 << 20);
         assert_eq!(
-            envoy_buffer_limit(&[route(small(50 << 20), None), route(small(4 << 20), Some(w))]),
+            envoy_buffer_limit([(&plain, false), (&held, true)]),
             8 << 20
         );
     }

@@ -110,7 +110,7 @@ mod tests {
         DEFAULT_REPLAY_WINDOW_SECS, DEFAULT_TOLERANCE_SECS, Provider, Verifier, Webhook, sign,
         verify,
     };
-    use crate::pipeline::Presented;
+    use crate::request::Presented;
     use crate::store::MemoryStore;
 
     const NOW: u64 = 1_767_225_600;

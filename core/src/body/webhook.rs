@@ -36,7 +36,7 @@
 //! codes); read the clock (`now` is passed in). Secrets come from environment variables,
 //! read once at configure time ([`Verifier::new`]), whose errors name the variable only.
 
-use crate::pipeline::Presented;
+use crate::request::Presented;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;

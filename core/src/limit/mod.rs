@@ -50,12 +50,24 @@
 //! says it is done), so every later write is a real compare-and-swap. A different `slots`
 //! value is a different table (`rl/<slots>/...`), created afresh.
 
+pub mod client;
 pub mod slot_table;
 
 use crate::limit::slot_table::{Found, Place, SlotTable};
 use crate::store::{SharedStore, StoreError};
 use crate::worker::secret_cache::SecretCache;
 use std::sync::Mutex;
+
+/// Who a limit counts requests for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitBy {
+    /// The client address (`source.address`, or `x-forwarded-for` per `client_ip`).
+    Ip,
+    /// The API key id (or `jwt:<kid>` for a token).
+    Key,
+    User,
+    Tenant,
+}
 
 /// Lost compare-and-swaps in a row before the policy's contention rule applies.
 pub const MAX_CAS_ATTEMPTS: u32 = 16;

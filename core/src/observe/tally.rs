@@ -19,7 +19,7 @@
 //! one count pair per plan for the first [`MAX_PLANS`] plans plus anonymous callers.
 
 use crate::authn::api_key::is_valid_id;
-use crate::pipeline::{Credential, Identity};
+use crate::authn::{Credential, Identity};
 use crate::refusal::{Denial, REFUSAL_CODES};
 use crate::text::{push_decimal, push_json_string};
 use crate::time::{UnixNanos, format_rfc3339};
@@ -519,7 +519,7 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::refusal::AuthFailure;
+    use crate::authn::AuthFailure;
     use serde_json::{Value, json};
 
     fn plans() -> Vec<String> {

@@ -4,153 +4,23 @@
 //! store and the clock, and returns a [`Decision`]. It never calls the host and never
 //! sends anything: the shell applies the decision.
 
-use crate::authn::api_key::{KeyFailure, KeyRecord, check_format, hash_presented_key, is_valid_id};
-use crate::authn::jwt::{self, JwtError, KeySet};
-use crate::authn::key_cache;
-use crate::authn::revocation;
+use crate::authn::api_key::KeyFailure;
+use crate::authn::jwt::KeySet;
+use crate::authn::{
+    AuthFailure, Credential, Identity, TokenSeen, authenticate, presents_credential,
+};
 use crate::clock::Clock;
+use crate::limit::LimitBy;
+use crate::limit::client::{client_address, client_network};
 use crate::limit::{self, CallerKind, Check, Quota};
-use crate::policy::LimitBy;
-use crate::policy::auth::JwtPolicy;
-use crate::policy::{KeyFormat, OnStale, Policy};
-use crate::refusal::{AuthFailure, Denial, JwtFailure};
+use crate::policy::{OnStale, Policy};
+use crate::refusal::Denial;
+use crate::request::{Presented, RequestHead, query_carries_credential};
 use crate::route::Route;
 use crate::route::{self, Audience};
 use crate::store::SharedStore;
 
-/// Identity headers set for the upstream. Client-sent `x-gatehouse-*` headers are always
-/// removed first, so an upstream can trust every header with this prefix.
-pub const IDENTITY_HEADER_PREFIX: &str = "x-gatehouse-";
-pub const HEADER_USER: &str = "x-gatehouse-user";
-pub const HEADER_TENANT: &str = "x-gatehouse-tenant";
-pub const HEADER_PLAN: &str = "x-gatehouse-plan";
-pub const HEADER_KEY_ID: &str = "x-gatehouse-key-id";
-/// The JWT provider (`jwt.providers[].name`) whose token authenticated the caller; absent
-/// for an API key. An upstream that takes tokens of several issuers tells users apart by
-/// this header and `x-gatehouse-user` together.
-pub const HEADER_ISSUER: &str = "x-gatehouse-issuer";
-
-/// Whether `name` is one of the identity headers gatehouse sets itself.
-pub fn is_identity_header(name: &str) -> bool {
-    [
-        HEADER_USER,
-        HEADER_TENANT,
-        HEADER_PLAN,
-        HEADER_KEY_ID,
-        HEADER_ISSUER,
-    ]
-    .contains(&name)
-}
-
-/// A header name that is another spelling of one gatehouse owns ([`classify_spelling`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Spelling {
-    /// An `x-gatehouse-*` name: stripped like the name itself.
-    Identity,
-    /// The API key header: a second presentation of the credential, refused.
-    ApiKey,
-}
-
-/// Whether `name` (not byte-equal to the key header or `x-gatehouse-` prefixed, which the
-/// caller has matched already) reads as one of those names to an upstream that takes `_`
-/// for `-` and ignores case, as CGI-style servers do (uWSGI, gunicorn's WSGI environ,
-/// PHP-FPM: `x_gatehouse_user` is `HTTP_X_GATEHOUSE_USER`). Only names with `_` or an
-/// upper-case letter can; others cost one byte scan.
-pub fn classify_spelling(api_key_header: &str, name: &[u8]) -> Option<Spelling> {
-    let fold = |b: u8| {
-        if b == b'_' {
-            b'-'
-        } else {
-            b.to_ascii_lowercase()
-        }
-    };
-    // Most names are neither by their first byte and length: one comparison each.
-    let first = fold(*name.first()?);
-    let prefix = IDENTITY_HEADER_PREFIX.as_bytes();
-    let key = api_key_header.as_bytes();
-    let maybe_identity = first == b'x' && name.len() > prefix.len();
-    let maybe_key = name.len() == key.len() && key.first() == Some(&first);
-    if !(maybe_identity || maybe_key) || !name.iter().any(|&b| b == b'_' || b.is_ascii_uppercase())
-    {
-        return None;
-    }
-    let same =
-        |a: &[u8], b: &[u8]| a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| fold(x) == y);
-    if maybe_identity
-        && name
-            .get(..prefix.len())
-            .is_some_and(|head| same(head, prefix))
-    {
-        return Some(Spelling::Identity);
-    }
-    (maybe_key && same(name, key)).then_some(Spelling::ApiKey)
-}
-
-/// The credential header as the request carried it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Presented<'a> {
-    None,
-    One(&'a [u8]),
-    /// Sent more than once: refused, since proxies and upstreams may pick different ones.
-    Several,
-}
-
-/// What the core needs from a request's headers.
-#[derive(Clone, Copy, Debug)]
-pub struct RequestHead<'a> {
-    pub method: &'a [u8],
-    /// The raw `:path`, query string included.
-    pub path: &'a [u8],
-    pub api_key: Presented<'a>,
-    /// The `Authorization` header. Read only when the policy has a `jwt` section.
-    pub authorization: Presented<'a>,
-    /// Envoy's `source.address` property (`ip:port`), for limits by client address.
-    pub source_address: &'a [u8],
-    /// The `x-forwarded-for` header, read when the policy trusts proxies in front.
-    pub forwarded_for: Option<&'a [u8]>,
-    /// A method override header (`x-http-method-override`, `x-http-method`,
-    /// `x-method-override`), which frameworks behind gatehouse may take as the method.
-    pub method_override: Presented<'a>,
-}
-
-/// Which credential authenticated the request (so the shell can hide it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Credential {
-    ApiKey,
-    Jwt,
-}
-
-/// Who is calling, once authenticated.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Identity {
-    pub key_id: String,
-    pub user: String,
-    pub tenant: String,
-    pub plan: String,
-}
-
-impl From<&KeyRecord> for Identity {
-    fn from(r: &KeyRecord) -> Self {
-        Identity {
-            key_id: r.key_id.clone(),
-            user: r.user.clone(),
-            tenant: r.tenant.clone(),
-            plan: r.plan.clone(),
-        }
-    }
-}
-
-impl Identity {
-    /// The headers the upstream receives. Values are validated ids: header-safe.
-    pub fn headers(&self) -> [(&'static str, &str); 4] {
-        [
-            (HEADER_USER, &self.user),
-            (HEADER_TENANT, &self.tenant),
-            (HEADER_PLAN, &self.plan),
-            (HEADER_KEY_ID, &self.key_id),
-        ]
-    }
-}
+pub mod stream;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Allowed {
@@ -185,18 +55,11 @@ pub struct Refused {
     pub identity: Option<Identity>,
     pub credential: Option<Credential>,
     pub limiter_retries: u32,
-    /// The JWT provider a bearer token went to (by its `iss`), allowed or refused: an
-    /// unknown `kid` asks that provider's JWKS to be fetched again.
+    /// The JWT provider a bearer token went to (by its `iss`), allowed or refused.
     pub jwt_provider: Option<usize>,
-}
-
-/// Who authenticated, before route checks.
-struct Authenticated {
-    identity: Identity,
-    /// Scopes of an API key; `None` for a JWT (tokens are not scoped to route groups).
-    key: Option<std::sync::Arc<KeyRecord>>,
-    credential: Credential,
-    claim_headers: Vec<(String, String)>,
+    /// The token's `kid` is not in its provider's keys: the provider's JWKS is fetched
+    /// again ([`crate::authn::jwks_cache::want_refetch`]).
+    pub unknown_kid: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -253,7 +116,7 @@ fn decide_into(
         return Decision::Deny(Denial::Unclear(route::Unclear::Method));
     }
     refused.route = Some(route_index);
-    if query_carries_credential(policy, head.path) {
+    if query_carries_credential(&policy.api_key_header, policy.jwt.is_some(), head.path) {
         return Decision::Deny(Denial::Unauthorized(AuthFailure::InQuery));
     }
     let route = policy.routes.get(route_index);
@@ -274,14 +137,11 @@ fn decide_into(
         feed_stale = true;
     }
 
-    let caller = match authenticate(
-        policy,
-        jwt_keys,
-        head,
-        store,
-        clock,
-        &mut refused.jwt_provider,
-    ) {
+    let mut token = TokenSeen::default();
+    let authenticated = authenticate(policy, jwt_keys, head, store, clock, &mut token);
+    refused.jwt_provider = token.provider;
+    refused.unknown_kid = token.unknown_kid;
+    let caller = match authenticated {
         Ok(caller) => caller,
         // Before the sync's first answer the cache holds only the policy's own keys: a
         // miss says nothing about the key, so the caller gets a retryable 503, not a 401.
@@ -399,7 +259,8 @@ fn method_overrides_agree(policy: &Policy, head: &RequestHead<'_>, route: usize)
         Presented::One(value) => Some(value),
         Presented::Several => return false,
     };
-    let query = route::query_value(head.path, b"_method");
+    let query =
+        crate::request::query::query_value(head.path, b"_method", route::MAX_METHOD_LEN * 3);
     if header.is_none() && query.is_none() {
         return true;
     }
@@ -413,96 +274,6 @@ fn method_overrides_agree(policy: &Policy, head: &RequestHead<'_>, route: usize)
         route::resolve(&policy.routes, method, head.path) == Ok(Some(route))
     };
     header.is_none_or(same_route) && query.as_deref().is_none_or(same_route)
-}
-
-/// Query parameter names that carry API keys in other gateways (Kong's `apikey` among
-/// them), besides the policy's own key header name.
-const QUERY_KEY_NAMES: [&[u8]; 3] = [b"api_key", b"apikey", b"api-key"];
-
-/// The query name or value bytes worth decoding: three times the longest key a request may
-/// present (every byte escaped); nothing past it could change the answer.
-const MAX_QUERY_TEXT: usize = crate::authn::api_key::MAX_PRESENTED_KEY_LEN * 3;
-
-/// Whether the query string carries a credential: a parameter named like the policy's key
-/// header or [`QUERY_KEY_NAMES`], `access_token` (RFC 6750 2.3) when the policy takes
-/// JWTs, or any parameter whose value is a key of gatehouse's format (prefix, checksum),
-/// whatever its name. Names and values are compared percent-decoded (`+` is a space), and
-/// names as the frameworks behind gatehouse read them ([`same_param_name`]). Costs
-/// nothing on a path without `?`.
-pub fn query_carries_credential(policy: &Policy, raw_path: &[u8]) -> bool {
-    if !raw_path.contains(&b'?') {
-        return false;
-    }
-    let header = policy.api_key_header.as_bytes();
-    route::query_pairs(raw_path).any(|(name, value)| {
-        let value = route::percent_decoded(value.unwrap_or_default(), MAX_QUERY_TEXT);
-        if value.is_empty() {
-            return false;
-        }
-        let name = route::percent_decoded(name, MAX_QUERY_TEXT);
-        let named = same_param_name(&name, header)
-            || QUERY_KEY_NAMES.iter().any(|n| same_param_name(&name, n))
-            || (policy.jwt.is_some() && same_param_name(&name, b"access_token"));
-        named || check_format(&value).is_ok()
-    })
-}
-
-/// Whether a query parameter name reads as `canonical` to some framework: PHP turns `.`
-/// and spaces (`+`) in names into `_` and reads `api_key[]` or `api_key[x]` as `api_key`;
-/// Rails reads `api_key[]` alike; CGI-style servers do not tell `-` from `_`. So a
-/// bracketed suffix is cut, `.`, space, `+`, `[`, `-` and `_` compare equal, and case is
-/// ignored.
-fn same_param_name(name: &[u8], canonical: &[u8]) -> bool {
-    let name = match (name.iter().position(|&b| b == b'['), name.last()) {
-        (Some(open), Some(b']')) if open > 0 => name.get(..open).unwrap_or(name),
-        _ => name,
-    };
-    let fold = |b: u8| match b {
-        b'.' | b' ' | b'+' | b'[' | b'-' => b'_',
-        other => other.to_ascii_lowercase(),
-    };
-    name.len() == canonical.len()
-        && name
-            .iter()
-            .zip(canonical)
-            .all(|(&a, &b)| fold(a) == fold(b))
-}
-
-/// The client address: the connection's (`source.address` without the port), or, when
-/// the policy trusts `n` proxies in front of Envoy, the `x-forwarded-for` entry the first
-/// of them saw (the `n`-th from the right). Falls back to the connection's address when
-/// the header has fewer entries.
-pub fn client_address(source: &[u8], forwarded_for: Option<&[u8]>, trusted_proxies: u32) -> String {
-    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
-    if trusted_proxies > 0
-        && let Some(xff) = forwarded_for
-    {
-        let hops: Vec<&[u8]> = xff.split(|b| *b == b',').collect();
-        let n = usize::try_from(trusted_proxies).unwrap_or(usize::MAX);
-        if let Some(entry) = hops.len().checked_sub(n).and_then(|i| hops.get(i)) {
-            let ip = text(entry);
-            if !ip.is_empty() {
-                // Some proxies write the peer's port too: a port is not part of who calls.
-                return without_port(ip);
-            }
-        }
-    }
-    without_port(text(source))
-}
-
-/// `[v6]:port` or `v4:port` without the port; anything else as it is.
-fn without_port(s: String) -> String {
-    if let Some(rest) = s.strip_prefix('[')
-        && let Some((ip, _)) = rest.split_once(']')
-    {
-        return ip.to_string();
-    }
-    match s.rsplit_once(':') {
-        Some((ip, port)) if !ip.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
-            ip.to_string()
-        }
-        _ => s,
-    }
 }
 
 /// Applies the plan's limit (or the anonymous one) and the route's limits. Anonymous
@@ -586,260 +357,25 @@ fn limit(
     limit::check_all_with(store, &rl.table(), &checks, clock.now().0, &rl.places)
 }
 
-/// The network a client address counts as: an IPv4 address as its `/ipv4_prefix` (32:
-/// itself), an IPv6 one as its `/ipv6_prefix` (64 by default: every address a subscriber
-/// can pick from its network is one caller), an IPv4-mapped IPv6 address as IPv4. Text
-/// that is no address (a proxy's odd `x-forwarded-for` entry) is kept as it is.
-pub fn client_network(address: String, ipv4_prefix: u8, ipv6_prefix: u8) -> String {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    // The common case costs no parsing: an IPv4 address (no `:`) counted as itself.
-    if ipv4_prefix >= 32 && !address.contains(':') {
-        return address;
-    }
-    let v4 = |a: Ipv4Addr| {
-        let bits = u32::from(ipv4_prefix.min(32));
-        let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
-        let net = Ipv4Addr::from(u32::from(a) & mask);
-        if bits == 32 {
-            net.to_string()
-        } else {
-            format!("{net}/{bits}")
-        }
-    };
-    match address.parse::<IpAddr>() {
-        Ok(IpAddr::V4(a)) => v4(a),
-        Ok(IpAddr::V6(a)) => match a.to_ipv4_mapped() {
-            Some(mapped) => v4(mapped),
-            None => {
-                let bits = u32::from(ipv6_prefix.min(128));
-                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
-                let net = Ipv6Addr::from(u128::from(a) & mask);
-                format!("{net}/{bits}")
-            }
-        },
-        Err(_) => address,
-    }
-}
-
-/// Whether the request carries a credential gatehouse checks: an API key header, or a
-/// bearer token when the policy has a `jwt` section (duplicates included).
-fn presents_credential(policy: &Policy, head: &RequestHead<'_>) -> bool {
-    presents_credential_in(policy, head.api_key, head.authorization)
-}
-
-/// [`presents_credential`] from the two headers alone, before the rest of the request is
-/// read: a request that presents one is either authenticated or refused, never anonymous,
-/// so the shell reads the client address (a host call) for it only when a route limits
-/// `by: ip`.
-pub fn presents_credential_in(
-    policy: &Policy,
-    api_key: Presented<'_>,
-    authorization: Presented<'_>,
-) -> bool {
-    let bearer = match (&policy.jwt, authorization) {
-        (None, _) | (_, Presented::None) => false,
-        (Some(_), Presented::Several) => true,
-        (Some(_), Presented::One(value)) => bearer_token(value).is_some(),
-    };
-    api_key != Presented::None || bearer
-}
-
-/// `Ok(None)`: no credential presented. A credential that is presented must be valid,
-/// on external routes too: a caller who sends a bad key learns it instead of silently
-/// running anonymous.
-fn authenticate(
-    policy: &Policy,
-    jwt_keys: &[KeySet],
-    head: &RequestHead<'_>,
-    store: &impl SharedStore,
-    clock: &impl Clock,
-    provider: &mut Option<usize>,
-) -> Result<Option<Authenticated>, AuthFailure> {
-    let bearer = match (&policy.jwt, head.authorization) {
-        (None, _) | (_, Presented::None) => None,
-        (Some(_), Presented::Several) => return Err(AuthFailure::Duplicate),
-        (Some(jwt), Presented::One(value)) => bearer_token(value).map(|t| (jwt, t)),
-    };
-    let raw = match (head.api_key, bearer) {
-        (Presented::Several, _) => return Err(AuthFailure::Duplicate),
-        // Two credentials: which one would the upstream believe? Neither.
-        (Presented::One(_), Some(_)) => return Err(AuthFailure::Duplicate),
-        (Presented::None, None) => return Ok(None),
-        (Presented::None, Some((jwt, token))) => {
-            return authenticate_jwt(policy, jwt, jwt_keys, token, store, clock, provider)
-                .map(Some);
-        }
-        (Presented::One(raw), None) => raw,
-    };
-    let cache = &policy.presented_keys.0;
-    let (hash, cache_key) = match cache.get(raw) {
-        Some((checked_as, hash, cache_key)) if checked_as == policy.api_key_format => {
-            (hash, cache_key)
-        }
-        _ => {
-            if policy.api_key_format == KeyFormat::Checksummed {
-                check_format(raw).map_err(AuthFailure::Key)?;
-            }
-            let hash = hash_presented_key(raw).map_err(AuthFailure::Key)?;
-            let cache_key: std::sync::Arc<str> = hash.cache_key().into();
-            cache.insert(
-                raw,
-                (
-                    policy.api_key_format,
-                    hash,
-                    std::sync::Arc::clone(&cache_key),
-                ),
-            );
-            (hash, cache_key)
-        }
-    };
-    let record = key_cache::lookup_at(policy, store, &hash, &cache_key, clock.now())
-        .map_err(AuthFailure::Key)?;
-    Ok(Some(Authenticated {
-        identity: Identity::from(&*record),
-        key: Some(record),
-        credential: Credential::ApiKey,
-        claim_headers: Vec::new(),
-    }))
-}
-
-/// The token of `Authorization: Bearer <token>` (scheme case-insensitive, RFC 6750);
-/// `None` for another scheme, which is not gatehouse's to judge.
-fn bearer_token(value: &[u8]) -> Option<&[u8]> {
-    let scheme = value.get(..7)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer ") {
-        return None;
-    }
-    let token = value.get(7..)?;
-    let start = token.iter().position(|b| *b != b' ')?;
-    token.get(start..)
-}
-
-fn jwt_failure(e: &JwtError) -> JwtFailure {
-    match e {
-        JwtError::TooLarge
-        | JwtError::Malformed(_)
-        | JwtError::UnsupportedAlg
-        | JwtError::UnsupportedCrit
-        | JwtError::InvalidClaim(_) => JwtFailure::Malformed(e.code()),
-        JwtError::Expired => JwtFailure::Expired,
-        JwtError::UnknownKid
-        | JwtError::NoMatchingKey
-        | JwtError::AlgMismatch
-        | JwtError::BadSignature
-        | JwtError::NotYetValid
-        | JwtError::IssuedInFuture
-        | JwtError::LifetimeTooLong
-        | JwtError::BadIssuer
-        | JwtError::BadAudience
-        | JwtError::MissingClaim(_) => JwtFailure::Invalid(e.code()),
-    }
-}
-
-/// A header value an upstream can take as is: visible ASCII and spaces, bounded.
-fn header_safe(v: &str) -> bool {
-    !v.is_empty() && v.len() <= 1024 && v.bytes().all(|b| (0x20..0x7f).contains(&b))
-}
-
-fn authenticate_jwt(
-    policy: &Policy,
-    jwt: &JwtPolicy,
-    keys: &[KeySet],
-    token: &[u8],
-    store: &impl SharedStore,
-    clock: &impl Clock,
-    chosen: &mut Option<usize>,
-) -> Result<Authenticated, AuthFailure> {
-    let fail = |f| AuthFailure::Jwt(f);
-    let now = clock.now().secs();
-    // The provider, by the token's (unverified) `iss`: only its keys may verify the token,
-    // and its rules check `iss` again on the verified claims.
-    let index = match jwt.providers.len() {
-        1 => 0,
-        _ => {
-            let iss = jwt::unverified_issuer(token, jwt.max_token_bytes())
-                .map_err(|e| fail(jwt_failure(&e)))?;
-            jwt.provider_for(iss.as_deref())
-                .ok_or(fail(JwtFailure::Invalid("jwt_unknown_issuer")))?
-        }
-    };
-    *chosen = Some(index);
-    let (Some(provider), Some(keys)) = (jwt.providers.get(index), keys.get(index)) else {
-        return Err(fail(JwtFailure::Invalid("jwt_no_matching_key")));
-    };
-    let verified =
-        jwt::verify_cached(token, keys, now, &provider.rules).map_err(|e| fail(jwt_failure(&e)))?;
-    let jwt = provider;
-
-    let claim_id = |name: &str| {
-        verified
-            .claim_str(name)
-            .filter(|v| is_valid_id(v))
-            .map(str::to_owned)
-    };
-    let user = claim_id(&jwt.claims.user).ok_or(fail(JwtFailure::Invalid("jwt_bad_user_claim")))?;
-    let tenant = match (claim_id(&jwt.claims.tenant), &jwt.default_tenant) {
-        (Some(t), _) => t,
-        (None, Some(d)) if verified.claim(&jwt.claims.tenant).is_none() => d.clone(),
-        _ => return Err(fail(JwtFailure::Invalid("jwt_bad_tenant_claim"))),
-    };
-    // A plan the policy does not list is the caller's business to refuse or map
-    // (`unknown_plan`), as for a key; a plan that is no id is a bad token.
-    let plan = match (claim_id(&jwt.claims.plan), &jwt.default_plan) {
-        (Some(p), _) => p,
-        (None, Some(d)) if verified.claim(&jwt.claims.plan).is_none() => d.clone(),
-        _ => return Err(fail(JwtFailure::Invalid("jwt_bad_plan_claim"))),
-    };
-    let iat = verified.iat.and_then(|i| u64::try_from(i).ok());
-    revocation::check_at(
-        store,
-        policy.fingerprint,
-        &user,
-        iat,
-        verified.jti_key.as_deref(),
-        now,
-    )
-    .map_err(|r| fail(JwtFailure::Revoked(r)))?;
-
-    // Which provider vouched for the user: `sub` values are only unique per issuer.
-    let claim_headers = std::iter::once((HEADER_ISSUER.to_string(), jwt.name.clone()))
-        .chain(jwt.forward_claims.iter().filter_map(|(claim, header)| {
-            let text = verified.claim(claim)?.to_text();
-            header_safe(&text).then(|| (header.clone(), text.into_owned()))
-        }))
-        .collect();
-    let key_id = match verified.kid.as_deref() {
-        Some(kid) if is_valid_id(kid) && kid.len() < 120 => ["jwt:", kid].concat(),
-        _ => "jwt".to_string(),
-    };
-    Ok(Authenticated {
-        identity: Identity {
-            key_id,
-            user,
-            tenant,
-            plan,
-        },
-        key: None,
-        credential: Credential::Jwt,
-        claim_headers,
-    })
-}
-
 #[cfg(test)]
+#[cfg(all(feature = "yaml", feature = "test-tokens"))]
 mod tests {
     use super::*;
     use crate::authn::api_key::KeyFailure;
+    use crate::authn::api_key::KeyRecord;
+    use crate::authn::*;
     use crate::clock::FixedClock;
     use crate::policy::load_yaml;
+    use crate::request::*;
     use crate::store::MemoryStore;
 
     const DEMO: &[u8] = b"ghk_demo_5f0c1b8e2d7a4c9e8b3f6A2d4hG5";
     const REVOKED: &[u8] = b"ghk_revoked_7d1e3a5c9b0f2e4d6c8a1B2tc9GC";
     const EXPIRED: &[u8] = b"ghk_expired_2b4d6f8a0c1e3a5c7e9b1D0ZaY1i";
+    use crate::authn::JwtFailure;
     use crate::authn::jwt::test_tokens::{hmac_secret, mint, public_key};
     use crate::authn::jwt::{Alg, Key};
     use crate::authn::revocation::Revoked;
-    use crate::refusal::JwtFailure;
 
     /// The keys the example policy's JWTs verify with in these tests: its HMAC key (the
     /// test secret in place of GATEHOUSE_JWT_SECRET) and an ES256 key.
@@ -1624,10 +1160,22 @@ routes:
         }
         // `access_token` is a credential only where the policy takes JWTs.
         let (mut policy, _, _) = setup();
-        assert!(query_carries_credential(&policy, b"/x?access_token=t"));
+        assert!(query_carries_credential(
+            &policy.api_key_header,
+            policy.jwt.is_some(),
+            b"/x?access_token=t"
+        ));
         policy.jwt = None;
-        assert!(!query_carries_credential(&policy, b"/x?access_token=t"));
-        assert!(query_carries_credential(&policy, b"/x?x-api-key=t"));
+        assert!(!query_carries_credential(
+            &policy.api_key_header,
+            policy.jwt.is_some(),
+            b"/x?access_token=t"
+        ));
+        assert!(query_carries_credential(
+            &policy.api_key_header,
+            policy.jwt.is_some(),
+            b"/x?x-api-key=t"
+        ));
         let d = Denial::Unauthorized(AuthFailure::InQuery);
         assert_eq!((d.status(), d.code(false)), (401, "MALFORMED_CREDENTIALS"));
     }
@@ -2184,10 +1732,12 @@ routes:
 }
 
 #[cfg(test)]
+#[cfg(feature = "yaml")]
 mod properties {
     use super::*;
     use crate::clock::FixedClock;
     use crate::policy::load_yaml;
+    use crate::request::*;
     use crate::store::MemoryStore;
     use proptest::prelude::*;
 

@@ -132,7 +132,7 @@ pub struct Policy {
     pub cors: Option<crate::cors::CorsPolicy>,
     /// Security headers (`security_headers:`) for responses no route matched; routes
     /// carry their merged copy. Defaults to none.
-    pub security_headers: Option<crate::response::SecurityHeaders>,
+    pub security_headers: Option<crate::response::headers::SecurityHeaders>,
     /// First 8 bytes of SHA-256 of the plugin configuration: tells this policy's static
     /// keys apart from an earlier policy's in shared data.
     pub fingerprint: u64,
@@ -242,22 +242,11 @@ impl Plan {
     }
 }
 
-/// Who a limit counts requests for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LimitBy {
-    /// The client address (`source.address`, or `x-forwarded-for` per `client_ip`).
-    Ip,
-    /// The API key id (or `jwt:<kid>` for a token).
-    Key,
-    User,
-    Tenant,
-}
-
 /// The `rate_limit` section.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RateLimitPolicy {
     /// Who a plan's limit counts for. Defaults to [`LimitBy::User`].
-    pub plan_key: LimitBy,
+    pub plan_key: crate::limit::LimitBy,
     /// Anonymous callers on external routes, per client address. Defaults to the `free`
     /// plan's rate (60 per minute unless overridden).
     pub anonymous: crate::limit::Rate,
@@ -385,6 +374,11 @@ fn decode(
 }
 
 impl Policy {
+    /// Whether any part of the policy does CORS.
+    pub fn does_cors(&self) -> bool {
+        self.cors.is_some() || self.routes.iter().any(|r| r.cors.is_some())
+    }
+
     /// Reads the plugin configuration (JSON) that Envoy passes to `on_configure`.
     pub fn from_json(bytes: &[u8]) -> Result<Policy, PolicyErrors> {
         const SOURCE: &str = "plugin configuration";

@@ -93,11 +93,14 @@ impl Bootstrap {
         } else {
             "OVERWRITE"
         };
-        let buffer_limit = policy
-            .as_ref()
-            .map_or(gatehouse_core::body::ENVOY_DEFAULT_BUFFER_LIMIT, |p| {
-                gatehouse_core::body::envoy_buffer_limit(&p.routes)
-            });
+        let buffer_limit =
+            policy
+                .as_ref()
+                .map_or(gatehouse_core::body::ENVOY_DEFAULT_BUFFER_LIMIT, |p| {
+                    gatehouse_core::body::envoy_buffer_limit(
+                        p.routes.iter().map(|r| (&r.body, r.webhook.is_some())),
+                    )
+                });
         let feed = policy.and_then(|p| p.feed);
         let extensions = match &feed {
             None => json!([]),

@@ -24,7 +24,7 @@
 use std::sync::Arc;
 
 use super::claims::{Rules, Times};
-use super::verify::Verified;
+use super::verified::Verified;
 use crate::worker::secret_cache::SecretCache;
 
 /// Entries per key set (per worker).

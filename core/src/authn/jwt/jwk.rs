@@ -26,75 +26,7 @@ use sha2::{Sha256, Sha384, Sha512};
 
 use super::b64;
 
-/// The signature algorithms a key can verify (JWA names, RFC 7518 §3.1; `EdDSA` is
-/// Ed25519 only, RFC 8037). Anything else, `none` included, is never accepted.
-// The variant names are the registry's spelling, so they read as they do in a token.
-#[allow(clippy::upper_case_acronyms)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Alg {
-    HS256,
-    HS384,
-    HS512,
-    RS256,
-    RS384,
-    RS512,
-    PS256,
-    ES256,
-    ES384,
-    EdDSA,
-}
-
-impl Alg {
-    /// Every supported algorithm, in the order error messages list them.
-    pub const ALL: [Alg; 10] = [
-        Alg::HS256,
-        Alg::HS384,
-        Alg::HS512,
-        Alg::RS256,
-        Alg::RS384,
-        Alg::RS512,
-        Alg::PS256,
-        Alg::ES256,
-        Alg::ES384,
-        Alg::EdDSA,
-    ];
-
-    /// The name as it appears in a JOSE header or a JWK.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Alg::HS256 => "HS256",
-            Alg::HS384 => "HS384",
-            Alg::HS512 => "HS512",
-            Alg::RS256 => "RS256",
-            Alg::RS384 => "RS384",
-            Alg::RS512 => "RS512",
-            Alg::PS256 => "PS256",
-            Alg::ES256 => "ES256",
-            Alg::ES384 => "ES384",
-            Alg::EdDSA => "EdDSA",
-        }
-    }
-
-    /// Parses a JWA name exactly (names are case-sensitive, RFC 7515 §4.1.1). `none`
-    /// and every unsupported name give `None`.
-    pub fn from_name(name: &str) -> Option<Alg> {
-        Alg::ALL.into_iter().find(|a| a.as_str() == name)
-    }
-
-    fn is_hmac(self) -> bool {
-        matches!(self, Alg::HS256 | Alg::HS384 | Alg::HS512)
-    }
-
-    fn is_rsa(self) -> bool {
-        matches!(self, Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256)
-    }
-}
-
-impl fmt::Display for Alg {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use super::alg::Alg;
 
 /// An HMAC key with its keyed state precomputed: a clone per token skips hashing the
 /// padded key twice on the request path.

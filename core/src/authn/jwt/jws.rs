@@ -23,7 +23,8 @@ use hmac::Mac;
 use rsa::{BigUint, Pkcs1v15Sign, Pss, RsaPublicKey, traits::PublicKeyParts};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
-use super::jwk::{Alg, HmacKey, Key, Material};
+use super::alg::Alg;
+use super::jwk::{HmacKey, Key, Material};
 
 /// True when `sig` is a valid signature by `key` over `signing_input`
 /// (`BASE64URL(header) '.' BASE64URL(payload)`).

@@ -47,11 +47,13 @@
 //! Signing exists only in tests (and behind the native-only `test-tokens` feature, for
 //! the harness's end-to-end tests).
 
+mod alg;
 pub(crate) mod b64;
 mod cache;
 mod claims;
 mod jwk;
 mod jws;
+mod verified;
 mod verify;
 
 #[cfg(any(test, feature = "test-tokens"))]
@@ -62,12 +64,14 @@ mod tests;
 
 use std::fmt;
 
+pub use alg::Alg;
 pub use cache::{CACHE_ENTRIES, CACHE_MAX_TOKEN};
 pub use claims::{
     ClaimValue, Claims, DEFAULT_LEEWAY_SECS, DEFAULT_MAX_LIFETIME_SECS, DEFAULT_MAX_SIZE, Rules,
 };
-pub use jwk::{Alg, JwkError, Jwks, Key, KeySet, MAX_JWKS_KEYS, SkippedKey, parse_jwks};
-pub use verify::{MAX_KEYS_TRIED, Verified, unverified_issuer, verify, verify_cached};
+pub use jwk::{JwkError, Jwks, Key, KeySet, MAX_JWKS_KEYS, SkippedKey, parse_jwks};
+pub use verified::Verified;
+pub use verify::{MAX_KEYS_TRIED, unverified_issuer, verify, verify_cached};
 
 /// Why a token was refused. Closed: every refusal path has its variant and a test.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -28,8 +28,9 @@ use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
 use rsa::{BigUint, RsaPrivateKey, traits::PublicKeyParts};
 use sha2::{Sha256, Sha384, Sha512};
 
+use super::alg::Alg;
 use super::b64;
-use super::jwk::{Alg, Key};
+use super::jwk::Key;
 
 /// RFC 7515 A.1: the HS256 key (JWK `k`) and token.
 pub const RFC7515_A1_K: &str =

@@ -439,7 +439,7 @@ impl Decoder {
         for (key, value) in entries {
             let p = join(path, &key.name);
             match self.upstream_header(value, &p) {
-                Some(h) if crate::pipeline::is_identity_header(&h) => {
+                Some(h) if crate::request::is_identity_header(&h) => {
                     self.error(
                         &p,
                         value.pos,

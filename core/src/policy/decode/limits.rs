@@ -5,7 +5,9 @@ use super::auth::parse_duration_secs;
 use super::{Decoder, join};
 use crate::limit::{OnContention, Rate};
 use crate::policy::tree::{Node, Value};
-use crate::policy::{LimitBy, Plan, RateLimitPolicy};
+use crate::policy::{Plan, RateLimitPolicy};
+
+use crate::limit::LimitBy;
 use crate::route::RouteLimit;
 
 /// The default size of the slot table: ~40 bytes each, about 3 MB in all.

@@ -9,7 +9,7 @@ use super::{Decoder, Fields, join};
 use crate::cors::CorsPolicy;
 use crate::policy::Environment;
 use crate::policy::tree::{Node, Value};
-use crate::response::{DEFAULT_HSTS_MAX_AGE_SECS, Hsts, SecurityHeaders};
+use crate::response::headers::{DEFAULT_HSTS_MAX_AGE_SECS, Hsts, SecurityHeaders};
 
 /// HSTS longer than two years gains nothing (the preload list asks for one).
 const MAX_HSTS_SECS: u64 = 2 * DEFAULT_HSTS_MAX_AGE_SECS;
@@ -235,7 +235,7 @@ impl Decoder {
 #[cfg(feature = "yaml")]
 mod tests {
     use crate::policy::load_yaml;
-    use crate::response::{Hsts, SecurityHeaders};
+    use crate::response::headers::{Hsts, SecurityHeaders};
 
     use super::super::test_support::{errors, minimal};
 
