@@ -6,7 +6,6 @@ use crate::host::*;
 use crate::sync::*;
 use gatehouse_core::authn::jwt::{Key, KeySet, parse_jwks};
 use gatehouse_core::authn::{jwks_cache, key_cache, revocation};
-use gatehouse_core::clock::Clock;
 use gatehouse_core::observe::events;
 use gatehouse_core::observe::tally::Tally;
 use gatehouse_core::policy::Policy;
@@ -269,25 +268,12 @@ impl Root {
                 proxy.as_deref().unwrap_or("(no valid node id: left out)")
             ),
         );
-        self.sync = Some(FeedSync {
-            feed: feed_policy,
-            authorization: format!("Bearer {token}"),
-            in_flight: None,
-            full_next: false,
-            ticks: 0,
-            next_regular: 1,
-            quick_budget: QUICK_POLL_BURST,
-            refilled_at: HostClock.now().0,
-            poll_due: false,
-            recovering: false,
-            fed: feed::FedKeys::default(),
-            metrics: FeedMetrics::define(),
-            events: events::Pending::default(),
-            events_in_flight: None,
-            events_posted_tick: None,
+        self.sync = Some(FeedSync::new(
+            feed_policy,
+            format!("Bearer {token}"),
             events_queue,
             proxy,
-        });
+        ));
         true
     }
 }

@@ -1,0 +1,1455 @@
+//! The sync's scheduler: when to long-poll the control service for the feed, when to post
+//! the merged events, and what each answer means. The plugin feeds it the time, its ticks,
+//! the host's answers and the events queue's batches, and performs the [`Action`]s it
+//! returns; shared data is read and written through [`SharedStore`] with [`feed`]'s
+//! functions. Contract: `control/FEED.md`.
+//!
+//! Polls. One long poll at a time, from the version in `feed/state` (a snapshot,
+//! `since=0`, before the first answer and after a 410). A regular poll goes out every
+//! `feed.interval` ([`TICKS_PER_SEC`] ticks a second); an answer triggers the next poll at
+//! once when waiting would only delay news: it carried changes (more may be queued behind
+//! them), the poll was held its full `wait` (a `wait=0` poll after a failure counts), or
+//! the server asked for a snapshot. So a long poll is nearly always in flight and a change
+//! reaches shared data one round trip after it commits. Those quick polls are paid from a
+//! token bucket of [`QUICK_POLL_BURST`] refilled at [`QUICK_POLLS_PER_SEC`] (`earned =
+//! (now - refilled_at) / (1 s / rate)`, capped at the burst); a poll the bucket cannot pay
+//! for goes out on a later tick. So no server can make the sync spin, and under a steady
+//! stream of changes each answer carries a batch of them. After a failure the next poll
+//! asks not to be held (`wait=0`), so the cache is fresh again as soon as the server
+//! answers.
+//!
+//! Events. At most one `POST /v1/events` a second and one at a time; a failed post is
+//! merged back in front of what arrived meanwhile ([`events::Posted`] says which answers
+//! are retried and which dropped).
+//!
+//! Never: call the host, panic on an answer, or send a second poll while one is in flight.
+
+use crate::observe::events;
+use crate::policy::{FeedPolicy, LogLevel};
+use crate::store::SharedStore;
+use crate::sync::feed;
+use crate::time::UnixNanos;
+use std::time::Duration;
+
+/// The sync's timer: fine enough that a poll held back by [`QUICK_POLL_BURST`] goes out
+/// soon, coarse enough to cost nothing on Envoy's main thread.
+pub const SYNC_TICK: Duration = Duration::from_millis(100);
+pub const TICKS_PER_SEC: u64 = 10;
+/// Polls that may go out straight after answers in a burst ...
+pub const QUICK_POLL_BURST: u32 = 16;
+/// ... and in the long run: at 50 a second, 100 changes a second arrive two per answer.
+pub const QUICK_POLLS_PER_SEC: u64 = 50;
+/// How long an events post may take before Envoy gives up on it (and it is tried again).
+pub const EVENTS_POST_TIMEOUT_SECS: u64 = 5;
+/// Worker batches read per queue notification: a flood is drained over several.
+pub const MAX_BATCHES_PER_NOTIFICATION: usize = 1024;
+/// How long past its `wait` Envoy may take to give up on a poll (its call timeout).
+const POLL_TIMEOUT_MARGIN_SECS: u64 = 5;
+/// How long past its `wait` a poll may stay unanswered before a regular tick forgets it.
+const UNANSWERED_GRACE_SECS: u64 = 10;
+
+/// Which of the sync's two calls a request is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// `GET <feed.path>?since=...`
+    Poll,
+    /// `POST /v1/events`
+    Events,
+}
+
+/// An HTTP call to the feed's cluster, complete: the plugin dispatches it as it is and
+/// reports [`Schedule::sent`] or [`Schedule::not_sent`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub call: Call,
+    pub cluster: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Option<String>,
+    pub timeout: Duration,
+}
+
+impl Request {
+    /// The value of header `name`, if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The sync's metrics (Envoy shows them as `wasmcustom.gatehouse.*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// Gauge: the feed version applied last.
+    Version,
+    EntriesApplied,
+    Failures,
+    RecordsSkipped,
+    /// Gauge: seconds since the last successful poll.
+    LastSyncAge,
+    /// Gauge: key records the sync has applied (live and tombstones): the cache's size.
+    Keys,
+    /// Posts of the refusal audit that the control service accepted ...
+    EventsPosts,
+    /// ... and that failed (not sent, no answer, or a status other than 2xx).
+    EventsPostFailures,
+    /// Refusals in accepted posts.
+    EventsRefusalsPosted,
+    /// Refusals dropped for lack of room or because the server refused them.
+    EventsRefusalsDropped,
+}
+
+impl Metric {
+    /// Every metric, in the order the plugin defines them.
+    pub const ALL: [Metric; 10] = [
+        Metric::Version,
+        Metric::EntriesApplied,
+        Metric::Failures,
+        Metric::RecordsSkipped,
+        Metric::LastSyncAge,
+        Metric::Keys,
+        Metric::EventsPosts,
+        Metric::EventsPostFailures,
+        Metric::EventsRefusalsPosted,
+        Metric::EventsRefusalsDropped,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Version => "gatehouse.feed.version",
+            Metric::EntriesApplied => "gatehouse.feed.entries_applied",
+            Metric::Failures => "gatehouse.feed.failures",
+            Metric::RecordsSkipped => "gatehouse.feed.records_skipped",
+            Metric::LastSyncAge => "gatehouse.feed.last_sync_age_seconds",
+            Metric::Keys => "gatehouse.feed.keys",
+            Metric::EventsPosts => "gatehouse.events.posts",
+            Metric::EventsPostFailures => "gatehouse.events.post_failures",
+            Metric::EventsRefusalsPosted => "gatehouse.events.refusals_posted",
+            Metric::EventsRefusalsDropped => "gatehouse.events.refusals_dropped",
+        }
+    }
+
+    /// A gauge (set) rather than a counter (added to).
+    pub fn is_gauge(self) -> bool {
+        matches!(self, Metric::Version | Metric::LastSyncAge | Metric::Keys)
+    }
+}
+
+/// What the plugin does next, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Dispatch this call, then report [`Schedule::sent`] or [`Schedule::not_sent`]
+    /// before performing the next action.
+    Send(Request),
+    /// Add to a counter (never zero).
+    Add(Metric, u64),
+    /// Set a gauge.
+    Set(Metric, u64),
+    Log(LogLevel, String),
+}
+
+/// An answer to one of the sync's calls, as the host reports it.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpAnswer<'a> {
+    pub token: u32,
+    /// `:status`, empty when there was no answer (timeout or connection failure).
+    pub status: &'a [u8],
+    pub body_size: usize,
+}
+
+/// A poll sent and not yet answered.
+#[derive(Clone, Copy, Debug)]
+struct Poll {
+    token: u32,
+    /// When it was sent (unix secs).
+    sent: u64,
+    /// The version it asked from (0: a snapshot).
+    since: u64,
+    /// How long it asked the server to hold it (secs).
+    wait: u64,
+}
+
+/// What follows an answer.
+enum Next {
+    /// Poll on the next tick (a failure, or nothing to hurry for).
+    Tick,
+    /// A 410: ask for a snapshot.
+    Snapshot,
+    /// Applied up to `version`; `news`: the answer changed something.
+    Applied { version: u64, news: bool },
+}
+
+/// The sync's state between ticks. Versions live in shared data (`feed/state`), so a
+/// restarted sync resumes where the last one stopped.
+pub struct Schedule {
+    feed: FeedPolicy,
+    /// `Bearer <token>`.
+    authorization: String,
+    /// Envoy's node id when it is a valid id: the posts' `proxy`.
+    proxy: Option<String>,
+    /// The poll in flight: one at a time.
+    in_flight: Option<Poll>,
+    /// A poll handed to the plugin whose token is not known yet (token 0 here).
+    sending: Option<Poll>,
+    /// The server answered 410: ask for a snapshot (`since=0`) next.
+    full_next: bool,
+    /// Ticks so far ([`SYNC_TICK`] apart).
+    ticks: u64,
+    /// The tick of the next regular poll (every `feed.interval`).
+    next_regular: u64,
+    /// Polls that may still go out straight after an answer (the bucket).
+    quick_budget: u32,
+    /// When the bucket last gained a poll (unix ns).
+    refilled_at: u64,
+    /// An answer asked for a poll at once but the bucket was empty: poll on a later tick.
+    poll_due: bool,
+    /// The last poll failed: the next one asks `wait=0`.
+    recovering: bool,
+    fed: feed::FedKeys,
+    /// The refusal audit waiting to be posted.
+    events: events::Pending,
+    /// A post handed to the plugin whose token is not known yet.
+    events_sending: Option<events::Pending>,
+    /// The events post in flight, and what it carries (merged back if it fails).
+    events_in_flight: Option<(u32, events::Pending)>,
+    /// The tick the last events post went out on: at most one a second.
+    events_posted_tick: Option<u64>,
+}
+
+impl Schedule {
+    /// A sync configured at `now`: its first tick polls for a snapshot at once.
+    pub fn new(
+        feed: FeedPolicy,
+        authorization: String,
+        proxy: Option<String>,
+        now: UnixNanos,
+    ) -> Schedule {
+        Schedule {
+            feed,
+            authorization,
+            proxy,
+            in_flight: None,
+            sending: None,
+            full_next: false,
+            ticks: 0,
+            next_regular: 1,
+            quick_budget: QUICK_POLL_BURST,
+            refilled_at: now.0,
+            poll_due: false,
+            recovering: false,
+            fed: feed::FedKeys::default(),
+            events: events::Pending::default(),
+            events_sending: None,
+            events_in_flight: None,
+            events_posted_tick: None,
+        }
+    }
+
+    /// Every [`SYNC_TICK`]: refills the quick-poll bucket, posts the events, sends a poll
+    /// that an answer asked for, and every `feed.interval` the regular one. The first tick
+    /// comes one [`SYNC_TICK`] after configuration, so a fresh Envoy asks for its snapshot
+    /// at once.
+    pub fn on_tick(&mut self, now: UnixNanos, store: &impl SharedStore) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.ticks = self.ticks.saturating_add(1);
+        self.refill(now);
+        self.post_events(&mut out, store);
+        let now = now.secs();
+        let regular = self.ticks >= self.next_regular;
+        if regular {
+            let every = self.feed.interval_secs.saturating_mul(TICKS_PER_SEC).max(1);
+            self.next_regular = self.ticks.saturating_add(every);
+            if let Some(age) = feed::age_secs(store, now) {
+                out.push(Action::Set(Metric::LastSyncAge, age));
+            }
+        }
+        if let Some(poll) = self.in_flight {
+            // Envoy always answers a dispatched call (at the latest with its timeout);
+            // this only guards against a host that does not.
+            let limit = poll.wait.saturating_add(UNANSWERED_GRACE_SECS);
+            if !regular || now.saturating_sub(poll.sent) <= limit {
+                return out;
+            }
+            self.in_flight = None;
+        }
+        if regular {
+            self.poll_due = false;
+            self.poll(&mut out, now, store);
+        } else if self.poll_due && self.quick_budget > 0 {
+            self.poll_due = false;
+            self.quick_budget -= 1;
+            self.poll(&mut out, now, store);
+        }
+        out
+    }
+
+    /// Merges one worker batch from the events queue into the pending post.
+    pub fn on_batch(&mut self, batch: &[u8]) -> Vec<Action> {
+        let mut out = Vec::new();
+        match self.events.merge(batch) {
+            Ok(dropped) => add(&mut out, Metric::EventsRefusalsDropped, dropped),
+            Err(e) => out.push(Action::Log(
+                LogLevel::Warn,
+                format!("events: a worker batch was refused ({e:?}); dropped"),
+            )),
+        }
+        out
+    }
+
+    /// The call of the last [`Action::Send`] of kind `call` went out as `token`.
+    pub fn sent(&mut self, call: Call, token: u32) {
+        match call {
+            Call::Poll => {
+                if let Some(poll) = self.sending.take() {
+                    self.in_flight = Some(Poll { token, ..poll });
+                }
+            }
+            Call::Events => {
+                if let Some(batch) = self.events_sending.take() {
+                    self.events_in_flight = Some((token, batch));
+                }
+            }
+        }
+    }
+
+    /// The call of the last [`Action::Send`] of kind `call` could not be dispatched
+    /// (`why`: the host's status).
+    pub fn not_sent(&mut self, call: Call, why: &str) -> Vec<Action> {
+        let mut out = Vec::new();
+        match call {
+            Call::Poll => {
+                self.sending = None;
+                self.failed(
+                    &mut out,
+                    &format!("not sent to cluster {}: {why}", self.feed.cluster),
+                );
+            }
+            Call::Events => {
+                if let Some(batch) = self.events_sending.take() {
+                    let newer = std::mem::replace(&mut self.events, batch);
+                    self.events.absorb(newer);
+                }
+                add(&mut out, Metric::EventsPostFailures, 1);
+                out.push(Action::Log(
+                    LogLevel::Warn,
+                    format!(
+                        "events: post not sent to cluster {}: {why}; kept for the next try",
+                        self.feed.cluster
+                    ),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Handles an answer (an events post's, or a poll's, even one given up on), then
+    /// polls again at once when waiting for the next tick would only delay news (see the
+    /// module documentation). `read_body` reads the answer's body of the given size; it
+    /// is called only for a 200 that is not too large.
+    pub fn on_answer(
+        &mut self,
+        now: UnixNanos,
+        store: &impl SharedStore,
+        answer: HttpAnswer<'_>,
+        read_body: impl FnOnce(usize) -> Vec<u8>,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        if let Some((token, _)) = &self.events_in_flight
+            && *token == answer.token
+        {
+            if let Some((_, sent)) = self.events_in_flight.take() {
+                self.events_answer(&mut out, answer.status, sent);
+            }
+            return out;
+        }
+        let ours = self.in_flight.filter(|p| p.token == answer.token);
+        if ours.is_some() {
+            self.in_flight = None;
+        }
+        let secs = now.secs();
+        let again = match self.answer(&mut out, store, answer, read_body, secs) {
+            Next::Tick => false,
+            Next::Snapshot => ours.is_some_and(|p| p.since != 0),
+            Next::Applied { version, news } => ours.is_some_and(|p| {
+                news || version > p.since || secs.saturating_sub(p.sent).saturating_add(1) >= p.wait
+            }),
+        };
+        if again && self.in_flight.is_none() {
+            self.refill(now);
+            if self.quick_budget > 0 {
+                self.quick_budget -= 1;
+                self.poll(&mut out, secs, store);
+            } else {
+                self.poll_due = true;
+            }
+        }
+        out
+    }
+
+    fn failed(&mut self, out: &mut Vec<Action>, why: &str) {
+        self.recovering = true;
+        add(out, Metric::Failures, 1);
+        out.push(Action::Log(
+            LogLevel::Warn,
+            format!("feed poll failed: {why}; keeping the last good cache"),
+        ));
+    }
+
+    /// Hands the pending refusal audit to the plugin: at most once a second, one post at
+    /// a time.
+    fn post_events(&mut self, out: &mut Vec<Action>, store: &impl SharedStore) {
+        if self.events_in_flight.is_some() || self.events.is_empty() {
+            return;
+        }
+        if self
+            .events_posted_tick
+            .is_some_and(|t| self.ticks.saturating_sub(t) < TICKS_PER_SEC)
+        {
+            return;
+        }
+        let version = feed::read_state(store).map(|s| s.version);
+        let body = self.events.body(self.proxy.as_deref(), version);
+        self.events_posted_tick = Some(self.ticks);
+        self.events_sending = Some(std::mem::take(&mut self.events));
+        out.push(Action::Send(Request {
+            call: Call::Events,
+            cluster: self.feed.cluster.clone(),
+            headers: vec![
+                (":method", "POST".into()),
+                (":path", events::PATH.into()),
+                (":authority", self.feed.authority.clone()),
+                ("authorization", self.authorization.clone()),
+                ("content-type", "application/json".into()),
+            ],
+            body: Some(body),
+            timeout: Duration::from_secs(EVENTS_POST_TIMEOUT_SECS),
+        }));
+    }
+
+    /// The answer to an events post: done, kept for another try, or dropped.
+    fn events_answer(&mut self, out: &mut Vec<Action>, status: &[u8], sent: events::Pending) {
+        match events::Posted::from_status(status) {
+            events::Posted::Accepted => {
+                add(out, Metric::EventsPosts, 1);
+                add(out, Metric::EventsRefusalsPosted, sent.refusals() as u64);
+            }
+            events::Posted::Retry => {
+                add(out, Metric::EventsPostFailures, 1);
+                let shown = if status.is_empty() { b"none" } else { status };
+                out.push(Action::Log(
+                    LogLevel::Warn,
+                    format!(
+                        "events: post failed (status {}); kept for the next try",
+                        String::from_utf8_lossy(shown)
+                    ),
+                ));
+                let newer = std::mem::replace(&mut self.events, sent);
+                let dropped = self.events.absorb(newer);
+                add(out, Metric::EventsRefusalsDropped, dropped);
+            }
+            events::Posted::Refused => {
+                // Sent again it would be refused again (and a server without the events
+                // endpoint would be asked every second): dropped whole, counted here.
+                add(out, Metric::EventsPostFailures, 1);
+                let dropped = sent.refusals() as u64;
+                add(out, Metric::EventsRefusalsDropped, dropped);
+                out.push(Action::Log(
+                    LogLevel::Warn,
+                    format!(
+                        "events: the control service refused a post (status {}); its {dropped} refusals are dropped",
+                        String::from_utf8_lossy(status)
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// Adds the quick polls earned since the last refill (a token bucket).
+    fn refill(&mut self, now: UnixNanos) {
+        const EVERY_NS: u64 = 1_000_000_000 / QUICK_POLLS_PER_SEC;
+        let earned = now.0.saturating_sub(self.refilled_at) / EVERY_NS;
+        if earned == 0 {
+            return;
+        }
+        self.refilled_at = self
+            .refilled_at
+            .saturating_add(earned.saturating_mul(EVERY_NS));
+        let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+        self.quick_budget = self
+            .quick_budget
+            .saturating_add(earned)
+            .min(QUICK_POLL_BURST);
+    }
+
+    /// Hands the next long poll to the plugin: from the version in `feed/state`, or a
+    /// snapshot after a 410 or before the first answer.
+    fn poll(&mut self, out: &mut Vec<Action>, now: u64, store: &impl SharedStore) {
+        let state = feed::read_state(store);
+        let (since, epoch) = match (self.full_next, &state) {
+            (false, Some(state)) => (state.version, Some(state.epoch.as_str())),
+            _ => (0, None),
+        };
+        let wait = if self.recovering {
+            0
+        } else {
+            self.feed.wait_secs
+        };
+        let path = feed::poll_path(&self.feed.path, since, epoch, wait);
+        self.sending = Some(Poll {
+            token: 0,
+            sent: now,
+            since,
+            wait,
+        });
+        out.push(Action::Send(Request {
+            call: Call::Poll,
+            cluster: self.feed.cluster.clone(),
+            headers: vec![
+                (":method", "GET".into()),
+                (":path", path),
+                (":authority", self.feed.authority.clone()),
+                ("authorization", self.authorization.clone()),
+                ("accept", "application/json".into()),
+            ],
+            body: None,
+            timeout: Duration::from_secs(wait.saturating_add(POLL_TIMEOUT_MARGIN_SECS)),
+        }));
+    }
+
+    /// Reads and applies one poll's answer; says what the next poll should be.
+    fn answer(
+        &mut self,
+        out: &mut Vec<Action>,
+        store: &impl SharedStore,
+        answer: HttpAnswer<'_>,
+        read_body: impl FnOnce(usize) -> Vec<u8>,
+        now: u64,
+    ) -> Next {
+        match answer.status {
+            b"200" => {}
+            b"410" => {
+                self.full_next = true;
+                out.push(Action::Log(
+                    LogLevel::Info,
+                    "feed: the server no longer has our version (410); asking for a snapshot"
+                        .into(),
+                ));
+                return Next::Snapshot;
+            }
+            b"" => {
+                self.failed(out, "no answer (timeout or connection failure)");
+                return Next::Tick;
+            }
+            other => {
+                self.failed(out, &format!("status {}", String::from_utf8_lossy(other)));
+                return Next::Tick;
+            }
+        }
+        if answer.body_size > feed::MAX_ANSWER_BYTES {
+            self.failed(
+                out,
+                &feed::FeedError::TooLarge(answer.body_size).to_string(),
+            );
+            return Next::Tick;
+        }
+        let parsed = match feed::parse_answer(&read_body(answer.body_size)) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                self.failed(out, &e.to_string());
+                return Next::Tick;
+            }
+        };
+        if parsed.skipped > 0 {
+            add(out, Metric::RecordsSkipped, parsed.skipped as u64);
+            out.push(Action::Log(
+                LogLevel::Warn,
+                format!(
+                    "feed: skipped {} records that break the contract",
+                    parsed.skipped
+                ),
+            ));
+        }
+        match feed::apply(store, &parsed, &mut self.fed, now) {
+            Ok(applied) => {
+                self.full_next = false;
+                let news = applied.snapshot || applied.entries > 0;
+                out.push(Action::Set(Metric::Version, parsed.version));
+                out.push(Action::Set(Metric::Keys, self.fed.len() as u64));
+                add(out, Metric::EntriesApplied, applied.entries as u64);
+                out.push(Action::Set(Metric::LastSyncAge, 0));
+                out.push(Action::Log(
+                    if news {
+                        LogLevel::Info
+                    } else {
+                        LogLevel::Debug
+                    },
+                    format!(
+                        "feed: version {} of epoch {}: {} entries{}{}",
+                        parsed.version,
+                        parsed.epoch,
+                        applied.entries,
+                        if applied.snapshot { " (snapshot)" } else { "" },
+                        if applied.swept > 0 {
+                            format!(", {} keys no longer fed made inactive", applied.swept)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                ));
+                self.recovering = false;
+                Next::Applied {
+                    version: parsed.version,
+                    news,
+                }
+            }
+            Err(e) => {
+                self.failed(out, &format!("could not write to shared data: {e:?}"));
+                Next::Tick
+            }
+        }
+    }
+}
+
+/// A counter increment; nothing for zero, as the host call would do nothing.
+fn add(out: &mut Vec<Action>, metric: Metric, n: u64) {
+    if n > 0 {
+        out.push(Action::Add(metric, n));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The sync on a virtual clock: [`Sim`] performs the actions as the plugin does
+    //! (dispatching a [`Request`] hands out the next token, or fails when told to) and
+    //! keeps what a user would see: the calls, the metrics, the log lines, shared data.
+
+    use super::*;
+    use crate::authn::api_key::{KeyHash, KeyRecord};
+    use crate::policy::OnStale;
+    use crate::store::{MemoryStore, StoreError};
+    use serde_json::{Value, json};
+    use std::cell::Cell;
+    use std::collections::HashMap;
+
+    const NOW: u64 = 1_767_225_600;
+    const TICK_NS: u64 = 100_000_000;
+
+    /// A [`MemoryStore`] whose writes can be made to fail.
+    #[derive(Default)]
+    struct Store {
+        inner: MemoryStore,
+        refuse_writes: Cell<bool>,
+    }
+
+    impl SharedStore for Store {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.inner.get(key)
+        }
+
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+            if self.refuse_writes.get() {
+                return Err(StoreError::Failed);
+            }
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    fn policy() -> FeedPolicy {
+        FeedPolicy {
+            cluster: "control".into(),
+            authority: "control.internal".into(),
+            path: "/v1/feed".into(),
+            token_env: "GATEHOUSE_FEED_TOKEN".into(),
+            interval_secs: 10,
+            wait_secs: 25,
+            staleness_secs: 300,
+            on_stale: OnStale::FailClosed,
+        }
+    }
+
+    struct Sim {
+        schedule: Schedule,
+        store: Store,
+        /// Virtual unix ns.
+        now: u64,
+        next_token: u32,
+        /// Dispatching fails with this host status while set.
+        refuse_sends: Option<&'static str>,
+        /// Every call dispatched, with its token.
+        calls: Vec<(u32, Request)>,
+        /// Every action performed, in order (the `Send`s included).
+        done: Vec<Action>,
+        counters: HashMap<&'static str, u64>,
+        gauges: HashMap<&'static str, u64>,
+    }
+
+    impl Sim {
+        fn new() -> Sim {
+            let now = UnixNanos::from_secs(NOW);
+            Sim {
+                schedule: Schedule::new(
+                    policy(),
+                    "Bearer feed-token".into(),
+                    Some("envoy_1".into()),
+                    now,
+                ),
+                store: Store::default(),
+                now: now.0,
+                next_token: 1,
+                refuse_sends: None,
+                calls: Vec::new(),
+                done: Vec::new(),
+                counters: HashMap::new(),
+                gauges: HashMap::new(),
+            }
+        }
+
+        fn perform(&mut self, actions: Vec<Action>) {
+            for action in actions {
+                self.done.push(action.clone());
+                match action {
+                    Action::Send(request) => match self.refuse_sends {
+                        Some(why) => {
+                            let more = self.schedule.not_sent(request.call, why);
+                            self.perform(more);
+                        }
+                        None => {
+                            let token = self.next_token;
+                            self.next_token += 1;
+                            self.schedule.sent(request.call, token);
+                            self.calls.push((token, request));
+                        }
+                    },
+                    Action::Add(m, n) => {
+                        assert!(!m.is_gauge() && n > 0, "{m:?} += {n}");
+                        *self.counters.entry(m.name()).or_default() += n;
+                    }
+                    Action::Set(m, v) => {
+                        assert!(m.is_gauge(), "{m:?} = {v}");
+                        self.gauges.insert(m.name(), v);
+                    }
+                    Action::Log(..) => {}
+                }
+            }
+        }
+
+        fn tick(&mut self) {
+            self.now += TICK_NS;
+            let actions = self.schedule.on_tick(UnixNanos(self.now), &self.store);
+            self.perform(actions);
+        }
+
+        fn ticks(&mut self, n: usize) {
+            for _ in 0..n {
+                self.tick();
+            }
+        }
+
+        /// Passes time without a tick (an answer comes between ticks).
+        fn wait_secs(&mut self, secs: u64) {
+            self.now += secs * 1_000_000_000;
+        }
+
+        fn answer(&mut self, token: u32, status: &str, body: &[u8]) {
+            let answer = HttpAnswer {
+                token,
+                status: status.as_bytes(),
+                body_size: body.len(),
+            };
+            let actions =
+                self.schedule
+                    .on_answer(UnixNanos(self.now), &self.store, answer, |size| {
+                        assert_eq!(size, body.len());
+                        body.to_vec()
+                    });
+            self.perform(actions);
+        }
+
+        /// Answers the last call.
+        fn answer_last(&mut self, status: &str, body: &[u8]) {
+            let token = self.last().0;
+            self.answer(token, status, body);
+        }
+
+        fn batch(&mut self, batch: &[u8]) {
+            let actions = self.schedule.on_batch(batch);
+            self.perform(actions);
+        }
+
+        fn last(&self) -> &(u32, Request) {
+            self.calls.last().expect("a call was sent")
+        }
+
+        fn polls(&self) -> Vec<String> {
+            self.calls
+                .iter()
+                .filter(|(_, r)| r.call == Call::Poll)
+                .filter_map(|(_, r)| r.header(":path").map(str::to_string))
+                .collect()
+        }
+
+        fn posts(&self) -> Vec<Value> {
+            self.calls
+                .iter()
+                .filter(|(_, r)| r.call == Call::Events)
+                .map(|(_, r)| serde_json::from_str(r.body.as_deref().unwrap_or("")).unwrap())
+                .collect()
+        }
+
+        fn counter(&self, m: Metric) -> u64 {
+            self.counters.get(m.name()).copied().unwrap_or(0)
+        }
+
+        fn gauge(&self, m: Metric) -> Option<u64> {
+            self.gauges.get(m.name()).copied()
+        }
+
+        fn logs(&self) -> Vec<(LogLevel, &str)> {
+            self.done
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Log(level, line) => Some((*level, line.as_str())),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn last_log(&self) -> (LogLevel, &str) {
+            *self.logs().last().expect("a line was logged")
+        }
+
+        fn take_done(&mut self) -> Vec<Action> {
+            std::mem::take(&mut self.done)
+        }
+    }
+
+    fn hash(n: u8) -> String {
+        KeyHash::of_key(&[n]).to_hex()
+    }
+
+    fn key(n: u8, active: bool) -> Value {
+        json!({"sha256": hash(n), "key_id": format!("key_{n}"), "user": "user_1",
+               "tenant": "tenant_1", "plan": "team", "expires_at": null,
+               "active": active, "scopes": ["billing"]})
+    }
+
+    fn answer(epoch: &str, version: u64, full: bool, keys: Vec<Value>) -> Vec<u8> {
+        json!({"epoch": epoch, "version": version, "full": full, "keys": keys,
+               "users": [], "jtis": []})
+        .to_string()
+        .into_bytes()
+    }
+
+    fn record(store: &Store, n: u8) -> Option<KeyRecord> {
+        let (bytes, _) = store.get(&format!("k/{}", hash(n)))?;
+        KeyRecord::decode(&bytes)
+    }
+
+    fn refusals(from: u64, n: u64) -> Vec<u8> {
+        let refusals: Vec<Value> = (from..from + n)
+            .map(|i| json!({"at": i, "request_id": format!("r{i}"), "code": "NOT_FOUND"}))
+            .collect();
+        json!({"refusals": refusals, "key_uses": [], "requests": [], "dropped": 0})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn refusal_ids(post: &Value) -> Vec<&str> {
+        post["refusals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["request_id"].as_str().unwrap())
+            .collect()
+    }
+
+    /// A sync that has applied a snapshot of version 5 (key 1) and has the next long
+    /// poll in flight.
+    fn synced() -> Sim {
+        let mut sim = Sim::new();
+        sim.tick();
+        sim.answer_last("200", &answer("e1", 5, true, vec![key(1, true)]));
+        sim
+    }
+
+    // Polls.
+
+    #[test]
+    fn the_first_tick_asks_for_a_snapshot_held_the_full_wait() {
+        let mut sim = Sim::new();
+        sim.now += TICK_NS;
+        let actions = sim.schedule.on_tick(UnixNanos(sim.now), &sim.store);
+        assert_eq!(
+            actions,
+            [Action::Send(Request {
+                call: Call::Poll,
+                cluster: "control".into(),
+                headers: vec![
+                    (":method", "GET".into()),
+                    (":path", "/v1/feed?since=0&wait=25".into()),
+                    (":authority", "control.internal".into()),
+                    ("authorization", "Bearer feed-token".into()),
+                    ("accept", "application/json".into()),
+                ],
+                body: None,
+                timeout: Duration::from_secs(30),
+            })]
+        );
+    }
+
+    #[test]
+    fn an_answer_with_changes_is_applied_and_polled_again_at_once() {
+        let sim = synced();
+        assert!(record(&sim.store, 1).is_some_and(|r| r.active));
+        assert_eq!(
+            sim.polls(),
+            [
+                "/v1/feed?since=0&wait=25",
+                "/v1/feed?since=5&epoch=e1&wait=25"
+            ]
+        );
+        assert_eq!(sim.gauge(Metric::Version), Some(5));
+        assert_eq!(sim.gauge(Metric::Keys), Some(1));
+        assert_eq!(sim.gauge(Metric::LastSyncAge), Some(0));
+        assert_eq!(sim.counter(Metric::EntriesApplied), 1);
+        assert_eq!(
+            sim.last_log(),
+            (
+                LogLevel::Info,
+                "feed: version 5 of epoch e1: 1 entries (snapshot)"
+            )
+        );
+    }
+
+    #[test]
+    fn an_answer_with_nothing_new_before_the_wait_waits_for_the_regular_poll() {
+        let mut sim = synced();
+        sim.wait_secs(3);
+        sim.answer_last("200", &answer("e1", 5, false, vec![]));
+        assert_eq!(
+            sim.last_log(),
+            (LogLevel::Debug, "feed: version 5 of epoch e1: 0 entries")
+        );
+        assert_eq!(sim.polls().len(), 2);
+        // The regular poll: `interval` (10 s) after the first tick.
+        sim.ticks(99);
+        assert_eq!(sim.polls().len(), 2);
+        sim.tick();
+        assert_eq!(sim.polls().len(), 3);
+    }
+
+    #[test]
+    fn a_newer_version_without_entries_is_polled_again_at_once() {
+        let mut sim = synced();
+        sim.answer_last("200", &answer("e1", 6, false, vec![]));
+        assert_eq!(
+            sim.polls().last().unwrap(),
+            "/v1/feed?since=6&epoch=e1&wait=25"
+        );
+    }
+
+    #[test]
+    fn a_poll_held_its_full_wait_is_followed_at_once() {
+        let mut sim = synced();
+        sim.wait_secs(24);
+        sim.answer_last("200", &answer("e1", 5, false, vec![]));
+        assert_eq!(sim.polls().len(), 3);
+    }
+
+    #[test]
+    fn a_burst_of_quick_polls_is_followed_by_the_refill_rate() {
+        let mut sim = Sim::new();
+        let mut version = 0;
+        let mut polls_per_tick = Vec::new();
+        for _ in 0..11 {
+            let before = sim.polls().len();
+            sim.tick();
+            // A server with a change for every poll, answering at once.
+            while let Some(poll) = sim.schedule.in_flight {
+                version += 1;
+                sim.answer(
+                    poll.token,
+                    "200",
+                    &answer("e1", version, false, vec![key(1, true)]),
+                );
+            }
+            polls_per_tick.push(sim.polls().len() - before);
+        }
+        // The regular poll and the bucket of 16, then 50 a second: 5 per 100 ms tick.
+        assert_eq!(polls_per_tick, [17, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5]);
+        assert_eq!(sim.schedule.poll_due, true);
+    }
+
+    #[test]
+    fn the_bucket_refills_to_its_burst_and_no_further() {
+        let mut sim = Sim::new();
+        sim.schedule.quick_budget = 0;
+        sim.now += 10 * 1_000_000_000;
+        sim.schedule.refill(UnixNanos(sim.now));
+        assert_eq!(sim.schedule.quick_budget, QUICK_POLL_BURST);
+        sim.now += 19_000_000;
+        sim.schedule.quick_budget = 0;
+        sim.schedule.refill(UnixNanos(sim.now));
+        assert_eq!(sim.schedule.quick_budget, 0);
+        sim.now += 1_000_000;
+        sim.schedule.refill(UnixNanos(sim.now));
+        assert_eq!(sim.schedule.quick_budget, 1);
+    }
+
+    #[test]
+    fn a_410_asks_for_a_snapshot() {
+        let mut sim = synced();
+        sim.answer_last("410", b"");
+        assert_eq!(
+            sim.last_log(),
+            (
+                LogLevel::Info,
+                "feed: the server no longer has our version (410); asking for a snapshot"
+            )
+        );
+        assert_eq!(sim.polls().last().unwrap(), "/v1/feed?since=0&wait=25");
+        assert_eq!(sim.counter(Metric::Failures), 0);
+        sim.answer_last("200", &answer("e2", 7, true, vec![key(1, true)]));
+        assert_eq!(
+            sim.polls().last().unwrap(),
+            "/v1/feed?since=7&epoch=e2&wait=25"
+        );
+    }
+
+    #[test]
+    fn a_410_to_a_snapshot_poll_waits_for_the_regular_poll_and_asks_again() {
+        let mut sim = Sim::new();
+        sim.tick();
+        sim.answer_last("410", b"");
+        assert_eq!(sim.polls().len(), 1);
+        sim.ticks(100);
+        assert_eq!(sim.polls(), ["/v1/feed?since=0&wait=25"; 2]);
+    }
+
+    #[test]
+    fn a_snapshot_is_asked_for_until_one_is_applied() {
+        let mut sim = synced();
+        sim.answer_last("410", b"");
+        sim.answer_last("503", b"");
+        sim.ticks(100);
+        assert_eq!(sim.polls().last().unwrap(), "/v1/feed?since=0&wait=0");
+    }
+
+    #[test]
+    fn a_failed_poll_is_counted_and_the_next_one_asks_not_to_be_held() {
+        let mut sim = synced();
+        sim.answer_last("503", b"");
+        assert_eq!(sim.counter(Metric::Failures), 1);
+        assert_eq!(
+            sim.last_log(),
+            (
+                LogLevel::Warn,
+                "feed poll failed: status 503; keeping the last good cache"
+            )
+        );
+        assert_eq!(sim.polls().len(), 2, "no hurry after a failure");
+        sim.ticks(100);
+        let (_, poll) = sim.last();
+        assert_eq!(
+            poll.header(":path"),
+            Some("/v1/feed?since=5&epoch=e1&wait=0")
+        );
+        assert_eq!(poll.timeout, Duration::from_secs(5));
+        // A `wait=0` poll is held its full wait: the next long poll follows at once.
+        sim.answer_last("200", &answer("e1", 5, false, vec![]));
+        assert_eq!(
+            sim.polls().last().unwrap(),
+            "/v1/feed?since=5&epoch=e1&wait=25"
+        );
+    }
+
+    #[test]
+    fn no_answer_is_a_failure() {
+        let mut sim = synced();
+        sim.answer_last("", b"");
+        assert_eq!(sim.counter(Metric::Failures), 1);
+        assert_eq!(
+            sim.last_log().1,
+            "feed poll failed: no answer (timeout or connection failure); keeping the last good cache"
+        );
+    }
+
+    #[test]
+    fn an_answer_too_large_is_a_failure_and_never_read() {
+        let mut sim = synced();
+        let token = sim.last().0;
+        let size = feed::MAX_ANSWER_BYTES + 1;
+        let answer = HttpAnswer {
+            token,
+            status: b"200",
+            body_size: size,
+        };
+        let actions = sim
+            .schedule
+            .on_answer(UnixNanos(sim.now), &sim.store, answer, |_| {
+                panic!("a body over the bound is read")
+            });
+        sim.perform(actions);
+        assert_eq!(sim.counter(Metric::Failures), 1);
+        assert_eq!(
+            sim.last_log().1,
+            format!(
+                "feed poll failed: {}; keeping the last good cache",
+                feed::FeedError::TooLarge(size)
+            )
+        );
+    }
+
+    #[test]
+    fn an_answer_that_is_not_json_is_a_failure() {
+        let mut sim = synced();
+        sim.answer_last("200", b"{not json");
+        assert_eq!(sim.counter(Metric::Failures), 1);
+        assert_eq!(
+            sim.last_log().1,
+            format!(
+                "feed poll failed: {}; keeping the last good cache",
+                feed::FeedError::NotJson
+            )
+        );
+        assert_eq!(sim.gauge(Metric::Version), Some(5));
+    }
+
+    #[test]
+    fn records_that_break_the_contract_are_skipped_and_counted() {
+        let mut sim = synced();
+        let bad = json!({"sha256": "nothex", "key_id": "key_9", "active": true});
+        sim.answer_last("200", &answer("e1", 6, false, vec![key(2, true), bad]));
+        assert_eq!(sim.counter(Metric::RecordsSkipped), 1);
+        assert!(sim.logs().contains(&(
+            LogLevel::Warn,
+            "feed: skipped 1 records that break the contract"
+        )));
+        assert!(record(&sim.store, 2).is_some());
+    }
+
+    #[test]
+    fn a_snapshot_without_a_fed_key_makes_it_inactive_and_says_so() {
+        let mut sim = Sim::new();
+        sim.tick();
+        sim.answer_last(
+            "200",
+            &answer("e1", 1, true, vec![key(1, true), key(2, true)]),
+        );
+        sim.answer_last("200", &answer("e1", 2, true, vec![key(1, true)]));
+        assert_eq!(
+            sim.last_log(),
+            (
+                LogLevel::Info,
+                "feed: version 2 of epoch e1: 1 entries (snapshot), 1 keys no longer fed made inactive"
+            )
+        );
+        assert!(record(&sim.store, 2).is_some_and(|r| !r.active));
+        assert_eq!(sim.gauge(Metric::Keys), Some(1));
+    }
+
+    #[test]
+    fn an_answer_that_cannot_be_written_to_shared_data_is_a_failure() {
+        let mut sim = synced();
+        sim.store.refuse_writes.set(true);
+        sim.answer_last("200", &answer("e1", 6, false, vec![key(2, true)]));
+        assert_eq!(sim.counter(Metric::Failures), 1);
+        assert_eq!(
+            sim.last_log().1,
+            "feed poll failed: could not write to shared data: Failed; keeping the last good cache"
+        );
+        assert_eq!(sim.polls().len(), 2);
+    }
+
+    #[test]
+    fn a_poll_that_could_not_be_sent_is_a_failure_and_the_next_asks_not_to_be_held() {
+        let mut sim = Sim::new();
+        sim.refuse_sends = Some("BadArgument");
+        sim.tick();
+        assert!(sim.calls.is_empty());
+        assert_eq!(sim.counter(Metric::Failures), 1);
+        assert_eq!(
+            sim.last_log(),
+            (
+                LogLevel::Warn,
+                "feed poll failed: not sent to cluster control: BadArgument; keeping the last good cache"
+            )
+        );
+        sim.refuse_sends = None;
+        // Nothing is in flight: the next regular tick polls.
+        sim.ticks(100);
+        assert_eq!(sim.polls(), ["/v1/feed?since=0&wait=0"]);
+    }
+
+    #[test]
+    fn a_poll_that_is_never_answered_is_given_up_after_its_wait_and_ten_seconds() {
+        let mut sim = Sim::new();
+        sim.tick();
+        let lost = sim.last().0;
+        // Regular ticks at 10, 20 and 30 s: within 25 + 10 s of the send.
+        sim.ticks(300);
+        assert_eq!(sim.polls().len(), 1);
+        // At 40 s the poll is forgotten and the regular one goes out.
+        sim.ticks(100);
+        assert_eq!(sim.polls().len(), 2);
+        // Its late answer is still applied, but it is not ours: no poll follows.
+        sim.answer(lost, "200", &answer("e1", 3, true, vec![key(1, true)]));
+        assert_eq!(sim.gauge(Metric::Version), Some(3));
+        assert_eq!(sim.polls().len(), 2);
+    }
+
+    #[test]
+    fn a_poll_answered_quicker_than_a_tick_is_not_repeated_by_the_tick_between() {
+        let mut sim = synced();
+        sim.take_done();
+        sim.tick();
+        assert!(
+            sim.take_done().is_empty(),
+            "a poll is in flight, no news due"
+        );
+    }
+
+    #[test]
+    fn a_poll_due_with_an_empty_bucket_goes_out_on_a_later_tick() {
+        let mut sim = synced();
+        sim.schedule.quick_budget = 0;
+        sim.schedule.refilled_at = sim.now;
+        sim.answer_last("200", &answer("e1", 6, false, vec![key(2, true)]));
+        assert_eq!(sim.polls().len(), 2);
+        assert!(sim.schedule.poll_due);
+        // 100 ms later the bucket has earned 5.
+        sim.tick();
+        assert_eq!(
+            sim.polls().last().unwrap(),
+            "/v1/feed?since=6&epoch=e1&wait=25"
+        );
+        assert_eq!(sim.schedule.quick_budget, 4);
+        assert!(!sim.schedule.poll_due);
+    }
+
+    #[test]
+    fn a_poll_due_waits_while_the_bucket_is_empty() {
+        let mut sim = synced();
+        sim.answer_last("200", &answer("e1", 5, false, vec![]));
+        sim.schedule.poll_due = true;
+        sim.schedule.quick_budget = 0;
+        sim.schedule.refilled_at = u64::MAX;
+        sim.tick();
+        assert_eq!(sim.polls().len(), 2);
+        assert!(sim.schedule.poll_due);
+    }
+
+    #[test]
+    fn the_regular_tick_reports_the_cache_age() {
+        let mut sim = Sim::new();
+        sim.tick();
+        assert_eq!(sim.gauge(Metric::LastSyncAge), None, "nothing recorded yet");
+        feed::mark_started(&sim.store, NOW - 3).unwrap();
+        sim.ticks(100);
+        assert_eq!(sim.gauge(Metric::LastSyncAge), Some(13));
+        sim.answer_last("200", &answer("e1", 1, true, vec![]));
+        sim.wait_secs(4);
+        sim.ticks(100);
+        assert_eq!(sim.gauge(Metric::LastSyncAge), Some(14));
+    }
+
+    // Events.
+
+    #[test]
+    fn worker_batches_are_posted_once_a_second_with_proxy_and_cache_version() {
+        let mut sim = synced();
+        sim.batch(&refusals(1, 2));
+        sim.batch(&refusals(3, 1));
+        sim.take_done();
+        sim.tick();
+        let (token, post) = sim.last().clone();
+        assert_eq!(
+            (post.call, post.cluster.as_str(), post.timeout),
+            (Call::Events, "control", Duration::from_secs(5))
+        );
+        assert_eq!(
+            post.headers,
+            vec![
+                (":method", "POST".into()),
+                (":path", "/v1/events".into()),
+                (":authority", "control.internal".into()),
+                ("authorization", "Bearer feed-token".into()),
+                ("content-type", "application/json".into()),
+            ]
+        );
+        let body = &sim.posts()[0];
+        assert_eq!(
+            (&body["proxy"], &body["cache_version"]),
+            (&json!("envoy_1"), &json!(5))
+        );
+        assert_eq!(refusal_ids(body), ["r1", "r2", "r3"]);
+        // One post at a time.
+        sim.batch(&refusals(4, 1));
+        sim.ticks(20);
+        assert_eq!(sim.posts().len(), 1);
+        sim.answer(token, "204", b"");
+        assert_eq!(sim.counter(Metric::EventsPosts), 1);
+        assert_eq!(sim.counter(Metric::EventsRefusalsPosted), 3);
+        assert_eq!(sim.polls().len(), 2, "an events answer is no poll's");
+        sim.tick();
+        assert_eq!(refusal_ids(&sim.posts()[1]), ["r4"]);
+        // At most one a second.
+        let token = sim.last().0;
+        sim.answer(token, "200", b"");
+        sim.batch(&refusals(5, 1));
+        sim.ticks(9);
+        assert_eq!(sim.posts().len(), 2);
+        sim.tick();
+        assert_eq!(sim.posts().len(), 3);
+    }
+
+    #[test]
+    fn nothing_is_posted_without_events() {
+        let mut sim = synced();
+        sim.ticks(50);
+        assert!(sim.posts().is_empty());
+    }
+
+    #[test]
+    fn a_failed_post_is_retried_on_a_later_tick() {
+        let mut sim = Sim::new();
+        sim.batch(&refusals(1, 2));
+        sim.tick();
+        let token = sim.calls[0].0;
+        assert_eq!(
+            sim.posts()[0].get("cache_version"),
+            None,
+            "nothing applied yet"
+        );
+        sim.batch(&refusals(3, 1));
+        sim.answer(token, "503", b"");
+        assert_eq!(sim.counter(Metric::EventsPostFailures), 1);
+        assert_eq!(
+            sim.last_log(),
+            (
+                LogLevel::Warn,
+                "events: post failed (status 503); kept for the next try"
+            )
+        );
+        sim.ticks(9);
+        assert_eq!(sim.posts().len(), 1);
+        sim.tick();
+        assert_eq!(refusal_ids(&sim.posts()[1]), ["r1", "r2", "r3"]);
+    }
+
+    #[test]
+    fn a_post_without_an_answer_is_retried_and_logged_with_status_none() {
+        let mut sim = Sim::new();
+        sim.batch(&refusals(1, 1));
+        sim.tick();
+        let token = sim.calls[0].0;
+        sim.answer(token, "", b"");
+        assert_eq!(
+            sim.last_log().1,
+            "events: post failed (status none); kept for the next try"
+        );
+        sim.ticks(10);
+        assert_eq!(refusal_ids(&sim.posts()[1]), ["r1"]);
+    }
+
+    #[test]
+    fn a_retried_post_keeps_its_refusals_ahead_and_drops_what_finds_no_room() {
+        let mut sim = Sim::new();
+        sim.batch(&refusals(0, events::MAX_REFUSALS as u64));
+        sim.tick();
+        let token = sim.calls[0].0;
+        sim.batch(&refusals(5000, 2));
+        sim.answer(token, "500", b"");
+        assert_eq!(sim.counter(Metric::EventsRefusalsDropped), 2);
+        sim.ticks(10);
+        let post = &sim.posts()[1];
+        assert_eq!(refusal_ids(post).first(), Some(&"r0"));
+        assert_eq!(refusal_ids(post).len(), events::MAX_REFUSALS);
+        assert_eq!(post["dropped"], json!(2));
+    }
+
+    #[test]
+    fn a_post_the_server_refuses_is_dropped_whole() {
+        let mut sim = Sim::new();
+        sim.batch(&refusals(1, 3));
+        sim.tick();
+        let token = sim.calls[0].0;
+        sim.answer(token, "400", b"");
+        assert_eq!(sim.counter(Metric::EventsPostFailures), 1);
+        assert_eq!(sim.counter(Metric::EventsRefusalsDropped), 3);
+        assert_eq!(
+            sim.last_log(),
+            (
+                LogLevel::Warn,
+                "events: the control service refused a post (status 400); its 3 refusals are dropped"
+            )
+        );
+        sim.ticks(30);
+        assert_eq!(sim.posts().len(), 1);
+    }
+
+    #[test]
+    fn a_post_that_could_not_be_sent_is_kept_for_the_next_try() {
+        let mut sim = Sim::new();
+        sim.batch(&refusals(1, 1));
+        sim.refuse_sends = Some("InternalFailure");
+        sim.tick();
+        assert_eq!(sim.counter(Metric::EventsPostFailures), 1);
+        assert_eq!(
+            sim.logs().first().copied(),
+            Some((
+                LogLevel::Warn,
+                "events: post not sent to cluster control: InternalFailure; kept for the next try"
+            ))
+        );
+        sim.refuse_sends = None;
+        sim.batch(&refusals(2, 1));
+        sim.ticks(10);
+        assert_eq!(refusal_ids(&sim.posts()[0]), ["r1", "r2"]);
+    }
+
+    #[test]
+    fn the_events_post_goes_out_before_the_poll_on_the_same_tick() {
+        let mut sim = Sim::new();
+        sim.batch(&refusals(1, 1));
+        sim.tick();
+        let calls: Vec<Call> = sim.calls.iter().map(|(_, r)| r.call).collect();
+        assert_eq!(calls, [Call::Events, Call::Poll]);
+    }
+
+    #[test]
+    fn a_malformed_worker_batch_is_logged_and_dropped() {
+        let mut sim = Sim::new();
+        sim.batch(b"[]");
+        assert_eq!(
+            sim.last_log(),
+            (
+                LogLevel::Warn,
+                "events: a worker batch was refused (Malformed); dropped"
+            )
+        );
+        sim.ticks(10);
+        assert!(sim.posts().is_empty());
+    }
+
+    #[test]
+    fn refusals_beyond_the_bound_are_counted_as_dropped() {
+        let mut sim = Sim::new();
+        sim.batch(&refusals(0, events::MAX_REFUSALS as u64 + 1));
+        assert_eq!(sim.counter(Metric::EventsRefusalsDropped), 1);
+    }
+
+    #[test]
+    fn every_metric_has_a_distinct_name_under_gatehouse() {
+        let names: std::collections::HashSet<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+        assert_eq!(names.len(), Metric::ALL.len());
+        assert!(names.iter().all(|n| n.starts_with("gatehouse.")));
+        assert!(
+            Metric::ALL
+                .iter()
+                .enumerate()
+                .all(|(i, m)| *m as usize == i)
+        );
+    }
+}
