@@ -355,12 +355,11 @@ impl Schedule {
         read_body: impl FnOnce(usize) -> Vec<u8>,
     ) -> Vec<Action> {
         let mut out = Vec::new();
-        if let Some((token, _)) = &self.events_in_flight
-            && *token == answer.token
+        if let Some((_, sent)) = self
+            .events_in_flight
+            .take_if(|(token, _)| *token == answer.token)
         {
-            if let Some((_, sent)) = self.events_in_flight.take() {
-                self.events_answer(&mut out, answer.status, sent);
-            }
+            self.events_answer(&mut out, answer.status, sent);
             return out;
         }
         let ours = self.in_flight.filter(|p| p.token == answer.token);
@@ -978,7 +977,7 @@ mod tests {
         }
         // The regular poll and the bucket of 16, then 50 a second: 5 per 100 ms tick.
         assert_eq!(polls_per_tick, [17, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5]);
-        assert_eq!(sim.schedule.poll_due, true);
+        assert!(sim.schedule.poll_due);
     }
 
     #[test]
