@@ -101,7 +101,8 @@
 //! written in `backends` it is a parse error. A case that depends on earlier state must
 //! say `backends: [harness]` itself.
 //!
-//! - [`parse`]: YAML to [`CaseFile`].
+//! - [`parse`]: YAML to [`CaseFile`]: derived structs mirroring the format, then checks.
+//! - `de`: the serde deserializer those structs are read with, keeping line:column.
 //! - [`tokens`]: `tokens:` recipes, `${token:NAME}` in request text, and minting.
 //! - [`signing_key`]: the keys recipes sign with (env secrets, key files, test keys).
 //! - [`expect`]: compares what a backend [`Observed`](backend::Observed) with an [`Expect`].
@@ -110,6 +111,7 @@
 //! - [`junit`]: the results as JUnit XML, for CI.
 
 pub mod backend;
+mod de;
 pub mod expect;
 mod harness_backend;
 pub mod junit;
