@@ -79,11 +79,11 @@ impl de::Error for Error {
     }
 
     fn invalid_type(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
-        Error::generic(format!("expected {exp}, found {unexp}"))
+        Error::generic(format!("expected {exp}, found {}", found(unexp)))
     }
 
     fn invalid_value(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
-        Error::generic(format!("expected {exp}, found {unexp}"))
+        Error::generic(format!("expected {exp}, found {}", found(unexp)))
     }
 
     fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
@@ -100,12 +100,27 @@ impl de::Error for Error {
     }
 }
 
+/// What was found, in the words of the tree's own messages where serde's differ.
+fn found(unexp: de::Unexpected<'_>) -> String {
+    match unexp {
+        de::Unexpected::Unit => Value::Null.kind().to_string(),
+        de::Unexpected::Seq => Value::Seq(Vec::new()).kind().to_string(),
+        de::Unexpected::Map => Value::Map(Vec::new()).kind().to_string(),
+        other => other.to_string(),
+    }
+}
+
 /// Reads `T` from a node of the tree, written under `key` if it is a mapping's value.
 pub fn from_node<'de, T: Deserialize<'de>>(
     key: Option<&'de Key>,
     node: &'de Node,
 ) -> Result<T, Error> {
-    T::deserialize(NodeDe { node, key })
+    T::deserialize(NodeDe {
+        node,
+        key,
+        subject: key,
+    })
+    .map_err(|e| e.place(node.pos, key))
 }
 
 /// A value and where it (and the key it was written under, if any) stands in the file.
@@ -214,17 +229,6 @@ impl Scalar {
             other => other.text().unwrap_or_default(),
         }
     }
-
-    /// The name of the kind of value, as error messages say it.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Scalar::Str(_) => "a string",
-            Scalar::Int(_) => "an integer",
-            Scalar::Float(_) => "a number",
-            Scalar::Bool(_) => "a boolean",
-            Scalar::Other(kind) => kind,
-        }
-    }
 }
 
 impl<'de> Deserialize<'de> for Scalar {
@@ -270,6 +274,8 @@ impl<'de> Deserialize<'de> for Scalar {
 struct NodeDe<'de> {
     node: &'de Node,
     key: Option<&'de Key>,
+    /// What its errors name: its key, or for a list's item the list's key.
+    subject: Option<&'de Key>,
 }
 
 impl<'de> NodeDe<'de> {
@@ -292,7 +298,7 @@ impl<'de> NodeDe<'de> {
             Value::Int(i) => visitor.visit_i64(*i),
             Value::Float(f) => visitor.visit_f64(*f),
             Value::Str(s) => visitor.visit_borrowed_str(s),
-            Value::Seq(items) => visitor.visit_seq(SeqDe(items.iter())),
+            Value::Seq(items) => visitor.visit_seq(SeqDe(items.iter(), self.subject)),
             Value::Map(entries) => visitor.visit_map(MapDe {
                 entries: entries.iter(),
                 value: None,
@@ -307,12 +313,12 @@ impl<'de> de::Deserializer<'de> for NodeDe<'de> {
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         self.any(visitor)
-            .map_err(|e| e.place(self.node.pos, self.key))
+            .map_err(|e| e.place(self.node.pos, self.subject))
     }
 
     /// A field that is present is never `None`: `field: ~` is refused, not ignored.
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        let (pos, key) = (self.node.pos, self.key);
+        let (pos, key) = (self.node.pos, self.subject);
         visitor.visit_some(self).map_err(|e| e.place(pos, key))
     }
 
@@ -321,7 +327,7 @@ impl<'de> de::Deserializer<'de> for NodeDe<'de> {
         _name: &'static str,
         visitor: V,
     ) -> Result<V::Value, Error> {
-        let (pos, key) = (self.node.pos, self.key);
+        let (pos, key) = (self.node.pos, self.subject);
         visitor
             .visit_newtype_struct(self)
             .map_err(|e| e.place(pos, key))
@@ -333,9 +339,10 @@ impl<'de> de::Deserializer<'de> for NodeDe<'de> {
         _fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Error> {
-        let (pos, key) = (self.node.pos, self.key);
+        let (pos, key) = (self.node.pos, self.subject);
         let result = if name == SPANNED {
-            visitor.visit_map(SpanAccess::new(pos, key.and_then(|k| k.pos), self))
+            let key_pos = self.key.and_then(|k| k.pos);
+            visitor.visit_map(SpanAccess::new(pos, key_pos, self))
         } else if let Value::Map(_) = self.node.value {
             self.any(visitor)
         } else {
@@ -353,7 +360,8 @@ impl<'de> de::Deserializer<'de> for NodeDe<'de> {
     }
 }
 
-struct SeqDe<'de>(std::slice::Iter<'de, Node>);
+/// A list's items, and the key the list was written under.
+struct SeqDe<'de>(std::slice::Iter<'de, Node>, Option<&'de Key>);
 
 impl<'de> de::SeqAccess<'de> for SeqDe<'de> {
     type Error = Error;
@@ -363,7 +371,15 @@ impl<'de> de::SeqAccess<'de> for SeqDe<'de> {
         seed: S,
     ) -> Result<Option<S::Value>, Error> {
         match self.0.next() {
-            Some(node) => seed.deserialize(NodeDe { node, key: None }).map(Some),
+            // An item's errors name the list's key.
+            Some(node) => seed
+                .deserialize(NodeDe {
+                    node,
+                    key: None,
+                    subject: self.1,
+                })
+                .map(Some)
+                .map_err(|e| e.place(node.pos, self.1)),
             None => Ok(None),
         }
     }
@@ -392,10 +408,14 @@ impl<'de> MapAccess<'de> for MapDe<'de> {
 
     fn next_value_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<S::Value, Error> {
         match self.value.take() {
-            Some((key, node)) => seed.deserialize(NodeDe {
-                node,
-                key: Some(key),
-            }),
+            // The value's own `Deserialize` may refuse it after reading it: placed here.
+            Some((key, node)) => seed
+                .deserialize(NodeDe {
+                    node,
+                    key: Some(key),
+                    subject: Some(key),
+                })
+                .map_err(|e| e.place(node.pos, Some(key))),
             None => Err(de::Error::custom("a mapping value was read before its key")),
         }
     }
@@ -558,7 +578,7 @@ mod tests {
                 column: 11
             })
         );
-        assert_eq!(e.message, "expected a string, found sequence");
+        assert_eq!(e.message, "tags: expected a string, found a list");
         let e = read("name: 12\n").unwrap_err();
         assert_eq!(e.pos, Some(Pos { line: 1, column: 7 }));
         assert_eq!(e.message, "name: expected a string, found integer `12`");

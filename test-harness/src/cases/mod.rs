@@ -103,6 +103,7 @@
 //!
 //! - [`parse`]: YAML to [`CaseFile`]: derived structs mirroring the format, then checks.
 //! - `de`: the serde deserializer those structs are read with, keeping line:column.
+//! - `values`: the values checked where they are written (ranges, durations, names).
 //! - [`tokens`]: `tokens:` recipes, `${token:NAME}` in request text, and minting.
 //! - [`signing_key`]: the keys recipes sign with (env secrets, key files, test keys).
 //! - [`expect`]: compares what a backend [`Observed`](backend::Observed) with an [`Expect`].
@@ -119,6 +120,7 @@ pub mod parse;
 pub mod run;
 pub mod signing_key;
 pub mod tokens;
+mod values;
 
 pub use backend::{Backend, BackendKind, HostSeen, Observed};
 pub use parse::{CaseError, load};

@@ -1,16 +1,20 @@
 //! Reads a case file into [`CaseFile`], through the same positioned YAML reader as
 //! policies, so every mistake is reported as `file:line:column: message`.
 //!
-//! The `Raw*` structs mirror the file's format and are read by serde (`super::de`);
-//! `Check` then turns them into the runner's types, making the checks serde cannot
-//! (ranges, names, token references, which fields go together). Token recipes, cases and
-//! steps are read one by one, so a mistake in one does not hide those in the next; within
-//! one of them, reading stops at the first mistake serde finds (an unknown field, a wrong
-//! type), while the checks after it report every mistake they find.
+//! The `Raw*` structs mirror the file's format and are read by serde (`super::de`); the
+//! value types below them refuse a wrong value where it is written (a range, a duration,
+//! a name). `Check` then turns the structs into the runner's types, making the checks that
+//! span fields (one action per step, one key per token, token references, what only the
+//! harness can do). Token recipes, upstreams, routes, cases and steps are read one by one,
+//! so a mistake in one does not hide those in the next; within one of them, reading stops
+//! at its first mistake.
 
-use super::de::{self, Entries, Scalar, Spanned};
+use super::de::{self, Entries, Spanned};
 use super::signing_key::PrivateKey;
 use super::tokens::{TIME_CLAIMS, Text, TextError, TokenRecipe, When, valid_name};
+use super::values::{
+    Base64url, Body, Dur, Headers, Int, Lower, Rfc3339, Tick, Txt, WasmStatus, lower,
+};
 use super::{
     Action, BodyExpect, CallEnd, CallExpect, Case, CaseFile, Expect, FaultSpec, PluginSource,
     RequestSpec, Step, UpstreamExpect, ValueMatch,
@@ -23,11 +27,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use gatehouse_core::authn::jwt::Alg;
 use gatehouse_core::policy::tree::{Key, Node, Pos, Value};
 use gatehouse_core::policy::yaml;
-use gatehouse_core::time::parse_rfc3339;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use std::fmt;
-use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,8 +73,7 @@ pub fn parse(name: &str, dir: &Path, source: &str) -> Result<CaseFile, CaseError
         Some(f) if c.errors.is_empty() => Ok(f),
         _ => {
             // Top to bottom, like the file.
-            c.errors
-                .sort_by_key(|(pos, _)| pos.map(|p| (p.line, p.column)));
+            c.errors.sort_by_key(|(pos, _)| in_file_order(*pos));
             Err(CaseError {
                 lines: c.errors.into_iter().map(|(_, line)| line).collect(),
             })
@@ -80,25 +81,24 @@ pub fn parse(name: &str, dir: &Path, source: &str) -> Result<CaseFile, CaseError
     }
 }
 
-// The file's format. `Spanned` where a later check reports at the value or its key;
-// `Scalar` where the check's message says what was found; `IgnoredAny` for lists and
-// mappings whose items are read one by one (`items`, `entries`).
+// The file's format. `Spanned` where a check reports at the value or its key;
+// `IgnoredAny` for lists and mappings whose items are read one by one.
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
     policy: Option<String>,
-    plugin_config: Option<Spanned<Scalar>>,
+    plugin_config: Option<Spanned<Txt>>,
     module: Option<String>,
-    workers: Option<Spanned<Scalar>>,
-    start: Option<Spanned<String>>,
-    env: Option<Entries<Spanned<Scalar>>>,
-    failure_policy: Option<Spanned<String>>,
-    // Only their shape is checked here: `Check::file` reads their items one by one.
-    upstreams: Option<Spanned<Vec<IgnoredAny>>>,
-    #[allow(dead_code)]
+    workers: Option<Int<1, 64>>,
+    start: Option<Rfc3339>,
+    env: Option<Entries<Txt>>,
+    failure_policy: Option<FailurePolicy>,
+    #[allow(dead_code)] // read one by one
+    upstreams: Option<Vec<IgnoredAny>>,
+    #[allow(dead_code)] // read one by one
     tokens: Option<Entries<IgnoredAny>>,
-    #[allow(dead_code)]
+    #[allow(dead_code)] // read one by one
     cases: Vec<IgnoredAny>,
 }
 
@@ -107,24 +107,22 @@ struct RawFile {
 struct RawRecipe {
     alg: Spanned<String>,
     secret_env: Option<Spanned<String>>,
-    encoding: Option<Spanned<String>>,
+    encoding: Option<Spanned<Base64url>>,
     key_file: Option<Spanned<String>>,
     test_key: Option<Spanned<String>>,
     kid: Option<String>,
     header: Option<Entries<serde_json::Value>>,
     claims: Option<Entries<serde_json::Value>>,
-    iat: Option<Spanned<Scalar>>,
-    nbf: Option<Spanned<Scalar>>,
-    exp: Option<Spanned<Scalar>>,
+    iat: Option<When>,
+    nbf: Option<When>,
+    exp: Option<When>,
 }
 
-/// `{cluster: NAME, routes: [...]}`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
     cluster: String,
-    // Only its shape is checked here: `Check::upstream` reads the routes one by one.
-    #[allow(dead_code)]
+    #[allow(dead_code)] // read one by one
     routes: Vec<IgnoredAny>,
 }
 
@@ -137,7 +135,7 @@ struct RawRoute {
     respond: Option<Spanned<RawRespond>>,
     hang: Option<Spanned<bool>>,
     reset: Option<Spanned<bool>>,
-    delay: Option<Spanned<Scalar>>,
+    delay: Option<Spanned<Dur>>,
 }
 
 #[derive(Deserialize)]
@@ -145,26 +143,25 @@ struct RawRoute {
 struct RawMatch {
     method: Option<String>,
     path: Option<String>,
-    headers: Option<Entries<Spanned<Scalar>>>,
+    headers: Option<Headers<Txt>>,
 }
 
 /// A scripted response. Status defaults to 200.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRespond {
-    status: Option<Spanned<Scalar>>,
-    headers: Option<Entries<Spanned<Scalar>>>,
-    body: Option<Spanned<serde_json::Value>>,
-    delay: Option<Spanned<Scalar>>,
+    status: Option<Int<100, 599>>,
+    headers: Option<Headers<Txt>>,
+    body: Option<Body>,
+    delay: Option<Dur>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCase {
     name: String,
-    backends: Option<Vec<Spanned<String>>>,
-    // Only its shape is checked here: `Check::case` reads the steps one by one.
-    #[allow(dead_code)]
+    backends: Option<Vec<Spanned<BackendKind>>>,
+    #[allow(dead_code)] // read one by one
     steps: Vec<IgnoredAny>,
 }
 
@@ -172,9 +169,9 @@ struct RawCase {
 #[serde(deny_unknown_fields)]
 struct RawStep {
     request: Option<Spanned<RawRequest>>,
-    worker: Option<Spanned<Scalar>>,
+    worker: Option<Spanned<Int<0, 63>>>,
     expect: Option<Spanned<RawExpect>>,
-    advance: Option<Spanned<Scalar>>,
+    advance: Option<Spanned<Dur>>,
     tick: Option<Spanned<Tick>>,
     fault: Option<Spanned<RawFault>>,
 }
@@ -184,124 +181,50 @@ struct RawStep {
 struct RawRequest {
     method: Option<String>,
     path: Spanned<String>,
-    headers: Option<Entries<Spanned<Scalar>>>,
-    body: Option<Spanned<serde_json::Value>>,
-    chunk: Option<Spanned<Scalar>>,
+    headers: Option<Headers<Spanned<Txt>>>,
+    body: Option<Body>,
+    chunk: Option<Int<1, { 1 << 30 }>>,
     reply: Option<RawReply>,
 }
 
 /// What the echo upstream answers instead of the echo, if the request reaches it.
-/// Status defaults to 200.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawReply {
-    status: Option<Spanned<Scalar>>,
-    headers: Option<Entries<Spanned<Scalar>>>,
-    body: Option<Spanned<serde_json::Value>>,
-    chunk: Option<Spanned<Scalar>>,
+    status: Option<Int<200, 599>>,
+    headers: Option<Headers<Txt>>,
+    body: Option<Body>,
+    chunk: Option<Int<1, { 1 << 20 }>>,
 }
 
-/// `{call: NAME, nth: N, status: N | Name}`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFault {
     call: String,
-    nth: Option<Spanned<Scalar>>,
-    status: Spanned<Scalar>,
-}
-
-/// `tick: true`, or `tick: {}`.
-struct Tick;
-
-impl<'de> Deserialize<'de> for Tick {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Tick;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("`true` or `{}`")
-            }
-            fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<Tick, E> {
-                b.then_some(Tick)
-                    .ok_or_else(|| E::custom("write `tick: true` (or `tick: {}`)"))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Tick, A::Error> {
-                match map.next_key::<IgnoredAny>()? {
-                    None => Ok(Tick),
-                    Some(_) => Err(serde::de::Error::custom(
-                        "write `tick: true` (or `tick: {}`)",
-                    )),
-                }
-            }
-        }
-        d.deserialize_any(V)
-    }
+    nth: Option<Int<1, { i64::MAX }>>,
+    status: WasmStatus,
 }
 
 /// `expect:`; only a request's may look at the response.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawExpect {
-    status: Option<Spanned<Scalar>>,
-    body: Option<Spanned<serde_json::Value>>,
-    headers: Option<Spanned<Entries<Spanned<Scalar>>>>,
-    absent_headers: Option<Spanned<Vec<String>>>,
-    upstream: Option<Spanned<RawUpstreamExpect>>,
-    metrics: Option<Entries<Spanned<Scalar>>>,
+    status: Option<Spanned<Int<100, 599>>>,
+    body: Option<Spanned<BodyExpect>>,
+    headers: Option<Spanned<Headers<ValueMatch>>>,
+    absent_headers: Option<Spanned<Vec<Lower>>>,
+    upstream: Option<Spanned<UpstreamExpect>>,
+    metrics: Option<Entries<Int<0, { i64::MAX }>>>,
     logs: Option<RawLogs>,
     calls: Option<Vec<RawCall>>,
     trapped: Option<bool>,
 }
 
-/// `upstream: none`, or what the upstream must have received.
-enum RawUpstreamExpect {
-    Never,
-    Reached(RawReached),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawReached {
-    headers: Option<Entries<Spanned<Scalar>>>,
-    absent_headers: Option<Vec<String>>,
-}
-
-impl<'de> Deserialize<'de> for RawUpstreamExpect {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = RawUpstreamExpect;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("`none` or a mapping")
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
-                match s {
-                    "none" => Ok(RawUpstreamExpect::Never),
-                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(s), &self)),
-                }
-            }
-            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-                Err(E::custom(
-                    "upstream must be `none` or a mapping; write `upstream: none` for \"never reached\"",
-                ))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<Self::Value, A::Error> {
-                let d = serde::de::value::MapAccessDeserializer::new(map);
-                RawReached::deserialize(d).map(RawUpstreamExpect::Reached)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLogs {
-    contains: Option<Vec<Spanned<Scalar>>>,
-    absent: Option<Vec<Spanned<Scalar>>>,
+    contains: Option<Vec<Txt>>,
+    absent: Option<Vec<Txt>>,
 }
 
 /// `{cluster, method, path, result, status}`, each optional.
@@ -311,8 +234,17 @@ struct RawCall {
     cluster: Option<String>,
     method: Option<String>,
     path: Option<String>,
-    result: Option<Spanned<String>>,
-    status: Option<Spanned<Scalar>>,
+    result: Option<CallEnd>,
+    status: Option<Spanned<Int<100, 599>>>,
+}
+
+fn texts(list: Option<Vec<Txt>>) -> Vec<String> {
+    list.unwrap_or_default().into_iter().map(|t| t.0).collect()
+}
+
+fn plain(headers: Option<Headers<Txt>>) -> Vec<(String, String)> {
+    let headers = headers.map(|h| h.0).unwrap_or_default();
+    headers.into_iter().map(|(k, v)| (k, v.0)).collect()
 }
 
 /// The list under `name` in the mapping `node`, whose items are read one by one.
@@ -343,7 +275,7 @@ fn in_file_order(pos: Option<Pos>) -> Option<(usize, usize)> {
     pos.map(|p| (p.line, p.column))
 }
 
-/// The raw file, turned into the runner's types; every mistake found goes to `errors`.
+/// Turns the raw structs into the runner's types; every mistake found goes to `errors`.
 struct Check<'a> {
     file: &'a str,
     errors: Vec<(Option<Pos>, String)>,
@@ -377,79 +309,22 @@ impl Check<'_> {
         }
     }
 
-    /// A scalar read as text (`12`, `true`, `x`), for header values.
-    fn scalar_text(&mut self, s: &Spanned<Scalar>, what: &str) -> Option<String> {
-        let text = s.value.text();
-        if text.is_none() {
-            self.error(
-                s.pos,
-                format!("{what} must be a scalar, found {}", s.value.kind()),
-            );
-        }
-        text
-    }
-
-    /// An integer in `range`, or an error naming the field and the range.
-    fn int_in(
-        &mut self,
-        s: &Spanned<Scalar>,
-        what: &str,
-        range: RangeInclusive<i64>,
-    ) -> Option<i64> {
-        match s.value {
-            Scalar::Int(n) if range.contains(&n) => Some(n),
-            _ => {
-                self.error(
-                    s.pos,
-                    format!(
-                        "{what} must be an integer from {} to {}, found {}",
-                        range.start(),
-                        range.end(),
-                        s.value.shown()
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    fn int_as<T: TryFrom<i64>>(
-        &mut self,
-        s: &Spanned<Scalar>,
-        what: &str,
-        range: RangeInclusive<i64>,
-    ) -> Option<T> {
-        self.int_in(s, what, range)
-            .and_then(|n| T::try_from(n).ok())
-    }
-
-    fn duration(&mut self, s: &Spanned<Scalar>, what: &str) -> Option<Duration> {
-        let d = s.value.text().and_then(|t| parse_duration(&t));
-        if d.is_none() {
-            self.error(
-                s.pos,
-                format!(
-                    "{what} must be a duration like 500ms, 61s, 2m, 1h or 1d; found {}",
-                    s.value.shown()
-                ),
-            );
-        }
-        d
-    }
-
     fn file(&mut self, root: &Node, dir: &Path) -> Option<CaseFile> {
-        let raw: RawFile = self.read(None, root)?;
-        let plugin = match (raw.policy, raw.plugin_config) {
-            (Some(p), None) => Some(PluginSource::Policy(dir.join(p))),
-            (None, Some(c)) => self.scalar_text(&c, "plugin_config").map(PluginSource::Raw),
-            (Some(_), Some(c)) => {
+        // The cases are read even when the file's own fields are wrong, so their
+        // mistakes show too.
+        let raw: Option<RawFile> = self.read(None, root);
+        let plugin = match raw.as_ref().map(|r| (&r.policy, &r.plugin_config)) {
+            None => None,
+            Some((Some(p), None)) => Some(PluginSource::Policy(dir.join(p))),
+            Some((None, Some(c))) => Some(PluginSource::Raw(c.value.0.clone())),
+            Some((Some(_), Some(c))) => {
                 self.error(
                     c.pos,
                     "give either `policy` (a policy file) or `plugin_config` (the configuration as is), not both",
                 );
                 None
             }
-            (None, None) => {
+            Some((None, None)) => {
                 self.error(
                     root.pos,
                     "the case file needs the field 'policy' (a policy file) or 'plugin_config' (the plugin configuration as is)",
@@ -457,66 +332,44 @@ impl Check<'_> {
                 None
             }
         };
-        let workers = raw
-            .workers
-            .and_then(|w| self.int_as(&w, "workers", 1..=64))
-            .unwrap_or(1);
-        let start = raw.start.and_then(|s| {
-            let secs = parse_rfc3339(&s.value);
-            if secs.is_none() {
-                self.error(
-                    s.pos,
-                    format!(
-                        "start must be an RFC 3339 time like 2026-01-01T00:00:00Z, found '{}'",
-                        s.value
-                    ),
-                );
-            }
-            secs
-        });
-        let mut env = Vec::new();
-        for (k, v) in raw.env.unwrap_or_default().0 {
-            if let Some(v) = self.scalar_text(&v, &format!("env.{}", k.value)) {
-                env.push((k.value, v));
-            }
-        }
+        let env: Vec<(String, String)> = raw
+            .as_ref()
+            .and_then(|r| r.env.as_ref())
+            .map(|e| {
+                e.0.iter()
+                    .map(|(k, v)| (k.value.clone(), v.0.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         // File-level features Envoy cannot provide make every case harness-only.
-        let mut file_harness_only = None;
+        let written = |name: &str| match &root.value {
+            Value::Map(fields) => fields
+                .iter()
+                .find(|(k, _)| k.name == name)
+                .map(|(k, _)| k.pos),
+            _ => None,
+        };
+        let file_harness_only = match (written("upstreams"), written("failure_policy")) {
+            (Some(at), _) => Some(format!("the file scripts `upstreams` ({})", self.at(at))),
+            (None, Some(at)) => Some(format!("the file sets `failure_policy` ({})", self.at(at))),
+            (None, None) => None,
+        };
         let mut upstreams: Vec<Upstream> = Vec::new();
-        if let Some(list) = raw.upstreams {
-            file_harness_only = Some(format!(
-                "the file scripts `upstreams` ({})",
-                self.at(list.key_pos)
-            ));
-            for item in items(root, "upstreams") {
-                let Some(u) = self.upstream(item) else {
-                    continue;
-                };
-                if upstreams.iter().any(|o| o.cluster == u.cluster) {
-                    self.error(item.pos, format!("cluster '{}' is listed twice", u.cluster));
-                }
-                upstreams.push(u);
+        for item in items(root, "upstreams") {
+            let Some(u) = self.upstream(item) else {
+                continue;
+            };
+            if upstreams.iter().any(|o| o.cluster == u.cluster) {
+                self.error(item.pos, format!("cluster '{}' is listed twice", u.cluster));
             }
+            upstreams.push(u);
         }
-        let failure_policy = raw.failure_policy.and_then(|f| {
-            file_harness_only.get_or_insert_with(|| {
-                format!("the file sets `failure_policy` ({})", self.at(f.key_pos))
-            });
-            match f.value.as_str() {
-                "FAIL_CLOSED" => Some(FailurePolicy::FailClosed),
-                "FAIL_OPEN" => Some(FailurePolicy::FailOpen),
-                "FAIL_RELOAD" => Some(FailurePolicy::FailReload),
-                other => {
-                    self.error(
-                        f.pos,
-                        format!("unknown failure_policy '{other}'; expected one of [FAIL_CLOSED, FAIL_OPEN, FAIL_RELOAD]"),
-                    );
-                    None
-                }
-            }
-        });
         for (key, node) in entries(root, "tokens") {
-            self.token(key, node, dir, &env);
+            match raw {
+                Some(_) => self.token(key, node, dir, &env),
+                // Without the file's env a recipe cannot be checked; nor its references.
+                None => self.broken_tokens.push(key.name.clone()),
+            }
         }
         let mut cases = Vec::new();
         for item in items(root, "cases") {
@@ -524,15 +377,16 @@ impl Check<'_> {
                 cases.push(c);
             }
         }
+        let raw = raw?;
         Some(CaseFile {
             name: self.file.to_string(),
             plugin: plugin?,
             module: raw.module.map(|m| dir.join(m)),
-            workers,
-            start,
+            workers: raw.workers.map_or(1, |w| w.get()),
+            start: raw.start.map(|s| s.0),
             env,
             upstreams,
-            failure_policy,
+            failure_policy: raw.failure_policy,
             tokens: self.tokens.clone(),
             cases,
         })
@@ -540,7 +394,10 @@ impl Check<'_> {
 
     /// One `tokens:` entry, into `self.tokens` (or `self.broken_tokens`).
     fn token(&mut self, key: &Key, node: &Node, dir: &Path, env: &[(String, String)]) {
-        if !valid_name(&key.name) {
+        let recipe = if valid_name(&key.name) {
+            self.read(Some(key), node)
+                .and_then(|raw| self.recipe(&key.name, node.pos, raw, dir, env))
+        } else {
             self.error(
                 key.pos,
                 format!(
@@ -549,11 +406,8 @@ impl Check<'_> {
                 ),
             );
             return;
-        }
-        match self
-            .read(Some(key), node)
-            .and_then(|raw| self.recipe(&key.name, node.pos, raw, dir, env))
-        {
+        };
+        match recipe {
             Some(recipe) => self.tokens.push(Arc::new(recipe)),
             None => self.broken_tokens.push(key.name.clone()),
         }
@@ -569,7 +423,18 @@ impl Check<'_> {
         env: &[(String, String)],
     ) -> Option<TokenRecipe> {
         let what = format!("token '{name}'");
-        let alg = self.alg(&r.alg, &what);
+        let alg = Alg::from_name(&r.alg.value);
+        if alg.is_none() {
+            let names: Vec<&str> = Alg::ALL.iter().map(|a| a.as_str()).collect();
+            self.error(
+                r.alg.pos,
+                format!(
+                    "{what}: unknown alg '{}'; expected one of [{}] (paste attack tokens such as alg none as they are)",
+                    r.alg.value,
+                    names.join(", ")
+                ),
+            );
+        }
         let mut sources: Vec<(&str, &Spanned<String>)> = [
             ("secret_env", &r.secret_env),
             ("key_file", &r.key_file),
@@ -580,9 +445,14 @@ impl Check<'_> {
         .collect();
         sources.sort_by_key(|(_, s)| in_file_order(s.key_pos));
         let key = match (sources.as_slice(), alg) {
-            ([(field, s)], Some(alg)) => {
-                self.private_key(&what, alg, (field, s), r.encoding.as_ref(), dir, env)
-            }
+            ([(field, s)], Some(alg)) => self.private_key(
+                &what,
+                alg,
+                (field, s),
+                r.encoding.as_ref().map(|e| e.value),
+                dir,
+                env,
+            ),
             ([_], None) => None,
             _ => {
                 self.error(
@@ -611,15 +481,11 @@ impl Check<'_> {
         let claims = self.json_object(r.claims, &format!("{what}: claims"), &TIME_CLAIMS, |m| {
             format!("write `{m}` beside `claims`, where it can be relative to the request (`{m}: -60s`, `{m}: +1h`) or fixed (`{m}: 2026-01-01T00:00:00Z`)")
         });
-        let mut times = Some(Vec::new());
-        for (claim, s) in TIME_CLAIMS.into_iter().zip([r.iat, r.nbf, r.exp]) {
-            if let Some(s) = s {
-                match (self.when(&s, &format!("{what}: {claim}")), &mut times) {
-                    (Some(when), Some(times)) => times.push((claim, when)),
-                    _ => times = None,
-                }
-            }
-        }
+        let times = TIME_CLAIMS
+            .into_iter()
+            .zip([r.iat, r.nbf, r.exp])
+            .filter_map(|(claim, when)| Some((claim, when?)))
+            .collect();
         Some(TokenRecipe {
             name: name.to_string(),
             alg: alg?,
@@ -627,25 +493,8 @@ impl Check<'_> {
             kid: r.kid,
             header: header?,
             claims: claims?,
-            times: times?,
+            times,
         })
-    }
-
-    /// A supported JWA name, exactly as the plugin reads it.
-    fn alg(&mut self, s: &Spanned<String>, what: &str) -> Option<Alg> {
-        let alg = Alg::from_name(&s.value);
-        if alg.is_none() {
-            let names: Vec<&str> = Alg::ALL.iter().map(|a| a.as_str()).collect();
-            self.error(
-                s.pos,
-                format!(
-                    "{what}: unknown alg '{}'; expected one of [{}] (paste attack tokens such as alg none as they are)",
-                    s.value,
-                    names.join(", ")
-                ),
-            );
-        }
-        alg
     }
 
     /// The key behind `secret_env`, `key_file` or `test_key`. A secret's value is never
@@ -655,7 +504,7 @@ impl Check<'_> {
         what: &str,
         alg: Alg,
         (field, s): (&str, &Spanned<String>),
-        encoding: Option<&Spanned<String>>,
+        encoding: Option<Base64url>,
         dir: &Path,
         env: &[(String, String)],
     ) -> Option<PrivateKey> {
@@ -673,9 +522,8 @@ impl Check<'_> {
                     );
                     return None;
                 };
-                let secret = match encoding.map(|e| (e, e.value.as_str())) {
-                    None | Some((_, "raw")) => secret.as_bytes().to_vec(),
-                    Some((_, "base64url")) => match URL_SAFE_NO_PAD.decode(secret) {
+                let secret = match encoding {
+                    Some(Base64url(true)) => match URL_SAFE_NO_PAD.decode(secret) {
                         Ok(bytes) => bytes,
                         Err(_) => {
                             self.error(
@@ -685,15 +533,7 @@ impl Check<'_> {
                             return None;
                         }
                     },
-                    Some((e, other)) => {
-                        self.error(
-                            e.pos,
-                            format!(
-                                "{what}: unknown encoding '{other}'; expected one of [raw, base64url]"
-                            ),
-                        );
-                        return None;
-                    }
+                    _ => secret.as_bytes().to_vec(),
                 };
                 PrivateKey::hmac(alg, secret, text)
             }
@@ -722,25 +562,6 @@ impl Check<'_> {
             map.insert(k.value, v);
         }
         ok.then_some(map)
-    }
-
-    /// A time claim: `now`, `-60s`, `+1h`, an RFC 3339 time or Unix seconds.
-    fn when(&mut self, s: &Spanned<Scalar>, what: &str) -> Option<When> {
-        let when = match &s.value {
-            Scalar::Int(secs) => Some(When::At(*secs)),
-            Scalar::Str(text) => When::parse(text),
-            _ => None,
-        };
-        if when.is_none() {
-            self.error(
-                s.pos,
-                format!(
-                    "{what} must be relative to the request (now, -60s, +1h; units s, m, h, d), an RFC 3339 time or Unix seconds; found {}",
-                    s.value.shown()
-                ),
-            );
-        }
-        when
     }
 
     /// A path or header value, with its `${token:NAME}` references resolved.
@@ -786,7 +607,7 @@ impl Check<'_> {
         if let Some(m) = raw.matches {
             route.method = m.method;
             route.path = m.path;
-            for (name, value) in self.plain_headers(m.headers) {
+            for (name, value) in plain(m.headers) {
                 route = route.header(&name, &value);
             }
         }
@@ -807,15 +628,22 @@ impl Check<'_> {
             return None;
         }
         let delay_at = raw.delay.as_ref().map(|d| d.key_pos);
-        let delay = match &raw.delay {
-            Some(d) => Some(self.duration(d, "delay")?),
-            None => None,
-        };
-        if let Some(respond) = raw.respond {
+        if let Some(r) = raw.respond {
             if let Some(at) = delay_at {
                 self.error(at, "put a response's delay inside `respond`");
             }
-            route.reply = self.respond(respond.value)?;
+            let r = r.value;
+            let mut reply = Reply::status(r.status.map_or(200, |s| s.get()));
+            for (name, value) in plain(r.headers) {
+                reply = reply.header(&name, &value);
+            }
+            if let (Some(b), Reply::Respond { body, .. }) = (r.body, &mut reply) {
+                *body = b.0;
+            }
+            if let Some(d) = r.delay {
+                reply = reply.delay(d.0);
+            }
+            route.reply = reply;
         } else if let Some(hang) = raw.hang {
             if !hang.value {
                 self.error(hang.pos, "hang can only be true; leave it out otherwise");
@@ -828,71 +656,22 @@ impl Check<'_> {
             if !reset.value {
                 self.error(reset.pos, "reset can only be true; leave it out otherwise");
             }
-            route.reply = Reply::reset().delay(delay.unwrap_or_default());
+            route.reply = Reply::reset().delay(raw.delay.map(|d| d.value.0).unwrap_or_default());
         }
         Some(route)
     }
 
-    fn respond(&mut self, raw: RawRespond) -> Option<Reply> {
-        let status = match &raw.status {
-            Some(s) => self.int_as(s, "respond.status", 100..=599)?,
-            None => 200,
-        };
-        let mut reply = Reply::status(status);
-        for (name, value) in self.plain_headers(raw.headers) {
-            reply = reply.header(&name, &value);
-        }
-        if let Some(b) = &raw.body
-            && let Reply::Respond { body, .. } = &mut reply
-        {
-            *body = self.body(b, "respond.body")?;
-        }
-        if let Some(d) = &raw.delay {
-            reply = reply.delay(self.duration(d, "respond.delay")?);
-        }
-        Some(reply)
-    }
-
-    /// A body: text as is, a mapping or list as JSON.
-    fn body(&mut self, b: &Spanned<serde_json::Value>, what: &str) -> Option<Vec<u8>> {
-        match &b.value {
-            serde_json::Value::String(s) => Some(s.clone().into_bytes()),
-            v @ (serde_json::Value::Object(_) | serde_json::Value::Array(_)) => {
-                Some(v.to_string().into_bytes())
-            }
-            other => {
-                self.error(
-                    b.pos,
-                    format!(
-                        "{what} must be a string or a mapping, found {}",
-                        json_kind(other)
-                    ),
-                );
-                None
-            }
-        }
-    }
-
     fn case(&mut self, node: &Node, file_harness_only: Option<&str>) -> Option<Case> {
-        let raw: RawCase = self.read(None, node)?;
-        let mut backends = vec![BackendKind::Harness, BackendKind::Envoy];
-        let mut envoy_written_at = None;
-        if let Some(list) = raw.backends {
-            backends.clear();
-            for b in list {
-                match b.value.as_str() {
-                    "harness" => backends.push(BackendKind::Harness),
-                    "envoy" => {
-                        envoy_written_at = b.pos;
-                        backends.push(BackendKind::Envoy);
-                    }
-                    other => self.error(
-                        b.pos,
-                        format!("unknown backend '{other}'; expected one of [harness, envoy]"),
-                    ),
-                }
-            }
-        }
+        // The steps are read even when the case's own fields are wrong.
+        let raw: Option<RawCase> = self.read(None, node);
+        let backends = raw.as_ref().and_then(|r| r.backends.as_ref());
+        let envoy_written_at = backends
+            .and_then(|list| list.iter().find(|b| b.value == BackendKind::Envoy))
+            .map(|b| b.pos);
+        let backends = match backends {
+            Some(list) => list.iter().map(|b| b.value).collect(),
+            None => vec![BackendKind::Harness, BackendKind::Envoy],
+        };
         let mut steps = Vec::new();
         let mut harness_only = file_harness_only.map(str::to_string);
         for s in items(node, "steps") {
@@ -905,14 +684,14 @@ impl Check<'_> {
         }
         if let (Some(at), Some(why)) = (envoy_written_at, &harness_only) {
             self.error(
-                Some(at),
+                at,
                 format!(
                     "this case cannot run on envoy: {why}, which only the harness can do; write `backends: [harness]`, or leave `backends` out to have it skipped on Envoy"
                 ),
             );
         }
         Some(Case {
-            name: raw.name,
+            name: raw?.name,
             pos: node.pos,
             backends,
             harness_only,
@@ -951,7 +730,7 @@ impl Check<'_> {
         let mut why = (!is_request).then(|| format!("it uses `{action}` ({})", self.at(action_at)));
         let expect = match raw.expect {
             Some(e) => {
-                let expect = self.expect(e.value, is_request)?;
+                let expect = self.expect(e.value, is_request);
                 if expect.needs_host() {
                     why.get_or_insert_with(|| {
                         format!(
@@ -971,7 +750,7 @@ impl Check<'_> {
         let worker = match raw.worker {
             Some(w) if is_request => {
                 why.get_or_insert_with(|| format!("it picks a `worker` ({})", self.at(w.key_pos)));
-                Some(self.int_as(&w, "worker", 0..=63)?)
+                Some(w.value.get())
             }
             Some(w) => {
                 self.error(w.key_pos, "`worker` goes on a `request` step");
@@ -989,11 +768,16 @@ impl Check<'_> {
             request.worker = worker;
             Action::Request(request)
         } else if let Some(d) = raw.advance {
-            Action::Advance(self.duration(&d, "advance")?)
+            Action::Advance(d.value.0)
         } else if raw.tick.is_some() {
             Action::Tick
         } else {
-            Action::Fault(self.fault(raw.fault?.value)?)
+            let f = raw.fault?.value;
+            Action::Fault(FaultSpec {
+                call: f.call,
+                nth: f.nth.map_or(1, |n| n.get()),
+                status: f.status.0,
+            })
         };
         Some((
             Step {
@@ -1005,139 +789,34 @@ impl Check<'_> {
         ))
     }
 
-    fn fault(&mut self, raw: RawFault) -> Option<FaultSpec> {
-        let nth = match &raw.nth {
-            Some(n) => self.int_as(n, "fault.nth", 1..=i64::MAX),
-            None => Some(1),
-        };
-        let s = &raw.status;
-        let status = match &s.value {
-            Scalar::Int(_) => self.int_as(s, "fault.status", 0..=12),
-            Scalar::Str(name) => match STATUS_NAMES.iter().position(|n| n == name) {
-                Some(i) => u32::try_from(i).ok(),
-                None => {
-                    self.error(
-                        s.pos,
-                        format!(
-                            "unknown status '{name}'; expected 0..12 or one of [{}]",
-                            STATUS_NAMES.join(", ")
-                        ),
-                    );
-                    None
-                }
-            },
-            other => {
-                self.error(
-                    s.pos,
-                    format!(
-                        "fault.status must be 0..12 or a status name, found {}",
-                        other.kind()
-                    ),
-                );
-                None
-            }
-        };
-        Some(FaultSpec {
-            call: raw.call,
-            nth: nth?,
-            status: status?,
-        })
-    }
-
     fn request(&mut self, raw: RawRequest) -> Option<RequestSpec> {
         let path = self.text(&raw.path.value, raw.path.pos, "path");
         let mut headers = Some(Vec::new());
-        for (k, v) in raw.headers.unwrap_or_default().0 {
-            let what = format!("header '{}'", k.value);
-            let value = self
-                .scalar_text(&v, &what)
-                .and_then(|text| self.text(&text, v.pos, &what));
+        for (name, v) in raw.headers.map(|h| h.0).unwrap_or_default() {
+            let value = self.text(&v.value.0, v.pos, &format!("header '{name}'"));
             match (value, &mut headers) {
-                (Some(value), Some(headers)) => headers.push((k.value.to_ascii_lowercase(), value)),
+                (Some(value), Some(headers)) => headers.push((name, value)),
                 _ => headers = None,
             }
         }
-        let body = match &raw.body {
-            None => Some(Vec::new()),
-            Some(b) => self.body(b, "body"),
-        };
-        let chunk = match &raw.chunk {
-            Some(c) => Some(self.int_as(c, "chunk", 1..=1 << 30)?),
-            None => None,
-        };
-        let reply = match raw.reply {
-            Some(r) => Some(self.echo_reply(r)?),
-            None => None,
-        };
+        let reply = raw.reply.map(|r| EchoReply {
+            status: r.status.map_or(200, |s| s.get()),
+            headers: plain(r.headers),
+            body: r.body.map(|b| b.0).unwrap_or_default(),
+            chunk: r.chunk.map(|c| c.get()),
+        });
         Some(RequestSpec {
             method: raw.method.unwrap_or_else(|| "GET".to_string()),
             path: path?,
             headers: headers?,
-            body: body?,
-            chunk,
+            body: raw.body.map(|b| b.0).unwrap_or_default(),
+            chunk: raw.chunk.map(|c| c.get()),
             worker: None,
             reply,
         })
     }
 
-    fn echo_reply(&mut self, raw: RawReply) -> Option<EchoReply> {
-        let status = match &raw.status {
-            Some(s) => self.int_as(s, "reply.status", 200..=599),
-            None => Some(200),
-        };
-        let headers = self.plain_headers(raw.headers);
-        let body = match &raw.body {
-            Some(b) => self.body(b, "reply.body"),
-            None => Some(Vec::new()),
-        };
-        let chunk = match &raw.chunk {
-            Some(c) => Some(self.int_as(c, "reply.chunk", 1..=1 << 20)?),
-            None => None,
-        };
-        Some(EchoReply {
-            status: status?,
-            headers,
-            body: body?,
-            chunk,
-        })
-    }
-
-    /// `{name: value}`; names are lower-cased. With `allow_present`, `present` is a match.
-    fn headers(
-        &mut self,
-        entries: Option<Entries<Spanned<Scalar>>>,
-        allow_present: bool,
-    ) -> Vec<(String, ValueMatch)> {
-        let mut out = Vec::new();
-        for (k, v) in entries.unwrap_or_default().0 {
-            if let Some(text) = self.scalar_text(&v, &format!("header '{}'", k.value)) {
-                let m = if allow_present && text == "present" {
-                    ValueMatch::Present
-                } else {
-                    ValueMatch::Equals(text)
-                };
-                out.push((k.value.to_ascii_lowercase(), m));
-            }
-        }
-        out
-    }
-
-    /// Headers a script sends: names lower-cased, values as written.
-    fn plain_headers(
-        &mut self,
-        entries: Option<Entries<Spanned<Scalar>>>,
-    ) -> Vec<(String, String)> {
-        self.headers(entries, false)
-            .into_iter()
-            .filter_map(|(name, m)| match m {
-                ValueMatch::Equals(v) => Some((name, v)),
-                ValueMatch::Present => None,
-            })
-            .collect()
-    }
-
-    fn expect(&mut self, raw: RawExpect, is_request: bool) -> Option<Expect> {
-        const HOST: [&str; 4] = ["metrics", "logs", "calls", "trapped"];
+    fn expect(&mut self, raw: RawExpect, is_request: bool) -> Expect {
         if !is_request {
             let response = [
                 ("status", raw.status.as_ref().map(|s| s.key_pos)),
@@ -1153,117 +832,45 @@ impl Check<'_> {
                 if let Some(at) = at {
                     self.error(
                         at,
-                        format!(
-                            "'{name}' needs a response: only a `request` step's expect has one; here expect may hold [{}]",
-                            HOST.join(", ")
-                        ),
+                        format!("'{name}' needs a response: only a `request` step's expect has one; here expect may hold [metrics, logs, calls, trapped]"),
                     );
                 }
             }
         }
-        let mut e = Expect::default();
-        if let Some(s) = &raw.status {
-            match s.value {
-                Scalar::Int(n) if (100..=599).contains(&n) => e.status = u16::try_from(n).ok(),
-                _ => self.error(s.pos, "status must be an HTTP status from 100 to 599"),
-            }
-        }
-        if let Some(b) = raw.body {
-            e.body = match b.value {
-                serde_json::Value::String(s) => Some(BodyExpect::Text(s)),
-                v @ serde_json::Value::Object(_) => Some(BodyExpect::JsonSubset(v)),
-                other => {
-                    self.error(b.pos, format!("expect.body must be a mapping (JSON fields) or a string (exact text), found {}", json_kind(&other)));
-                    None
+        let calls = raw.calls.map(|calls| {
+            let calls = calls.into_iter().map(|c| {
+                if let (Some(r), Some(s)) = (c.result, &c.status)
+                    && r != CallEnd::Responded
+                {
+                    self.error(s.pos, "a call with a status was `responded`");
                 }
-            };
-        }
-        e.headers = self.headers(raw.headers.map(|h| h.value), true);
-        e.absent_headers = lower(raw.absent_headers.map(|a| a.value));
-        e.upstream = raw.upstream.map(|u| match u.value {
-            RawUpstreamExpect::Never => UpstreamExpect::Never,
-            RawUpstreamExpect::Reached(r) => UpstreamExpect::Reached {
-                headers: self.headers(r.headers, true),
-                absent_headers: lower(r.absent_headers),
-            },
+                CallExpect {
+                    cluster: c.cluster,
+                    method: c.method,
+                    path: c.path,
+                    result: c.result,
+                    status: c.status.map(|s| s.value.get()),
+                }
+            });
+            calls.collect()
         });
-        for (k, v) in raw.metrics.unwrap_or_default().0 {
-            if let Some(value) = self.int_as(&v, &format!("metric '{}'", k.value), 0..=i64::MAX) {
-                e.metrics.push((k.value, value));
-            }
+        let logs = raw.logs.map(|l| (texts(l.contains), texts(l.absent)));
+        let (logs_contain, logs_absent) = logs.unwrap_or_default();
+        Expect {
+            status: raw.status.map(|s| s.value.get()),
+            body: raw.body.map(|b| b.value),
+            headers: raw.headers.map(|h| h.value.0).unwrap_or_default(),
+            absent_headers: lower(raw.absent_headers.map(|a| a.value)),
+            upstream: raw.upstream.map(|u| u.value),
+            metrics: raw
+                .metrics
+                .map(|m| m.0.into_iter().map(|(k, v)| (k.value, v.get())).collect())
+                .unwrap_or_default(),
+            logs_contain,
+            logs_absent,
+            calls,
+            trapped: raw.trapped,
         }
-        if let Some(logs) = raw.logs {
-            e.logs_contain = self.texts(logs.contains, "logs.contains");
-            e.logs_absent = self.texts(logs.absent, "logs.absent");
-        }
-        e.calls = raw
-            .calls
-            .map(|calls| calls.into_iter().filter_map(|c| self.call(c)).collect());
-        e.trapped = raw.trapped;
-        Some(e)
-    }
-
-    /// A list of strings, kept as written (log substrings are case-sensitive).
-    fn texts(&mut self, list: Option<Vec<Spanned<Scalar>>>, what: &str) -> Vec<String> {
-        list.unwrap_or_default()
-            .iter()
-            .filter_map(|s| self.scalar_text(s, what))
-            .collect()
-    }
-
-    fn call(&mut self, raw: RawCall) -> Option<CallExpect> {
-        let mut c = CallExpect {
-            cluster: raw.cluster,
-            method: raw.method,
-            path: raw.path,
-            ..CallExpect::default()
-        };
-        if let Some(r) = &raw.result {
-            match CallEnd::NAMES.iter().find(|(name, _)| *name == r.value) {
-                Some((_, end)) => c.result = Some(*end),
-                None => {
-                    let names: Vec<&str> = CallEnd::NAMES.iter().map(|(n, _)| *n).collect();
-                    self.error(
-                        r.pos,
-                        format!(
-                            "unknown call result '{}'; expected one of [{}]",
-                            r.value,
-                            names.join(", ")
-                        ),
-                    );
-                    return None;
-                }
-            }
-        }
-        if let Some(s) = &raw.status {
-            c.status = Some(self.int_as(s, "call.status", 100..=599)?);
-            if c.result.is_some_and(|r| r != CallEnd::Responded) {
-                self.error(s.pos, "a call with a status was `responded`");
-            }
-        }
-        Some(c)
-    }
-}
-
-/// Header names, lower-cased.
-fn lower(names: Option<Vec<String>>) -> Vec<String> {
-    names
-        .unwrap_or_default()
-        .iter()
-        .map(|n| n.to_ascii_lowercase())
-        .collect()
-}
-
-/// The name of the kind of a JSON value, as error messages say it.
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => "an integer",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "a list",
-        serde_json::Value::Object(_) => "a mapping",
     }
 }
 
@@ -1382,7 +989,12 @@ cases:
             err.lines[0].starts_with("t.cases.yaml:2:10: workers"),
             "{err}"
         );
-        assert!(err.lines[1].contains("unknown backend 'nginx'"), "{err}");
+        assert!(
+            err.lines[1].starts_with(
+                "t.cases.yaml:5:16: backends: expected one of [harness, envoy], found 'nginx'"
+            ),
+            "{err}"
+        );
         assert!(
             err.lines[2].starts_with("t.cases.yaml:7:18: advance"),
             "{err}"
@@ -1550,24 +1162,26 @@ cases:
       - advance: 1s
         expect: { status: 200 }
       - request: { path: / }
-        expect: { calls: [{ result: finished }], logs: { contains: [x] }, metrics: { m: -1 } }
+        expect: { calls: [{ result: finished }], logs: { contains: [x] } }
+      - request: { path: / }
+        expect: { metrics: { m: -1 } }
       - request: { path: / }
         expect: { logs: { has: [x] } }
 ",
         );
         let want = [
-            "t.cases.yaml:2:17: unknown failure_policy 'FAIL_SOMETIMES'",
+            "t.cases.yaml:2:17: failure_policy: expected one of [FAIL_CLOSED, FAIL_OPEN, FAIL_RELOAD], found 'FAIL_SOMETIMES'",
             "t.cases.yaml:6:18: unknown field 'pth' in match; expected one of [method, path, headers]",
             "t.cases.yaml:8:33: unknown field 'bodyy' in respond; expected one of [status, headers, body, delay]",
             "t.cases.yaml:11:9: a route answers with exactly one of",
             "t.cases.yaml:14:16: this case cannot run on envoy: the file scripts `upstreams` (t.cases.yaml:3:1)",
             "t.cases.yaml:16:15: write `tick: true`",
-            "t.cases.yaml:17:43: unknown status 'Broken'; expected 0..12 or one of [Ok, NotFound,",
+            "t.cases.yaml:17:43: status: expected 0..12 or one of [Ok, NotFound,",
             "t.cases.yaml:19:9: a step does one thing: `advance` and `tick` go in separate steps",
             "t.cases.yaml:21:19: 'status' needs a response",
-            "t.cases.yaml:23:37: unknown call result 'finished'",
-            "t.cases.yaml:23:89: metric 'm' must be an integer from 0",
-            "t.cases.yaml:25:27: unknown field 'has' in logs; expected one of [contains, absent]",
+            "t.cases.yaml:23:37: result: expected one of [responded, timed_out, reset, unmatched, pending], found 'finished'",
+            "t.cases.yaml:25:33: m: expected an integer from 0 to 9223372036854775807, found -1",
+            "t.cases.yaml:27:27: unknown field 'has' in logs; expected one of [contains, absent]",
         ];
         for w in want {
             assert!(
@@ -1607,7 +1221,9 @@ cases:
             "{e:?}"
         );
         assert!(
-            e[1].starts_with("t.cases.yaml:7:46: reply.status must be an integer from 200 to 599"),
+            e[1].starts_with(
+                "t.cases.yaml:7:46: status: expected an integer from 200 to 599, found 100"
+            ),
             "{e:?}"
         );
     }
@@ -1754,7 +1370,8 @@ tokens:
   bad name: { alg: HS256, secret_env: S }
   a: { alg: none, secret_env: S }
   b: { alg: RS256, test_key: rfc7515-a2, key_file: k.pem }
-  c: { alg: RS256, test_key: rfc7515-a2, exp: 1h, iat: yesterday }
+  c: { alg: RS256, test_key: rfc7515-a2, exp: 1h }
+  g: { alg: RS256, test_key: rfc7515-a2, iat: yesterday }
   d: { alg: RS256, test_key: rfc7515-a2, header: { alg: HS256 }, claims: { exp: 1 } }
   e: { alg: RS256, test_key: rfc7515-a2, encoding: raw }
   f: { alg: RS256, test_key: rfc7515-a2, secret: x }
@@ -1765,12 +1382,12 @@ cases: []
             "t.cases.yaml:4:3: token name 'bad name' must be 1 to 64 letters",
             "t.cases.yaml:5:13: token 'a': unknown alg 'none'; expected one of [HS256,",
             "t.cases.yaml:6:42: token 'b' signs with exactly one of `secret_env`",
-            "t.cases.yaml:7:47: token 'c': exp must be relative to the request (now, -60s, +1h;",
-            "t.cases.yaml:7:56: token 'c': iat must be relative",
-            "t.cases.yaml:8:52: token 'd': header: the header's `alg` is the recipe's own `alg:` field",
-            "t.cases.yaml:8:76: token 'd': claims: write `exp` beside `claims`",
-            "t.cases.yaml:9:42: token 'e': `encoding` goes with `secret_env`",
-            "t.cases.yaml:10:42: unknown field 'secret' in f; expected one of [alg, secret_env,",
+            "t.cases.yaml:7:47: exp: expected relative to the request (now, -60s, +1h;",
+            "t.cases.yaml:8:47: iat: expected relative to the request",
+            "t.cases.yaml:9:52: token 'd': header: the header's `alg` is the recipe's own `alg:` field",
+            "t.cases.yaml:9:76: token 'd': claims: write `exp` beside `claims`",
+            "t.cases.yaml:10:42: token 'e': `encoding` goes with `secret_env`",
+            "t.cases.yaml:11:42: unknown field 'secret' in f; expected one of [alg, secret_env,",
         ];
         assert_eq!(e.len(), want.len(), "{}", e.join("\n"));
         for (line, w) in e.iter().zip(want) {
