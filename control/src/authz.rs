@@ -8,7 +8,7 @@
 //! 200 lets the request through, and the 200's headers matched by
 //! `allowed_upstream_headers` replace the upstream request's; any other status is sent to
 //! the client with this answer's headers and body; a 5xx counts as the service failing
-//! (`status_on_error`). README "ext_authz" has the Envoy configuration.
+//! (`status_on_error`). docs/operating.md "ext_authz" has the Envoy configuration.
 //!
 //! **Who may ask.** The proxies, with the feed token: in `x-control-token`, which leaves
 //! `authorization` to the client's bearer token (`headers_to_add` replaces a client header

@@ -14,7 +14,7 @@
 //! JWTs good, expired, of a revoked user, with a revoked jti, forged; routes of both
 //! audiences, unknown routes, unclear paths, method overrides, credentials in the query
 //! and twice, and CORS preflights. What `/v1/authz` does not decide (rate limits, bodies)
-//! is not in the table: README "ext_authz" says so.
+//! is not in the table: docs/operating.md "ext_authz" says so.
 //!
 //! Needs Envoy (`make envoy`), the module (`make wasm`) and the control binary, which
 //! `cargo test --workspace` builds (alone: `cargo build -p gatehouse-control`). Missing

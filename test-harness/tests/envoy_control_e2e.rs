@@ -8,7 +8,7 @@
 //! any of them is a failure that says how to get it, never a skip.
 //!
 //! Timing: every wait has a generous bound and fails only past it; latencies are printed
-//! (`-- --nocapture`), never asserted. The README's revocation figures come from
+//! (`-- --nocapture`), never asserted. benches/README.md's revocation figures come from
 //! `cargo test -p gatehouse-harness --test envoy_control_e2e -- --nocapture revocation`,
 //! back to back, and with `GATEHOUSE_E2E_REVOCATION_PAUSE_MS=1100`, one at a time.
 

@@ -4,7 +4,7 @@
 //! gatehouse never panics on input, so there is no request that makes it trap; the test
 //! loads a fixture module (`test-harness/tests/fixtures/trap`, built by `make probe`) that
 //! panics on `x-trap` into
-//! exactly the same stanza. README "Failure policy" says what must happen:
+//! exactly the same stanza. docs/operating.md "Failure policy" says what must happen:
 //!
 //! 1. the request that trapped gets a 503 and never reaches the upstream (closed, not open);
 //! 2. Envoy counts the failure and loads a fresh VM, so a later request is served again;
@@ -57,7 +57,7 @@ fn the_shipped_stanza_fails_closed_then_reloads() {
     let config = std::fs::read_to_string(workspace_root().join("envoy/envoy.yaml.tmpl")).unwrap();
     assert!(
         config.contains("failure_policy: FAIL_RELOAD"),
-        "the README and this test describe FAIL_RELOAD"
+        "docs/operating.md and this test describe FAIL_RELOAD"
     );
     let envoy = Envoy::start(&EnvoyOptions {
         wasm: probe_wasm(),

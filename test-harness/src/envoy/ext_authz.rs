@@ -9,7 +9,7 @@
 //! control service is asked on every request) and a cluster for the control service is
 //! added.
 //!
-//! The filter ([`filter`]) is the configuration the README's "ext_authz" section shows:
+//! The filter ([`filter`]) is the configuration docs/operating.md's "ext_authz" section shows:
 //! - `path_prefix: /v1/authz`: Envoy sends `/v1/authz` followed by the original `:path`;
 //! - `allowed_headers`: what the decision reads besides `authorization` (always sent):
 //!   the key header, method overrides, `x-forwarded-for`, `x-request-id` (echoed in
