@@ -467,3 +467,91 @@ fn a_policy_part_is_checked_inside_a_minimal_policy() {
     };
     assert!(gatehouse::policy::load_yaml("p", &policy_text(&broken)).is_err());
 }
+
+/// The values of `"code": "..."` in a text (JSON as the docs write it, spaced or not).
+fn json_codes(text: &str) -> Vec<String> {
+    let mut codes = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("\"code\"") {
+        rest = &rest[at + "\"code\"".len()..];
+        let value = rest.trim_start().strip_prefix(':').map(str::trim_start);
+        if let Some(v) = value.and_then(|v| v.strip_prefix('"'))
+            && let Some(end) = v.find('"')
+        {
+            codes.push(v[..end].to_string());
+        }
+    }
+    codes
+}
+
+/// The issue 19 bug in a form the case runner cannot see: a refusal body or a table row in
+/// the docs naming a code that neither the module (`REFUSAL_CODES`, `UPSTREAM_ERROR`) nor
+/// the bootstrap's `local_reply_config` (envoy/envoy.yaml.tmpl) answers.
+#[test]
+fn every_refusal_code_the_docs_show_is_one_a_client_can_get() {
+    let root = workspace_root();
+    let mut known: BTreeSet<String> = gatehouse::error::REFUSAL_CODES
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    known.insert("UPSTREAM_ERROR".into());
+    let template = std::fs::read_to_string(root.join("envoy/envoy.yaml.tmpl")).unwrap();
+    for line in template.lines() {
+        if let Some(code) = line.trim().strip_prefix("code: ") {
+            known.insert(code.trim().to_string());
+        }
+    }
+
+    let mut shown = 0;
+    let mut unknown = Vec::new();
+    for path in doc_files() {
+        let file = path.strip_prefix(&root).unwrap().display().to_string();
+        let source = std::fs::read_to_string(&path).unwrap();
+        let mut in_json = false;
+        for (n, line) in source.lines().enumerate() {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with("```") {
+                in_json = trimmed == "```json";
+                continue;
+            }
+            let mut codes = if in_json {
+                json_codes(line)
+            } else {
+                Vec::new()
+            };
+            // A refusal table row: | 401 | `MISSING_CREDENTIALS` | ...
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            if cells.len() > 3
+                && cells[1].len() == 3
+                && cells[1].bytes().all(|b| b.is_ascii_digit())
+                && let Some(code) = cells[2].strip_prefix('`').and_then(|c| c.strip_suffix('`'))
+            {
+                codes.push(code.to_string());
+            }
+            for code in codes {
+                shown += 1;
+                if !known.contains(&code) {
+                    unknown.push(format!("{file}:{}: {code}", n + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "codes no client gets (known: {known:?}):\n{}",
+        unknown.join("\n")
+    );
+    // The README's body, the refusal table, the upstream-error body and the log line.
+    assert!(
+        shown >= 15,
+        "only {shown} codes found in the docs: are they still read?"
+    );
+}
+
+#[test]
+fn codes_are_read_from_json_spaced_or_not() {
+    assert_eq!(
+        json_codes(r#"{"error": "x", "code": "RATE_LIMITED"} {"code":"NOT_FOUND"}"#),
+        ["RATE_LIMITED", "NOT_FOUND"]
+    );
+}
