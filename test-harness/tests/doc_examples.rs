@@ -6,7 +6,7 @@
 //! line before its fence (invisible when the page is rendered):
 //!
 //! - `<!-- example: policy NAME -->`: a whole policy, checked as `gatehouse-harness check`
-//!   checks one (`gatehouse::policy::load_yaml`; warnings do not fail it).
+//!   checks one (`gatehouse_core::policy::load_yaml`; warnings do not fail it).
 //! - `<!-- example: policy-part NAME -->`: top-level sections of a policy (`cors:`,
 //!   `feed:`, ...), checked inside a minimal policy: `version: 1` and, unless the block
 //!   has `routes:`, one route for every path.
@@ -289,7 +289,7 @@ fn every_yaml_example_in_the_docs_is_checked_or_run() {
         }
         let text = policy_text(e);
         let shown = format!("{} ({})", e.at, e.name);
-        match gatehouse::policy::load_yaml(&shown, &text) {
+        match gatehouse_core::policy::load_yaml(&shown, &text) {
             Ok(_) => {
                 let file = scratch.join(format!("{}.yaml", e.name));
                 std::fs::write(&file, &text).unwrap();
@@ -461,12 +461,12 @@ fn a_policy_part_is_checked_inside_a_minimal_policy() {
         text: "cors:\n  allowed_origins: [https://app.example.com]\n".into(),
     };
     let text = policy_text(&part);
-    assert!(gatehouse::policy::load_yaml("p", &text).is_ok(), "{text}");
+    assert!(gatehouse_core::policy::load_yaml("p", &text).is_ok(), "{text}");
     let broken = Example {
         text: "cors:\n  allowed_origin: [https://app.example.com]\n".into(),
         ..part
     };
-    assert!(gatehouse::policy::load_yaml("p", &policy_text(&broken)).is_err());
+    assert!(gatehouse_core::policy::load_yaml("p", &policy_text(&broken)).is_err());
 }
 
 /// The values of `"code": "..."` in a text (JSON as the docs write it, spaced or not).
@@ -491,7 +491,7 @@ fn json_codes(text: &str) -> Vec<String> {
 #[test]
 fn every_refusal_code_the_docs_show_is_one_a_client_can_get() {
     let root = workspace_root();
-    let mut known: BTreeSet<String> = gatehouse::error::REFUSAL_CODES
+    let mut known: BTreeSet<String> = gatehouse_core::refusal::REFUSAL_CODES
         .iter()
         .map(|c| c.to_string())
         .collect();
