@@ -1,36 +1,17 @@
-//! Decimal text for the request path, without `core::fmt`: in the module, `format!`
-//! costs a trip through the formatting machinery (dynamic dispatch, padding, and for
-//! 64-bit numbers a 128-bit multiply per digit pair on wasm32), measurable per request.
+//! Text for the request path, without `core::fmt`: in the module, `format!` costs a trip
+//! through the formatting machinery (dynamic dispatch, padding, and for 64-bit numbers a
+//! 128-bit multiply per digit pair on wasm32), measurable per request. Decimals are
+//! `itoa`'s.
 
 /// Appends `n` in decimal.
 pub fn push_decimal(out: &mut String, n: u64) {
-    let mut buf = [0u8; 20];
-    out.push_str(decimal(n, &mut buf));
-}
-
-/// `n` in decimal, written into `buf`.
-pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        if let Some(b) = buf.get_mut(at) {
-            // `n % 10` is below 10: the cast cannot truncate.
-            *b = b'0' + (n % 10) as u8;
-        }
-        n /= 10;
-        if n == 0 || at == 0 {
-            break;
-        }
-    }
-    let digits = buf.get(at..).unwrap_or(&[]);
-    // Only ASCII digits were written.
-    std::str::from_utf8(digits).unwrap_or("0")
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// Appends `n` in decimal with at least `width` digits (zeros in front).
 pub fn push_padded(out: &mut String, n: u64, width: usize) {
-    let mut buf = [0u8; 20];
-    let digits = decimal(n, &mut buf);
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(n);
     for _ in digits.len()..width {
         out.push('0');
     }
@@ -39,6 +20,8 @@ pub fn push_padded(out: &mut String, n: u64, width: usize) {
 
 /// Appends `s` as a JSON string, quotes included, escaped as serde_json does: `"`, `\`
 /// and the control characters; everything else as it is (a `str` is valid UTF-8).
+/// Hand-written, not `serde_json::to_writer`: it appends to the body being built without
+/// serde's `Serializer` and `io::Write` layers, and the tests below hold it to serde_json.
 pub fn push_json_string(out: &mut String, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
