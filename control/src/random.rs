@@ -25,7 +25,7 @@ pub fn base62(len: usize) -> Result<String, getrandom::Error> {
 pub fn hex(bytes: usize) -> Result<String, getrandom::Error> {
     let mut buf = vec![0u8; bytes];
     getrandom::fill(&mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(base16ct::lower::encode_string(&buf))
 }
 
 #[cfg(test)]

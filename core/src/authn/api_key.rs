@@ -36,22 +36,15 @@ impl std::fmt::Debug for KeyHash {
     }
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
+/// Lower-case hex, through `base16ct` (constant-time, as the RustCrypto crates use it).
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    push_hex(&mut s, bytes);
-    s
+    base16ct::lower::encode_string(bytes)
 }
 
-fn push_hex(s: &mut String, bytes: &[u8]) {
-    for b in bytes {
-        for nibble in [b >> 4, b & 0x0f] {
-            s.push(char::from(
-                HEX.get(usize::from(nibble)).copied().unwrap_or(b'0'),
-            ));
-        }
-    }
+fn push_hex(s: &mut String, bytes: &[u8; 32]) {
+    let mut buf = [0u8; 64];
+    // 64 bytes is exactly the encoding of 32: `encode_str` cannot fail.
+    s.push_str(base16ct::lower::encode_str(bytes, &mut buf).unwrap_or_default());
 }
 
 /// Decodes hex digits (either case) into `out`, which must be exactly half as long.
@@ -60,12 +53,7 @@ pub(crate) fn unhex_into(text: &[u8], out: &mut [u8]) -> Option<()> {
     if text.len() != out.len().checked_mul(2)? {
         return None;
     }
-    for (o, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        let hi = char::from(*pair.first()?).to_digit(16)?;
-        let lo = char::from(*pair.get(1)?).to_digit(16)?;
-        *o = u8::try_from(hi * 16 + lo).ok()?;
-    }
-    Some(())
+    base16ct::mixed::decode(text, out).ok().map(|_| ())
 }
 
 impl KeyHash {

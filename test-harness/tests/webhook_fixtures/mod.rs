@@ -64,7 +64,7 @@ fn hmac512(secret: &str, parts: &[&[u8]]) -> Vec<u8> {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    base16ct::lower::encode_string(bytes)
 }
 
 /// Standard base64 with padding.
