@@ -376,18 +376,8 @@ mod signing {
     use sha2::{Sha256, Sha384, Sha512};
 
     pub fn b64url(bytes: &[u8]) -> String {
-        const ALPHABET: &[u8; 64] =
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let b = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
-            let n = (b(0) << 16) | (b(1) << 8) | b(2);
-            for shift in [18, 12, 6, 0].into_iter().take(chunk.len() + 1) {
-                let c = ALPHABET.get(((n >> shift) & 63) as usize).copied();
-                out.push(char::from(c.unwrap_or(b'A')));
-            }
-        }
-        out
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     }
 
     pub struct Keys {

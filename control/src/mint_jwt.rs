@@ -125,18 +125,8 @@ impl MintArgs {
 
 /// Base64url without padding (RFC 7515 §2), the only encoding a JWS uses.
 fn b64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let sextet = |v: u32| char::from(ALPHABET.get((v & 63) as usize).copied().unwrap_or(b'A'));
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
-        let n = (b(0) << 16) | (b(1) << 8) | b(2);
-        // 1 input byte gives 2 characters, 2 give 3, 3 give 4.
-        for shift in [18, 12, 6, 0].into_iter().take(chunk.len() + 1) {
-            out.push(sextet(n >> shift));
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// The signed token. `secret` is the variable's value as bytes (as the plugin reads it);

@@ -782,30 +782,11 @@ pub fn sign(provider: &Provider, secret: &[u8], timestamp: u64, body: &[u8]) -> 
         Provider::Generic(g) => {
             let text = match g.encoding {
                 Encoding::Hex => hex,
-                Encoding::Base64 => base64_standard(tag),
+                Encoding::Base64 => crate::authn::jwt::b64::encode_standard(tag),
             };
             format!("{}{text}", g.prefix.as_deref().unwrap_or(""))
         }
     }
-}
-
-/// Standard base64 with padding, for [`sign`].
-fn base64_standard(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
-        let n = (b(0) << 16) | (b(1) << 8) | b(2);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                let idx = usize::try_from((n >> (18 - 6 * i)) & 0x3f).unwrap_or(0);
-                out.push(char::from(ALPHABET.get(idx).copied().unwrap_or(b'A')));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -1034,7 +1015,10 @@ mod tests {
         // The trailing text is signed too: the same MAC over `ts.hello` alone differs.
         let mut mac = Hmac::<Sha512>::new_from_slice(SECRET.as_bytes()).unwrap();
         mac.update(format!("{ts}.hello").as_bytes());
-        let unsuffixed = format!("sha512={}", base64_standard(&mac.finalize().into_bytes()));
+        let unsuffixed = format!(
+            "sha512={}",
+            crate::authn::jwt::b64::encode_standard(&mac.finalize().into_bytes())
+        );
         assert_eq!(
             verify(&v, one(&unsuffixed), one(&ts), body, NOW),
             Err(SignatureError::Mismatch)

@@ -11,94 +11,37 @@
 //! without `=` padding, as webhook providers send base64 signatures; the same strictness
 //! applies otherwise.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+
 /// Why a segment is not strict base64url. Carries no input bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct NotBase64Url;
 
-/// The two characters that differ between the alphabets: base64url's `-` `_`, or
-/// standard base64's `+` `/`.
-type Alphabet = (u8, u8);
-const URL: Alphabet = (b'-', b'_');
-const STANDARD: Alphabet = (b'+', b'/');
-
-fn sextet(c: u8, (c62, c63): Alphabet) -> Option<u32> {
-    let v = match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        _ if c == c62 => 62,
-        _ if c == c63 => 63,
-        _ => return None,
-    };
-    Some(u32::from(v))
-}
+// The `base64` crate's general-purpose engines are all strict in the ways above: they
+// refuse whitespace, the other alphabet and non-zero trailing bits; the `_NO_PAD` ones
+// refuse any `=`, and `STANDARD` wants exactly the padding that completes the last
+// quantum. Their errors (`DecodeError::InvalidByte`) would carry an input byte: they are
+// dropped here.
 
 /// Decodes `input`, appending to `out` (cleared first).
 pub(crate) fn decode_into(input: &[u8], out: &mut Vec<u8>) -> Result<(), NotBase64Url> {
-    decode_alphabet(input, URL, out)
+    out.clear();
+    URL_SAFE_NO_PAD.decode_vec(input, out).map_err(|_| {
+        out.clear();
+        NotBase64Url
+    })
 }
 
 /// Decodes standard base64 (RFC 4648 §4), padded or not. `None` for anything else.
 pub(crate) fn decode_standard(input: &[u8]) -> Option<Vec<u8>> {
-    // Padding only completes the last quantum: at most two `=`, and only then a length
-    // that is a multiple of four.
-    let unpadded = match input {
-        [rest @ .., b'=', b'='] | [rest @ .., b'='] if input.len().is_multiple_of(4) => rest,
-        _ => input,
+    // Padded text must be padded canonically; text without `=` must be unpadded.
+    let engine = if input.ends_with(b"=") {
+        &STANDARD
+    } else {
+        &STANDARD_NO_PAD
     };
-    if unpadded.ends_with(b"=") {
-        return None;
-    }
-    let mut out = Vec::new();
-    decode_alphabet(unpadded, STANDARD, &mut out).ok()?;
-    Some(out)
-}
-
-fn decode_alphabet(
-    input: &[u8],
-    alphabet: Alphabet,
-    out: &mut Vec<u8>,
-) -> Result<(), NotBase64Url> {
-    let sextet = |c: u8| sextet(c, alphabet);
-    out.clear();
-    if input.len() % 4 == 1 {
-        return Err(NotBase64Url);
-    }
-    out.reserve(input.len() / 4 * 3 + 2);
-    let mut chunks = input.chunks_exact(4);
-    for chunk in &mut chunks {
-        let mut acc = 0u32;
-        for &c in chunk {
-            acc = (acc << 6) | sextet(c).ok_or(NotBase64Url)?;
-        }
-        let [_, a, b, c] = acc.to_be_bytes();
-        out.extend_from_slice(&[a, b, c]);
-    }
-    let rest = chunks.remainder();
-    let mut acc = 0u32;
-    for &c in rest {
-        acc = (acc << 6) | sextet(c).ok_or(NotBase64Url)?;
-    }
-    match rest.len() {
-        0 => {}
-        // 2 characters = 12 bits = 1 byte + 4 unused bits.
-        2 => {
-            if acc & 0x0f != 0 {
-                return Err(NotBase64Url);
-            }
-            out.push(((acc >> 4) & 0xff) as u8);
-        }
-        // 3 characters = 18 bits = 2 bytes + 2 unused bits.
-        3 => {
-            if acc & 0x03 != 0 {
-                return Err(NotBase64Url);
-            }
-            out.push(((acc >> 10) & 0xff) as u8);
-            out.push(((acc >> 2) & 0xff) as u8);
-        }
-        _ => return Err(NotBase64Url),
-    }
-    Ok(())
+    engine.decode(input).ok()
 }
 
 /// Decodes `input` into a new vector.
@@ -110,27 +53,13 @@ pub(crate) fn decode(input: &[u8]) -> Result<Vec<u8>, NotBase64Url> {
 
 /// Encodes without padding. Only tests mint tokens; the plugin never encodes.
 #[cfg(any(test, feature = "test-tokens"))]
-#[allow(
-    clippy::indexing_slicing,
-    reason = "test-only signer: chunks are never empty"
-)]
 pub(crate) fn encode(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        let chars = chunk.len() + 1;
-        for i in 0..chars {
-            let idx = (n >> (18 - 6 * i)) & 0x3f;
-            out.push(char::from(ALPHABET[idx as usize]));
-        }
-    }
-    out
+    URL_SAFE_NO_PAD.encode(input)
+}
+
+/// Encodes standard base64 with padding, as webhook providers send it.
+pub(crate) fn encode_standard(input: &[u8]) -> String {
+    STANDARD.encode(input)
 }
 
 #[cfg(test)]
@@ -207,6 +136,22 @@ mod tests {
         ] {
             assert_eq!(decode_standard(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn encodes_standard_base64_with_padding() {
+        for (bytes, text) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(encode_standard(bytes.as_bytes()), text);
+        }
+        assert_eq!(encode_standard(&[0xfb, 0xff]), "+/8=");
     }
 
     #[test]
