@@ -461,7 +461,10 @@ fn a_policy_part_is_checked_inside_a_minimal_policy() {
         text: "cors:\n  allowed_origins: [https://app.example.com]\n".into(),
     };
     let text = policy_text(&part);
-    assert!(gatehouse_core::policy::load_yaml("p", &text).is_ok(), "{text}");
+    assert!(
+        gatehouse_core::policy::load_yaml("p", &text).is_ok(),
+        "{text}"
+    );
     let broken = Example {
         text: "cors:\n  allowed_origin: [https://app.example.com]\n".into(),
         ..part
