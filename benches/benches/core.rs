@@ -24,9 +24,10 @@ use gatehouse_core::clock::Clock;
 use gatehouse_core::limit::{CallerKind, Check, OnContention, Rate, Table, check_all, prepare};
 use gatehouse_core::pipeline::{Decision, decide};
 
-use gatehouse_core::policy::{Policy, PresentedKeys};
+use gatehouse_core::policy::Policy;
 use gatehouse_core::refusal::Denial;
 use gatehouse_core::request::{Presented, RequestHead};
+use gatehouse_core::worker::{Caches, PresentedKeys};
 
 use gatehouse_core::authn::AuthFailure;
 use gatehouse_core::store::MemoryStore;
@@ -95,6 +96,7 @@ fn api_key_decision(c: &mut Criterion) {
     let store = prepared_store(&policy);
     let clock = SteppingClock::new();
     let no_jwt_keys: [KeySet; 0] = [];
+    let caches = Caches::default();
 
     let mut g = c.benchmark_group("api_key");
     g.bench_function("baseline_sha256_of_key", |b| {
@@ -109,7 +111,13 @@ fn api_key_decision(c: &mut Criterion) {
             let key = black_box(DEMO_KEY);
             check_format(key)?;
             let hash = hash_presented_key(key)?;
-            key_cache::lookup(&policy, &store, &hash, UnixNanos(NOW * 1_000_000_000))
+            key_cache::lookup(
+                &policy,
+                &caches.key_records,
+                &store,
+                &hash,
+                UnixNanos(NOW * 1_000_000_000),
+            )
         })
     });
     for (name, key) in [
@@ -143,6 +151,7 @@ fn api_key_decision(c: &mut Criterion) {
             b.iter(|| {
                 decide(
                     black_box(&policy),
+                    &caches,
                     &no_jwt_keys,
                     black_box(head),
                     &store,
@@ -151,14 +160,16 @@ fn api_key_decision(c: &mut Criterion) {
             })
         });
         // What was measured is what the name says: the last decision still passes.
-        let last = decide(&policy, &no_jwt_keys, &head, &store, &clock);
+        let last = decide(&policy, &caches, &no_jwt_keys, &head, &store, &clock);
         assert_eq!(status(&last), expected, "decide/{name}");
     }
     // `decide/valid_key` is a key seen before (its format check and SHA-256 remembered,
     // as a worker has them after a client's first request); this one sees it anew each
     // time: a policy whose memo holds nothing.
-    let mut forgetful = policy.clone();
-    forgetful.presented_keys = PresentedKeys(SecretCache::new(0, 0));
+    let forgetful = Caches {
+        presented_keys: PresentedKeys(SecretCache::new(0, 0)),
+        ..Caches::default()
+    };
     let head = RequestHead {
         method: b"GET",
         path: b"/v1/things?page=2",
@@ -171,7 +182,8 @@ fn api_key_decision(c: &mut Criterion) {
     g.bench_function("decide/valid_key_first_sight", |b| {
         b.iter(|| {
             decide(
-                black_box(&forgetful),
+                black_box(&policy),
+                &forgetful,
                 &no_jwt_keys,
                 black_box(&head),
                 &store,
@@ -180,7 +192,7 @@ fn api_key_decision(c: &mut Criterion) {
         })
     });
     assert!(matches!(
-        decide(&forgetful, &no_jwt_keys, &head, &store, &clock),
+        decide(&policy, &forgetful, &no_jwt_keys, &head, &store, &clock),
         Decision::Allow(_)
     ));
     g.finish();

@@ -34,12 +34,13 @@ use gatehouse_core::authn::Credential;
 use gatehouse_core::authn::jwt::KeySet;
 use gatehouse_core::body::webhook::Verifier;
 use gatehouse_core::clock::FixedClock;
-use gatehouse_core::policy::{Policy, PresentedKeys, load_yaml};
+use gatehouse_core::policy::{Policy, load_yaml};
 use gatehouse_core::refusal::Denial;
 use gatehouse_core::request::{Presented, RequestHead};
 use gatehouse_core::route::{self, Audience};
 use gatehouse_core::store::{MemoryStore, SharedStore, StoreError};
 use gatehouse_core::time::UnixNanos;
+use gatehouse_core::worker::{Caches, PresentedKeys};
 use libfuzzer_sys::fuzz_target;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -283,9 +284,11 @@ fuzz_target!(|data: &[u8]| {
     let clock = FixedClock::at_secs(START + u64::from(u16::from_le_bytes([c0, c1])));
     let now = UnixNanos::from_secs(START + u64::from(u16::from_le_bytes([c0, c1])));
 
+    let caches = Caches::default();
     for _ in 0..2 {
         let keys = std::slice::from_ref(&f.keys);
-        match stream::on_request_headers(&policy, keys, &head, body.is_empty(), &store, &clock) {
+        let eos = body.is_empty();
+        match stream::on_request_headers(&policy, &caches, keys, &head, eos, &store, &clock) {
             Outcome::Refuse { denial, .. } => assert_standard(denial, now, request_id, verbose),
             Outcome::Pass {
                 allowed: a,
@@ -345,5 +348,5 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    assert!(policy.presented_keys.0.len() <= PresentedKeys::ENTRIES);
+    assert!(caches.presented_keys.0.len() <= PresentedKeys::ENTRIES);
 });

@@ -12,6 +12,7 @@ use gatehouse_core::policy::Policy;
 use gatehouse_core::refusal::Denial;
 use gatehouse_core::request::Headers;
 use gatehouse_core::time::UnixNanos;
+use gatehouse_core::worker::Caches;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
@@ -19,6 +20,8 @@ use std::rc::Rc;
 
 pub(crate) struct Filter {
     pub(crate) policy: Option<Rc<Policy>>,
+    /// The worker's caches for that policy.
+    pub(crate) caches: Rc<Caches>,
     pub(crate) keys: SharedKeys,
     /// The worker's tally: what this stream decided is added there, never sent from here.
     pub(crate) tally: Option<SharedTally>,
@@ -137,8 +140,15 @@ impl HttpContext for Filter {
             .unwrap_or_default();
         // One clock reading for the decision and, when it refuses, the refusal's timestamp.
         let clock = gatehouse_core::clock::OnceClock::new(&HostClock);
-        let outcome =
-            stream::on_request_headers(&policy, &keys, &head, end_of_stream, &HostStore, &clock);
+        let outcome = stream::on_request_headers(
+            &policy,
+            &self.caches,
+            &keys,
+            &head,
+            end_of_stream,
+            &HostStore,
+            &clock,
+        );
         let (route, refused) = match &outcome {
             Outcome::Pass { allowed, .. } => (Some(allowed.route), false),
             Outcome::Refuse { .. } => (None, true),

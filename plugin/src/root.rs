@@ -10,6 +10,7 @@ use gatehouse_core::observe::events;
 use gatehouse_core::observe::tally::Tally;
 use gatehouse_core::policy::Policy;
 use gatehouse_core::sync::feed;
+use gatehouse_core::worker::Caches;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel, MapType};
@@ -67,6 +68,8 @@ pub(crate) type SharedKeys = Rc<RefCell<Rc<Vec<KeySet>>>>;
 #[derive(Default)]
 pub(crate) struct Root {
     pub(crate) policy: Option<Rc<Policy>>,
+    /// The worker's caches for that policy: new with each policy.
+    pub(crate) caches: Rc<Caches>,
     /// Keys from the policy and the environment, per JWT provider; a fetched JWKS adds
     /// to these.
     pub(crate) static_keys: Vec<Vec<Key>>,
@@ -453,6 +456,7 @@ impl RootContext for Root {
                 .any(|l| l.by == gatehouse_core::limit::LimitBy::Ip)
         });
         self.policy = Some(Rc::new(policy));
+        self.caches = Rc::new(Caches::default());
         true
     }
 
@@ -471,7 +475,7 @@ impl RootContext for Root {
             return;
         };
         self.flush_tally(&policy);
-        policy.rate_limit.places.refresh(&HostStore);
+        self.caches.places.refresh(&HostStore);
         let Some(jwt) = &policy.jwt else { return };
         for (p, provider) in jwt.providers.iter().enumerate() {
             let Some(url) = &provider.jwks_url else {
@@ -511,6 +515,7 @@ impl RootContext for Root {
         // refuses rather than the SDK panicking on `None`.
         Some(Box::new(Filter {
             policy: self.policy.clone(),
+            caches: Rc::clone(&self.caches),
             keys: Rc::clone(&self.keys),
             tally: self.tally.clone(),
             quota: None,

@@ -35,6 +35,7 @@ use crate::store::{FeedKey, FeedPage, Store, StoreError};
 use gatehouse_core::authn::jwt::KeySet;
 use gatehouse_core::clock::Clock;
 use gatehouse_core::pipeline::{Decision, Refused};
+use gatehouse_core::worker::Caches;
 
 use gatehouse_core::policy::Policy;
 use gatehouse_core::refusal::Denial;
@@ -129,6 +130,8 @@ impl PolicyCheck {
 /// [`claim_header_names`].
 struct Core {
     jwt_keys: Vec<KeySet>,
+    /// As a proxy worker's: presented keys, decoded records and limiter places.
+    caches: Caches,
 }
 
 impl Core {
@@ -149,7 +152,10 @@ impl Core {
                 })
             })
             .collect();
-        Core { jwt_keys }
+        Core {
+            jwt_keys,
+            caches: Caches::default(),
+        }
     }
 
     fn decide(
@@ -159,7 +165,14 @@ impl Core {
         store: &RequestStore<'_>,
         now: UnixNanos,
     ) -> (Decision, Refused) {
-        gatehouse_core::pipeline::decide_explained(policy, &self.jwt_keys, head, store, &At(now))
+        gatehouse_core::pipeline::decide_explained(
+            policy,
+            &self.caches,
+            &self.jwt_keys,
+            head,
+            store,
+            &At(now),
+        )
     }
 }
 

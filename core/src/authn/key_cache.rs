@@ -16,6 +16,7 @@ use crate::authn::api_key::{KeyFailure, KeyHash, KeyRecord, Origin, POLICY_KEY_P
 use crate::policy::Policy;
 use crate::store::{SharedStore, StoreError};
 use crate::time::UnixNanos;
+use crate::worker::KeyRecords;
 use std::sync::Arc;
 
 /// Writes every key the policy declares, under `kp/` only. Every worker does this on
@@ -30,17 +31,18 @@ pub fn install_policy_keys(policy: &Policy, store: &impl SharedStore) -> Result<
 /// Looks a key up and checks that it may be used at `now`.
 pub fn lookup(
     policy: &Policy,
+    records: &KeyRecords,
     store: &impl SharedStore,
     hash: &KeyHash,
     now: UnixNanos,
 ) -> Result<KeyRecord, KeyFailure> {
-    lookup_at(policy, store, hash, &hash.cache_key(), now).map(|r| (*r).clone())
+    lookup_at(policy, records, store, hash, &hash.cache_key(), now).map(|r| (*r).clone())
 }
 
-/// The record at `entry`, decoded, through the policy's memo of decoded records.
-fn read(policy: &Policy, store: &impl SharedStore, entry: &str) -> Option<Arc<KeyRecord>> {
+/// The record at `entry`, decoded, through the worker's memo of decoded records.
+fn read(records: &KeyRecords, store: &impl SharedStore, entry: &str) -> Option<Arc<KeyRecord>> {
     let (bytes, cas) = store.get(entry)?;
-    let memo = &policy.key_records.0;
+    let memo = &records.0;
     match memo.get(entry.as_bytes()) {
         Some((seen, record)) if seen == cas && cas != 0 => Some(record),
         _ => {
@@ -65,18 +67,19 @@ fn usable(record: &KeyRecord, now: UnixNanos) -> Result<(), KeyFailure> {
 }
 
 /// [`lookup`] by the feed's shared-data key (`k/<hex>`, [`KeyHash::cache_key`]) and the
-/// key's hash. Records are read on every call; decoding is skipped when the policy's
-/// [`crate::policy::KeyRecords`] holds one at the same version (cas). The policy's own
+/// key's hash. Records are read on every call; decoding is skipped when the worker's
+/// [`KeyRecords`] holds one at the same version (cas). The policy's own
 /// entry is read only for a key the policy declares, under a name built on the stack.
 pub fn lookup_at(
     policy: &Policy,
+    records: &KeyRecords,
     store: &impl SharedStore,
     hash: &KeyHash,
     cache_key: &str,
     now: UnixNanos,
 ) -> Result<Arc<KeyRecord>, KeyFailure> {
     // Only the feed writes `k/`; a policy-origin record there is an older version's.
-    let fed = read(policy, store, cache_key).filter(|r| r.origin == Origin::Feed);
+    let fed = read(records, store, cache_key).filter(|r| r.origin == Origin::Feed);
     // Declared by another (older) policy: shared data cannot forget it, so we do.
     let declared = if policy.declared.contains(&hash.0) {
         let mut name = [0u8; POLICY_ENTRY_LEN];
@@ -87,7 +90,7 @@ pub fn lookup_at(
             .ok_or(KeyFailure::Unknown)?
             .copy_from_slice(hex);
         let name = std::str::from_utf8(&name).map_err(|_| KeyFailure::Unknown)?;
-        read(policy, store, name).filter(|r| r.origin == Origin::Policy(policy.fingerprint))
+        read(records, store, name).filter(|r| r.origin == Origin::Policy(policy.fingerprint))
     } else {
         None
     };
@@ -161,7 +164,14 @@ mod tests {
 
     fn ask(policy: &Policy, store: &MemoryStore) -> Result<Arc<KeyRecord>, KeyFailure> {
         let hash = KeyHash::of_key(DEMO);
-        lookup_at(policy, store, &hash, &hash.cache_key(), UnixNanos(0))
+        lookup_at(
+            policy,
+            &KeyRecords::default(),
+            store,
+            &hash,
+            &hash.cache_key(),
+            UnixNanos(0),
+        )
     }
 
     /// The control service revoked a key the policy also declares: no order of the
@@ -221,7 +231,15 @@ mod tests {
             .set(&stranger.policy_cache_key(), &record.encode(), 0)
             .unwrap();
         assert_eq!(
-            lookup_at(&p, &store, &stranger, &stranger.cache_key(), UnixNanos(0)).err(),
+            lookup_at(
+                &p,
+                &KeyRecords::default(),
+                &store,
+                &stranger,
+                &stranger.cache_key(),
+                UnixNanos(0)
+            )
+            .err(),
             Some(KeyFailure::Unknown)
         );
         assert!(p.declared.contains(&KeyHash::of_key(DEMO).0));

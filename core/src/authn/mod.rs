@@ -14,6 +14,7 @@ use crate::policy::{KeyFormat, Policy};
 use crate::request::{HEADER_ISSUER, HEADER_KEY_ID, HEADER_PLAN, HEADER_TENANT, HEADER_USER};
 use crate::request::{Presented, RequestHead};
 use crate::store::SharedStore;
+use crate::worker::Caches;
 use api_key::{KeyRecord, check_format, hash_presented_key, is_valid_id};
 use jwt::{JwtError, KeySet};
 
@@ -123,6 +124,7 @@ pub struct TokenSeen {
 /// running anonymous.
 pub fn authenticate(
     policy: &Policy,
+    caches: &Caches,
     jwt_keys: &[KeySet],
     head: &RequestHead<'_>,
     store: &impl SharedStore,
@@ -144,7 +146,7 @@ pub fn authenticate(
         }
         (Presented::One(raw), None) => raw,
     };
-    let cache = &policy.presented_keys.0;
+    let cache = &caches.presented_keys.0;
     let (hash, cache_key) = match cache.get(raw) {
         Some((checked_as, hash, cache_key)) if checked_as == policy.api_key_format => {
             (hash, cache_key)
@@ -166,8 +168,15 @@ pub fn authenticate(
             (hash, cache_key)
         }
     };
-    let record = key_cache::lookup_at(policy, store, &hash, &cache_key, clock.now())
-        .map_err(AuthFailure::Key)?;
+    let record = key_cache::lookup_at(
+        policy,
+        &caches.key_records,
+        store,
+        &hash,
+        &cache_key,
+        clock.now(),
+    )
+    .map_err(AuthFailure::Key)?;
     Ok(Some(Authenticated {
         identity: Identity::from(&*record),
         key: Some(record),

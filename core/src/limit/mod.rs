@@ -372,8 +372,8 @@ pub fn check_all(
 /// data, and the slots and tag of each (limit, caller) seen lately. A caller's place is a
 /// pure function of the secret, the limit, the caller and the table size, so a worker
 /// that has placed a caller once skips the SHA-256 on its next requests. Held by the
-/// policy ([`crate::policy::RateLimitPolicy::places`]), whose table sizes it was computed
-/// for; a new secret ([`Places::refresh`]) forgets every place.
+/// worker with the policy ([`crate::worker::Caches::places`]), whose table sizes it was
+/// computed for; a new secret ([`Places::refresh`]) forgets every place.
 pub struct Places {
     memo: SecretCache<Place>,
     secret: Mutex<Option<([u8; SECRET_LEN], u32)>>,
@@ -454,26 +454,6 @@ impl Default for Places {
     }
 }
 
-/// A fresh memo: what a worker derived is not part of the policy it holds.
-impl Clone for Places {
-    fn clone(&self) -> Self {
-        Places {
-            memo: self.memo.clone(),
-            secret: Mutex::new(None),
-        }
-    }
-}
-
-/// Any two are equal: a policy compares by its content.
-impl PartialEq for Places {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for Places {}
-
-/// Never the secret.
 impl std::fmt::Debug for Places {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Places")

@@ -19,6 +19,7 @@ use crate::request::{Presented, RequestHead, query_carries_credential};
 use crate::route::Route;
 use crate::route::{self, Audience};
 use crate::store::SharedStore;
+use crate::worker::Caches;
 
 pub mod stream;
 
@@ -68,30 +69,32 @@ pub enum Decision {
     Deny(Denial),
 }
 
-/// Decides a request from its headers. `jwt_keys` are the keys JWTs verify with, one set
-/// per provider of `policy.jwt` in its order (built by the shell from the policy, the
-/// environment and any fetched JWKS).
+/// Decides a request from its headers. `caches` are the worker's for this policy;
+/// `jwt_keys` are the keys JWTs verify with, one set per provider of `policy.jwt` in its
+/// order (built by the plugin from the policy, the environment and any fetched JWKS).
 pub fn decide(
     policy: &Policy,
+    caches: &Caches,
     jwt_keys: &[KeySet],
     head: &RequestHead<'_>,
     store: &impl SharedStore,
     clock: &impl Clock,
 ) -> Decision {
-    decide_explained(policy, jwt_keys, head, store, clock).0
+    decide_explained(policy, caches, jwt_keys, head, store, clock).0
 }
 
 /// [`decide`], and for a refusal what was known about the request ([`Refused`]; left
 /// empty for an allowed request, whose [`Allowed`] says it all).
 pub fn decide_explained(
     policy: &Policy,
+    caches: &Caches,
     jwt_keys: &[KeySet],
     head: &RequestHead<'_>,
     store: &impl SharedStore,
     clock: &impl Clock,
 ) -> (Decision, Refused) {
     let mut refused = Refused::default();
-    let decision = decide_into(policy, jwt_keys, head, store, clock, &mut refused);
+    let decision = decide_into(policy, caches, jwt_keys, head, store, clock, &mut refused);
     if matches!(decision, Decision::Allow(_)) {
         refused.route = None;
     }
@@ -100,6 +103,7 @@ pub fn decide_explained(
 
 fn decide_into(
     policy: &Policy,
+    caches: &Caches,
     jwt_keys: &[KeySet],
     head: &RequestHead<'_>,
     store: &impl SharedStore,
@@ -138,7 +142,7 @@ fn decide_into(
     }
 
     let mut token = TokenSeen::default();
-    let authenticated = authenticate(policy, jwt_keys, head, store, clock, &mut token);
+    let authenticated = authenticate(policy, caches, jwt_keys, head, store, clock, &mut token);
     refused.jwt_provider = token.provider;
     refused.unknown_kid = token.unknown_kid;
     let caller = match authenticated {
@@ -223,6 +227,7 @@ fn decide_into(
         .map(|p| p.name.as_str());
     let outcome = limit(
         policy,
+        &caches.places,
         route,
         head,
         allowed.identity.as_ref(),
@@ -286,6 +291,7 @@ fn method_overrides_agree(policy: &Policy, head: &RequestHead<'_>, route: usize)
 #[allow(clippy::too_many_arguments)]
 fn limit(
     policy: &Policy,
+    places: &limit::Places,
     route: &Route,
     head: &RequestHead<'_>,
     identity: Option<&Identity>,
@@ -354,13 +360,34 @@ fn limit(
             kind: *kind,
         })
         .collect();
-    limit::check_all_with(store, &rl.table(), &checks, clock.now().0, &rl.places)
+    limit::check_all_with(store, &rl.table(), &checks, clock.now().0, places)
 }
 
 #[cfg(test)]
 #[cfg(all(feature = "yaml", feature = "test-tokens"))]
 mod tests {
     use super::*;
+
+    /// The decision with the worker's caches as a policy starts with: empty.
+    fn decide(
+        policy: &Policy,
+        jwt_keys: &[KeySet],
+        head: &RequestHead<'_>,
+        store: &impl SharedStore,
+        clock: &impl Clock,
+    ) -> Decision {
+        super::decide(policy, &Caches::default(), jwt_keys, head, store, clock)
+    }
+
+    fn decide_explained(
+        policy: &Policy,
+        jwt_keys: &[KeySet],
+        head: &RequestHead<'_>,
+        store: &impl SharedStore,
+        clock: &impl Clock,
+    ) -> (Decision, Refused) {
+        super::decide_explained(policy, &Caches::default(), jwt_keys, head, store, clock)
+    }
     use crate::authn::api_key::KeyFailure;
     use crate::authn::api_key::KeyRecord;
     use crate::authn::*;
@@ -1518,14 +1545,17 @@ routes:
             forwarded_for: None,
             method_override: Presented::None,
         };
-        let go = |policy: &Policy, key| decide(policy, &[], &head(key), &store, &clock);
+        let caches = Caches::default();
+        let go =
+            |policy: &Policy, key| super::decide(policy, &caches, &[], &head(key), &store, &clock);
         assert!(matches!(go(&policy, DEMO), Decision::Allow(_)));
-        assert_eq!(policy.presented_keys.0.len(), 1, "remembered");
-        assert_eq!(policy.key_records.0.len(), 1, "its record decoded once");
+        assert_eq!(caches.presented_keys.0.len(), 1, "remembered");
+        assert_eq!(caches.key_records.0.len(), 1, "its record decoded once");
         assert!(matches!(go(&policy, DEMO), Decision::Allow(_)));
         // Revoked after it was remembered: the record is read on every request.
         let hash = crate::authn::api_key::KeyHash::of_key(DEMO);
-        let mut record = key_cache::lookup(&policy, &store, &hash, clock.now()).unwrap();
+        let mut record =
+            key_cache::lookup(&policy, &caches.key_records, &store, &hash, clock.now()).unwrap();
         record.active = false;
         store
             .set(&hash.policy_cache_key(), &record.encode(), 0)
@@ -1550,9 +1580,9 @@ routes:
             )))
         );
         // A refused key is never remembered.
-        let before = policy.presented_keys.0.len();
+        let before = caches.presented_keys.0.len();
         let _ = go(&policy, b"nope");
-        assert_eq!(policy.presented_keys.0.len(), before);
+        assert_eq!(caches.presented_keys.0.len(), before);
     }
 
     #[test]
@@ -1769,7 +1799,7 @@ mod properties {
             };
             let head = RequestHead { method: &method, path: &path, api_key, authorization, source_address: b"10.0.0.1:1", forwarded_for: None, method_override: Presented::None };
             let keys = super::tests::jwt_test_keys();
-            let decision = decide(&policy, std::slice::from_ref(&keys), &head, &store, &FixedClock::at_secs(1_767_225_600));
+            let decision = decide(&policy, &Caches::default(), std::slice::from_ref(&keys), &head, &store, &FixedClock::at_secs(1_767_225_600));
             if let Decision::Allow(Allowed { identity: Some(_), .. }) = decision {
                 prop_assert!(false, "random key bytes were granted an identity");
             }

@@ -19,6 +19,7 @@ use crate::request::{Headers, Presented, RequestHead, header_map};
 use crate::route::{PathMatch, Route};
 use crate::store::SharedStore;
 use crate::time::UnixNanos;
+use crate::worker::Caches;
 
 /// Whether the decision needs the connection's address (a host call): for a caller
 /// without a credential (anonymous limits) and for route limits `by: ip`. A request that
@@ -55,13 +56,14 @@ pub enum Outcome {
 /// asks for that provider's JWKS again (the issuer may have rotated its keys).
 pub fn on_request_headers(
     policy: &Policy,
+    caches: &Caches,
     jwt_keys: &[KeySet],
     head: &RequestHead<'_>,
     end_of_stream: bool,
     store: &impl SharedStore,
     clock: &impl Clock,
 ) -> Outcome {
-    match decide_explained(policy, jwt_keys, head, store, clock) {
+    match decide_explained(policy, caches, jwt_keys, head, store, clock) {
         (Decision::Allow(allowed), _) => {
             // A request without a body needs no body stage unless a webhook must still
             // refuse its missing signature.
@@ -498,7 +500,15 @@ mod tests {
         let headers = Headers::read(&policy.api_key_header, raw);
         assert!(preflight(policy, &headers).is_none());
         let head = headers.head(b"10.0.0.1:4000", None);
-        on_request_headers(policy, &[KeySet::default()], &head, eos, store, clock)
+        on_request_headers(
+            policy,
+            &Caches::default(),
+            &[KeySet::default()],
+            &head,
+            eos,
+            store,
+            clock,
+        )
     }
 
     #[test]
@@ -529,7 +539,15 @@ mod tests {
         let Outcome::Pass {
             allowed,
             check_body,
-        } = on_request_headers(&policy, &[KeySet::default()], &head, true, &store, &clock)
+        } = on_request_headers(
+            &policy,
+            &Caches::default(),
+            &[KeySet::default()],
+            &head,
+            true,
+            &store,
+            &clock,
+        )
         else {
             panic!("allowed");
         };
@@ -637,7 +655,15 @@ mod tests {
             let raw = get("/x", &[("authorization", bearer)]);
             let headers = Headers::read(&policy.api_key_header, &raw);
             let head = headers.head(b"", None);
-            on_request_headers(&policy, &keys, &head, true, &store, &clock)
+            on_request_headers(
+                &policy,
+                &Caches::default(),
+                &keys,
+                &head,
+                true,
+                &store,
+                &clock,
+            )
         };
         let known = run(&token("known"));
         assert!(matches!(known, Outcome::Pass { .. }), "{known:?}");

@@ -328,8 +328,6 @@ impl Decoder {
         Some(Policy {
             api_key_header,
             api_key_format,
-            presented_keys: Default::default(),
-            key_records: Default::default(),
             verbose_errors: verbose_errors?,
             jwt: jwt?,
             revocations: revocations?,

@@ -25,54 +25,6 @@ pub const DEFAULT_PLANS: [(&str, u32); 4] = [
     ("enterprise", 6000),
 ];
 
-/// Presented API keys already checked and hashed ([`Policy::presented_keys`]): the
-/// format they were checked under, their SHA-256 and their shared-data key (`k/<hex>`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PresentedKeys(pub crate::worker::secret_cache::SecretCache<PresentedKey>);
-
-/// One remembered key ([`PresentedKeys`]).
-pub type PresentedKey = (
-    KeyFormat,
-    crate::authn::api_key::KeyHash,
-    std::sync::Arc<str>,
-);
-
-/// Key records decoded lately, by shared-data key, with the version (cas) they were
-/// decoded from ([`Policy::key_records`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyRecords(
-    pub crate::worker::secret_cache::SecretCache<(u32, std::sync::Arc<KeyRecord>)>,
-);
-
-impl KeyRecords {
-    /// Entries per worker.
-    pub const ENTRIES: usize = 256;
-}
-
-impl Default for KeyRecords {
-    fn default() -> Self {
-        // `kp/` and 64 hex digits, the longer of the two entry names (`k/`, `kp/`).
-        KeyRecords(crate::worker::secret_cache::SecretCache::new(
-            Self::ENTRIES,
-            67,
-        ))
-    }
-}
-
-impl PresentedKeys {
-    /// Entries per worker.
-    pub const ENTRIES: usize = 256;
-}
-
-impl Default for PresentedKeys {
-    fn default() -> Self {
-        PresentedKeys(crate::worker::secret_cache::SecretCache::new(
-            Self::ENTRIES,
-            crate::authn::api_key::MAX_PRESENTED_KEY_LEN,
-        ))
-    }
-}
-
 /// A validated policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
@@ -80,16 +32,6 @@ pub struct Policy {
     pub api_key_header: String,
     /// Which keys are plausible before any lookup. Defaults to [`KeyFormat::Checksummed`].
     pub api_key_format: KeyFormat,
-    /// Keys presented lately that passed the format check, with their SHA-256, so a
-    /// client's next request with the same key skips both ([`crate::worker::secret_cache`]; the
-    /// key's record is still read on every request). Not read from the policy file: one
-    /// per worker, empty when the policy loads. Each entry remembers the format it was
-    /// checked under.
-    pub presented_keys: PresentedKeys,
-    /// Key records decoded lately, reused while their shared-data version is the one
-    /// they were decoded from (the record is still read on every request: a revocation
-    /// or any other write changes the version). Per worker, empty when the policy loads.
-    pub key_records: KeyRecords,
     /// Refusal bodies say "unknown key" or "revoked key" instead of "invalid
     /// credentials". Defaults to false: a caller probing keys learns nothing.
     pub verbose_errors: bool,
@@ -268,9 +210,6 @@ pub struct RateLimitPolicy {
     pub on_contention: crate::limit::OnContention,
     /// Send `RateLimit-*` headers on allowed responses too. Defaults to false.
     pub headers_on_allowed: bool,
-    /// Callers' slots remembered per worker ([`crate::limit::Places`]); not read from
-    /// the policy file, empty when the policy loads.
-    pub places: crate::limit::Places,
 }
 
 impl RateLimitPolicy {

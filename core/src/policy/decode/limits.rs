@@ -38,7 +38,6 @@ impl Decoder {
             ipv6_prefix: 64,
             on_contention: OnContention::Refuse,
             headers_on_allowed: false,
-            places: Default::default(),
         }
     }
 
