@@ -309,7 +309,7 @@ async fn decide(
         Decision::Allow(allowed) => allow(policy, &allowed, &f.spoofed),
         Decision::Deny(denial) => {
             tracing::info!(
-                code = denial.audit_code(),
+                code = denial.audit_code().as_str(),
                 reason = denial.reason(),
                 route = refused
                     .route

@@ -50,32 +50,94 @@ pub enum Denial {
     Body(crate::body::BodyError),
 }
 
-/// Every `code` a refusal can carry ([`Denial::code`], verbose or not), in a fixed order:
-/// the refusal metrics (`gatehouse.refused.<code in lower case>`) are defined from this
-/// list, and [`Denial::code_index`] points into it. `UPSTREAM_ERROR` is not here: a
-/// replaced upstream error is not a refusal.
-pub const REFUSAL_CODES: [&str; 20] = [
-    "MISSING_CREDENTIALS",
-    "MALFORMED_CREDENTIALS",
-    "EXPIRED_CREDENTIALS",
-    "INVALID_CREDENTIALS",
-    "UNKNOWN_KEY",
-    "REVOKED_KEY",
-    "REVOKED_TOKEN",
-    "FORBIDDEN",
-    "UNKNOWN_PLAN",
-    "RATE_LIMITED",
-    "NOT_FOUND",
-    "BAD_REQUEST",
-    "UNAVAILABLE",
-    "AUTH_UNAVAILABLE",
-    "CORS_REJECTED",
-    "INVALID_SIGNATURE",
-    "SIGNATURE_EXPIRED",
-    "PAYLOAD_TOO_LARGE",
-    "MALFORMED_BODY",
-    "JSON_LIMIT_EXCEEDED",
-];
+/// Every `code` an error body can carry. The refusals come first, in the fixed order of
+/// [`Code::REFUSALS`]: the refusal metrics (`gatehouse.refused.<code in lower case>`)
+/// are defined from it, and [`Denial::code_index`] points into it. `UpstreamError` is
+/// last: a replaced upstream error is not a refusal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Code {
+    MissingCredentials,
+    MalformedCredentials,
+    ExpiredCredentials,
+    InvalidCredentials,
+    UnknownKey,
+    RevokedKey,
+    RevokedToken,
+    Forbidden,
+    UnknownPlan,
+    RateLimited,
+    NotFound,
+    BadRequest,
+    Unavailable,
+    AuthUnavailable,
+    CorsRejected,
+    InvalidSignature,
+    SignatureExpired,
+    PayloadTooLarge,
+    MalformedBody,
+    JsonLimitExceeded,
+    UpstreamError,
+}
+
+impl Code {
+    /// Every refusal's code, in metric order: the order of the variants, so
+    /// [`Denial::code_index`] is the variant's number.
+    pub const REFUSALS: [Code; 20] = [
+        Code::MissingCredentials,
+        Code::MalformedCredentials,
+        Code::ExpiredCredentials,
+        Code::InvalidCredentials,
+        Code::UnknownKey,
+        Code::RevokedKey,
+        Code::RevokedToken,
+        Code::Forbidden,
+        Code::UnknownPlan,
+        Code::RateLimited,
+        Code::NotFound,
+        Code::BadRequest,
+        Code::Unavailable,
+        Code::AuthUnavailable,
+        Code::CorsRejected,
+        Code::InvalidSignature,
+        Code::SignatureExpired,
+        Code::PayloadTooLarge,
+        Code::MalformedBody,
+        Code::JsonLimitExceeded,
+    ];
+
+    /// The code as the body spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::MissingCredentials => "MISSING_CREDENTIALS",
+            Code::MalformedCredentials => "MALFORMED_CREDENTIALS",
+            Code::ExpiredCredentials => "EXPIRED_CREDENTIALS",
+            Code::InvalidCredentials => "INVALID_CREDENTIALS",
+            Code::UnknownKey => "UNKNOWN_KEY",
+            Code::RevokedKey => "REVOKED_KEY",
+            Code::RevokedToken => "REVOKED_TOKEN",
+            Code::Forbidden => "FORBIDDEN",
+            Code::UnknownPlan => "UNKNOWN_PLAN",
+            Code::RateLimited => "RATE_LIMITED",
+            Code::NotFound => "NOT_FOUND",
+            Code::BadRequest => "BAD_REQUEST",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::AuthUnavailable => "AUTH_UNAVAILABLE",
+            Code::CorsRejected => "CORS_REJECTED",
+            Code::InvalidSignature => "INVALID_SIGNATURE",
+            Code::SignatureExpired => "SIGNATURE_EXPIRED",
+            Code::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Code::MalformedBody => "MALFORMED_BODY",
+            Code::JsonLimitExceeded => "JSON_LIMIT_EXCEEDED",
+            Code::UpstreamError => "UPSTREAM_ERROR",
+        }
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// `Retry-After` on [`Denial::AuthUnavailable`]: a few sync polls.
 pub const AUTH_UNAVAILABLE_RETRY_AFTER_SECS: u32 = 5;
@@ -111,55 +173,63 @@ impl Denial {
     /// The machine-readable `code` of the body. Unknown and revoked keys share
     /// `INVALID_CREDENTIALS` unless `verbose`, so a caller probing keys cannot tell which
     /// applies.
-    pub fn code(self, verbose: bool) -> &'static str {
+    pub fn code(self, verbose: bool) -> Code {
         match self {
-            Denial::Unauthorized(AuthFailure::Missing) => "MISSING_CREDENTIALS",
+            Denial::Unauthorized(AuthFailure::Missing) => Code::MissingCredentials,
             Denial::Unauthorized(AuthFailure::Duplicate)
             | Denial::Unauthorized(AuthFailure::InQuery)
             | Denial::Unauthorized(AuthFailure::Key(KeyFailure::Malformed)) => {
-                "MALFORMED_CREDENTIALS"
+                Code::MalformedCredentials
             }
             Denial::Unauthorized(AuthFailure::Key(KeyFailure::Expired))
-            | Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Expired)) => "EXPIRED_CREDENTIALS",
+            | Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Expired)) => {
+                Code::ExpiredCredentials
+            }
             Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Malformed(_))) => {
-                "MALFORMED_CREDENTIALS"
+                Code::MalformedCredentials
             }
             Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Revoked(_))) if verbose => {
-                "REVOKED_TOKEN"
+                Code::RevokedToken
             }
-            Denial::Unauthorized(AuthFailure::Jwt(_)) => "INVALID_CREDENTIALS",
-            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)) if verbose => "UNKNOWN_KEY",
-            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Revoked)) if verbose => "REVOKED_KEY",
-            Denial::Unauthorized(AuthFailure::Key(_)) => "INVALID_CREDENTIALS",
-            Denial::Forbidden => "FORBIDDEN",
-            Denial::UnknownPlan => "UNKNOWN_PLAN",
-            Denial::RateLimited(_) => "RATE_LIMITED",
-            Denial::NoRoute => "NOT_FOUND",
-            Denial::Unclear(_) => "BAD_REQUEST",
-            Denial::NotConfigured => "UNAVAILABLE",
-            Denial::AuthUnavailable => "AUTH_UNAVAILABLE",
-            Denial::CorsRejected(_) => "CORS_REJECTED",
-            Denial::UpstreamError(_) => "UPSTREAM_ERROR",
-            Denial::Signature(SignatureError::Expired) => "SIGNATURE_EXPIRED",
+            Denial::Unauthorized(AuthFailure::Jwt(_)) => Code::InvalidCredentials,
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)) if verbose => {
+                Code::UnknownKey
+            }
+            Denial::Unauthorized(AuthFailure::Key(KeyFailure::Revoked)) if verbose => {
+                Code::RevokedKey
+            }
+            Denial::Unauthorized(AuthFailure::Key(_)) => Code::InvalidCredentials,
+            Denial::Forbidden => Code::Forbidden,
+            Denial::UnknownPlan => Code::UnknownPlan,
+            Denial::RateLimited(_) => Code::RateLimited,
+            Denial::NoRoute => Code::NotFound,
+            Denial::Unclear(_) => Code::BadRequest,
+            Denial::NotConfigured => Code::Unavailable,
+            Denial::AuthUnavailable => Code::AuthUnavailable,
+            Denial::CorsRejected(_) => Code::CorsRejected,
+            Denial::UpstreamError(_) => Code::UpstreamError,
+            Denial::Signature(SignatureError::Expired) => Code::SignatureExpired,
             // The replay cache could not answer: the signature cannot be checked right now.
-            Denial::Signature(SignatureError::Unavailable) => "AUTH_UNAVAILABLE",
-            Denial::Signature(_) => "INVALID_SIGNATURE",
-            Denial::Body(BodyError::TooLarge) => "PAYLOAD_TOO_LARGE",
-            Denial::Body(BodyError::Json(JsonError::Malformed)) => "MALFORMED_BODY",
-            Denial::Body(BodyError::Json(_)) => "JSON_LIMIT_EXCEEDED",
+            Denial::Signature(SignatureError::Unavailable) => Code::AuthUnavailable,
+            Denial::Signature(_) => Code::InvalidSignature,
+            Denial::Body(BodyError::TooLarge) => Code::PayloadTooLarge,
+            Denial::Body(BodyError::Json(JsonError::Malformed)) => Code::MalformedBody,
+            Denial::Body(BodyError::Json(_)) => Code::JsonLimitExceeded,
         }
     }
 
     /// The code operators see (logs, metrics, the refusal audit): the precise one, as
     /// `errors.verbose` would show it, whatever the policy shows clients.
-    pub fn audit_code(self) -> &'static str {
+    pub fn audit_code(self) -> Code {
         self.code(true)
     }
 
-    /// Where [`Denial::audit_code`] is in [`REFUSAL_CODES`]; `None` for an upstream error.
+    /// Where [`Denial::audit_code`] is in [`Code::REFUSALS`]; `None` for an upstream error.
     pub fn code_index(self) -> Option<usize> {
-        let code = self.audit_code();
-        REFUSAL_CODES.iter().position(|c| *c == code)
+        match self.audit_code() {
+            Code::UpstreamError => None,
+            code => Some(code as usize),
+        }
     }
 
     /// The message clients see, as precise as `code`.
@@ -292,7 +362,12 @@ impl Denial {
         LocalReply {
             status: self.status(),
             headers,
-            body: error_body(self.message(verbose), self.code(verbose), now, request_id),
+            body: error_body(
+                self.message(verbose),
+                self.code(verbose).as_str(),
+                now,
+                request_id,
+            ),
         }
     }
 }
@@ -485,6 +560,19 @@ mod tests {
     }
 
     /// One denial of every kind (every variant, every reason), for exhaustive checks.
+    #[test]
+    fn the_refusal_codes_are_the_variants_in_order_and_spelled_once() {
+        for (i, code) in Code::REFUSALS.iter().enumerate() {
+            assert_eq!(*code as usize, i, "{code}");
+        }
+        let mut spelled: Vec<&str> = Code::REFUSALS.iter().map(|c| c.as_str()).collect();
+        spelled.push(Code::UpstreamError.as_str());
+        spelled.sort_unstable();
+        spelled.dedup();
+        assert_eq!(spelled.len(), Code::REFUSALS.len() + 1);
+        assert_eq!(Denial::UpstreamError(502).code_index(), None);
+    }
+
     fn every_denial() -> Vec<Denial> {
         use crate::limit::{Quota, Refusal};
         let quota = Quota {
@@ -559,20 +647,20 @@ mod tests {
         for d in every_denial() {
             for verbose in [false, true] {
                 let code = d.code(verbose);
-                assert!(REFUSAL_CODES.contains(&code), "{d:?}: {code}");
+                assert!(Code::REFUSALS.contains(&code), "{d:?}: {code}");
                 seen.insert(code);
             }
             assert_eq!(
-                d.code_index().map(|i| REFUSAL_CODES[i]),
+                d.code_index().map(|i| Code::REFUSALS[i]),
                 Some(d.audit_code())
             );
         }
-        assert_eq!(seen.len(), REFUSAL_CODES.len(), "{seen:?}");
+        assert_eq!(seen.len(), Code::REFUSALS.len(), "{seen:?}");
         assert_eq!(Denial::UpstreamError(502).code_index(), None);
         // Operators see the precise code even where clients see the generic one.
         let revoked = Denial::Unauthorized(AuthFailure::Key(KeyFailure::Revoked));
-        assert_eq!(revoked.code(false), "INVALID_CREDENTIALS");
-        assert_eq!(revoked.audit_code(), "REVOKED_KEY");
+        assert_eq!(revoked.code(false), Code::InvalidCredentials);
+        assert_eq!(revoked.audit_code(), Code::RevokedKey);
     }
 
     #[test]

@@ -174,7 +174,7 @@ fn assert_standard(denial: Denial, now: UnixNanos, request_id: &[u8], verbose: b
     for field in ["error", "code", "timestamp", "request_id"] {
         assert!(obj.get(field).is_some_and(|v| v.is_string()), "{body}");
     }
-    assert_eq!(obj["code"], denial.code(verbose));
+    assert_eq!(obj["code"], denial.code(verbose).as_str());
     for (name, value) in &reply.headers {
         assert!(header_safe(value), "{name}: {value:?}");
     }

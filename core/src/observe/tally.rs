@@ -20,7 +20,7 @@
 
 use crate::authn::api_key::is_valid_id;
 use crate::authn::{Credential, Identity};
-use crate::refusal::{Denial, REFUSAL_CODES};
+use crate::refusal::{Code, Denial};
 use crate::text::{push_decimal, push_json_string};
 use crate::time::{UnixNanos, format_rfc3339};
 use std::collections::HashMap;
@@ -64,7 +64,7 @@ const REFUSALS_DROPPED: usize = 9;
 const PROVIDERS: [&str; 4] = ["stripe", "slack", "github", "hmac"];
 const SIGNATURES: usize = FIXED.len();
 const CODES: usize = SIGNATURES + PROVIDERS.len();
-const PLANS: usize = CODES + REFUSAL_CODES.len();
+const PLANS: usize = CODES + Code::REFUSALS.len();
 
 /// A webhook provider, for the signature failure counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,7 +107,7 @@ pub fn metric_names(plans: &[String]) -> Vec<String> {
     for p in PROVIDERS {
         names.push(["gatehouse.webhook.signature_failures.", p].concat());
     }
-    for code in REFUSAL_CODES {
+    for code in Code::REFUSALS.map(Code::as_str) {
         names.push(["gatehouse.refused.", &code.to_ascii_lowercase()].concat());
     }
     let plan_names = plans.iter().take(MAX_PLANS).map(|p| metric_leaf(p));
@@ -275,7 +275,7 @@ impl RefusalFacts<'_> {
 
     fn push_outcome(&self, out: &mut String) {
         out.push_str(",\"code\":");
-        push_json_string(out, self.denial.audit_code());
+        push_json_string(out, self.denial.audit_code().as_str());
         out.push_str(",\"status\":");
         push_decimal(out, u64::from(self.denial.status()));
     }

@@ -1,8 +1,7 @@
-//! The request path, top to bottom: match the route, authenticate, allow or refuse.
-//!
-//! [`decide`] takes the few request values it needs (the shell fetches them), the shared
-//! store and the clock, and returns a [`Decision`]. It never calls the host and never
-//! sends anything: the shell applies the decision.
+//! The request path, top to bottom: route, authenticate, scope, limit; allowed or a
+//! refusal. [`decide`] takes the request head, the worker's caches, the shared store and
+//! the clock and returns a [`Decision`]; [`stream`] is what the filter does around it.
+//! Neither calls the host (docs/layout.md has the whole path).
 
 use crate::authn::api_key::KeyFailure;
 use crate::authn::jwt::KeySet;
@@ -855,7 +854,7 @@ mod tests {
                 "{method} {path}"
             );
             let d = Denial::Unclear(why);
-            assert_eq!((d.status(), d.code(false)), (400, "BAD_REQUEST"));
+            assert_eq!((d.status(), d.code(false).as_str()), (400, "BAD_REQUEST"));
         }
         assert!(matches!(
             run("HEAD", "/healthz", Presented::None),
@@ -1204,7 +1203,10 @@ routes:
             b"/x?x-api-key=t"
         ));
         let d = Denial::Unauthorized(AuthFailure::InQuery);
-        assert_eq!((d.status(), d.code(false)), (401, "MALFORMED_CREDENTIALS"));
+        assert_eq!(
+            (d.status(), d.code(false).as_str()),
+            (401, "MALFORMED_CREDENTIALS")
+        );
     }
 
     #[test]
