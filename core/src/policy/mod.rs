@@ -187,7 +187,7 @@ impl Plan {
 /// The `rate_limit` section.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RateLimitPolicy {
-    /// Who a plan's limit counts for. Defaults to [`LimitBy::User`].
+    /// Who a plan's limit counts for. Defaults to [`crate::limit::LimitBy::User`].
     pub plan_key: crate::limit::LimitBy,
     /// Anonymous callers on external routes, per client address. Defaults to the `free`
     /// plan's rate (60 per minute unless overridden).

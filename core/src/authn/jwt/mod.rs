@@ -4,10 +4,12 @@
 //!
 //! | file | what it decides |
 //! | --- | --- |
-//! | `jwk.rs` | keys: [`Alg`], [`Key`] from an HMAC secret or a JWK, [`parse_jwks`], [`KeySet`] |
+//! | `alg.rs` | [`Alg`], the algorithms gatehouse verifies |
+//! | `jwk.rs` | keys: [`Key`] from an HMAC secret or a JWK, [`parse_jwks`], [`KeySet`] |
 //! | `verify.rs` | [`verify`]: size, shape, header, key choice, signature, then claims |
-//! | `signature.rs` | one signature with one key (HMAC, RSA PKCS#1 v1.5 and PSS, ECDSA, Ed25519) |
-//! | `claims.rs` | [`Rules`] for `exp`/`nbf`/`iat`/`iss`/`aud`/required claims; [`Verified`]'s claim map |
+//! | `jws.rs` | one signature with one key (HMAC, RSA PKCS#1 v1.5 and PSS, ECDSA, Ed25519) |
+//! | `claims.rs` | [`Rules`] for `exp`/`nbf`/`iat`/`iss`/`aud`/required claims; the claim map |
+//! | `verified.rs` | [`Verified`], what a token that passed carries |
 //! | `b64.rs` | strict, canonical base64url without padding |
 //! | `cache.rs` | tokens that verified, per key set: a token seen again skips the signature |
 //!
