@@ -11,6 +11,7 @@ use gatehouse_core::pipeline::stream::{self, BodyNext, BodyStage, Caller, Edit, 
 use gatehouse_core::policy::Policy;
 use gatehouse_core::refusal::Denial;
 use gatehouse_core::request::Headers;
+use gatehouse_core::response::{AtHeaders, Edits};
 use gatehouse_core::time::UnixNanos;
 use gatehouse_core::worker::Caches;
 use proxy_wasm::hostcalls;
@@ -50,47 +51,44 @@ impl HttpContext for Filter {
             .take()
             .map(|q| gatehouse_core::refusal::quota_headers(&q).to_vec())
             .unwrap_or_default();
-        let edits = match (&self.policy, &self.response) {
+        let next = match (&self.policy, &self.response) {
             (Some(policy), Some(pending)) => {
                 // One host call for the map: the rules look at several headers.
                 let raw = crate::host::entry::header_map(MapType::HttpResponseHeaders);
                 let headers: Vec<(&[u8], &[u8])> =
                     gatehouse_core::request::header_map::pairs(&raw).collect();
-                pending.on_response(policy, &headers, HostClock.now())
+                pending
+                    .on_response(policy, &headers, HostClock.now())
+                    .at_headers(&headers, end_of_stream, quota)
             }
-            _ => gatehouse_core::response::Edits::default(),
+            _ => Edits::default().at_headers(&[], end_of_stream, quota),
         };
-        if edits.replace_body.is_some() && end_of_stream {
-            // An upstream error without a body: there is no body to rewrite, so it is
-            // answered locally with the same status (Envoy sends a local reply made while
-            // the response headers are still here straight to the client).
-            let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
-                .ok()
-                .flatten()
-                .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok())
-                .unwrap_or(502);
-            if let Some(mut reply) = edits.into_reply(status) {
-                reply.headers.extend(quota);
+        match next {
+            AtHeaders::Reply(reply) => {
+                // Envoy sends a local reply made while the response headers are still
+                // here straight to the client.
                 log(
                     LogLevel::Debug,
-                    &format!("replaced upstream {status} without a body"),
+                    &format!("replaced upstream {} without a body", reply.status),
                 );
                 send_reply(&reply);
-                return Action::Pause;
+                Action::Pause
             }
-            return Action::Continue;
+            AtHeaders::Edit(edits) => {
+                for name in &edits.remove {
+                    let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, name);
+                }
+                for (name, value) in &edits.set {
+                    let _ =
+                        hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
+                }
+                if edits.replace_body.is_some() {
+                    log(LogLevel::Debug, "replacing an upstream error body");
+                }
+                self.replacement = edits.replace_body;
+                Action::Continue
+            }
         }
-        for name in &edits.remove {
-            let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, name);
-        }
-        for (name, value) in edits.set.iter().chain(&quota) {
-            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
-        }
-        if edits.replace_body.is_some() {
-            log(LogLevel::Debug, "replacing an upstream error body");
-        }
-        self.replacement = edits.replace_body;
-        Action::Continue
     }
 
     /// Empties each chunk of a replaced upstream error as it passes (nothing is

@@ -1,9 +1,9 @@
 //! The root context: reads the policy on configure, installs its keys and revocations,
 //! builds JWT keys and webhook verifiers, and on its tick flushes counts and picks up JWKS.
 
-use crate::filter::*;
-use crate::host::*;
-use crate::sync::*;
+use crate::filter::Filter;
+use crate::host::{HostStore, log, now_secs, read_log_level};
+use crate::sync::{FeedMetrics, FeedSync, SYNC_TICK};
 use gatehouse_core::authn::jwt::{Key, KeySet, parse_jwks};
 use gatehouse_core::authn::{jwks_cache, key_cache, revocation};
 use gatehouse_core::observe::events;

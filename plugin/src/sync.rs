@@ -2,7 +2,7 @@
 //! events-queue batches to the core's scheduler ([`gatehouse_core::sync::schedule`]) and
 //! performs what it returns: HTTP calls, metrics, log lines. Every decision is there.
 
-use crate::host::*;
+use crate::host::{HostClock, HostStore, host_level, log};
 use gatehouse_core::clock::Clock;
 use gatehouse_core::policy::FeedPolicy;
 use gatehouse_core::sync::schedule::{self, Action, HttpAnswer, Metric, Schedule};

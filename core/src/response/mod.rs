@@ -156,7 +156,7 @@ pub struct Edits<'p> {
     pub replace_body: Option<String>,
 }
 
-impl Edits<'_> {
+impl<'p> Edits<'p> {
     /// The local reply that stands for a replaced upstream error that had no body.
     pub fn into_reply(self, status: u32) -> Option<LocalReply> {
         Some(LocalReply {
@@ -165,6 +165,40 @@ impl Edits<'_> {
             headers: self.set,
         })
     }
+
+    /// What the filter does at the response headers, `extra` (the `RateLimit-*` headers)
+    /// set last: an upstream error that ends at its headers has no body to rewrite, so
+    /// it is answered locally with its own `:status` (502 when that is unreadable) and
+    /// the standard body; any other response gets the edits.
+    pub fn at_headers(
+        mut self,
+        headers: &[(&[u8], &[u8])],
+        end_of_stream: bool,
+        extra: Vec<(&'static str, String)>,
+    ) -> AtHeaders<'p> {
+        self.set.extend(extra);
+        if end_of_stream && self.replace_body.is_some() {
+            let status = headers
+                .iter()
+                .find(|(n, _)| *n == b":status")
+                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
+                .unwrap_or(502);
+            if let Some(reply) = self.into_reply(status) {
+                return AtHeaders::Reply(reply);
+            }
+            return AtHeaders::Edit(Edits::default());
+        }
+        AtHeaders::Edit(self)
+    }
+}
+
+/// What the response headers lead to ([`Edits::at_headers`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AtHeaders<'p> {
+    /// Answer locally instead of the upstream's bodiless error.
+    Reply(LocalReply),
+    /// Remove, then set these headers; a replaced body is written at the end of the body.
+    Edit(Edits<'p>),
 }
 
 struct Rules<'p> {
@@ -308,6 +342,43 @@ impl Pending {
 mod tests {
     use super::*;
     use headers::Hsts;
+
+    #[test]
+    fn a_bodiless_upstream_error_is_answered_locally_with_its_own_status() {
+        let edits = || Edits {
+            remove: vec!["server"],
+            set: vec![("x-content-type-options", "nosniff".to_string())],
+            replace_body: Some("{}".to_string()),
+        };
+        let quota = || vec![("ratelimit-limit", "60".to_string())];
+        let status: &[(&[u8], &[u8])] = &[(b":status", b"503")];
+        let AtHeaders::Reply(reply) = edits().at_headers(status, true, quota()) else {
+            panic!("a local reply");
+        };
+        assert_eq!((reply.status, reply.body.as_str()), (503, "{}"));
+        assert!(
+            reply
+                .headers
+                .contains(&("ratelimit-limit", "60".to_string()))
+        );
+        let odd: &[(&[u8], &[u8])] = &[(b":status", b"5x3")];
+        assert!(
+            matches!(edits().at_headers(odd, true, quota()), AtHeaders::Reply(r) if r.status == 502)
+        );
+        let AtHeaders::Edit(e) = edits().at_headers(status, false, quota()) else {
+            panic!("a body follows: it is rewritten as it passes");
+        };
+        assert_eq!(e.replace_body.as_deref(), Some("{}"));
+        assert_eq!(e.set.last(), Some(&("ratelimit-limit", "60".to_string())));
+        let plain = Edits::default().at_headers(status, true, quota());
+        assert_eq!(
+            plain,
+            AtHeaders::Edit(Edits {
+                set: quota(),
+                ..Edits::default()
+            })
+        );
+    }
 
     #[test]
     fn hsts_values_follow_rfc_6797() {
