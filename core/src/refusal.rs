@@ -12,7 +12,6 @@
 //! except the request id is echoed, and that one is JSON-escaped and bounded.
 
 use crate::authn::api_key::KeyFailure;
-use crate::authn::revocation::Revoked;
 use crate::authn::{AuthFailure, JwtFailure};
 use crate::body::BodyError;
 use crate::body::json::JsonError;
@@ -294,26 +293,10 @@ impl Denial {
     /// The precise reason, for logs and metrics only.
     pub fn reason(self) -> &'static str {
         match self {
-            Denial::Unauthorized(AuthFailure::Missing) => "missing_credential",
-            Denial::Unauthorized(AuthFailure::Duplicate) => "duplicate_credential",
-            Denial::Unauthorized(AuthFailure::InQuery) => "credential_in_query",
-            Denial::Unauthorized(AuthFailure::Key(k)) => k.as_str(),
-            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Malformed(r)))
-            | Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Invalid(r))) => r,
-            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Expired)) => "jwt_expired",
-            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Revoked(Revoked::User))) => {
-                "jwt_revoked_user"
-            }
-            Denial::Unauthorized(AuthFailure::Jwt(JwtFailure::Revoked(Revoked::Jti))) => {
-                "jwt_revoked_jti"
-            }
+            Denial::Unauthorized(a) => a.as_str(),
             Denial::Forbidden => "out_of_scope",
             Denial::UnknownPlan => "unknown_plan",
-            Denial::RateLimited(crate::limit::Refusal::Exceeded { .. }) => "rate_limited",
-            Denial::RateLimited(crate::limit::Refusal::Collision { .. }) => "rate_limit_collision",
-            Denial::RateLimited(crate::limit::Refusal::Contention { .. }) => {
-                "rate_limit_contention"
-            }
+            Denial::RateLimited(r) => r.as_str(),
             Denial::NoRoute => "no_route",
             Denial::Unclear(u) => u.reason(),
             Denial::NotConfigured => "not_configured",
@@ -420,6 +403,7 @@ pub fn error_body(message: &str, code: &str, now: UnixNanos, request_id: &[u8]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::authn::revocation::Revoked;
 
     fn body(reply: &LocalReply) -> serde_json::Value {
         serde_json::from_str(&reply.body).unwrap()
@@ -571,6 +555,23 @@ mod tests {
         spelled.dedup();
         assert_eq!(spelled.len(), Code::REFUSALS.len() + 1);
         assert_eq!(Denial::UpstreamError(502).code_index(), None);
+    }
+
+    /// Each leaf error says its own reason; the refusal only maps it to HTTP.
+    #[test]
+    fn every_leaf_error_displays_the_reason_its_refusal_logs() {
+        for d in every_denial() {
+            let leaf = match d {
+                Denial::Unauthorized(a) => a.to_string(),
+                Denial::RateLimited(r) => r.to_string(),
+                Denial::Unclear(u) => u.to_string(),
+                Denial::CorsRejected(c) => c.to_string(),
+                Denial::Signature(e) => e.to_string(),
+                Denial::Body(e) => e.to_string(),
+                other => other.reason().to_string(),
+            };
+            assert_eq!(leaf, d.reason(), "{d:?}");
+        }
     }
 
     fn every_denial() -> Vec<Denial> {

@@ -366,6 +366,13 @@ pub fn find(routes: &[Route], method: &[u8], path: &[u8]) -> Option<usize> {
     routes.iter().position(|r| r.matches(method, path))
 }
 
+/// The precise reason, as logs and metrics name it.
+impl std::fmt::Display for Unclear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -331,6 +331,13 @@ impl KeyRecord {
     }
 }
 
+/// The precise reason, as logs and metrics name it.
+impl std::fmt::Display for KeyFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -110,6 +110,43 @@ pub fn presents_credential_in(
     };
     api_key != Presented::None || bearer
 }
+impl AuthFailure {
+    /// The precise reason, for logs and metrics only (clients see a generic message).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing_credential",
+            AuthFailure::Duplicate => "duplicate_credential",
+            AuthFailure::InQuery => "credential_in_query",
+            AuthFailure::Key(k) => k.as_str(),
+            AuthFailure::Jwt(j) => j.as_str(),
+        }
+    }
+}
+
+impl JwtFailure {
+    /// The precise reason, for logs and metrics only.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JwtFailure::Malformed(r) | JwtFailure::Invalid(r) => r,
+            JwtFailure::Expired => "jwt_expired",
+            JwtFailure::Revoked(revocation::Revoked::User) => "jwt_revoked_user",
+            JwtFailure::Revoked(revocation::Revoked::Jti) => "jwt_revoked_jti",
+        }
+    }
+}
+
+impl std::fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for JwtFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What authentication learnt of a bearer token, allowed or refused.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TokenSeen {

@@ -451,6 +451,13 @@ pub fn check(body: &[u8], max_string_bytes: u64, max_array_items: u64) -> Result
     s.finish()
 }
 
+/// The precise reason, as logs and metrics name it.
+impl std::fmt::Display for JsonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

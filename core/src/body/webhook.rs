@@ -789,6 +789,13 @@ pub fn sign(provider: &Provider, secret: &[u8], timestamp: u64, body: &[u8]) -> 
     }
 }
 
+/// The precise reason, as logs and metrics name it.
+impl std::fmt::Display for SignatureError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

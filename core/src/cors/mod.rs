@@ -332,6 +332,13 @@ pub fn vary_with_origin(existing: &[&[u8]]) -> Option<String> {
     Some(kept.join(", "))
 }
 
+/// The precise reason, as logs and metrics name it.
+impl std::fmt::Display for CorsRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -150,7 +150,23 @@ pub enum Refusal {
     Contention { quota: Quota },
 }
 
+impl std::fmt::Display for Refusal {
+    /// The precise reason, as logs and metrics name it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Refusal {
+    /// The precise reason, for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Refusal::Exceeded { .. } => "rate_limited",
+            Refusal::Collision { .. } => "rate_limit_collision",
+            Refusal::Contention { .. } => "rate_limit_contention",
+        }
+    }
+
     /// The quota for the `RateLimit-*` headers.
     pub fn quota(&self) -> Quota {
         match self {
