@@ -919,7 +919,8 @@ mod tests {
     // 2026-01-01T00:00:00Z
     const NOW: u64 = 1_767_225_600;
 
-    fn setup() -> (Policy, MemoryStore, FixedClock) {
+    /// The example policy with small limiter tables, its keys installed, at `NOW`.
+    pub(super) fn setup() -> (Policy, MemoryStore, FixedClock) {
         let policy = load_yaml(
             "example.yaml",
             include_str!(concat!(

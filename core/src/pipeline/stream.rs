@@ -449,7 +449,7 @@ mod tests {
     use super::*;
     use crate::authn::jwt::test_tokens::{mint, public_key};
     use crate::authn::jwt::{Alg, KeySet};
-    use crate::authn::{AuthFailure, JwtFailure, key_cache};
+    use crate::authn::{AuthFailure, JwtFailure};
     use crate::body::webhook::{Provider, SignatureError, sign};
     use crate::body::{BodyError, json::JsonError};
     use crate::clock::FixedClock;
@@ -461,27 +461,7 @@ mod tests {
     const DEMO: &str = "ghk_demo_5f0c1b8e2d7a4c9e8b3f6A2d4hG5";
     const SECRET: &str = "github-secret-0123456789";
 
-    fn example() -> (Policy, MemoryStore, FixedClock) {
-        let src = include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../policies/example.yaml"
-        ));
-        let mut policy = load_yaml("example.yaml", src).unwrap().policy;
-        policy.rate_limit.slots = 1024;
-        policy.rate_limit.address_slots = 1024;
-        let store = MemoryStore::default();
-        key_cache::install_policy_keys(&policy, &store).unwrap();
-        crate::limit::prepare(&store, &policy.rate_limit.table(), &[7; 32]).unwrap();
-        (policy, store, FixedClock::at_secs(NOW))
-    }
-
-    fn map(pairs: &[(&str, &str)]) -> Vec<u8> {
-        let pairs: Vec<(&[u8], &[u8])> = pairs
-            .iter()
-            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
-            .collect();
-        header_map::serialize(&pairs)
-    }
+    use header_map::serialize_text as map;
 
     fn get(path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
         let mut pairs = vec![(":method", "GET"), (":path", path), ("x-request-id", "r-1")];
@@ -513,7 +493,7 @@ mod tests {
 
     #[test]
     fn the_client_address_is_read_only_for_callers_without_a_credential_or_by_ip_limits() {
-        let (policy, _, _) = example();
+        let (policy, _, _) = super::super::tests::setup();
         let raw = get("/v1/x", &[("x-api-key", DEMO)]);
         let keyed = Headers::read(&policy.api_key_header, &raw);
         let raw = get("/v1/x", &[]);
@@ -528,7 +508,7 @@ mod tests {
 
     #[test]
     fn an_allowed_request_loses_spoofed_names_and_gains_its_identity_in_order() {
-        let (mut policy, store, clock) = example();
+        let (mut policy, store, clock) = super::super::tests::setup();
         policy.hide_credentials = true;
         let raw = get(
             "/v1/x",
@@ -586,7 +566,7 @@ mod tests {
 
     #[test]
     fn a_request_with_a_body_goes_through_the_body_stage() {
-        let (policy, store, clock) = example();
+        let (policy, store, clock) = super::super::tests::setup();
         let raw = get("/v1/x", &[("x-api-key", DEMO)]);
         assert!(matches!(
             outcome(&policy, &store, &clock, &raw, false),
@@ -599,7 +579,7 @@ mod tests {
 
     #[test]
     fn key_use_is_reported_for_an_api_key_only_with_a_feed() {
-        let (mut policy, store, clock) = example();
+        let (mut policy, store, clock) = super::super::tests::setup();
         let raw = get("/v1/x", &[("x-api-key", DEMO)]);
         let Outcome::Pass { allowed, .. } = outcome(&policy, &store, &clock, &raw, true) else {
             panic!("allowed");
@@ -722,7 +702,7 @@ mod tests {
 
     #[test]
     fn a_refusal_reads_the_client_address_only_when_its_log_line_or_audit_needs_it() {
-        let (mut policy, _, _) = example();
+        let (mut policy, _, _) = super::super::tests::setup();
         let raw = get("/v1/x", &[]);
         let headers = Headers::read(&policy.api_key_header, &raw);
         let refused = Refused::default();

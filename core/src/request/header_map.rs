@@ -114,6 +114,15 @@ pub fn serialize(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
     out
 }
 
+/// [`serialize`] of text pairs, for tests.
+#[cfg(test)]
+pub(crate) fn serialize_text(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let pairs: Vec<(&[u8], &[u8])> = pairs
+        .iter()
+        .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+        .collect();
+    serialize(&pairs)
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -249,13 +249,7 @@ fn same_param_name(name: &[u8], canonical: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> Vec<u8> {
-        let pairs: Vec<(&[u8], &[u8])> = pairs
-            .iter()
-            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
-            .collect();
-        header_map::serialize(&pairs)
-    }
+    use header_map::serialize_text as map;
 
     #[test]
     fn headers_are_read_in_one_pass_and_repeats_are_several() {
