@@ -4,7 +4,8 @@
 use crate::filter::Filter;
 use crate::host::{HostStore, log, now_secs, read_log_level};
 use crate::sync::{FeedMetrics, FeedSync, SYNC_TICK};
-use gatehouse_core::authn::jwt::{Key, KeySet, parse_jwks};
+use gatehouse_core::authn::jwks_cache::{PickUp, Picked};
+use gatehouse_core::authn::jwt::{Key, KeySet};
 use gatehouse_core::authn::{jwks_cache, key_cache, revocation};
 use gatehouse_core::observe::events;
 use gatehouse_core::observe::tally::Tally;
@@ -74,8 +75,8 @@ pub(crate) struct Root {
     /// to these.
     pub(crate) static_keys: Vec<Vec<Key>>,
     pub(crate) keys: SharedKeys,
-    /// Per provider, the cas of the JWKS document its keys were built from.
-    pub(crate) jwks_cas: Vec<u32>,
+    /// Per provider, the stored JWKS its keys were built from.
+    pub(crate) jwks: Picked,
     /// JWKS fetches in flight: (call token, provider).
     pub(crate) jwks_calls: Vec<(u32, usize)>,
     pub(crate) metrics: WorkerMetrics,
@@ -116,25 +117,11 @@ impl Root {
         let Some(provider) = policy.jwt.as_ref().and_then(|j| j.providers.get(p)) else {
             return;
         };
-        let Some((cas, _, doc)) = jwks_cache::current(&HostStore, p) else {
-            return;
-        };
-        if self.jwks_cas.len() <= p {
-            self.jwks_cas.resize(p + 1, 0);
-        }
-        if self.jwks_cas.get(p) == Some(&cas) {
-            return;
-        }
-        if let Some(seen) = self.jwks_cas.get_mut(p) {
-            *seen = cas;
-        }
-        match parse_jwks(&doc, Some(provider.rsa_alg)) {
-            Ok(jwks) => {
-                let mut keys = self.static_keys.get(p).cloned().unwrap_or_default();
-                keys.extend(jwks.keys);
-                self.set_keys(p, keys);
-            }
-            Err(e) => log(
+        let fixed = self.static_keys.get(p).map_or(&[][..], Vec::as_slice);
+        match self.jwks.pick_up(&HostStore, p, provider.rsa_alg, fixed) {
+            PickUp::Same => {}
+            PickUp::Keys(keys) => self.set_keys(p, keys),
+            PickUp::Unreadable(e) => log(
                 LogLevel::Warn,
                 &format!("stored JWKS of provider {} unreadable: {e}", provider.name),
             ),
@@ -404,7 +391,7 @@ impl RootContext for Root {
             return false;
         }
         self.static_keys.clear();
-        self.jwks_cas.clear();
+        self.jwks = Picked::default();
         self.jwks_calls.clear();
         for (p, provider) in policy
             .jwt

@@ -14,7 +14,7 @@
 //! Each provider's document is its own: a key fetched for one issuer never verifies
 //! another's tokens.
 
-use crate::authn::jwt::{Alg, Jwks, parse_jwks};
+use crate::authn::jwt::{Alg, JwkError, Jwks, Key, parse_jwks};
 use crate::policy::auth::JwksUrl;
 use crate::store::{SharedStore, StoreError};
 
@@ -115,6 +115,50 @@ pub fn store_fetched(
     Ok(jwks.keys.len())
 }
 
+/// What a worker's tick finds in provider `p`'s stored JWKS ([`Picked::pick_up`]).
+#[derive(Debug)]
+pub enum PickUp {
+    /// Nothing stored, or the document the worker's keys were built from.
+    Same,
+    /// A document the worker has not used: the provider's keys are now `static_keys`
+    /// followed by its keys.
+    Keys(Vec<Key>),
+    /// A new document that does not parse (it is not tried again until it changes).
+    Unreadable(JwkError),
+}
+
+/// Per provider, the version (cas) of the stored JWKS a worker built its keys from.
+#[derive(Clone, Debug, Default)]
+pub struct Picked(Vec<u32>);
+
+impl Picked {
+    /// Provider `p`'s keys if another worker (or this one) stored a new JWKS for it.
+    /// `rsa_alg` is the provider's; `static_keys` its keys from the policy and the
+    /// environment, which a fetched set adds to.
+    pub fn pick_up(
+        &mut self,
+        store: &impl SharedStore,
+        p: usize,
+        rsa_alg: Alg,
+        static_keys: &[Key],
+    ) -> PickUp {
+        let Some((cas, _, doc)) = current(store, p) else {
+            return PickUp::Same;
+        };
+        if self.0.len() <= p {
+            self.0.resize(p + 1, 0);
+        }
+        match self.0.get_mut(p) {
+            Some(seen) if *seen != cas => *seen = cas,
+            _ => return PickUp::Same,
+        }
+        match parse_jwks(&doc, Some(rsa_alg)) {
+            Ok(jwks) => PickUp::Keys(static_keys.iter().cloned().chain(jwks.keys).collect()),
+            Err(e) => PickUp::Unreadable(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +174,43 @@ mod tests {
             refresh_secs: 600,
             min_refetch_secs: 30,
         }
+    }
+
+    #[test]
+    fn a_worker_picks_up_each_stored_jwks_once_after_its_static_keys() {
+        let store = MemoryStore::default();
+        let mut picked = Picked::default();
+        let fixed = [crate::authn::jwt::test_tokens::public_key(
+            Alg::ES256,
+            Some("static"),
+        )];
+        assert!(matches!(
+            picked.pick_up(&store, 1, Alg::RS256, &fixed),
+            PickUp::Same
+        ));
+        store_fetched(&store, 1, JWKS.as_bytes(), Alg::RS256, 100).unwrap();
+        let PickUp::Keys(keys) = picked.pick_up(&store, 1, Alg::RS256, &fixed) else {
+            panic!("a new document");
+        };
+        let kids: Vec<Option<&str>> = keys.iter().map(|k| k.kid()).collect();
+        assert_eq!(kids, [Some("static"), Some("ed-1")]);
+        assert!(matches!(
+            picked.pick_up(&store, 1, Alg::RS256, &fixed),
+            PickUp::Same
+        ));
+        assert!(matches!(
+            picked.pick_up(&store, 0, Alg::RS256, &[]),
+            PickUp::Same
+        ));
+        store.set(&doc_key(1), b"1|200|{not json", 0).unwrap();
+        assert!(matches!(
+            picked.pick_up(&store, 1, Alg::RS256, &fixed),
+            PickUp::Unreadable(_)
+        ));
+        assert!(
+            matches!(picked.pick_up(&store, 1, Alg::RS256, &fixed), PickUp::Same),
+            "a bad document is not parsed again on every tick"
+        );
     }
 
     #[test]
