@@ -1,54 +1,6 @@
-//! Rate limits shared exactly by every Envoy worker, in a fixed amount of shared data.
-//!
-//! **Algorithm: GCRA** (the generic cell rate algorithm, "leaky bucket as a meter"). A
-//! limit of `n` per `period` with burst `b` has an emission interval `T = period / n` and
-//! a tolerance `τ = (b - 1) · T`. Its whole state is one number, the theoretical arrival
-//! time `tat`. A request at `now` is allowed when `max(tat, now) + T - (τ + T) <= now`,
-//! and then `tat := max(tat, now) + T`. With the default burst `b = n`, `n` requests pass
-//! at once and then one every `T`: exactly `n` in any window of one period.
-//!
-//! **Exact across workers**: the state lives in Envoy's shared data and every update is a
-//! compare-and-swap; a worker that loses the race reads again and decides again. After
-//! [`MAX_CAS_ATTEMPTS`] lost races in a row the policy decides (`refuse` by default, or
-//! `allow`), and the caller counts it in a metric.
-//!
-//! **Several limits** (the plan's, a route's): each is checked and consumed in turn; if a
-//! later one refuses, the ones already consumed are refunded (`tat -= T`, itself a CAS
-//! loop), so a refused request consumes none of them.
-//!
-//! **Bounded memory**: shared data has no delete, so states live in fixed tables of
-//! slots, `rl/<slots>/<index>` for identified callers and `rla/<slots>/<index>` for
-//! states counted by client address (anonymous callers, limits `by: ip`). An identity
-//! (limit id + caller) hashes to [`CANDIDATES`] candidate slots of its table; each entry
-//! is 16 bytes, a 64-bit tag of its owner and its `tat`. A caller uses the candidate that
-//! holds its tag, else claims one whose owner's state has lapsed (`tat` more than
-//! [`RECLAIM_GRACE_NANOS`] in the past: nothing to remember). If every candidate belongs
-//! to a live stranger, the request is refused as a collision: never is a stranger's
-//! budget granted or consumed. With the default 65,536 slots per table Envoy holds a few
-//! MB of limiter state however many callers come.
-//!
-//! **Placement with a secret**: the candidates and tag are `SHA-256(secret ‖ limit ‖ 0 ‖
-//! caller)`, where the secret is 32 random bytes made when the tables are first created
-//! and kept in shared data ([`SECRET_KEY`]) for every worker. Unkeyed, anyone who knows a
-//! user id and plan could search client addresses whose entries land on that user's
-//! candidates (some 70,000 hashes for the default table) and keep them warm, so that the
-//! user's requests are refused as collisions. Keyed, the slots cannot be computed from
-//! outside. Workers read the secret once and again on every tick ([`Places::refresh`]):
-//! should two workers have created the tables at the same moment, the one secret that
-//! stayed in shared data is everyone's within a second.
-//!
-//! **Callers by address have a table of their own**: anonymous traffic, from any number
-//! of addresses at any rate, fills only `rla/...`. It can refuse other anonymous callers
-//! when that table is full, never an identified caller: an identified caller's plan and
-//! route limits live in `rl/...`, and its own `by: ip` route limits, which do live in the
-//! address table, are skipped when that table has no room for them ([`CallerKind`]).
-//!
-//! **Why the table is created up front** ([`prepare`]): Envoy writes an absent key
-//! whatever compare-and-swap value is given, so two workers claiming the same absent slot
-//! would both succeed and one budget would be lost. Every slot therefore exists before
-//! any request is decided: the first worker to configure creates the table (a marker
-//! says it is done), so every later write is a real compare-and-swap. A different `slots`
-//! value is a different table (`rl/<slots>/...`), created afresh.
+//! Rate limits shared exactly by every Envoy worker: GCRA over fixed slot tables in shared
+//! data, each update a compare-and-swap, several limits consumed all or none.
+//! Behaviour and settings: `docs/policy.md#writing-a-policy` (the rate-limit rules).
 
 pub mod client;
 pub mod slot_table;
@@ -208,7 +160,9 @@ pub struct Outcome {
     pub retries: u32,
 }
 
-/// The fixed slot tables.
+/// The fixed slot tables: shared data has no delete, so states live in `slots` entries
+/// per table ([`crate::limit::slot_table`]); anonymous traffic fills only `rla/...` and
+/// so can never refuse an identified caller ([`CallerKind`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Table {
     /// Slots for identified callers (`rl/<slots>/...`).
@@ -218,7 +172,12 @@ pub struct Table {
     pub on_contention: OnContention,
 }
 
-/// The shared-data key of the placement secret (see the module doc).
+/// The shared-data key of the placement secret: 32 random bytes made with the tables,
+/// read by every worker, hashed before each limit and caller to pick slots and tag.
+/// Unkeyed, anyone knowing a user id could search addresses whose entries land on that
+/// user's candidates (~70,000 hashes) and keep them warm so the user is refused as a
+/// collision. Workers reread it on every tick ([`Places::refresh`]), so if two created
+/// the tables at once, the secret that stayed is everyone's within a second.
 pub const SECRET_KEY: &str = "rl/secret";
 
 /// The placement secret's length.
@@ -239,6 +198,8 @@ fn table_for(table: &Table, kind: CallerKind) -> SlotTable<'static> {
 }
 
 /// Creates every slot of both tables unless a worker already did
+/// (Envoy writes an absent key whatever CAS value is given, so two workers claiming an
+/// absent slot would both win; after this every write is a real compare-and-swap)
 /// ([`SlotTable::prepare`]), and the placement secret from `fresh_secret` (random bytes
 /// the caller drew) unless one is there. Returns the slots written.
 pub fn prepare(
@@ -277,6 +238,12 @@ fn locate(
 }
 
 /// One GCRA step at `now` from `tat`: `Ok((new tat, quota))` or `Err(refusal)`.
+///
+/// GCRA ("leaky bucket as a meter"): `n` per `period` with burst `b` has emission
+/// interval `T = period / n` and tolerance `τ = (b - 1) · T`; the whole state is the
+/// theoretical arrival time `tat`. A request at `now` passes when
+/// `max(tat, now) + T - (τ + T) <= now`, and then `tat := max(tat, now) + T`. With the
+/// default `b = n`, `n` pass at once, then one every `T`: exactly `n` in any period.
 fn step(rate: &Rate, tat: u64, now: u64) -> Result<(u64, Quota), Refusal> {
     let t = rate.interval();
     let horizon = rate.horizon();
@@ -309,6 +276,12 @@ fn step(rate: &Rate, tat: u64, now: u64) -> Result<(u64, Quota), Refusal> {
 }
 
 /// Consumes one unit of one limit. `Ok(None)` when contention made the policy allow.
+///
+/// A compare-and-swap loop: a worker that loses the race reads again and decides again;
+/// after [`MAX_CAS_ATTEMPTS`] lost races the policy's [`OnContention`] decides. A slot
+/// is claimed only if free or lapsed ([`RECLAIM_GRACE_NANOS`]); when every candidate
+/// holds a live stranger the request is refused as a collision, never given a
+/// stranger's budget.
 fn consume(
     store: &impl SharedStore,
     table: &Table,
@@ -374,7 +347,8 @@ fn refund(store: &impl SharedStore, table: &Table, check: &Check<'_>, place: &Pl
 }
 
 /// Applies every limit to one request: all pass and each is consumed once, or the
-/// request is refused and none is consumed. The quota returned is the tightest one.
+/// request is refused and none is consumed (those already consumed are refunded,
+/// `tat -= T`). The quota returned is the tightest one.
 pub fn check_all(
     store: &impl SharedStore,
     table: &Table,

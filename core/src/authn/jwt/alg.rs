@@ -3,7 +3,11 @@
 use std::fmt;
 
 /// The signature algorithms a key can verify (JWA names, RFC 7518 §3.1; `EdDSA` is
-/// Ed25519 only, RFC 8037). Anything else, `none` included, is never accepted.
+/// Ed25519 only, RFC 8037). Anything else, `none` included, is never accepted: ES512,
+/// PS384, PS512 and Ed448 fail with `JwtError::UnsupportedAlg` and are skipped in a JWKS.
+/// The key decides the algorithm: each `Key` is made for one `Alg` at configure time and
+/// a token's `alg` must equal it (`JwtError::AlgMismatch`), the defence against
+/// HS256-signed-with-the-RSA-public-key and `alg: none`.
 // The variant names are the registry's spelling, so they read as they do in a token.
 #[allow(clippy::upper_case_acronyms)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -49,7 +49,9 @@ pub(crate) enum Material {
 }
 
 /// One verification key. Made only through [`Key::hmac`] and [`Key::from_jwk`], which
-/// guarantee that the material fits the algorithm.
+/// guarantee that the material fits the algorithm: parsed once when the policy or JWKS
+/// loads (RSA moduli 2048..=4096 bits, EC points on the curve, HMAC secrets at least the
+/// hash length, HMAC state precomputed), never per token.
 #[derive(Clone)]
 pub struct Key {
     kid: Option<String>,

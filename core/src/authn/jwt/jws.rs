@@ -1,23 +1,6 @@
-//! Checks one JWS signature with one key. The key's algorithm decides the check; the
+//! Checks one JWS signature with one key; the key's algorithm decides the check, and the
 //! caller has already made sure the token asked for that same algorithm.
-//!
-//! - HMAC (HS256/384/512): recompute and compare in constant time (`verify_slice`).
-//! - RSA PKCS#1 v1.5 (RS256/384/512) and RSA-PSS (PS256: SHA-256, MGF1-SHA-256, salt
-//!   length = 32, RFC 7518 §3.5). The signature must be exactly the modulus length and
-//!   below the modulus, so one signature has one encoding.
-//! - ECDSA (ES256, ES384): the JWS form is the fixed-size `r || s` (RFC 7518 §3.4), 64 or
-//!   96 bytes; a DER signature has another length and is refused by length alone. A
-//!   signature whose `s` is above half the curve order (high-S) is refused before it is
-//!   checked: `(r, s)` and `(r, n - s)` both verify, so anyone holding a valid token can
-//!   spell it a second way without the key. RFC 7518 does not forbid high-S, but a second
-//!   spelling of one token slips past the token cache and any jti or replay bookkeeping
-//!   keyed on the token's bytes. The price: an issuer must sign low-S. Common P-256/P-384
-//!   signers (OpenSSL, Go, Java, RustCrypto's p256/p384) do not normalize, so about half
-//!   of such an issuer's tokens are refused.
-//! - Ed25519 (EdDSA): `verify_strict`, which also refuses small-order keys and
-//!   non-canonical signatures (RFC 8032 §5.1.7 malleability).
-//!
-//! Returns only yes or no: why a signature failed is nobody's business but an attacker's.
+//! Why ECDSA must be low-S: `docs/policy.md#writing-a-policy` (JWT checks).
 
 use hmac::Mac;
 use rsa::{BigUint, Pkcs1v15Sign, Pss, RsaPublicKey, traits::PublicKeyParts};
@@ -27,7 +10,20 @@ use super::alg::Alg;
 use super::jwk::{HmacKey, Key, Material};
 
 /// True when `sig` is a valid signature by `key` over `signing_input`
-/// (`BASE64URL(header) '.' BASE64URL(payload)`).
+/// (`BASE64URL(header) '.' BASE64URL(payload)`). Only yes or no: why a signature
+/// failed is nobody's business but an attacker's. Every check admits one spelling:
+///
+/// - HMAC (HS256/384/512): recomputed, compared in constant time (`verify_slice`).
+/// - RSA PKCS#1 v1.5 (RS256/384/512) and PSS (PS256: SHA-256, MGF1-SHA-256, salt 32,
+///   RFC 7518 §3.5): exactly the modulus length and below the modulus.
+/// - ECDSA (ES256, ES384): the fixed-size `r || s` (64 or 96 bytes; DER fails by length);
+///   high-S refused before checking, since `(r, n - s)` also verifies (RFC 7518 allows
+///   it; issuers that do not normalize see about half their tokens refused).
+/// - Ed25519: `verify_strict` (small-order keys, non-canonical signatures, RFC 8032 §5.1.7).
+///
+/// Verify only: `rsa`'s RUSTSEC-2023-0071 timing issue concerns private-key operations,
+/// which the plugin never performs; no algorithm needs a random number generator.
+/// Signing exists only in tests and behind the native-only `test-tokens` feature.
 pub(crate) fn is_valid(key: &Key, signing_input: &[u8], sig: &[u8]) -> bool {
     match key.material() {
         Material::Hmac(mac) => hmac_ok(mac, signing_input, sig),

@@ -1,53 +1,7 @@
 //! JWT verification for the request path: JWS compact tokens (RFC 7515) with JWT claims
-//! (RFC 7519), checked against keys the policy configured. Pure: no host calls, no clock
+//! (RFC 7519), checked against keys the policy configured; pure, no host calls, no clock
 //! (the caller passes `now`), no panics on any input.
-//!
-//! | file | what it decides |
-//! | --- | --- |
-//! | `alg.rs` | [`Alg`], the algorithms gatehouse verifies |
-//! | `jwk.rs` | keys: [`Key`] from an HMAC secret or a JWK, [`parse_jwks`], [`KeySet`] |
-//! | `verify.rs` | [`verify`]: size, shape, header, key choice, signature, then claims |
-//! | `jws.rs` | one signature with one key (HMAC, RSA PKCS#1 v1.5 and PSS, ECDSA, Ed25519) |
-//! | `claims.rs` | [`Rules`] for `exp`/`nbf`/`iat`/`iss`/`aud`/required claims; the claim map |
-//! | `verified.rs` | [`Verified`], what a token that passed carries |
-//! | `b64.rs` | strict, canonical base64url without padding |
-//! | `cache.rs` | tokens that verified, per key set: a token seen again skips the signature |
-//!
-//! Decisions, and why:
-//! - **The key decides the algorithm.** Each [`Key`] is made for exactly one [`Alg`] at
-//!   configure time; a token's `alg` must equal it or the token fails with
-//!   [`JwtError::AlgMismatch`]. `none` is not an algorithm here at all. This is the
-//!   defence against the HS256-signed-with-the-RSA-public-key and `alg: none` attacks.
-//! - **Supported algorithms** are HS256/384/512, RS256/384/512, PS256, ES256, ES384 and
-//!   EdDSA (Ed25519). Others (ES512, PS384, PS512, Ed448) fail cleanly with
-//!   [`JwtError::UnsupportedAlg`] and their keys are skipped in a JWKS.
-//! - **Key choice**: a token with `kid` is checked only against keys with that `kid`;
-//!   an unknown `kid` is [`JwtError::UnknownKid`], which the caller may answer by
-//!   refetching the JWKS (rate-limited: an attacker controls the `kid`). A token
-//!   without `kid` is tried against at most [`MAX_KEYS_TRIED`] keys of its algorithm.
-//!   A key without a `kid` is only found by tokens without one.
-//! - **Parse once, verify fast.** Keys are parsed and validated when the policy or JWKS
-//!   loads (RSA moduli 2048..=4096 bits, EC points on the curve, HMAC secrets at least
-//!   the hash length, with the HMAC state precomputed). Per token, the work is bounded
-//!   by [`Rules::max_size`] (checked first) and [`MAX_KEYS_TRIED`].
-//! - **Nothing is trusted before the signature.** The payload is decoded and parsed
-//!   only after a signature verified; header members that carry keys (`jwk`, `jku`,
-//!   `x5c`, `x5u`) are ignored; `crit` fails the token (we implement no extension).
-//! - **Strict encoding.** base64url without padding, canonical trailing bits; ECDSA
-//!   signatures in the JWS `r || s` form only (DER is refused); RSA signatures exactly
-//!   the modulus length and below it; Ed25519 with `verify_strict`. One token has one
-//!   spelling, so caches keyed on the token text cannot be dodged by re-encoding.
-//! - **Errors say what failed, never what was in the token.** [`JwtError`]'s `Display`
-//!   and `code` carry no token bytes, claim values or key material; clients get one
-//!   generic refusal, the variant goes to logs and metrics.
-//! - **Duplicate JSON members** (RFC 7515 §4, RFC 7519 §4): the last one wins, as
-//!   serde_json reads them; the RFCs allow that choice.
-//!
-//! Crates: `hmac` + `sha2`, `rsa` (verify only; the RUSTSEC-2023-0071 timing issue
-//! concerns private-key operations, which the plugin never performs), `p256`/`p384`
-//! (ECDSA verify), `ed25519-dalek`; none needs a random number generator to verify.
-//! Signing exists only in tests (and behind the native-only `test-tokens` feature, for
-//! the harness's end-to-end tests).
+//! What it refuses and why: `docs/security.md#security` (JWTs).
 
 mod alg;
 pub(crate) mod b64;
@@ -76,6 +30,8 @@ pub use verified::Verified;
 pub use verify::{MAX_KEYS_TRIED, unverified_issuer, verify, verify_cached};
 
 /// Why a token was refused. Closed: every refusal path has its variant and a test.
+/// `Display` and `code` carry no token bytes, claim values or key material: clients get
+/// one generic refusal, the variant goes to logs and metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JwtError {
     /// Longer than [`Rules::max_size`].

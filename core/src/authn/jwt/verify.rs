@@ -30,6 +30,16 @@ use super::{JwtError, b64, jws};
 pub const MAX_KEYS_TRIED: usize = 3;
 
 /// Verifies a JWS compact token against `keys` at `now_unix` (seconds) under `rules`.
+///
+/// Work is bounded by [`Rules::max_size`] (checked first) and [`MAX_KEYS_TRIED`]. A
+/// token with `kid` is checked only against keys with that `kid` (unknown: the caller
+/// may refetch the JWKS, rate-limited since the attacker picks the `kid`); one without
+/// is tried against keys of its algorithm, and a key without `kid` is found only so.
+/// Nothing is trusted before the signature: the payload is parsed only after it
+/// verified, key-carrying header members (`jwk`, `jku`, `x5c`, `x5u`) are ignored and
+/// `crit` fails the token. Encoding is strict (canonical base64url, one spelling per
+/// token, so caches keyed on its text cannot be dodged); duplicate JSON members: the
+/// last wins, as serde_json reads them (RFC 7515 §4 allows it).
 pub fn verify(
     token: &[u8],
     keys: &KeySet,
