@@ -1,45 +1,6 @@
 //! The webhook replay cache: a signature accepted once is refused if it comes again while
-//! it is remembered, across every Envoy worker.
-//!
-//! **What it can promise.** A message with a signed timestamp (Stripe, Slack, `generic`
-//! with `timestamp_header`) is remembered until `ts + tolerance`; after that a copy fails
-//! the timestamp check, so every copy of it is refused for as long as it could verify.
-//! A message without one (GitHub, `generic` without a timestamp) never stops verifying;
-//! it is remembered for `replay_window` after it was accepted (default 24 h), and a copy
-//! sent later is accepted again. Such routes get the cache by default (a table of
-//! [`DEFAULT_WINDOW_SLOTS`]); without it, a captured delivery could be replayed forever.
-//!
-//! **Algorithm.** Shared data has no delete, so the cache is a fixed table of `slots`
-//! entries per route, `wh/<route>/<slots>/<index>` ([`crate::limit::slot_table`], the same kind
-//! of table as the rate limiter's), created up front ([`prepare`]) so that every later
-//! write is a real compare-and-swap (Envoy writes an absent key whatever cas it is
-//! given). A message is known by the SHA-256 of the MAC that verified it
-//! ([`crate::body::webhook::Accepted`]); `SHA-256(route ‖ 0 ‖ fingerprint)` picks its
-//! [`CANDIDATES`] slots and its tag. An entry holds the tag of the message it remembers
-//! and the Unix second after which it is forgotten (its signed timestamp plus the
-//! tolerance, or the moment it was accepted plus the replay window when nothing signed a
-//! timestamp, as with GitHub: [`Accepted::replayable_until`]).
-//!
-//! To remember a message at `now`: read the candidates; if one holds our tag with
-//! `until > now`, it is a **replay**. Otherwise claim the first candidate that is free
-//! (`until <= now`, or unreadable) with a compare-and-swap; on a cas mismatch another
-//! worker wrote in between, so read again and decide again (at most
-//! [`MAX_CAS_ATTEMPTS`] times). Two workers racing with the same message therefore both
-//! aim at the same free slot, one wins, and the other's retry finds the tag and refuses.
-//! If every candidate holds a live stranger, or the writes keep conflicting, the message
-//! cannot be remembered and is refused (503 `AUTH_UNAVAILABLE`, retryable): accepting it
-//! would let a replay through later.
-//!
-//! **Sizing.** Memory is `slots` × ~40 bytes (key and 16-byte value) per route, whatever
-//! the traffic, all of it taken when the table is made. The table must hold the
-//! deliveries of one window (the tolerance, or the replay window): at a load `a` (live
-//! entries / slots) a new message finds all [`CANDIDATES`] slots taken with probability
-//! about `a^4`, so `slots` ≥ 4 × deliveries per window keeps such refusals under 0.4%.
-//! [`DEFAULT_SLOTS`] (4096, 160 KB) holds a 5-minute window of ~1,000 deliveries;
-//! [`DEFAULT_WINDOW_SLOTS`] (65,536, 2.6 MB) a 24-hour window of ~16,000.
-//!
-//! Known limit: two copies of one message arriving at the very second a stranger's entry
-//! expires may see different first free slots and both be accepted.
+//! it is remembered, across every Envoy worker; the algorithm is at [`remember`].
+//! What it promises and how to size it: `docs/policy.md#webhook-signatures`.
 
 use crate::body::webhook::{Accepted, SignatureError};
 use crate::limit::slot_table::SlotTable;
@@ -52,11 +13,14 @@ pub use crate::limit::slot_table::CANDIDATES;
 pub const MAX_CAS_ATTEMPTS: u32 = 16;
 
 /// Table size when `replay_cache: {}` does not say, on a route whose provider signs a
-/// timestamp: a 5-minute window of ~1,000 deliveries (see the module doc).
+/// timestamp: a 5-minute window of ~1,000 deliveries, 160 KB. At a load `a` a new message
+/// finds all [`CANDIDATES`] taken with probability about `a^4`, so `slots` ≥ 4 ×
+/// deliveries per window keeps such refusals under 0.4%.
 pub const DEFAULT_SLOTS: u32 = 4096;
 
 /// Table size on a route whose provider signs no timestamp, unless `replay_cache` says
-/// otherwise: a 24-hour window of ~16,000 deliveries, 2.6 MB (see the module doc).
+/// otherwise: a 24-hour window of ~16,000 deliveries, 2.6 MB (sized as [`DEFAULT_SLOTS`]).
+/// On by default there: without it a captured delivery could be replayed forever.
 pub const DEFAULT_WINDOW_SLOTS: u32 = 65_536;
 
 /// The name of a route's table (`wh/<route>`; slots are `wh/<route>/<slots>/<index>`).
@@ -64,8 +28,9 @@ fn table_name(table: &str) -> String {
     ["wh/", table].concat()
 }
 
-/// Creates every slot of a route's table unless a worker already did (see the module
-/// doc). Called by every worker at configure time, before it decides any request.
+/// Creates every slot of a route's table unless a worker already did, so that every
+/// later write is a real compare-and-swap (Envoy writes an absent key whatever cas it
+/// is given). Called by every worker at configure time, before it decides any request.
 /// Returns the slots written.
 pub fn prepare(store: &impl SharedStore, table: &str, slots: u32) -> Result<u32, StoreError> {
     let name = table_name(table);
@@ -74,6 +39,19 @@ pub fn prepare(store: &impl SharedStore, table: &str, slots: u32) -> Result<u32,
 
 /// Remembers an accepted message at `now` (Unix seconds): `Err(Replayed)` when the table
 /// already holds it, `Err(Unavailable)` when it cannot be remembered.
+///
+/// A message is known by the SHA-256 of the MAC that verified it ([`Accepted`]);
+/// `SHA-256(route ‖ 0 ‖ fingerprint)` picks its [`CANDIDATES`] slots and tag
+/// ([`crate::limit::slot_table`]). An entry holds that tag and the Unix second after
+/// which it is forgotten ([`Accepted::replayable_until`]: signed timestamp + tolerance,
+/// or acceptance + replay window). Read the candidates: our tag with `until > now` is a
+/// replay; else claim the first free one (`until <= now`, or unreadable) by
+/// compare-and-swap, rereading on a mismatch (at most [`MAX_CAS_ATTEMPTS`]). Two workers
+/// racing with one message aim at the same free slot; one wins, the other's retry finds
+/// the tag. A message that cannot be remembered (live strangers everywhere, endless
+/// conflicts) is refused, since accepting it would let a replay through later. Known
+/// limit: two copies arriving the very second a stranger's entry expires may see
+/// different first free slots and both pass.
 pub fn remember(
     store: &impl SharedStore,
     table: &str,

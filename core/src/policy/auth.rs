@@ -1,47 +1,5 @@
-//! The policy's JWT and revocation sections, as validated types.
-//!
-//! ```yaml
-//! jwt:
-//!   name: corp                            # sent upstream as x-gatehouse-issuer. Defaults to jwt.
-//!   issuers: [https://auth.example.com]   # `iss` must be one of these, or `any`. With jwks
-//!                                         # or jwks_url it must be said; else defaults to any.
-//!   audiences: [api]                      # `aud` must hold one of these, or `any`; the same
-//!                                         # rule.
-//!   leeway: 60s                           # clock skew on exp/nbf/iat. Defaults to 60s.
-//!   max_token_bytes: 8192                 # Defaults to 8192.
-//!   require_exp: true                     # Defaults to true.
-//!   max_token_lifetime: 24h               # exp - iat at most this; iat required. A token
-//!                                         # without exp expires at iat + this. Defaults to
-//!                                         # 24h; `unbounded` turns it off (then a user's
-//!                                         # revocation must last forever).
-//!   required_claims: [sub]                # Defaults to none.
-//!   claims: { user: sub, tenant: tenant, plan: plan }   # claim names (these defaults)
-//!   default_tenant: t1                    # when the tenant claim is absent. Defaults to
-//!                                         # none: the claim is required.
-//!   default_plan: free                    # when the plan claim is absent. Same rule.
-//!   forward_claims: { email: x-gatehouse-email }   # claim -> upstream header
-//!   keys:                                 # HMAC keys, selected by `kid`
-//!     - { kid: hs-2026-01, alg: HS256, secret_env: GATEHOUSE_JWT_SECRET }
-//!     # encoding: raw (default, the variable's bytes) or base64url (random bytes)
-//!   jwks: { keys: [ ... ] }               # public keys inline (RFC 7517 JWKS)
-//!   jwks_url:                             # or fetched with an HTTP call, see `jwks_cache`
-//!     cluster: auth                       # the Envoy cluster
-//!     path: /.well-known/jwks.json
-//!     authority: auth.example.com         # Defaults to the cluster name.
-//!     refresh: 10m                        # Defaults to 10m.
-//!     min_refetch: 30s                    # refetch on an unknown kid at most this often.
-//!   rsa_alg: RS256                        # for JWKS RSA keys without `alg`. Defaults to RS256.
-//! # or several providers, each with every field above (name and issuers required):
-//! # jwt: { providers: [ { name: corp, issuers: [...], ... }, { name: partner, ... } ] }
-//! revocations:                            # until the control service feeds them
-//!   users: [ { user: u1, tokens_issued_before: 2026-01-01T00:00:00Z, until: ... } ]
-//!   jtis: [ { jti: 0b5f..., until: ... } ]
-//! hide_credentials: false                 # remove the API key / Authorization header
-//! ```
-//!
-//! HMAC secrets are never in the policy: `secret_env` names an environment variable that
-//! Envoy passes to the VM (`vm_config.environment_variables`). A literal `secret` is
-//! refused unless the key says `test_fixture: true`.
+//! The policy's JWT and revocation sections, decoded into validated types.
+//! Every field and its default: `docs/policy.md#jwt`; secrets: `docs/policy.md#writing-a-policy`.
 
 use crate::authn::jwt::{Alg, Key, KeySet, Rules, parse_jwks};
 

@@ -1,44 +1,7 @@
 //! What gatehouse does to a response on its way back to the client: security headers,
-//! the CORS headers of an allowed origin ([`crate::cors`]), and upstream error hygiene.
-//!
-//! The shell remembers a [`Pending`] from the request (the route, the origin if allowed,
-//! the request id) and, when the response headers arrive, asks [`Pending::on_response`]
-//! for the [`Edits`] to apply. The rules are the matched route's (the policy decoder has
-//! already merged its overrides into the top-level sections), or the top-level sections
-//! when no route matched (a 404 or 400 from gatehouse). Local replies (gatehouse's own
-//! refusals) pass through here too: Envoy runs a local reply through the filter's
-//! response callbacks, so a refusal sent to an allowed origin carries the CORS headers a
-//! browser needs to read it.
-//!
-//! Security headers (`security_headers`): `Strict-Transport-Security`,
-//! `X-Content-Type-Options: nosniff` on every response, the policy's
-//! `Content-Security-Policy` on HTML responses only (`text/html`,
-//! `application/xhtml+xml`: a CSP means nothing to a JSON client), each replacing what
-//! the upstream sent, and the removal of headers that tell an attacker what runs behind
-//! the gateway (`server`, `x-powered-by` by default). Envoy's connection manager writes
-//! its own `server: envoy` after every filter unless `server_header_transformation` is
-//! `PASS_THROUGH`, so [`removes_server_header`] tells the bootstrap renderer to ask for
-//! that.
-//!
-//! Upstream error hygiene (`upstream_errors.replace`): a 5xx (whatever its type: a JSON
-//! 5xx can hold a stack trace too) or a 4xx whose `content-type` is not JSON
-//! (`application/json` or `application/*+json`) is replaced by the standard error body
-//! with code `UPSTREAM_ERROR` and a generic message for its class ([`Denial::UpstreamError`]);
-//! the status stays, and `request_id` is the request's `x-request-id`, which Envoy also
-//! sent upstream, so the client's error leads to the upstream's log line. The headers
-//! that described the old body (`content-length`, `content-encoding`, `etag`...) are
-//! removed; Envoy then sends the new body chunked. The body is not buffered: every chunk
-//! of the upstream's is emptied as it passes and the standard body is written at the end
-//! of the stream (buffering would hold a whole error page in memory, and Envoy resets the
-//! stream when it outgrows the buffer limit). An upstream error without a body has no
-//! body to rewrite: the shell answers it with a local reply built from the same edits.
-//! Not replaced: responses to `HEAD` (no body to leak) and gatehouse's own refusals
-//! (already in the standard shape). An upstream error that ends in trailers keeps an
-//! empty body (the standard body is written at `end_of_stream`, which then never comes
-//! with data).
-//!
-//! Never: let an upstream 5xx body through on a route that replaces errors, or echo
-//! anything of it.
+//! the CORS headers of an allowed origin ([`crate::cors`]), and upstream error hygiene;
+//! it must never let an upstream 5xx body through on a route that replaces errors.
+//! Behaviour: `docs/policy.md#security-response-headers`, `docs/policy.md#upstream-errors`.
 
 use crate::cors::{self, CorsPolicy};
 
@@ -109,8 +72,9 @@ fn is_html(content_type: Option<&[u8]>) -> bool {
     )
 }
 
-/// Whether an upstream response with this status and type is replaced (see the module
-/// doc): every 5xx, and a 4xx that is not JSON.
+/// Whether an upstream response with this status and type is replaced: every 5xx (a JSON
+/// 5xx can hold a stack trace too), and a 4xx that is not JSON (`application/json`,
+/// `application/*+json`).
 pub fn replaces(status: u32, content_type: Option<&[u8]>) -> bool {
     match status {
         500..=599 => true,
@@ -119,7 +83,11 @@ pub fn replaces(status: u32, content_type: Option<&[u8]>) -> bool {
     }
 }
 
-/// What a request leaves for its response.
+/// What a request leaves for its response. When the response headers arrive,
+/// [`Pending::on_response`] gives the [`Edits`] under the matched route's rules (its
+/// overrides already merged by the decoder), or the top-level ones when no route matched.
+/// Local replies pass through too (Envoy runs them through the response callbacks), so a
+/// refusal to an allowed origin carries the CORS headers a browser needs to read it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pending {
     /// The matched route; `None`: the top-level sections apply.
@@ -146,7 +114,11 @@ pub struct RequestFacts<'a> {
     pub refused: bool,
 }
 
-/// Header changes for one response, applied in order: remove, then set.
+/// Header changes for one response, applied in order: remove, then set. A replaced
+/// body is not buffered: each upstream chunk is emptied as it passes and the standard
+/// body written at `end_of_stream` (buffering would hold a whole error page, and Envoy
+/// resets a stream that outgrows its buffer). So an error ending in trailers keeps an
+/// empty body: `end_of_stream` then never comes with data.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Edits<'p> {
     pub remove: Vec<&'p str>,
