@@ -1,40 +1,7 @@
 //! Webhook signatures: was this body really sent by the provider that shares our secret?
-//!
-//! A webhook route names a provider and one or more secrets (several during a rotation).
-//! The sender signs the raw body, usually with a timestamp in front, with HMAC; we compute
-//! the same MAC with every secret and accept the request when one of them equals a
-//! signature the request carries.
-//!
-//! | provider | signature header | signed bytes | timestamp |
-//! | --- | --- | --- | --- |
-//! | `stripe` | `Stripe-Signature: t=<ts>,v1=<hex>[,v1=<hex>...]` | `<ts>.<body>` | `t=` |
-//! | `slack` | `X-Slack-Signature: v0=<hex>` | `v0:<ts>:<body>` | `X-Slack-Request-Timestamp` |
-//! | `github` | `X-Hub-Signature-256: sha256=<hex>` | `<body>` | none |
-//! | `generic` | the configured header, optional prefix, hex or base64 | the `signed_payload` template | optional header |
-//!
-//! All use HMAC-SHA256 except `generic`, which may use SHA-512. Stripe sends one `v1` per
-//! active secret while a secret is rolled, so any matching `v1` is enough (other schemes,
-//! such as `v0`, are ignored, as Stripe's own libraries do).
-//!
-//! **Order of checks.** The headers are judged first ([`Verifier::begin`]): a missing or
-//! malformed signature, or a timestamp outside the window (`|now - ts| > tolerance`,
-//! default 5 minutes; a timestamp from the future is as suspect as an old one), is
-//! refused before a byte of the body is read.
-//!
-//! **How long a message stays replayable** ([`Accepted::replayable_until`], which the
-//! replay cache remembers it until). With a signed timestamp, through `ts + tolerance`:
-//! after that a copy fails the window check anyway. Without one (`github`, `generic`
-//! without `timestamp_header`) nothing in the message ever goes stale, so a captured copy
-//! verifies forever; the cache can only remember it for a fixed `replay_window` after it
-//! was accepted (default 24 hours), and a copy sent after that is accepted again. The body is then fed to one running MAC per
-//! secret as it arrives ([`Pending::update`]), so the plugin never needs the whole body in
-//! its memory, and [`Pending::finish`] compares.
-//!
-//! **What this module must never do**: compare in variable time (every comparison is
-//! `subtle`'s `ct_eq` over equal-length tags); put the expected signature, the signed
-//! string or a secret into an error, a log line or a response (errors are fieldless
-//! codes); read the clock (`now` is passed in). Secrets come from environment variables,
-//! read once at configure time ([`Verifier::new`]), whose errors name the variable only.
+//! It must never compare in variable time (`subtle`'s `ct_eq` on equal-length tags), put
+//! a signature, signed string or secret into an error, log or response, or read the clock.
+//! Providers, order of checks, replay: `docs/policy.md#webhook-signatures`.
 
 use crate::request::Presented;
 use hmac::{Hmac, Mac};
@@ -196,6 +163,8 @@ pub enum Provider {
     Generic(Generic),
 }
 
+/// Stripe sends one `v1` per active secret while one is rolled: any matching `v1` is
+/// enough, and other schemes (`v0`) are ignored, as Stripe's own libraries do.
 pub const STRIPE_HEADER: &str = "stripe-signature";
 pub const SLACK_HEADER: &str = "x-slack-signature";
 pub const SLACK_TIMESTAMP_HEADER: &str = "x-slack-request-timestamp";
@@ -449,7 +418,8 @@ pub struct Accepted {
     pub fingerprint: [u8; 32],
     /// The first Unix second at which the cache may forget the message: `ts + tolerance +
     /// 1` with a signed timestamp (the first second it fails the window check), the
-    /// moment it was accepted plus the replay window without one.
+    /// moment it was accepted plus the replay window without one (nothing in such a
+    /// message goes stale, so a copy after the window is accepted again).
     pub replayable_until: u64,
 }
 
@@ -601,7 +571,9 @@ impl Verifier {
     }
 
     /// Judges the headers: the signature header's format, and the timestamp's window at
-    /// `now_secs`. On success the MACs are started over the bytes signed before the body.
+    /// `now_secs` (a future timestamp is as suspect as an old one), before a byte of the
+    /// body is read. On success the MACs are started over the bytes signed before the body,
+    /// which [`Pending::update`] then feeds piece by piece: the whole body is never held.
     pub fn begin(
         &self,
         signature: Presented<'_>,

@@ -65,6 +65,7 @@ fn is_json(content_type: Option<&[u8]>) -> bool {
     m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
 }
 
+/// HTML only gets the CSP: it means nothing to a JSON client.
 fn is_html(content_type: Option<&[u8]>) -> bool {
     matches!(
         media_type(content_type).as_str(),

@@ -1,37 +1,6 @@
-//! The cache feed: what the sync (the singleton wasm service) does with an answer from
-//! the control service, and how the filter knows whether the cache is fresh enough.
-//!
-//! Contract: `control/FEED.md`. The sync polls
-//! `GET <path>?since=<version>&epoch=<epoch>&wait=<seconds>`; each 200 answer carries an
-//! `epoch`, a `version` and the latest state of every key, user watermark and jti entry
-//! changed in `(since, version]` (or everything still in the feed when `full` is true).
-//! This module parses an answer ([`parse_answer`]) and writes it into shared data
-//! ([`apply`]), one small value per entry, in the encodings the filter already reads:
-//!
-//! - `k/<sha256 hex>` → [`KeyRecord`] with origin [`Origin::Feed`] (`active: false` for a
-//!   tombstone: shared data has no delete, the filter refuses inactive records);
-//! - `u/<user>` → [`UserRevocation`] (origin feed);
-//! - `j/<sha256(jti) hex>` → [`JtiRevocation`]'s encoding (the feed sends the hash, so the
-//!   sync never sees the jti itself).
-//!
-//! Versions. `feed/state` holds `<epoch>|<version>|<last success, unix secs>`: the next
-//! poll asks `since=<version>`. An answer from another epoch (the control database was
-//! re-created) or with `full: true` is a snapshot: the sync applies it and, for the keys
-//! it fed earlier *in this process* ([`FedKeys`]) that the snapshot no longer mentions,
-//! writes tombstones. Keys fed by an earlier sync VM (before a restart of the singleton)
-//! cannot be found that way, since shared data cannot be listed: they stay as they were
-//! until the feed mentions them again. That is safe as long as the control service keeps
-//! the tombstone of a revoked, non-expiring key in every snapshot (FEED.md: entries leave
-//! the feed only once every credential they cover has expired).
-//!
-//! Staleness. The filter calls [`stale`] on requests that present a credential: the cache
-//! is stale when the last successful poll is older than the bound. Before any success,
-//! the clock starts at `feed/started`, written once (if absent) by the first VM that
-//! configures with a feed, so a fresh Envoy serves during its first poll instead of
-//! refusing everything until the control service answers.
-//!
-//! Never: call the host, panic on an answer, or fail a whole answer for one bad record
-//! (bad records are skipped and counted).
+//! The cache feed: what the sync does with an answer from the control service, and how
+//! the filter knows whether the cache is fresh enough; it never calls the host, panics on
+//! an answer, or fails a whole answer for one bad record. Contract: `control/FEED.md`.
 
 use crate::authn::api_key::{KeyHash, KeyRecord, Origin, is_valid_id};
 use crate::authn::revocation::{JtiRevocation, UserRevocation, user_key};
@@ -41,7 +10,8 @@ use std::collections::HashSet;
 
 /// Where the sync keeps `<epoch>|<version>|<last success>`.
 pub const STATE_KEY: &str = "feed/state";
-/// When the first VM with a feed configured (unix secs): the start of the grace period.
+/// When the first VM with a feed configured (unix secs), written once if absent: the
+/// staleness clock before any success, so a fresh Envoy serves during its first poll.
 pub const STARTED_KEY: &str = "feed/started";
 /// The largest answer the sync reads; a bigger one is refused (and counted as a failure).
 /// A key record is about 250 bytes of JSON: 16 MiB is some 60 000 keys per answer.
@@ -254,7 +224,11 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, FeedError> {
     })
 }
 
-/// The key hashes this sync VM has fed and not tombstoned: what a snapshot can sweep.
+/// The key hashes this sync VM has fed and not tombstoned: what a snapshot (`full`, or
+/// another epoch) can sweep, writing tombstones for keys it no longer mentions. Keys fed
+/// by an earlier sync VM (before the singleton restarted) cannot be found, since shared
+/// data cannot be listed; they stay until the feed mentions them, which is safe because
+/// the feed keeps a revoked key's tombstone until its credentials expired (FEED.md).
 #[derive(Clone, Debug, Default)]
 pub struct FedKeys(HashSet<[u8; 32]>);
 
@@ -288,7 +262,14 @@ pub fn read_state(store: &impl SharedStore) -> Option<SyncState> {
 /// Writes an answer into shared data and records it in `feed/state`, with `now_secs` as
 /// the last success. The state is written last: a worker never sees a version whose
 /// entries are not all written. On a store failure nothing is recorded, so the next poll
-/// asks for the same changes again (every write is idempotent).
+/// asks for the same changes again (every write is idempotent). One small value per
+/// entry, in the encodings the filter reads:
+///
+/// - `k/<sha256 hex>` → [`KeyRecord`], origin [`Origin::Feed`] (a tombstone is
+///   `active: false`: shared data has no delete);
+/// - `u/<user>` → [`UserRevocation`];
+/// - `j/<sha256(jti) hex>` → [`JtiRevocation`]'s encoding (the sync never sees the jti);
+/// - [`STATE_KEY`] → `<epoch>|<version>|<last success>`, the next poll's `since`.
 pub fn apply(
     store: &impl SharedStore,
     answer: &Answer,
@@ -368,7 +349,8 @@ pub fn age_secs(store: &impl SharedStore, now_secs: u64) -> Option<u64> {
     Some(now_secs.saturating_sub(since))
 }
 
-/// Whether the cache is older than `bound_secs`. Nothing recorded at all (no VM with a
+/// Whether the cache is older than `bound_secs` (last success, else [`STARTED_KEY`]);
+/// the filter asks on requests that present a credential. Nothing recorded at all (no VM with a
 /// feed configured, which the filter's own configure prevents) counts as stale.
 pub fn stale(store: &impl SharedStore, now_secs: u64, bound_secs: u64) -> bool {
     age_secs(store, now_secs).is_none_or(|age| age > bound_secs)
