@@ -1,37 +1,6 @@
-//! Route matching: which policy route a request (method + path) belongs to, and the
-//! refusal of requests an upstream could read as another route.
-//!
-//! Routes are compiled once at configure time and matched in order; the first match
-//! wins. Matching uses the path without its query string. [`resolve`] is the one entry:
-//! it refuses (400 `BAD_REQUEST`) every request whose method or path could mean
-//! something else to the upstream than it means here, because that is how route rules
-//! get bypassed when the gateway and the upstream read a request differently:
-//!
-//! - **Methods** must be upper-case RFC 9110 tokens: `delete` is not `DELETE` to
-//!   gatehouse's byte comparison, but an upstream framework may well treat it so.
-//! - **Paths not in normal form** ([`check_normal_form`]): `//`, `.` and `..` segments, a
-//!   backslash, a fragment, bytes outside visible ASCII, and percent-escapes of anything
-//!   an upstream would decode into another route: RFC 3986 §6.2.2.2 makes `%61dmin` the
-//!   path `admin`; `%2F`, `%5C`, `%3B`, control bytes, IIS's `%uXXXX`, overlong UTF-8
-//!   leads (`%C0`, `%C1`) and a double-escaped one of these (`%252e`) likewise.
-//! - **Trailing dots** (`/admin./users`): IIS and Windows file servers drop them, as
-//!   they drop a trailing encoded space (`/admin%20`); an NTFS stream name
-//!   (`/admin.aspx::$DATA`) is the file it names to them.
-//! - **Path parameters** (`/admin;jsessionid=x/users`, `/public/..;/admin`): servlet
-//!   containers (Tomcat, Jetty, Spring) cut `;...` from every segment before routing, so
-//!   `..;` is `..` to them. Refused unless the route the upstream would serve (matched on
-//!   the path with the parameters cut, as Tomcat does) says `path_parameters: allow`.
-//! - **Letter case**: case-insensitive upstreams (IIS, ASP.NET Core) serve `/ADMIN` as
-//!   `/admin`. A path whose first case-insensitive match is not its exact match is
-//!   refused; callers who use a route's own spelling never see this. So is an escaped
-//!   `ı`, `ſ` or Kelvin sign, which Unicode case mapping turns into ASCII `I`, `S`, `k`.
-//!
-//! Twins that are the same route rather than a refusal: an exact `path: /login` also
-//! owns `/login/`, and a `path_prefix: /admin/` also owns `/admin`, since most frameworks
-//! serve a path with and without its trailing slash alike; a route limit or an internal
-//! audience can never be skipped by adding or removing one slash. `GET` in a route's
-//! methods covers `HEAD` (the decoder adds it), as every HTTP server answers `HEAD` with
-//! the `GET` handler.
+//! Route matching: which policy route a request (method + path) belongs to, first match
+//! wins, and the 400 refusal of requests an upstream could read as another route.
+//! Every rule and why: `docs/policy.md#writing-a-policy` ("One request, one meaning").
 
 use crate::request::query::hex_digit;
 
@@ -145,7 +114,7 @@ impl Route {
 }
 
 /// Why a request was refused before matching: what in it could mean something else to
-/// the upstream (see the module doc). Each is a 400 `BAD_REQUEST`; the name is the reason
+/// the upstream (`docs/policy.md`, "One request, one meaning"). Each is a 400 `BAD_REQUEST`; the name is the reason
 /// logged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unclear {
@@ -190,8 +159,9 @@ pub fn is_method(method: &[u8]) -> bool {
 }
 
 /// The route a request belongs to: `Ok(Some(index))`, `Ok(None)` when no route matches,
-/// or why the request could mean something else upstream (see the module doc). `raw_path`
-/// is the `:path` header, query included.
+/// or why the request could mean something else upstream. `raw_path` is the `:path`
+/// header, query included; matching ignores the query. The one entry point, so no
+/// caller can match a route without the "one request, one meaning" checks.
 pub fn resolve(routes: &[Route], method: &[u8], raw_path: &[u8]) -> Result<Option<usize>, Unclear> {
     if !is_method(method) {
         return Err(Unclear::Method);
@@ -257,7 +227,9 @@ pub fn path_only(raw: &[u8]) -> &[u8] {
     raw.get(..end).unwrap_or(raw)
 }
 
-/// Refuses paths that could mean something else to the upstream (see the module doc);
+/// Refuses paths not in normal form, which could mean something else to the upstream
+/// (RFC 3986 §6.2.2.2 makes `%61dmin` the path `admin`; IIS decodes `%uXXXX`, servlets
+/// cut `;...`, Windows drops trailing dots);
 /// `;` is refused too ([`resolve`] cuts path parameters first where a route allows them).
 pub fn check_normal_form(path: &[u8]) -> Result<(), Unclear> {
     if !path.starts_with(b"/") || !path.iter().all(|b| (0x21..=0x7e).contains(b)) {

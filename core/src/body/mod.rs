@@ -1,28 +1,6 @@
-//! Body rules, the last step of the request path (DESIGN.md, step 5): the size limit,
-//! the JSON caps, and the webhook signature over the raw body.
-//!
-//! The shell calls [`start`] once the headers are allowed, then feeds the body as Envoy
-//! delivers it, then [`BodyCheck::finish`] at the end of the stream. Decisions, in order:
-//!
-//! 1. **Declared size.** A `Content-Length` above the route's `max_bytes` is refused with
-//!    413 `PAYLOAD_TOO_LARGE` at once, before any body is read.
-//! 2. **Signature headers.** On a webhook route, a missing or malformed signature, or a
-//!    timestamp outside the window, is refused at once ([`crate::body::webhook`]).
-//! 3. **Holding or streaming.** A route with a webhook or JSON caps *holds* the body: the
-//!    shell pauses the headers, Envoy buffers the body, nothing reaches the upstream until
-//!    [`BodyCheck::finish`] accepts it. Any other route *streams*: the body flows to the
-//!    upstream as it arrives and is only counted. Either way the request is refused with
-//!    413 as soon as the bytes seen exceed `max_bytes`, with or without a
-//!    `Content-Length` (a chunked body is counted as it streams). A streaming route
-//!    refused mid-body has sent the upstream the headers and the bytes up to the limit;
-//!    Envoy then resets the upstream request, so it never receives a complete request.
-//! 4. **At the end.** The JSON checker must have seen one complete, valid value (an empty
-//!    body is not checked), and one secret's MAC must equal a presented signature; then
-//!    the replay cache must not know it ([`crate::body::replay_cache`]).
-//!
-//! Sizes: `max_bytes` defaults to [`DEFAULT_MAX_BYTES`] (1 MiB); a route that holds its
-//! body may hold at most [`MAX_HELD_BYTES`]. The core keeps no body bytes: the JSON
-//! checker and the MACs consume each piece as it comes.
+//! Body rules, the last step of the request path: the size limit, the JSON caps and the
+//! webhook signature over the raw body, judged piece by piece without keeping the body.
+//! Behaviour: `docs/policy.md#body-limits` and `docs/policy.md#webhook-signatures`.
 
 pub mod json;
 pub mod replay_cache;
@@ -177,8 +155,11 @@ fn declared_length(value: &[u8]) -> Option<u64> {
     )
 }
 
-/// Judges the headers (steps 1 and 2 of the module doc) and returns the check the body
-/// goes through. `verifier` is the route's, if it has a webhook.
+/// Judges the headers and returns the check the body goes through: a `Content-Length`
+/// over `max_bytes` (413), then a webhook's signature headers ([`crate::body::webhook`]),
+/// are refused before any body is read. The shell then feeds the body as Envoy delivers
+/// it (held or streamed, [`holds_body`]; both refused at the byte past `max_bytes`) and
+/// calls [`BodyCheck::finish`]. `verifier` is the route's, if it has a webhook.
 pub fn start(
     policy: &BodyPolicy,
     verifier: Option<&Verifier>,
@@ -244,7 +225,9 @@ impl BodyCheck {
         Ok(())
     }
 
-    /// The body is complete (step 4 of the module doc). `store` holds the replay cache.
+    /// The body is complete: the JSON checker must have seen one whole valid value (an
+    /// empty body is not checked), one secret's MAC must equal a presented signature, and
+    /// then the replay cache must not know it. `store` holds the replay cache.
     pub fn finish(
         self,
         verifier: Option<&Verifier>,

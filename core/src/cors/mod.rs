@@ -1,31 +1,7 @@
-//! CORS (the Fetch standard's CORS protocol) for a policy's routes: which origins may
-//! call, the answer to a preflight, and the headers on an actual response.
-//!
-//! - Origins are exact. A policy origin is a serialized origin (RFC 6454 §6.2:
-//!   `scheme://host[:port]`, no path); scheme and host compare case-insensitively and a
-//!   default port (`:443` for https, `:80` for http) is the same as none, so both sides
-//!   are normalised ([`normalize_origin`]) before comparing. There are no wildcard
-//!   subdomains. `*` allows every origin and only without credentials (browsers refuse
-//!   `Access-Control-Allow-Origin: *` on a credentialed request; the policy decoder
-//!   refuses the combination). The opaque origin `null` (sandboxed iframes, `file:`) is
-//!   allowed only when the policy lists `null` itself.
-//! - A preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) is
-//!   answered by gatehouse before authentication, since browsers send it without
-//!   credentials: the route is the one the *requested* method and path match, its CORS
-//!   must allow the origin, the method and every requested header. Allowed: 204 with the
-//!   CORS headers. Anything else: 403 `CORS_REJECTED` with no CORS header at all, so the
-//!   browser refuses the actual request. A policy without any CORS leaves preflights to
-//!   the normal path.
-//! - An actual request is never refused for its origin (the browser enforces CORS; the
-//!   origin header is not a credential). Its response carries
-//!   `Access-Control-Allow-Origin` (the request's origin, exactly as sent) and the
-//!   credentials / expose headers only when the origin is allowed, and `Vary: Origin`
-//!   whenever the answer depends on the origin, allowed or not, so no cache hands one
-//!   origin's answer to another. On a CORS route gatehouse owns these headers: the
-//!   upstream's `Access-Control-*` headers are removed ([`crate::response`]).
-//!
-//! Never: reflect an origin that is not listed, or send a CORS header on a refusal of
-//! a preflight.
+//! CORS (the Fetch standard's protocol) for a policy's routes: which origins may call,
+//! the answer to a preflight, and the headers on an actual response. Never reflect an
+//! origin that is not listed, or send a CORS header on a refusal of a preflight.
+//! Behaviour: `docs/policy.md#cors`.
 
 pub mod preflight;
 

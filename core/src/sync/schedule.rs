@@ -1,28 +1,7 @@
-//! The sync's scheduler: when to long-poll the control service for the feed, when to post
-//! the merged events, and what each answer means. The plugin feeds it the time, its ticks,
-//! the host's answers and the events queue's batches, and performs the [`Action`]s it
-//! returns; shared data is read and written through [`SharedStore`] with [`feed`]'s
-//! functions. Contract: `control/FEED.md`.
-//!
-//! Polls. One long poll at a time, from the version in `feed/state` (a snapshot,
-//! `since=0`, before the first answer and after a 410). A regular poll goes out every
-//! `feed.interval` ([`TICKS_PER_SEC`] ticks a second); an answer triggers the next poll at
-//! once when waiting would only delay news: it carried changes (more may be queued behind
-//! them), the poll was held its full `wait` (a `wait=0` poll after a failure counts), or
-//! the server asked for a snapshot. So a long poll is nearly always in flight and a change
-//! reaches shared data one round trip after it commits. Those quick polls are paid from a
-//! token bucket of [`QUICK_POLL_BURST`] refilled at [`QUICK_POLLS_PER_SEC`] (`earned =
-//! (now - refilled_at) / (1 s / rate)`, capped at the burst); a poll the bucket cannot pay
-//! for goes out on a later tick. So no server can make the sync spin, and under a steady
-//! stream of changes each answer carries a batch of them. After a failure the next poll
-//! asks not to be held (`wait=0`), so the cache is fresh again as soon as the server
-//! answers.
-//!
-//! Events. At most one `POST /v1/events` a second and one at a time; a failed post is
-//! merged back in front of what arrived meanwhile ([`events::Posted`] says which answers
-//! are retried and which dropped).
-//!
-//! Never: call the host, panic on an answer, or send a second poll while one is in flight.
+//! The sync's scheduler: when to long-poll the control service for the feed, when to
+//! post the merged events, and what each answer means; the plugin performs the
+//! [`Action`]s it returns. Never: call the host, panic on an answer, or send a second
+//! poll while one is in flight. How it polls: `control/FEED.md#how-the-sync-polls`.
 
 use crate::observe::events;
 use crate::policy::{FeedPolicy, LogLevel};
@@ -35,7 +14,11 @@ use std::time::Duration;
 /// soon, coarse enough to cost nothing on Envoy's main thread.
 pub const SYNC_TICK: Duration = Duration::from_millis(100);
 pub const TICKS_PER_SEC: u64 = 10;
-/// Polls that may go out straight after answers in a burst ...
+/// Polls that may go out straight after answers in a burst ... An answer triggers the
+/// next poll at once when waiting would only delay news (it carried changes, the poll
+/// was held its full `wait`, or the server asked for a snapshot); those quick polls are
+/// paid from a token bucket (`earned = (now - refilled_at) / (1 s / rate)`, capped at
+/// the burst), and one it cannot pay for goes out on a later tick.
 pub const QUICK_POLL_BURST: u32 = 16;
 /// ... and in the long run: at 50 a second, 100 changes a second arrive two per answer.
 pub const QUICK_POLLS_PER_SEC: u64 = 50;
@@ -53,7 +36,9 @@ const UNANSWERED_GRACE_SECS: u64 = 10;
 pub enum Call {
     /// `GET <feed.path>?since=...`
     Poll,
-    /// `POST /v1/events`
+    /// `POST /v1/events`: at most one a second and one at a time; a failed post is merged
+    /// back in front of what arrived meanwhile ([`events::Posted`] says which answers
+    /// are retried and which dropped).
     Events,
 }
 
