@@ -1,31 +1,15 @@
 //! API keys: what a presented key must look like, its SHA-256, and the key record kept
-//! for it in Envoy's shared data.
-//!
-//! A key is never stored or cached in plaintext: the policy and the cache hold only
-//! `SHA-256(key)`. Lookup is by that hash (`k/<64 hex>`), so no secret is compared
-//! byte by byte in this module; an attacker who can time the lookup learns only whether
-//! some hash exists, which needs a preimage to be useful.
-//!
-//! Record encoding (one shared-data value per key, a few dozen bytes; never one blob for
-//! all keys, since a shared-data get copies the whole value):
-//! `1|<origin>|<key id>|<user>|<tenant>|<plan>|<expires unix secs or empty>|<a or r>|<scopes>`
-//! with scopes comma-separated (empty: every route). Every field is an [`is_valid_id`]
-//! string, so `|` and `,` cannot appear inside one.
-//!
-//! Keys gatehouse issues look like `ghk_3kQ9...Zx81aB`: a prefix, `_`, 22 base62
-//! characters from a CSPRNG (130 bits) and a 6-character CRC-32 checksum
-//! ([`format_key`], [`check_format`]), so a mistyped key is refused before any lookup and
-//! secret scanners can recognise a leaked one.
-//! `origin` is `p<16 hex>` for a key declared in a policy (the policy's fingerprint: a key
-//! dropped from the policy stops working when the new policy loads, although shared data
-//! has no delete) or `f` for a key fed by the control service.
+//! for it in Envoy's shared data; a key is never stored or cached in plaintext.
+//! The key format: `docs/policy.md#writing-a-policy`; storage: `docs/security.md#security`.
 
 use sha2::{Digest, Sha256};
 
 /// The longest API key accepted from a request, in bytes.
 pub const MAX_PRESENTED_KEY_LEN: usize = 256;
 
-/// SHA-256 of an API key.
+/// SHA-256 of an API key: all the policy and the cache ever hold. Lookup is by this hash,
+/// so no secret is compared byte by byte; timing the lookup tells only whether some hash
+/// exists, which needs a preimage to be useful.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyHash(pub [u8; 32]);
 
@@ -241,9 +225,10 @@ pub const POLICY_KEY_PREFIX: &str = "kp/";
 /// Where a key record came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
-    /// Declared in the policy with this fingerprint.
+    /// Declared in the policy with this fingerprint (`p<16 hex>`): a key dropped from the
+    /// policy stops working when the new policy loads, although shared data has no delete.
     Policy(u64),
-    /// Fed by the control service.
+    /// Fed by the control service (`f`).
     Feed,
 }
 
@@ -268,6 +253,11 @@ impl KeyRecord {
         self.scopes.is_empty() || group.is_some_and(|g| self.scopes.iter().any(|s| s == g))
     }
 
+    /// One shared-data value per key, a few dozen bytes (never one blob for all keys: a
+    /// shared-data get copies the whole value):
+    /// `1|<origin>|<key id>|<user>|<tenant>|<plan>|<expires unix secs or empty>|<a or r>|<scopes>`,
+    /// scopes comma-separated (empty: every route). Every field is an [`is_valid_id`]
+    /// string, so `|` and `,` cannot appear inside one.
     pub fn encode(&self) -> Vec<u8> {
         let origin = match self.origin {
             Origin::Policy(fp) => format!("p{fp:016x}"),
