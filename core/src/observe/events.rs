@@ -1,21 +1,6 @@
-//! The refusal audit on the sync's side: worker batches in, one `POST /v1/events` out.
-//!
-//! Each worker's root context enqueues one batch a second ([`crate::observe::tally::Tally::take_batch`])
-//! on the shared queue [`QUEUE`], which the sync registered. The sync drains the queue when
-//! Envoy says it is ready and merges every batch into one [`Pending`] batch: refusals in
-//! arrival order (at most [`MAX_REFUSALS`]; more are counted in `dropped`), the latest use
-//! of each key id (at most [`MAX_KEY_USES`] key ids), request counts summed per plan (at
-//! most [`MAX_PLANS`] plans). At most once a second, and never with a post in flight, it
-//! sends the pending batch as the body of `POST /v1/events` to the feed's cluster with the
-//! feed token, adding `proxy` (Envoy's node id, when it is a valid id) and `cache_version`
-//! (the feed version applied): the contract in `control/FEED.md`, section "Events".
-//!
-//! A post that fails for a reason that may pass (no answer, 5xx, 401, 429, ...) is merged
-//! back in front of what arrived meanwhile and sent again, still within the bounds; one the
-//! server refused as bad input (400) or cannot take at all (404, 405) would never be
-//! accepted and is dropped whole, its refusals counted in the sync's metrics only.
-//!
-//! Never: panic on a batch (a malformed one is refused whole), grow without bound.
+//! The refusal audit on the sync's side: worker batches in from [`QUEUE`], one
+//! `POST /v1/events` out; never panics on a batch (a malformed one is refused whole) or
+//! grows without bound. Contract: `control/FEED.md#events`.
 
 use crate::authn::api_key::is_valid_id;
 use serde_json::{Map, Value};
@@ -41,7 +26,9 @@ pub enum BatchError {
     Malformed,
 }
 
-/// What to do with a post after its answer.
+/// What to do with a post after its answer: one that may pass later is merged back in
+/// front of what arrived meanwhile; one refused as bad input or never takeable (400,
+/// 404, 405) is dropped whole, its refusals counted in the sync's metrics only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Posted {
     /// 2xx: stored.
@@ -65,7 +52,10 @@ impl Posted {
     }
 }
 
-/// The batch waiting to be posted. See the module documentation.
+/// The batch waiting to be posted: every worker batch merged, refusals in arrival order
+/// (at most [`MAX_REFUSALS`], more counted in `dropped`), each key id's latest use (at
+/// most [`MAX_KEY_USES`]), request counts summed per plan (at most [`MAX_PLANS`]). Posted
+/// at most once a second, never with a post in flight, with `proxy` and `cache_version`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Pending {
     refusals: Vec<Value>,

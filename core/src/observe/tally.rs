@@ -1,22 +1,6 @@
-//! What one worker decided, tallied in its own memory and handed on once a second.
-//!
-//! The filter must not pay a host call for being watched: an allowed request adds to a few
-//! counters here (and, for an API key not reported this minute, remembers one key use),
-//! nothing else. Each worker's root context owns one [`Tally`] (shared with its filters
-//! through an `Rc<RefCell<..>>`) and ticks once a second: it flushes the counters to Envoy's
-//! stats as deltas ([`Tally::flush_counts`], so stats lag by up to a second) and, when the
-//! policy has a feed, takes one JSON batch ([`Tally::take_batch`]) for the shared queue the
-//! sync drains ([`crate::observe::events`]).
-//!
-//! A refusal costs more, and may: it renders its log line ([`RefusalFacts::log_line`]) and
-//! its audit record, both written by hand (no `format!`, no serde_json), both made only of
-//! validated values: the request id, method, route pattern, code, status, key id, user,
-//! plan and client address. Never a key, a token, a signature or any other secret: the
-//! facts a refusal is built from do not hold one.
-//!
-//! Bounds, per worker and per flush: [`MAX_REFUSALS`] refusal records (more are counted in
-//! `dropped`), [`MAX_KEY_USES`] key uses (at most one per key id per [`KEY_USE_EVERY_SECS`]),
-//! one count pair per plan for the first [`MAX_PLANS`] plans plus anonymous callers.
+//! What one worker decided, tallied in its own memory and handed on once a second: an
+//! allowed request pays no host call for being watched, and no record ever holds a key,
+//! token, signature or other secret. Metrics and log: `docs/observing.md#metrics`.
 
 use crate::authn::api_key::is_valid_id;
 use crate::authn::{Credential, Identity};
@@ -143,7 +127,13 @@ impl std::hash::Hasher for Fnv {
 
 type FnvBuild = std::hash::BuildHasherDefault<Fnv>;
 
-/// One worker's tallies. See the module documentation.
+/// One worker's tallies, owned by its root context and shared with its filters
+/// (`Rc<RefCell<..>>`). An allowed request adds to a few counters (and, for an API key
+/// not reported this minute, one key use); on each tick the root flushes counters as
+/// deltas ([`Tally::flush_counts`]) and, with a feed, takes one JSON batch
+/// ([`Tally::take_batch`]) for the sync ([`crate::observe::events`]). Bounded per flush:
+/// [`MAX_REFUSALS`] refusals (more counted as dropped), [`MAX_KEY_USES`] key uses, one
+/// count pair for each of the first [`MAX_PLANS`] plans plus anonymous callers.
 pub struct Tally {
     /// Counter deltas since the last flush, indexed as [`metric_names`].
     counts: Vec<u64>,
@@ -163,7 +153,10 @@ pub struct Tally {
     plan_counts: Vec<[u64; 2]>,
 }
 
-/// Everything a refusal is recorded with. Borrowed from the request; holds no secret.
+/// Everything a refusal is recorded with. Borrowed from the request; holds no secret:
+/// only validated values (request id, method, route pattern, code, status, key id, user,
+/// plan, client address). A refusal may cost more than an allowed request: its log line
+/// and audit record are written by hand (no `format!`, no serde_json).
 #[derive(Clone, Copy, Debug)]
 pub struct RefusalFacts<'a> {
     pub at: UnixNanos,

@@ -1,22 +1,6 @@
 //! The claims of a token whose signature has been checked: the rules they must meet
 //! (RFC 7519 §4.1), and the small owned map the request path reads them from.
-//!
-//! Time rules, with `now` the caller's Unix time and `L` the leeway (clock skew between
-//! the issuer and Envoy), all in seconds and compared as numbers (RFC 7519 NumericDate
-//! may have a fraction):
-//! - `exp`: valid while `now < exp + L`; required unless [`Rules::require_exp`] is off.
-//! - `nbf`: valid once `now + L >= nbf`.
-//! - `iat`: refused when `iat > now + L` (issued in the future: a broken or hostile
-//!   issuer clock).
-//! - lifetime: with a bound `M` ([`Rules::max_lifetime_secs`], 24 h by default), `iat` is
-//!   required, a token whose `exp - iat` exceeds `M` is refused, and a token without
-//!   `exp` (allowed by `require_exp: false`) expires at `iat + M`. So no token is accepted
-//!   after `iat + M + L`, and a revocation of every token issued before `T` is complete
-//!   once it has lasted until `T + M + L` ([`Rules::longest_acceptance_secs`]).
-//!
-//! `exp`, `nbf`, `iat` must be numbers, `iss`, `sub`, `jti` strings and `aud` a string or
-//! an array of strings when present; anything else is refused rather than ignored, so a
-//! token cannot dodge a check by writing `"exp": "never"`.
+//! Lifetime and revocation: `docs/policy.md#token-lifetime-and-revocation`.
 
 use std::borrow::Cow;
 
@@ -222,6 +206,14 @@ fn string<'a>(
 }
 
 /// Checks the claims of an authenticated payload against `rules` at `now_unix`.
+///
+/// With leeway `L`, compared as numbers (a NumericDate may have a fraction): `exp` valid
+/// while `now < exp + L` (required unless [`Rules::require_exp`] is off); `nbf` once
+/// `now + L >= nbf`; `iat > now + L` refused (a broken or hostile issuer clock). With a
+/// lifetime bound `M`, `iat` is required, `exp - iat > M` refused, and a token without
+/// `exp` expires at `iat + M`. `exp`/`nbf`/`iat` must be numbers, `iss`/`sub`/`jti`
+/// strings, `aud` a string or array of strings: anything else is refused, not ignored,
+/// so `"exp": "never"` dodges nothing.
 pub(crate) fn check(
     claims: Map<String, Value>,
     now_unix: u64,

@@ -1,21 +1,6 @@
 //! Verification keys: HMAC secrets from raw bytes, public keys from JWK (RFC 7517/7518,
-//! RFC 8037 for Ed25519), whole key sets from a JWKS document.
-//!
-//! Every key is parsed and checked here, once, at configure time (or when a JWKS is
-//! refetched), so the request path only looks keys up and verifies. A [`Key`] always
-//! carries exactly one [`Alg`], fixed when it is made: the token's `alg` header never
-//! chooses how a key is used, it only has to agree with the key (see `verify.rs`).
-//!
-//! What this module refuses, and why:
-//! - RSA moduli under 2048 bits (RFC 7518 §3.3) or over 4096 (bounds the work one
-//!   token can cost); HMAC secrets shorter than the hash (RFC 7518 §3.2).
-//! - Symmetric (`oct`) keys inside a JWKS: a key set is published, and a published HMAC
-//!   secret lets anyone mint tokens. HMAC secrets come from the policy's environment.
-//! - Keys marked for something other than signatures (`use` other than `sig`,
-//!   `key_ops` without `verify`).
-//!
-//! One unusable key does not make a whole JWKS unusable: [`parse_jwks`] returns the keys
-//! it could use and, for each one it skipped, the reason, for the caller to log.
+//! RFC 8037 for Ed25519), whole key sets from a JWKS document, each parsed and checked
+//! once at configure time (or when a JWKS is refetched), never on the request path.
 
 use std::fmt;
 
@@ -180,7 +165,10 @@ impl Key {
         })
     }
 
-    /// A key from one JWK. `default_alg` is the algorithm the policy names for a JWK
+    /// A key from one JWK. Refused: RSA moduli under 2048 bits (RFC 7518 §3.3) or over
+    /// 4096 (bounds one token's work); `oct` keys in a JWKS (a published HMAC secret lets
+    /// anyone mint tokens; HMAC secrets come from the environment); keys for something
+    /// other than signatures (`use` not `sig`, `key_ops` without `verify`). `default_alg` is the algorithm the policy names for a JWK
     /// without `alg`; it is needed for `RSA` and `oct` keys (which could be used with
     /// several), ignored for `EC` (the curve decides) and `OKP` (always `EdDSA`).
     pub fn from_jwk(json: &[u8], default_alg: Option<Alg>) -> Result<Key, JwkError> {
@@ -356,7 +344,8 @@ pub struct Jwks {
 }
 
 /// Reads a JWKS document (`{"keys": [...]}`, RFC 7517 §5). Fails only when the document
-/// itself is unusable; each key that cannot be used is skipped and reported.
+/// itself is unusable; each key that cannot be used is skipped and reported (for the
+/// caller to log), so one bad key never makes a whole JWKS unusable.
 /// `default_rsa_alg` is the algorithm for RSA keys without `alg` (see [`Key::from_jwk`]).
 pub fn parse_jwks(json: &[u8], default_rsa_alg: Option<Alg>) -> Result<Jwks, JwkError> {
     let value: Value = serde_json::from_slice(json).map_err(|_| JwkError::NotJson)?;
