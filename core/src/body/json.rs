@@ -1,20 +1,7 @@
 //! A streaming JSON checker for request bodies: is the body one valid JSON text (RFC
-//! 8259), and does it stay within the route's caps on the length of one string or number
-//! and on the items of one array?
-//!
-//! It reads the body in whatever pieces it arrives ([`Scanner::feed`]), keeps a fixed
-//! amount of state (no allocation: the nesting stack is an array of [`MAX_DEPTH`]
-//! counters), never looks back, and refuses at the first byte that breaks a rule, so an
-//! oversized field is refused while it streams in. It builds nothing: it only says yes or
-//! no, which is all the gateway needs before the upstream parses the body itself.
-//!
-//! What it checks: the grammar (values, literals, numbers, strings with their escapes,
-//! no raw control characters in strings, UTF-8 without overlong forms or surrogates, no
-//! trailing data, no byte order mark); a string (object keys included) or a number longer
-//! than `max_string_bytes` bytes as written (escapes counted as written, so `\n` is two
-//! bytes: never less than the decoded length); an array with more than
-//! `max_array_items` items; nesting deeper than [`MAX_DEPTH`]. It must never panic, on
-//! any input: every index is checked, every counter saturates.
+//! 8259) within the route's caps on one string or number and one array's items? It must
+//! never panic on any input: every index is checked, every counter saturates.
+//! What it refuses: `docs/policy.md#body-limits`.
 
 /// Nesting deeper than this is refused (serde_json's own default recursion limit).
 pub const MAX_DEPTH: usize = 128;
@@ -122,7 +109,14 @@ enum State {
     },
 }
 
-/// The checker for one body.
+/// The checker for one body. Reads it in whatever pieces it arrives ([`Scanner::feed`])
+/// with fixed state (the nesting stack is [`MAX_DEPTH`] counters, no allocation), never
+/// looks back, and refuses at the first byte that breaks a rule, so an oversized field is
+/// refused while it streams in. Builds nothing: yes or no is all the gateway needs. Checks
+/// the grammar (escapes, no raw control characters in strings, UTF-8 without overlong
+/// forms or surrogates, no trailing data, no byte order mark); `max_string_bytes` counts
+/// strings (keys too) and numbers as written (`\n` is two bytes: never under the decoded
+/// length).
 #[derive(Clone, Debug)]
 pub struct Scanner {
     max_token: u64,

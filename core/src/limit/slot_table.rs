@@ -1,22 +1,6 @@
 //! A fixed table of shared-data slots, shared exactly by every worker: the rate limiter's
 //! states ([`crate::limit`]) and the webhook replay cache ([`crate::body::replay_cache`])
-//! both live in one.
-//!
-//! - **Fixed size.** Envoy's shared data has no delete, so a table is `slots` entries,
-//!   `<name>/<slots>/<index>`, all created up front ([`SlotTable::prepare`]): the first
-//!   worker to configure writes them and a `<name>/<slots>/ready` marker. Envoy writes an
-//!   absent key whatever compare-and-swap value it is given, so every slot must exist
-//!   before any request uses it; after that every write is a real compare-and-swap.
-//! - **Entries** are 16 bytes: the owner's 64-bit tag and one 64-bit value (a `tat` in
-//!   nanoseconds for the limiter, an expiry second for the replay cache), big-endian. A
-//!   free slot is all zeros; anything else that is not 16 bytes reads as free.
-//! - **Placement.** An owner (two byte strings, e.g. limit and caller) is hashed once
-//!   with SHA-256, after a table secret where callers choose owners
-//!   ([`SlotTable::place_keyed`]): its first 16 bytes pick [`CANDIDATES`] distinct slots
-//!   (4 bytes each), the next 8 are the tag (never 0), independent of the slot choice.
-//! - **Lookup** ([`SlotTable::find`]) reads the candidates in order and stops at the
-//!   owner's own entry: an owner seen before costs one read. A free slot is chosen only
-//!   after every candidate was read, since the owner's entry may sit behind it.
+//! both live in one. Slots are `<name>/<slots>/<index>`, 16-byte entries ([`encode`]).
 
 use crate::store::{SharedStore, StoreError};
 use sha2::{Digest, Sha256};
@@ -82,6 +66,9 @@ pub fn decode(bytes: &[u8]) -> Option<(u64, u64)> {
     ))
 }
 
+/// An entry: the owner's 64-bit tag, then one 64-bit value (a `tat` in nanoseconds for
+/// the limiter, an expiry second for the replay cache), big-endian. A free slot is all
+/// zeros; anything else that is not 16 bytes reads as free.
 pub fn encode(tag: u64, value: u64) -> [u8; ENTRY_LEN] {
     let mut entry = [0u8; ENTRY_LEN];
     let (t, v) = entry.split_at_mut(8);
@@ -114,7 +101,10 @@ impl SlotTable<'_> {
         key
     }
 
-    /// Creates every slot unless a worker already did. Every worker calls this when it
+    /// Creates every slot unless a worker already did, and then a `<name>/<slots>/ready`
+    /// marker. Shared data has no delete, so the table is fixed; Envoy writes an absent
+    /// key whatever compare-and-swap value it is given, so every slot must exist before
+    /// any request uses it, and after that every write is a real CAS. Every worker calls this when it
     /// configures, before it handles any request; workers configure before Envoy sends
     /// them traffic, so the unconditional writes cannot overwrite a live entry (and once
     /// the marker exists, nobody writes them again). Returns the slots written.
@@ -138,6 +128,8 @@ impl SlotTable<'_> {
     /// The place of the owner `(a, b)` under a secret: `SHA-256(secret ‖ a ‖ 0 ‖ b)`.
     /// Where callers choose the owners (the rate limiter's client addresses and ids),
     /// the secret keeps them from computing which slots an owner of their choice takes.
+    /// The hash's first 16 bytes pick [`CANDIDATES`] distinct slots (4 bytes each), the
+    /// next 8 are the tag (never 0), independent of the slot choice.
     pub fn place_keyed(&self, secret: &[u8], a: &[u8], b: &[u8]) -> Place {
         let mut h = Sha256::new();
         h.update(secret);
@@ -171,7 +163,9 @@ impl SlotTable<'_> {
     /// (reading stops there), else the first candidate whose entry is free to claim:
     /// unreadable, or `free(value)` for its value. `None` when neither: every candidate
     /// holds a live stranger, or is absent (the table was not prepared, and an absent
-    /// slot is never claimed: writing it would not be a compare-and-swap).
+    /// slot is never claimed: writing it would not be a compare-and-swap). An owner seen
+    /// before costs one read; a free slot is chosen only after every candidate was read,
+    /// since the owner's entry may sit behind it.
     pub fn find(
         &self,
         store: &impl SharedStore,

@@ -1,26 +1,20 @@
-//! A small per-worker memo keyed by a secret (a presented API key, a bearer token): what
-//! was derived from it the last time, so a client sending the same credential again
-//! (the usual case) skips the work. What the memo saves is only ever a pure function of
-//! the secret (a hash, a verified signature); anything that can change (a key's record,
-//! a revocation, the clock) is still checked on every request by the caller.
-//!
-//! - **Constant-time comparison.** A hit compares the whole secret with the stored one
-//!   in time that depends only on the lengths, so response times never tell an attacker
-//!   how much of a cached credential they guessed.
-//! - **Bounded.** A fixed number of entries, direct-mapped by a hash of the secret's last
-//!   16 bytes (the random part of a key, the signature of a token); secrets longer than
-//!   `max_len` are not kept. A colliding secret replaces the entry: an attacker can only
-//!   make other clients miss, never hit on a wrong entry.
-//! - **Never shown.** `Debug` prints the number of entries, not the secrets.
-//! - **Not part of what holds it.** Cloning gives an empty cache and any two caches are
-//!   equal, so a policy or key set that carries one compares and clones by its content.
+//! A small per-worker memo keyed by a secret (a presented API key, a bearer token), so a
+//! client sending the same credential again skips the work. It memoizes only pure
+//! functions of the secret; anything that can change (a record, a revocation, the clock)
+//! the caller still checks on every request.
 
 use std::sync::Mutex;
 
 /// One entry: the secret and what was derived from it.
 type Slot<V> = Option<(Box<[u8]>, V)>;
 
-/// See the module documentation.
+/// A fixed number of entries, direct-mapped by a hash of the secret's last 16 bytes (a
+/// key's random part, a token's signature); secrets over `max_len` are not kept. A hit
+/// compares the whole secret in time that depends only on the lengths, so response
+/// times never tell how much of a cached credential was guessed. A colliding secret
+/// replaces the entry: an attacker can only make others miss, never hit a wrong entry.
+/// `Debug` shows the entry count, never a secret; clones start empty and any two caches
+/// are equal, so what holds one compares and clones by its content.
 pub struct SecretCache<V> {
     // A `Mutex` only so that its holder may sit in a `static` in tests; the module is
     // single threaded and never waits on it.

@@ -1,20 +1,7 @@
 //! Test fixtures: the published example keys and tokens of RFC 7515 and RFC 8037, and a
-//! minimal token signer. Compiled for tests only; the plugin never signs.
-//!
-//! The RSA key is RFC 7515 Appendix A.2's, the P-256 key A.3's, the Ed25519 key RFC 8037
-//! Appendix A's; the P-384 key is a fixed scalar of our own (no RFC publishes an ES384
-//! JWS example). RS256 and Ed25519 signatures are deterministic, so signing the RFC
-//! inputs with these keys reproduces the RFC signatures byte for byte (tested), which
-//! pins the signer used by every other test. ECDSA here uses RFC 6979 nonces and PSS a
-//! seeded salt, so every token minted is the same on every run.
-//!
-//! ECDSA signatures are normalized to low-S (s <= n/2) because the plugin refuses high-S
-//! ([`super::signature`]); p256 and p384 0.13 do not normalize when they sign, so without
-//! it about half of the minted ES256/ES384 tokens would be refused. RFC 7515 A.3's token
-//! is high-S, so it is refused too; [`RFC7515_A3_TOKEN_LOW_S`] is its low-S twin.
-//!
-//! Built for this crate's tests and, with the native-only `test-tokens` feature, for the
-//! harness's end-to-end tests. Not part of the plugin: it may panic on bad test input.
+//! minimal token signer that mints the same token on every run. Built for tests and,
+//! with the native-only `test-tokens` feature, the harness; never part of the plugin, so
+//! it may panic on bad test input.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -108,7 +95,10 @@ pub fn rsa_private() -> RsaPrivateKey {
     RsaPrivateKey::from_components(n, BigUint::from(65_537u32), d, vec![p, q]).unwrap()
 }
 
-/// The signing key the tests use for `alg`.
+/// The signing key the tests use for `alg`: RFC 7515 A.2's RSA key, A.3's P-256, RFC
+/// 8037 A's Ed25519, and a fixed P-384 scalar of our own (no RFC has an ES384 example).
+/// RS256 and Ed25519 are deterministic, so signing the RFC inputs reproduces the RFC
+/// signatures byte for byte (tested), which pins the signer every other test uses.
 pub fn signer(alg: Alg) -> Signer {
     match alg {
         Alg::HS256 | Alg::HS384 | Alg::HS512 => Signer::Hmac(hmac_secret(alg)),
@@ -164,7 +154,9 @@ pub fn public_key(alg: Alg, kid: Option<&str>) -> Key {
 }
 
 /// Signs `signing_input` as `alg` with `signer`. The algorithm is the caller's choice,
-/// so tests can sign with a key under the wrong algorithm on purpose.
+/// so tests can sign with a key under the wrong algorithm on purpose. ECDSA uses RFC 6979
+/// nonces and PSS a seeded salt, so output is the same on every run; ECDSA is normalized
+/// to low-S, which the plugin requires and p256/p384 0.13 do not do when signing.
 pub fn sign(alg: Alg, signer: &Signer, signing_input: &[u8]) -> Vec<u8> {
     use hmac::{Hmac, Mac};
     match (alg, signer) {

@@ -1,19 +1,6 @@
-//! The request-path check of one token, in the order that costs an attacker the most and
-//! the plugin the least:
-//!
-//! 1. size (before reading a byte of it), then exactly three `.`-separated segments;
-//! 2. the header: strict base64url, a JSON object, `alg` a supported name (never
-//!    `none`), `kid` and `typ` strings when present, no `crit`;
-//! 3. the key: by `kid` when the token names one (none with that id: `UnknownKid`, the
-//!    caller's cue to refetch the JWKS); otherwise the first few keys whose algorithm is
-//!    the token's. The key's own algorithm must equal the token's `alg`: the token never
-//!    picks how a key is used, which closes the HS256-with-an-RSA-public-key and `none`
-//!    attacks;
-//! 4. the signature over the first two segments as they arrived;
-//! 5. only then the payload: strict base64url, a JSON object, the claim rules.
-//!
-//! Header members that point at keys (`jwk`, `jku`, `x5u`, `x5c`) are ignored: keys come
-//! from the policy and its JWKS, never from the token.
+//! The request-path check of one token ([`verify`]), in the order that costs an attacker
+//! the most and the plugin the least; keys come from the policy and its JWKS, never from
+//! the token.
 
 use std::sync::Arc;
 
@@ -31,7 +18,10 @@ pub const MAX_KEYS_TRIED: usize = 3;
 
 /// Verifies a JWS compact token against `keys` at `now_unix` (seconds) under `rules`.
 ///
-/// Work is bounded by [`Rules::max_size`] (checked first) and [`MAX_KEYS_TRIED`]. A
+/// Order: size (before reading a byte), three segments; the header (strict base64url,
+/// a JSON object, a supported `alg`, `kid`/`typ` strings); the key, whose own algorithm
+/// must equal the token's `alg`; the signature over the segments as they arrived; only
+/// then the payload and its claim rules. Work is bounded by [`Rules::max_size`] (checked first) and [`MAX_KEYS_TRIED`]. A
 /// token with `kid` is checked only against keys with that `kid` (unknown: the caller
 /// may refetch the JWKS, rate-limited since the attacker picks the `kid`); one without
 /// is tried against keys of its algorithm, and a key without `kid` is found only so.
