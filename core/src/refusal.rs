@@ -1,15 +1,6 @@
-//! Every refusal, and the one JSON shape it is answered with.
-//!
-//! [`Denial`] is closed: nothing else in the plugin sends an error body (the one other
-//! local answer is a CORS preflight's empty 204, [`crate::cors`]), and an upstream error
-//! replaced by gatehouse ([`Denial::UpstreamError`]) gets the same shape. One function,
-//! [`Denial::reply`], maps a denial to its status, `code`, headers and body. Clients get a
-//! generic message; the precise reason ([`Denial::reason`]) goes to logs and metrics, so a
-//! caller probing keys cannot tell an unknown key from a revoked one.
-//!
-//! Body: `{"error": "...", "code": "MISSING_CREDENTIALS", "timestamp": "<RFC 3339 UTC>",
-//! "request_id": "..."}` with `content-type: application/json`. Nothing from the request
-//! except the request id is echoed, and that one is JSON-escaped and bounded.
+//! Every refusal, and the one JSON shape it is answered with: nothing else in the plugin
+//! sends an error body (the one other local answer is a preflight's empty 204).
+//! Codes, statuses and body: `docs/policy.md#refusals`.
 
 use crate::authn::api_key::KeyFailure;
 use crate::authn::{AuthFailure, JwtFailure};
@@ -308,7 +299,10 @@ impl Denial {
         }
     }
 
-    /// Renders the local response for this denial, with the generic messages.
+    /// Renders the local response for this denial, with the generic messages: the one
+    /// mapping to status, `code`, headers and body. The precise reason ([`Denial::reason`])
+    /// goes to logs and metrics, so a caller probing keys cannot tell an unknown key from a
+    /// revoked one. Only the request id is echoed, JSON-escaped and bounded.
     pub fn reply(self, now: UnixNanos, request_id: &[u8]) -> LocalReply {
         self.render(now, request_id, false)
     }

@@ -1,24 +1,15 @@
-//! A JWKS fetched from a URL, shared by all workers through shared data, fetched by one
-//! worker at a time.
-//!
-//! Every worker's root context ticks. On a tick a worker fetches only if the document is
-//! missing, older than `refresh`, or a request saw an unknown `kid` (at most once per
-//! `min_refetch`), and only if it wins the fetch lease: a compare-and-swap on
-//! `jwks/lease`, so N workers make one HTTP call, not N. A fetched document is written
-//! only when it parses with at least one usable key: a failed fetch or a bad document
-//! keeps the last good one. Each worker re-parses the document when its cas changes.
-//!
-//! Entries, per JWT provider `<p>` (its index in `jwt.providers`):
-//! `jwks/<p>/doc` = `1|<fetched at, unix secs>|<JWKS JSON>`, `jwks/<p>/lease` =
-//! `<held until, unix secs>`, `jwks/<p>/want` = `<unix secs a refetch was asked for>`.
-//! Each provider's document is its own: a key fetched for one issuer never verifies
-//! another's tokens.
+//! A JWKS fetched from a URL, shared by all workers through shared data and fetched by
+//! one worker at a time; each provider's document is its own, so a key fetched for one
+//! issuer never verifies another's tokens. Behaviour: `docs/policy.md#writing-a-policy`.
 
 use crate::authn::jwt::{Alg, JwkError, Jwks, Key, parse_jwks};
 use crate::policy::auth::JwksUrl;
 use crate::store::{SharedStore, StoreError};
 
-/// Provider `p`'s document entry.
+/// Provider `p`'s document entry (`p` its index in `jwt.providers`):
+/// `jwks/<p>/doc` = `1|<fetched at, unix secs>|<JWKS JSON>`; beside it `jwks/<p>/lease` =
+/// `<held until>` and `jwks/<p>/want` = `<when a refetch was asked for>`, unix secs. Each
+/// worker re-parses the document when its cas changes.
 pub fn doc_key(p: usize) -> String {
     format!("jwks/{p}/doc")
 }
@@ -62,7 +53,10 @@ pub fn init(store: &impl SharedStore, p: usize) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Whether this worker should fetch now; `true` means it holds the lease.
+/// Whether this worker should fetch now; `true` means it holds the lease. Only when the
+/// document is missing, older than `refresh`, or a refetch was asked for (at most once
+/// per `min_refetch`), and only if the compare-and-swap on the lease wins: N workers
+/// make one HTTP call, not N.
 pub fn should_fetch(store: &impl SharedStore, p: usize, cfg: &JwksUrl, now: u64) -> bool {
     let fetched_at = current(store, p).map_or(0, |(_, at, _)| at);
     let wanted = read_u64(store, &want_key(p)).map_or(0, |(w, _)| w);
@@ -91,7 +85,7 @@ pub fn want_refetch(store: &impl SharedStore, p: usize, cfg: &JwksUrl, now: u64)
     }
 }
 
-/// Stores a fetched document if it is usable; otherwise keeps the last good one and says
+/// Stores a fetched document if it parses with at least one usable key; otherwise keeps the last good one and says
 /// why. Returns the number of usable keys.
 pub fn store_fetched(
     store: &impl SharedStore,

@@ -1,16 +1,7 @@
 //! The API-key cache in shared data, read with one small get per request (two when the
-//! policy declares keys of its own):
-//! - `k/<hex>`: the control service's feed ([`crate::sync::feed`]), origin [`Origin::Feed`];
-//! - `kp/<hex>`: the policy's static keys, written on configure, origin
-//!   [`Origin::Policy`] with the policy's fingerprint.
-//!
-//! The two sources never write each other's entries, so the order in which a policy
-//! (re)load and the feed write cannot matter: a policy reload cannot bring back a key the
-//! control service revoked, whatever the interleaving of the workers' configure and the
-//! sync's writes (shared data has no create-if-absent to make one entry safe). A key
-//! both declare is checked against both, and the stricter answer holds: refused if
-//! either says revoked or expired, else the feed's record (the control service is the
-//! source of truth for scopes and plan).
+//! policy declares keys of its own): `k/<hex>` written by the feed, `kp/<hex>` by the
+//! policy. Neither source writes the other's entries, so no interleaving of a policy
+//! reload and the feed can bring back a key the control service revoked.
 
 use crate::authn::api_key::{KeyFailure, KeyHash, KeyRecord, Origin, POLICY_KEY_PREFIX};
 use crate::policy::Policy;
@@ -28,7 +19,9 @@ pub fn install_policy_keys(policy: &Policy, store: &impl SharedStore) -> Result<
     Ok(policy.keys.len())
 }
 
-/// Looks a key up and checks that it may be used at `now`.
+/// Looks a key up and checks that it may be used at `now`. A key both sources declare
+/// is checked against both and the stricter answer holds: refused if either says revoked
+/// or expired, else the feed's record (the control service owns scopes and plan).
 pub fn lookup(
     policy: &Policy,
     records: &KeyRecords,

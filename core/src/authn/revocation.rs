@@ -1,18 +1,7 @@
 //! JWT revocation in shared data, checked on every JWT: per-user watermarks ("tokens of
-//! this user issued before T are revoked", e.g. after a password change) and a jti
-//! denylist.
-//!
-//! Entries (one small shared-data value each, written from the policy on configure and,
-//! later, by the control-service feed):
-//! - `u/<user>` → `1|<origin>|<revoked before, unix secs>|<until, unix secs or empty>`
-//! - `j/<sha256(jti), 64 hex>` → `1|<origin>|<until, unix secs or empty>`
-//!
-//! The jti is hashed because it is arbitrary issuer-chosen text: the hash bounds the key's
-//! length and alphabet. `until` is when the entry stops mattering: every token it covers
-//! has expired by then, so an expired entry counts as absent and the feed can stop
-//! writing it (shared data has no delete). `origin` works as for keys
-//! ([`crate::authn::api_key`]): an entry declared by an older policy is ignored, and an entry
-//! the feed wrote is never overwritten by a policy.
+//! this user issued before T are revoked") and a jti denylist, written from the policy
+//! on configure and by the control-service feed.
+//! What a revocation promises: `docs/policy.md#token-lifetime-and-revocation`.
 
 use crate::authn::api_key::{Origin, hex};
 use crate::store::{SharedStore, StoreError};
@@ -67,10 +56,17 @@ fn parse_until(s: &str) -> Option<Option<u64>> {
     }
 }
 
+/// `u/<user>` → `1|<origin>|<revoked before, unix secs>|<until, unix secs or empty>`.
+/// `until` is when the entry stops mattering (every token it covers has expired), so an
+/// expired entry counts as absent and the feed can stop writing it (no delete). `origin`
+/// works as for keys ([`crate::authn::api_key::Origin`]): an entry from an older policy
+/// is ignored, and one the feed wrote is never overwritten by a policy.
 pub fn user_key(user: &str) -> String {
     ["u/", user].concat()
 }
 
+/// `j/<sha256(jti), 64 hex>` → `1|<origin>|<until, unix secs or empty>`. Hashed because a
+/// jti is arbitrary issuer-chosen text: the hash bounds the key's length and alphabet.
 pub fn jti_key(jti: &str) -> String {
     ["j/", &hex(&Sha256::digest(jti.as_bytes()))].concat()
 }

@@ -1,20 +1,14 @@
-//! Strict base64url (RFC 4648 §5) without padding, as JWS compact serialization uses it.
-//!
-//! Strict means: only `A-Z a-z 0-9 - _`, no `=` padding, no whitespace, no length that
-//! cannot come from an encoder (`len % 4 == 1`), and the unused low bits of the last
-//! character must be zero. The last rule makes the encoding canonical: one byte string
-//! has exactly one text, so a token cannot be re-encoded (a signature "changed" from `Q`
-//! to `R` in its last character) and still verify, which matters to anyone who keys a
-//! replay or revocation cache on the token text.
-//!
-//! [`decode_standard`] reads the standard alphabet (RFC 4648 §4, `+` and `/`), with or
-//! without `=` padding, as webhook providers send base64 signatures; the same strictness
-//! applies otherwise.
+//! Strict, canonical base64url (RFC 4648 §5) without padding, as JWS compact
+//! serialization uses it, and the standard alphabet webhook providers send.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 
-/// Why a segment is not strict base64url. Carries no input bytes.
+/// Why a segment is not strict base64url. Carries no input bytes. Strict: only
+/// `A-Z a-z 0-9 - _`, no `=`, no whitespace, no length an encoder cannot make
+/// (`len % 4 == 1`), and the last character's unused low bits zero. The last rule makes
+/// the encoding canonical, so a token cannot be re-spelt (`Q` to `R` at the end) and
+/// still verify past a cache keyed on its text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct NotBase64Url;
 
@@ -33,7 +27,8 @@ pub(crate) fn decode_into(input: &[u8], out: &mut Vec<u8>) -> Result<(), NotBase
     })
 }
 
-/// Decodes standard base64 (RFC 4648 §4), padded or not. `None` for anything else.
+/// Decodes standard base64 (RFC 4648 §4, `+` and `/`), padded or not, as webhook
+/// providers send signatures; otherwise as strict. `None` for anything else.
 pub(crate) fn decode_standard(input: &[u8]) -> Option<Vec<u8>> {
     // Padded text must be padded canonically; text without `=` must be unpadded.
     let engine = if input.ends_with(b"=") {
