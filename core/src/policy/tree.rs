@@ -1,10 +1,7 @@
-//! A configuration tree that remembers where each value came from.
-//!
-//! Policies arrive in two forms: YAML files that people edit (read natively by
-//! `gatehouse-harness check`, with line and column for every error) and the JSON plugin
-//! configuration Envoy hands to the module. Both are read into this one tree and decoded
-//! by the same code in [`super::decode`], so a policy the checker accepts is exactly one
-//! the plugin accepts. Positions exist only for YAML; JSON errors name the field path.
+//! A configuration tree that remembers where each value came from: YAML files (with line
+//! and column for every error) and Envoy's JSON configuration are both read into it and
+//! decoded by the same [`super::decode`], so the checker and the plugin accept exactly
+//! the same policies. Positions exist only for YAML; JSON errors name the field path.
 
 use std::fmt;
 

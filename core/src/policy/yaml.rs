@@ -1,11 +1,4 @@
 //! Reads a YAML policy file into a positioned [`Node`] tree (native builds only).
-//!
-//! Scalars follow the YAML 1.2 core schema: plain `true`/`false`, `null`/`~`/empty,
-//! integers and floats are typed; quoted scalars are always strings. An integer too large
-//! for i64 stays a string (a SHA-256 made only of digits must not become a float).
-//! Anchors and aliases are refused: a policy is short, and aliases make "where did this
-//! value come from" ambiguous in errors. Duplicate mapping keys are refused too: YAML
-//! parsers disagree on which one wins, so a reviewer could read the other one.
 
 use super::tree::{Key, Node, Pos, Value};
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
@@ -175,6 +168,12 @@ impl MarkedEventReceiver for Builder {
 }
 
 /// Parses one YAML document. An empty file is an empty mapping's absence: `Null`.
+///
+/// Scalars follow the YAML 1.2 core schema: plain `true`/`false`, `null`/`~`/empty,
+/// integers and floats are typed; quoted scalars are strings, and so is an integer too
+/// large for i64 (a SHA-256 of digits only must not become a float). Refused: anchors
+/// and aliases (they make "where did this value come from" ambiguous in errors) and
+/// duplicate keys (parsers disagree on which wins, so a reviewer could read the other).
 pub fn parse(source: &str) -> Result<Node, YamlError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(source);

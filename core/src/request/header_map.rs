@@ -1,13 +1,11 @@
-//! Reading a header map as the host hands it over, without copying it apart.
-//!
-//! `proxy_get_header_map_pairs` returns one buffer: the number of pairs (u32, little
-//! endian), then each pair's name and value lengths (u32 each), then each name and value
-//! followed by a NUL. The SDK's reader turns that into a `Vec` of owned `String`s and
-//! `Vec`s (two allocations a header, and a panic on a name that is not UTF-8); this one
-//! lends out slices of the buffer. A malformed buffer ends the iteration where it stops
-//! making sense: it never panics and never reads past the end.
+//! Reading a header map as the host hands it over, lending slices of the buffer instead
+//! of the SDK's owned `String`s (two allocations a header, and a panic on a non-UTF-8
+//! name); it never panics and never reads past the end.
 
-/// The pairs of a serialized header map, in order, as `(name, value)` byte slices.
+/// The pairs of a serialized header map, in order, as `(name, value)` byte slices. The
+/// buffer (`proxy_get_header_map_pairs`): the number of pairs (u32, little endian), each
+/// pair's name and value lengths (u32 each), then each name and value followed by a NUL.
+/// A malformed buffer ends the iteration where it stops making sense.
 pub fn pairs(serialized: &[u8]) -> Pairs<'_> {
     let count = read_u32(serialized, 0).map_or(0, |n| n as usize);
     // Each pair needs 8 bytes of lengths and 2 NULs: a count the buffer cannot hold

@@ -1,11 +1,6 @@
 //! Decoding of the `body` section (top level and per route) and of routes' `webhook`
-//! (types in [`crate::body`] and [`crate::body::webhook`]).
-//!
-//! A route's `body` overrides the top-level one field by field: `max_bytes` if given,
-//! `json` if given (`json: false` turns the top-level caps off for the route, and a
-//! mapping overrides the caps it names). Sizes are bytes, or a number with a unit: `B`,
-//! `KB`, `MB`, `GB`, where `KB` means 1024 bytes (`KiB`, `MiB`, `GiB` are accepted as the
-//! same); units are case-insensitive.
+//! (types in [`crate::body`] and [`crate::body::webhook`]). Fields and the route
+//! override rule: `docs/policy.md#body-limits`.
 
 use super::auth::parse_duration_secs;
 use super::{Decoder, Fields, field_pos, join};
@@ -18,7 +13,8 @@ use crate::policy::tree::Pos;
 use crate::policy::tree::{Node, Value};
 
 /// `64KB`, `1MB`, `512`, `2 GiB`: a size in bytes (binary units). `None` when it is not
-/// one or does not fit.
+/// one or does not fit. Units `B`, `KB`, `MB`, `GB` with `KB` = 1024 bytes; `KiB`,
+/// `MiB`, `GiB` mean the same, and units are case-insensitive.
 pub(super) fn parse_size(text: &str) -> Option<u64> {
     let s = text.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
