@@ -1,9 +1,7 @@
 //! The policy: what a gatehouse deployment allows, parsed once into validated types.
-//!
-//! People write policies as YAML (see `policies/example.yaml`); Envoy hands the plugin
-//! the same tree as JSON. [`load_yaml`] (native, feature `yaml`) and [`Policy::from_json`]
-//! both go through one decoder, so the checker and the plugin accept exactly the same
-//! policies. Every error carries the field path and, for YAML, `file:line:column`.
+//! YAML ([`load_yaml`], native, feature `yaml`) and Envoy's JSON ([`Policy::from_json`])
+//! go through one decoder, so the checker and the plugin accept exactly the same
+//! policies. The reference: `docs/policy.md#writing-a-policy`.
 
 pub mod auth;
 mod decode;

@@ -1,9 +1,5 @@
 //! Decoding of `environment`, `security_headers` and `upstream_errors`, and of a route's
 //! overrides of them and of `cors` (types in [`crate::response`] and [`crate::cors`]).
-//!
-//! The top-level sections are decoded first ([`Inherited`]); each route then gets the
-//! merged result: a route's mapping changes only the fields it names, `false` turns the
-//! section off for the route, and a route that says nothing has the top level's.
 
 use super::{Decoder, Fields, join};
 use crate::cors::CorsPolicy;
@@ -15,7 +11,9 @@ use crate::response::headers::{DEFAULT_HSTS_MAX_AGE_SECS, Hsts, SecurityHeaders}
 const MAX_HSTS_SECS: u64 = 2 * DEFAULT_HSTS_MAX_AGE_SECS;
 const MAX_CSP_LEN: usize = 4096;
 
-/// What every route starts from: the top-level sections.
+/// What every route starts from: the top-level sections, decoded first. A route's mapping
+/// changes only the fields it names, `false` turns the section off for the route, and a
+/// route that says nothing has the top level's.
 pub(super) struct Inherited {
     pub environment: Environment,
     pub cors: Option<CorsPolicy>,
