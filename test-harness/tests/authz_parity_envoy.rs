@@ -272,9 +272,11 @@ fn the_plugin_and_ext_authz_answer_every_request_of_the_table_alike() {
 
     let expired_jwt = token(JWT_KID, "user_jwt", "parity-old", now, 7200, 3600);
     let other_kid = token("not-our-kid", "user_jwt", "parity-kid", now, 60, 3600);
+    // Another signature, still canonical base64url: `A` and `Q` leave the unused low
+    // bits of a last character zero (`B` after an `A` would be malformed, not forged).
     let mut forged = good_jwt.clone();
     let last = forged.pop().unwrap();
-    forged.push(if last == 'A' { 'B' } else { 'A' });
+    forged.push(if last == 'A' { 'Q' } else { 'A' });
     let unknown = gatehouse_core::authn::api_key::format_key("ghk", "0123456789abcdefABCDEF");
     let in_query = format!("/v1/things?api_key={}", plain.api_key);
     let preflight = |origin: &str| {
