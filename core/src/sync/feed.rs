@@ -373,31 +373,10 @@ mod tests {
     use super::*;
     use crate::authn::revocation::{Revoked, check};
     use crate::store::MemoryStore;
+    use crate::sync::fixtures::{answer, hash, key, record};
     use serde_json::json;
 
     const NOW: u64 = 1_767_225_600;
-
-    fn hash(n: u8) -> String {
-        KeyHash::of_key(&[n]).to_hex()
-    }
-
-    fn key(n: u8, active: bool) -> Value {
-        json!({"sha256": hash(n), "key_id": format!("key_{n}"), "user": "user_1",
-               "tenant": "tenant_1", "plan": "team", "expires_at": null,
-               "active": active, "scopes": ["billing"]})
-    }
-
-    fn answer(epoch: &str, version: u64, full: bool, keys: Vec<Value>) -> Vec<u8> {
-        json!({"epoch": epoch, "version": version, "full": full, "keys": keys,
-               "users": [], "jtis": []})
-        .to_string()
-        .into_bytes()
-    }
-
-    fn record(store: &MemoryStore, n: u8) -> Option<KeyRecord> {
-        let (bytes, _) = store.get(&format!("k/{}", hash(n)))?;
-        KeyRecord::decode(&bytes)
-    }
 
     #[test]
     fn a_valid_answer_is_parsed_into_feed_records() {

@@ -609,9 +609,9 @@ mod tests {
     //! keeps what a user would see: the calls, the metrics, the log lines, shared data.
 
     use super::*;
-    use crate::authn::api_key::{KeyHash, KeyRecord};
     use crate::policy::OnStale;
     use crate::store::{MemoryStore, StoreError};
+    use crate::sync::fixtures::{answer, key, record};
     use serde_json::{Value, json};
     use std::cell::Cell;
     use std::collections::HashMap;
@@ -806,28 +806,6 @@ mod tests {
         fn take_done(&mut self) -> Vec<Action> {
             std::mem::take(&mut self.done)
         }
-    }
-
-    fn hash(n: u8) -> String {
-        KeyHash::of_key(&[n]).to_hex()
-    }
-
-    fn key(n: u8, active: bool) -> Value {
-        json!({"sha256": hash(n), "key_id": format!("key_{n}"), "user": "user_1",
-               "tenant": "tenant_1", "plan": "team", "expires_at": null,
-               "active": active, "scopes": ["billing"]})
-    }
-
-    fn answer(epoch: &str, version: u64, full: bool, keys: Vec<Value>) -> Vec<u8> {
-        json!({"epoch": epoch, "version": version, "full": full, "keys": keys,
-               "users": [], "jtis": []})
-        .to_string()
-        .into_bytes()
-    }
-
-    fn record(store: &Store, n: u8) -> Option<KeyRecord> {
-        let (bytes, _) = store.get(&format!("k/{}", hash(n)))?;
-        KeyRecord::decode(&bytes)
     }
 
     fn refusals(from: u64, n: u64) -> Vec<u8> {
