@@ -506,8 +506,7 @@ fn parse_generic(g: &Generic, value: &[u8]) -> Result<Candidates, SignatureError
     let pushed = match g.encoding {
         Encoding::Hex => candidates.push_hex(text)?,
         Encoding::Base64 => {
-            let bytes =
-                crate::authn::jwt::b64::decode_standard(text).ok_or(SignatureError::Malformed)?;
+            let bytes = decode_standard(text).ok_or(SignatureError::Malformed)?;
             candidates.push_bytes(&bytes)?
         }
     };
@@ -754,7 +753,7 @@ pub fn sign(provider: &Provider, secret: &[u8], timestamp: u64, body: &[u8]) -> 
         Provider::Generic(g) => {
             let text = match g.encoding {
                 Encoding::Hex => hex,
-                Encoding::Base64 => crate::authn::jwt::b64::encode_standard(tag),
+                Encoding::Base64 => encode_standard(tag),
             };
             format!("{}{text}", g.prefix.as_deref().unwrap_or(""))
         }
@@ -766,6 +765,26 @@ impl std::fmt::Display for SignatureError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Decodes standard base64 (RFC 4648 §4, `+` and `/`), padded or not, as webhook
+/// providers send signatures; as strictly as base64url. `None` for anything else.
+fn decode_standard(input: &[u8]) -> Option<Vec<u8>> {
+    // Padded text must be padded canonically; text without `=` must be unpadded.
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    let engine = if input.ends_with(b"=") {
+        &STANDARD
+    } else {
+        &STANDARD_NO_PAD
+    };
+    engine.decode(input).ok()
+}
+
+/// Encodes standard base64 with padding, as webhook providers send it.
+fn encode_standard(input: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(input)
 }
 
 #[cfg(test)]
@@ -815,6 +834,48 @@ mod tests {
             timestamp_header: Some("x-acme-timestamp".into()),
             payload: Template::parse("{timestamp}.{body}.end").unwrap(),
         }
+    }
+
+    #[test]
+    fn decodes_standard_base64_with_or_without_padding() {
+        for (text, bytes) in [
+            ("Zg==", "f"),
+            ("Zg", "f"),
+            ("Zm8=", "fo"),
+            ("Zm9v", "foo"),
+            ("Zm9vYmE=", "fooba"),
+        ] {
+            assert_eq!(decode_standard(text.as_bytes()).unwrap(), bytes.as_bytes());
+        }
+        assert_eq!(decode_standard(b"+/+/").unwrap(), [0xfb, 0xff, 0xbf]);
+        for bad in [
+            &b"-_-_"[..],
+            b"Zg=",
+            b"Zg===",
+            b"Z===",
+            b"=",
+            b"Zm9v=",
+            b"Zh==",
+            b" Zg==",
+        ] {
+            assert_eq!(decode_standard(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn encodes_standard_base64_with_padding() {
+        for (bytes, text) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(encode_standard(bytes.as_bytes()), text);
+        }
+        assert_eq!(encode_standard(&[0xfb, 0xff]), "+/8=");
     }
 
     #[test]
@@ -994,10 +1055,7 @@ mod tests {
         // The trailing text is signed too: the same MAC over `ts.hello` alone differs.
         let mut mac = Hmac::<Sha512>::new_from_slice(SECRET.as_bytes()).unwrap();
         mac.update(format!("{ts}.hello").as_bytes());
-        let unsuffixed = format!(
-            "sha512={}",
-            crate::authn::jwt::b64::encode_standard(&mac.finalize().into_bytes())
-        );
+        let unsuffixed = format!("sha512={}", encode_standard(&mac.finalize().into_bytes()));
         assert_eq!(
             verify(&v, one(&unsuffixed), one(&ts), body, NOW),
             Err(SignatureError::Mismatch)

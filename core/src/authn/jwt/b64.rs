@@ -1,8 +1,8 @@
 //! Strict, canonical base64url (RFC 4648 §5) without padding, as JWS compact
-//! serialization uses it, and the standard alphabet webhook providers send.
+//! serialization uses it.
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// Why a segment is not strict base64url. Carries no input bytes. Strict: only
 /// `A-Z a-z 0-9 - _`, no `=`, no whitespace, no length an encoder cannot make
@@ -27,18 +27,6 @@ pub(crate) fn decode_into(input: &[u8], out: &mut Vec<u8>) -> Result<(), NotBase
     })
 }
 
-/// Decodes standard base64 (RFC 4648 §4, `+` and `/`), padded or not, as webhook
-/// providers send signatures; otherwise as strict. `None` for anything else.
-pub(crate) fn decode_standard(input: &[u8]) -> Option<Vec<u8>> {
-    // Padded text must be padded canonically; text without `=` must be unpadded.
-    let engine = if input.ends_with(b"=") {
-        &STANDARD
-    } else {
-        &STANDARD_NO_PAD
-    };
-    engine.decode(input).ok()
-}
-
 /// Decodes `input` into a new vector.
 pub(crate) fn decode(input: &[u8]) -> Result<Vec<u8>, NotBase64Url> {
     let mut out = Vec::new();
@@ -50,11 +38,6 @@ pub(crate) fn decode(input: &[u8]) -> Result<Vec<u8>, NotBase64Url> {
 #[cfg(any(test, feature = "test-tokens"))]
 pub(crate) fn encode(input: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(input)
-}
-
-/// Encodes standard base64 with padding, as webhook providers send it.
-pub(crate) fn encode_standard(input: &[u8]) -> String {
-    STANDARD.encode(input)
 }
 
 #[cfg(test)]
@@ -105,48 +88,6 @@ mod tests {
         assert!(decode(b"Zh").is_err());
         assert!(decode(b"Zm9").is_err());
         assert!(decode(b"Zm8").is_ok());
-    }
-
-    #[test]
-    fn decodes_standard_base64_with_or_without_padding() {
-        for (text, bytes) in [
-            ("Zg==", "f"),
-            ("Zg", "f"),
-            ("Zm8=", "fo"),
-            ("Zm9v", "foo"),
-            ("Zm9vYmE=", "fooba"),
-        ] {
-            assert_eq!(decode_standard(text.as_bytes()).unwrap(), bytes.as_bytes());
-        }
-        assert_eq!(decode_standard(b"+/+/").unwrap(), [0xfb, 0xff, 0xbf]);
-        for bad in [
-            &b"-_-_"[..],
-            b"Zg=",
-            b"Zg===",
-            b"Z===",
-            b"=",
-            b"Zm9v=",
-            b"Zh==",
-            b" Zg==",
-        ] {
-            assert_eq!(decode_standard(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn encodes_standard_base64_with_padding() {
-        for (bytes, text) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(encode_standard(bytes.as_bytes()), text);
-        }
-        assert_eq!(encode_standard(&[0xfb, 0xff]), "+/8=");
     }
 
     #[test]
