@@ -116,6 +116,7 @@ fn api_key_decision(c: &mut Criterion) {
                 &caches.key_records,
                 &store,
                 &hash,
+                0,
                 UnixNanos(NOW * 1_000_000_000),
             )
         })

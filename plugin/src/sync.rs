@@ -106,6 +106,10 @@ impl FeedSync {
             .schedule
             .on_answer(HostClock.now(), &HostStore, answer, read_body);
         self.perform(actions);
+        // What reading the answer cost: linear memory grows to the largest page read and
+        // is never given back.
+        let pages = core::arch::wasm32::memory_size(0) as u64;
+        FeedMetrics::set(self.metrics.id(Metric::WasmMemory), pages * 65_536);
     }
 
     fn perform(&mut self, actions: Vec<Action>) {

@@ -243,8 +243,7 @@ fn apply(entries: &mut Entries, page: FeedPage, now: UnixNanos) -> Result<(), St
             "/v1/authz: database rows the feed contract refuses"
         );
     }
-    let mut fed = gatehouse_core::sync::feed::FedKeys::default();
-    gatehouse_core::sync::feed::apply(&entries.writer(), &answer, &mut fed, now.secs())
+    gatehouse_core::sync::feed::apply(&entries.writer(), &answer, false, now.secs())
         .map_err(|e| internal(&format!("{e:?}")))?;
     Ok(())
 }

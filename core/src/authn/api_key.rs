@@ -25,12 +25,6 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     base16ct::lower::encode_string(bytes)
 }
 
-fn push_hex(s: &mut String, bytes: &[u8; 32]) {
-    let mut buf = [0u8; 64];
-    // 64 bytes is exactly the encoding of 32: `encode_str` cannot fail.
-    s.push_str(base16ct::lower::encode_str(bytes, &mut buf).unwrap_or_default());
-}
-
 /// Decodes hex digits (either case) into `out`, which must be exactly half as long.
 /// `None` for any other length or a non-hex byte.
 pub(crate) fn unhex_into(text: &[u8], out: &mut [u8]) -> Option<()> {
@@ -57,20 +51,37 @@ impl KeyHash {
     }
 
     /// The shared-data key under which the control service's feed keeps this key's
-    /// record.
+    /// record: `K` and the first 84 bits of the hash in base64url, [`FEED_ENTRY_LEN`]
+    /// bytes, short enough that the host keeps it inside its string object, with no
+    /// allocation of its own (the cache holds up to millions of them). Two keys whose
+    /// hashes share 84 bits would share the entry (odds about n²/2^85, 3·10^-14 at a
+    /// million keys): the record holds the whole hash, which a lookup compares, so one
+    /// key is never taken for another.
     pub fn cache_key(&self) -> String {
-        let mut s = String::with_capacity(66);
-        s.push_str("k/");
-        push_hex(&mut s, &self.0);
+        use base64::Engine as _;
+        let mut buf = [0u8; 16];
+        // 11 bytes encode to 15 characters; the first 14 carry the first 84 bits.
+        let written = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode_slice(self.0.get(..11).unwrap_or_default(), &mut buf)
+            .unwrap_or(0);
+        let bits = buf
+            .get(..written.min(FEED_ENTRY_LEN - 1))
+            .unwrap_or_default();
+        let mut s = String::with_capacity(FEED_ENTRY_LEN);
+        s.push('K');
+        s.push_str(std::str::from_utf8(bits).unwrap_or_default());
         s
     }
 
     /// The shared-data key under which a policy's static key of this hash lives: apart
-    /// from the feed's, so neither source ever overwrites the other's record.
+    /// from the feed's, so neither source ever overwrites the other's record: `kp` and
+    /// the same 84 bits as [`KeyHash::cache_key`], so a lookup makes one from the other
+    /// by a copy.
     pub fn policy_cache_key(&self) -> String {
-        let mut s = String::with_capacity(67);
+        let feed = self.cache_key();
+        let mut s = String::with_capacity(POLICY_ENTRY_LEN);
         s.push_str(POLICY_KEY_PREFIX);
-        push_hex(&mut s, &self.0);
+        s.push_str(feed.get(1..).unwrap_or_default());
         s
     }
 }
@@ -219,8 +230,12 @@ pub fn is_valid_id(s: &str) -> bool {
         })
 }
 
-/// The prefix of [`KeyHash::policy_cache_key`]; the feed's is `k/`.
-pub const POLICY_KEY_PREFIX: &str = "kp/";
+/// The prefix of [`KeyHash::policy_cache_key`]; the feed's entries start with `K`.
+pub const POLICY_KEY_PREFIX: &str = "kp";
+/// The length of [`KeyHash::cache_key`]: `K` and 14 base64url characters.
+pub const FEED_ENTRY_LEN: usize = 15;
+/// The length of [`KeyHash::policy_cache_key`]: `kp` and the same 14 characters.
+pub const POLICY_ENTRY_LEN: usize = 16;
 
 /// Where a key record came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,7 +260,20 @@ pub struct KeyRecord {
     pub active: bool,
     /// Route groups the key may call; empty: every route.
     pub scopes: Vec<String>,
+    /// The feed's snapshot generation that wrote the record (0 for the policy's keys): a
+    /// fed record older than the cache's generation is one the last snapshot no longer
+    /// mentions (control/FEED.md, "How the sync applies a snapshot").
+    pub generation: u32,
 }
+
+/// The first byte of an encoded record. Not ASCII, so never the first byte of the
+/// text records of earlier versions (`1|...`), which decode to `None`.
+const RECORD_TAG: u8 = 0xB2;
+const FLAG_ACTIVE: u8 = 1;
+const FLAG_EXPIRES: u8 = 2;
+const FLAG_POLICY: u8 = 4;
+/// The most scopes a record carries; the feed skips a key with more.
+pub const MAX_SCOPES: usize = 255;
 
 impl KeyRecord {
     /// Whether the key may call a route in `group` (`None`: a route in no group).
@@ -253,71 +281,131 @@ impl KeyRecord {
         self.scopes.is_empty() || group.is_some_and(|g| self.scopes.iter().any(|s| s == g))
     }
 
-    /// One shared-data value per key, a few dozen bytes (never one blob for all keys: a
-    /// shared-data get copies the whole value):
-    /// `1|<origin>|<key id>|<user>|<tenant>|<plan>|<expires unix secs or empty>|<a or r>|<scopes>`,
-    /// scopes comma-separated (empty: every route). Every field is an [`is_valid_id`]
-    /// string, so `|` and `,` cannot appear inside one.
-    pub fn encode(&self) -> Vec<u8> {
-        let origin = match self.origin {
-            Origin::Policy(fp) => format!("p{fp:016x}"),
-            Origin::Feed => "f".to_string(),
-        };
-        let expires = self.expires_at.map(|e| e.to_string()).unwrap_or_default();
-        let state = if self.active { "a" } else { "r" };
-        format!(
-            "1|{origin}|{}|{}|{}|{}|{expires}|{state}|{}",
-            self.key_id,
-            self.user,
-            self.tenant,
-            self.plan,
-            self.scopes.join(",")
-        )
-        .into_bytes()
+    /// One shared-data value per key (never one blob for all keys: a shared-data get
+    /// copies the whole value), binary and small, since the cache holds up to millions:
+    ///
+    /// `B2 | flags | generation u32 LE | [expires u64 LE] | [fingerprint u64 LE] |
+    /// sha256 (32) | key id | user | tenant | plan | scope count | scopes`,
+    ///
+    /// flags 1 active, 2 expires, 4 a policy key (with its fingerprint); each string is
+    /// one length byte and its bytes (ids are at most 128 bytes). The whole hash is kept
+    /// because the feed's entry name holds only 84 bits of it ([`KeyHash::cache_key`]).
+    /// `None` when the record cannot be encoded (more than [`MAX_SCOPES`] scopes, an id
+    /// the id rule refuses).
+    pub fn encode(&self, hash: &KeyHash) -> Option<Vec<u8>> {
+        let ids = [&self.key_id, &self.user, &self.tenant, &self.plan];
+        if self.scopes.len() > MAX_SCOPES
+            || !ids.iter().all(|s| is_valid_id(s))
+            || !self.scopes.iter().all(|s| is_valid_id(s))
+        {
+            return None;
+        }
+        let strings: usize = ids.iter().map(|s| 1 + s.len()).sum::<usize>()
+            + self.scopes.iter().map(|s| 1 + s.len()).sum::<usize>();
+        let mut out = Vec::with_capacity(2 + 4 + 16 + 32 + strings + 1);
+        let mut flags = 0;
+        if self.active {
+            flags |= FLAG_ACTIVE;
+        }
+        if self.expires_at.is_some() {
+            flags |= FLAG_EXPIRES;
+        }
+        if matches!(self.origin, Origin::Policy(_)) {
+            flags |= FLAG_POLICY;
+        }
+        out.extend_from_slice(&[RECORD_TAG, flags]);
+        out.extend_from_slice(&self.generation.to_le_bytes());
+        if let Some(e) = self.expires_at {
+            out.extend_from_slice(&e.to_le_bytes());
+        }
+        if let Origin::Policy(fp) = self.origin {
+            out.extend_from_slice(&fp.to_le_bytes());
+        }
+        out.extend_from_slice(&hash.0);
+        for s in ids {
+            out.push(s.len() as u8);
+            out.extend_from_slice(s.as_bytes());
+        }
+        out.push(self.scopes.len() as u8);
+        for s in &self.scopes {
+            out.push(s.len() as u8);
+            out.extend_from_slice(s.as_bytes());
+        }
+        Some(out)
     }
 
-    /// Decodes a record; `None` for anything not written by [`KeyRecord::encode`].
-    pub fn decode(bytes: &[u8]) -> Option<KeyRecord> {
-        let s = std::str::from_utf8(bytes).ok()?;
-        let mut f = s.split('|');
-        if f.next()? != "1" {
+    /// Decodes a record and the hash it is for; `None` for anything
+    /// [`KeyRecord::encode`] did not write.
+    pub fn decode(bytes: &[u8]) -> Option<(KeyHash, KeyRecord)> {
+        let mut r = Reader(bytes);
+        if r.byte()? != RECORD_TAG {
             return None;
         }
-        let origin = match f.next()? {
-            "f" => Origin::Feed,
-            p => Origin::Policy(u64::from_str_radix(p.strip_prefix('p')?, 16).ok()?),
-        };
-        let mut id = || f.next().filter(|s| is_valid_id(s)).map(str::to_owned);
-        let (key_id, user, tenant, plan) = (id()?, id()?, id()?, id()?);
-        let expires_at = match f.next()? {
-            "" => None,
-            e => Some(e.parse().ok()?),
-        };
-        let active = match f.next()? {
-            "a" => true,
-            "r" => false,
-            _ => return None,
-        };
-        let scopes = match f.next()? {
-            "" => Vec::new(),
-            list => list
-                .split(',')
-                .map(|s| is_valid_id(s).then(|| s.to_string()))
-                .collect::<Option<Vec<_>>>()?,
-        };
-        if f.next().is_some() {
+        let flags = r.byte()?;
+        if flags & !(FLAG_ACTIVE | FLAG_EXPIRES | FLAG_POLICY) != 0 {
             return None;
         }
-        Some(KeyRecord {
-            origin,
-            key_id,
-            user,
-            tenant,
-            plan,
-            expires_at,
-            active,
-            scopes,
-        })
+        let generation = u32::from_le_bytes(r.array()?);
+        let expires_at = if flags & FLAG_EXPIRES != 0 {
+            Some(u64::from_le_bytes(r.array()?))
+        } else {
+            None
+        };
+        let origin = if flags & FLAG_POLICY != 0 {
+            Origin::Policy(u64::from_le_bytes(r.array()?))
+        } else {
+            Origin::Feed
+        };
+        let hash = KeyHash(r.array()?);
+        let (key_id, user, tenant, plan) = (r.id()?, r.id()?, r.id()?, r.id()?);
+        let count = usize::from(r.byte()?);
+        let mut scopes = Vec::with_capacity(count);
+        for _ in 0..count {
+            scopes.push(r.id()?);
+        }
+        if !r.0.is_empty() {
+            return None;
+        }
+        Some((
+            hash,
+            KeyRecord {
+                origin,
+                key_id,
+                user,
+                tenant,
+                plan,
+                expires_at,
+                active: flags & FLAG_ACTIVE != 0,
+                scopes,
+                generation,
+            },
+        ))
+    }
+}
+
+/// Reads an encoded record front to back; every read is bounds-checked.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*head)
+    }
+
+    /// One length-prefixed id that follows the id rule.
+    fn id(&mut self) -> Option<String> {
+        let len = usize::from(self.byte()?);
+        let (head, rest) = self.0.split_at_checked(len)?;
+        self.0 = rest;
+        let s = std::str::from_utf8(head).ok()?;
+        is_valid_id(s).then(|| s.to_string())
     }
 }
 
@@ -342,6 +430,7 @@ mod tests {
             expires_at: Some(1_767_225_600),
             active: true,
             scopes: vec!["billing".into(), "reports".into()],
+            generation: 0,
         }
     }
 
@@ -429,40 +518,108 @@ mod tests {
     }
 
     #[test]
-    fn records_round_trip() {
+    fn records_round_trip_with_their_hash() {
+        let h = KeyHash::of_key(b"k");
         let r = record();
-        assert_eq!(KeyRecord::decode(&r.encode()), Some(r.clone()));
+        assert_eq!(
+            KeyRecord::decode(&r.encode(&h).unwrap()),
+            Some((h, r.clone()))
+        );
         let feed = KeyRecord {
             origin: Origin::Feed,
             expires_at: None,
             active: false,
+            scopes: vec![],
+            generation: u32::MAX,
             ..r
         };
-        assert_eq!(KeyRecord::decode(&feed.encode()), Some(feed));
+        assert_eq!(
+            KeyRecord::decode(&feed.encode(&h).unwrap()),
+            Some((h, feed))
+        );
+    }
+
+    #[test]
+    fn a_typical_fed_record_is_under_a_hundred_bytes() {
+        let r = KeyRecord {
+            origin: Origin::Feed,
+            key_id: "key_8f3a9c2e1b7d4f60".into(),
+            user: "user_1234567".into(),
+            tenant: "tenant_12345".into(),
+            plan: "team".into(),
+            expires_at: Some(1_767_225_600),
+            active: true,
+            scopes: vec![],
+            generation: 1,
+        };
+        let bytes = r.encode(&KeyHash::of_key(b"k")).unwrap();
+        assert_eq!(bytes.len(), 2 + 4 + 8 + 32 + 20 + 12 + 12 + 4 + 4 + 1);
+        assert!(bytes.len() < 100);
+    }
+
+    #[test]
+    fn records_that_cannot_be_encoded_are_none() {
+        let h = KeyHash::of_key(b"k");
+        let too_many = KeyRecord {
+            scopes: vec!["s".into(); MAX_SCOPES + 1],
+            ..record()
+        };
+        assert_eq!(too_many.encode(&h), None);
+        let bad_id = KeyRecord {
+            user: "a b".into(),
+            ..record()
+        };
+        assert_eq!(bad_id.encode(&h), None);
     }
 
     #[test]
     fn corrupt_records_decode_to_none() {
-        for bad in [
-            &b""[..],
-            b"2|f|a|b|c|d||a|",
-            b"1|f|a|b|c|d||x|",
-            b"1|f|a|b|c|d||a||extra",
-            b"1|f|a|b|c|d||a",
-            b"1|f|a|b|c|d||a|x,,y",
-            b"1|f|a|b|c|d||a|x|y",
-            b"1|f|a|b|c||1|a|",
-            b"1|q|a|b|c|d||a|",
-            b"1|f|a|b|c|d|soon|a|",
-            b"\xff\xfe",
-        ] {
-            assert_eq!(
-                KeyRecord::decode(bad),
-                None,
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+        let good = record().encode(&KeyHash::of_key(b"k")).unwrap();
+        // Every strict prefix, the record with a byte more, and each byte changed to one
+        // the format cannot hold where it is.
+        for n in 0..good.len() {
+            assert_eq!(KeyRecord::decode(&good[..n]), None, "prefix of {n} bytes");
         }
+        let mut longer = good.clone();
+        longer.push(0);
+        assert_eq!(KeyRecord::decode(&longer), None);
+        let mut tag = good.clone();
+        tag[0] = b'1';
+        assert_eq!(KeyRecord::decode(&tag), None);
+        let mut flags = good.clone();
+        flags[1] |= 8;
+        assert_eq!(KeyRecord::decode(&flags), None);
+        // The key id's first byte (after tag, flags, generation, expiry, fingerprint and
+        // hash, and its length byte) made a space: the id rule refuses it.
+        let mut id = good.clone();
+        id[2 + 4 + 8 + 8 + 32 + 1] = b' ';
+        assert_eq!(KeyRecord::decode(&id), None);
+        for text in [&b"1|f|a|b|c|d||a|"[..], b"", b"\xff\xfe"] {
+            assert_eq!(KeyRecord::decode(text), None);
+        }
+    }
+
+    #[test]
+    fn feed_entry_names_are_fifteen_bytes_and_carry_84_bits() {
+        let a = KeyHash::of_key(b"abc");
+        let name = a.cache_key();
+        assert_eq!(name.len(), FEED_ENTRY_LEN);
+        assert!(name.starts_with('K'));
+        assert!(
+            name[1..]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        // SHA-256("abc") = ba7816bf 8f01cfea 414140de 5dae2223 b0..., in base64url.
+        assert_eq!(name, "KungWv48Bz-pBQU");
+        // Hashes that differ only after bit 84 share the name; bit 83 tells them apart.
+        let mut b = a;
+        b.0[10] ^= 0x0f;
+        b.0[31] ^= 1;
+        assert_eq!(b.cache_key(), name);
+        let mut c = a;
+        c.0[10] ^= 0x10;
+        assert_ne!(c.cache_key(), name);
     }
 
     #[test]

@@ -158,7 +158,9 @@ pub struct TokenSeen {
 
 /// `Ok(None)`: no credential presented. A credential that is presented must be valid,
 /// on external routes too: a caller who sends a bad key learns it instead of silently
-/// running anonymous.
+/// running anonymous. `feed_generation`: the key cache's (the feed state's, read once per
+/// request by the pipeline).
+#[allow(clippy::too_many_arguments)]
 pub fn authenticate(
     policy: &Policy,
     caches: &Caches,
@@ -166,6 +168,7 @@ pub fn authenticate(
     head: &RequestHead<'_>,
     store: &impl SharedStore,
     clock: &impl Clock,
+    feed_generation: u32,
     seen: &mut TokenSeen,
 ) -> Result<Option<Authenticated>, AuthFailure> {
     let bearer = match (&policy.jwt, head.authorization) {
@@ -211,6 +214,7 @@ pub fn authenticate(
         store,
         &hash,
         &cache_key,
+        feed_generation,
         clock.now(),
     )
     .map_err(AuthFailure::Key)?;

@@ -129,10 +129,23 @@ fn decide_into(
     // The feed's cache is what a credential is checked against (keys, revocations), so a
     // stale cache matters only to requests that present one: anonymous callers on
     // external routes are served, and internal routes without a credential get their 401.
+    // One read of the feed's state serves the staleness check, the cache's generation
+    // (fed records of an older one are absent) and the first-snapshot check below.
+    let presents = policy.feed.is_some() && presents_credential(policy, head);
+    let feed_state = if presents {
+        crate::sync::feed::read_state(store)
+    } else {
+        None
+    };
     let mut feed_stale = false;
     if let Some(feed) = &policy.feed
-        && presents_credential(policy, head)
-        && crate::sync::feed::stale(store, clock.now().secs(), feed.staleness_secs)
+        && presents
+        && crate::sync::feed::stale_given(
+            store,
+            feed_state.as_ref(),
+            clock.now().secs(),
+            feed.staleness_secs,
+        )
     {
         if feed.on_stale == OnStale::FailClosed {
             return Decision::Deny(Denial::AuthUnavailable);
@@ -141,16 +154,18 @@ fn decide_into(
     }
 
     let mut token = TokenSeen::default();
-    let authenticated = authenticate(policy, caches, jwt_keys, head, store, clock, &mut token);
+    let generation = feed_state.as_ref().map_or(0, |s| s.generation);
+    let authenticated = authenticate(
+        policy, caches, jwt_keys, head, store, clock, generation, &mut token,
+    );
     refused.jwt_provider = token.provider;
     refused.unknown_kid = token.unknown_kid;
     let caller = match authenticated {
         Ok(caller) => caller,
-        // Before the sync's first answer the cache holds only the policy's own keys: a
-        // miss says nothing about the key, so the caller gets a retryable 503, not a 401.
-        Err(AuthFailure::Key(KeyFailure::Unknown))
-            if policy.feed.is_some() && crate::sync::feed::read_state(store).is_none() =>
-        {
+        // Before the sync's first complete snapshot the cache holds only the policy's own
+        // keys and some pages: a miss says nothing about the key, so the caller gets a
+        // retryable 503, not a 401.
+        Err(AuthFailure::Key(KeyFailure::Unknown)) if presents && feed_state.is_none() => {
             return Decision::Deny(Denial::AuthUnavailable);
         }
         Err(failure) => return Decision::Deny(Denial::Unauthorized(failure)),
@@ -1069,9 +1084,12 @@ routes:
                 expires_at: None,
                 active: true,
                 scopes: vec![],
+                generation: 0,
             };
             let hash = crate::authn::api_key::KeyHash::of_key(key);
-            store.set(&hash.cache_key(), &record.encode(), 0).unwrap();
+            store
+                .set(&hash.cache_key(), &record.encode(&hash).unwrap(), 0)
+                .unwrap();
             let _ = policy;
         };
         let ask = |policy: &Policy, store: &MemoryStore, path: &str| {
@@ -1558,10 +1576,10 @@ routes:
         // Revoked after it was remembered: the record is read on every request.
         let hash = crate::authn::api_key::KeyHash::of_key(DEMO);
         let mut record =
-            key_cache::lookup(&policy, &caches.key_records, &store, &hash, clock.now()).unwrap();
+            key_cache::lookup(&policy, &caches.key_records, &store, &hash, 0, clock.now()).unwrap();
         record.active = false;
         store
-            .set(&hash.policy_cache_key(), &record.encode(), 0)
+            .set(&hash.policy_cache_key(), &record.encode(&hash).unwrap(), 0)
             .unwrap();
         assert_eq!(
             go(&policy, DEMO),
@@ -1727,13 +1745,7 @@ routes:
             br#"{"epoch":"e1","version":1,"full":true,"keys":[],"users":[],"jtis":[]}"#,
         )
         .unwrap();
-        crate::sync::feed::apply(
-            &store,
-            &answer,
-            &mut crate::sync::feed::FedKeys::default(),
-            NOW,
-        )
-        .unwrap();
+        crate::sync::feed::apply(&store, &answer, false, NOW).unwrap();
         assert_eq!(
             run(unknown),
             Decision::Deny(Denial::Unauthorized(AuthFailure::Key(KeyFailure::Unknown)))

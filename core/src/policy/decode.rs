@@ -8,7 +8,7 @@ use super::tree::{Key, Node, Pos, Value};
 use super::{
     DEFAULT_PLANS, KeyFormat, LogLevel, LoggingPolicy, Plan, Policy, PolicyError, StaticKey,
 };
-use crate::authn::api_key::{KeyHash, KeyRecord, Origin, is_valid_id};
+use crate::authn::api_key::{KeyHash, KeyRecord, MAX_SCOPES, Origin, is_valid_id};
 use crate::route::{Audience, PathMatch, Route};
 use crate::time::parse_rfc3339;
 
@@ -644,6 +644,10 @@ impl Decoder {
             Some(n) => {
                 let sp = join(path, "scopes");
                 self.list(n, &sp).and_then(|items| {
+                    if items.len() > MAX_SCOPES {
+                        self.error(&sp, n.pos, format!("a key has at most {MAX_SCOPES} scopes"));
+                        return None;
+                    }
                     items
                         .iter()
                         .enumerate()
@@ -665,6 +669,7 @@ impl Decoder {
                 expires_at: expires_at?,
                 active: active?,
                 scopes: scopes?,
+                generation: 0,
             },
         })
     }

@@ -56,8 +56,7 @@ pub struct Policy {
     /// Keys declared in the policy (DB-less use). Defaults to none.
     pub keys: Vec<StaticKey>,
     /// The hashes of `keys`: a presented key is looked up in the policy's own entries
-    /// (`kp/`) only when it is one of them ([`crate::authn::key_cache`]). A set of the same type
-    /// as the feed's ([`crate::sync::feed::FedKeys`]), so the module carries one instantiation.
+    /// (`kp…`) only when it is one of them ([`crate::authn::key_cache`]).
     pub declared: std::collections::HashSet<[u8; 32]>,
     /// Routes in match order. Required, at least one.
     pub routes: Vec<Route>,

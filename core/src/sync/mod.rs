@@ -31,7 +31,7 @@ pub(crate) mod fixtures {
 
     /// The record the feed wrote for key `n`, if any.
     pub(crate) fn record(store: &impl SharedStore, n: u8) -> Option<KeyRecord> {
-        let (bytes, _) = store.get(&format!("k/{}", hash(n)))?;
-        KeyRecord::decode(&bytes)
+        let (bytes, _) = store.get(&KeyHash::of_key(&[n]).cache_key())?;
+        KeyRecord::decode(&bytes).map(|(_, record)| record)
     }
 }

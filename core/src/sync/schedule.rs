@@ -73,8 +73,13 @@ pub enum Metric {
     RecordsSkipped,
     /// Gauge: seconds since the last successful poll.
     LastSyncAge,
-    /// Gauge: key records the sync has applied (live and tombstones): the cache's size.
+    /// Gauge: key records written since the cache's snapshot began (live, tombstones and
+    /// rewrites): an upper bound of the cache's size.
     Keys,
+    /// Snapshot pages applied.
+    SnapshotPages,
+    /// Gauge: the sync VM's linear memory, in bytes (the plugin sets it).
+    WasmMemory,
     /// Posts of the refusal audit that the control service accepted ...
     EventsPosts,
     /// ... and that failed (not sent, no answer, or a status other than 2xx).
@@ -87,13 +92,15 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric, in the order the plugin defines them.
-    pub const ALL: [Metric; 10] = [
+    pub const ALL: [Metric; 12] = [
         Metric::Version,
         Metric::EntriesApplied,
         Metric::Failures,
         Metric::RecordsSkipped,
         Metric::LastSyncAge,
         Metric::Keys,
+        Metric::SnapshotPages,
+        Metric::WasmMemory,
         Metric::EventsPosts,
         Metric::EventsPostFailures,
         Metric::EventsRefusalsPosted,
@@ -108,6 +115,8 @@ impl Metric {
             Metric::RecordsSkipped => "gatehouse.feed.records_skipped",
             Metric::LastSyncAge => "gatehouse.feed.last_sync_age_seconds",
             Metric::Keys => "gatehouse.feed.keys",
+            Metric::SnapshotPages => "gatehouse.feed.snapshot_pages",
+            Metric::WasmMemory => "gatehouse.feed.wasm_memory_bytes",
             Metric::EventsPosts => "gatehouse.events.posts",
             Metric::EventsPostFailures => "gatehouse.events.post_failures",
             Metric::EventsRefusalsPosted => "gatehouse.events.refusals_posted",
@@ -117,7 +126,10 @@ impl Metric {
 
     /// A gauge (set) rather than a counter (added to).
     pub fn is_gauge(self) -> bool {
-        matches!(self, Metric::Version | Metric::LastSyncAge | Metric::Keys)
+        matches!(
+            self,
+            Metric::Version | Metric::LastSyncAge | Metric::Keys | Metric::WasmMemory
+        )
     }
 }
 
@@ -153,6 +165,8 @@ struct Poll {
     since: u64,
     /// How long it asked the server to hold it (secs).
     wait: u64,
+    /// It asked for the page after one applied ([`feed::Ask::Page`]).
+    continues: bool,
 }
 
 /// What follows an answer.
@@ -191,7 +205,6 @@ pub struct Schedule {
     poll_due: bool,
     /// The last poll failed: the next one asks `wait=0`.
     recovering: bool,
-    fed: feed::FedKeys,
     /// The refusal audit waiting to be posted.
     events: events::Pending,
     /// A post handed to the plugin whose token is not known yet.
@@ -223,7 +236,6 @@ impl Schedule {
             refilled_at: now.0,
             poll_due: false,
             recovering: false,
-            fed: feed::FedKeys::default(),
             events: events::Pending::default(),
             events_sending: None,
             events_in_flight: None,
@@ -352,7 +364,8 @@ impl Schedule {
             self.in_flight = None;
         }
         let secs = now.secs();
-        let again = match self.answer(&mut out, store, answer, read_body, secs) {
+        let continues = ours.is_some_and(|p| p.continues);
+        let again = match self.answer(&mut out, store, answer, read_body, continues, secs) {
             Next::Tick => false,
             Next::Snapshot => ours.is_some_and(|p| p.since != 0),
             Next::Applied { version, news } => ours.is_some_and(|p| {
@@ -466,25 +479,25 @@ impl Schedule {
             .min(QUICK_POLL_BURST);
     }
 
-    /// Hands the next long poll to the plugin: from the version in `feed/state`, or a
-    /// snapshot after a 410 or before the first answer.
+    /// Hands the next long poll to the plugin: the rest of a snapshot under way, the
+    /// changes after the version in `feed/state`, or a snapshot after a 410 or before
+    /// the first answer ([`feed::Ask::next`]).
     fn poll(&mut self, out: &mut Vec<Action>, now: u64, store: &impl SharedStore) {
-        let state = feed::read_state(store);
-        let (since, epoch) = match (self.full_next, &state) {
-            (false, Some(state)) => (state.version, Some(state.epoch.as_str())),
-            _ => (0, None),
-        };
+        let ask = feed::Ask::next(store, self.full_next);
         let wait = if self.recovering {
             0
         } else {
             self.feed.wait_secs
         };
-        let path = feed::poll_path(&self.feed.path, since, epoch, wait);
+        let path = ask.path(&self.feed.path, wait);
+        let continues = matches!(ask, feed::Ask::Page { .. });
+        let wait = if continues { 0 } else { wait };
         self.sending = Some(Poll {
             token: 0,
             sent: now,
-            since,
+            since: ask.since(),
             wait,
+            continues,
         });
         out.push(Action::Send(Request {
             call: Call::Poll,
@@ -508,6 +521,7 @@ impl Schedule {
         store: &impl SharedStore,
         answer: HttpAnswer<'_>,
         read_body: impl FnOnce(usize) -> Vec<u8>,
+        continues: bool,
         now: u64,
     ) -> Next {
         match answer.status {
@@ -523,6 +537,18 @@ impl Schedule {
             }
             b"" => {
                 self.failed(out, "no answer (timeout or connection failure)");
+                return Next::Tick;
+            }
+            b"400" if continues => {
+                // The server cannot read our cursor (it may have been upgraded since):
+                // asking with it again would fail forever, so the snapshot starts over.
+                self.failed(
+                    out,
+                    "status 400 to a snapshot page; starting the snapshot over",
+                );
+                if let Err(e) = feed::drop_progress(store) {
+                    self.failed(out, &format!("could not write to shared data: {e:?}"));
+                }
                 return Next::Tick;
             }
             other => {
@@ -554,14 +580,31 @@ impl Schedule {
                 ),
             ));
         }
-        match feed::apply(store, &parsed, &mut self.fed, now) {
+        match feed::apply(store, &parsed, continues, now) {
             Ok(applied) => {
                 self.full_next = false;
                 let news = applied.snapshot || applied.entries > 0;
-                out.push(Action::Set(Metric::Version, parsed.version));
-                out.push(Action::Set(Metric::Keys, self.fed.len() as u64));
+                if applied.complete {
+                    out.push(Action::Set(Metric::Version, parsed.version));
+                    out.push(Action::Set(Metric::LastSyncAge, 0));
+                }
+                out.push(Action::Set(Metric::Keys, applied.keys));
                 add(out, Metric::EntriesApplied, applied.entries as u64);
-                out.push(Action::Set(Metric::LastSyncAge, 0));
+                if applied.snapshot {
+                    add(out, Metric::SnapshotPages, 1);
+                }
+                let what = match (applied.snapshot, applied.complete) {
+                    (false, _) if parsed.more => " (more to come)".to_string(),
+                    (false, _) => String::new(),
+                    (true, false) => format!(
+                        " (snapshot page, generation {}, {} keys so far)",
+                        applied.generation, applied.keys
+                    ),
+                    (true, true) => format!(
+                        " (snapshot complete: generation {}, {} keys; older key records retired)",
+                        applied.generation, applied.keys
+                    ),
+                };
                 out.push(Action::Log(
                     if news {
                         LogLevel::Info
@@ -569,16 +612,8 @@ impl Schedule {
                         LogLevel::Debug
                     },
                     format!(
-                        "feed: version {} of epoch {}: {} entries{}{}",
-                        parsed.version,
-                        parsed.epoch,
-                        applied.entries,
-                        if applied.snapshot { " (snapshot)" } else { "" },
-                        if applied.swept > 0 {
-                            format!(", {} keys no longer fed made inactive", applied.swept)
-                        } else {
-                            String::new()
-                        }
+                        "feed: version {} of epoch {}: {} entries{what}",
+                        parsed.version, parsed.epoch, applied.entries,
                     ),
                 ));
                 self.recovering = false;
@@ -849,7 +884,7 @@ mod tests {
                 cluster: "control".into(),
                 headers: vec![
                     (":method", "GET".into()),
-                    (":path", "/v1/feed?since=0&wait=25".into()),
+                    (":path", "/v1/feed?since=0&wait=25&paged=true".into()),
                     (":authority", "control.internal".into()),
                     ("authorization", "Bearer feed-token".into()),
                     ("accept", "application/json".into()),
@@ -867,8 +902,8 @@ mod tests {
         assert_eq!(
             sim.polls(),
             [
-                "/v1/feed?since=0&wait=25",
-                "/v1/feed?since=5&epoch=e1&wait=25"
+                "/v1/feed?since=0&wait=25&paged=true",
+                "/v1/feed?since=5&epoch=e1&wait=25&paged=true"
             ]
         );
         assert_eq!(sim.gauge(Metric::Version), Some(5));
@@ -879,7 +914,7 @@ mod tests {
             sim.last_log(),
             (
                 LogLevel::Info,
-                "feed: version 5 of epoch e1: 1 entries (snapshot)"
+                "feed: version 5 of epoch e1: 1 entries (snapshot complete: generation 1, 1 keys; older key records retired)"
             )
         );
     }
@@ -907,7 +942,7 @@ mod tests {
         sim.answer_last("200", &answer("e1", 6, false, vec![]));
         assert_eq!(
             sim.polls().last().unwrap(),
-            "/v1/feed?since=6&epoch=e1&wait=25"
+            "/v1/feed?since=6&epoch=e1&wait=25&paged=true"
         );
     }
 
@@ -970,12 +1005,15 @@ mod tests {
                 "feed: the server no longer has our version (410); asking for a snapshot"
             )
         );
-        assert_eq!(sim.polls().last().unwrap(), "/v1/feed?since=0&wait=25");
+        assert_eq!(
+            sim.polls().last().unwrap(),
+            "/v1/feed?since=0&wait=25&paged=true"
+        );
         assert_eq!(sim.counter(Metric::Failures), 0);
         sim.answer_last("200", &answer("e2", 7, true, vec![key(1, true)]));
         assert_eq!(
             sim.polls().last().unwrap(),
-            "/v1/feed?since=7&epoch=e2&wait=25"
+            "/v1/feed?since=7&epoch=e2&wait=25&paged=true"
         );
     }
 
@@ -986,7 +1024,7 @@ mod tests {
         sim.answer_last("410", b"");
         assert_eq!(sim.polls().len(), 1);
         sim.ticks(100);
-        assert_eq!(sim.polls(), ["/v1/feed?since=0&wait=25"; 2]);
+        assert_eq!(sim.polls(), ["/v1/feed?since=0&wait=25&paged=true"; 2]);
     }
 
     #[test]
@@ -995,7 +1033,10 @@ mod tests {
         sim.answer_last("410", b"");
         sim.answer_last("503", b"");
         sim.ticks(100);
-        assert_eq!(sim.polls().last().unwrap(), "/v1/feed?since=0&wait=0");
+        assert_eq!(
+            sim.polls().last().unwrap(),
+            "/v1/feed?since=0&wait=0&paged=true"
+        );
     }
 
     #[test]
@@ -1015,14 +1056,14 @@ mod tests {
         let (_, poll) = sim.last();
         assert_eq!(
             poll.header(":path"),
-            Some("/v1/feed?since=5&epoch=e1&wait=0")
+            Some("/v1/feed?since=5&epoch=e1&wait=0&paged=true")
         );
         assert_eq!(poll.timeout, Duration::from_secs(5));
         // A `wait=0` poll is held its full wait: the next long poll follows at once.
         sim.answer_last("200", &answer("e1", 5, false, vec![]));
         assert_eq!(
             sim.polls().last().unwrap(),
-            "/v1/feed?since=5&epoch=e1&wait=25"
+            "/v1/feed?since=5&epoch=e1&wait=25&paged=true"
         );
     }
 
@@ -1092,7 +1133,7 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_without_a_fed_key_makes_it_inactive_and_says_so() {
+    fn a_snapshot_without_a_fed_key_retires_it_and_says_so() {
         let mut sim = Sim::new();
         sim.tick();
         sim.answer_last(
@@ -1104,11 +1145,137 @@ mod tests {
             sim.last_log(),
             (
                 LogLevel::Info,
-                "feed: version 2 of epoch e1: 1 entries (snapshot), 1 keys no longer fed made inactive"
+                "feed: version 2 of epoch e1: 1 entries (snapshot complete: generation 2, 1 keys; older key records retired)"
             )
         );
-        assert!(record(&sim.store, 2).is_some_and(|r| !r.active));
+        let state = feed::read_state(&sim.store).unwrap();
+        assert!(record(&sim.store, 2).is_some_and(|r| r.generation < state.generation));
+        assert!(record(&sim.store, 1).is_some_and(|r| r.generation == state.generation));
         assert_eq!(sim.gauge(Metric::Keys), Some(1));
+    }
+
+    /// A snapshot page of the control service: `next` is the following page's cursor.
+    fn page(version: u64, keys: Vec<Value>, next: Option<&str>) -> Vec<u8> {
+        json!({"epoch": "e1", "version": version, "full": true, "next": next, "keys": keys})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_snapshot_is_read_page_by_page_at_once_then_its_changes() {
+        let mut sim = Sim::new();
+        sim.tick();
+        sim.answer_last("200", &page(7, vec![key(1, true)], Some("c1")));
+        sim.answer_last("200", &page(7, vec![key(2, true)], Some("c2")));
+        assert_eq!(
+            sim.gauge(Metric::Version),
+            None,
+            "no version before the last page"
+        );
+        sim.answer_last("200", &page(7, vec![key(3, true)], None));
+        assert_eq!(
+            sim.polls(),
+            [
+                "/v1/feed?since=0&wait=25&paged=true",
+                "/v1/feed?since=0&epoch=e1&after=c1&wait=0&paged=true",
+                "/v1/feed?since=0&epoch=e1&after=c2&wait=0&paged=true",
+                "/v1/feed?since=7&epoch=e1&wait=25&paged=true",
+            ]
+        );
+        assert_eq!(sim.last().1.timeout, Duration::from_secs(30));
+        assert_eq!(sim.counter(Metric::SnapshotPages), 3);
+        assert_eq!(sim.gauge(Metric::Version), Some(7));
+        assert_eq!(sim.gauge(Metric::Keys), Some(3));
+        assert!(sim.logs().contains(&(
+            LogLevel::Info,
+            "feed: version 7 of epoch e1: 1 entries (snapshot page, generation 1, 2 keys so far)"
+        )));
+    }
+
+    #[test]
+    fn a_page_asks_the_server_not_to_hold_it() {
+        let mut sim = Sim::new();
+        sim.tick();
+        sim.answer_last("200", &page(7, vec![key(1, true)], Some("c1")));
+        assert_eq!(
+            sim.last().1.timeout,
+            Duration::from_secs(POLL_TIMEOUT_MARGIN_SECS)
+        );
+    }
+
+    #[test]
+    fn a_failed_page_is_asked_again_from_the_same_place() {
+        let mut sim = Sim::new();
+        sim.tick();
+        sim.answer_last("200", &page(7, vec![key(1, true)], Some("c1")));
+        sim.answer_last("503", b"");
+        sim.ticks(100);
+        assert_eq!(sim.polls().len(), 3);
+        assert_eq!(
+            sim.polls().last().unwrap(),
+            "/v1/feed?since=0&epoch=e1&after=c1&wait=0&paged=true"
+        );
+        sim.answer_last("200", &page(7, vec![key(2, true)], None));
+        assert_eq!(feed::read_state(&sim.store).unwrap().keys, 2);
+    }
+
+    #[test]
+    fn a_restarted_sync_goes_on_with_the_snapshot_under_way() {
+        let mut sim = Sim::new();
+        sim.tick();
+        sim.answer_last("200", &page(7, vec![key(1, true)], Some("c1")));
+        // A new sync VM on the same shared data.
+        sim.schedule = Schedule::new(
+            policy(),
+            "Bearer feed-token".into(),
+            None,
+            UnixNanos(sim.now),
+        );
+        sim.tick();
+        assert_eq!(
+            sim.polls().last().unwrap(),
+            "/v1/feed?since=0&epoch=e1&after=c1&wait=0&paged=true"
+        );
+        sim.answer_last("200", &page(7, vec![key(2, true)], None));
+        let state = feed::read_state(&sim.store).unwrap();
+        assert_eq!(
+            (state.generation, state.keys),
+            (1, 2),
+            "one snapshot, not two"
+        );
+    }
+
+    #[test]
+    fn a_page_the_server_cannot_read_starts_the_snapshot_over() {
+        let mut sim = Sim::new();
+        sim.tick();
+        sim.answer_last("200", &page(7, vec![key(1, true)], Some("c1")));
+        sim.answer_last("400", b"");
+        assert_eq!(sim.counter(Metric::Failures), 1);
+        sim.ticks(100);
+        assert_eq!(sim.polls().len(), 3);
+        assert_eq!(
+            sim.polls().last().unwrap(),
+            "/v1/feed?since=0&wait=0&paged=true"
+        );
+    }
+
+    #[test]
+    fn changes_with_more_to_come_are_followed_at_once() {
+        let mut sim = synced();
+        let body = json!({"epoch": "e1", "version": 6, "more": true, "keys": [key(2, true)]});
+        sim.answer_last("200", body.to_string().as_bytes());
+        assert_eq!(
+            sim.last_log(),
+            (
+                LogLevel::Info,
+                "feed: version 6 of epoch e1: 1 entries (more to come)"
+            )
+        );
+        assert_eq!(
+            sim.polls().last().unwrap(),
+            "/v1/feed?since=6&epoch=e1&wait=25&paged=true"
+        );
     }
 
     #[test]
@@ -1141,7 +1308,7 @@ mod tests {
         sim.refuse_sends = None;
         // Nothing is in flight: the next regular tick polls.
         sim.ticks(100);
-        assert_eq!(sim.polls(), ["/v1/feed?since=0&wait=0"]);
+        assert_eq!(sim.polls(), ["/v1/feed?since=0&wait=0&paged=true"]);
     }
 
     #[test]
@@ -1184,7 +1351,7 @@ mod tests {
         sim.tick();
         assert_eq!(
             sim.polls().last().unwrap(),
-            "/v1/feed?since=6&epoch=e1&wait=25"
+            "/v1/feed?since=6&epoch=e1&wait=25&paged=true"
         );
         assert_eq!(sim.schedule.quick_budget, 4);
         assert!(!sim.schedule.poll_due);

@@ -4,7 +4,7 @@
 
 pub mod secret_cache;
 
-use crate::authn::api_key::{KeyHash, KeyRecord, MAX_PRESENTED_KEY_LEN};
+use crate::authn::api_key::{KeyHash, KeyRecord, MAX_PRESENTED_KEY_LEN, POLICY_ENTRY_LEN};
 use crate::limit::Places;
 use crate::policy::KeyFormat;
 use secret_cache::SecretCache;
@@ -26,7 +26,7 @@ pub struct Caches {
 }
 
 /// Presented API keys already checked and hashed ([`Caches::presented_keys`]): the
-/// format they were checked under, their SHA-256 and their shared-data key (`k/<hex>`).
+/// format they were checked under, their SHA-256 and their shared-data key (`K…`).
 #[derive(Debug)]
 pub struct PresentedKeys(pub SecretCache<PresentedKey>);
 
@@ -34,9 +34,9 @@ pub struct PresentedKeys(pub SecretCache<PresentedKey>);
 pub type PresentedKey = (KeyFormat, KeyHash, Arc<str>);
 
 /// Key records decoded lately, by shared-data key, with the version (cas) they were
-/// decoded from ([`Caches::key_records`]).
+/// decoded from and the hash they hold ([`Caches::key_records`]).
 #[derive(Debug)]
-pub struct KeyRecords(pub SecretCache<(u32, Arc<KeyRecord>)>);
+pub struct KeyRecords(pub SecretCache<(u32, KeyHash, Arc<KeyRecord>)>);
 
 impl KeyRecords {
     /// Entries per worker.
@@ -45,8 +45,8 @@ impl KeyRecords {
 
 impl Default for KeyRecords {
     fn default() -> Self {
-        // `kp/` and 64 hex digits, the longer of the two entry names (`k/`, `kp/`).
-        KeyRecords(SecretCache::new(Self::ENTRIES, 67))
+        // The longer of the two entry names (`K…`, `kp…`).
+        KeyRecords(SecretCache::new(Self::ENTRIES, POLICY_ENTRY_LEN))
     }
 }
 
