@@ -56,7 +56,15 @@ pub const USAGE: &str =
     GATEHOUSE_CLEANUP_INTERVAL   defaults to 60s
     GATEHOUSE_RETENTION          defaults to 7d (expired entries are purged after it)
     GATEHOUSE_EVENT_RETENTION    defaults to 30d (refusals, request counts and proxies
-                                 reported by POST /v1/events are purged after it)";
+                                 reported by POST /v1/events are purged after it)
+    GATEHOUSE_FEED_PAGE_SIZE     records (keys, user and jti revocations) in one answer of
+                                 GET /v1/cache, 100 to 100000. Defaults to 10000";
+
+/// Records in one feed answer unless set (control/FEED.md).
+pub const DEFAULT_FEED_PAGE_SIZE: u32 = 10_000;
+/// The page sizes accepted: below, a snapshot of a million keys takes ten thousand
+/// round trips; above, one answer nears the sync's 16 MiB limit.
+pub const FEED_PAGE_SIZES: std::ops::RangeInclusive<u32> = 100..=100_000;
 
 /// The shortest token accepted.
 pub const MIN_TOKEN_LEN: usize = 32;
@@ -215,6 +223,9 @@ pub struct Config {
     /// Failed bearer-token attempts a client may make per minute before it is locked out
     /// for the rest of the minute (`token_limit.rs`). Defaults to 10.
     pub token_failures_per_minute: u32,
+    /// Records (keys, user and jti revocations together) in one answer of the feed
+    /// (control/FEED.md). Defaults to [`DEFAULT_FEED_PAGE_SIZE`].
+    pub feed_page_size: u32,
 }
 
 impl Config {
@@ -234,6 +245,7 @@ impl Config {
             policy: None,
             plans: Plans::default(),
             token_failures_per_minute: crate::token_limit::DEFAULT_LIMIT,
+            feed_page_size: DEFAULT_FEED_PAGE_SIZE,
         }
     }
 
@@ -330,6 +342,16 @@ impl Config {
                 _ => problems.push(format!(
                     "GATEHOUSE_TOKEN_FAILURES_PER_MINUTE must be a whole number from 1 to \
                      1000000, got {n:?}"
+                )),
+            }
+        }
+        if let Some(n) = env("GATEHOUSE_FEED_PAGE_SIZE") {
+            match n.parse::<u32>() {
+                Ok(n) if FEED_PAGE_SIZES.contains(&n) => config.feed_page_size = n,
+                _ => problems.push(format!(
+                    "GATEHOUSE_FEED_PAGE_SIZE must be a whole number from {} to {}, got {n:?}",
+                    FEED_PAGE_SIZES.start(),
+                    FEED_PAGE_SIZES.end()
                 )),
             }
         }
@@ -562,6 +584,29 @@ mod tests {
             err.contains("GATEHOUSE_EVENT_RETENTION must be a duration"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_feed_page_size_defaults_to_10000_and_takes_100_to_100000() {
+        assert_eq!(parse(&TOKENS, &[]).unwrap().feed_page_size, 10_000);
+        for (value, taken) in [("100", 100), ("100000", 100_000), ("2500", 2500)] {
+            let mut env = TOKENS.to_vec();
+            env.push(("GATEHOUSE_FEED_PAGE_SIZE", value));
+            assert_eq!(parse(&env, &[]).unwrap().feed_page_size, taken);
+        }
+        for value in ["99", "100001", "0", "-5", "10k", ""] {
+            let mut env = TOKENS.to_vec();
+            env.push(("GATEHOUSE_FEED_PAGE_SIZE", value));
+            let err = parse(&env, &[]).unwrap_err();
+            assert!(
+                err.contains(&format!(
+                    "GATEHOUSE_FEED_PAGE_SIZE must be a whole number from 100 to 100000, \
+                     got {value:?}"
+                )),
+                "{err}"
+            );
+        }
+        assert!(USAGE.contains("GATEHOUSE_FEED_PAGE_SIZE"));
     }
 
     #[test]

@@ -2,16 +2,27 @@
 //!
 //! Versions: `meta.seq` is bumped in the transaction of every change and stamped on the
 //! rows it touched, so "every change after `since`" is "every row with version > since",
-//! each row once in its latest state. `since=0` (or a `since` ahead of this database)
-//! answers a snapshot (`full: true`). A `since` below the highest version the cleanup job
-//! has purged cannot be served as a delta: 410 Gone, and the sync asks again with 0.
+//! each row once in its latest state. `since=0` (or a `since` ahead of this database, or
+//! an epoch that is not this database's) answers a snapshot (`full: true`). A `since`
+//! below the highest version the cleanup job has purged cannot be served as a delta: 410
+//! Gone, and the sync starts a snapshot.
 //!
-//! Long-poll: the handler subscribes to the committed-version channel *before* reading,
-//! so a change that commits between the read and the wait still wakes it.
+//! Pages: an answer holds at most `GATEHOUSE_FEED_PAGE_SIZE` records. Changes come in
+//! whole versions, `more: true` when later ones wait; a snapshot comes in pages chained by
+//! the cursor in `next` (`feed/cursor.rs`), all with the version of its first page. How
+//! the store cuts them: `store/paging.rs`.
+//!
+//! Long-poll: only an answer with nothing after `since` waits; a snapshot page never does,
+//! except the one empty page of a database that has never changed (version 0), which the
+//! sync, up to date with it, asks for again with `since=0` and must not spin on. The
+//! handler subscribes to the committed-version channel *before* reading, so a change that
+//! commits between the read and the wait still wakes it.
+
+mod cursor;
 
 use crate::app::AppState;
 use crate::error::{ApiError, ApiQuery};
-use crate::store::{FeedAnswer, FeedPage};
+use crate::store::{FeedAnswer, FeedAsk, FeedPage, FeedRecords, SnapshotAt};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -28,30 +39,79 @@ pub struct FeedQuery {
     /// Seconds, held to [`MAX_WAIT_SECS`]. An `i64`, as `since` is, so that the range a
     /// client may send is the OpenAPI document's (`int64`, minimum 0), not `u64`'s.
     wait: Option<i64>,
-    /// Optional: the epoch the caller's `since` belongs to. If it is not this database's,
-    /// the answer is a snapshot, as if `since` were 0.
+    /// Optional: the epoch the caller's `since` or cursor belongs to. If it is not this
+    /// database's, the answer is the first page of a new snapshot.
     epoch: Option<String>,
+    /// `true` from a sync that reads snapshots in pages; absent (or `false`) from an older
+    /// one (control/FEED.md, "Older syncs").
+    paged: Option<bool>,
+    /// With `since=0` and `paged=true`: the `next` cursor of the snapshot page before.
+    after: Option<String>,
 }
 
-async fn read(s: &AppState, since: i64, epoch: Option<&str>) -> Result<FeedPage, ApiError> {
-    let answer = s.store.feed(since).await?;
-    let page = match answer {
-        FeedAnswer::Page(p) => p,
-        FeedAnswer::Gone => {
-            return Err(ApiError::new(
-                StatusCode::GONE,
-                "GONE",
-                "since is older than the oldest change kept; ask again with since=0",
-            ));
-        }
-    };
-    match epoch {
-        Some(e) if e != page.epoch && !page.full => match s.store.feed(0).await? {
-            FeedAnswer::Page(p) => Ok(p),
-            FeedAnswer::Gone => Err(ApiError::internal(&"a snapshot cannot be gone")),
-        },
-        _ => Ok(page),
+fn bad_cursor() -> ApiError {
+    // Never quotes the cursor: it is the client's text.
+    ApiError::bad_request(
+        "after is not a cursor this service gave out; start the snapshot again without it",
+    )
+}
+
+fn page(
+    epoch: String,
+    version: i64,
+    full: bool,
+    more: bool,
+    next: Option<String>,
+    records: FeedRecords,
+) -> FeedPage {
+    FeedPage {
+        epoch,
+        version,
+        full,
+        more,
+        next,
+        keys: records.keys,
+        users: records.users,
+        jtis: records.jtis,
     }
+}
+
+async fn read(s: &AppState, ask: &FeedAsk<'_>) -> Result<FeedPage, ApiError> {
+    match s.store.feed(ask).await? {
+        FeedAnswer::Changes {
+            epoch,
+            version,
+            more,
+            records,
+        } => Ok(page(epoch, version, false, more, None, records)),
+        FeedAnswer::Snapshot {
+            epoch,
+            view,
+            records,
+            next,
+        } => {
+            let next = next.map(|pos| {
+                cursor::encode(&SnapshotAt {
+                    epoch: epoch.clone(),
+                    view,
+                    pos,
+                })
+            });
+            Ok(page(epoch, view, true, false, next, records))
+        }
+        FeedAnswer::Gone => Err(ApiError::new(
+            StatusCode::GONE,
+            "GONE",
+            "since is older than the oldest change kept; ask again with since=0",
+        )),
+        FeedAnswer::UnknownView => Err(bad_cursor()),
+    }
+}
+
+/// Whether `page` may be held for a change (see the module doc).
+fn may_wait(page: &FeedPage, ask: &FeedAsk<'_>) -> bool {
+    let same_epoch = ask.epoch.is_none_or(|e| e == page.epoch);
+    same_epoch && page.version == ask.since && (!page.full || page.version == 0)
 }
 
 pub async fn cache(
@@ -70,13 +130,33 @@ pub async fn cache(
             ));
         }
     };
+    let paged = q.paged.unwrap_or(false);
+    let after = match q.after.as_deref() {
+        None => None,
+        Some(_) if !paged => {
+            return Err(ApiError::bad_request(
+                "after continues a paged snapshot: it goes with paged=true",
+            ));
+        }
+        Some(_) if since != 0 => {
+            return Err(ApiError::bad_request(
+                "after continues a snapshot: it goes with since=0 only",
+            ));
+        }
+        Some(c) => Some(cursor::decode(c).ok_or_else(bad_cursor)?),
+    };
+    let ask = FeedAsk {
+        since,
+        epoch: q.epoch.as_deref(),
+        after: after.as_ref(),
+        page: usize::try_from(s.config.feed_page_size).unwrap_or(usize::MAX),
+    };
     let mut changes = s.changes.subscribe();
-    let page = read(&s, since, q.epoch.as_deref()).await?;
-    // A snapshot of an empty database (since 0, version 0) also waits: nothing changed.
-    if page.version != since || wait.is_zero() {
+    let page = read(&s, &ask).await?;
+    if wait.is_zero() || !may_wait(&page, &ask) {
         return Ok(Json(page));
     }
     // Nothing new: wait for a commit past `since`, or the end of `wait`.
     let _ = tokio::time::timeout(wait, changes.wait_for(|v| *v > since)).await;
-    Ok(Json(read(&s, since, q.epoch.as_deref()).await?))
+    Ok(Json(read(&s, &ask).await?))
 }

@@ -13,7 +13,9 @@ mod common;
 
 use axum::http::{Method, StatusCode};
 use common::{FEED, T0, error_code, svc, svc_with};
+use gatehouse_control::store::{FeedAnswer, FeedAsk, FeedPage};
 use gatehouse_core::authn::api_key::{KeyHash, is_valid_id};
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -40,7 +42,25 @@ async fn snapshot_holds_every_key_and_revocation_in_the_documented_shape() {
     assert_eq!(epoch.len(), 16);
     assert!(epoch.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_eq!(snap["full"], true);
+    assert_eq!(
+        (&snap["more"], &snap["next"]),
+        (&json!(false), &Value::Null)
+    );
     assert_eq!(v(&snap), 3);
+    // The contract's field order, as sent.
+    let res = tower::ServiceExt::oneshot(
+        s.app.clone(),
+        common::request(Method::GET, "/v1/cache?since=0", Some(FEED), None),
+    )
+    .await
+    .unwrap();
+    let text = res.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    let at = |field: &str| text.find(&format!("\"{field}\":")).unwrap();
+    let order = [
+        "epoch", "version", "full", "more", "next", "keys", "users", "jtis",
+    ];
+    assert!(order.windows(2).all(|w| at(w[0]) < at(w[1])), "{text}");
     let secret = k["api_key"].as_str().unwrap();
     assert_eq!(
         snap["keys"],
@@ -355,19 +375,397 @@ async fn a_poller_sees_every_change_of_concurrent_writers_in_version_order() {
     assert_eq!(versions.last(), Some(&48));
 }
 
+/// Issues `keys` keys (one user each), revokes the tokens of `users` users and `jtis` jtis.
+async fn seed(s: &common::Svc, keys: usize, users: usize, jtis: usize) {
+    for i in 0..keys {
+        s.issue(&format!("user_{i}")).await;
+    }
+    for i in 0..users {
+        let (status, _) = s
+            .admin(Method::POST, &format!("/v1/users/u{i}/revoke-tokens"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    for i in 0..jtis {
+        let (status, _) = s
+            .admin(
+                Method::POST,
+                "/v1/tokens/revoke",
+                Some(json!({"jti": format!("j{i}"), "expires_at": T0 + 3600})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
+
+fn ids<'a>(page: &'a Value, table: &str, field: &str) -> Vec<&'a str> {
+    page[table]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[field].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_snapshot_of_thousands_of_keys_comes_in_pages_with_every_record_once() {
+    let s = svc_with(|c| c.feed_page_size = 100).await;
+    seed(&s, 2000, 150, 130).await;
+    let mut pages = Vec::new();
+    let (status, mut page) = s.feed("since=0&paged=true").await;
+    loop {
+        assert_eq!(status, StatusCode::OK, "{page}");
+        pages.push(page.clone());
+        let Some(next) = page["next"].as_str() else {
+            break;
+        };
+        assert!(next.len() <= 512);
+        page = s.feed(&format!("since=0&paged=true&after={next}")).await.1;
+    }
+    // 2280 records: 22 full pages and one of 80.
+    assert_eq!(pages.len(), 23);
+    let (view, state) = whole(&s).await;
+    assert_eq!(view, 2280);
+    let mut keys = Vec::new();
+    let mut users = Vec::new();
+    let mut jtis = Vec::new();
+    for (i, p) in pages.iter().enumerate() {
+        assert_eq!((p["full"].clone(), v(p)), (json!(true), view), "page {i}");
+        assert_eq!(
+            (&p["more"], &p["epoch"]),
+            (&json!(false), &pages[0]["epoch"])
+        );
+        assert_eq!(records(p), if i < 22 { 100 } else { 80 }, "page {i}");
+        keys.extend(ids(p, "keys", "sha256"));
+        users.extend(ids(p, "users", "user"));
+        jtis.extend(ids(p, "jtis", "jti_sha256"));
+    }
+    // Keys by hash, then users, then jtis, each in order: a page may span tables.
+    for list in [&keys, &users, &jtis] {
+        assert!(
+            list.windows(2).all(|w| w[0] < w[1]),
+            "out of order or twice"
+        );
+    }
+    assert_eq!((keys.len(), users.len(), jtis.len()), (2000, 150, 130));
+    let tables_in = |p: &Value| {
+        ["keys", "users", "jtis"]
+            .iter()
+            .filter(|t| !p[**t].as_array().unwrap().is_empty())
+            .count()
+    };
+    assert_eq!(tables_in(&pages[21]), 2, "users, then jtis");
+    let mut paged = Mirror::default();
+    for p in &pages {
+        paged.apply(p);
+    }
+    assert_eq!(paged.entries, state);
+}
+
+#[tokio::test]
+async fn pages_read_while_keys_change_plus_the_changes_since_their_version_are_the_database() {
+    let s = svc_with(|c| {
+        c.feed_page_size = 100;
+        c.max_keys_per_user = 1000;
+    })
+    .await;
+    let mut issued = Vec::new();
+    for i in 0..450 {
+        issued.push(
+            s.issue(&format!("user_{}", i % 7)).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let mut mirror = Mirror::default();
+    assert!(!mirror.step(&s).await);
+    let (_, view, _, _) = mirror.snapshot.clone().unwrap();
+    assert_eq!(view, 450);
+    // Between every two pages: keys issued (some land behind the cursor, some ahead),
+    // revoked and rotated (on pages read and pages not read yet), a user's tokens revoked.
+    let mut round = 0;
+    while mirror.snapshot.is_some() {
+        round += 1;
+        for _ in 0..5 {
+            issued.push(
+                s.issue("user_new").await["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        let revoke = &issued[round * 37 % issued.len()];
+        s.admin(Method::DELETE, &format!("/v1/keys/{revoke}"), None)
+            .await;
+        let rotate = issued[round * 53 % issued.len()].clone();
+        let (status, k) = s
+            .admin(Method::POST, &format!("/v1/keys/{rotate}/rotate"), None)
+            .await;
+        if status == StatusCode::OK {
+            issued.push(k["id"].as_str().unwrap().to_string());
+        }
+        s.admin(
+            Method::POST,
+            &format!("/v1/users/u{round}/revoke-tokens"),
+            None,
+        )
+        .await;
+        mirror.step(&s).await;
+    }
+    assert!(round >= 4, "{round} rounds");
+    assert_eq!(
+        mirror.version, view,
+        "the pages' version is the first page's"
+    );
+    mirror.sync(&s).await;
+    let (version, state) = whole(&s).await;
+    assert!(version > view);
+    assert_eq!(mirror.version, version);
+    assert_eq!(mirror.entries, state);
+}
+
+#[tokio::test]
+async fn a_page_asked_for_again_with_the_same_cursor_is_the_same_page() {
+    let s = svc_with(|c| c.feed_page_size = 100).await;
+    seed(&s, 250, 0, 0).await;
+    let (_, first) = s.feed("since=0&paged=true").await;
+    let after = first["next"].as_str().unwrap();
+    let (_, second) = s.feed(&format!("since=0&paged=true&after={after}")).await;
+    // The sync lost the answer (a timeout, a restarted VM) and asks again.
+    let (status, again) = s.feed(&format!("since=0&paged=true&after={after}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again, second);
+    assert!(again["next"].is_string());
+    assert_eq!(records(&again), 100);
+    // The cursor names its place, not a count: it stays valid while the database changes.
+    s.issue("user_late").await;
+    let (_, later) = s.feed(&format!("since=0&paged=true&after={after}")).await;
+    assert_eq!(v(&later), v(&first));
+    let third = s
+        .feed(&format!(
+            "since=0&paged=true&after={}",
+            later["next"].as_str().unwrap()
+        ))
+        .await
+        .1;
+    assert_eq!(third["next"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_cursor_of_another_database_starts_a_new_snapshot_there() {
+    let old = svc_with(|c| c.feed_page_size = 100).await;
+    seed(&old, 150, 0, 0).await;
+    let (_, first) = old.feed("since=0&paged=true").await;
+    let after = first["next"].as_str().unwrap().to_string();
+    let old_epoch = first["epoch"].as_str().unwrap().to_string();
+    // The database was re-created (or restored) between two pages.
+    let new = svc_with(|c| c.feed_page_size = 100).await;
+    seed(&new, 120, 0, 0).await;
+    let (_, fresh) = new.feed("since=0&paged=true").await;
+    for query in [
+        format!("since=0&paged=true&after={after}"),
+        format!("since=0&paged=true&after={after}&epoch={old_epoch}"),
+        // A cursor of this database, but the caller's epoch is another's.
+        format!(
+            "since=0&paged=true&after={}&epoch={old_epoch}",
+            fresh["next"].as_str().unwrap()
+        ),
+        format!("since=40&paged=true&epoch={old_epoch}"),
+    ] {
+        let (status, page) = new.feed(&query).await;
+        assert_eq!(status, StatusCode::OK, "{query}: {page}");
+        assert_eq!(page, fresh, "{query}");
+    }
+    assert_ne!(fresh["epoch"], old_epoch.as_str());
+    assert_eq!((fresh["full"].clone(), v(&fresh)), (json!(true), 120));
+    assert_eq!(records(&fresh), 100);
+}
+
+#[tokio::test]
+async fn a_cursor_the_service_did_not_give_out_is_refused_without_being_quoted() {
+    use base64::Engine as _;
+    let b64 = |t: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t);
+    let s = svc_with(|c| c.feed_page_size = 100).await;
+    seed(&s, 120, 0, 0).await;
+    let (_, first) = s.feed("since=0&paged=true").await;
+    let good = first["next"].as_str().unwrap().to_string();
+    let epoch = first["epoch"].as_str().unwrap();
+    let hash = "a".repeat(64);
+    for (query, cursor) in [
+        ("since=0&paged=true&after=", String::new()),
+        ("since=0&paged=true&after=", "bm90LWEtY3Vyc29y".to_string()),
+        ("since=0&paged=true&after=", format!("{good}=")),
+        (
+            "since=0&paged=true&after=",
+            "ghk_a-secret-key-pasted-here".to_string(),
+        ),
+        ("since=0&paged=true&after=", "A".repeat(513)),
+        (
+            "since=0&paged=true&after=",
+            b64(&format!("1|{epoch}|120|x|{hash}")),
+        ),
+        (
+            "since=0&paged=true&after=",
+            b64(&format!("1|{epoch}|120|k|nothex")),
+        ),
+        // A view this database has not reached: not one it gave out.
+        (
+            "since=0&paged=true&after=",
+            b64(&format!("1|{epoch}|121|k|{hash}")),
+        ),
+        // A cursor continues a snapshot: with since=0 only.
+        ("since=5&paged=true&after=", good.clone()),
+    ] {
+        let (status, body) = s.feed(&format!("{query}{cursor}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}{cursor}: {body}");
+        assert_eq!(error_code(&body), "BAD_REQUEST");
+        if !cursor.is_empty() {
+            assert!(!body.to_string().contains(&cursor), "{body}");
+        }
+    }
+    // The same view is fine.
+    let (status, _) = s
+        .feed(&format!(
+            "since=0&paged=true&after={}",
+            b64(&format!("1|{epoch}|120|k|{hash}"))
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_come_in_whole_versions_with_more_until_the_last() {
+    let s = svc_with(|c| {
+        c.feed_page_size = 1;
+        c.max_keys_per_user = 100;
+    })
+    .await;
+    s.issue("user_1").await; // v1
+    let a = s.issue("user_1").await; // v2, rewritten by v4
+    let b = s.issue("user_1").await; // v3
+    let (_, rotated) = s
+        .admin(
+            Method::POST,
+            &format!("/v1/keys/{}/rotate", a["id"].as_str().unwrap()),
+            None,
+        )
+        .await; // v4: two records
+    let c = s.issue("user_1").await; // v5
+    // Page 1: one version per answer; the rotation (two records) whole, never split.
+    let mut answers = Vec::new();
+    let mut since = 1;
+    loop {
+        let started = Instant::now();
+        // A long poll with changes waiting is answered at once.
+        let (status, page) = s.feed(&format!("since={since}&paged=true&wait=30")).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(
+            (page["full"].clone(), page["next"].clone()),
+            (json!(false), Value::Null)
+        );
+        let ids: BTreeSet<&str> = ids(&page, "keys", "key_id").into_iter().collect();
+        answers.push((
+            v(&page),
+            page["more"].clone(),
+            ids.into_iter().map(str::to_string).collect::<BTreeSet<_>>(),
+        ));
+        since = v(&page);
+        if page["more"] == false {
+            break;
+        }
+    }
+    let set = |ks: &[&Value]| -> BTreeSet<String> {
+        ks.iter()
+            .map(|k| k["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        answers,
+        [
+            (3, json!(true), set(&[&b])),
+            (4, json!(true), set(&[&a, &rotated])),
+            (5, json!(false), set(&[&c])),
+        ]
+    );
+    // The pages together are the one answer a large page gives.
+    let ask = FeedAsk {
+        since: 1,
+        epoch: None,
+        after: None,
+        page: usize::MAX,
+    };
+    let FeedAnswer::Changes {
+        version,
+        more,
+        records,
+        ..
+    } = s.state.store.feed(&ask).await.unwrap()
+    else {
+        panic!("since 1 is changes");
+    };
+    assert_eq!((version, more, records.keys.len()), (5, false, 4));
+}
+
+#[tokio::test]
+async fn a_page_of_two_holds_whole_versions_that_fit_together() {
+    let s = svc_with(|c| {
+        c.feed_page_size = 2;
+        c.max_keys_per_user = 100;
+    })
+    .await;
+    s.issue("user_1").await; // v1
+    for _ in 0..3 {
+        s.issue("user_1").await; // v2, v3, v4
+    }
+    s.admin(Method::POST, "/v1/users/u1/revoke-tokens", None)
+        .await; // v5
+    s.admin(
+        Method::POST,
+        "/v1/tokens/revoke",
+        Some(json!({"jti": "j1", "expires_at": T0 + 60})),
+    )
+    .await; // v6
+    let mut seen = Vec::new();
+    let mut since = 1;
+    loop {
+        let (_, page) = s.feed(&format!("since={since}&paged=true")).await;
+        assert!(records(&page) <= 2, "{page}");
+        seen.push((v(&page), records(&page), page["more"] == true));
+        since = v(&page);
+        if page["more"] == false {
+            break;
+        }
+    }
+    // The records of all three tables count against one page.
+    assert_eq!(seen, [(3, 2, true), (5, 2, true), (6, 1, false)]);
+}
+
 // Property: a snapshot plus the deltas after it equals a fresh snapshot (for everything
 // still kept), whatever changes happen in between, including cleanup and 410.
 
 #[derive(Clone, Debug)]
 enum Op {
-    Create { user: u8, days: Option<u8> },
+    Create {
+        user: u8,
+        days: Option<u8>,
+    },
     Revoke(u8),
-    Rotate { key: u8, grace: Option<u16> },
+    Rotate {
+        key: u8,
+        grace: Option<u16>,
+    },
     RevokeUser(u8),
-    RevokeJti { jti: u8, ttl: u16 },
+    RevokeJti {
+        jti: u8,
+        ttl: u16,
+    },
     Advance(u32),
     Cleanup,
     Sync,
+    /// One request of a sync, so that changes land between the pages of a snapshot.
+    Step,
 }
 
 fn op() -> impl proptest::strategy::Strategy<Value = Op> {
@@ -380,27 +778,45 @@ fn op() -> impl proptest::strategy::Strategy<Value = Op> {
         1 => (0u8..6, 1u16..5000).prop_map(|(jti, ttl)| Op::RevokeJti { jti, ttl }),
         2 => (0u32..200_000).prop_map(Op::Advance),
         1 => Just(Op::Cleanup),
-        3 => Just(Op::Sync),
+        2 => Just(Op::Sync),
+        3 => Just(Op::Step),
     ]
 }
 
-/// What a sync that applied the feed holds: records by their cache key.
+/// What a sync that applied the feed holds: records by their cache key. It reads the feed
+/// as control/FEED.md says a sync does: snapshots page by page (a snapshot retires every
+/// key it did not mention, as the sync's generations do), changes until `more` is false,
+/// a fresh snapshot after 410. [`Mirror::step`] sends one request, so writes can land
+/// between the pages of one snapshot.
 #[derive(Default, Debug)]
 struct Mirror {
     epoch: String,
     version: i64,
     entries: BTreeMap<String, Value>,
+    /// A snapshot under way: its epoch, view, the cursor of its next page and the keys
+    /// its pages have mentioned.
+    snapshot: Option<(String, i64, String, BTreeSet<String>)>,
+    /// Requests sent, and the largest answer seen (in records).
+    requests: usize,
+    largest: usize,
+}
+
+fn records(page: &Value) -> usize {
+    ["keys", "users", "jtis"]
+        .iter()
+        .map(|t| page[t].as_array().unwrap().len())
+        .sum()
 }
 
 impl Mirror {
-    fn apply(&mut self, page: &Value) {
-        if page["full"] == true || page["epoch"] != self.epoch.as_str() {
-            self.epoch = page["epoch"].as_str().unwrap().to_string();
-        }
+    /// Writes the records of `page`; returns the cache keys of its key records.
+    fn apply(&mut self, page: &Value) -> Vec<String> {
+        let mut keys = Vec::new();
         for k in page["keys"].as_array().unwrap() {
             assert!(is_valid_id(k["key_id"].as_str().unwrap()));
-            self.entries
-                .insert(format!("k/{}", k["sha256"].as_str().unwrap()), k.clone());
+            let name = format!("k/{}", k["sha256"].as_str().unwrap());
+            self.entries.insert(name.clone(), k.clone());
+            keys.push(name);
         }
         for u in page["users"].as_array().unwrap() {
             self.entries
@@ -412,19 +828,108 @@ impl Mirror {
                 j.clone(),
             );
         }
-        self.version = page["version"].as_i64().unwrap();
+        self.largest = self.largest.max(records(page));
+        keys
+    }
+
+    /// One request and what it brings; true once the mirror is up to date.
+    async fn step(&mut self, s: &common::Svc) -> bool {
+        let query = match &self.snapshot {
+            Some((epoch, _, next, _)) => {
+                format!("since=0&paged=true&after={next}&epoch={epoch}")
+            }
+            None if self.epoch.is_empty() => format!("since={}&paged=true", self.version),
+            None => format!("since={}&paged=true&epoch={}", self.version, self.epoch),
+        };
+        let (status, page) = s.feed(&query).await;
+        self.requests += 1;
+        if status == StatusCode::GONE {
+            assert_eq!(error_code(&page), "GONE");
+            self.snapshot = None;
+            self.version = 0;
+            return false;
+        }
+        assert_eq!(status, StatusCode::OK, "{query}: {page}");
+        let epoch = page["epoch"].as_str().unwrap().to_string();
+        let version = v(&page);
+        if page["full"] != true {
+            assert!(
+                self.snapshot.is_none(),
+                "changes in the middle of a snapshot"
+            );
+            assert_eq!(page["next"], Value::Null);
+            self.apply(&page);
+            self.version = version;
+            return page["more"] == false;
+        }
+        assert_eq!(page["more"], false, "{page}");
+        let (_, _, _, mut seen) = match self.snapshot.take() {
+            Some(snap) if snap.0 == epoch && snap.1 == version => snap,
+            // The first page of a snapshot (or of a new one: another epoch).
+            _ => (epoch.clone(), version, String::new(), BTreeSet::new()),
+        };
+        seen.extend(self.apply(&page));
+        match page["next"].as_str() {
+            Some(next) => {
+                assert!(next.len() <= 512);
+                self.snapshot = Some((epoch, version, next.to_string(), seen));
+                false
+            }
+            None => {
+                // The snapshot is complete: what it did not mention is retired.
+                self.entries
+                    .retain(|name, _| !name.starts_with("k/") || seen.contains(name));
+                self.epoch = epoch;
+                self.version = version;
+                // An empty database that never changed: its snapshot is all there is.
+                version == 0
+            }
+        }
     }
 
     async fn sync(&mut self, s: &common::Svc) {
-        let (status, page) = s.feed(&format!("since={}", self.version)).await;
-        let page = if status == StatusCode::GONE {
-            s.feed("since=0").await.1
-        } else {
-            assert_eq!(status, StatusCode::OK, "{page}");
-            page
-        };
-        self.apply(&page);
+        for _ in 0..100_000 {
+            if self.step(s).await {
+                return;
+            }
+        }
+        panic!("the sync never caught up");
     }
+}
+
+/// Everything the database holds, as one snapshot with no page limit: what a fresh sync
+/// must end up with.
+async fn whole(s: &common::Svc) -> (i64, BTreeMap<String, Value>) {
+    let ask = FeedAsk {
+        since: 0,
+        epoch: None,
+        after: None,
+        page: usize::MAX,
+    };
+    let FeedAnswer::Snapshot {
+        epoch,
+        view,
+        records,
+        next,
+    } = s.state.store.feed(&ask).await.unwrap()
+    else {
+        panic!("since 0 is a snapshot");
+    };
+    assert_eq!(next, None);
+    let body = serde_json::to_value(FeedPage {
+        epoch,
+        version: view,
+        full: true,
+        more: false,
+        next: None,
+        keys: records.keys,
+        users: records.users,
+        jtis: records.jtis,
+    })
+    .unwrap();
+    let mut m = Mirror::default();
+    m.apply(&body);
+    (view, m.entries)
 }
 
 fn end_of(entry: &Value) -> Option<i64> {
@@ -438,6 +943,8 @@ async fn run_ops(ops: Vec<Op>) {
     let s = svc_with(|c| {
         c.retention = Duration::from_secs(3600);
         c.max_keys_per_user = 3;
+        // Tiny pages: snapshots and deltas span several answers.
+        c.feed_page_size = 2;
     })
     .await;
     let mut mirror = Mirror::default();
@@ -491,24 +998,33 @@ async fn run_ops(ops: Vec<Op>) {
                     .unwrap();
             }
             Op::Sync => mirror.sync(&s).await,
+            Op::Step => {
+                mirror.step(&s).await;
+            }
             Op::Revoke(_) | Op::Rotate { .. } => {}
         }
     }
     mirror.sync(&s).await;
     let mut fresh = Mirror::default();
-    fresh.apply(&s.feed("since=0").await.1);
-    assert_eq!(mirror.version, fresh.version);
+    fresh.sync(&s).await;
+    let (version, state) = whole(&s).await;
+    assert_eq!(
+        fresh.entries, state,
+        "a fresh paged sync is the database's state"
+    );
+    assert_eq!((mirror.version, fresh.version), (version, version));
     assert_eq!(mirror.epoch, fresh.epoch);
-    // Everything still kept is exactly as a fresh snapshot has it ...
-    for (k, v) in &fresh.entries {
+    // Everything still kept is exactly as the database has it ...
+    for (k, v) in &state {
         assert_eq!(mirror.entries.get(k), Some(v), "{k}");
     }
-    // ... and whatever else the mirror holds was purged after it had expired.
+    // ... and whatever else the mirror holds was purged after it had expired or been
+    // revoked (a tombstone: its revocation time is not fed).
     let cutoff = s.clock.now_secs_for_tests() - 3600;
     for (k, v) in &mirror.entries {
-        if !fresh.entries.contains_key(k) {
+        if !state.contains_key(k) {
             assert!(
-                end_of(v).is_some_and(|e| e < cutoff),
+                end_of(v).is_some_and(|e| e < cutoff) || v["active"] == false,
                 "{k}: {v} kept by the mirror only"
             );
         }

@@ -203,6 +203,8 @@ fn page(
         epoch: EPOCH.to_string(),
         version: 0,
         full: false,
+        more: false,
+        next: None,
         keys,
         users,
         jtis,

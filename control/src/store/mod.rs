@@ -12,10 +12,13 @@
 //! key uses, request counts, their cache version) is not a change: it runs in one write
 //! transaction too, all or nothing, but bumps no version and stamps no row, so the feed
 //! never sees it. Times are Unix seconds passed in by the caller; the store never reads a
-//! clock.
+//! clock. How the feed is cut into pages is shared by both backends (`paging.rs`).
 
+pub mod paging;
 pub mod postgres;
 pub mod sqlite;
+
+pub use paging::{FeedAnswer, FeedAsk, FeedRecords, FeedTable, SnapshotAt, SnapshotPos};
 
 use serde::Serialize;
 use std::sync::Arc;
@@ -233,22 +236,19 @@ impl From<&KeyRow> for FeedKey {
     }
 }
 
-/// One answer of the cache feed (control/FEED.md).
+/// One answer of the cache feed (control/FEED.md), in the contract's field order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FeedPage {
     pub epoch: String,
     pub version: i64,
     pub full: bool,
+    /// Changes: later versions wait; the caller asks again from `version` at once.
+    pub more: bool,
+    /// Snapshots: the cursor of the next page; `None` (`null`) on the last.
+    pub next: Option<String>,
     pub keys: Vec<FeedKey>,
     pub users: Vec<UserRevocation>,
     pub jtis: Vec<JtiRevocation>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FeedAnswer {
-    Page(FeedPage),
-    /// `since` is older than the oldest change kept: ask again with `since=0`.
-    Gone,
 }
 
 /// The two kinds of audit event: a change of the feed, written in the change's own
@@ -616,8 +616,10 @@ pub trait Store: Send + Sync {
     /// `cutoff` (their `at`, bucket start and `seen_at`). The feed is not touched.
     async fn purge_events(&self, cutoff: i64, batch: u32) -> StoreResult<EventPurgeCounts>;
 
-    /// Changes after `since` (0: everything still kept, as a snapshot).
-    async fn feed(&self, since: i64) -> StoreResult<FeedAnswer>;
+    /// One answer of the feed, read in one read transaction: the changes after
+    /// `ask.since` in whole versions, or a page of a snapshot, at most `ask.page` records
+    /// unless one version alone is more (`paging.rs`).
+    async fn feed(&self, ask: &FeedAsk<'_>) -> StoreResult<FeedAnswer>;
 
     /// Deletes up to `batch` rows of each kind whose expiry (key) or end (revocation) is
     /// before `cutoff`, and raises the oldest servable version past them.

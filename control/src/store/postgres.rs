@@ -17,9 +17,10 @@
 //! unusable server fails fast with the server's own answer; no error carries the URL's
 //! password.
 
+use super::paging::{self, FeedReader, Filter, Rows};
 use super::{
-    Accepted, AuditEvent, AuditKind, ChangeCtx, EventBatch, EventPurgeCounts, FeedAnswer, FeedKey,
-    FeedPage, JtiRevocation, KeyRow, MAX_COUNT, NewKey, OldKeyEnd, PlanCount, ProxySeen,
+    Accepted, AuditEvent, AuditKind, ChangeCtx, EventBatch, EventPurgeCounts, FeedAnswer, FeedAsk,
+    FeedTable, JtiRevocation, KeyRow, MAX_COUNT, NewKey, OldKeyEnd, PlanCount, ProxySeen,
     PurgeCounts, RefusalDetail, Stats, Store, StoreError, StoreResult, UserRevocation,
     check_rotatable, minute_of, retired, revoked, scrub, successor,
 };
@@ -177,6 +178,64 @@ fn audit_event(r: &PgRow) -> StoreResult<AuditEvent> {
         version: r.try_get("version")?,
         refusal,
     })
+}
+
+/// The feed's reads (`paging.rs`) on one connection, inside its read transaction.
+struct FeedRead<'c>(&'c mut PgConnection);
+
+#[async_trait::async_trait]
+impl FeedReader for FeedRead<'_> {
+    async fn meta(&mut self) -> StoreResult<(i64, String, i64)> {
+        let meta = sqlx::query("SELECT seq, epoch, purged_through FROM meta WHERE id = 1")
+            .fetch_one(&mut *self.0)
+            .await?;
+        Ok((
+            meta.try_get("seq")?,
+            meta.try_get("epoch")?,
+            meta.try_get("purged_through")?,
+        ))
+    }
+
+    async fn rows(
+        &mut self,
+        table: FeedTable,
+        filter: Filter<'_>,
+        limit: usize,
+        into: &mut Rows,
+    ) -> StoreResult<usize> {
+        let columns = match table {
+            FeedTable::Keys => KEY_COLUMNS,
+            FeedTable::Users => "user_id, tokens_issued_before, until, version",
+            FeedTable::Jtis => "jti_sha256, until, version",
+        };
+        let sql = paging::rows_sql(table, columns, &filter, ["$1", "$2"]);
+        let query = sqlx::query(&sql);
+        let query = match filter {
+            Filter::VersionAbove(v) | Filter::Version(v) => query.bind(v),
+            Filter::IdAbove(id) => query.bind(id),
+        };
+        let rows = query
+            .bind(paging::sql_limit(limit))
+            .fetch_all(&mut *self.0)
+            .await?;
+        for r in &rows {
+            match table {
+                FeedTable::Keys => into.keys.push(key_row(r)?),
+                FeedTable::Users => into.users.push(UserRevocation {
+                    user: r.try_get("user_id")?,
+                    tokens_issued_before: r.try_get("tokens_issued_before")?,
+                    until: r.try_get("until")?,
+                    version: r.try_get("version")?,
+                }),
+                FeedTable::Jtis => into.jtis.push(JtiRevocation {
+                    jti_sha256: r.try_get("jti_sha256")?,
+                    until: r.try_get("until")?,
+                    version: r.try_get("version")?,
+                }),
+            }
+        }
+        Ok(rows.len())
+    }
 }
 
 async fn key_by_id(conn: &mut PgConnection, id: &str) -> StoreResult<Option<KeyRow>> {
@@ -696,76 +755,16 @@ impl Store for PostgresStore {
         })
     }
 
-    async fn feed(&self, since: i64) -> StoreResult<FeedAnswer> {
+    async fn feed(&self, ask: &FeedAsk<'_>) -> StoreResult<FeedAnswer> {
         // One snapshot for the version and the rows: READ COMMITTED takes one per
         // statement, and rows committed in between would be served under an older version.
         let mut tx = self
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .await?;
-        let meta = sqlx::query("SELECT seq, epoch, purged_through FROM meta WHERE id = 1")
-            .fetch_one(&mut *tx)
-            .await?;
-        let seq: i64 = meta.try_get("seq")?;
-        let epoch: String = meta.try_get("epoch")?;
-        let purged_through: i64 = meta.try_get("purged_through")?;
-        if since > 0 && since < purged_through && since <= seq {
-            return Ok(FeedAnswer::Gone);
-        }
-        // since 0, or ahead of this database (restored from an older backup): everything.
-        let full = since <= 0 || since > seq;
-        let after = if full { 0 } else { since };
-        let sql =
-            format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE version > $1 ORDER BY version, id");
-        let keys = sqlx::query(&sql)
-            .bind(after)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| key_row(r).map(|k| FeedKey::from(&k)))
-            .collect::<StoreResult<Vec<_>>>()?;
-        let users = sqlx::query(
-            "SELECT user_id, tokens_issued_before, until, version FROM user_revocations \
-             WHERE version > $1 ORDER BY version, user_id",
-        )
-        .bind(after)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(UserRevocation {
-                user: r.try_get("user_id")?,
-                tokens_issued_before: r.try_get("tokens_issued_before")?,
-                until: r.try_get("until")?,
-                version: r.try_get("version")?,
-            })
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
-        let jtis = sqlx::query(
-            "SELECT jti_sha256, until, version FROM jti_revocations \
-             WHERE version > $1 ORDER BY version, jti_sha256",
-        )
-        .bind(after)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(JtiRevocation {
-                jti_sha256: r.try_get("jti_sha256")?,
-                until: r.try_get("until")?,
-                version: r.try_get("version")?,
-            })
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
+        let answer = paging::answer(&mut FeedRead(&mut tx), ask).await?;
         tx.commit().await?;
-        Ok(FeedAnswer::Page(FeedPage {
-            epoch,
-            version: seq,
-            full,
-            keys,
-            users,
-            jtis,
-        }))
+        Ok(answer)
     }
 
     async fn purge(&self, cutoff: i64, batch: u32) -> StoreResult<PurgeCounts> {
