@@ -12,6 +12,10 @@
 //! the cursor in `next` (`feed/cursor.rs`), all with the version of its first page. How
 //! the store cuts them: `store/paging.rs`.
 //!
+//! Older syncs (no `paged=true`) read a snapshot as one answer: one that fits a page is
+//! theirs; a larger one is refused with 409 `PAGING_REQUIRED`, counted and logged, since
+//! cut to its first page it would make them retire every key of the pages they never read.
+//!
 //! Long-poll: only an answer with nothing after `since` waits; a snapshot page never does,
 //! except the one empty page of a database that has never changed (version 0), which the
 //! sync, up to date with it, asks for again with `since=0` and must not spin on. The
@@ -27,6 +31,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// The longest a long-poll is held.
@@ -108,6 +113,32 @@ async fn read(s: &AppState, ask: &FeedAsk<'_>) -> Result<FeedPage, ApiError> {
     }
 }
 
+/// [`read`], refusing a snapshot larger than one page to a sync that cannot read pages.
+async fn answer(s: &AppState, ask: &FeedAsk<'_>, paged: bool) -> Result<FeedPage, ApiError> {
+    let page = read(s, ask).await?;
+    if paged || page.next.is_none() {
+        return Ok(page);
+    }
+    let records = s.store.feed_size().await?;
+    s.counters
+        .unpaged_snapshots_refused
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        records,
+        page_size = ask.page,
+        "refused a snapshot larger than GATEHOUSE_FEED_PAGE_SIZE to a sync that cannot read \
+         pages (409 PAGING_REQUIRED): its proxy runs an older gatehouse module"
+    );
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "PAGING_REQUIRED",
+        format!(
+            "the snapshot is larger than one page ({records} records); upgrade the gatehouse \
+             module"
+        ),
+    ))
+}
+
 /// Whether `page` may be held for a change (see the module doc).
 fn may_wait(page: &FeedPage, ask: &FeedAsk<'_>) -> bool {
     let same_epoch = ask.epoch.is_none_or(|e| e == page.epoch);
@@ -152,11 +183,11 @@ pub async fn cache(
         page: usize::try_from(s.config.feed_page_size).unwrap_or(usize::MAX),
     };
     let mut changes = s.changes.subscribe();
-    let page = read(&s, &ask).await?;
+    let page = answer(&s, &ask, paged).await?;
     if wait.is_zero() || !may_wait(&page, &ask) {
         return Ok(Json(page));
     }
     // Nothing new: wait for a commit past `since`, or the end of `wait`.
     let _ = tokio::time::timeout(wait, changes.wait_for(|v| *v > since)).await;
-    Ok(Json(read(&s, &ask).await?))
+    Ok(Json(answer(&s, &ask, paged).await?))
 }

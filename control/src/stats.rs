@@ -48,6 +48,9 @@ pub struct Counters {
     pub token_failures: AtomicU64,
     /// Requests answered 429 because their client had too many such failures.
     pub token_lockouts: AtomicU64,
+    /// Snapshots refused with 409 `PAGING_REQUIRED` to a sync that cannot read pages
+    /// (`feed.rs`).
+    pub unpaged_snapshots_refused: AtomicU64,
 }
 
 impl Counters {
@@ -57,6 +60,7 @@ impl Counters {
             future_entries_dropped: AtomicU64::new(0),
             token_failures: AtomicU64::new(0),
             token_lockouts: AtomicU64::new(0),
+            unpaged_snapshots_refused: AtomicU64::new(0),
         }
     }
 }
@@ -67,6 +71,7 @@ pub struct CountersView {
     future_entries_dropped: u64,
     token_failures: u64,
     token_lockouts: u64,
+    unpaged_snapshots_refused: u64,
 }
 
 #[derive(Serialize)]
@@ -115,6 +120,7 @@ pub async fn get(State(s): State<AppState>) -> Result<Json<StatsView>, ApiError>
             future_entries_dropped: s.counters.future_entries_dropped.load(Ordering::Relaxed),
             token_failures: s.counters.token_failures.load(Ordering::Relaxed),
             token_lockouts: s.counters.token_lockouts.load(Ordering::Relaxed),
+            unpaged_snapshots_refused: s.counters.unpaged_snapshots_refused.load(Ordering::Relaxed),
         },
     }))
 }

@@ -742,6 +742,51 @@ async fn a_page_of_two_holds_whole_versions_that_fit_together() {
     assert_eq!(seen, [(3, 2, true), (5, 2, true), (6, 1, false)]);
 }
 
+#[tokio::test]
+async fn an_older_sync_gets_a_snapshot_that_fits_a_page_and_409_for_a_larger_one() {
+    let s = svc_with(|c| c.feed_page_size = 100).await;
+    seed(&s, 60, 30, 10).await; // 100 records: one page
+    let (status, whole_page) = s.feed("since=0").await;
+    assert_eq!(status, StatusCode::OK, "{whole_page}");
+    assert_eq!(
+        (whole_page["full"].clone(), whole_page["next"].clone()),
+        (json!(true), Value::Null)
+    );
+    assert_eq!(records(&whole_page), 100);
+    s.issue("user_one_more").await; // 101
+    for query in [
+        "since=0",
+        "since=0&paged=false",
+        "since=999",
+        "since=0&wait=30",
+    ] {
+        let (status, body) = s.feed(query).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{query}: {body}");
+        assert_eq!(error_code(&body), "PAGING_REQUIRED");
+        assert_eq!(
+            body["error"],
+            "the snapshot is larger than one page (101 records); upgrade the gatehouse module"
+        );
+    }
+    let (_, stats) = s.admin(Method::GET, "/v1/stats", None).await;
+    assert_eq!(stats["counters"]["unpaged_snapshots_refused"], 4);
+    // Changes are answered to it as to any sync, in whole versions: it asks again from
+    // `version`, so `more` needs nothing of it.
+    let since = v(&whole_page);
+    let (status, delta) = s.feed(&format!("since={since}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (v(&delta), delta["more"].clone()),
+        (since + 1, json!(false))
+    );
+    // A sync that reads pages gets the same snapshot in two.
+    let (status, first) = s.feed("since=0&paged=true").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(first["next"].is_string());
+    let (_, stats) = s.admin(Method::GET, "/v1/stats", None).await;
+    assert_eq!(stats["counters"]["unpaged_snapshots_refused"], 4);
+}
+
 // Property: a snapshot plus the deltas after it equals a fresh snapshot (for everything
 // still kept), whatever changes happen in between, including cleanup and 410.
 

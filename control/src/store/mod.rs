@@ -621,6 +621,9 @@ pub trait Store: Send + Sync {
     /// unless one version alone is more (`paging.rs`).
     async fn feed(&self, ask: &FeedAsk<'_>) -> StoreResult<FeedAnswer>;
 
+    /// The records a snapshot holds now: keys, user and jti revocations.
+    async fn feed_size(&self) -> StoreResult<u64>;
+
     /// Deletes up to `batch` rows of each kind whose expiry (key) or end (revocation) is
     /// before `cutoff`, and raises the oldest servable version past them.
     async fn purge(&self, cutoff: i64, batch: u32) -> StoreResult<PurgeCounts>;

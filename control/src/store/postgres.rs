@@ -767,6 +767,16 @@ impl Store for PostgresStore {
         Ok(answer)
     }
 
+    async fn feed_size(&self) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM api_keys) + (SELECT COUNT(*) FROM user_revocations) \
+             + (SELECT COUNT(*) FROM jti_revocations)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     async fn purge(&self, cutoff: i64, batch: u32) -> StoreResult<PurgeCounts> {
         let mut tx = self.begin_write().await?;
         let limit = i64::from(batch);
