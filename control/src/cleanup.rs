@@ -1,10 +1,12 @@
 //! The cleanup job. It purges two things, each after its own retention period:
 //!
-//! - keys and revocation entries that expired longer ago than `retention`, in batches so
-//!   the writer is never held for long. Until then they stay in the feed (a proxy refuses
-//!   them on their own expiry anyway); once deleted, a feed `since` below their version
-//!   gets 410 and the sync takes a fresh snapshot. Keys revoked without an expiry stay as
-//!   tombstones: a proxy must keep refusing them.
+//! - keys and revocation entries that ended longer ago than `retention` (a key's expiry or
+//!   revocation, an entry's `until`), in batches so the writer is never held for long.
+//!   Until then they stay in the feed: a revoked key as a tombstone, which every proxy in
+//!   step applies within the retention, an expired one refused by the proxies on its own.
+//!   Once deleted, a feed `since` below their version gets 410 and the sync takes a fresh
+//!   snapshot, which retires every key it does not mention (control/FEED.md): so a revoked
+//!   key without an expiry does not stay in the database, nor in the caches, forever.
 //! - what the proxies reported (`POST /v1/events`) longer ago than `event_retention`:
 //!   refusal events (by their `at`), per-minute request counts and proxies not heard
 //!   from since. None of it is in the feed, so no version moves.

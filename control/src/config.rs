@@ -54,7 +54,8 @@ pub const USAGE: &str =
     GATEHOUSE_JWT_LEEWAY         the proxies' jwt.leeway. Defaults to the policy's, else 60s;
                                  with --policy, at least the policy's
     GATEHOUSE_CLEANUP_INTERVAL   defaults to 60s
-    GATEHOUSE_RETENTION          defaults to 7d (expired entries are purged after it)
+    GATEHOUSE_RETENTION          defaults to 7d (expired entries and revoked keys are
+                                 purged after it)
     GATEHOUSE_EVENT_RETENTION    defaults to 30d (refusals, request counts and proxies
                                  reported by POST /v1/events are purged after it)
     GATEHOUSE_FEED_PAGE_SIZE     records (keys, user and jti revocations) in one answer of
@@ -209,7 +210,8 @@ pub struct Config {
     pub token_lifetime: TokenLifetime,
     /// How often the cleanup job runs. Defaults to 60s.
     pub cleanup_interval: Duration,
-    /// How long expired entries stay in the feed before they are purged. Defaults to 7d.
+    /// How long expired entries and revoked keys stay in the feed before they are purged.
+    /// Defaults to 7d.
     pub retention: Duration,
     /// How long refusal events, per-minute request counts and proxies not heard from are
     /// kept. Defaults to 30d.

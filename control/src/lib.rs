@@ -18,7 +18,8 @@
 //! - `plans.rs`: the plans keys may be issued on, checked on issue and rotation;
 //! - `token_lifetime.rs`: how long the proxies accept a JWT, so how long JWT revocations
 //!   last;
-//! - `cleanup.rs`: the job that purges what expired longer ago than the retention;
+//! - `cleanup.rs`: the job that purges what expired or was revoked longer ago than the
+//!   retention;
 //! - `config.rs`: `serve` settings; `clock.rs`: the clock; `random.rs`: the CSPRNG.
 //!
 //! It must never log, store or echo a key's secret (only the issuing response holds it)

@@ -183,15 +183,15 @@ async fn cleanup_purges_after_retention_and_old_since_gets_410() {
     )
     .await; // v3
     let revoked = s.issue("user_3").await; // v4
+
+    // Expired, but within retention: still fed.
+    s.clock.advance_secs(86_400 + 100);
     s.admin(
         Method::DELETE,
         &format!("/v1/keys/{}", revoked["id"].as_str().unwrap()),
         None,
     )
-    .await; // v5
-
-    // Expired, but within retention: still fed.
-    s.clock.advance_secs(86_400 + 100);
+    .await; // v5, revoked a day after T0
     let n = gatehouse_control::cleanup::run_once(&s.state)
         .await
         .unwrap();
@@ -200,7 +200,7 @@ async fn cleanup_purges_after_retention_and_old_since_gets_410() {
     assert_eq!(snap["keys"].as_array().unwrap().len(), 3);
     assert_eq!(snap["jtis"], json!([]));
 
-    // Past retention: the expired key goes; the revoked key without expiry stays.
+    // Past retention: the expired key goes; the key revoked within it stays.
     s.clock.advance_secs(86_400);
     let n = gatehouse_control::cleanup::run_once(&s.state)
         .await
@@ -226,6 +226,81 @@ async fn cleanup_purges_after_retention_and_old_since_gets_410() {
     let (status, delta) = s.feed("since=3").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(delta["keys"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn revoked_keys_leave_the_feed_a_retention_after_their_revocation() {
+    let s = svc_with(|c| {
+        c.retention = Duration::from_secs(86_400);
+        c.max_keys_per_user = 10;
+    })
+    .await;
+    let kept = s.issue("user_1").await; // v1, never expires
+    let revoked = s.issue("user_1").await; // v2, never expires
+    let graced = s.issue("user_1").await; // v3, never expires
+    let (_, behind) = s.feed("since=0").await;
+    assert_eq!(v(&behind), 3);
+    let id = |k: &Value| k["id"].as_str().unwrap().to_string();
+    s.admin(Method::DELETE, &format!("/v1/keys/{}", id(&revoked)), None)
+        .await; // v4: a tombstone, revoked at T0
+    let (status, successor) = s
+        .admin(
+            Method::POST,
+            &format!("/v1/keys/{}/rotate", id(&graced)),
+            Some(json!({"grace_seconds": 3600})),
+        )
+        .await; // v5: the old key works until T0 + 1 h
+    assert_eq!(status, StatusCode::OK, "{successor}");
+    let (_, in_step) = s.feed("since=3").await;
+    assert_eq!(v(&in_step), 5);
+
+    // Within the retention of the revocation: the tombstone is fed to everyone.
+    s.clock.advance_secs(86_400);
+    let n = gatehouse_control::cleanup::run_once(&s.state)
+        .await
+        .unwrap();
+    assert_eq!(n.keys, 0);
+    let (_, snap) = s.feed("since=0").await;
+    let tombstone = snap["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key_id"] == revoked["id"])
+        .unwrap();
+    assert_eq!(tombstone["active"], false);
+
+    // A retention after the revocation: the tombstone goes; the rotated key goes a
+    // retention after its grace ended.
+    s.clock.advance_secs(1);
+    let n = gatehouse_control::cleanup::run_once(&s.state)
+        .await
+        .unwrap();
+    assert_eq!(n.keys, 1);
+    s.clock.advance_secs(3600);
+    let n = gatehouse_control::cleanup::run_once(&s.state)
+        .await
+        .unwrap();
+    assert_eq!(n.keys, 1);
+    let (_, snap) = s.feed("since=0").await;
+    let ids: BTreeSet<String> = snap["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, BTreeSet::from([id(&kept), id(&successor)]));
+
+    // A sync that applied the tombstones has nothing to catch up on; one further behind
+    // gets 410 and a snapshot without them, which retires them from its cache.
+    let (status, delta) = s.feed("since=5").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((v(&delta), delta["keys"].clone()), (5, json!([])));
+    for since in [3, 4] {
+        let (status, body) = s.feed(&format!("since={since}&paged=true")).await;
+        assert_eq!(status, StatusCode::GONE, "{since}: {body}");
+    }
+    let (_, stats) = s.admin(Method::GET, "/v1/stats", None).await;
+    assert_eq!(stats["cache"]["version"], 5, "purging is not a change");
 }
 
 #[tokio::test]

@@ -530,7 +530,8 @@ pub(crate) fn retired(
         }
         // Kept active with an earlier effective expiry: the proxies refuse it from then
         // on by themselves, with no feed change needed at that instant. `expires_at`
-        // itself stays, so the row is purged no sooner than any copy a proxy holds.
+        // itself stays as issued; `revoked_at` is that end, from which the cleanup job
+        // counts the retention, so every copy a proxy in step holds has expired by then.
         OldKeyEnd::At(t) => {
             old.grace_until = Some(t);
             old.revoked_at = old.effective_expiry();
@@ -624,8 +625,9 @@ pub trait Store: Send + Sync {
     /// The records a snapshot holds now: keys, user and jti revocations.
     async fn feed_size(&self) -> StoreResult<u64>;
 
-    /// Deletes up to `batch` rows of each kind whose expiry (key) or end (revocation) is
-    /// before `cutoff`, and raises the oldest servable version past them.
+    /// Deletes up to `batch` rows of each kind whose end is before `cutoff` (a key's expiry
+    /// or revocation, a revocation entry's `until`), and raises the oldest servable
+    /// version past them.
     async fn purge(&self, cutoff: i64, batch: u32) -> StoreResult<PurgeCounts>;
 }
 

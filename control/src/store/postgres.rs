@@ -782,14 +782,15 @@ impl Store for PostgresStore {
         let limit = i64::from(batch);
         let mut counts = PurgeCounts::default();
         let mut highest: i64 = 0;
-        for (table, id_col, end_col) in [
-            ("api_keys", "id", "expires_at"),
-            ("user_revocations", "user_id", "until"),
-            ("jti_revocations", "jti_sha256", "until"),
+        // A NULL end (never) is not below the cutoff: such rows stay.
+        for (table, id_col, ended) in [
+            ("api_keys", "id", "expires_at < $1 OR revoked_at < $1"),
+            ("user_revocations", "user_id", "until < $1"),
+            ("jti_revocations", "jti_sha256", "until < $1"),
         ] {
             let rows = sqlx::query(&format!(
                 "DELETE FROM {table} WHERE {id_col} IN (SELECT {id_col} FROM {table} \
-                 WHERE {end_col} IS NOT NULL AND {end_col} < $1 LIMIT $2) RETURNING version"
+                 WHERE {ended} LIMIT $2) RETURNING version"
             ))
             .bind(cutoff)
             .bind(limit)
