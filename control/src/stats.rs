@@ -1,7 +1,15 @@
 //! `GET /v1/stats`: per-plan request counts over the last 24 hours (from the per-minute
 //! buckets the proxies' reports fill), the feed's version and epoch, the cache version
-//! each proxy last said it had applied, and this replica's own [`Counters`]. What the
-//! dashboard shows.
+//! each proxy last said it had applied and how far behind that is, and this replica's own
+//! [`Counters`]. What the dashboard shows.
+//!
+//! A proxy *lags* when a change older than [`LAG_SECS`] has not reached it: the version
+//! it last reported is below the feed's version of [`LAG_SECS`] ago (from the audit log),
+//! or it never reported one. Being behind alone is not lagging: a change reaches every
+//! proxy a round trip after it commits, so a healthy one is often a version or two behind
+//! for a moment. A proxy that stopped reporting (stopped, or idle: the sync posts only
+//! when its filter has something to report) keeps its last version, so it lags once a
+//! change after its last report is [`LAG_SECS`] old; its `seen_at` tells which.
 
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -13,6 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The window the counts cover.
 pub const WINDOW_SECONDS: i64 = 86_400;
+
+/// How old a change may be before a proxy it has not reached lags (see the module doc).
+pub const LAG_SECS: i64 = 30;
 
 #[derive(Serialize)]
 pub struct PlanView {
@@ -31,6 +42,10 @@ pub struct CacheView {
 pub struct ProxyView {
     proxy: String,
     cache_version: Option<i64>,
+    /// The feed's version minus `cache_version`; below 0 if the proxy's cache is of
+    /// another database (re-created or restored), until its next poll.
+    behind: Option<i64>,
+    lagging: bool,
     seen_at: String,
 }
 
@@ -80,6 +95,8 @@ pub struct StatsView {
     window_seconds: i64,
     cache: CacheView,
     proxies: Vec<ProxyView>,
+    /// How many of `proxies` lag.
+    lagging: usize,
     counters: CountersView,
 }
 
@@ -91,6 +108,21 @@ pub async fn get(State(s): State<AppState>) -> Result<Json<StatsView>, ApiError>
     // Buckets that start within the window: a bucket is counted whole or not at all.
     let since = s.clock.now_secs().saturating_sub(WINDOW_SECONDS);
     let stats = s.store.stats(since).await?;
+    let lag_version = s
+        .store
+        .version_at(s.clock.now_secs().saturating_sub(LAG_SECS))
+        .await?;
+    let proxies: Vec<ProxyView> = stats
+        .proxies
+        .into_iter()
+        .map(|p| ProxyView {
+            behind: p.cache_version.map(|v| stats.version.saturating_sub(v)),
+            lagging: p.cache_version.is_none_or(|v| v < lag_version),
+            proxy: p.proxy,
+            cache_version: p.cache_version,
+            seen_at: rfc3339(p.seen_at),
+        })
+        .collect();
     Ok(Json(StatsView {
         plans: stats
             .plans
@@ -106,15 +138,8 @@ pub async fn get(State(s): State<AppState>) -> Result<Json<StatsView>, ApiError>
             version: stats.version,
             epoch: stats.epoch,
         },
-        proxies: stats
-            .proxies
-            .into_iter()
-            .map(|p| ProxyView {
-                proxy: p.proxy,
-                cache_version: p.cache_version,
-                seen_at: rfc3339(p.seen_at),
-            })
-            .collect(),
+        lagging: proxies.iter().filter(|p| p.lagging).count(),
+        proxies,
         counters: CountersView {
             since: rfc3339(s.counters.since),
             future_entries_dropped: s.counters.future_entries_dropped.load(Ordering::Relaxed),

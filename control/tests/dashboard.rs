@@ -208,7 +208,8 @@ fn unescape(s: &str) -> String {
 fn rows(dom: &str, tbody_id: &str) -> Vec<Vec<String>> {
     let (_, inner) = element(dom, tbody_id);
     inner
-        .split("<tr>")
+        // `<tr>` or `<tr class="...">`
+        .split("<tr")
         .skip(1)
         .map(|tr| {
             tr.split("<td")
@@ -235,7 +236,8 @@ struct Seeded {
 }
 
 /// Three keys, one of them used; refusals (one with markup in its route); request counts
-/// for two plans and anonymous callers; two proxies at different cache versions.
+/// for two plans and anonymous callers; two proxies at different cache versions and one
+/// that never said which it has.
 fn seeded() -> Seeded {
     let server = start();
     let port = server.port;
@@ -287,6 +289,8 @@ fn seeded() -> Seeded {
             "requests": [{"plan": "team", "allowed": 5, "refused": 1},
                          {"plan": "free", "allowed": 1, "refused": 0}]
         }),
+        // Never says which cache version it has: it lags.
+        json!({"proxy": "envoy-north", "requests": []}),
     ];
     for r in &reports {
         let (status, body) = http(port, "POST", "/v1/events", FEED, Some(r));
@@ -372,10 +376,19 @@ fn the_dashboard_shows_keys_refusals_counts_and_cache_versions() {
 
     // The feed's version and what each proxy has applied.
     assert_eq!(text(&dom, "feed-version"), seeded.feed_version.to_string());
+    // Behind by two for a moment is not lagging; never saying is.
     let proxies = rows(&dom, "proxies-body");
-    assert_eq!(proxies.len(), 2, "{proxies:?}");
-    assert_eq!(proxies[0][..2], ["envoy-east", "4"]);
-    assert_eq!(proxies[1][..2], ["envoy-west", "2"]);
+    assert_eq!(proxies.len(), 3, "{proxies:?}");
+    assert_eq!(proxies[0][..3], ["envoy-east", "4", "0"]);
+    assert_eq!(proxies[0][4], "in step");
+    assert_eq!(proxies[1][..3], ["envoy-north", "unknown", "unknown"]);
+    assert_eq!(proxies[1][4], "lagging");
+    assert_eq!(proxies[2][..3], ["envoy-west", "2", "2"]);
+    assert_eq!(proxies[2][4], "in step");
+    let (lagging_tag, _) = element(&dom, "lagging");
+    assert!(!lagging_tag.contains("hidden"), "{lagging_tag}");
+    let warning = text(&dom, "lagging");
+    assert!(warning.starts_with("Lagging proxies: 1 "), "{warning}");
 
     // Markup in a route is text: escaped in the DOM, no element made of it.
     assert!(
@@ -413,6 +426,8 @@ fn a_wrong_token_shows_a_clear_message_and_no_data() {
             assert!(rows(&dom, body).is_empty(), "{body}: {dom}");
         }
         assert_eq!(text(&dom, "feed-version"), "");
+        let (lagging_tag, _) = element(&dom, "lagging");
+        assert!(lagging_tag.contains("hidden"), "{lagging_tag}");
         for key in &seeded.keys {
             assert!(!dom.contains(key["id"].as_str().unwrap()), "a key id shown");
         }

@@ -287,15 +287,69 @@ async fn stats_show_the_feed_version_and_each_proxys_last_reported_version() {
     let st = stats(&s).await;
     assert_eq!(st["cache"]["version"], 2);
     assert_eq!(st["cache"]["epoch"], page["epoch"]);
+    // envoy-b: a change 60 s old has not reached it (see the next test).
     assert_eq!(
         st["proxies"],
         json!([
-            {"proxy": "envoy-a", "cache_version": 2, "seen_at": "2026-01-01T00:00:30.000Z"},
-            {"proxy": "envoy-b", "cache_version": 1, "seen_at": "2026-01-01T00:01:00.000Z"}
+            {"proxy": "envoy-a", "cache_version": 2, "behind": 0, "lagging": false,
+             "seen_at": "2026-01-01T00:00:30.000Z"},
+            {"proxy": "envoy-b", "cache_version": 1, "behind": 1, "lagging": true,
+             "seen_at": "2026-01-01T00:01:00.000Z"}
         ])
     );
+    assert_eq!(st["lagging"], 1);
     report(&s, json!({"proxy": "envoy-b", "cache_version": 2})).await;
-    assert_eq!(stats(&s).await["proxies"][1]["cache_version"], 2);
+    let st = stats(&s).await;
+    assert_eq!(
+        (
+            &st["proxies"][1]["cache_version"],
+            &st["proxies"][1]["lagging"]
+        ),
+        (&json!(2), &json!(false))
+    );
+    assert_eq!(st["lagging"], 0);
+}
+
+#[tokio::test]
+async fn a_proxy_lags_once_a_change_older_than_30_s_has_not_reached_it() {
+    let s = svc().await;
+    s.issue("user_1").await; // v1 at T0
+    let proxy = |st: &Value, name: &str| {
+        st["proxies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["proxy"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name}: {st}"))
+    };
+    let state = |p: Value| (p["behind"].clone(), p["lagging"].clone());
+    report(&s, json!({"proxy": "stuck", "cache_version": 0})).await;
+    // Behind for a moment is not lagging: the change is younger than 30 s.
+    s.clock.advance_secs(29);
+    let st = stats(&s).await;
+    assert_eq!(state(proxy(&st, "stuck")), (json!(1), json!(false)));
+    assert_eq!(st["lagging"], 0);
+    // 30 s on, still at 0 although it keeps reporting: it lags.
+    s.clock.advance_secs(1);
+    report(&s, json!({"proxy": "stuck", "cache_version": 0})).await;
+    report(&s, json!({"proxy": "silent", "requests": []})).await;
+    report(&s, json!({"proxy": "current", "cache_version": 1})).await;
+    report(&s, json!({"proxy": "restored", "cache_version": 5})).await;
+    let st = stats(&s).await;
+    assert_eq!(state(proxy(&st, "stuck")), (json!(1), json!(true)));
+    // Never said which version it has: it may hold nothing.
+    assert_eq!(state(proxy(&st, "silent")), (Value::Null, json!(true)));
+    assert_eq!(state(proxy(&st, "current")), (json!(0), json!(false)));
+    // Ahead of the feed: its cache is of another database until its next poll.
+    assert_eq!(state(proxy(&st, "restored")), (json!(-4), json!(false)));
+    assert_eq!(st["lagging"], 2);
+    // Caught up: no longer lagging, however old its report becomes.
+    report(&s, json!({"proxy": "stuck", "cache_version": 1})).await;
+    s.clock.advance_secs(3600);
+    let st = stats(&s).await;
+    assert_eq!(state(proxy(&st, "stuck")), (json!(0), json!(false)));
+    assert_eq!(st["lagging"], 1);
 }
 
 #[tokio::test]

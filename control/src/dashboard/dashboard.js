@@ -43,6 +43,7 @@
       tr.appendChild(td);
     }
     body.appendChild(tr);
+    return tr;
   }
 
   function emptyRow(body, columns, text) {
@@ -71,6 +72,8 @@
     for (const id of ['keys-body', 'refusals-body', 'plans-body', 'proxies-body']) clear(byId(id));
     byId('feed-version').textContent = '';
     byId('feed-epoch').textContent = '';
+    byId('lagging').textContent = '';
+    byId('lagging').hidden = true;
   }
 
   function render(keys, refusals, stats) {
@@ -101,9 +104,17 @@
     const proxiesBody = byId('proxies-body');
     clear(proxiesBody);
     for (const p of stats.proxies) {
-      row(proxiesBody, [p.proxy, p.cache_version === null ? 'unknown' : p.cache_version, p.seen_at]);
+      const tr = row(proxiesBody, [p.proxy, p.cache_version === null ? 'unknown' : p.cache_version,
+        p.behind === null ? 'unknown' : p.behind, p.seen_at, p.lagging ? 'lagging' : 'in step']);
+      if (p.lagging) tr.className = 'lagging';
     }
-    if (stats.proxies.length === 0) emptyRow(proxiesBody, 3, 'No proxy has reported yet.');
+    if (stats.proxies.length === 0) emptyRow(proxiesBody, 5, 'No proxy has reported yet.');
+    // A proxy lags when a change older than 30 s has not reached it (GET /v1/stats).
+    const lagging = byId('lagging');
+    lagging.textContent = stats.lagging === 0 ? '' : 'Lagging proxies: ' + stats.lagging +
+      ' (marked below). A proxy lags when a change older than 30 s has not reached its ' +
+      'cache, or it never reported its cache version; see its feed metrics and last report.';
+    lagging.hidden = stats.lagging === 0;
     byId('data').hidden = false;
   }
 

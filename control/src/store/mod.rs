@@ -613,6 +613,10 @@ pub trait Store: Send + Sync {
     /// and epoch, and every proxy heard from.
     async fn stats(&self, since: i64) -> StoreResult<Stats>;
 
+    /// The feed version as it stood at `t`: that of the last change made at or before it
+    /// (by the audit log), 0 if none.
+    async fn version_at(&self, t: i64) -> StoreResult<i64>;
+
     /// Deletes up to `batch` refusal events, usage buckets and proxies each from before
     /// `cutoff` (their `at`, bucket start and `seen_at`). The feed is not touched.
     async fn purge_events(&self, cutoff: i64, batch: u32) -> StoreResult<EventPurgeCounts>;

@@ -642,6 +642,18 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn version_at(&self, t: i64) -> StoreResult<i64> {
+        // The latest second with a change at or before t, then that second's highest
+        // version: two short walks of the (kind, at) index, however long the log.
+        Ok(sqlx::query_scalar(
+            "SELECT COALESCE(MAX(version), 0) FROM audit_events WHERE kind = 'change' \
+             AND at = (SELECT MAX(at) FROM audit_events WHERE kind = 'change' AND at <= ?)",
+        )
+        .bind(t)
+        .fetch_one(&self.reader)
+        .await?)
+    }
+
     async fn purge_events(&self, cutoff: i64, batch: u32) -> StoreResult<EventPurgeCounts> {
         let mut tx = self.begin_write().await?;
         let limit = i64::from(batch);
