@@ -9,7 +9,7 @@
     clippy::panic
 )]
 
-use gatehouse_core::authn::api_key::KeyHash;
+use gatehouse_core::authn::api_key::{KeyHash, KeyRecord};
 use gatehouse_core::authn::jwt::Alg;
 use gatehouse_core::authn::jwt::test_tokens::{hmac_secret, mint};
 use gatehouse_harness::envoy::default_wasm;
@@ -77,7 +77,7 @@ fn control(body: &str) -> Upstream {
     {
         upstream = upstream.route(
             Route::get(&format!(
-                "/v1/cache?since={version}&epoch={epoch}&wait={WAIT}"
+                "/v1/cache?since={version}&epoch={epoch}&wait={WAIT}&paged=true"
             ))
             .reply(Reply::json(200, &answer(epoch, version, false, vec![])).delay(secs(WAIT))),
         );
@@ -145,13 +145,13 @@ fn a_fed_key_works_after_the_first_poll_and_a_tombstone_refuses_it_within_one_po
     let calls = polls(&h);
     assert_eq!(calls.len(), 2);
     assert_eq!(
-        calls[1].path, "/v1/cache?since=1&epoch=e1&wait=20",
+        calls[1].path, "/v1/cache?since=1&epoch=e1&wait=20&paged=true",
         "the next long poll goes out as soon as an answer is applied"
     );
     let call = &calls[0];
     assert_eq!(call.vm, VmId::Singleton);
     assert_eq!(call.cluster, "control");
-    assert_eq!(call.path, "/v1/cache?since=0&wait=20");
+    assert_eq!(call.path, "/v1/cache?since=0&wait=20&paged=true");
     assert_eq!(call.authority, "control");
     assert_eq!(
         call.header("authorization"),
@@ -177,8 +177,8 @@ fn a_fed_key_works_after_the_first_poll_and_a_tombstone_refuses_it_within_one_po
     assert_eq!(
         paths(&h)[2..],
         [
-            "/v1/cache?since=1&epoch=e1&wait=20",
-            "/v1/cache?since=2&epoch=e1&wait=20"
+            "/v1/cache?since=1&epoch=e1&wait=20&paged=true",
+            "/v1/cache?since=2&epoch=e1&wait=20&paged=true"
         ]
     );
     let out = with_key(&mut h, KEY_A);
@@ -259,9 +259,9 @@ fn a_new_epoch_is_applied_as_a_snapshot() {
     assert_eq!(
         paths(&h)[1..],
         [
-            "/v1/cache?since=7&epoch=old&wait=20",
-            "/v1/cache?since=7&epoch=old&wait=20",
-            "/v1/cache?since=2&epoch=new&wait=20",
+            "/v1/cache?since=7&epoch=old&wait=20&paged=true",
+            "/v1/cache?since=7&epoch=old&wait=20&paged=true",
+            "/v1/cache?since=2&epoch=new&wait=20&paged=true",
         ],
         "the new epoch's version next"
     );
@@ -275,8 +275,9 @@ fn a_new_epoch_is_applied_as_a_snapshot() {
     let (state, _) = h.shared_data("feed/state").unwrap();
     assert_eq!(
         String::from_utf8(state).unwrap(),
-        format!("new|2|{}", T0 + WAIT),
-        "the first poll went out 100 ms after start"
+        format!("new|2|{}|2|1", T0 + WAIT),
+        "the first poll went out 100 ms after start; the new epoch's snapshot is the \
+         second generation, with one key"
     );
 }
 
@@ -299,11 +300,11 @@ fn a_410_makes_the_sync_ask_for_a_snapshot_at_once() {
     assert_eq!(
         paths(&h),
         [
-            "/v1/cache?since=0&wait=20",
-            "/v1/cache?since=5&epoch=e1&wait=20",
-            "/v1/cache?since=5&epoch=e1&wait=20",
-            "/v1/cache?since=0&wait=20",
-            "/v1/cache?since=6&epoch=e1&wait=20",
+            "/v1/cache?since=0&wait=20&paged=true",
+            "/v1/cache?since=5&epoch=e1&wait=20&paged=true",
+            "/v1/cache?since=5&epoch=e1&wait=20&paged=true",
+            "/v1/cache?since=0&wait=20&paged=true",
+            "/v1/cache?since=6&epoch=e1&wait=20&paged=true",
         ]
     );
     assert_eq!(h.metric("gatehouse.feed.failures"), Some(0));
@@ -350,7 +351,7 @@ fn an_unreachable_feed_keeps_keys_working_until_the_bound_then_fails_closed_and_
     assert_eq!(h.metric("gatehouse.feed.failures"), Some(30), "one a tick");
     assert_eq!(
         paths(&h).last().map(String::as_str),
-        Some("/v1/cache?since=1&epoch=e1&wait=0"),
+        Some("/v1/cache?since=1&epoch=e1&wait=0&paged=true"),
         "after a failure the poll asks not to be held"
     );
     assert_eq!(h.metric("gatehouse.feed.last_sync_age_seconds"), Some(29));
@@ -381,7 +382,7 @@ fn an_unreachable_feed_keeps_keys_working_until_the_bound_then_fails_closed_and_
     assert_eq!(h.metric("gatehouse.feed.last_sync_age_seconds"), Some(0));
     assert_eq!(
         paths(&h).last().map(String::as_str),
-        Some("/v1/cache?since=1&epoch=e1&wait=20"),
+        Some("/v1/cache?since=1&epoch=e1&wait=20&paged=true"),
         "back to long polls"
     );
     h.assert_no_trap().unwrap();
@@ -405,7 +406,10 @@ fn a_hanging_feed_holds_one_call_until_its_timeout_and_keep_serving_serves_past_
     h.advance(secs(20)).unwrap();
     let calls = polls(&h);
     assert_eq!(calls.len(), 4);
-    assert_eq!(calls[2].path, "/v1/cache?since=1&epoch=e1&wait=0");
+    assert_eq!(
+        calls[2].path,
+        "/v1/cache?since=1&epoch=e1&wait=0&paged=true"
+    );
     assert_eq!(calls[2].timeout, Some(secs(5)));
     assert_eq!(h.metric("gatehouse.feed.failures"), Some(2));
     h.advance(secs(5)).unwrap();
@@ -461,7 +465,7 @@ fn metrics_count_versions_and_entries() {
     assert_eq!(h.metric("gatehouse.feed.failures"), Some(2));
     assert_eq!(
         paths(&h).last().map(String::as_str),
-        Some("/v1/cache?since=4&epoch=e1&wait=0")
+        Some("/v1/cache?since=4&epoch=e1&wait=0&paged=true")
     );
 }
 
@@ -528,9 +532,105 @@ fn a_policy_write_after_the_feed_revoked_its_key_does_not_bring_it_back() {
         out.text()
     );
     let (fed_entry, _) = h.shared_data(&hash.cache_key()).unwrap();
-    assert!(
-        String::from_utf8_lossy(&fed_entry).ends_with("|r|"),
-        "the feed's tombstone is intact"
+    let (_, tombstone) = KeyRecord::decode(&fed_entry).unwrap();
+    assert!(!tombstone.active, "the feed's tombstone is intact");
+    h.assert_no_trap().unwrap();
+}
+
+fn page(version: u64, keys: Vec<Value>, next: Option<&str>) -> String {
+    json!({ "epoch": "e1", "version": version, "full": true, "more": false, "next": next,
+            "keys": keys, "users": [], "jtis": [] })
+    .to_string()
+}
+
+/// A snapshot in two pages, then a second snapshot (after a 410) that leaves one of its
+/// keys out: the module writes each page as it comes, counts a key it does not hold as
+/// not ready (503) until the last page, and retires the left-out key by generation.
+#[test]
+fn a_paged_snapshot_fills_the_cache_page_by_page_and_the_next_one_retires_what_it_omits() {
+    let first = page(3, vec![key(KEY_A, "key_a", true)], Some("cursor-1"));
+    let second = page(3, vec![key(KEY_B, "key_b", true)], None);
+    let mut h = build(
+        builder("fail_closed").upstream(
+            Upstream::new("control")
+                .route(
+                    Route::get("/v1/cache?since=0&wait=20&paged=true")
+                        .reply(Reply::json(200, &first)),
+                )
+                // The second page comes a second later: between the two, the cache is
+                // half full.
+                .route(
+                    Route::get("/v1/cache?since=0&epoch=e1&after=cursor-1&wait=0&paged=true")
+                        .reply(Reply::json(200, &second).delay(secs(1))),
+                )
+                .route(
+                    Route::get("/v1/cache?since=3&*")
+                        .reply(Reply::json(200, &answer("e1", 3, false, vec![])).delay(secs(WAIT))),
+                ),
+        ),
     );
+    h.advance(Duration::from_millis(500)).unwrap();
+    assert_eq!(
+        with_key(&mut h, KEY_A).status,
+        200,
+        "the first page's key serves"
+    );
+    assert_eq!(
+        with_key(&mut h, KEY_B).status,
+        503,
+        "a key not yet fed: not ready, not refused"
+    );
+    assert_eq!(
+        h.metric("gatehouse.feed.version"),
+        Some(0),
+        "not set before the last page"
+    );
+    h.advance(secs(1)).unwrap();
+    assert_eq!(with_key(&mut h, KEY_B).status, 200);
+    assert_eq!(
+        with_key(&mut h, "feed-key-unknown").status,
+        401,
+        "complete: a miss is a 401"
+    );
+    assert_eq!(h.metric("gatehouse.feed.version"), Some(3));
+    assert_eq!(h.metric("gatehouse.feed.snapshot_pages"), Some(2));
+    assert!(
+        h.metric("gatehouse.feed.wasm_memory_bytes")
+            .is_some_and(|m| m > 0)
+    );
+    assert_eq!(
+        paths(&h),
+        [
+            "/v1/cache?since=0&wait=20&paged=true",
+            "/v1/cache?since=0&epoch=e1&after=cursor-1&wait=0&paged=true",
+            "/v1/cache?since=3&epoch=e1&wait=20&paged=true",
+        ]
+    );
+
+    // The server lost our version (the sync was behind its retention): a new snapshot,
+    // in which key_a is no more. Its tombstone was purged, so nothing says "revoked".
+    let gone = json!({"error": "gone", "code": "GONE", "timestamp": "", "request_id": ""});
+    h.set_upstream(
+        Upstream::new("control")
+            .route(Route::get("/v1/cache?since=0&*").reply(Reply::json(
+                200,
+                &page(9, vec![key(KEY_B, "key_b", true)], None),
+            )))
+            .route(
+                Route::get("/v1/cache?since=9&*")
+                    .reply(Reply::json(200, &answer("e1", 9, false, vec![])).delay(secs(WAIT))),
+            )
+            .route(Route::get("/v1/cache*").reply(Reply::json(410, &gone.to_string()))),
+    );
+    h.advance(secs(WAIT + 1)).unwrap();
+    assert_eq!(h.metric("gatehouse.feed.version"), Some(9));
+    assert_eq!(
+        with_key(&mut h, KEY_A).status,
+        401,
+        "a key the new snapshot does not mention is retired"
+    );
+    assert_eq!(with_key(&mut h, KEY_B).status, 200);
+    let (state, _) = h.shared_data("feed/state").unwrap();
+    assert!(String::from_utf8(state).unwrap().starts_with("e1|9|"));
     h.assert_no_trap().unwrap();
 }

@@ -211,15 +211,17 @@ fn page(
     }
 }
 
-/// The database rows behind `wanted` (`k/<hash>`, `u/<user>`, `j/<hash>`), as a feed page.
+/// The database rows behind `wanted` (`K<84 bits>`, `u/<user>`, `j/<hash>`), as a feed page.
 async fn fetch(db: &dyn Store, wanted: &[String]) -> Result<FeedPage, StoreError> {
     let (mut keys, mut users, mut jtis) = (Vec::new(), Vec::new(), Vec::new());
     for key in wanted {
-        if let Some(sha256) = key.strip_prefix("k/") {
+        if let Some(prefix) = gatehouse_core::authn::api_key::KeyHash::entry_hex_prefix(key) {
+            // Every key of those 84 bits, as a proxy's entry of that name may hold any of
+            // them: the record decides, by its whole hash.
             keys.extend(
-                db.find_key_by_hash(sha256)
+                db.find_keys_by_hash_prefix(&prefix)
                     .await?
-                    .as_ref()
+                    .iter()
                     .map(FeedKey::from),
             );
         } else if let Some(user) = key.strip_prefix("u/") {

@@ -2,7 +2,7 @@
 //! for this request, assembled from the database instead of the feed.
 //!
 //! The plugin's core (`gatehouse_core::pipeline::decide`) reads a [`SharedStore`]: key records
-//! (`k/<sha256 hex>`), user watermarks (`u/<user>`), jti entries (`j/<sha256 hex>`), the
+//! (`K<84 bits of the sha256>`), user watermarks (`u/<user>`), jti entries (`j/<sha256 hex>`), the
 //! feed's state and the rate limiter's tables. [`RequestStore`] answers those reads, in
 //! this order, from:
 //!
@@ -11,7 +11,7 @@
 //!    `gatehouse_core::sync::feed::apply`, the sync's own encoder);
 //! 3. the policy's own keys and revocations (written once at start-up by
 //!    `key_cache::install_policy_keys` and `revocation::install`, as a proxy's configure
-//!    does). Policy keys live under their own prefix (`kp/`), so a key both declare is
+//!    does). Policy keys live under their own prefix (`kp`), so a key both declare is
 //!    judged by the core from both records, as in the plugin; a revocation both hold is
 //!    the database's, as a fed entry is a proxy's;
 //! 4. the limiter's tables as freshly prepared: every slot free, and a placement secret.
@@ -38,7 +38,7 @@ use std::collections::{BTreeSet, HashMap};
 
 /// The prefixes of the entries the database holds the truth for: key records, user
 /// watermarks and jti entries (`gatehouse_core::authn::key_cache`, `gatehouse_core::authn::revocation`).
-const FROM_DATABASE: [&str; 3] = ["k/", "u/", "j/"];
+const FROM_DATABASE: [&str; 3] = ["K", "u/", "j/"];
 
 /// The limiter's placement secret. The secret keeps callers from aiming their limiter
 /// slots at someone else's in a table shared by every request; here each decision has a

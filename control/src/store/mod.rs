@@ -569,6 +569,10 @@ pub trait Store: Send + Sync {
     /// `limit`.
     async fn list_keys(&self, user_id: Option<&str>, limit: u32) -> StoreResult<Vec<KeyRow>>;
     async fn find_key_by_hash(&self, sha256: &str) -> StoreResult<Option<KeyRow>>;
+    /// The keys whose hash starts with `prefix` (lower-case hex), in hash order, at most
+    /// 16: the keys a proxy's cache entry of those bits may hold
+    /// (`gatehouse_core::authn::api_key::KeyHash::cache_key`, 84 bits: 21 digits).
+    async fn find_keys_by_hash_prefix(&self, prefix: &str) -> StoreResult<Vec<KeyRow>>;
     /// Replaces key `id` by `new` (same owner, plan, scopes and expiry, filled in here);
     /// returns (old, new).
     async fn rotate_key(

@@ -337,6 +337,21 @@ impl Store for SqliteStore {
         row.as_ref().map(key_row).transpose()
     }
 
+    async fn find_keys_by_hash_prefix(&self, prefix: &str) -> StoreResult<Vec<KeyRow>> {
+        // Hex digits sort before `g`: [prefix, prefix + "g") is every hash it starts, and
+        // a range the unique index on sha256 answers.
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE sha256 >= ? AND sha256 < ? \
+             ORDER BY sha256 LIMIT 16"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(prefix)
+            .bind(format!("{prefix}g"))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(key_row).collect()
+    }
+
     async fn rotate_key(
         &self,
         id: &str,

@@ -73,6 +73,29 @@ impl KeyHash {
         s
     }
 
+    /// The hash bits a feed entry name ([`KeyHash::cache_key`]) carries, as the 21
+    /// lower-case hex digits every hash of that entry starts with; `None` for a name
+    /// that is not a feed entry's. The control service's `/v1/authz` answers a read of
+    /// the entry from the keys with those digits.
+    pub fn entry_hex_prefix(name: &str) -> Option<String> {
+        use base64::Engine as _;
+        let bits = name
+            .strip_prefix('K')
+            .filter(|b| b.len() == FEED_ENTRY_LEN - 1)?;
+        // 14 characters and an `A` (six zero bits) are 90 bits: 11 bytes and two zero
+        // bits, which strict decoding accepts.
+        let mut padded = [b'A'; FEED_ENTRY_LEN];
+        padded
+            .get_mut(..bits.len())?
+            .copy_from_slice(bits.as_bytes());
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(padded)
+            .ok()?;
+        let mut digits = hex(&bytes);
+        digits.truncate(21);
+        Some(digits)
+    }
+
     /// The shared-data key under which a policy's static key of this hash lives: apart
     /// from the feed's, so neither source ever overwrites the other's record: `kp` and
     /// the same 84 bits as [`KeyHash::cache_key`], so a lookup makes one from the other
@@ -620,6 +643,21 @@ mod tests {
         let mut c = a;
         c.0[10] ^= 0x10;
         assert_ne!(c.cache_key(), name);
+        // And back: the name's bits as hex, the first 21 digits of the hash.
+        assert_eq!(
+            KeyHash::entry_hex_prefix(&name).as_deref(),
+            Some("ba7816bf8f01cfea41414")
+        );
+        for bad in [
+            "",
+            "K",
+            "kungWv48Bz-pBQU",
+            "KungWv48Bz-pBQ",
+            "KungWv48Bz-pBQU=",
+            "KungWv48Bz+pBQU",
+        ] {
+            assert_eq!(KeyHash::entry_hex_prefix(bad), None, "{bad}");
+        }
     }
 
     #[test]
