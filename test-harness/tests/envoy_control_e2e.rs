@@ -79,6 +79,11 @@ impl Stack {
     fn start(feed: &Value) -> Stack {
         let control = ControlService::start(&ControlOptions::new())
             .unwrap_or_else(|e| panic!("could not start gatehouse-control: {e:#}"));
+        Stack::with_envoy(control, feed)
+    }
+
+    /// An Envoy whose sync polls `control`, started now.
+    fn with_envoy(control: ControlService, feed: &Value) -> Stack {
         let opts = EnvoyOptions {
             // The JWT secret as a plain fixture value; the feed token the way a
             // deployment passes it, from Envoy's own environment.
@@ -465,4 +470,60 @@ fn with_keep_serving_a_stale_cache_still_serves_its_keys_and_refuses_its_revoked
     stack.restart_control();
     stack.revoke(&kept);
     stack.until_refused(&kept);
+}
+
+/// A snapshot larger than a page: the control service answers pages of 100 records and
+/// holds 350 keys, so a fresh Envoy reads four pages; every key, first page to last,
+/// works through it, a key the database never had is a 401 once the snapshot is in, and a
+/// change after it arrives as usual.
+#[test]
+fn a_fresh_envoy_reads_a_snapshot_of_several_pages_and_then_its_changes() {
+    const KEYS: usize = 350;
+    let opts = ControlOptions {
+        env: vec![("GATEHOUSE_FEED_PAGE_SIZE".into(), "100".into())],
+        ..ControlOptions::new()
+    };
+    let control = ControlService::start(&opts)
+        .unwrap_or_else(|e| panic!("could not start gatehouse-control: {e:#}"));
+    // Five keys a user, the per-user limit.
+    let keys: Vec<IssuedKey> = (0..KEYS)
+        .map(|i| {
+            control
+                .issue_key(&format!("user_paged_{}", i / 5), "tenant_demo", PLAN)
+                .unwrap_or_else(|e| panic!("{e:#}"))
+        })
+        .collect();
+    let stack = Stack::with_envoy(control, &as_shipped());
+    for key in [&keys[0], &keys[KEYS / 2], &keys[KEYS - 1]] {
+        let took = stack.until_accepted(key);
+        println!("paged snapshot: key {} accepted after {}", key.id, ms(took));
+    }
+    let bound = stopwatch();
+    while stack.feed_metric("version") == 0 {
+        assert!(
+            bound.elapsed() < PROPAGATION_BOUND,
+            "{}",
+            stack.diagnostics()
+        );
+        std::thread::sleep(PROBE_EVERY);
+    }
+    assert!(
+        stack.feed_metric("snapshot_pages") >= 4,
+        "350 keys in pages of 100: {}",
+        stack.diagnostics()
+    );
+    for key in &keys {
+        assert_eq!(stack.with_key(key).status, 200, "key {}", key.id);
+    }
+    let stranger = stack.call("/v1/things", Some("ghk_0000000000000000000000000000"));
+    assert!(
+        matches!(stranger.status, 401),
+        "{}",
+        String::from_utf8_lossy(&stranger.body)
+    );
+    // Changes after the snapshot: a revocation and a new key.
+    stack.revoke(&keys[7]);
+    stack.until_refused(&keys[7]);
+    let late = stack.issue("user_paged_late");
+    stack.until_accepted(&late);
 }
