@@ -16,6 +16,7 @@ mod auth;
 mod body;
 mod cors;
 mod feed;
+mod health;
 mod limits;
 mod response;
 
@@ -232,6 +233,7 @@ impl Decoder {
                 "upstream_errors",
                 "body",
                 "logging",
+                "health",
             ],
         )?;
         if let Some(v) = f.get("version") {
@@ -313,6 +315,13 @@ impl Decoder {
             None => Some(None),
             Some(n) => self.feed(n, "feed").map(Some),
         };
+        let health = match f.get("health") {
+            None => Some(None),
+            Some(n) => {
+                let named = routes.as_deref().zip(f.get("routes"));
+                self.health(n, "health", named).map(Some)
+            }
+        };
         let hide_credentials = match f.get("hide_credentials") {
             None => Some(false),
             Some(n) => self.boolean(n, "hide_credentials"),
@@ -343,6 +352,7 @@ impl Decoder {
             logging: logging?,
             cors: inherited.cors,
             security_headers: inherited.security_headers,
+            health: health?,
             fingerprint,
         })
     }

@@ -72,6 +72,9 @@ pub struct Policy {
     /// Security headers (`security_headers:`) for responses no route matched; routes
     /// carry their merged copy. Defaults to none.
     pub security_headers: Option<crate::response::headers::SecurityHeaders>,
+    /// The readiness route the filter answers itself (`health:`). Defaults to none:
+    /// every path goes through routing.
+    pub health: Option<HealthPolicy>,
     /// First 8 bytes of SHA-256 of the plugin configuration: tells this policy's static
     /// keys apart from an earlier policy's in shared data.
     pub fingerprint: u64,
@@ -102,6 +105,19 @@ pub struct FeedPolicy {
     pub wait_secs: u64,
     pub staleness_secs: u64,
     pub on_stale: OnStale,
+}
+
+/// The `health` section: a path the filter answers itself, before routing, with whether
+/// this Envoy's key cache is ready ([`crate::health`]); never sent upstream.
+///
+/// ```yaml
+/// health:
+///   path: /readyz   # exact, in normal form, no query; no route's pattern. Required.
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthPolicy {
+    /// Matched byte for byte against the request's path before any `?`.
+    pub path: String,
 }
 
 /// What the filter does with a credential while the feed's cache is stale.
@@ -738,7 +754,7 @@ mod tests {
         assert_eq!(
             errors(&minimal("colour: blue\n")),
             [
-                "p.yaml:4:1: colour: unknown field 'colour'; expected one of [version, api_key, plans, unknown_plan, keys, routes, errors, jwt, revocations, hide_credentials, rate_limit, feed, environment, cors, security_headers, upstream_errors, body, logging]"
+                "p.yaml:4:1: colour: unknown field 'colour'; expected one of [version, api_key, plans, unknown_plan, keys, routes, errors, jwt, revocations, hide_credentials, rate_limit, feed, environment, cors, security_headers, upstream_errors, body, logging, health]"
             ]
         );
     }
