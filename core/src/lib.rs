@@ -7,6 +7,7 @@ pub mod authn;
 pub mod body;
 pub mod clock;
 pub mod cors;
+pub mod health;
 pub mod limit;
 pub mod observe;
 pub mod pipeline;

@@ -1,5 +1,6 @@
 //! Every refusal, and the one JSON shape it is answered with: nothing else in the plugin
-//! sends an error body (the one other local answer is a preflight's empty 204).
+//! sends an error body (the other local answers are a preflight's empty 204 and the
+//! health route's 200, [`crate::health::answer`]).
 //! Codes, statuses and body: `docs/policy.md#refusals`.
 
 use crate::authn::api_key::KeyFailure;
@@ -7,6 +8,7 @@ use crate::authn::{AuthFailure, JwtFailure};
 use crate::body::BodyError;
 use crate::body::json::JsonError;
 use crate::body::webhook::SignatureError;
+use crate::health::Unready;
 use crate::time::{UnixNanos, format_rfc3339};
 
 /// A refusal. Closed: add a variant here and its mapping below, nowhere else.
@@ -38,12 +40,17 @@ pub enum Denial {
     Signature(crate::body::webhook::SignatureError),
     /// The body is too large, or breaks the route's JSON rules ([`crate::body`]).
     Body(crate::body::BodyError),
+    /// A method the path does not answer: the health route takes GET and HEAD only.
+    MethodNotAllowed,
+    /// Not a refusal: the health route's answer while the key cache is not ready
+    /// ([`crate::health`]), counted apart and never audited.
+    NotReady(Unready),
 }
 
 /// Every `code` an error body can carry. The refusals come first, in the fixed order of
 /// [`Code::REFUSALS`]: the refusal metrics (`gatehouse.refused.<code in lower case>`)
-/// are defined from it, and [`Denial::code_index`] points into it. `UpstreamError` is
-/// last: a replaced upstream error is not a refusal.
+/// are defined from it, and [`Denial::code_index`] points into it. [`Code::OTHERS`] come
+/// last: the health route's 503 and a replaced upstream error are no refusals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Code {
     MissingCredentials,
@@ -57,6 +64,7 @@ pub enum Code {
     UnknownPlan,
     RateLimited,
     NotFound,
+    MethodNotAllowed,
     BadRequest,
     Unavailable,
     AuthUnavailable,
@@ -66,13 +74,14 @@ pub enum Code {
     PayloadTooLarge,
     MalformedBody,
     JsonLimitExceeded,
+    NotReady,
     UpstreamError,
 }
 
 impl Code {
     /// Every refusal's code, in metric order: the order of the variants, so
     /// [`Denial::code_index`] is the variant's number.
-    pub const REFUSALS: [Code; 20] = [
+    pub const REFUSALS: [Code; 21] = [
         Code::MissingCredentials,
         Code::MalformedCredentials,
         Code::ExpiredCredentials,
@@ -84,6 +93,7 @@ impl Code {
         Code::UnknownPlan,
         Code::RateLimited,
         Code::NotFound,
+        Code::MethodNotAllowed,
         Code::BadRequest,
         Code::Unavailable,
         Code::AuthUnavailable,
@@ -94,6 +104,10 @@ impl Code {
         Code::MalformedBody,
         Code::JsonLimitExceeded,
     ];
+
+    /// The codes a body carries that refuse no client request: not counted, logged or
+    /// audited as refusals.
+    pub const OTHERS: [Code; 2] = [Code::NotReady, Code::UpstreamError];
 
     /// The code as the body spells it.
     pub fn as_str(self) -> &'static str {
@@ -109,6 +123,7 @@ impl Code {
             Code::UnknownPlan => "UNKNOWN_PLAN",
             Code::RateLimited => "RATE_LIMITED",
             Code::NotFound => "NOT_FOUND",
+            Code::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Code::BadRequest => "BAD_REQUEST",
             Code::Unavailable => "UNAVAILABLE",
             Code::AuthUnavailable => "AUTH_UNAVAILABLE",
@@ -118,6 +133,7 @@ impl Code {
             Code::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Code::MalformedBody => "MALFORMED_BODY",
             Code::JsonLimitExceeded => "JSON_LIMIT_EXCEEDED",
+            Code::NotReady => "NOT_READY",
             Code::UpstreamError => "UPSTREAM_ERROR",
         }
     }
@@ -129,7 +145,7 @@ impl std::fmt::Display for Code {
     }
 }
 
-/// `Retry-After` on [`Denial::AuthUnavailable`]: a few sync polls.
+/// `Retry-After` on [`Denial::AuthUnavailable`] and [`Denial::NotReady`]: a few sync polls.
 pub const AUTH_UNAVAILABLE_RETRY_AFTER_SECS: u32 = 5;
 
 /// A local response ready to send.
@@ -151,8 +167,9 @@ impl Denial {
             Denial::UpstreamError(status) => status,
             Denial::RateLimited(_) => 429,
             Denial::NoRoute => 404,
+            Denial::MethodNotAllowed => 405,
             Denial::Unclear(_) => 400,
-            Denial::NotConfigured | Denial::AuthUnavailable => 503,
+            Denial::NotConfigured | Denial::AuthUnavailable | Denial::NotReady(_) => 503,
             Denial::Signature(SignatureError::Unavailable) => 503,
             Denial::Signature(_) => 401,
             Denial::Body(BodyError::Json(JsonError::Malformed)) => 400,
@@ -193,6 +210,7 @@ impl Denial {
             Denial::UnknownPlan => Code::UnknownPlan,
             Denial::RateLimited(_) => Code::RateLimited,
             Denial::NoRoute => Code::NotFound,
+            Denial::MethodNotAllowed => Code::MethodNotAllowed,
             Denial::Unclear(_) => Code::BadRequest,
             Denial::NotConfigured => Code::Unavailable,
             Denial::AuthUnavailable => Code::AuthUnavailable,
@@ -205,6 +223,7 @@ impl Denial {
             Denial::Body(BodyError::TooLarge) => Code::PayloadTooLarge,
             Denial::Body(BodyError::Json(JsonError::Malformed)) => Code::MalformedBody,
             Denial::Body(BodyError::Json(_)) => Code::JsonLimitExceeded,
+            Denial::NotReady(_) => Code::NotReady,
         }
     }
 
@@ -214,12 +233,11 @@ impl Denial {
         self.code(true)
     }
 
-    /// Where [`Denial::audit_code`] is in [`Code::REFUSALS`]; `None` for an upstream error.
+    /// Where [`Denial::audit_code`] is in [`Code::REFUSALS`]; `None` for [`Code::OTHERS`].
     pub fn code_index(self) -> Option<usize> {
-        match self.audit_code() {
-            Code::UpstreamError => None,
-            code => Some(code as usize),
-        }
+        let code = self.audit_code();
+        let i = code as usize;
+        (Code::REFUSALS.get(i) == Some(&code)).then_some(i)
     }
 
     /// The message clients see, as precise as `code`.
@@ -278,6 +296,12 @@ impl Denial {
                 "the request body is not valid JSON"
             }
             Denial::Body(BodyError::Json(_)) => "the JSON body exceeds the allowed sizes",
+            Denial::MethodNotAllowed => "this path answers GET and HEAD only",
+            Denial::NotReady(Unready::NoSnapshot) => {
+                "the key cache has not received its first snapshot"
+            }
+            // [`Denial::render`] says how old.
+            Denial::NotReady(Unready::Stale { .. }) => "the key cache is older than feed.staleness",
         }
     }
 
@@ -296,6 +320,8 @@ impl Denial {
             Denial::UpstreamError(_) => "upstream_error",
             Denial::Signature(e) => e.as_str(),
             Denial::Body(e) => e.as_str(),
+            Denial::MethodNotAllowed => "method_not_allowed",
+            Denial::NotReady(u) => u.as_str(),
         }
     }
 
@@ -326,9 +352,12 @@ impl Denial {
                 headers.push(("retry-after", r.retry_after_secs().to_string()));
                 headers.extend(quota_headers(&r.quota()));
             }
-            Denial::AuthUnavailable | Denial::Signature(SignatureError::Unavailable) => {
+            Denial::AuthUnavailable
+            | Denial::NotReady(_)
+            | Denial::Signature(SignatureError::Unavailable) => {
                 headers.push(("retry-after", AUTH_UNAVAILABLE_RETRY_AFTER_SECS.to_string()))
             }
+            Denial::MethodNotAllowed => headers.push(("allow", "GET, HEAD".to_string())),
             // RFC 9110 §11.6.1: a 401 names a scheme; webhook senders sign, they do not log in.
             Denial::Signature(_) => headers.push((
                 "www-authenticate",
@@ -336,15 +365,23 @@ impl Denial {
             )),
             _ => {}
         }
+        // The one message with a number in it: an operator reading a probe's answer
+        // wants to know how old the cache is, not only that it is too old.
+        let stale;
+        let message = match self {
+            Denial::NotReady(Unready::Stale { age_secs }) => {
+                let mut m = String::from("the key cache is ");
+                crate::text::push_decimal(&mut m, age_secs);
+                m.push_str(" s old, over feed.staleness");
+                stale = m;
+                stale.as_str()
+            }
+            _ => self.message(verbose),
+        };
         LocalReply {
             status: self.status(),
             headers,
-            body: error_body(
-                self.message(verbose),
-                self.code(verbose).as_str(),
-                now,
-                request_id,
-            ),
+            body: error_body(message, self.code(verbose).as_str(), now, request_id),
         }
     }
 }
@@ -543,12 +580,16 @@ mod tests {
         for (i, code) in Code::REFUSALS.iter().enumerate() {
             assert_eq!(*code as usize, i, "{code}");
         }
-        let mut spelled: Vec<&str> = Code::REFUSALS.iter().map(|c| c.as_str()).collect();
-        spelled.push(Code::UpstreamError.as_str());
+        let mut spelled: Vec<&str> = Code::REFUSALS
+            .iter()
+            .chain(&Code::OTHERS)
+            .map(|c| c.as_str())
+            .collect();
         spelled.sort_unstable();
         spelled.dedup();
-        assert_eq!(spelled.len(), Code::REFUSALS.len() + 1);
+        assert_eq!(spelled.len(), Code::REFUSALS.len() + Code::OTHERS.len());
         assert_eq!(Denial::UpstreamError(502).code_index(), None);
+        assert_eq!(Denial::NotReady(Unready::NoSnapshot).code_index(), None);
     }
 
     /// Each leaf error says its own reason; the refusal only maps it to HTTP.
@@ -562,6 +603,7 @@ mod tests {
                 Denial::CorsRejected(c) => c.to_string(),
                 Denial::Signature(e) => e.to_string(),
                 Denial::Body(e) => e.to_string(),
+                Denial::NotReady(u) => u.to_string(),
                 other => other.reason().to_string(),
             };
             assert_eq!(leaf, d.reason(), "{d:?}");
@@ -598,6 +640,7 @@ mod tests {
             Denial::NotConfigured,
             Denial::AuthUnavailable,
             Denial::Body(BodyError::TooLarge),
+            Denial::MethodNotAllowed,
         ];
         for k in [
             KeyFailure::Malformed,
@@ -656,6 +699,52 @@ mod tests {
         let revoked = Denial::Unauthorized(AuthFailure::Key(KeyFailure::Revoked));
         assert_eq!(revoked.code(false), Code::InvalidCredentials);
         assert_eq!(revoked.audit_code(), Code::RevokedKey);
+    }
+
+    #[test]
+    fn the_health_routes_503_is_not_ready_no_refusal_and_says_why() {
+        let none = Denial::NotReady(Unready::NoSnapshot).reply(UnixNanos(0), b"p");
+        let stale = Denial::NotReady(Unready::Stale { age_secs: 45 }).reply(UnixNanos(0), b"p");
+        for (r, message) in [
+            (&none, "the key cache has not received its first snapshot"),
+            (&stale, "the key cache is 45 s old, over feed.staleness"),
+        ] {
+            assert_eq!(r.status, 503);
+            assert_eq!(body(r)["code"], "NOT_READY");
+            assert_eq!(body(r)["error"], message);
+            assert!(
+                r.headers
+                    .iter()
+                    .any(|(k, v)| *k == "retry-after" && v == "5")
+            );
+            assert!(
+                r.headers
+                    .iter()
+                    .any(|(k, v)| *k == "cache-control" && v == "no-store")
+            );
+        }
+        assert_eq!(
+            Denial::NotReady(Unready::NoSnapshot).reason(),
+            "no_snapshot"
+        );
+        assert_eq!(
+            Denial::NotReady(Unready::Stale { age_secs: 1 }).reason(),
+            "feed_stale"
+        );
+        assert!(!Code::REFUSALS.contains(&Code::NotReady));
+    }
+
+    #[test]
+    fn a_wrong_method_on_the_health_path_is_405_with_allow() {
+        let r = Denial::MethodNotAllowed.reply(UnixNanos(0), b"");
+        assert_eq!(r.status, 405);
+        assert_eq!(body(&r)["code"], "METHOD_NOT_ALLOWED");
+        assert!(
+            r.headers
+                .iter()
+                .any(|(k, v)| *k == "allow" && v == "GET, HEAD")
+        );
+        assert_eq!(Denial::MethodNotAllowed.reason(), "method_not_allowed");
     }
 
     #[test]
