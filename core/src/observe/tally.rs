@@ -22,7 +22,7 @@ pub const MAX_PLANS: usize = 63;
 const MAX_REMEMBERED_KEYS: usize = 4096;
 
 /// The counters with a fixed place, and their metric names.
-const FIXED: [&str; 10] = [
+const FIXED: [&str; 12] = [
     "gatehouse.requests.allowed",
     "gatehouse.requests.refused",
     "gatehouse.rate_limited",
@@ -33,6 +33,8 @@ const FIXED: [&str; 10] = [
     "gatehouse.webhook_refused",
     "gatehouse.body_refused",
     "gatehouse.events.refusals_dropped",
+    "gatehouse.health.ready",
+    "gatehouse.health.not_ready",
 ];
 const ALLOWED: usize = 0;
 const REFUSED: usize = 1;
@@ -44,6 +46,8 @@ const FEED_STALE_SERVED: usize = 6;
 const WEBHOOK_REFUSED: usize = 7;
 const BODY_REFUSED: usize = 8;
 const REFUSALS_DROPPED: usize = 9;
+const HEALTH_READY: usize = 10;
+const HEALTH_NOT_READY: usize = 11;
 /// `gatehouse.webhook.signature_failures.<provider>`, in [`SignatureProvider`] order.
 const PROVIDERS: [&str; 4] = ["stripe", "slack", "github", "hmac"];
 const SIGNATURES: usize = FIXED.len();
@@ -390,6 +394,20 @@ impl Tally {
         self.add(FEED_STALE_SERVED, 1);
     }
 
+    /// A health route probe answered 200 (`ready`) or 503 `NOT_READY`: counted apart from
+    /// requests, never per plan and never in the refusal audit (a load balancer asks every
+    /// few seconds, and a cold Envoy's 503s refuse nobody).
+    pub fn health(&mut self, ready: bool) {
+        self.add(
+            if ready {
+                HEALTH_READY
+            } else {
+                HEALTH_NOT_READY
+            },
+            1,
+        );
+    }
+
     /// A refusal: counted by code, plan and kind, and kept for the sync when auditing.
     /// `provider`: the route's webhook provider, for a signature refusal.
     pub fn refused(&mut self, facts: &RefusalFacts<'_>, provider: Option<SignatureProvider>) {
@@ -551,6 +569,28 @@ mod tests {
             out.insert(names[i].clone(), n);
         });
         out
+    }
+
+    #[test]
+    fn health_probes_are_counted_apart_and_never_as_requests_plans_or_refusals() {
+        let mut t = Tally::new(&plans(), true);
+        t.health(true);
+        t.health(true);
+        t.health(false);
+        // Even handed to `refused`, the health route's 503 is no refusal.
+        let not_ready = Denial::NotReady(crate::health::Unready::NoSnapshot);
+        t.refused(&facts(not_ready, None), None);
+        let c = counters(&mut t);
+        assert_eq!(
+            c,
+            [
+                ("gatehouse.health.not_ready".to_string(), 1),
+                ("gatehouse.health.ready".to_string(), 2)
+            ]
+            .into_iter()
+            .collect()
+        );
+        assert_eq!(t.take_batch(), None, "nothing for the audit");
     }
 
     fn rate_limited() -> Denial {
