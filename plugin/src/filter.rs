@@ -7,7 +7,9 @@ use crate::host::{
 use crate::root::{SharedKeys, SharedTally, Webhooks};
 use gatehouse_core::clock::Clock;
 use gatehouse_core::observe::tally::SignatureProvider;
-use gatehouse_core::pipeline::stream::{self, BodyNext, BodyStage, Caller, Edit, Outcome, Seen};
+use gatehouse_core::pipeline::stream::{
+    self, BodyNext, BodyStage, Caller, Edit, Local, Outcome, Seen,
+};
 use gatehouse_core::policy::Policy;
 use gatehouse_core::refusal::Denial;
 use gatehouse_core::request::Headers;
@@ -113,11 +115,20 @@ impl HttpContext for Filter {
         // we must see every name anyway to strip client-sent identity headers.
         let raw = crate::host::entry::header_map(MapType::HttpRequestHeaders);
         let headers = Headers::read(&policy.api_key_header, &raw);
-        if let Some(answer) = stream::preflight(&policy, &headers) {
+        if let Some(answer) = stream::local_answer(&policy, &headers, &HostStore, &HostClock) {
             match answer {
-                Ok(reply) => send_reply(&reply),
-                Err(denial) => {
-                    let seen = Seen::preflight(&headers);
+                Local::Reply(reply) => send_reply(&reply),
+                // A probe's answer, not a refusal: counted apart, never logged or audited.
+                Local::Probe { reply, ready } => {
+                    if let Some(tally) = &self.tally
+                        && let Ok(mut tally) = tally.try_borrow_mut()
+                    {
+                        tally.health(ready);
+                    }
+                    send_reply(&reply);
+                }
+                Local::Refuse(denial) => {
+                    let seen = Seen::unrouted(&headers);
                     self.record_refusal(&policy, denial, HostClock.now(), &seen, None);
                     send_refusal(denial, headers.request_id, policy.verbose_errors);
                 }

@@ -1,5 +1,5 @@
-//! One HTTP stream as the filter runs it: what the request headers lead to (a preflight
-//! answer, a refusal, or edits and a body plan), the body stage, and what a refusal is
+//! One HTTP stream as the filter runs it: what the request headers lead to (the health
+//! route's or a preflight's answer, a refusal, or edits and a body plan), the body stage, and what a refusal is
 //! recorded with. The plugin reads the host and applies these answers; every choice is
 //! here, where native tests reach it.
 
@@ -11,6 +11,7 @@ use crate::body::webhook::Verifier;
 use crate::body::{self, BodyCheck, BodyHead};
 use crate::clock::Clock;
 use crate::cors::{self, Preflight};
+use crate::health::answer::{self as health, Answer};
 use crate::limit::client::client_address;
 use crate::observe::tally::{RefusalFacts, SignatureProvider, Tally};
 use crate::policy::{LogLevel, Policy};
@@ -42,7 +43,50 @@ pub fn preflight(policy: &Policy, headers: &Headers<'_>) -> Option<Result<LocalR
     cors::preflight::answer_preflight(policy, &preflight)
 }
 
-/// What the request headers lead to, once [`preflight`] said they are no preflight.
+/// What the filter answers itself, before routing ([`local_answer`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Local {
+    /// Send as it is: a preflight's 204.
+    Reply(LocalReply),
+    /// The health route's 200 or 503: counted with [`Tally::health`], never recorded as a
+    /// refusal.
+    Probe { reply: LocalReply, ready: bool },
+    /// Refused before routing (a preflight the policy does not allow, a method the health
+    /// route does not answer): recorded with [`Seen::unrouted`].
+    Refuse(Denial),
+}
+
+/// What the filter answers itself before routing: the health route's path (whatever the
+/// method, and before CORS: it is the filter's own), then a CORS preflight. `None`: the
+/// request goes on to [`on_request_headers`]. The clock and the store are read only for
+/// the health path.
+pub fn local_answer(
+    policy: &Policy,
+    headers: &Headers<'_>,
+    store: &impl SharedStore,
+    clock: &impl Clock,
+) -> Option<Local> {
+    let probe = health::answer(
+        policy,
+        headers.method,
+        headers.path,
+        headers.request_id,
+        store,
+        clock,
+    );
+    if let Some(answer) = probe {
+        return Some(match answer {
+            Answer::Probe { reply, ready } => Local::Probe { reply, ready },
+            Answer::Refuse(denial) => Local::Refuse(denial),
+        });
+    }
+    preflight(policy, headers).map(|answer| match answer {
+        Ok(reply) => Local::Reply(reply),
+        Err(denial) => Local::Refuse(denial),
+    })
+}
+
+/// What the request headers lead to, once [`local_answer`] left them to routing.
 #[derive(Debug)]
 pub enum Outcome {
     /// Refused: answer with the denial's reply. `refused` says what was known.
@@ -218,8 +262,9 @@ impl<'a> Seen<'a> {
         }
     }
 
-    /// A refused preflight: nothing known but the request.
-    pub fn preflight(headers: &'a Headers<'a>) -> Self {
+    /// A request refused before routing (a preflight, a wrong method on the health
+    /// path): nothing known but the request.
+    pub fn unrouted(headers: &'a Headers<'a>) -> Self {
         Seen {
             request_id: headers.request_id,
             method: headers.method,
@@ -696,8 +741,61 @@ mod tests {
             preflight(&policy, &headers).is_none(),
             "a GET is no preflight"
         );
-        let facts = Seen::preflight(&headers);
+        let facts = Seen::unrouted(&headers);
         assert_eq!((facts.route, facts.source_address), (None, &b""[..]));
+    }
+
+    #[test]
+    fn the_health_path_is_answered_before_cors_routing_and_credentials() {
+        let src = concat!(
+            "version: 1\n",
+            "feed: { cluster: control, token_env: T }\n",
+            "health: { path: /readyz }\n",
+            "cors: { allowed_origins: [https://app.example.com] }\n",
+            "routes:\n  - match: { path_prefix: / }\n",
+        );
+        let policy = load_yaml("p.yaml", src).unwrap().policy;
+        let store = MemoryStore::default();
+        let clock = FixedClock::at_secs(NOW);
+        let ask = |pairs: &[(&str, &str)]| {
+            let raw = map(pairs);
+            let headers = Headers::read(&policy.api_key_header, &raw);
+            local_answer(&policy, &headers, &store, &clock)
+        };
+        // A bad key on an internal catch-all would be a 401: the probe never gets there.
+        let probe = ask(&[
+            (":method", "GET"),
+            (":path", "/readyz?x=1"),
+            ("x-api-key", "not-a-key"),
+        ]);
+        match probe {
+            Some(Local::Probe { reply, ready }) => {
+                assert!(!ready);
+                assert_eq!(reply.status, 503);
+                assert!(reply.body.contains("\"NOT_READY\""), "{}", reply.body);
+            }
+            other => panic!("{other:?}"),
+        }
+        let preflight = |path| {
+            ask(&[
+                (":method", "OPTIONS"),
+                (":path", path),
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "GET"),
+            ])
+        };
+        assert_eq!(
+            preflight("/readyz"),
+            Some(Local::Refuse(Denial::MethodNotAllowed)),
+            "the health path is the filter's own, CORS or not"
+        );
+        assert!(matches!(preflight("/v1/x"), Some(Local::Reply(r)) if r.status == 204));
+        assert_eq!(ask(&[(":method", "GET"), (":path", "/v1/x")]), None);
+        assert_eq!(
+            ask(&[(":method", "GET"), (":path", "//readyz")]),
+            None,
+            "another spelling is routed"
+        );
     }
 
     #[test]
