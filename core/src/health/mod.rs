@@ -103,6 +103,7 @@ mod tests {
             epoch: "e1".into(),
             version,
             last_success: at,
+            ..SyncState::default()
         };
         store.set(STATE_KEY, &state.encode(), 0).unwrap();
     }
