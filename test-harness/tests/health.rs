@@ -91,8 +91,9 @@ fn probe(h: &mut Harness, method: &str) -> Outcome {
 /// `last_success` of `feed/state`: what the cache's age counts from.
 fn last_success(h: &Harness) -> u64 {
     let (state, _) = h.shared_data("feed/state").expect("a snapshot applied");
-    let state = String::from_utf8(state).unwrap();
-    state.rsplit('|').next().unwrap().parse().unwrap()
+    gatehouse_core::sync::feed::SyncState::decode(&state)
+        .expect("the sync's state")
+        .last_success
 }
 
 fn now(h: &Harness) -> u64 {
