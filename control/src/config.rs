@@ -59,13 +59,14 @@ pub const USAGE: &str =
     GATEHOUSE_EVENT_RETENTION    defaults to 30d (refusals, request counts and proxies
                                  reported by POST /v1/events are purged after it)
     GATEHOUSE_FEED_PAGE_SIZE     records (keys, user and jti revocations) in one answer of
-                                 GET /v1/cache, 100 to 100000. Defaults to 10000";
+                                 GET /v1/cache, 100 to 50000. Defaults to 10000";
 
 /// Records in one feed answer unless set (control/FEED.md).
 pub const DEFAULT_FEED_PAGE_SIZE: u32 = 10_000;
 /// The page sizes accepted: below, a snapshot of a million keys takes ten thousand
-/// round trips; above, one answer nears the sync's 16 MiB limit.
-pub const FEED_PAGE_SIZES: std::ops::RangeInclusive<u32> = 100..=100_000;
+/// round trips; above, one answer of typical records (some 250 bytes of JSON each) nears
+/// the 16 MiB a proxy's sync reads (an answer over it is logged and counted, `feed.rs`).
+pub const FEED_PAGE_SIZES: std::ops::RangeInclusive<u32> = 100..=50_000;
 
 /// The shortest token accepted.
 pub const MIN_TOKEN_LEN: usize = 32;
@@ -589,20 +590,20 @@ mod tests {
     }
 
     #[test]
-    fn the_feed_page_size_defaults_to_10000_and_takes_100_to_100000() {
+    fn the_feed_page_size_defaults_to_10000_and_takes_100_to_50000() {
         assert_eq!(parse(&TOKENS, &[]).unwrap().feed_page_size, 10_000);
-        for (value, taken) in [("100", 100), ("100000", 100_000), ("2500", 2500)] {
+        for (value, taken) in [("100", 100), ("50000", 50_000), ("2500", 2500)] {
             let mut env = TOKENS.to_vec();
             env.push(("GATEHOUSE_FEED_PAGE_SIZE", value));
             assert_eq!(parse(&env, &[]).unwrap().feed_page_size, taken);
         }
-        for value in ["99", "100001", "0", "-5", "10k", ""] {
+        for value in ["99", "50001", "0", "-5", "10k", ""] {
             let mut env = TOKENS.to_vec();
             env.push(("GATEHOUSE_FEED_PAGE_SIZE", value));
             let err = parse(&env, &[]).unwrap_err();
             assert!(
                 err.contains(&format!(
-                    "GATEHOUSE_FEED_PAGE_SIZE must be a whole number from 100 to 100000, \
+                    "GATEHOUSE_FEED_PAGE_SIZE must be a whole number from 100 to 50000, \
                      got {value:?}"
                 )),
                 "{err}"

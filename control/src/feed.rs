@@ -27,9 +27,10 @@ mod cursor;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiQuery};
 use crate::store::{FeedAnswer, FeedAsk, FeedPage, FeedRecords, SnapshotAt};
-use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use gatehouse_core::sync::feed::MAX_ANSWER_BYTES;
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -145,10 +146,28 @@ fn may_wait(page: &FeedPage, ask: &FeedAsk<'_>) -> bool {
     same_epoch && page.version == ask.since && (!page.full || page.version == 0)
 }
 
+/// The answer's body, checked against what a proxy's sync reads
+/// ([`MAX_ANSWER_BYTES`]): a larger one is sent all the same (the sync counts a failure
+/// and keeps its cache), and logged and counted here, where the page size is set.
+fn sized(s: &AppState, page: &FeedPage) -> Result<Response, ApiError> {
+    let body = serde_json::to_vec(page).map_err(|e| ApiError::internal(&e))?;
+    if body.len() > MAX_ANSWER_BYTES {
+        s.counters.oversized_answers.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            bytes = body.len(),
+            limit = MAX_ANSWER_BYTES,
+            page_size = s.config.feed_page_size,
+            "a feed answer is larger than a proxy's sync reads: the proxy keeps its cache \
+             and its poll fails; lower GATEHOUSE_FEED_PAGE_SIZE"
+        );
+    }
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
 pub async fn cache(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<FeedQuery>,
-) -> Result<Json<FeedPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let since = q.since.unwrap_or(0);
     if since < 0 {
         return Err(ApiError::bad_request("since must be 0 or a version"));
@@ -185,9 +204,9 @@ pub async fn cache(
     let mut changes = s.changes.subscribe();
     let page = answer(&s, &ask, paged).await?;
     if wait.is_zero() || !may_wait(&page, &ask) {
-        return Ok(Json(page));
+        return sized(&s, &page);
     }
     // Nothing new: wait for a commit past `since`, or the end of `wait`.
     let _ = tokio::time::timeout(wait, changes.wait_for(|v| *v > since)).await;
-    Ok(Json(answer(&s, &ask, paged).await?))
+    sized(&s, &answer(&s, &ask, paged).await?)
 }

@@ -66,6 +66,9 @@ pub struct Counters {
     /// Snapshots refused with 409 `PAGING_REQUIRED` to a sync that cannot read pages
     /// (`feed.rs`).
     pub unpaged_snapshots_refused: AtomicU64,
+    /// Feed answers larger than a proxy's sync reads (`feed.rs`): it counts a failure and
+    /// keeps its cache, so `GATEHOUSE_FEED_PAGE_SIZE` is too large for these records.
+    pub oversized_answers: AtomicU64,
 }
 
 impl Counters {
@@ -76,6 +79,7 @@ impl Counters {
             token_failures: AtomicU64::new(0),
             token_lockouts: AtomicU64::new(0),
             unpaged_snapshots_refused: AtomicU64::new(0),
+            oversized_answers: AtomicU64::new(0),
         }
     }
 }
@@ -87,6 +91,7 @@ pub struct CountersView {
     token_failures: u64,
     token_lockouts: u64,
     unpaged_snapshots_refused: u64,
+    oversized_answers: u64,
 }
 
 #[derive(Serialize)]
@@ -146,6 +151,7 @@ pub async fn get(State(s): State<AppState>) -> Result<Json<StatsView>, ApiError>
             token_failures: s.counters.token_failures.load(Ordering::Relaxed),
             token_lockouts: s.counters.token_lockouts.load(Ordering::Relaxed),
             unpaged_snapshots_refused: s.counters.unpaged_snapshots_refused.load(Ordering::Relaxed),
+            oversized_answers: s.counters.oversized_answers.load(Ordering::Relaxed),
         },
     }))
 }

@@ -1178,3 +1178,43 @@ proptest::proptest! {
         rt.block_on(run_ops(ops));
     }
 }
+
+/// An answer larger than a proxy's sync reads (16 MiB) is sent all the same, and the
+/// service says so where its page size is set: counted in `GET /v1/stats` (and logged).
+/// 3,900 keys with 32 scopes of 128 characters are some 17 MB of JSON in one page.
+#[tokio::test]
+async fn an_answer_over_what_a_sync_reads_is_counted() {
+    let s = svc_with(|c| c.feed_page_size = 50_000).await;
+    let scopes: Vec<String> = (0..32)
+        .map(|i| format!("s{i:02}{}", "x".repeat(125)))
+        .collect();
+    for i in 0..3_900 {
+        let (status, body) = s
+            .admin(
+                Method::POST,
+                "/v1/keys",
+                Some(
+                    json!({"user_id": format!("user_{i}"), "tenant_id": "tenant_1",
+                            "plan": "team", "device_name": "laptop", "scopes": scopes}),
+                ),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let counted = |stats: &Value| stats["counters"]["oversized_answers"].as_u64();
+    let (_, stats) = s.admin(Method::GET, "/v1/stats", None).await;
+    assert_eq!(counted(&stats), Some(0));
+    let (status, page) = s.feed("since=0&paged=true").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["keys"].as_array().unwrap().len(), 3_900);
+    assert!(page.to_string().len() > gatehouse_core::sync::feed::MAX_ANSWER_BYTES);
+    let (_, stats) = s.admin(Method::GET, "/v1/stats", None).await;
+    assert_eq!(counted(&stats), Some(1));
+    // Changes of a few keys are far below it: not counted.
+    s.issue("user_small").await;
+    let version = page["version"].as_i64().unwrap();
+    let (status, _) = s.feed(&format!("since={version}&paged=true")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, stats) = s.admin(Method::GET, "/v1/stats", None).await;
+    assert_eq!(counted(&stats), Some(1));
+}
