@@ -144,7 +144,8 @@ mod tests {
             epoch: "e1".into(),
             version,
             last_success: at,
-            ..SyncState::default()
+            generation: 1,
+            keys: 0,
         };
         store.set(STATE_KEY, &state.encode(), 0).unwrap();
     }

@@ -63,7 +63,7 @@ pub fn readiness(
         return Ok(None);
     };
     let state = feed::read_state(store)
-        .filter(|s| s.last_success > 0)
+        .filter(|s| s.last_success > 0 && s.has_snapshot())
         .ok_or(Unready::NoSnapshot)?;
     // `feed::age_secs` reads the state again; one read keeps version and age together.
     let age_secs = now_secs.saturating_sub(state.last_success);
@@ -103,7 +103,8 @@ mod tests {
             epoch: "e1".into(),
             version,
             last_success: at,
-            ..SyncState::default()
+            generation: 1,
+            keys: 0,
         };
         store.set(STATE_KEY, &state.encode(), 0).unwrap();
     }

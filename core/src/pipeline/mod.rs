@@ -165,7 +165,9 @@ fn decide_into(
         // Before the sync's first complete snapshot the cache holds only the policy's own
         // keys and some pages: a miss says nothing about the key, so the caller gets a
         // retryable 503, not a 401.
-        Err(AuthFailure::Key(KeyFailure::Unknown)) if presents && feed_state.is_none() => {
+        Err(AuthFailure::Key(KeyFailure::Unknown))
+            if presents && !feed_state.as_ref().is_some_and(|s| s.has_snapshot()) =>
+        {
             return Decision::Deny(Denial::AuthUnavailable);
         }
         Err(failure) => return Decision::Deny(Denial::Unauthorized(failure)),
@@ -1741,6 +1743,14 @@ routes:
             matches!(run(Presented::One(DEMO)), Decision::Allow(_)),
             "the policy's own keys work before the first answer"
         );
+        // The state an earlier version of the module wrote (upgraded in place): fresh,
+        // but its key records have other names. Not ready for a miss, until a snapshot.
+        let legacy = format!("e0|3|{NOW}");
+        store
+            .set(crate::sync::feed::STATE_KEY, legacy.as_bytes(), 0)
+            .unwrap();
+        assert_eq!(run(unknown), Decision::Deny(Denial::AuthUnavailable));
+        assert!(matches!(run(Presented::One(DEMO)), Decision::Allow(_)));
         let answer = crate::sync::feed::parse_answer(
             br#"{"epoch":"e1","version":1,"full":true,"keys":[],"users":[],"jtis":[]}"#,
         )

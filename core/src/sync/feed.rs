@@ -97,6 +97,14 @@ impl SyncState {
         .into_bytes()
     }
 
+    /// Whether a snapshot of this version's key records is complete: a state of an
+    /// earlier version (three fields, read as generation 0) was written under key names
+    /// this one does not read, so an Envoy upgraded in place reads a snapshot again and,
+    /// until it is in, judges keys as a fresh Envoy does.
+    pub fn has_snapshot(&self) -> bool {
+        self.generation > 0
+    }
+
     /// Also reads the three fields of earlier versions (generation 0).
     pub fn decode(bytes: &[u8]) -> Option<SyncState> {
         let s = std::str::from_utf8(bytes).ok()?;
@@ -529,11 +537,11 @@ impl Ask {
             };
         }
         match read_state(store) {
-            Some(s) => Ask::Changes {
+            Some(s) if s.has_snapshot() => Ask::Changes {
                 since: s.version,
                 epoch: s.epoch,
             },
-            None => Ask::Snapshot,
+            _ => Ask::Snapshot,
         }
     }
 
@@ -993,6 +1001,13 @@ mod tests {
                 keys: 0
             }),
             "the state an earlier version wrote"
+        );
+        let store = MemoryStore::default();
+        store.set(STATE_KEY, b"e|3|4", 0).unwrap();
+        assert_eq!(
+            Ask::next(&store, false),
+            Ask::Snapshot,
+            "its records have other names: a snapshot again"
         );
         for bad in [&b""[..], b"e|x|1", b"e|1|2|3", b"e|1|2|3|4|5", b"\xff"] {
             assert_eq!(SyncState::decode(bad), None);
