@@ -243,7 +243,8 @@ class Run:
         return None
 
     def complete(self, admin):
-        """The snapshot is in: the version gauge is set."""
+        """The snapshot is in: the version gauge is set (every database measured holds
+        at least the key issued before Envoy started, so its version is above 0)."""
         v = self.stat(admin, "gatehouse.feed.version")
         return v is not None and v > 0
 
