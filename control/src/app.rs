@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::error::{ApiError, ErrorInfo, code_for_status};
 use crate::store::{ChangeCtx, Store};
 use crate::token_limit::{Client, FailureLimit};
-use crate::{audit, authz, dashboard, events, feed, health, keys, revocations, stats};
+use crate::{audit, authz, dashboard, events, feed, health, import, keys, revocations, stats};
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -26,15 +26,16 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// [`events::BODY_LIMIT`].
 const EVENTS_PATH: &str = "/v1/events";
 
-/// A body declared larger than the route's limit ([`BODY_LIMIT`], or
-/// [`events::BODY_LIMIT`] on [`EVENTS_PATH`]). Checked for every route before any handler
-/// runs: the extractors' limit only covers the bodies a handler reads, and a huge body on
-/// a route that reads none would otherwise be answered 200.
+/// A body declared larger than the route's limit ([`BODY_LIMIT`], [`events::BODY_LIMIT`]
+/// on [`EVENTS_PATH`], [`import::BODY_LIMIT`] on [`import::PATH`]). Checked for every
+/// route before any handler runs: the extractors' limit only covers the bodies a handler
+/// reads, and a huge body on a route that reads none would otherwise be answered 200.
+/// (The import reads its body as a stream, and holds it to its limit as it reads.)
 fn declared_too_large(req: &Request) -> bool {
-    let limit = if req.uri().path() == EVENTS_PATH {
-        events::BODY_LIMIT
-    } else {
-        BODY_LIMIT
+    let limit = match req.uri().path() {
+        EVENTS_PATH => events::BODY_LIMIT,
+        import::PATH => import::BODY_LIMIT,
+        _ => BODY_LIMIT,
     };
     req.headers()
         .get(header::CONTENT_LENGTH)
@@ -126,6 +127,7 @@ pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/verify", post(keys::verify))
+        .route(import::PATH, post(import::post))
         .route("/v1/keys/{id}", get(keys::get).delete(keys::revoke))
         .route("/v1/keys/{id}/rotate", post(keys::rotate))
         .route(

@@ -6,6 +6,7 @@
 
 use crate::app::{AppState, RequestCtx};
 use crate::error::{ApiError, ApiJson, ApiQuery, OptionalJson};
+use crate::plans::Plans;
 use crate::store::{KeyRow, NewKey, OldKeyEnd};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -142,10 +143,54 @@ fn check_id(field: &str, value: &str) -> Result<(), ApiError> {
     if is_valid_id(value) {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!(
-            "{field} must be 1 to 128 of A-Z a-z 0-9 . _ : @ + -"
-        )))
+        Err(ApiError::bad_request(id_rule(field)))
     }
+}
+
+/// What the id rule asks of `field`, for messages (never the value sent).
+pub(crate) fn id_rule(field: &str) -> String {
+    format!("{field} must be 1 to 128 of A-Z a-z 0-9 . _ : @ + -")
+}
+
+/// A device name as stored (trimmed), or what is wrong with it. Length and characters are
+/// checked on the name as sent, as the OpenAPI document states them (a tab or newline at
+/// the end is refused, not trimmed away).
+pub(crate) fn checked_device_name(name: &str) -> Result<String, String> {
+    let trimmed = name.trim();
+    if trimmed.is_empty()
+        || name.chars().count() > MAX_DEVICE_NAME_CHARS
+        || name.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "device_name must be 1 to {MAX_DEVICE_NAME_CHARS} characters, no control characters"
+        ));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// Scopes as stored (sorted, each once), or what is wrong with them. A key without scopes
+/// may call every route. `[]` would read as "no route" to anyone but the plugin, so it is
+/// refused rather than given either meaning.
+pub(crate) fn checked_scopes(scopes: Option<Vec<String>>) -> Result<Vec<String>, String> {
+    let mut scopes = match scopes {
+        None => return Ok(Vec::new()),
+        Some(s) if s.is_empty() => {
+            return Err(
+                "scopes must not be empty: omit scopes for a key that may call every route"
+                    .to_string(),
+            );
+        }
+        Some(s) => s,
+    };
+    if scopes.len() > MAX_SCOPES {
+        return Err(format!("scopes may hold at most {MAX_SCOPES} entries"));
+    }
+    if !scopes.iter().all(|s| is_valid_id(s)) {
+        return Err(id_rule("each scope"));
+    }
+    scopes.sort();
+    scopes.dedup();
+    Ok(scopes)
 }
 
 /// The proxies refuse a credential on a plan their policy does not know: no key is
@@ -154,11 +199,13 @@ fn check_plan(s: &AppState, plan: &str) -> Result<(), ApiError> {
     if s.config.plans.contains(plan) {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!(
-            "plan must be one of {}",
-            s.config.plans.listed()
-        )))
+        Err(ApiError::bad_request(plan_rule(&s.config.plans)))
     }
+}
+
+/// What `plan` must be, for messages.
+pub(crate) fn plan_rule(plans: &Plans) -> String {
+    format!("plan must be one of {}", plans.listed())
 }
 
 /// Base62 characters of a key id after `key_` (95 bits).
@@ -177,14 +224,18 @@ pub struct DrawnKey {
 /// so no character of it may come from the secret.
 pub fn draw_key(prefix: &str) -> Result<DrawnKey, getrandom::Error> {
     let random = crate::random::base62(RANDOM_LEN)?;
-    let id_random = crate::random::base62(ID_RANDOM_LEN)?;
     let secret = format_key(prefix, &random);
     let sha256 = KeyHash::of_key(secret.as_bytes()).to_hex();
     Ok(DrawnKey {
         secret,
         sha256,
-        id: format!("key_{id_random}"),
+        id: new_key_id()?,
     })
+}
+
+/// A key id: `key_` and [`ID_RANDOM_LEN`] base62 characters, drawn on their own.
+pub fn new_key_id() -> Result<String, getrandom::Error> {
+    Ok(format!("key_{}", crate::random::base62(ID_RANDOM_LEN)?))
 }
 
 pub async fn create(
@@ -196,39 +247,8 @@ pub async fn create(
     check_id("tenant_id", &body.tenant_id)?;
     check_id("plan", &body.plan)?;
     check_plan(&s, &body.plan)?;
-    // Length and characters are checked on the name as sent, as the OpenAPI document
-    // states them (a tab or newline at the end is refused, not trimmed away); the name is
-    // stored trimmed.
-    let device = body.device_name.trim();
-    if device.is_empty()
-        || body.device_name.chars().count() > MAX_DEVICE_NAME_CHARS
-        || body.device_name.chars().any(char::is_control)
-    {
-        return Err(ApiError::bad_request(format!(
-            "device_name must be 1 to {MAX_DEVICE_NAME_CHARS} characters, no control characters"
-        )));
-    }
-    // A key without scopes may call every route. `[]` would read as "no route" to anyone
-    // but the plugin, so it is refused rather than given either meaning.
-    let mut scopes = match body.scopes {
-        None => Vec::new(),
-        Some(s) if s.is_empty() => {
-            return Err(ApiError::bad_request(
-                "scopes must not be empty: omit scopes for a key that may call every route",
-            ));
-        }
-        Some(s) => s,
-    };
-    if scopes.len() > MAX_SCOPES {
-        return Err(ApiError::bad_request(format!(
-            "scopes may hold at most {MAX_SCOPES} entries"
-        )));
-    }
-    for scope in &scopes {
-        check_id("each scope", scope)?;
-    }
-    scopes.sort();
-    scopes.dedup();
+    let device_name = checked_device_name(&body.device_name).map_err(ApiError::bad_request)?;
+    let scopes = checked_scopes(body.scopes).map_err(ApiError::bad_request)?;
     let now = s.clock.now_secs();
     let expires_at = match body.expires_in_days {
         None => None,
@@ -249,7 +269,7 @@ pub async fn create(
         user_id: body.user_id,
         tenant_id: body.tenant_id,
         plan: body.plan,
-        device_name: device.to_string(),
+        device_name,
         scopes,
         expires_at,
     };

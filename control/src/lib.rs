@@ -1,12 +1,13 @@
 //! gatehouse-control: the control service. It issues, rotates and revokes API keys,
 //! revokes JWTs (per user and per jti), keeps an audit trail, and feeds the proxies' key
 //! cache (`GET /v1/cache`, contract in `control/FEED.md`). The binary also keeps the
-//! offline key tool (`new-key`, `hash-key`, `mint-jwt`) in `main.rs`.
+//! offline key tool (`new-key`, `hash-key`, `mint-jwt`) and `import` in `main.rs`.
 //!
 //! Where things live:
 //! - `app.rs`: the router, the bearer-token checks and the per-request middleware;
 //!   `token_limit.rs`: the per-client limit on failed token attempts;
 //! - `keys.rs`, `revocations.rs`, `audit.rs`, `feed.rs`, `health.rs`: the handlers;
+//!   `import.rs` (and `import/`): the bulk import of hashed keys, for the API and the CLI;
 //! - `events.rs`: what the proxies report (`POST /v1/events`: refusals, key uses, request
 //!   counts, their cache version); `stats.rs`: the counts and versions (`GET /v1/stats`);
 //! - `dashboard.rs`: the admin page at `/` (its HTML, script and style in `dashboard/`);
@@ -36,6 +37,7 @@ pub mod error;
 pub mod events;
 pub mod feed;
 pub mod health;
+pub mod import;
 pub mod keys;
 pub mod plans;
 pub mod random;

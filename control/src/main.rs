@@ -11,8 +11,11 @@
 //! - `gatehouse-control new-token` prints a bearer token for `GATEHOUSE_ADMIN_TOKEN` or
 //!   `GATEHOUSE_FEED_TOKEN`: 43 base62 characters (256 bits) from the OS CSPRNG;
 //! - `gatehouse-control mint-jwt --secret-env VAR ...` prints an HMAC-signed JWT for
-//!   local testing (see `mint_jwt.rs`).
+//!   local testing (see `mint_jwt.rs`);
+//! - `gatehouse-control import FILE` imports hashed keys (NDJSON) straight into the
+//!   database, as `POST /v1/keys/import` does (see `import_cli.rs`).
 
+mod import_cli;
 mod mint_jwt;
 
 use gatehouse_core::authn::api_key::{KeyHash, is_valid_prefix};
@@ -28,7 +31,10 @@ const USAGE: &str = "usage:
                                                 token (GATEHOUSE_ADMIN_TOKEN, ..._FEED_TOKEN)
   gatehouse-control mint-jwt --secret-env VAR [--kid KID] [--sub SUB] [--tenant T]
       [--plan P] [--ttl SECONDS] [--alg HS256|HS384|HS512]
-                                                print a JWT signed with the secret in $VAR";
+                                                print a JWT signed with the secret in $VAR
+  gatehouse-control import FILE [--database-url URL] [--policy FILE]
+                                                import hashed keys (NDJSON, - for stdin)
+                                                into the database (import --help)";
 
 fn new_key(args: &[String]) -> Result<(), String> {
     let prefix = match args {
@@ -101,6 +107,12 @@ fn main() -> ExitCode {
         Some((cmd, [])) if cmd == "hash-key" => hash_key(),
         Some((cmd, [])) if cmd == "new-token" => new_token(),
         Some((cmd, rest)) if cmd == "mint-jwt" => mint_jwt::run(rest),
+        // Exit 1: the import ran, and some line was refused (the summary says which).
+        Some((cmd, rest)) if cmd == "import" => match import_cli::run(rest) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(message) => Err(message),
+        },
         Some((cmd, _)) if cmd == "--help" || cmd == "-h" => {
             println!("{USAGE}");
             Ok(())

@@ -395,6 +395,7 @@ async fn openapi_lists_exactly_the_routes_and_describes_their_answers() {
         "POST /v1/authz/{rest}",
         "POST /v1/events",
         "POST /v1/keys",
+        "POST /v1/keys/import",
         "POST /v1/keys/verify",
         "POST /v1/keys/{id}/rotate",
         "POST /v1/tokens/revoke",
@@ -435,6 +436,31 @@ async fn openapi_lists_exactly_the_routes_and_describes_their_answers() {
         )
         .await;
     check("/v1/keys/verify", "post", st, &b);
+    // An import with a line of each kind: imported, skipped, refused.
+    let hash = |k: &Value| {
+        gatehouse_core::authn::api_key::KeyHash::of_key(k["api_key"].as_str().unwrap().as_bytes())
+            .to_hex()
+    };
+    let line = |sha256: String| {
+        json!({"sha256": sha256, "user_id": "user_9", "tenant_id": "t", "plan": "free"}).to_string()
+    };
+    let ndjson = format!("{}\n{}\nnot json\n", line(hash(&k)), line("ab".repeat(32)));
+    let (st, b) = send(
+        &s.app,
+        raw(
+            Method::POST,
+            "/v1/keys/import",
+            Some("application/x-ndjson"),
+            ndjson,
+        ),
+    )
+    .await;
+    assert_eq!(
+        (&b["imported"], &b["skipped"], &b["failed"]),
+        (&json!(1), &json!(1), &json!(1)),
+        "{b}"
+    );
+    check("/v1/keys/import", "post", st, &b);
     let (st, b) = s
         .admin(
             Method::POST,

@@ -152,6 +152,75 @@ pub struct NewKey {
     pub expires_at: Option<i64>,
 }
 
+/// The most records one change writes. The feed contract (control/FEED.md, "Changes")
+/// sends a version whole even when it is larger than a page, so no version may be much
+/// larger than this: a bulk import commits in batches of at most this many keys.
+pub const MAX_RECORDS_PER_CHANGE: usize = 1000;
+
+/// What became of one key of an import batch ([`Store::import_keys`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportOutcome {
+    /// Inserted, stamped with the batch's version.
+    Imported,
+    /// A key with this SHA-256 was stored already (before the batch, or earlier in it):
+    /// left exactly as it was.
+    Existing,
+    /// Another key (with another SHA-256) already has this id: not inserted.
+    IdTaken,
+}
+
+/// What [`Store::import_keys`] did with a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportedBatch {
+    /// The batch's feed version; `None` when it inserted nothing, and then it committed
+    /// nothing either (no version, no audit event).
+    pub version: Option<i64>,
+    /// One per key, in the order given.
+    pub outcomes: Vec<ImportOutcome>,
+}
+
+/// The outcome of each of `keys` once the batch's insert returned `inserted` (the (id,
+/// sha256) of each row it inserted); `stored` holds the SHA-256s of the batch the table
+/// holds now (needed only when some key was not inserted). A pair inserted once is
+/// claimed by its first occurrence only: a key given twice is imported once, then found
+/// existing.
+pub(crate) fn import_outcomes(
+    keys: &[NewKey],
+    mut inserted: std::collections::HashSet<(String, String)>,
+    stored: &std::collections::HashSet<String>,
+) -> Vec<ImportOutcome> {
+    keys.iter()
+        .map(|k| {
+            if inserted.remove(&(k.id.clone(), k.sha256.clone())) {
+                ImportOutcome::Imported
+            } else if stored.contains(&k.sha256) {
+                ImportOutcome::Existing
+            } else {
+                ImportOutcome::IdTaken
+            }
+        })
+        .collect()
+}
+
+/// Refuses a batch larger than one change may be.
+pub(crate) fn check_import_batch(keys: &[NewKey]) -> StoreResult<()> {
+    if keys.len() > MAX_RECORDS_PER_CHANGE {
+        return Err(StoreError::Database(format!(
+            "an import batch holds at most {MAX_RECORDS_PER_CHANGE} keys, not {}",
+            keys.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The audit target of an import batch: how many keys it inserted.
+pub(crate) fn import_target(imported: usize) -> String {
+    match imported {
+        1 => "1 key".to_string(),
+        n => format!("{n} keys"),
+    }
+}
+
 /// A stored key. `sha256` never leaves the service except in the feed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyRow {
@@ -564,6 +633,13 @@ pub trait Store: Send + Sync {
         max_active: u32,
         ctx: &ChangeCtx,
     ) -> StoreResult<KeyRow>;
+    /// Inserts keys whose secrets the service never saw (a bulk import, `import.rs`) as
+    /// one change: one transaction, one version stamped on every row it inserts, one audit
+    /// event (`key.import`, target `<n> keys`). At most [`MAX_RECORDS_PER_CHANGE`] keys. A
+    /// key whose SHA-256 is stored already is left as it is, and one whose id another key
+    /// has is not inserted ([`ImportOutcome`]). No per-user limit applies: the keys exist
+    /// already, elsewhere. A batch that inserts nothing commits nothing.
+    async fn import_keys(&self, keys: &[NewKey], ctx: &ChangeCtx) -> StoreResult<ImportedBatch>;
     async fn get_key(&self, id: &str) -> StoreResult<Option<KeyRow>>;
     /// One user's keys, oldest first; or, with no user, every key, newest first. At most
     /// `limit`.

@@ -20,12 +20,14 @@
 use super::paging::{self, FeedReader, Filter, Rows};
 use super::{
     Accepted, AuditEvent, AuditKind, ChangeCtx, EventBatch, EventPurgeCounts, FeedAnswer, FeedAsk,
-    FeedTable, JtiRevocation, KeyRow, MAX_COUNT, NewKey, OldKeyEnd, PlanCount, ProxySeen,
-    PurgeCounts, RefusalDetail, Stats, Store, StoreError, StoreResult, UserRevocation,
-    check_rotatable, minute_of, retired, revoked, scrub, successor,
+    FeedTable, ImportedBatch, JtiRevocation, KeyRow, MAX_COUNT, NewKey, OldKeyEnd, PlanCount,
+    ProxySeen, PurgeCounts, RefusalDetail, Stats, Store, StoreError, StoreResult, UserRevocation,
+    check_import_batch, check_rotatable, import_outcomes, import_target, minute_of, retired,
+    revoked, scrub, successor,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row};
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -289,6 +291,42 @@ async fn insert_key(
     })
 }
 
+/// Inserts `keys` stamped with `version` in one statement (at most 1,000 rows of 10
+/// parameters: within PostgreSQL's 65,535), skipping any that would break a uniqueness
+/// rule; returns the (id, sha256) of the rows inserted.
+async fn insert_new_keys(
+    conn: &mut PgConnection,
+    keys: &[NewKey],
+    now: i64,
+    version: i64,
+) -> StoreResult<HashSet<(String, String)>> {
+    let mut q = QueryBuilder::<Postgres>::new(
+        "INSERT INTO api_keys (id, sha256, user_id, tenant_id, plan, device_name, scopes, \
+         created_at, expires_at, active, version) ",
+    );
+    q.push_values(keys, |mut row, k| {
+        row.push_bind(k.id.as_str())
+            .push_bind(k.sha256.as_str())
+            .push_bind(k.user_id.as_str())
+            .push_bind(k.tenant_id.as_str())
+            .push_bind(k.plan.as_str())
+            .push_bind(k.device_name.as_str())
+            .push_bind(k.scopes.as_slice())
+            .push_bind(now)
+            .push_bind(k.expires_at)
+            .push("TRUE")
+            .push_bind(version);
+    });
+    // No conflict target: a taken id is skipped too, and told apart by the caller.
+    q.push(" ON CONFLICT DO NOTHING RETURNING id, sha256");
+    q.build()
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("id")?, r.try_get("sha256")?)))
+        .collect()
+}
+
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn ping(&self) -> StoreResult<()> {
@@ -328,6 +366,55 @@ impl Store for PostgresStore {
         let row = insert_key(&mut tx, &key, ctx.now, version).await?;
         tx.commit().await?;
         Ok(row)
+    }
+
+    async fn import_keys(&self, keys: &[NewKey], ctx: &ChangeCtx) -> StoreResult<ImportedBatch> {
+        check_import_batch(keys)?;
+        if keys.is_empty() {
+            return Ok(ImportedBatch {
+                version: None,
+                outcomes: Vec::new(),
+            });
+        }
+        // The meta row is locked: the next version is this one, and `bump` (once the count
+        // for the audit event is known) hands it out.
+        let mut tx = self.begin_write().await?;
+        let next: i64 = sqlx::query_scalar("SELECT seq + 1 FROM meta WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let inserted = insert_new_keys(&mut tx, keys, ctx.now, next).await?;
+        let imported = inserted.len();
+        // Only a batch that missed some key needs to know why.
+        let stored: HashSet<String> = if imported < keys.len() {
+            let all: Vec<&str> = keys.iter().map(|k| k.sha256.as_str()).collect();
+            sqlx::query_scalar("SELECT sha256 FROM api_keys WHERE sha256 = ANY($1)")
+                .bind(all)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        let outcomes = import_outcomes(keys, inserted, &stored);
+        if imported == 0 {
+            // Dropped: rolled back, no version handed out.
+            return Ok(ImportedBatch {
+                version: None,
+                outcomes,
+            });
+        }
+        let version = bump(&mut tx, ctx, "key.import", &import_target(imported)).await?;
+        if version != next {
+            return Err(StoreError::Database(
+                "the feed version moved during an import batch".to_string(),
+            ));
+        }
+        tx.commit().await?;
+        Ok(ImportedBatch {
+            version: Some(version),
+            outcomes,
+        })
     }
 
     async fn get_key(&self, id: &str) -> StoreResult<Option<KeyRow>> {

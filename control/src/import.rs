@@ -1,0 +1,450 @@
+//! Bulk import of hashed keys, for teams moving from another gateway or their own app:
+//! `POST /v1/keys/import` (admin token, `content-type: application/x-ndjson`) and
+//! `gatehouse-control import FILE` (`import_cli.rs`) run the same [`Importer`].
+//!
+//! The input is NDJSON, one key per line, each naming the key by its SHA-256 (the fields
+//! and their rules: `import/record.rs`). It is read as it arrives and never held whole
+//! (`import/lines.rs` holds one line at most): a million keys is some 250 MB. The body may
+//! be up to [`BODY_LIMIT`], a line up to [`lines::MAX_LINE_BYTES`].
+//!
+//! Each line stands alone. A valid one is imported unless a key with its SHA-256 is
+//! stored already, in which case it is skipped and the stored key is left exactly as it
+//! is (so a re-run imports nothing twice); an invalid one is reported with its line number
+//! (from 1; blank lines count but are otherwise ignored) and a message that names the
+//! field, and refuses nothing else. The answer counts each kind: `{"imported", "skipped",
+//! "failed", "errors"}`, `errors` listing the first [`MAX_LISTED_ERRORS`] failed lines.
+//!
+//! Valid keys are inserted in batches of at most [`MAX_RECORDS_PER_CHANGE`], the most the
+//! feed contract lets one version carry (control/FEED.md, "Changes"): each batch is one
+//! change, in one transaction with its own feed version and audit event
+//! ([`Store::import_keys`]), and the long-polls are woken as soon as it commits. An
+//! import that stops half-way (the database fails, the body is cut off or over the limit)
+//! keeps the batches it committed; running it again skips them. The per-user key limit
+//! (`GATEHOUSE_MAX_KEYS_PER_USER`) does not apply: these keys exist already, and refusing
+//! one would lock its owner out; it still counts them when the user is issued a new key.
+//!
+//! Never: take a plaintext key, or log, echo or audit a key's hash.
+
+mod lines;
+mod record;
+
+pub use lines::MAX_LINE_BYTES;
+pub use record::{DEFAULT_DEVICE_NAME, Rules};
+
+use crate::app::{AppState, RequestCtx};
+use crate::error::ApiError;
+use crate::store::{
+    ChangeCtx, ImportOutcome, MAX_RECORDS_PER_CHANGE, NewKey, Store, StoreError, StoreResult,
+};
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use futures_util::StreamExt;
+use lines::{Line, Lines};
+use serde::Serialize;
+
+/// The route.
+pub const PATH: &str = "/v1/keys/import";
+
+/// The largest body `POST /v1/keys/import` reads: 1 GiB, some four million keys. Every
+/// other route takes 64 KiB (`app::BODY_LIMIT`).
+pub const BODY_LIMIT: usize = 1 << 30;
+
+/// The most failed lines the answer lists; `failed` counts them all.
+pub const MAX_LISTED_ERRORS: usize = 1000;
+
+/// The media type of the body.
+pub const CONTENT_TYPE: &str = "application/x-ndjson";
+
+/// Input is cut into pieces of this size before it is split into lines, so that a large
+/// chunk (a file read, a big network read) never makes more than this much work between
+/// two batches.
+const PIECE: usize = 64 * 1024;
+
+/// A UTF-8 byte order mark, which some editors write at the start of a file.
+const BOM: &[u8] = b"\xef\xbb\xbf";
+
+/// What an import did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Keys inserted.
+    pub imported: u64,
+    /// Lines whose key (by SHA-256) was stored already, left unchanged.
+    pub skipped: u64,
+    /// Lines refused.
+    pub failed: u64,
+    /// The first [`MAX_LISTED_ERRORS`] lines refused, in line order.
+    pub errors: Vec<LineError>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LineError {
+    /// From 1.
+    pub line: u64,
+    /// Names the field; never holds a value from the line.
+    pub error: String,
+}
+
+impl Summary {
+    /// Counts a refused line, and lists it if it is among the first [`MAX_LISTED_ERRORS`]
+    /// (a taken key id is found when its batch commits, after later lines were read).
+    fn fail(&mut self, line: u64, error: String) {
+        self.failed += 1;
+        let full = self.errors.len() >= MAX_LISTED_ERRORS;
+        if full && self.errors.last().is_some_and(|last| last.line < line) {
+            return;
+        }
+        let at = self.errors.partition_point(|e| e.line < line);
+        self.errors.insert(at, LineError { line, error });
+        self.errors.truncate(MAX_LISTED_ERRORS);
+    }
+}
+
+/// Why an import stopped before the end of its input.
+#[derive(Debug)]
+pub enum ImportError {
+    /// The input is over the limit: the lines before it (`read`) were imported or
+    /// refused, nothing after.
+    TooLarge {
+        limit: usize,
+        read: u64,
+    },
+    Store(StoreError),
+}
+
+impl std::fmt::Display for ImportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImportError::TooLarge { limit, read } => write!(
+                f,
+                "the input is over {limit} bytes: the keys of lines 1 to {read} were imported"
+            ),
+            ImportError::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<StoreError> for ImportError {
+    fn from(e: StoreError) -> ImportError {
+        ImportError::Store(e)
+    }
+}
+
+impl From<ImportError> for ApiError {
+    fn from(e: ImportError) -> ApiError {
+        match e {
+            ImportError::TooLarge { limit, read } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                format!(
+                    "the body is over {} MiB: the keys of lines 1 to {read} were imported \
+                     (running them again skips them); split the file",
+                    limit >> 20
+                ),
+            ),
+            ImportError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// One import: NDJSON in, as chunks of any size, batches committed as they fill.
+pub struct Importer<'a> {
+    store: &'a dyn Store,
+    rules: Rules<'a>,
+    ctx: ChangeCtx,
+    /// Called with each committed batch's version (the API wakes the long-polls).
+    committed: &'a (dyn Fn(i64) + Send + Sync),
+    limit: usize,
+    read: usize,
+    lines: Lines,
+    /// Lines checked but not yet batched.
+    checked: Vec<(u64, Result<NewKey, String>)>,
+    batch: Vec<NewKey>,
+    /// The line of each key of `batch`.
+    batch_lines: Vec<u64>,
+    summary: Summary,
+}
+
+impl<'a> Importer<'a> {
+    /// An import of at most `limit` bytes.
+    pub fn new(
+        store: &'a dyn Store,
+        rules: Rules<'a>,
+        ctx: ChangeCtx,
+        committed: &'a (dyn Fn(i64) + Send + Sync),
+        limit: usize,
+    ) -> Importer<'a> {
+        Importer {
+            store,
+            rules,
+            ctx,
+            committed,
+            limit,
+            read: 0,
+            lines: Lines::new(),
+            checked: Vec::new(),
+            batch: Vec::with_capacity(MAX_RECORDS_PER_CHANGE),
+            batch_lines: Vec::with_capacity(MAX_RECORDS_PER_CHANGE),
+            summary: Summary::default(),
+        }
+    }
+
+    /// Reads `chunk`, committing each batch it fills.
+    pub async fn push(&mut self, chunk: &[u8]) -> Result<(), ImportError> {
+        for piece in chunk.chunks(PIECE) {
+            let room = self.limit.saturating_sub(self.read);
+            let over = piece.len() > room;
+            let piece = piece.get(..room).unwrap_or(piece);
+            self.read += piece.len();
+            let (lines, checked, rules) = (&mut self.lines, &mut self.checked, &self.rules);
+            lines.feed(piece, |n, line| check(n, line, rules, checked));
+            self.batch_checked().await?;
+            if over {
+                self.flush().await?;
+                return Err(ImportError::TooLarge {
+                    limit: self.limit,
+                    read: self.lines.ended(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the input: its last line, the last batch, and what the import did.
+    pub async fn finish(mut self) -> Result<Summary, ImportError> {
+        let (lines, checked, rules) = (&mut self.lines, &mut self.checked, &self.rules);
+        lines.finish(|n, line| check(n, line, rules, checked));
+        self.batch_checked().await?;
+        self.flush().await?;
+        Ok(self.summary)
+    }
+
+    /// Commits the keys batched so far, if any: for an import that stops early.
+    pub async fn flush(&mut self) -> StoreResult<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let done = self.store.import_keys(&self.batch, &self.ctx).await?;
+        for (outcome, line) in done.outcomes.iter().zip(&self.batch_lines) {
+            match outcome {
+                ImportOutcome::Imported => self.summary.imported += 1,
+                ImportOutcome::Existing => self.summary.skipped += 1,
+                ImportOutcome::IdTaken => self
+                    .summary
+                    .fail(*line, "key_id is another key's already".to_string()),
+            }
+        }
+        self.batch.clear();
+        self.batch_lines.clear();
+        if let Some(version) = done.version {
+            (self.committed)(version);
+        }
+        Ok(())
+    }
+
+    /// Moves the checked lines into the batch (committing it whenever it is full) or into
+    /// the errors.
+    async fn batch_checked(&mut self) -> StoreResult<()> {
+        let mut checked = std::mem::take(&mut self.checked);
+        for (line, result) in checked.drain(..) {
+            match result {
+                Ok(key) => {
+                    self.batch.push(key);
+                    self.batch_lines.push(line);
+                    if self.batch.len() >= MAX_RECORDS_PER_CHANGE {
+                        self.flush().await?;
+                    }
+                }
+                Err(error) => self.summary.fail(line, error),
+            }
+        }
+        // The buffer is kept for the next piece.
+        self.checked = checked;
+        Ok(())
+    }
+}
+
+/// Checks one line into `checked`; blank lines are skipped.
+fn check(
+    number: u64,
+    line: Line<'_>,
+    rules: &Rules<'_>,
+    checked: &mut Vec<(u64, Result<NewKey, String>)>,
+) {
+    let text = match line {
+        Line::TooLong => {
+            checked.push((
+                number,
+                Err(format!(
+                    "the line is longer than {MAX_LINE_BYTES} bytes: not read"
+                )),
+            ));
+            return;
+        }
+        Line::Text(t) if number == 1 => t.strip_prefix(BOM).unwrap_or(t),
+        Line::Text(t) => t,
+    };
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return;
+    }
+    checked.push((number, record::parse(text, rules)));
+}
+
+/// `application/x-ndjson`, parameters (a charset) ignored.
+fn is_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case(CONTENT_TYPE))
+}
+
+/// `POST /v1/keys/import`.
+pub async fn post(
+    State(s): State<AppState>,
+    ctx: RequestCtx,
+    req: Request,
+) -> Result<Json<Summary>, ApiError> {
+    if !is_ndjson(req.headers()) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            format!("expected content-type: {CONTENT_TYPE}"),
+        ));
+    }
+    let now = s.clock.now_secs();
+    let rules = Rules {
+        plans: &s.config.plans,
+        now,
+    };
+    let wake = |version| s.committed(version);
+    let mut import = Importer::new(&*s.store, rules, ctx.change(now), &wake, BODY_LIMIT);
+    let mut body = req.into_body().into_data_stream();
+    while let Some(chunk) = body.next().await {
+        let Ok(chunk) = chunk else {
+            // The client went away or broke the framing: what was read whole stays.
+            import.flush().await?;
+            return Err(ApiError::bad_request(
+                "the body could not be read to its end; the keys read until then were \
+                 imported (running the file again skips them)",
+            ));
+        };
+        import.push(&chunk).await?;
+    }
+    let summary = import.finish().await?;
+    tracing::info!(
+        imported = summary.imported,
+        skipped = summary.skipped,
+        failed = summary.failed,
+        request_id = %ctx.request_id,
+        "keys imported"
+    );
+    Ok(Json(summary))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::plans::Plans;
+    use crate::store::sqlite::SqliteStore;
+    use std::sync::Mutex;
+
+    const NOW: i64 = 1_767_225_600;
+
+    fn ctx() -> ChangeCtx {
+        ChangeCtx {
+            now: NOW,
+            actor: "test".to_string(),
+            request_id: "r".to_string(),
+            client: None,
+        }
+    }
+
+    fn line(i: usize) -> String {
+        format!(
+            "{{\"sha256\":\"{i:064x}\",\"user_id\":\"u{i}\",\"tenant_id\":\"t\",\"plan\":\"free\"}}\n"
+        )
+    }
+
+    #[test]
+    fn only_ndjson_is_taken() {
+        let mut h = HeaderMap::new();
+        assert!(!is_ndjson(&h));
+        for (ct, ok) in [
+            ("application/x-ndjson", true),
+            ("Application/X-NDJSON; charset=utf-8", true),
+            ("application/json", false),
+            ("application/x-ndjsonx", false),
+            ("text/plain", false),
+        ] {
+            h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            assert_eq!(is_ndjson(&h), ok, "{ct}");
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_hold_at_most_a_thousand_keys_and_each_wakes_the_feed() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let plans = Plans::default();
+        let woken = Mutex::new(Vec::new());
+        let wake = |v| woken.lock().unwrap().push(v);
+        let rules = Rules {
+            plans: &plans,
+            now: NOW,
+        };
+        let mut import = Importer::new(&store, rules, ctx(), &wake, usize::MAX);
+        let input: String = (0..2500).map(line).collect();
+        // One byte at a time, then in one piece: the chunks change nothing.
+        for b in input.as_bytes().get(..1000).unwrap().chunks(1) {
+            import.push(b).await.unwrap();
+        }
+        import
+            .push(input.as_bytes().get(1000..).unwrap())
+            .await
+            .unwrap();
+        let summary = import.finish().await.unwrap();
+        assert_eq!(
+            (summary.imported, summary.skipped, summary.failed),
+            (2500, 0, 0)
+        );
+        assert_eq!(*woken.lock().unwrap(), [1, 2, 3]);
+        let audit = store.audit(10, None).await.unwrap();
+        let targets: Vec<&str> = audit.iter().map(|e| e.target.as_str()).collect();
+        assert_eq!(targets, ["500 keys", "1000 keys", "1000 keys"]);
+        assert!(audit.iter().all(|e| e.action == "key.import"));
+    }
+
+    #[tokio::test]
+    async fn input_over_the_limit_stops_after_committing_what_was_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let plans = Plans::default();
+        let wake = |_| {};
+        let rules = Rules {
+            plans: &plans,
+            now: NOW,
+        };
+        let input: String = (0..10).map(line).collect();
+        let limit = line(0).len() * 3 + 5;
+        let mut import = Importer::new(&store, rules, ctx(), &wake, limit);
+        match import.push(input.as_bytes()).await {
+            Err(ImportError::TooLarge { read: 3, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.version().await.unwrap(), 1);
+        let err = ApiError::from(ImportError::TooLarge {
+            limit: BODY_LIMIT,
+            read: 3,
+        });
+        assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            err.info.message.contains("over 1024 MiB"),
+            "{}",
+            err.info.message
+        );
+    }
+}
