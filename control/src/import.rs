@@ -16,8 +16,9 @@
 //!
 //! Valid keys are inserted in batches of at most [`MAX_RECORDS_PER_CHANGE`], the most the
 //! feed contract lets one version carry (control/FEED.md, "Changes"): each batch is one
-//! change, in one transaction with its own feed version and audit event
-//! ([`Store::import_keys`]), and the long-polls are woken as soon as it commits. An
+//! change, with its own feed version and audit event, and up to
+//! [`MAX_BATCHES_PER_TRANSACTION`] batches are committed in one transaction
+//! ([`Store::import_keys`]); the long-polls are woken as soon as it commits. An
 //! import that stops half-way (the database fails, the body is cut off or over the limit)
 //! keeps the batches it committed; running it again skips them. The per-user key limit
 //! (`GATEHOUSE_MAX_KEYS_PER_USER`) does not apply: these keys exist already, and refusing
@@ -34,7 +35,8 @@ pub use record::{DEFAULT_DEVICE_NAME, Rules};
 use crate::app::{AppState, RequestCtx};
 use crate::error::ApiError;
 use crate::store::{
-    ChangeCtx, ImportOutcome, MAX_RECORDS_PER_CHANGE, NewKey, Store, StoreError, StoreResult,
+    ChangeCtx, ImportOutcome, MAX_BATCHES_PER_TRANSACTION, MAX_RECORDS_PER_CHANGE, NewKey, Store,
+    StoreError, StoreResult,
 };
 use axum::Json;
 use axum::extract::{Request, State};
@@ -152,16 +154,17 @@ pub struct Importer<'a> {
     store: &'a dyn Store,
     rules: Rules<'a>,
     ctx: ChangeCtx,
-    /// Called with each committed batch's version (the API wakes the long-polls).
+    /// Called with the last version of each commit (the API wakes the long-polls).
     committed: &'a (dyn Fn(i64) + Send + Sync),
     limit: usize,
     read: usize,
     lines: Lines,
     /// Lines checked but not yet batched.
     checked: Vec<(u64, Result<NewKey, String>)>,
-    batch: Vec<NewKey>,
-    /// The line of each key of `batch`.
-    batch_lines: Vec<u64>,
+    /// Full batches waiting for the transaction, then the one being filled (never empty).
+    batches: Vec<Vec<NewKey>>,
+    /// The line of each key of `batches`.
+    batch_lines: Vec<Vec<u64>>,
     summary: Summary,
 }
 
@@ -183,13 +186,13 @@ impl<'a> Importer<'a> {
             read: 0,
             lines: Lines::new(),
             checked: Vec::new(),
-            batch: Vec::with_capacity(MAX_RECORDS_PER_CHANGE),
-            batch_lines: Vec::with_capacity(MAX_RECORDS_PER_CHANGE),
+            batches: vec![Vec::with_capacity(MAX_RECORDS_PER_CHANGE)],
+            batch_lines: vec![Vec::with_capacity(MAX_RECORDS_PER_CHANGE)],
             summary: Summary::default(),
         }
     }
 
-    /// Reads `chunk`, committing each batch it fills.
+    /// Reads `chunk`, committing the batches it fills, a transaction's worth at a time.
     pub async fn push(&mut self, chunk: &[u8]) -> Result<(), ImportError> {
         for piece in chunk.chunks(PIECE) {
             let room = self.limit.saturating_sub(self.read);
@@ -219,40 +222,63 @@ impl<'a> Importer<'a> {
         Ok(self.summary)
     }
 
-    /// Commits the keys batched so far, if any: for an import that stops early.
+    /// Commits the keys batched so far, if any: when a transaction's worth is batched,
+    /// at the end, and for an import that stops early.
     pub async fn flush(&mut self) -> StoreResult<()> {
-        if self.batch.is_empty() {
+        if self.batches.iter().all(Vec::is_empty) {
             return Ok(());
         }
-        let done = self.store.import_keys(&self.batch, &self.ctx).await?;
-        for (outcome, line) in done.outcomes.iter().zip(&self.batch_lines) {
-            match outcome {
-                ImportOutcome::Imported => self.summary.imported += 1,
-                ImportOutcome::Existing => self.summary.skipped += 1,
-                ImportOutcome::IdTaken => self
-                    .summary
-                    .fail(*line, "key_id is another key's already".to_string()),
+        let done = self.store.import_keys(&self.batches, &self.ctx).await?;
+        let mut last = None;
+        for (batch, lines) in done.iter().zip(&self.batch_lines) {
+            for (outcome, line) in batch.outcomes.iter().zip(lines) {
+                match outcome {
+                    ImportOutcome::Imported => self.summary.imported += 1,
+                    ImportOutcome::Existing => self.summary.skipped += 1,
+                    ImportOutcome::IdTaken => self
+                        .summary
+                        .fail(*line, "key_id is another key's already".to_string()),
+                }
             }
+            last = batch.version.or(last);
         }
-        self.batch.clear();
-        self.batch_lines.clear();
-        if let Some(version) = done.version {
+        self.batches.truncate(1);
+        self.batch_lines.truncate(1);
+        for v in self.batches.iter_mut() {
+            v.clear();
+        }
+        for v in self.batch_lines.iter_mut() {
+            v.clear();
+        }
+        if let Some(version) = last {
             (self.committed)(version);
         }
         Ok(())
     }
 
-    /// Moves the checked lines into the batch (committing it whenever it is full) or into
-    /// the errors.
+    /// Moves the checked lines into the batches (committing them whenever a
+    /// transaction's worth is full) or into the errors.
     async fn batch_checked(&mut self) -> StoreResult<()> {
         let mut checked = std::mem::take(&mut self.checked);
         for (line, result) in checked.drain(..) {
             match result {
                 Ok(key) => {
-                    self.batch.push(key);
-                    self.batch_lines.push(line);
-                    if self.batch.len() >= MAX_RECORDS_PER_CHANGE {
-                        self.flush().await?;
+                    let (Some(batch), Some(lines)) =
+                        (self.batches.last_mut(), self.batch_lines.last_mut())
+                    else {
+                        continue;
+                    };
+                    batch.push(key);
+                    lines.push(line);
+                    if batch.len() >= MAX_RECORDS_PER_CHANGE {
+                        if self.batches.len() >= MAX_BATCHES_PER_TRANSACTION {
+                            self.flush().await?;
+                        } else {
+                            self.batches
+                                .push(Vec::with_capacity(MAX_RECORDS_PER_CHANGE));
+                            self.batch_lines
+                                .push(Vec::with_capacity(MAX_RECORDS_PER_CHANGE));
+                        }
                     }
                 }
                 Err(error) => self.summary.fail(line, error),
@@ -384,7 +410,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn batches_hold_at_most_a_thousand_keys_and_each_wakes_the_feed() {
+    async fn batches_hold_at_most_a_thousand_keys_and_each_commit_wakes_the_feed() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("c.db").display());
         let store = SqliteStore::open(&url).await.unwrap();
@@ -410,11 +436,39 @@ mod tests {
             (summary.imported, summary.skipped, summary.failed),
             (2500, 0, 0)
         );
-        assert_eq!(*woken.lock().unwrap(), [1, 2, 3]);
+        // Three batches, three versions, one transaction.
+        assert_eq!(*woken.lock().unwrap(), [3]);
         let audit = store.audit(10, None).await.unwrap();
         let targets: Vec<&str> = audit.iter().map(|e| e.target.as_str()).collect();
         assert_eq!(targets, ["500 keys", "1000 keys", "1000 keys"]);
         assert!(audit.iter().all(|e| e.action == "key.import"));
+    }
+
+    #[tokio::test]
+    async fn a_key_repeated_in_a_later_batch_of_the_same_transaction_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let plans = Plans::default();
+        let wake = |_| {};
+        let rules = Rules {
+            plans: &plans,
+            now: NOW,
+        };
+        let mut import = Importer::new(&store, rules, ctx(), &wake, usize::MAX);
+        // Line 1501 repeats line 4 (same hash, other user): batch 2 meets batch 1's
+        // uncommitted row.
+        let mut input: String = (0..1500).map(line).collect();
+        input.push_str(&line(3).replace("\"u3\"", "\"someone_else\""));
+        import.push(input.as_bytes()).await.unwrap();
+        let summary = import.finish().await.unwrap();
+        assert_eq!(
+            (summary.imported, summary.skipped, summary.failed),
+            (1500, 1, 0)
+        );
+        let audit = store.audit(10, None).await.unwrap();
+        let targets: Vec<&str> = audit.iter().map(|e| e.target.as_str()).collect();
+        assert_eq!(targets, ["500 keys", "1000 keys"]);
     }
 
     #[tokio::test]

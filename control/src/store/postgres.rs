@@ -22,7 +22,7 @@ use super::{
     Accepted, AuditEvent, AuditKind, ChangeCtx, EventBatch, EventPurgeCounts, FeedAnswer, FeedAsk,
     FeedTable, ImportedBatch, JtiRevocation, KeyRow, MAX_COUNT, NewKey, OldKeyEnd, PlanCount,
     ProxySeen, PurgeCounts, RefusalDetail, Stats, Store, StoreError, StoreResult, UserRevocation,
-    check_import_batch, check_rotatable, import_outcomes, import_target, minute_of, retired,
+    check_import_batches, check_rotatable, import_outcomes, import_target, minute_of, retired,
     revoked, scrub, successor,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -327,6 +327,57 @@ async fn insert_new_keys(
         .collect()
 }
 
+/// One import batch, as one change, in the caller's write transaction
+/// ([`Store::import_keys`]): no version is handed out when it inserts nothing.
+async fn import_batch(
+    conn: &mut PgConnection,
+    keys: &[NewKey],
+    ctx: &ChangeCtx,
+) -> StoreResult<ImportedBatch> {
+    // The write lock is held: the next version is this one, and `bump` (once the count for
+    // the audit event is known) hands it out.
+    if keys.is_empty() {
+        return Ok(ImportedBatch {
+            version: None,
+            outcomes: Vec::new(),
+        });
+    }
+    let next: i64 = sqlx::query_scalar("SELECT seq + 1 FROM meta WHERE id = 1")
+        .fetch_one(&mut *conn)
+        .await?;
+    let inserted = insert_new_keys(&mut *conn, keys, ctx.now, next).await?;
+    let imported = inserted.len();
+    // Only a batch that missed some key needs to know why.
+    let stored: HashSet<String> = if imported < keys.len() {
+        let all: Vec<&str> = keys.iter().map(|k| k.sha256.as_str()).collect();
+        sqlx::query_scalar("SELECT sha256 FROM api_keys WHERE sha256 = ANY($1)")
+            .bind(all)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect()
+    } else {
+        HashSet::new()
+    };
+    let outcomes = import_outcomes(keys, inserted, &stored);
+    if imported == 0 {
+        return Ok(ImportedBatch {
+            version: None,
+            outcomes,
+        });
+    }
+    let version = bump(&mut *conn, ctx, "key.import", &import_target(imported)).await?;
+    if version != next {
+        return Err(StoreError::Database(
+            "the feed version moved during an import batch".to_string(),
+        ));
+    }
+    Ok(ImportedBatch {
+        version: Some(version),
+        outcomes,
+    })
+}
+
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn ping(&self) -> StoreResult<()> {
@@ -368,53 +419,28 @@ impl Store for PostgresStore {
         Ok(row)
     }
 
-    async fn import_keys(&self, keys: &[NewKey], ctx: &ChangeCtx) -> StoreResult<ImportedBatch> {
-        check_import_batch(keys)?;
-        if keys.is_empty() {
-            return Ok(ImportedBatch {
+    async fn import_keys(
+        &self,
+        batches: &[Vec<NewKey>],
+        ctx: &ChangeCtx,
+    ) -> StoreResult<Vec<ImportedBatch>> {
+        check_import_batches(batches)?;
+        let mut done = Vec::with_capacity(batches.len());
+        if batches.iter().all(Vec::is_empty) {
+            done.resize_with(batches.len(), || ImportedBatch {
                 version: None,
                 outcomes: Vec::new(),
             });
+            return Ok(done);
         }
-        // The meta row is locked: the next version is this one, and `bump` (once the count
-        // for the audit event is known) hands it out.
         let mut tx = self.begin_write().await?;
-        let next: i64 = sqlx::query_scalar("SELECT seq + 1 FROM meta WHERE id = 1")
-            .fetch_one(&mut *tx)
-            .await?;
-        let inserted = insert_new_keys(&mut tx, keys, ctx.now, next).await?;
-        let imported = inserted.len();
-        // Only a batch that missed some key needs to know why.
-        let stored: HashSet<String> = if imported < keys.len() {
-            let all: Vec<&str> = keys.iter().map(|k| k.sha256.as_str()).collect();
-            sqlx::query_scalar("SELECT sha256 FROM api_keys WHERE sha256 = ANY($1)")
-                .bind(all)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .collect()
-        } else {
-            HashSet::new()
-        };
-        let outcomes = import_outcomes(keys, inserted, &stored);
-        if imported == 0 {
-            // Dropped: rolled back, no version handed out.
-            return Ok(ImportedBatch {
-                version: None,
-                outcomes,
-            });
+        for keys in batches {
+            done.push(import_batch(&mut tx, keys, ctx).await?);
         }
-        let version = bump(&mut tx, ctx, "key.import", &import_target(imported)).await?;
-        if version != next {
-            return Err(StoreError::Database(
-                "the feed version moved during an import batch".to_string(),
-            ));
+        if done.iter().any(|b| b.version.is_some()) {
+            tx.commit().await?;
         }
-        tx.commit().await?;
-        Ok(ImportedBatch {
-            version: Some(version),
-            outcomes,
-        })
+        Ok(done)
     }
 
     async fn get_key(&self, id: &str) -> StoreResult<Option<KeyRow>> {
