@@ -137,6 +137,15 @@ bench-envoy: wasm envoy
 	$(CARGO) build -q --release -p gatehouse-control
 	$(PYTHON) benches/envoy_compare.py
 
+# The key cache at scale (benches/feed_scale.py; results in benches/README.md): a release
+# control service on SQLite and PostgreSQL holding 10k, 100k and 1M imported keys, fresh
+# Envoys reading its snapshot. About 30 minutes (FEED_SCALE_ARGS to narrow it).
+.PHONY: bench-feed
+bench-feed: wasm envoy postgres
+	$(CARGO) build -q -p gatehouse-harness
+	$(CARGO) build -q --release -p gatehouse-control
+	$(PYTHON) benches/feed_scale.py $(FEED_SCALE_ARGS)
+
 run: wasm envoy
 	$(CARGO) build -q -p gatehouse-harness -p gatehouse-control
 	exec envoy/run.sh

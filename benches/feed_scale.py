@@ -142,6 +142,8 @@ class Postgres:
         os.makedirs(self.dir)
         self.run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self.run_as:
+            # mkdtemp made the work folder root's alone; the server runs as postgres.
+            os.chmod(work, 0o755)
             shutil.chown(self.dir, "postgres", "postgres")
         self.port = free_port()
         data = os.path.join(self.dir, "data")
@@ -178,7 +180,7 @@ def write_keys(path, n):
             digest = hashlib.sha256(secrets.token_bytes(32)).hexdigest()
             f.write(json.dumps({"sha256": digest, "user_id": f"user_{i % 1000}",
                                 "tenant_id": f"tenant_{i % 100}", "plan": "team",
-                                "expires_at": None, "scopes": []}) + "\n")
+                                "expires_at": None}) + "\n")
 
 
 class Run:
@@ -322,7 +324,7 @@ class Run:
             if pending:
                 raise SystemExit("feed_scale: the fleet's snapshots did not complete")
             row["fleet_s"] = time.monotonic() - started
-            row["control_rss_fleet_peak"] = max(peak, rss_bytes(control.pid))
+            row["control_rss_fleet_peak"] = max(peak, rss_bytes(control.pid, "VmHWM"))
             for e in fleet:
                 self.procs.stop(e[0])
         self.procs.stop(control)
@@ -382,8 +384,9 @@ def main():
         else:
             shutil.rmtree(work, ignore_errors=True)
     print("| database | keys | import | fresh Envoy: key accepted / snapshot in | pages "
-          "| Envoy RSS growth per key | sync wasm memory | control RSS, 4 fresh Envoys "
-          "(all in after) | issue p50 / p99 | revocation p50 / p99 |")
+          "| Envoy RSS growth per key | sync wasm memory "
+          f"| control peak RSS, {args.envoys} fresh Envoys (all in after) "
+          "| issue p50 / p99 | revocation p50 / p99 |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(f"| {r['db']} | {r['keys']:,} | {r['import_keys_per_s']:,.0f}/s "
