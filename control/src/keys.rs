@@ -7,7 +7,7 @@
 use crate::app::{AppState, RequestCtx};
 use crate::error::{ApiError, ApiJson, ApiQuery, OptionalJson};
 use crate::plans::Plans;
-use crate::store::{KeyRow, NewKey, OldKeyEnd};
+use crate::store::{Issued, KeyRow, NewKey, OldKeyEnd};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -273,10 +273,15 @@ pub async fn create(
         scopes,
         expires_at,
     };
-    let row = s
+    let row = match s
         .store
-        .create_key(new, s.config.max_keys_per_user, &ctx.change(now))
-        .await?;
+        .create_key(new, s.config.max_keys_per_user, None, &ctx.change(now))
+        .await?
+    {
+        Issued::Created(row) => row,
+        // Only a request with an Idempotency-Key finds a record.
+        Issued::Recorded(_) => return Err(ApiError::internal(&"a record without a claim")),
+    };
     s.committed(row.version);
     Ok((
         StatusCode::CREATED,

@@ -152,6 +152,36 @@ pub struct NewKey {
     pub expires_at: Option<i64>,
 }
 
+/// What an idempotent issuance records beside its key (`idempotency.rs`): the SHA-256 of
+/// the request's Idempotency-Key and of its canonical fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyClaim {
+    pub key_sha256: String,
+    pub request_sha256: String,
+    /// Records made before this instant are forgotten (`now` minus the retention): one is
+    /// deleted when its value comes again, as if the cleanup job had got to it first.
+    pub not_before: i64,
+}
+
+/// A recorded idempotent issuance, found by a retry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub request_sha256: String,
+    pub key_id: String,
+    pub created_at: i64,
+    /// The key as it is now; `None` once the cleanup job has deleted it.
+    pub key: Option<KeyRow>,
+}
+
+/// What [`Store::create_key`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Issued {
+    /// Inserted the key (and, with a claim, its record).
+    Created(KeyRow),
+    /// The claim's Idempotency-Key was recorded already: nothing was written.
+    Recorded(IdempotencyRecord),
+}
+
 /// The most records one change writes. The feed contract (control/FEED.md, "Changes")
 /// sends a version whole even when it is larger than a page, so no version may be much
 /// larger than this: a bulk import commits in batches of at most this many keys.
@@ -515,6 +545,8 @@ pub struct PurgeCounts {
     pub keys: u64,
     pub users: u64,
     pub jtis: u64,
+    /// Idempotency records older than their retention (`idempotency.rs`).
+    pub idempotency_keys: u64,
 }
 
 /// What one cleanup pass deleted of what the proxies reported.
@@ -645,12 +677,19 @@ pub trait Store: Send + Sync {
     /// Inserts a key unless the user already has `max_active` usable, unreplaced keys; the
     /// count and the insert are one write transaction holding the writers' lock (each
     /// backend's module doc says which), so concurrent requests cannot overshoot.
+    ///
+    /// With a claim, its Idempotency-Key is looked up first under the same lock: recorded
+    /// (at or after `not_before`), nothing is written and the record is returned, whatever
+    /// the request (the caller compares fingerprints); otherwise the key and the claim's
+    /// record are inserted together. A concurrent duplicate that still meets the record's
+    /// unique constraint gets the record too, never an error (`idempotency.rs`).
     async fn create_key(
         &self,
         key: NewKey,
         max_active: u32,
+        claim: Option<&IdempotencyClaim>,
         ctx: &ChangeCtx,
-    ) -> StoreResult<KeyRow>;
+    ) -> StoreResult<Issued>;
     /// Inserts keys whose secrets the service never saw (a bulk import, `import.rs`), in
     /// one transaction of at most [`MAX_BATCHES_PER_TRANSACTION`] batches, each batch
     /// (at most [`MAX_RECORDS_PER_CHANGE`] keys) one change: one version stamped on every
@@ -737,6 +776,10 @@ pub trait Store: Send + Sync {
     /// or revocation, a revocation entry's `until`), and raises the oldest servable
     /// version past them.
     async fn purge(&self, cutoff: i64, batch: u32) -> StoreResult<PurgeCounts>;
+
+    /// Deletes up to `batch` idempotency records made before `cutoff`. The feed is not
+    /// touched.
+    async fn purge_idempotency(&self, cutoff: i64, batch: u32) -> StoreResult<u64>;
 }
 
 #[cfg(test)]

@@ -10,10 +10,10 @@
 use super::paging::{self, FeedReader, Filter, Rows};
 use super::{
     Accepted, AuditEvent, AuditKind, ChangeCtx, EventBatch, EventPurgeCounts, FeedAnswer, FeedAsk,
-    FeedTable, ImportedBatch, JtiRevocation, KeyRow, MAX_COUNT, NewKey, OldKeyEnd, PlanCount,
-    ProxySeen, PurgeCounts, RefusalDetail, Stats, Store, StoreError, StoreResult, UserRevocation,
-    check_import_batches, check_rotatable, import_outcomes, import_target, minute_of, retired,
-    revoked, successor,
+    FeedTable, IdempotencyClaim, IdempotencyRecord, ImportedBatch, Issued, JtiRevocation, KeyRow,
+    MAX_COUNT, NewKey, OldKeyEnd, PlanCount, ProxySeen, PurgeCounts, RefusalDetail, Stats, Store,
+    StoreError, StoreResult, UserRevocation, check_import_batches, check_rotatable,
+    import_outcomes, import_target, minute_of, retired, revoked, successor,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -219,6 +219,61 @@ async fn key_by_id(conn: &mut SqliteConnection, id: &str) -> StoreResult<Option<
     row.as_ref().map(key_row).transpose()
 }
 
+/// The idempotency record of `claim`'s Idempotency-Key, with its key as it is now; one
+/// made before `claim.not_before` is deleted (in a write transaction) or ignored.
+async fn idempotency_record(
+    conn: &mut SqliteConnection,
+    claim: &IdempotencyClaim,
+    delete_stale: bool,
+) -> StoreResult<Option<IdempotencyRecord>> {
+    if delete_stale {
+        sqlx::query("DELETE FROM idempotency_keys WHERE key_sha256 = ? AND created_at < ?")
+            .bind(&claim.key_sha256)
+            .bind(claim.not_before)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let row = sqlx::query(
+        "SELECT request_sha256, key_id, created_at FROM idempotency_keys \
+         WHERE key_sha256 = ? AND created_at >= ?",
+    )
+    .bind(&claim.key_sha256)
+    .bind(claim.not_before)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let key_id: String = row.try_get("key_id")?;
+    let key = key_by_id(&mut *conn, &key_id).await?;
+    Ok(Some(IdempotencyRecord {
+        request_sha256: row.try_get("request_sha256")?,
+        key_id,
+        created_at: row.try_get("created_at")?,
+        key,
+    }))
+}
+
+/// Records `claim` for key `key_id`, in the transaction that inserts the key.
+async fn insert_idempotency(
+    conn: &mut SqliteConnection,
+    claim: &IdempotencyClaim,
+    key_id: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO idempotency_keys (key_sha256, request_sha256, key_id, created_at) \
+         VALUES (?, ?, ?, ?)",
+    )
+    .bind(&claim.key_sha256)
+    .bind(&claim.request_sha256)
+    .bind(key_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 async fn insert_key(
     conn: &mut SqliteConnection,
     key: &NewKey,
@@ -390,9 +445,18 @@ impl Store for SqliteStore {
         &self,
         key: NewKey,
         max_active: u32,
+        claim: Option<&IdempotencyClaim>,
         ctx: &ChangeCtx,
-    ) -> StoreResult<KeyRow> {
+    ) -> StoreResult<Issued> {
         let mut tx = self.begin_write().await?;
+        // Before the count: a retry of the request that issued the user's last allowed
+        // key is a replay, not a refusal.
+        if let Some(claim) = claim
+            && let Some(found) = idempotency_record(&mut tx, claim, true).await?
+        {
+            tx.commit().await?;
+            return Ok(Issued::Recorded(found));
+        }
         let active: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM api_keys WHERE user_id = ? AND active = 1 \
              AND replaced_by IS NULL AND (expires_at IS NULL OR expires_at > ?)",
@@ -406,8 +470,26 @@ impl Store for SqliteStore {
         }
         let version = bump(&mut tx, ctx, "key.create", &key.id).await?;
         let row = insert_key(&mut tx, &key, ctx.now, version).await?;
+        if let Some(claim) = claim {
+            match insert_idempotency(&mut tx, claim, &key.id, ctx.now).await {
+                Ok(()) => {}
+                // Writers are serialized, so the lookup above sees any earlier record;
+                // should a duplicate still get here, it loses as a replay, not an error.
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    tx.rollback().await?;
+                    let mut conn = self.reader.acquire().await?;
+                    return match idempotency_record(&mut conn, claim, false).await? {
+                        Some(found) => Ok(Issued::Recorded(found)),
+                        None => Err(StoreError::Database(
+                            "an idempotency record vanished during its race".to_string(),
+                        )),
+                    };
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         tx.commit().await?;
-        Ok(row)
+        Ok(Issued::Created(row))
     }
 
     async fn import_keys(
@@ -899,5 +981,20 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(counts)
+    }
+
+    async fn purge_idempotency(&self, cutoff: i64, batch: u32) -> StoreResult<u64> {
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE key_sha256 IN (SELECT key_sha256 \
+             FROM idempotency_keys WHERE created_at < ? LIMIT ?)",
+        )
+        .bind(cutoff)
+        .bind(i64::from(batch))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
     }
 }
