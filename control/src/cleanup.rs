@@ -10,6 +10,9 @@
 //! - what the proxies reported (`POST /v1/events`) longer ago than `event_retention`:
 //!   refusal events (by their `at`), per-minute request counts and proxies not heard
 //!   from since. None of it is in the feed, so no version moves.
+//! - idempotency records of `POST /v1/keys` (`idempotency.rs`) older than their fixed
+//!   24 h, with the first: once gone, the same Idempotency-Key issues a new key. Not in
+//!   the feed either.
 
 use crate::app::AppState;
 use crate::store::{EventPurgeCounts, PurgeCounts, StoreError};
@@ -36,10 +39,22 @@ pub async fn run_once(s: &AppState) -> Result<PurgeCounts, StoreError> {
             break;
         }
     }
+    let idempotency_cutoff = s
+        .clock
+        .now_secs()
+        .saturating_sub(crate::idempotency::RETENTION_SECS);
+    loop {
+        let n = s.store.purge_idempotency(idempotency_cutoff, BATCH).await?;
+        total.idempotency_keys += n;
+        if n < u64::from(BATCH) {
+            break;
+        }
+    }
     tracing::info!(
         keys = total.keys,
         users = total.users,
         jtis = total.jtis,
+        idempotency_keys = total.idempotency_keys,
         cutoff,
         "cleanup"
     );

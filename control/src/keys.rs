@@ -2,15 +2,19 @@
 //!
 //! A key's secret exists only in the response that issues it: the database keeps its
 //! SHA-256 (the same hash the plugin looks keys up by), and no other response, log line or
-//! audit event ever holds the secret or the hash.
+//! audit event ever holds the secret or the hash. An issuance sent again with the same
+//! `Idempotency-Key` is answered with the key it issued, without the secret
+//! (`idempotency.rs`).
 
 use crate::app::{AppState, RequestCtx};
 use crate::error::{ApiError, ApiJson, ApiQuery, OptionalJson};
+use crate::idempotency::{self, Canonical, IdempotencyKey};
 use crate::plans::Plans;
-use crate::store::{Issued, KeyRow, NewKey, OldKeyEnd};
+use crate::store::{IdempotencyClaim, IdempotencyRecord, Issued, KeyRow, NewKey, OldKeyEnd};
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use gatehouse_core::authn::api_key::{KeyHash, RANDOM_LEN, check_format, format_key, is_valid_id};
 use gatehouse_core::time::{UnixNanos, format_rfc3339};
 use serde::{Deserialize, Serialize};
@@ -117,6 +121,20 @@ pub struct IssuedKey {
     api_key: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     replaces: Option<KeyView>,
+}
+
+/// The answer to a retry of an issuance (same `Idempotency-Key`, same request): the key
+/// the first request issued, as it is now, without its secret.
+#[derive(Serialize)]
+pub struct ReplayedKey {
+    #[serde(flatten)]
+    key: KeyView,
+    /// Always null: the secret was in the first answer only, and is not stored.
+    api_key: Option<String>,
+    /// Always true (the answer also has the header `Idempotent-Replayed: true`).
+    replayed: bool,
+    /// Where the secret went and how to get a new one, by the key's state.
+    note: String,
 }
 
 #[derive(Serialize)]
@@ -241,14 +259,16 @@ pub fn new_key_id() -> Result<String, getrandom::Error> {
 pub async fn create(
     State(s): State<AppState>,
     ctx: RequestCtx,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<CreateKey>,
-) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
+) -> Result<Response, ApiError> {
     check_id("user_id", &body.user_id)?;
     check_id("tenant_id", &body.tenant_id)?;
     check_id("plan", &body.plan)?;
     check_plan(&s, &body.plan)?;
     let device_name = checked_device_name(&body.device_name).map_err(ApiError::bad_request)?;
     let scopes = checked_scopes(body.scopes).map_err(ApiError::bad_request)?;
+    let once = idempotency::from_headers(&headers)?;
     let now = s.clock.now_secs();
     let expires_at = match body.expires_in_days {
         None => None,
@@ -260,6 +280,21 @@ pub async fn create(
                 "expires_in_days must be from 1 to {MAX_EXPIRES_IN_DAYS}"
             )));
         }
+    };
+    let claim = match &once {
+        None => None,
+        Some(k) => Some(IdempotencyClaim {
+            key_sha256: k.sha256().to_string(),
+            request_sha256: idempotency::fingerprint(&Canonical {
+                user_id: &body.user_id,
+                tenant_id: &body.tenant_id,
+                plan: &body.plan,
+                device_name: &device_name,
+                expires_in_days: body.expires_in_days,
+                scopes: &scopes,
+            })?,
+            not_before: now.saturating_sub(idempotency::RETENTION_SECS),
+        }),
     };
     let DrawnKey { secret, sha256, id } =
         draw_key(&s.config.key_prefix).map_err(|e| ApiError::internal(&e))?;
@@ -273,14 +308,23 @@ pub async fn create(
         scopes,
         expires_at,
     };
-    let row = match s
+    let issued = s
         .store
-        .create_key(new, s.config.max_keys_per_user, None, &ctx.change(now))
-        .await?
-    {
-        Issued::Created(row) => row,
-        // Only a request with an Idempotency-Key finds a record.
-        Issued::Recorded(_) => return Err(ApiError::internal(&"a record without a claim")),
+        .create_key(
+            new,
+            s.config.max_keys_per_user,
+            claim.as_ref(),
+            &ctx.change(now),
+        )
+        .await?;
+    let row = match (issued, &once, &claim) {
+        (Issued::Created(row), _, _) => row,
+        (Issued::Recorded(found), Some(once), Some(claim)) => {
+            return replay(&found, once, claim, now);
+        }
+        (Issued::Recorded(_), _, _) => {
+            return Err(ApiError::internal(&"a replay without an Idempotency-Key"));
+        }
     };
     s.committed(row.version);
     Ok((
@@ -290,7 +334,49 @@ pub async fn create(
             api_key: secret,
             replaces: None,
         }),
-    ))
+    )
+        .into_response())
+}
+
+/// The answer to an issuance whose Idempotency-Key was recorded: the same request gets
+/// its key without the secret (200), another request 422, a key deleted since 410.
+fn replay(
+    found: &IdempotencyRecord,
+    once: &IdempotencyKey,
+    claim: &IdempotencyClaim,
+    now: i64,
+) -> Result<Response, ApiError> {
+    if !idempotency::same_request(&found.request_sha256, &claim.request_sha256) {
+        tracing::warn!(
+            idempotency_key = once.logged(),
+            "Idempotency-Key reused with another request"
+        );
+        return Err(idempotency::reused());
+    }
+    let Some(key) = &found.key else {
+        tracing::info!(idempotency_key = once.logged(), key_id = %found.key_id,
+            "idempotent replay of a deleted key");
+        return Err(idempotency::gone());
+    };
+    let view = KeyView::of(key, now);
+    tracing::info!(idempotency_key = once.logged(), key_id = %key.id, status = view.status,
+        "idempotent replay");
+    let note = idempotency::note(&key.id, view.status, key.replaced_by.as_deref());
+    let mut response = (
+        StatusCode::OK,
+        Json(ReplayedKey {
+            key: view,
+            api_key: None,
+            replayed: true,
+            note,
+        }),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        idempotency::REPLAYED_HEADER,
+        HeaderValue::from_static("true"),
+    );
+    Ok(response)
 }
 
 pub async fn list(

@@ -8,6 +8,8 @@
 //!   `token_limit.rs`: the per-client limit on failed token attempts;
 //! - `keys.rs`, `revocations.rs`, `audit.rs`, `feed.rs`, `health.rs`: the handlers;
 //!   `import.rs` (and `import/`): the bulk import of hashed keys, for the API and the CLI;
+//!   `idempotency.rs`: the `Idempotency-Key` of `POST /v1/keys` (a retry never issues a
+//!   second key);
 //! - `events.rs`: what the proxies report (`POST /v1/events`: refusals, key uses, request
 //!   counts, their cache version); `stats.rs`: the counts and versions (`GET /v1/stats`);
 //! - `dashboard.rs`: the admin page at `/` (its HTML, script and style in `dashboard/`);
@@ -37,6 +39,7 @@ pub mod error;
 pub mod events;
 pub mod feed;
 pub mod health;
+pub mod idempotency;
 pub mod import;
 pub mod keys;
 pub mod plans;

@@ -415,6 +415,67 @@ async fn openapi_lists_exactly_the_routes_and_describes_their_answers() {
     };
     let k = s.issue("user_1").await;
     check("/v1/keys", "post", StatusCode::CREATED, &k);
+    // Idempotent issuance: the header is documented as the service checks it, and the
+    // first answer, the replay (with its header), a reuse and a bad value conform.
+    let params = doc["paths"]["/v1/keys"]["post"]["parameters"]
+        .as_array()
+        .unwrap();
+    let header = params
+        .iter()
+        .find(|p| p["name"] == "Idempotency-Key")
+        .unwrap();
+    assert_eq!(
+        (&header["in"], &header["required"]),
+        (&json!("header"), &json!(false))
+    );
+    assert_eq!(
+        (
+            &header["schema"]["minLength"],
+            &header["schema"]["maxLength"]
+        ),
+        (&json!(1), &json!(255))
+    );
+    assert_eq!(header["schema"]["pattern"], "^[!-~]{1,255}$");
+    let replayed_header =
+        &doc["paths"]["/v1/keys"]["post"]["responses"]["200"]["headers"]["Idempotent-Replayed"];
+    assert_eq!(replayed_header["schema"]["enum"], json!(["true"]));
+    let create = |idempotency_key: &str, device: &str| {
+        let mut req = common::request(
+            Method::POST,
+            "/v1/keys",
+            Some(ADMIN),
+            Some(
+                &json!({"user_id": "user_i", "tenant_id": "t", "plan": "free",
+                "device_name": device}),
+            ),
+        );
+        req.headers_mut()
+            .insert("idempotency-key", idempotency_key.parse().unwrap());
+        req
+    };
+    let res = tower::ServiceExt::oneshot(s.app.clone(), create("doc-1", "d"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let res = tower::ServiceExt::oneshot(s.app.clone(), create("doc-1", "d"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let replay: Value = serde_json::from_slice(&body).unwrap();
+    check("/v1/keys", "post", StatusCode::OK, &replay);
+    assert!(replay["api_key"].is_null());
+    let (st, b) = send(&s.app, create("doc-1", "other")).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error_code(&b), "IDEMPOTENCY_KEY_REUSED");
+    check("/v1/keys", "post", st, &b);
+    let (st, b) = send(&s.app, create("doc 2", "d")).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    check("/v1/keys", "post", st, &b);
     let id = k["id"].as_str().unwrap();
     let (st, b) = s.admin(Method::GET, "/v1/keys?user=user_1", None).await;
     check("/v1/keys", "get", st, &b);
