@@ -117,11 +117,28 @@ fn http(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, String) {
+    let s = send_request(port, method, path, token, &[], body);
+    read_answer(s)
+}
+
+/// Sends one HTTP/1.1 request with `headers` besides the token's; returns the connection
+/// to read the answer from.
+fn send_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
     if let Some(t) = token {
         req.push_str(&format!("authorization: Bearer {t}\r\n"));
+    }
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
     }
     let body = body.unwrap_or("");
     if !body.is_empty() {
@@ -129,6 +146,11 @@ fn http(
     }
     req.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
     s.write_all(req.as_bytes()).unwrap();
+    s
+}
+
+/// The (status, body) of the answer on `s`.
+fn read_answer(mut s: TcpStream) -> (u16, String) {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let status = out.get(9..12).unwrap().parse().unwrap();
@@ -218,6 +240,118 @@ fn serve_answers_on_a_real_socket_and_records_the_client_address() {
     assert_eq!(refused["fields"]["client"], "127.0.0.1", "{refused}");
     assert_eq!(refused["fields"]["failures"], 1, "{refused}");
     assert_eq!(refused["level"], "WARN");
+}
+
+/// Starts `serve` on `url` and a free port; returns once it accepts connections.
+fn start_serving(url: &str) -> (Server, u16) {
+    let port = free_port();
+    let child = bin()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("GATEHOUSE_ADMIN_TOKEN", ADMIN)
+        .env("GATEHOUSE_FEED_TOKEN", FEED)
+        .env("GATEHOUSE_DATABASE_URL", url)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let server = Server(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (server, port)
+}
+
+/// Kills `server` (SIGKILL) and returns what it logged.
+fn kill_9(mut server: Server) -> String {
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    let mut logs = String::new();
+    server
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    logs
+}
+
+#[test]
+fn a_retry_after_kill_9_during_issuance_leaves_exactly_one_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::fresh(dir.path());
+    let mut logs = String::new();
+    // Killed at once, a little later, and after the commit surely: the first request may
+    // or may not have committed; the retry must leave one key either way.
+    for (round, delay_ms) in [0, 2, 10, 300].into_iter().enumerate() {
+        let user = format!("user_kill_{round}");
+        let idempotency_key = format!("kill-9-retry-{round}-7d1f0c");
+        let body =
+            format!(r#"{{"user_id":"{user}","tenant_id":"t1","plan":"team","device_name":"ci"}}"#);
+        let headers = [("idempotency-key", idempotency_key.as_str())];
+        let (server, port) = start_serving(db.url());
+        let sent = send_request(port, "POST", "/v1/keys", Some(ADMIN), &headers, Some(&body));
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        logs.push_str(&kill_9(server));
+        drop(sent);
+
+        let (server, port) = start_serving(db.url());
+        let (status, answer) = read_answer(send_request(
+            port,
+            "POST",
+            "/v1/keys",
+            Some(ADMIN),
+            &headers,
+            Some(&body),
+        ));
+        let answer: Value = serde_json::from_str(&answer).unwrap();
+        let replayed = match status {
+            201 => {
+                assert!(answer["api_key"].is_string(), "{answer}");
+                false
+            }
+            200 => {
+                assert!(answer["api_key"].is_null(), "{answer}");
+                true
+            }
+            other => panic!("round {round}: {other} {answer}"),
+        };
+        let (status, list) = http(
+            port,
+            "GET",
+            &format!("/v1/keys?user={user}"),
+            Some(ADMIN),
+            None,
+        );
+        assert_eq!(status, 200);
+        let list: Value = serde_json::from_str(&list).unwrap();
+        let keys = list["keys"].as_array().unwrap();
+        assert_eq!(
+            keys.len(),
+            1,
+            "round {round} (killed after {delay_ms} ms): {list}"
+        );
+        assert_eq!(keys[0]["id"], answer["id"]);
+        let retry_logs = kill_9(server);
+        // A replay is logged by the first digits of the value's hash, never the value.
+        let hash =
+            gatehouse_core::authn::api_key::KeyHash::of_key(idempotency_key.as_bytes()).to_hex();
+        assert_eq!(
+            retry_logs.contains(&format!("\"idempotency_key\":\"{}\"", &hash[..12])),
+            replayed,
+            "{retry_logs}"
+        );
+        logs.push_str(&retry_logs);
+        assert!(
+            !logs.contains(&idempotency_key),
+            "the Idempotency-Key was logged"
+        );
+        assert!(
+            !logs.contains(&hash),
+            "the Idempotency-Key's whole hash was logged"
+        );
+    }
 }
 
 /// Runs `serve` with `url`; it must exit with 2 within 15 s. Returns its stderr.
