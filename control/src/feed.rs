@@ -20,7 +20,8 @@
 //! except the one empty page of a database that has never changed (version 0), which the
 //! sync, up to date with it, asks for again with `since=0` and must not spin on. The
 //! handler subscribes to the committed-version channel *before* reading, so a change that
-//! commits between the read and the wait still wakes it.
+//! commits between the read and the wait still wakes it. Changes committed through other
+//! replicas reach that channel too (`follow.rs`).
 
 mod cursor;
 

@@ -23,6 +23,8 @@
 //!   last;
 //! - `cleanup.rs`: the job that purges what expired or was revoked longer ago than the
 //!   retention;
+//! - `follow.rs`: how a replica learns of the changes other replicas commit (PostgreSQL
+//!   `LISTEN/NOTIFY`, SQLite a version read), to wake its held long polls;
 //! - `config.rs`: `serve` settings; `clock.rs`: the clock; `random.rs`: the CSPRNG.
 //!
 //! It must never log, store or echo a key's secret (only the issuing response holds it)
@@ -38,6 +40,7 @@ pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod feed;
+pub mod follow;
 pub mod health;
 pub mod idempotency;
 pub mod import;

@@ -1,5 +1,6 @@
 //! `gatehouse-control serve`: opens the database (SQLite or PostgreSQL, by the URL's
-//! scheme), starts the cleanup job and serves the router until SIGINT or SIGTERM.
+//! scheme), starts the cleanup job and the follower of other replicas' changes
+//! (`follow.rs`), and serves the router until SIGINT or SIGTERM.
 //! A database that cannot be opened stops start-up with a message naming it; the URL is
 //! only ever shown with its password hidden.
 
@@ -52,6 +53,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("reading the database: {e}"))?;
     let cleanup = crate::cleanup::spawn(state.clone());
+    let follow = crate::follow::spawn(state.clone());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("listening on {listen}: {e}"))?;
@@ -63,6 +65,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("serving: {e}"));
     cleanup.abort();
+    follow.abort();
     tracing::info!("gatehouse-control stopped");
     served
 }

@@ -667,6 +667,21 @@ pub(crate) fn revoked(mut key: KeyRow, now: i64, version: i64) -> KeyRow {
     key
 }
 
+/// How a replica learns of changes other processes commit to the same database
+/// (`follow.rs` does the following).
+#[derive(Clone)]
+pub enum Follow {
+    /// Read the version this often: SQLite, whose processes share one file and nothing
+    /// else.
+    Poll(std::time::Duration),
+    /// `LISTEN` on `channel` over connections of `pool` (PostgreSQL): every change sends
+    /// its version there in its own transaction (`pg_notify`), delivered on commit.
+    Notify {
+        pool: sqlx::PgPool,
+        channel: &'static str,
+    },
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
     /// The database answers.
@@ -780,6 +795,9 @@ pub trait Store: Send + Sync {
     /// Deletes up to `batch` idempotency records made before `cutoff`. The feed is not
     /// touched.
     async fn purge_idempotency(&self, cutoff: i64, batch: u32) -> StoreResult<u64>;
+
+    /// How this replica learns of the changes other replicas commit ([`Follow`]).
+    fn follow(&self) -> Follow;
 }
 
 #[cfg(test)]

@@ -13,6 +13,10 @@
 //! transaction, so they come from one snapshot: a snapshot that holds version N holds
 //! every version before it, because N could not be handed out before N-1 had committed.
 //!
+//! Replicas: every change also sends its version on [`NOTIFY_CHANNEL`] (`pg_notify` in
+//! its transaction, so delivered on commit, in commit order); each replica listens there
+//! on a connection of its own (`follow.rs`).
+//!
 //! Start-up connects once on its own before making the pool, so an unreachable or
 //! unusable server fails fast with the server's own answer; no error carries the URL's
 //! password.
@@ -20,9 +24,9 @@
 use super::paging::{self, FeedReader, Filter, Rows};
 use super::{
     Accepted, AuditEvent, AuditKind, ChangeCtx, EventBatch, EventPurgeCounts, FeedAnswer, FeedAsk,
-    FeedTable, IdempotencyClaim, IdempotencyRecord, ImportedBatch, Issued, JtiRevocation, KeyRow,
-    MAX_COUNT, NewKey, OldKeyEnd, PlanCount, ProxySeen, PurgeCounts, RefusalDetail, Stats, Store,
-    StoreError, StoreResult, UserRevocation, check_import_batches, check_rotatable,
+    FeedTable, Follow, IdempotencyClaim, IdempotencyRecord, ImportedBatch, Issued, JtiRevocation,
+    KeyRow, MAX_COUNT, NewKey, OldKeyEnd, PlanCount, ProxySeen, PurgeCounts, RefusalDetail, Stats,
+    Store, StoreError, StoreResult, UserRevocation, check_import_batches, check_rotatable,
     import_outcomes, import_target, minute_of, retired, revoked, scrub, successor,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -46,8 +50,14 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections in the pool: readers run side by side; writers queue on the meta row.
 const MAX_CONNECTIONS: u32 = 16;
 
+/// The channel every change notifies with its version (`follow.rs` listens).
+pub const NOTIFY_CHANNEL: &str = "gatehouse_changes";
+
 pub struct PostgresStore {
     pool: PgPool,
+    /// The listener's own pool of one connection, opened when first asked, kept open:
+    /// a held `LISTEN` must not take one of the requests' connections.
+    listen_pool: PgPool,
 }
 
 impl PostgresStore {
@@ -70,6 +80,12 @@ impl PostgresStore {
             })?
             .map_err(|e| fail(&e))?;
         let _ = first.close().await;
+        let listen_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with(options.clone());
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -88,7 +104,7 @@ impl PostgresStore {
         .execute(&pool)
         .await
         .map_err(|e| fail(&e))?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore { pool, listen_pool })
     }
 
     /// The pool, for tests that check requests really ran side by side.
@@ -107,7 +123,9 @@ impl PostgresStore {
     }
 }
 
-/// Bumps the feed version and writes the audit event: the first two steps of every change.
+/// Bumps the feed version, notifies it to every replica (delivered when the transaction
+/// commits, never if it rolls back) and writes the audit event: the first steps of every
+/// change.
 async fn bump(
     tx: &mut PgConnection,
     ctx: &ChangeCtx,
@@ -118,6 +136,11 @@ async fn bump(
         sqlx::query_scalar("UPDATE meta SET seq = seq + 1 WHERE id = 1 RETURNING seq")
             .fetch_one(&mut *tx)
             .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(NOTIFY_CHANNEL)
+        .bind(version.to_string())
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(
         "INSERT INTO audit_events (at, actor, action, target, request_id, client, version) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -1053,5 +1076,12 @@ impl Store for PostgresStore {
         .rows_affected();
         tx.commit().await?;
         Ok(n)
+    }
+
+    fn follow(&self) -> Follow {
+        Follow::Notify {
+            pool: self.listen_pool.clone(),
+            channel: NOTIFY_CHANNEL,
+        }
     }
 }

@@ -6,13 +6,16 @@
 //! write lock together (a deferred transaction would read, then fail to upgrade). Readers
 //! use their own connections and, in WAL mode, never wait for the writer; the feed reads
 //! the version and the rows in one read transaction, so they agree.
+//!
+//! Replicas: several processes may share one file, and nothing else. Each reads the
+//! version every [`FOLLOW_EVERY`] (`follow.rs`).
 
 use super::paging::{self, FeedReader, Filter, Rows};
 use super::{
     Accepted, AuditEvent, AuditKind, ChangeCtx, EventBatch, EventPurgeCounts, FeedAnswer, FeedAsk,
-    FeedTable, IdempotencyClaim, IdempotencyRecord, ImportedBatch, Issued, JtiRevocation, KeyRow,
-    MAX_COUNT, NewKey, OldKeyEnd, PlanCount, ProxySeen, PurgeCounts, RefusalDetail, Stats, Store,
-    StoreError, StoreResult, UserRevocation, check_import_batches, check_rotatable,
+    FeedTable, Follow, IdempotencyClaim, IdempotencyRecord, ImportedBatch, Issued, JtiRevocation,
+    KeyRow, MAX_COUNT, NewKey, OldKeyEnd, PlanCount, ProxySeen, PurgeCounts, RefusalDetail, Stats,
+    Store, StoreError, StoreResult, UserRevocation, check_import_batches, check_rotatable,
     import_outcomes, import_target, minute_of, retired, revoked, successor,
 };
 use sqlx::sqlite::{
@@ -31,6 +34,10 @@ const KEY_COLUMNS: &str = "id, sha256, user_id, tenant_id, plan, device_name, sc
 
 const AUDIT_COLUMNS: &str = "id, kind, at, actor, action, target, request_id, client, version, \
     code, status, method, plan, proxy";
+
+/// How often a replica reads the version to see other processes' changes: one indexed
+/// read of one row.
+pub const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -996,5 +1003,9 @@ impl Store for SqliteStore {
         .rows_affected();
         tx.commit().await?;
         Ok(n)
+    }
+
+    fn follow(&self) -> Follow {
+        Follow::Poll(FOLLOW_EVERY)
     }
 }

@@ -140,6 +140,66 @@ pub async fn svc_with(tweak: impl FnOnce(&mut Config)) -> Svc {
     }
 }
 
+/// A second replica of a service: its own store (own pools) on the same database, the
+/// same settings and clock, and its own router and long-poll channel.
+pub struct Replica {
+    pub app: Router,
+    pub state: AppState,
+}
+
+impl Svc {
+    /// Another replica on this service's database.
+    pub async fn replica(&self) -> Replica {
+        let store = gatehouse_control::store::open(self.db.url()).await.unwrap();
+        let config = (*self.state.config).clone();
+        let state = AppState::new(store, config, self.clock.clone())
+            .await
+            .unwrap();
+        Replica {
+            app: router(state.clone()),
+            state,
+        }
+    }
+
+    /// Starts following the changes other replicas commit (`follow.rs`), as `serve`
+    /// does; stopped with the returned guard.
+    pub fn follow(&self) -> Following {
+        Following(gatehouse_control::follow::spawn(self.state.clone()))
+    }
+}
+
+impl Replica {
+    pub fn follow(&self) -> Following {
+        Following(gatehouse_control::follow::spawn(self.state.clone()))
+    }
+
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        send(&self.app, request(method, path, Some(ADMIN), body.as_ref())).await
+    }
+
+    pub async fn feed(&self, query: &str) -> (StatusCode, Value) {
+        send(
+            &self.app,
+            request(Method::GET, &format!("/v1/cache?{query}"), Some(FEED), None),
+        )
+        .await
+    }
+}
+
+/// A running follower task, aborted on drop.
+pub struct Following(tokio::task::JoinHandle<()>);
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub fn request(
     method: Method,
     path: &str,

@@ -1,0 +1,294 @@
+//! Several replicas on one database (SQLite file, or PostgreSQL with
+//! `GATEHOUSE_TEST_DATABASE=postgres`; see `common`): a change committed through one
+//! wakes the long polls held by the others (`follow.rs`). First through the router in one
+//! test process, then as real `serve` processes on real sockets.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::disallowed_methods,
+    reason = "tests: a failure panics; wall-clock timeouts bound real waits"
+)]
+
+mod common;
+
+use axum::http::{Method, StatusCode};
+use common::{FEED, TestDb, request, send, svc};
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The poll's `wait`: an answer before it ended was woken by the change.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn new_key(user: &str) -> Value {
+    json!({"user_id": user, "tenant_id": "t1", "plan": "team", "device_name": "ci"})
+}
+
+/// Waits until `state` holds at least one long poll (its handler subscribed to the
+/// version channel), then a little more for it to have read and begun waiting.
+async fn until_held(state: &gatehouse_control::AppState) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state.changes.receiver_count() == 0 {
+        assert!(Instant::now() < deadline, "the poll was never held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_one_replica_wakes_a_poll_held_by_another() {
+    let a = svc().await;
+    let b = a.replica().await;
+    let _following = a.follow();
+    a.issue("user_0").await;
+    let app = a.app.clone();
+    let held = tokio::spawn(async move {
+        let started = Instant::now();
+        let path = format!("/v1/cache?since=1&paged=true&wait={}", WAIT.as_secs());
+        let answer = send(&app, request(Method::GET, &path, Some(FEED), None)).await;
+        (answer, started.elapsed())
+    });
+    until_held(&a.state).await;
+    let (status, key) = b
+        .admin(Method::POST, "/v1/keys", Some(new_key("user_1")))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let ((status, page), took) = held.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        took < WAIT,
+        "answered only at the end of its wait ({took:?})"
+    );
+    assert_eq!(page["version"], 2, "{page}");
+    assert_eq!(page["keys"][0]["key_id"], key["id"], "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_listener_lost_its_connection_catches_up() {
+    if common::backend() != common::Backend::Postgres {
+        return;
+    }
+    let a = svc().await;
+    let b = a.replica().await;
+    let _following = a.follow();
+    a.issue("user_0").await;
+    // Cut the listener's connection, as a restarted server or a dropped link would.
+    let admin = sqlx::PgPool::connect(a.db.url()).await.unwrap();
+    let listening = "SELECT pid FROM pg_stat_activity \
+        WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid: i32 = loop {
+        if let Some(pid) = sqlx::query_scalar(listening)
+            .fetch_optional(&admin)
+            .await
+            .unwrap()
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no replica is listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert!(ended);
+    // Changes made while the listener is down are lost as notifications; the version
+    // read on reconnecting wakes the polls anyway, and later changes notify again.
+    for (since, user) in [(1, "user_1"), (2, "user_2")] {
+        let app = a.app.clone();
+        let held = tokio::spawn(async move {
+            let started = Instant::now();
+            let path = format!("/v1/cache?since={since}&paged=true&wait={}", WAIT.as_secs());
+            let answer = send(&app, request(Method::GET, &path, Some(FEED), None)).await;
+            (answer, started.elapsed())
+        });
+        until_held(&a.state).await;
+        let (status, key) = b.admin(Method::POST, "/v1/keys", Some(new_key(user))).await;
+        assert_eq!(status, StatusCode::CREATED, "{key}");
+        let ((status, page), took) = held.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(
+            took < WAIT,
+            "answered only at the end of its wait ({took:?})"
+        );
+        assert_eq!(page["keys"][0]["key_id"], key["id"], "{page}");
+    }
+}
+
+// --- Real `serve` processes ---
+
+const ADMIN: &str = "admin-token-for-replica-test-4d8b2f6a1c9e";
+const FEED_TOKEN: &str = "feed-token-for-replica-test-7e1a5c3b9d0f";
+
+/// A `serve` process, killed on drop if still running.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(url: &str) -> Server {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_gatehouse-control"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("GATEHOUSE_ADMIN_TOKEN", ADMIN)
+            .env("GATEHOUSE_FEED_TOKEN", FEED_TOKEN)
+            .env("GATEHOUSE_DATABASE_URL", url)
+            .env_remove("GATEHOUSE_CONTROL_LISTEN")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let server = Server { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `within`; returns its status and logs.
+    fn exited_within(&mut self, within: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the process did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut logs = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut logs)
+            .unwrap();
+        (status, logs)
+    }
+
+    fn logs(mut self) -> String {
+        self.signal("KILL");
+        self.exited_within(Duration::from_secs(10)).1
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 request; returns (status, body as JSON).
+fn http(port: u16, method: &str, path: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(WAIT + Duration::from_secs(10)))
+        .unwrap();
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\
+         authorization: Bearer {token}\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        req.push_str("content-type: application/json\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.get(9..12).unwrap().parse().unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// A long poll from `since` on `port` in a thread; joins to (status, page, time taken,
+/// when answered).
+fn hold_poll(port: u16, since: i64) -> std::thread::JoinHandle<(u16, Value, Duration, Instant)> {
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let path = format!("/v1/cache?since={since}&paged=true&wait={}", WAIT.as_secs());
+        let (status, page) = http(port, "GET", &path, FEED_TOKEN, None);
+        (status, page, started.elapsed(), Instant::now())
+    })
+}
+
+fn issue(port: u16, user: &str) -> Value {
+    let (status, key) = http(port, "POST", "/v1/keys", ADMIN, Some(&new_key(user)));
+    assert_eq!(status, 201, "{key}");
+    key
+}
+
+fn assert_no_secret(logs: &str) {
+    for secret in [ADMIN, FEED_TOKEN, common::pg_cluster::PASSWORD] {
+        assert!(!logs.contains(secret), "a secret in the logs");
+    }
+}
+
+#[test]
+fn a_key_issued_and_revoked_through_one_serve_process_wakes_polls_held_by_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::fresh(dir.path());
+    let a = Server::start(db.url());
+    let b = Server::start(db.url());
+    issue(a.port, "user_0");
+
+    let poll = hold_poll(a.port, 1);
+    // Nothing shows when the poll is held across processes: give it time to be.
+    std::thread::sleep(Duration::from_millis(500));
+    let key = issue(b.port, "user_1");
+    let committed = Instant::now();
+    let (status, page, took, answered) = poll.join().unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        took < WAIT,
+        "answered only at the end of its wait ({took:?})"
+    );
+    assert_eq!(page["version"], 2, "{page}");
+    assert_eq!(page["keys"][0]["key_id"], key["id"], "{page}");
+    let lag = answered.saturating_duration_since(committed);
+    eprintln!("issued through B: a poll held on A answered {lag:?} after B's 201");
+
+    let poll = hold_poll(a.port, 2);
+    std::thread::sleep(Duration::from_millis(500));
+    let path = format!("/v1/keys/{}", key["id"].as_str().unwrap());
+    let (status, revoked) = http(b.port, "DELETE", &path, ADMIN, None);
+    assert_eq!(status, 200, "{revoked}");
+    let committed = Instant::now();
+    let (status, page, took, answered) = poll.join().unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        took < WAIT,
+        "answered only at the end of its wait ({took:?})"
+    );
+    assert_eq!(page["keys"][0]["active"], false, "{page}");
+    let lag = answered.saturating_duration_since(committed);
+    eprintln!("revoked through B: a poll held on A answered {lag:?} after B's 200");
+
+    assert_no_secret(&a.logs());
+    assert_no_secret(&b.logs());
+}
