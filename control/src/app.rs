@@ -51,6 +51,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// The latest committed feed version; long-polls wait on it.
     pub changes: Arc<watch::Sender<i64>>,
+    /// `true` once the process is stopping: held long-polls answer at once.
+    pub stopping: Arc<watch::Sender<bool>>,
     /// The OpenAPI document as served: the file with this configuration's plans in it.
     pub openapi: Arc<str>,
     /// What this replica counts in memory (`GET /v1/stats`).
@@ -77,7 +79,14 @@ impl AppState {
             config: Arc::new(config),
             clock,
             changes: Arc::new(watch::Sender::new(version)),
+            stopping: Arc::new(watch::Sender::new(false)),
         })
+    }
+
+    /// Answers every held long-poll now, and every later one without holding it: the
+    /// process is stopping (`serve.rs`).
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
     }
 
     /// Wakes the long-polls: called after a change has committed, never before.

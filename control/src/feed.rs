@@ -21,7 +21,8 @@
 //! sync, up to date with it, asks for again with `since=0` and must not spin on. The
 //! handler subscribes to the committed-version channel *before* reading, so a change that
 //! commits between the read and the wait still wakes it. Changes committed through other
-//! replicas reach that channel too (`follow.rs`).
+//! replicas reach that channel too (`follow.rs`). A process that is stopping answers its
+//! held polls at once, as at the end of their `wait` (`serve.rs`).
 
 mod cursor;
 
@@ -203,11 +204,16 @@ pub async fn cache(
         page: usize::try_from(s.config.feed_page_size).unwrap_or(usize::MAX),
     };
     let mut changes = s.changes.subscribe();
+    let mut stopping = s.stopping.subscribe();
     let page = answer(&s, &ask, paged).await?;
     if wait.is_zero() || !may_wait(&page, &ask) {
         return sized(&s, &page);
     }
-    // Nothing new: wait for a commit past `since`, or the end of `wait`.
-    let _ = tokio::time::timeout(wait, changes.wait_for(|v| *v > since)).await;
+    // Nothing new: wait for a commit past `since`, the end of `wait`, or the process
+    // stopping (then answered as at the end of `wait`, so the sync asks another replica).
+    tokio::select! {
+        _ = tokio::time::timeout(wait, changes.wait_for(|v| *v > since)) => {}
+        _ = stopping.wait_for(|stop| *stop) => {}
+    }
     sized(&s, &answer(&s, &ask, paged).await?)
 }

@@ -1,7 +1,8 @@
 //! Several replicas on one database (SQLite file, or PostgreSQL with
 //! `GATEHOUSE_TEST_DATABASE=postgres`; see `common`): a change committed through one
-//! wakes the long polls held by the others (`follow.rs`). First through the router in one
-//! test process, then as real `serve` processes on real sockets.
+//! wakes the long polls held by the others (`follow.rs`), and a stopping replica answers
+//! its held polls and exits. First through the router in one test process, then as real
+//! `serve` processes on real sockets.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -119,6 +120,35 @@ async fn a_replica_whose_listener_lost_its_connection_catches_up() {
         );
         assert_eq!(page["keys"][0]["key_id"], key["id"], "{page}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_replica_answers_its_held_polls_at_once_with_no_change() {
+    let a = svc().await;
+    a.issue("user_0").await;
+    let app = a.app.clone();
+    let held = tokio::spawn(async move {
+        let started = Instant::now();
+        let path = format!("/v1/cache?since=1&paged=true&wait={}", WAIT.as_secs());
+        let answer = send(&app, request(Method::GET, &path, Some(FEED), None)).await;
+        (answer, started.elapsed())
+    });
+    until_held(&a.state).await;
+    a.state.stop();
+    let ((status, page), took) = held.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        took < WAIT,
+        "answered only at the end of its wait ({took:?})"
+    );
+    assert_eq!(page["version"], 1, "{page}");
+    assert_eq!(page["full"], false, "{page}");
+    assert_eq!(page["keys"], json!([]), "{page}");
+    // A poll that comes in now is not held either.
+    let started = Instant::now();
+    let (status, _) = a.feed("since=1&paged=true&wait=20").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(started.elapsed() < WAIT);
 }
 
 // --- Real `serve` processes ---
@@ -291,4 +321,33 @@ fn a_key_issued_and_revoked_through_one_serve_process_wakes_polls_held_by_anothe
 
     assert_no_secret(&a.logs());
     assert_no_secret(&b.logs());
+}
+
+#[test]
+fn sigterm_answers_a_held_poll_and_the_process_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::fresh(dir.path());
+    let mut a = Server::start(db.url());
+    issue(a.port, "user_0");
+    let poll = hold_poll(a.port, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    let signalled = Instant::now();
+    a.signal("TERM");
+    let (status, page, took, _) = poll.join().unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        took < WAIT,
+        "answered only at the end of its wait ({took:?})"
+    );
+    // The current state, no change.
+    assert_eq!(page["version"], 1, "{page}");
+    assert_eq!(page["keys"], json!([]), "{page}");
+    let (exit, logs) = a.exited_within(WAIT);
+    assert!(exit.success(), "{exit}: {logs}");
+    eprintln!(
+        "SIGTERM: the poll was answered and the process exited after {:?}",
+        signalled.elapsed()
+    );
+    assert!(logs.contains("gatehouse-control stopped"), "{logs}");
+    assert_no_secret(&logs);
 }
