@@ -13,9 +13,15 @@
 //! - idempotency records of `POST /v1/keys` (`idempotency.rs`) older than their fixed
 //!   24 h, with the first: once gone, the same Idempotency-Key issues a new key. Not in
 //!   the feed either.
+//!
+//! Several replicas on one database: each pass first takes the job's lock
+//! ([`Store::try_job_lock`](crate::store::Store::try_job_lock): an advisory lock on
+//! PostgreSQL, a lease row on SQLite), and a replica that does not get it skips that pass.
+//! So one replica purges at a time; the purges would be safe side by side (each batch is
+//! a write transaction) but would only queue on the writers' lock for nothing.
 
 use crate::app::AppState;
-use crate::store::{EventPurgeCounts, PurgeCounts, StoreError};
+use crate::store::{EventPurgeCounts, Job, PurgeCounts, StoreError};
 
 /// Rows of each kind deleted per transaction.
 pub const BATCH: u32 = 500;
@@ -85,19 +91,36 @@ pub async fn run_events_once(s: &AppState) -> Result<EventPurgeCounts, StoreErro
     Ok(total)
 }
 
-/// Runs [`run_once`] and [`run_events_once`] every `cleanup_interval`, logging failures
-/// and carrying on.
+/// One pass under the job's lock: [`run_once`] then [`run_events_once`], each failure
+/// logged. `Ok(false)`: another replica holds the lock, and this pass is skipped.
+pub async fn pass(s: &AppState) -> Result<bool, StoreError> {
+    let Some(lock) = s
+        .store
+        .try_job_lock(Job::Cleanup, s.clock.now_secs())
+        .await?
+    else {
+        tracing::debug!("cleanup pass skipped: another replica holds the job");
+        return Ok(false);
+    };
+    if let Err(e) = run_once(s).await {
+        tracing::error!(error = %e, "cleanup failed");
+    }
+    if let Err(e) = run_events_once(s).await {
+        tracing::error!(error = %e, "cleanup of reported events failed");
+    }
+    lock.release().await?;
+    Ok(true)
+}
+
+/// Runs a [`pass`] every `cleanup_interval`, logging failures and carrying on.
 pub fn spawn(s: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(s.config.cleanup_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = run_once(&s).await {
-                tracing::error!(error = %e, "cleanup failed");
-            }
-            if let Err(e) = run_events_once(&s).await {
-                tracing::error!(error = %e, "cleanup of reported events failed");
+            if let Err(e) = pass(&s).await {
+                tracing::error!(error = %e, "cleanup lock failed");
             }
         }
     })

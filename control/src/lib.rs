@@ -22,7 +22,7 @@
 //! - `token_lifetime.rs`: how long the proxies accept a JWT, so how long JWT revocations
 //!   last;
 //! - `cleanup.rs`: the job that purges what expired or was revoked longer ago than the
-//!   retention;
+//!   retention, on one replica at a time;
 //! - `follow.rs`: how a replica learns of the changes other replicas commit (PostgreSQL
 //!   `LISTEN/NOTIFY`, SQLite a version read), to wake its held long polls;
 //! - `config.rs`: `serve` settings; `clock.rs`: the clock; `random.rs`: the CSPRNG.

@@ -1,8 +1,8 @@
 //! Several replicas on one database (SQLite file, or PostgreSQL with
 //! `GATEHOUSE_TEST_DATABASE=postgres`; see `common`): a change committed through one
-//! wakes the long polls held by the others (`follow.rs`), and a stopping replica answers
-//! its held polls and exits. First through the router in one test process, then as real
-//! `serve` processes on real sockets.
+//! wakes the long polls held by the others (`follow.rs`), a stopping replica answers its
+//! held polls and exits, and the cleanup job runs on one replica at a time. First through
+//! the router in one test process, then as real `serve` processes on real sockets.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -16,6 +16,7 @@ mod common;
 
 use axum::http::{Method, StatusCode};
 use common::{FEED, TestDb, request, send, svc};
+use gatehouse_control::store::{JOB_LEASE_SECS, Job};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -149,6 +150,71 @@ async fn a_stopping_replica_answers_its_held_polls_at_once_with_no_change() {
     let (status, _) = a.feed("since=1&paged=true&wait=20").await;
     assert_eq!(status, StatusCode::OK);
     assert!(started.elapsed() < WAIT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cleanup_job_runs_on_one_replica_at_a_time() {
+    let a = svc().await;
+    let b = a.replica().await;
+    let now = a.state.clock.now_secs();
+    let held = a
+        .state
+        .store
+        .try_job_lock(Job::Cleanup, now)
+        .await
+        .unwrap()
+        .expect("a free lock is taken");
+    assert!(
+        b.state
+            .store
+            .try_job_lock(Job::Cleanup, now)
+            .await
+            .unwrap()
+            .is_none(),
+        "two replicas held the cleanup lock at once"
+    );
+    // B's pass is skipped while A holds the job.
+    assert!(!gatehouse_control::cleanup::pass(&b.state).await.unwrap());
+    held.release().await.unwrap();
+    assert!(gatehouse_control::cleanup::pass(&b.state).await.unwrap());
+    // Released after its pass: A runs the next one.
+    assert!(gatehouse_control::cleanup::pass(&a.state).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleanup_lock_never_released_frees_itself() {
+    let a = svc().await;
+    let b = a.replica().await;
+    let now = a.state.clock.now_secs();
+    let held = a.state.store.try_job_lock(Job::Cleanup, now).await.unwrap();
+    assert!(held.is_some());
+    // Dropped mid-pass, as when the task is aborted.
+    drop(held);
+    match common::backend() {
+        // The lease holds until it expires.
+        common::Backend::Sqlite => {
+            let store = &b.state.store;
+            let before = store.try_job_lock(Job::Cleanup, now + JOB_LEASE_SECS - 1);
+            assert!(before.await.unwrap().is_none());
+            let after = store.try_job_lock(Job::Cleanup, now + JOB_LEASE_SECS);
+            assert!(after.await.unwrap().is_some());
+        }
+        // The session holding the advisory lock is closed.
+        common::Backend::Postgres => {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while b
+                .state
+                .store
+                .try_job_lock(Job::Cleanup, now)
+                .await
+                .unwrap()
+                .is_none()
+            {
+                assert!(Instant::now() < deadline, "the lock was never freed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
 }
 
 // --- Real `serve` processes ---

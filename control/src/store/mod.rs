@@ -682,6 +682,42 @@ pub enum Follow {
     },
 }
 
+/// A background job that runs on one replica at a time ([`Store::try_job_lock`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// `cleanup.rs`: both purges, one pass.
+    Cleanup,
+}
+
+impl Job {
+    /// The job's name, as SQLite's lease table keys it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Job::Cleanup => "cleanup",
+        }
+    }
+
+    /// The job's PostgreSQL advisory lock key: "gh-clean" in ASCII, unlikely to be
+    /// another application's on a shared server.
+    pub fn advisory_key(self) -> i64 {
+        match self {
+            Job::Cleanup => i64::from_be_bytes(*b"gh-clean"),
+        }
+    }
+}
+
+/// How long a SQLite job lease lasts when its holder never releases it (a process killed
+/// mid-pass): another replica takes the job over after this.
+pub const JOB_LEASE_SECS: i64 = 300;
+
+/// A held job lock: release it when the pass is done. Dropped unreleased (a task
+/// aborted mid-pass), it frees itself as its backend can: PostgreSQL closes the session
+/// that holds the advisory lock; a SQLite lease expires after [`JOB_LEASE_SECS`].
+#[async_trait::async_trait]
+pub trait JobLock: Send {
+    async fn release(self: Box<Self>) -> StoreResult<()>;
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
     /// The database answers.
@@ -798,6 +834,12 @@ pub trait Store: Send + Sync {
 
     /// How this replica learns of the changes other replicas commit ([`Follow`]).
     fn follow(&self) -> Follow;
+
+    /// Takes `job`'s lock for one pass unless another replica holds it (`None`: skip the
+    /// pass). PostgreSQL: a session advisory lock on a connection the lock holds.
+    /// SQLite: a lease row taken with a conditional upsert, held until released or until
+    /// `now` + [`JOB_LEASE_SECS`].
+    async fn try_job_lock(&self, job: Job, now: i64) -> StoreResult<Option<Box<dyn JobLock>>>;
 }
 
 #[cfg(test)]

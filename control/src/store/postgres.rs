@@ -15,7 +15,8 @@
 //!
 //! Replicas: every change also sends its version on [`NOTIFY_CHANNEL`] (`pg_notify` in
 //! its transaction, so delivered on commit, in commit order); each replica listens there
-//! on a connection of its own (`follow.rs`).
+//! on a connection of its own (`follow.rs`). Background jobs take a session advisory lock
+//! for each pass ([`Store::try_job_lock`]).
 //!
 //! Start-up connects once on its own before making the pool, so an unreachable or
 //! unusable server fails fast with the server's own answer; no error carries the URL's
@@ -24,11 +25,12 @@
 use super::paging::{self, FeedReader, Filter, Rows};
 use super::{
     Accepted, AuditEvent, AuditKind, ChangeCtx, EventBatch, EventPurgeCounts, FeedAnswer, FeedAsk,
-    FeedTable, Follow, IdempotencyClaim, IdempotencyRecord, ImportedBatch, Issued, JtiRevocation,
-    KeyRow, MAX_COUNT, NewKey, OldKeyEnd, PlanCount, ProxySeen, PurgeCounts, RefusalDetail, Stats,
-    Store, StoreError, StoreResult, UserRevocation, check_import_batches, check_rotatable,
-    import_outcomes, import_target, minute_of, retired, revoked, scrub, successor,
+    FeedTable, Follow, IdempotencyClaim, IdempotencyRecord, ImportedBatch, Issued, Job, JobLock,
+    JtiRevocation, KeyRow, MAX_COUNT, NewKey, OldKeyEnd, PlanCount, ProxySeen, PurgeCounts,
+    RefusalDetail, Stats, Store, StoreError, StoreResult, UserRevocation, check_import_batches,
+    check_rotatable, import_outcomes, import_target, minute_of, retired, revoked, scrub, successor,
 };
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row};
 use std::collections::HashSet;
@@ -1082,6 +1084,55 @@ impl Store for PostgresStore {
         Follow::Notify {
             pool: self.listen_pool.clone(),
             channel: NOTIFY_CHANNEL,
+        }
+    }
+
+    async fn try_job_lock(&self, job: Job, _now: i64) -> StoreResult<Option<Box<dyn JobLock>>> {
+        let mut conn = self.pool.acquire().await?;
+        let key = job.advisory_key();
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(taken.then(|| {
+            Box::new(AdvisoryLock {
+                conn: Some(conn),
+                key,
+            }) as Box<dyn JobLock>
+        }))
+    }
+}
+
+/// A session advisory lock and the pooled connection whose session holds it.
+struct AdvisoryLock {
+    conn: Option<PoolConnection<Postgres>>,
+    key: i64,
+}
+
+#[async_trait::async_trait]
+impl JobLock for AdvisoryLock {
+    async fn release(mut self: Box<Self>) -> StoreResult<()> {
+        if let Some(mut conn) = self.conn.take() {
+            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut *conn)
+                .await;
+            if unlocked.is_err() {
+                // Ending the session is what frees the lock then.
+                conn.close_on_drop();
+            }
+            unlocked?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AdvisoryLock {
+    fn drop(&mut self) {
+        // Not released (the pass was aborted): the session must end, or the pool would
+        // keep the lock held by an idle connection.
+        if let Some(conn) = self.conn.as_mut() {
+            conn.close_on_drop();
         }
     }
 }

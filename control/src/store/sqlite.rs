@@ -8,15 +8,17 @@
 //! the version and the rows in one read transaction, so they agree.
 //!
 //! Replicas: several processes may share one file, and nothing else. Each reads the
-//! version every [`FOLLOW_EVERY`] (`follow.rs`).
+//! version every [`FOLLOW_EVERY`] (`follow.rs`), and a background job's pass runs under a
+//! lease row (`job_leases`, migration `0004`) taken with one conditional upsert.
 
 use super::paging::{self, FeedReader, Filter, Rows};
 use super::{
     Accepted, AuditEvent, AuditKind, ChangeCtx, EventBatch, EventPurgeCounts, FeedAnswer, FeedAsk,
-    FeedTable, Follow, IdempotencyClaim, IdempotencyRecord, ImportedBatch, Issued, JtiRevocation,
-    KeyRow, MAX_COUNT, NewKey, OldKeyEnd, PlanCount, ProxySeen, PurgeCounts, RefusalDetail, Stats,
-    Store, StoreError, StoreResult, UserRevocation, check_import_batches, check_rotatable,
-    import_outcomes, import_target, minute_of, retired, revoked, successor,
+    FeedTable, Follow, IdempotencyClaim, IdempotencyRecord, ImportedBatch, Issued, JOB_LEASE_SECS,
+    Job, JobLock, JtiRevocation, KeyRow, MAX_COUNT, NewKey, OldKeyEnd, PlanCount, ProxySeen,
+    PurgeCounts, RefusalDetail, Stats, Store, StoreError, StoreResult, UserRevocation,
+    check_import_batches, check_rotatable, import_outcomes, import_target, minute_of, retired,
+    revoked, successor,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -42,6 +44,8 @@ pub const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// This process's name in `job_leases`.
+    holder: String,
 }
 
 impl SqliteStore {
@@ -74,7 +78,12 @@ impl SqliteStore {
             .max_connections(8)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(SqliteStore { writer, reader })
+        let holder = crate::random::hex(8).map_err(|e| StoreError::Database(e.to_string()))?;
+        Ok(SqliteStore {
+            writer,
+            reader,
+            holder,
+        })
     }
 
     async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
@@ -1007,5 +1016,46 @@ impl Store for SqliteStore {
 
     fn follow(&self) -> Follow {
         Follow::Poll(FOLLOW_EVERY)
+    }
+
+    async fn try_job_lock(&self, job: Job, now: i64) -> StoreResult<Option<Box<dyn JobLock>>> {
+        let taken = sqlx::query(
+            "INSERT INTO job_leases (job, holder, until) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (job) DO UPDATE SET holder = excluded.holder, until = excluded.until \
+             WHERE job_leases.until <= ?4 OR job_leases.holder = excluded.holder",
+        )
+        .bind(job.name())
+        .bind(&self.holder)
+        .bind(now.saturating_add(JOB_LEASE_SECS))
+        .bind(now)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok((taken == 1).then(|| {
+            Box::new(Lease {
+                writer: self.writer.clone(),
+                holder: self.holder.clone(),
+                job,
+            }) as Box<dyn JobLock>
+        }))
+    }
+}
+
+/// A held `job_leases` row.
+struct Lease {
+    writer: SqlitePool,
+    holder: String,
+    job: Job,
+}
+
+#[async_trait::async_trait]
+impl JobLock for Lease {
+    async fn release(self: Box<Self>) -> StoreResult<()> {
+        sqlx::query("DELETE FROM job_leases WHERE job = ? AND holder = ?")
+            .bind(self.job.name())
+            .bind(&self.holder)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
     }
 }
