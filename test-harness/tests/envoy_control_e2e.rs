@@ -527,3 +527,33 @@ fn a_fresh_envoy_reads_a_snapshot_of_several_pages_and_then_its_changes() {
     let late = stack.issue("user_paged_late");
     stack.until_accepted(&late);
 }
+
+#[test]
+fn keys_issued_and_revoked_through_another_replica_reach_envoy() {
+    const ROUNDS: usize = 5;
+    // Envoy polls replica A; the changes go through replica B, on the same database.
+    let stack = Stack::start(&as_shipped());
+    let b = stack
+        .control
+        .replica()
+        .unwrap_or_else(|e| panic!("could not start a second gatehouse-control: {e:#}"));
+    let first = stack.issue("user_replica_a");
+    stack.until_accepted(&first);
+    // Each wait is bounded by PROPAGATION_BOUND, half the sync's long-poll `wait`: a
+    // change that only reached A's held poll at the end of its wait would fail it.
+    for round in 0..ROUNDS {
+        let key = b
+            .issue_key(&format!("user_replica_b{round}"), "tenant_demo", PLAN)
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", b.log_tail(10)));
+        let issued = stack.until_accepted(&key);
+        b.revoke_key(&key.id)
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", b.log_tail(10)));
+        let revoked = stack.until_refused(&key);
+        println!(
+            "through replica B, to an Envoy polling A: issued key accepted after {}, \
+             revoked key refused after {}",
+            ms(issued),
+            ms(revoked)
+        );
+    }
+}

@@ -7,7 +7,8 @@
 //! builds) with both tokens in its environment only, reads the address it bound from its
 //! JSON log, and waits for `/readyz`. [`ControlService::stop`] sends SIGTERM and waits;
 //! [`ControlService::restart`] starts it again on the same address and database file, so
-//! Envoy's cluster still points at it. Dropping it kills the process and removes the
+//! Envoy's cluster still points at it. [`ControlService::replica`] starts another process
+//! on the same database file: a second replica. Dropping it kills the process and removes the
 //! temporary directory (kept with `GATEHOUSE_KEEP_ENVOY_DIR`).
 //!
 //! Never a mock: a missing binary is an error that says how to build it.
@@ -26,8 +27,8 @@ use std::time::Duration;
 /// bind, answer `/readyz`): 30 s in all.
 const POLL: Duration = Duration::from_millis(20);
 const START_POLLS: u32 = 1500;
-/// How many polls a SIGTERM may take, 65 s: graceful shutdown lets an in-flight long
-/// poll finish, which the server holds for at most 60 s (FEED.md).
+/// How many polls a SIGTERM may take, 65 s: a correctness bound far above what it takes
+/// (the server answers its held polls at once and gives the rest 5 s: `serve.rs`).
 const STOP_POLLS: u32 = 3250;
 
 /// The `gatehouse-control` binary: `$GATEHOUSE_CONTROL`, else the one beside the running
@@ -112,7 +113,9 @@ pub struct ControlService {
     child: Option<Child>,
     binary: PathBuf,
     opts: ControlOptions,
+    /// Its scratch folder: the log, and the database unless it is a replica's.
     dir: PathBuf,
+    database: PathBuf,
     addr: SocketAddr,
 }
 
@@ -125,6 +128,7 @@ impl ControlService {
             child: None,
             binary,
             opts: opts.clone(),
+            database: dir.join("control.db"),
             dir,
             addr: opts.listen,
         };
@@ -132,9 +136,25 @@ impl ControlService {
         Ok(service)
     }
 
+    /// Another `serve` process on this one's database file, with the same tokens, its own
+    /// kernel-chosen port and its own log: a second replica (docs/operating.md, "Several
+    /// replicas"). Drop it before this one, which removes the file.
+    pub fn replica(&self) -> anyhow::Result<ControlService> {
+        let mut service = ControlService {
+            child: None,
+            binary: self.binary.clone(),
+            opts: self.opts.clone(),
+            dir: scratch_dir("control-replica")?,
+            database: self.database.clone(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        service.spawn()?;
+        Ok(service)
+    }
+
     /// The SQLite file: it outlives [`stop`](Self::stop) and [`restart`](Self::restart).
     pub fn database(&self) -> PathBuf {
-        self.dir.join("control.db")
+        self.database.clone()
     }
 
     fn log_path(&self) -> PathBuf {
