@@ -9,8 +9,9 @@
 //!   Notifications sent while it is not listening are lost: on every (re)connect it reads
 //!   the current version and calls `committed` with it before waiting. A lost connection
 //!   is retried with a backoff from [`BACKOFF_MIN`] doubling to [`BACKOFF_MAX`]; it logs
-//!   once when it stops listening and once when it is back. While it is down, a held
-//!   poll still answers at the end of its `wait`.
+//!   once when it stops listening and once when it is back. A connection that dies
+//!   without a word (a firewall dropping an idle flow) may go unseen for long, so the
+//!   version is also read every [`SAFETY_NET`], which bounds the lag then.
 //! - SQLite: processes share the file and nothing else; this task reads the version every
 //!   `store::sqlite::FOLLOW_EVERY` (one row, by primary key) and calls `committed`.
 //!
@@ -26,13 +27,17 @@ use std::time::Duration;
 pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// The longest wait between two attempts to reconnect the listener.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often a listening replica reads the version anyway (PostgreSQL).
+pub const SAFETY_NET: Duration = Duration::from_secs(5);
 
 /// Starts following the database's changes; runs until aborted.
 pub fn spawn(s: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         match s.store.follow() {
             Follow::Poll(every) => poll(&s, every).await,
-            Follow::Notify { pool, channel } => listen(&s, &pool, channel).await,
+            Follow::Notify { pool, channel } => {
+                tokio::join!(listen(&s, &pool, channel), poll(&s, SAFETY_NET));
+            }
         }
     })
 }

@@ -69,6 +69,31 @@ async fn a_change_through_one_replica_wakes_a_poll_held_by_another() {
     assert_eq!(page["keys"][0]["key_id"], key["id"], "{page}");
 }
 
+#[tokio::test]
+async fn every_change_notifies_its_version_in_commit_order_on_postgres() {
+    if common::backend() != common::Backend::Postgres {
+        return;
+    }
+    let a = svc().await;
+    let channel = gatehouse_control::store::postgres::NOTIFY_CHANNEL;
+    let mut listener = sqlx::postgres::PgListener::connect(a.db.url())
+        .await
+        .unwrap();
+    listener.listen(channel).await.unwrap();
+    let key = a.issue("user_1").await;
+    a.issue("user_2").await;
+    let path = format!("/v1/keys/{}", key["id"].as_str().unwrap());
+    assert_eq!(a.admin(Method::DELETE, &path, None).await.0, StatusCode::OK);
+    for version in ["1", "2", "3"] {
+        let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .expect("no notification")
+            .unwrap();
+        assert_eq!(n.channel(), channel);
+        assert_eq!(n.payload(), version);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_listener_lost_its_connection_catches_up() {
     if common::backend() != common::Backend::Postgres {
@@ -120,6 +145,19 @@ async fn a_replica_whose_listener_lost_its_connection_catches_up() {
             "answered only at the end of its wait ({took:?})"
         );
         assert_eq!(page["keys"][0]["key_id"], key["id"], "{page}");
+    }
+    // Woken by a listener of its own again, not only by the periodic read.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now: Option<i32> = sqlx::query_scalar(listening)
+            .fetch_optional(&admin)
+            .await
+            .unwrap();
+        if now.is_some_and(|p| p != pid) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the listener never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
