@@ -455,3 +455,28 @@ fn sigterm_answers_a_held_poll_and_the_process_exits() {
     assert!(logs.contains("gatehouse-control stopped"), "{logs}");
     assert_no_secret(&logs);
 }
+
+#[test]
+fn sigterm_stops_the_process_even_with_a_request_that_never_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::fresh(dir.path());
+    let mut a = Server::start(db.url());
+    // A body announced and never sent in full: the request stays in flight.
+    let mut stalled = TcpStream::connect(("127.0.0.1", a.port)).unwrap();
+    let head = format!(
+        "POST /v1/keys HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {ADMIN}\r\n\
+         content-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"user_id\""
+    );
+    stalled.write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    a.signal("TERM");
+    // Bounded by the wait a held poll would have had, not by a speed: the deadline
+    // (`serve::STOP_DEADLINE`) ends it; without one, it would wait for the body forever.
+    let (exit, logs) = a.exited_within(WAIT);
+    assert!(exit.success(), "{exit}: {logs}");
+    assert!(
+        logs.contains("requests still open at the stop deadline"),
+        "{logs}"
+    );
+    drop(stalled);
+}
