@@ -5,7 +5,10 @@
 //!
 //! - PostgreSQL: every change sends its version with `pg_notify` inside its transaction,
 //!   so the notification is delivered when, and only if, it commits, in commit order. This
-//!   task `LISTEN`s on a connection of its own and calls [`AppState::committed`] for each.
+//!   task `LISTEN`s on a connection of its own and, on each, reads the version and calls
+//!   [`AppState::committed`]: the payload only wakes it, so a stray `NOTIFY` on the
+//!   channel (anyone with access to the database may send one) costs a read, and cannot
+//!   set a version no change made, which would end every later poll's wait at once.
 //!   Notifications sent while it is not listening are lost: on every (re)connect it reads
 //!   the current version and calls `committed` with it before waiting. A lost connection
 //!   is retried with a backoff from [`BACKOFF_MIN`] doubling to [`BACKOFF_MAX`]; it logs
@@ -88,14 +91,14 @@ async fn listen(s: &AppState, pool: &sqlx::PgPool, channel: &'static str) {
                 let lost = receive(s, &mut listener).await;
                 tracing::warn!(%database, error = %shown(s, &lost),
                     "stopped listening for changes; reconnecting: until then, other \
-                     replicas' changes reach held polls at the end of their wait");
+                     replicas' changes reach held polls within the periodic read");
                 down = true;
             }
             Err(e) => {
                 if !down {
                     tracing::warn!(%database, error = %shown(s, &e),
                         "cannot listen for changes; retrying: until then, other replicas' \
-                         changes reach held polls at the end of their wait");
+                         changes reach held polls within the periodic read");
                 }
                 down = true;
             }
@@ -120,17 +123,13 @@ async fn connect(
     Ok(listener)
 }
 
-/// Passes every notification on until the connection is lost; returns why.
+/// Reads the version on every notification until the connection is lost; returns why.
 async fn receive(s: &AppState, listener: &mut PgListener) -> StoreError {
     loop {
         match listener.try_recv().await {
-            Ok(Some(n)) => match n.payload().parse::<i64>() {
+            Ok(Some(_)) => match s.store.version().await {
                 Ok(version) => s.committed(version),
-                // Not ours: read the version instead of trusting it.
-                Err(_) => match s.store.version().await {
-                    Ok(version) => s.committed(version),
-                    Err(e) => return e,
-                },
+                Err(e) => return e,
             },
             Ok(None) => return StoreError::Database("the connection was lost".to_string()),
             Err(e) => return e.into(),

@@ -95,6 +95,34 @@ async fn every_change_notifies_its_version_in_commit_order_on_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_notify_on_the_channel_cannot_move_a_replicas_version() {
+    if common::backend() != common::Backend::Postgres {
+        return;
+    }
+    let a = svc().await;
+    let b = a.replica().await;
+    let _following = a.follow();
+    a.issue("user_0").await;
+    let other = sqlx::PgPool::connect(a.db.url()).await.unwrap();
+    sqlx::query("SELECT pg_notify($1, '999999')")
+        .bind(gatehouse_control::store::postgres::NOTIFY_CHANNEL)
+        .execute(&other)
+        .await
+        .unwrap();
+    // A real change after it: once A has seen this one, it has seen the stray one too.
+    let (status, _) = b
+        .admin(Method::POST, "/v1/keys", Some(new_key("user_1")))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut changes = a.state.changes.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), changes.wait_for(|v| *v >= 2))
+        .await
+        .expect("the change never reached A")
+        .unwrap();
+    assert_eq!(*a.state.changes.borrow(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_listener_lost_its_connection_catches_up() {
     if common::backend() != common::Backend::Postgres {
         return;
