@@ -393,6 +393,18 @@ mod tests {
         )
     }
 
+    /// A new SQLite database, in a folder removed when the first value is dropped.
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        (dir, store)
+    }
+
+    fn rules(plans: &Plans) -> Rules<'_> {
+        Rules { plans, now: NOW }
+    }
+
     #[test]
     fn only_ndjson_is_taken() {
         let mut h = HeaderMap::new();
@@ -411,16 +423,11 @@ mod tests {
 
     #[tokio::test]
     async fn batches_hold_at_most_a_thousand_keys_and_each_commit_wakes_the_feed() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("c.db").display());
-        let store = SqliteStore::open(&url).await.unwrap();
+        let (_dir, store) = store().await;
         let plans = Plans::default();
         let woken = Mutex::new(Vec::new());
         let wake = |v| woken.lock().unwrap().push(v);
-        let rules = Rules {
-            plans: &plans,
-            now: NOW,
-        };
+        let rules = rules(&plans);
         let mut import = Importer::new(&store, rules, ctx(), &wake, usize::MAX);
         let input: String = (0..2500).map(line).collect();
         // One byte at a time, then in one piece: the chunks change nothing.
@@ -446,15 +453,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_key_repeated_in_a_later_batch_of_the_same_transaction_is_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("c.db").display());
-        let store = SqliteStore::open(&url).await.unwrap();
+        let (_dir, store) = store().await;
         let plans = Plans::default();
         let wake = |_| {};
-        let rules = Rules {
-            plans: &plans,
-            now: NOW,
-        };
+        let rules = rules(&plans);
         let mut import = Importer::new(&store, rules, ctx(), &wake, usize::MAX);
         // Line 1501 repeats line 4 (same hash, other user): batch 2 meets batch 1's
         // uncommitted row.
@@ -473,15 +475,10 @@ mod tests {
 
     #[tokio::test]
     async fn input_over_the_limit_stops_after_committing_what_was_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("c.db").display());
-        let store = SqliteStore::open(&url).await.unwrap();
+        let (_dir, store) = store().await;
         let plans = Plans::default();
         let wake = |_| {};
-        let rules = Rules {
-            plans: &plans,
-            now: NOW,
-        };
+        let rules = rules(&plans);
         let input: String = (0..10).map(line).collect();
         let limit = line(0).len() * 3 + 5;
         let mut import = Importer::new(&store, rules, ctx(), &wake, limit);
