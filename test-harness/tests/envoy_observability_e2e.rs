@@ -245,13 +245,23 @@ fn a_key_on_a_plan_the_policy_does_not_know_is_refused_counted_and_audited() {
         .control
         .issue_key("user_pro", "tenant_demo", "pro")
         .unwrap_or_else(|e| panic!("{e:#}\n{}", stack.diagnostics()));
-    let resp = stack.until("the key's refusal for its plan", || {
+    // Until the key is in the cache, calls are refused for other reasons (503 while the
+    // first snapshot is read) and audited too: those calls carry another request id.
+    stack.until("the key's refusal for its plan", || {
         let resp = stack.call(
             "/v1/things",
-            &[("x-api-key", &key.api_key), ("x-request-id", "e2e-pro-1")],
+            &[
+                ("x-api-key", &key.api_key),
+                ("x-request-id", "e2e-pro-wait"),
+            ],
         );
         (resp.status == 403).then_some(resp)
     });
+    let resp = stack.call(
+        "/v1/things",
+        &[("x-api-key", &key.api_key), ("x-request-id", "e2e-pro-1")],
+    );
+    assert_eq!(resp.status, 403, "{}", stack.diagnostics());
     let body: Value = serde_json::from_slice(&resp.body).unwrap();
     assert_eq!(body["code"], "UNKNOWN_PLAN", "{body}");
     let event = stack.until("the refusal in GET /v1/audit?kind=refusal", || {
