@@ -100,6 +100,8 @@ pub struct Route {
 pub struct RouteLimit {
     pub rate: crate::limit::Rate,
     pub by: crate::limit::LimitBy,
+    /// Its own `scope`, when it gives one (else the `rate_limit` section's).
+    pub scope: Option<crate::limit::Scope>,
 }
 
 impl Route {

@@ -7,6 +7,7 @@ use crate::sync::{FeedMetrics, FeedSync, SYNC_TICK};
 use gatehouse_core::authn::jwks_cache::{PickUp, Picked};
 use gatehouse_core::authn::jwt::{Key, KeySet};
 use gatehouse_core::authn::{jwks_cache, key_cache, revocation};
+use gatehouse_core::limit::fleet;
 use gatehouse_core::observe::events;
 use gatehouse_core::observe::tally::Tally;
 use gatehouse_core::policy::Policy;
@@ -21,6 +22,10 @@ use std::rc::Rc;
 /// The root id that makes this module the sync (the `bootstrap_extensions` wasm service)
 /// rather than the HTTP filter.
 pub(crate) const SYNC_ROOT_ID: &str = "gatehouse_sync";
+
+/// A worker's tick with fleet-scoped limits: how long its admissions wait in its tally.
+const FLEET_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+const TICKS_PER_SECOND: u64 = 10;
 
 /// A worker's counters ([`gatehouse_core::observe::tally::metric_names`]), defined once per VM on
 /// configure (Envoy shows them as `wasmcustom.gatehouse.*`); id 0 means "not defined".
@@ -85,6 +90,11 @@ pub(crate) struct Root {
     pub(crate) vm_id: String,
     /// The sync's events queue, once resolved ([`events::QUEUE`]).
     pub(crate) events_queue: Option<u32>,
+    /// The sync's fleet queue, once resolved (policies with fleet-scoped limits).
+    pub(crate) fleet_queue: Option<u32>,
+    /// Ticks since the policy was loaded: with fleet-scoped limits a worker ticks every
+    /// [`FLEET_TICK`] and does its once-a-second work on every tenth.
+    pub(crate) ticks: u64,
     /// Set when this VM is the sync and the policy has a feed.
     pub(crate) sync: Option<FeedSync>,
     /// Each route's webhook verifier (secrets read from the environment), by route index.
@@ -158,6 +168,38 @@ impl Root {
             log(
                 LogLevel::Warn,
                 "events: the sync's queue is gone; one batch lost",
+            );
+        }
+    }
+}
+
+impl Root {
+    /// Hands the worker's fleet-scoped admissions to the sync ([`fleet::Tally`]). Until
+    /// the queue resolves the tally keeps counting (up to its bound).
+    pub(crate) fn flush_fleet(&mut self) {
+        let dropped = self.caches.fleet.take_dropped();
+        if dropped > 0 {
+            log(
+                LogLevel::Warn,
+                &format!("fleet: {dropped} admissions not reported (the worker's tally is full)"),
+            );
+        }
+        if self.fleet_queue.is_none() {
+            self.fleet_queue = hostcalls::resolve_shared_queue(&self.vm_id, fleet::QUEUE)
+                .ok()
+                .flatten();
+        }
+        let Some(queue) = self.fleet_queue else {
+            return;
+        };
+        let Some(batch) = self.caches.fleet.take_batch() else {
+            return;
+        };
+        if hostcalls::enqueue_shared_queue(queue, Some(&batch)).is_err() {
+            self.fleet_queue = None;
+            log(
+                LogLevel::Warn,
+                "fleet: the sync's queue is gone; one tally lost",
             );
         }
     }
@@ -258,12 +300,28 @@ impl Root {
                 proxy.as_deref().unwrap_or("(no valid node id: left out)")
             ),
         );
-        self.sync = Some(FeedSync::new(
-            feed_policy,
-            format!("Bearer {token}"),
-            events_queue,
-            proxy,
-        ));
+        let mut sync = FeedSync::new(feed_policy, format!("Bearer {token}"), events_queue, proxy);
+        if policy.rate_limit.any_fleet(&policy.routes) {
+            match hostcalls::register_shared_queue(fleet::QUEUE) {
+                Ok(queue) => sync.enable_fleet(&policy.rate_limit, queue),
+                Err(e) => {
+                    log(
+                        LogLevel::Error,
+                        &format!("sync: could not register the fleet queue: {e:?}"),
+                    );
+                    return false;
+                }
+            }
+            log(
+                LogLevel::Info,
+                &format!(
+                    "sync: fleet-scoped limits exchange every {} ms at {}",
+                    policy.rate_limit.sync_interval_ms,
+                    fleet::EXCHANGE_PATH
+                ),
+            );
+        }
+        self.sync = Some(sync);
         true
     }
 }
@@ -425,8 +483,15 @@ impl RootContext for Root {
             .flatten()
             .and_then(|v| String::from_utf8(v).ok())
             .unwrap_or_default();
-        // Every worker ticks once a second: it flushes its tally (and fetches a JWKS).
-        let _ = hostcalls::set_tick_period(std::time::Duration::from_secs(1));
+        // Every worker ticks once a second: it flushes its tally (and fetches a JWKS); with
+        // fleet-scoped limits ten times a second, to hand its admissions to the sync.
+        let fleet = policy.rate_limit.any_fleet(&policy.routes);
+        let _ = hostcalls::set_tick_period(if fleet {
+            FLEET_TICK
+        } else {
+            std::time::Duration::from_secs(1)
+        });
+        self.ticks = 0;
         log(
             LogLevel::Info,
             &format!(
@@ -461,6 +526,13 @@ impl RootContext for Root {
         let Some(policy) = self.policy.clone() else {
             return;
         };
+        if policy.rate_limit.any_fleet(&policy.routes) {
+            self.flush_fleet();
+            self.ticks = self.ticks.wrapping_add(1);
+            if self.ticks % TICKS_PER_SECOND != 1 {
+                return;
+            }
+        }
         self.flush_tally(&policy);
         self.caches.places.refresh(&HostStore);
         let Some(jwt) = &policy.jwt else { return };

@@ -4,7 +4,7 @@
 
 use crate::host::{HostClock, HostStore, host_level, log};
 use gatehouse_core::clock::Clock;
-use gatehouse_core::policy::FeedPolicy;
+use gatehouse_core::policy::{FeedPolicy, RateLimitPolicy};
 use gatehouse_core::sync::schedule::{self, Action, HttpAnswer, Metric, Schedule};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
@@ -50,6 +50,8 @@ pub(crate) struct FeedSync {
     metrics: FeedMetrics,
     /// The events queue this sync registered.
     events_queue: u32,
+    /// The fleet queue, with fleet-scoped limits.
+    fleet_queue: Option<u32>,
 }
 
 impl FeedSync {
@@ -64,7 +66,15 @@ impl FeedSync {
             schedule: Schedule::new(feed, authorization, proxy, HostClock.now()),
             metrics: FeedMetrics::define(),
             events_queue,
+            fleet_queue: None,
         }
+    }
+
+    /// Exchanges fleet-scoped limits' consumption; workers' tallies arrive on `queue`.
+    pub(crate) fn enable_fleet(&mut self, limits: &RateLimitPolicy, queue: u32) {
+        self.schedule
+            .enable_fleet(limits.table(), limits.sync_interval_ms, HostClock.now());
+        self.fleet_queue = Some(queue);
     }
 
     pub(crate) fn on_tick(&mut self) {
@@ -74,6 +84,16 @@ impl FeedSync {
 
     /// Merges the worker batches waiting in the events queue into the pending post.
     pub(crate) fn on_queue_ready(&mut self, queue: u32) {
+        if Some(queue) == self.fleet_queue {
+            for _ in 0..schedule::MAX_BATCHES_PER_NOTIFICATION {
+                let Ok(Some(batch)) = hostcalls::dequeue_shared_queue(queue) else {
+                    return;
+                };
+                let actions = self.schedule.on_fleet_batch(&batch);
+                self.perform(actions);
+            }
+            return;
+        }
         if queue != self.events_queue {
             return;
         }

@@ -3,6 +3,7 @@
 //! Behaviour and settings: `docs/policy.md#writing-a-policy` (the rate-limit rules).
 
 pub mod client;
+pub mod fleet;
 pub mod slot_table;
 
 use crate::limit::slot_table::{Found, Place, SlotTable};
@@ -19,6 +20,15 @@ pub enum LimitBy {
     Key,
     User,
     Tenant,
+}
+
+/// Where a limit counts requests: on this Envoy alone (exact across its workers), or over
+/// every Envoy of the fleet ([`fleet`]: exact locally, and the fleet's consumption folded
+/// in every `sync_interval`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Local,
+    Fleet,
 }
 
 /// Lost compare-and-swaps in a row before the policy's contention rule applies.

@@ -243,7 +243,7 @@ fn decide_into(
         .map(|p| p.name.as_str());
     let outcome = limit(
         policy,
-        &caches.places,
+        caches,
         route,
         head,
         allowed.identity.as_ref(),
@@ -307,7 +307,7 @@ fn method_overrides_agree(policy: &Policy, head: &RequestHead<'_>, route: usize)
 #[allow(clippy::too_many_arguments)]
 fn limit(
     policy: &Policy,
-    places: &limit::Places,
+    caches: &Caches,
     route: &Route,
     head: &RequestHead<'_>,
     identity: Option<&Identity>,
@@ -348,8 +348,10 @@ fn limit(
             }
         }
     };
-    let mut limits: Vec<(String, (String, CallerKind), limit::Rate)> =
+    // (limit, (caller, kind), rate, counted fleet-wide)
+    let mut limits: Vec<(String, (String, CallerKind), limit::Rate, bool)> =
         Vec::with_capacity(1 + route.limits.len());
+    let fleet_wide = rl.scope == limit::Scope::Fleet;
     match identity {
         Some(_) => {
             if let Some(plan) = plan.and_then(|p| policy.plans.get(p)) {
@@ -357,26 +359,56 @@ fn limit(
                     ["plan:", &plan.name].concat(),
                     who(rl.plan_key),
                     plan.rate(),
+                    fleet_wide,
                 ));
             }
         }
-        None => limits.push(("anonymous".to_string(), who(LimitBy::Ip), rl.anonymous)),
+        None => limits.push((
+            "anonymous".to_string(),
+            who(LimitBy::Ip),
+            rl.anonymous,
+            fleet_wide,
+        )),
     }
     for (n, l) in route.limits.iter().enumerate() {
         let mut id = ["route:", &route.name, ":"].concat();
         crate::text::push_decimal(&mut id, n as u64);
-        limits.push((id, who(l.by), l.rate));
+        let fleet = l.scope.unwrap_or(rl.scope) == limit::Scope::Fleet;
+        limits.push((id, who(l.by), l.rate, fleet));
     }
+    let now = clock.now().0;
+    // Fleet-scoped limits: while the fleet's states arrive, the whole limit on states that
+    // hold the fleet's consumption; when they stop, this Envoy's share of it.
+    let fleet_share = if limits.iter().any(|l| l.3) {
+        match limit::fleet::View::read(store) {
+            Some(view) if view.fresh(now, rl.sync_interval_ms) => None,
+            Some(view) => Some(view.proxies),
+            None => Some(1),
+        }
+    } else {
+        None
+    };
     let checks: Vec<Check<'_>> = limits
         .iter()
-        .map(|(limit, (caller, kind), rate)| Check {
+        .map(|(limit, (caller, kind), rate, fleet)| Check {
             limit,
             caller,
-            rate: *rate,
+            rate: match fleet_share {
+                Some(proxies) if *fleet => limit::fleet::share(*rate, proxies),
+                _ => *rate,
+            },
             kind: *kind,
         })
         .collect();
-    limit::check_all_with(store, &rl.table(), &checks, clock.now().0, places)
+    let outcome = limit::check_all_with(store, &rl.table(), &checks, now, &caches.places);
+    if outcome.result.is_ok() {
+        for (check, (.., fleet)) in checks.iter().zip(&limits) {
+            if *fleet {
+                caches.fleet.record(check);
+            }
+        }
+    }
+    outcome
 }
 
 #[cfg(test)]
@@ -1441,6 +1473,7 @@ routes:
                 burst: 3,
             },
             by: LimitBy::User,
+            scope: None,
         });
         let keys = KeySet::default();
         let free = b"ghk_free_0a9b8c7d6e5f40312e1d0C1OdSVz";
@@ -1472,6 +1505,62 @@ routes:
             })
             .count();
         assert_eq!(more, 57);
+    }
+
+    #[test]
+    fn fleet_limits_take_the_whole_rate_while_fresh_and_a_share_when_stale() {
+        use crate::limit::fleet::{View, decode};
+        let keys = KeySet::default();
+        let free = b"ghk_free_0a9b8c7d6e5f40312e1d0C1OdSVz";
+        let docs = head("/docs/x", Presented::One(free), b"10.0.0.1:1");
+        let admitted = |view: Option<View>| {
+            let (mut policy, store, clock) = setup();
+            policy.rate_limit.scope = crate::limit::Scope::Fleet;
+            if let Some(view) = view {
+                view.write(&store).unwrap();
+            }
+            let caches = Caches::default();
+            let n = (0..100)
+                .filter(|_| {
+                    let d = super::decide(
+                        &policy,
+                        &caches,
+                        std::slice::from_ref(&keys),
+                        &docs,
+                        &store,
+                        &clock,
+                    );
+                    matches!(d, Decision::Allow(_))
+                })
+                .count();
+            let used = caches.fleet.take_batch().map(|b| decode(&b).unwrap());
+            (n, used)
+        };
+        let now = NOW * 1_000_000_000;
+        let fresh = View {
+            ok_at: now - 500_000_000,
+            proxies: 3,
+        };
+        let (n, used) = admitted(Some(fresh));
+        assert_eq!(n, 60, "the whole plan while the fleet's states arrive");
+        let used = used.unwrap();
+        assert_eq!(used.len(), 1);
+        assert_eq!(
+            (used[0].member.limit.as_str(), used[0].n),
+            ("plan:free", 60)
+        );
+        assert!(used[0].member.caller.starts_with("u:"));
+        assert_eq!(used[0].rate.requests, 60, "the whole rate is reported");
+        let stale = View {
+            ok_at: now - 5_000_000_000,
+            proxies: 3,
+        };
+        assert_eq!(admitted(Some(stale)).0, 20, "a third: three proxies");
+        assert_eq!(
+            admitted(None).0,
+            60,
+            "never exchanged: the whole limit here"
+        );
     }
 
     #[test]

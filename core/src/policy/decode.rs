@@ -315,6 +315,17 @@ impl Decoder {
             None => Some(None),
             Some(n) => self.feed(n, "feed").map(Some),
         };
+        // Fleet-scoped limits exchange their counts through the feed's control service.
+        if let (Some(rl), Some(routes), Some(None)) = (&rate_limit, &routes, &feed)
+            && rl.any_fleet(routes)
+        {
+            let pos = f.get("rate_limit").and_then(|n| n.pos);
+            self.error(
+                "rate_limit.scope",
+                pos,
+                "fleet-scoped limits exchange counts through the control service: the policy needs a feed section",
+            );
+        }
         let health = match f.get("health") {
             None => Some(None),
             Some(n) => {

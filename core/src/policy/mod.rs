@@ -223,9 +223,24 @@ pub struct RateLimitPolicy {
     pub on_contention: crate::limit::OnContention,
     /// Send `RateLimit-*` headers on allowed responses too. Defaults to false.
     pub headers_on_allowed: bool,
+    /// Where the plan and anonymous limits (and route limits without their own `scope`)
+    /// count: this Envoy alone, or the whole fleet ([`crate::limit::fleet`]).
+    pub scope: crate::limit::Scope,
+    /// How often a fleet-scoped Envoy exchanges its consumption for the fleet's, in ms.
+    /// Defaults to 250.
+    pub sync_interval_ms: u64,
 }
 
 impl RateLimitPolicy {
+    /// Whether any limit of `policy` counts for the whole fleet.
+    pub fn any_fleet(&self, routes: &[crate::route::Route]) -> bool {
+        self.scope == crate::limit::Scope::Fleet
+            || routes
+                .iter()
+                .flat_map(|r| r.limits.iter())
+                .any(|l| l.scope == Some(crate::limit::Scope::Fleet))
+    }
+
     /// The limiter's tables for this policy.
     pub fn table(&self) -> crate::limit::Table {
         crate::limit::Table {
@@ -936,6 +951,77 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("logging.refusals: unknown log level 'error'")
+        );
+    }
+
+    #[test]
+    fn limits_are_local_unless_the_policy_or_the_limit_says_fleet() {
+        use crate::limit::Scope;
+        let p = load_yaml("p", &minimal("")).unwrap().policy;
+        assert_eq!(p.rate_limit.scope, Scope::Local);
+        assert_eq!(p.rate_limit.sync_interval_ms, 250);
+        assert!(!p.rate_limit.any_fleet(&p.routes));
+        let feed = "feed: { cluster: control, token_env: GATEHOUSE_FEED_TOKEN }\n";
+        let p = load_yaml(
+            "p",
+            &format!(
+                "version: 1
+{feed}rate_limit: {{ scope: fleet, sync_interval: 500ms }}
+routes:
+  - match: {{ path_prefix: / }}
+    limits:
+      - {{ requests: 5, per: 1m, by: user, scope: local }}
+      - {{ requests: 9, per: 1h, by: user }}
+"
+            ),
+        )
+        .unwrap()
+        .policy;
+        assert_eq!(p.rate_limit.scope, Scope::Fleet);
+        assert_eq!(p.rate_limit.sync_interval_ms, 500);
+        let scopes: Vec<_> = p.routes[0].limits.iter().map(|l| l.scope).collect();
+        assert_eq!(scopes, [Some(Scope::Local), None]);
+        let p = load_yaml(
+            "p",
+            &format!(
+                "version: 1
+{feed}rate_limit: {{ sync_interval: 2s }}
+routes:
+  - match: {{ path_prefix: / }}
+    limits: [{{ requests: 5, per: 1m, by: user, scope: fleet }}]
+"
+            ),
+        )
+        .unwrap()
+        .policy;
+        assert_eq!(p.rate_limit.sync_interval_ms, 2_000);
+        assert!(
+            p.rate_limit.any_fleet(&p.routes),
+            "one route limit is enough"
+        );
+        assert_eq!(
+            errors(&format!(
+                "version: 1
+{feed}rate_limit: {{ scope: global, sync_interval: 50ms }}
+routes: [{{ match: {{ path_prefix: / }}, limits: [{{ requests: 1, per: 1s, scope: 3 }}] }}]
+"
+            )),
+            [
+                "p.yaml:3:22: rate_limit.scope: unknown 'global'; expected one of [local, fleet]",
+                "p.yaml:3:45: rate_limit.sync_interval: expected a duration such as 250ms or 1s, from 100ms to 10s",
+                "p.yaml:4:79: routes[0].limits[0].scope: expected a string, found an integer (quote it)",
+            ]
+        );
+        assert_eq!(
+            errors(
+                "version: 1
+rate_limit: { scope: fleet }
+routes: [{ match: { path_prefix: / } }]
+"
+            ),
+            [
+                "p.yaml:2:13: rate_limit.scope: fleet-scoped limits exchange counts through the control service: the policy needs a feed section"
+            ]
         );
     }
 

@@ -1,5 +1,6 @@
 //! The control service's cache feed: applying its answers, and when to ask.
 
+pub mod exchange;
 pub mod feed;
 pub mod schedule;
 

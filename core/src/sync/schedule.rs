@@ -6,6 +6,7 @@
 use crate::observe::events;
 use crate::policy::{FeedPolicy, LogLevel};
 use crate::store::SharedStore;
+use crate::sync::exchange::{self, Exchange};
 use crate::sync::feed;
 use crate::time::UnixNanos;
 use std::time::Duration;
@@ -40,6 +41,9 @@ pub enum Call {
     /// back in front of what arrived meanwhile ([`events::Posted`] says which answers
     /// are retried and which dropped).
     Events,
+    /// `POST /v1/limits/exchange`: fleet-scoped limits ([`exchange`]), every
+    /// `sync_interval`, one at a time.
+    Exchange,
 }
 
 /// An HTTP call to the feed's cluster, complete: the plugin dispatches it as it is and
@@ -88,11 +92,23 @@ pub enum Metric {
     EventsRefusalsPosted,
     /// Refusals dropped for lack of room or because the server refused them.
     EventsRefusalsDropped,
+    /// Fleet-limit exchanges answered ...
+    FleetExchanges,
+    /// ... and failed (not sent, no answer, an error status or a bad answer).
+    FleetExchangeFailures,
+    /// Fleet states that moved a local limiter state forward.
+    FleetStatesApplied,
+    /// Fleet states that found no room in the slot table, or broke the contract.
+    FleetStatesSkipped,
+    /// Fleet-scoped admissions never reported (the pending tallies were full).
+    FleetAdmissionsDropped,
+    /// Gauge: proxies the control service counts in the fleet.
+    FleetProxies,
 }
 
 impl Metric {
     /// Every metric, in the order the plugin defines them.
-    pub const ALL: [Metric; 12] = [
+    pub const ALL: [Metric; 18] = [
         Metric::Version,
         Metric::EntriesApplied,
         Metric::Failures,
@@ -105,6 +121,12 @@ impl Metric {
         Metric::EventsPostFailures,
         Metric::EventsRefusalsPosted,
         Metric::EventsRefusalsDropped,
+        Metric::FleetExchanges,
+        Metric::FleetExchangeFailures,
+        Metric::FleetStatesApplied,
+        Metric::FleetStatesSkipped,
+        Metric::FleetAdmissionsDropped,
+        Metric::FleetProxies,
     ];
 
     pub fn name(self) -> &'static str {
@@ -121,6 +143,12 @@ impl Metric {
             Metric::EventsPostFailures => "gatehouse.events.post_failures",
             Metric::EventsRefusalsPosted => "gatehouse.events.refusals_posted",
             Metric::EventsRefusalsDropped => "gatehouse.events.refusals_dropped",
+            Metric::FleetExchanges => "gatehouse.fleet.exchanges",
+            Metric::FleetExchangeFailures => "gatehouse.fleet.exchange_failures",
+            Metric::FleetStatesApplied => "gatehouse.fleet.states_applied",
+            Metric::FleetStatesSkipped => "gatehouse.fleet.states_skipped",
+            Metric::FleetAdmissionsDropped => "gatehouse.fleet.admissions_dropped",
+            Metric::FleetProxies => "gatehouse.fleet.proxies",
         }
     }
 
@@ -128,7 +156,11 @@ impl Metric {
     pub fn is_gauge(self) -> bool {
         matches!(
             self,
-            Metric::Version | Metric::LastSyncAge | Metric::Keys | Metric::WasmMemory
+            Metric::Version
+                | Metric::LastSyncAge
+                | Metric::Keys
+                | Metric::WasmMemory
+                | Metric::FleetProxies
         )
     }
 }
@@ -213,6 +245,8 @@ pub struct Schedule {
     events_in_flight: Option<(u32, events::Pending)>,
     /// The tick the last events post went out on: at most one a second.
     events_posted_tick: Option<u64>,
+    /// Fleet-scoped limits' exchange, when the policy has any.
+    fleet: Option<Exchange>,
 }
 
 impl Schedule {
@@ -240,6 +274,95 @@ impl Schedule {
             events_sending: None,
             events_in_flight: None,
             events_posted_tick: None,
+            fleet: None,
+        }
+    }
+
+    /// Exchanges fleet-scoped limits' consumption every `interval_ms`
+    /// ([`crate::limit::fleet`]), for the limiter's `table`. The first key poll waits for
+    /// the first exchange ([`exchange::FIRST_EXCHANGE_GRACE_NANOS`] at most).
+    pub fn enable_fleet(&mut self, table: crate::limit::Table, interval_ms: u64, now: UnixNanos) {
+        self.fleet = Some(Exchange::new(table, interval_ms, self.proxy.clone(), now.0));
+    }
+
+    /// Merges one worker tally from the fleet queue.
+    pub fn on_fleet_batch(&mut self, batch: &[u8]) -> Vec<Action> {
+        let mut out = Vec::new();
+        if let Some(fleet) = &mut self.fleet
+            && !fleet.merge(batch)
+        {
+            out.push(Action::Log(
+                LogLevel::Warn,
+                "fleet: a worker tally was unreadable; dropped".into(),
+            ));
+        }
+        out
+    }
+
+    /// Hands the exchange to the plugin when one is due.
+    fn exchange(&mut self, out: &mut Vec<Action>, now: UnixNanos) {
+        let Some(fleet) = &mut self.fleet else {
+            return;
+        };
+        add(out, Metric::FleetAdmissionsDropped, fleet.take_dropped());
+        if fleet.stuck(now.0) {
+            let outcome = fleet.failed("unanswered".into());
+            Self::exchanged(out, outcome);
+        }
+        let Some(fleet) = &mut self.fleet else {
+            return;
+        };
+        let Some(body) = fleet.due(now.0) else {
+            return;
+        };
+        out.push(Action::Send(Request {
+            call: Call::Exchange,
+            cluster: self.feed.cluster.clone(),
+            headers: vec![
+                (":method", "POST".into()),
+                (":path", crate::limit::fleet::EXCHANGE_PATH.into()),
+                (":authority", self.feed.authority.clone()),
+                ("authorization", self.authorization.clone()),
+                ("content-type", "application/json".into()),
+            ],
+            body: Some(body),
+            timeout: exchange::TIMEOUT,
+        }));
+    }
+
+    /// Reports an exchange's outcome as metrics, and as a log line when it changes from
+    /// working to failing or back.
+    fn exchanged(out: &mut Vec<Action>, outcome: exchange::Outcome) {
+        if outcome.ok {
+            add(out, Metric::FleetExchanges, 1);
+            out.push(Action::Set(
+                Metric::FleetProxies,
+                u64::from(outcome.proxies),
+            ));
+            add(
+                out,
+                Metric::FleetStatesApplied,
+                u64::from(outcome.applied.moved),
+            );
+            let skipped = u64::from(outcome.applied.unplaced).saturating_add(outcome.skipped);
+            add(out, Metric::FleetStatesSkipped, skipped);
+            if outcome.changed {
+                out.push(Action::Log(
+                    LogLevel::Info,
+                    "fleet: exchanges work again; fleet-scoped limits count the whole fleet".into(),
+                ));
+            }
+        } else {
+            add(out, Metric::FleetExchangeFailures, 1);
+            if outcome.changed {
+                out.push(Action::Log(
+                    LogLevel::Warn,
+                    format!(
+                        "fleet: exchange failed ({}); fleet-scoped limits fall back to this Envoy's share once the fleet's states are stale",
+                        outcome.why.as_deref().unwrap_or("unknown")
+                    ),
+                ));
+            }
         }
     }
 
@@ -249,6 +372,14 @@ impl Schedule {
     /// at once.
     pub fn on_tick(&mut self, now: UnixNanos, store: &impl SharedStore) -> Vec<Action> {
         let mut out = Vec::new();
+        self.exchange(&mut out, now);
+        if self
+            .fleet
+            .as_ref()
+            .is_some_and(|f| f.holds_first_poll(now.0))
+        {
+            return out;
+        }
         self.ticks = self.ticks.saturating_add(1);
         self.refill(now);
         self.post_events(&mut out, store);
@@ -307,6 +438,11 @@ impl Schedule {
                     self.events_in_flight = Some((token, batch));
                 }
             }
+            Call::Exchange => {
+                if let Some(fleet) = &mut self.fleet {
+                    fleet.sent(token);
+                }
+            }
         }
     }
 
@@ -336,6 +472,12 @@ impl Schedule {
                     ),
                 ));
             }
+            Call::Exchange => {
+                if let Some(fleet) = &mut self.fleet {
+                    let outcome = fleet.failed(format!("not sent: {why}"));
+                    Self::exchanged(&mut out, outcome);
+                }
+            }
         }
         out
     }
@@ -352,6 +494,13 @@ impl Schedule {
         read_body: impl FnOnce(usize) -> Vec<u8>,
     ) -> Vec<Action> {
         let mut out = Vec::new();
+        if let Some(fleet) = self.fleet.as_mut().filter(|f| f.owns(answer.token)) {
+            let outcome = fleet.answered(store, now.0, answer.status, answer.body_size, read_body);
+            Self::exchanged(&mut out, outcome);
+            // More states waiting: the next exchange goes at once.
+            self.exchange(&mut out, now);
+            return out;
+        }
         if let Some((_, sent)) = self
             .events_in_flight
             .take_if(|(token, _)| *token == answer.token)
@@ -841,6 +990,108 @@ mod tests {
         fn take_done(&mut self) -> Vec<Action> {
             std::mem::take(&mut self.done)
         }
+    }
+
+    fn exchanges(sim: &Sim) -> Vec<Value> {
+        sim.calls
+            .iter()
+            .filter(|(_, r)| r.call == Call::Exchange)
+            .map(|(_, r)| serde_json::from_str(r.body.as_deref().unwrap_or("")).unwrap())
+            .collect()
+    }
+
+    fn fleet_sim() -> Sim {
+        let mut sim = Sim::new();
+        let table = crate::limit::Table {
+            slots: 1024,
+            address_slots: 1024,
+            on_contention: crate::limit::OnContention::Refuse,
+        };
+        sim.schedule.enable_fleet(table, 250, UnixNanos(sim.now));
+        crate::limit::prepare(&sim.store, &table, &[1; 32]).unwrap();
+        sim
+    }
+
+    #[test]
+    fn with_fleet_limits_the_first_exchange_goes_before_the_first_poll() {
+        let mut sim = fleet_sim();
+        sim.tick();
+        assert_eq!(exchanges(&sim).len(), 1);
+        assert!(sim.polls().is_empty(), "the key poll waits for the fleet");
+        let (token, request) = sim.last().clone();
+        assert_eq!(request.header(":path"), Some("/v1/limits/exchange"));
+        assert_eq!(request.header("authorization"), Some("Bearer feed-token"));
+        assert_eq!(exchanges(&sim)[0]["proxy"], "envoy_1");
+        sim.tick();
+        assert!(sim.polls().is_empty());
+        let states = json!([{"limit": "plan:free", "caller": "u:a", "kind": "i",
+                             "ahead_us": 1_000_000u64}]);
+        let body = json!({"cursor": "3", "more": false, "proxies": 2, "states": states});
+        sim.answer(token, "200", body.to_string().as_bytes());
+        assert_eq!(sim.counter(Metric::FleetExchanges), 1);
+        assert_eq!(sim.counter(Metric::FleetStatesApplied), 1);
+        assert_eq!(sim.gauge(Metric::FleetProxies), Some(2));
+        let view = crate::limit::fleet::View::read(&sim.store).unwrap();
+        assert_eq!(view.proxies, 2);
+        sim.tick();
+        assert_eq!(sim.polls().len(), 1, "then the keys");
+        // Every 250 ms (on the 100 ms tick: the third), with the cursor; the poll held by
+        // the server does not hold the exchanges up.
+        sim.ticks(2);
+        let sent = exchanges(&sim);
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[1]["cursor"], "3");
+    }
+
+    #[test]
+    fn worker_tallies_are_reported_and_a_failure_keeps_them_and_logs_once() {
+        let mut sim = fleet_sim();
+        let tally = crate::limit::fleet::Tally::default();
+        let check = crate::limit::Check {
+            limit: "plan:free",
+            caller: "u:a",
+            rate: crate::limit::Rate {
+                requests: 60,
+                period_nanos: 60_000_000_000,
+                burst: 60,
+            },
+            kind: crate::limit::CallerKind::Identified,
+        };
+        tally.record(&check);
+        tally.record(&check);
+        let actions = sim.schedule.on_fleet_batch(&tally.take_batch().unwrap());
+        sim.perform(actions);
+        sim.tick();
+        assert_eq!(exchanges(&sim)[0]["used"][0]["n"], 2);
+        sim.answer_last("503", b"");
+        assert_eq!(sim.counter(Metric::FleetExchangeFailures), 1);
+        assert!(
+            sim.last_log()
+                .1
+                .contains("fleet: exchange failed (status 503)")
+        );
+        let logged = sim.logs().len();
+        sim.ticks(1);
+        assert_eq!(
+            sim.polls().len(),
+            1,
+            "a failed first exchange releases the poll"
+        );
+        sim.ticks(2);
+        let sent = exchanges(&sim);
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[1]["used"][0]["n"], 2, "sent again");
+        sim.answer_last("", b"");
+        assert_eq!(sim.counter(Metric::FleetExchangeFailures), 2);
+        assert!(
+            sim.logs()[logged..]
+                .iter()
+                .all(|(_, l)| !l.starts_with("fleet:")),
+            "still failing: not logged again"
+        );
+        let actions = sim.schedule.on_fleet_batch(b"junk");
+        sim.perform(actions);
+        assert!(sim.last_log().1.contains("unreadable"));
     }
 
     fn refusals(from: u64, n: u64) -> Vec<u8> {

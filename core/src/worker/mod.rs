@@ -23,6 +23,8 @@ pub struct Caches {
     pub key_records: KeyRecords,
     /// Callers' limiter slots ([`Places`]).
     pub places: Places,
+    /// Fleet-scoped admissions not yet handed to the sync ([`crate::limit::fleet`]).
+    pub fleet: crate::limit::fleet::Tally,
 }
 
 /// Presented API keys already checked and hashed ([`Caches::presented_keys`]): the

@@ -3,7 +3,7 @@
 
 use super::auth::parse_duration_secs;
 use super::{Decoder, join};
-use crate::limit::{OnContention, Rate};
+use crate::limit::{OnContention, Rate, Scope};
 use crate::policy::tree::{Node, Value};
 use crate::policy::{Plan, RateLimitPolicy};
 
@@ -14,6 +14,25 @@ use crate::route::RouteLimit;
 pub const DEFAULT_SLOTS: u32 = 65_536;
 
 const MINUTE_NANOS: u64 = 60_000_000_000;
+
+/// `rate_limit.sync_interval`: its default and bounds, in ms.
+pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 250;
+const MIN_SYNC_INTERVAL_MS: u64 = 100;
+const MAX_SYNC_INTERVAL_MS: u64 = 10_000;
+
+/// `250ms` or `2s` in milliseconds.
+fn parse_millis(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, scale) = if let Some(d) = s.strip_suffix("ms") {
+        (d, 1)
+    } else {
+        (s.strip_suffix('s')?, 1000)
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(scale)
+}
 
 fn anonymous_default(plans: &[Plan]) -> Rate {
     plans.iter().find(|p| p.name == "free").map_or(
@@ -38,6 +57,42 @@ impl Decoder {
             ipv6_prefix: 64,
             on_contention: OnContention::Refuse,
             headers_on_allowed: false,
+            scope: Scope::Local,
+            sync_interval_ms: DEFAULT_SYNC_INTERVAL_MS,
+        }
+    }
+
+    fn scope(&mut self, node: &Node, path: &str) -> Option<Scope> {
+        match self.string(node, path)? {
+            "local" => Some(Scope::Local),
+            "fleet" => Some(Scope::Fleet),
+            other => {
+                self.error(
+                    path,
+                    node.pos,
+                    format!("unknown '{other}'; expected one of [local, fleet]"),
+                );
+                None
+            }
+        }
+    }
+
+    /// `250ms`, `1s` or `2s`: from 100 ms to 10 s.
+    fn sync_interval(&mut self, node: &Node, path: &str) -> Option<u64> {
+        let ms = match &node.value {
+            Value::Str(s) => parse_millis(s),
+            _ => None,
+        };
+        match ms {
+            Some(ms) if (MIN_SYNC_INTERVAL_MS..=MAX_SYNC_INTERVAL_MS).contains(&ms) => Some(ms),
+            _ => {
+                self.error(
+                    path,
+                    node.pos,
+                    "expected a duration such as 250ms or 1s, from 100ms to 10s",
+                );
+                None
+            }
         }
     }
 
@@ -82,6 +137,8 @@ impl Decoder {
                 "ipv6_prefix",
                 "on_contention",
                 "headers_on_allowed",
+                "scope",
+                "sync_interval",
             ],
         )?;
         let mut out = self.rate_limit_defaults(plans);
@@ -182,6 +239,18 @@ impl Decoder {
                 None => ok = false,
             }
         }
+        if let Some(n) = f.get("scope") {
+            match self.scope(n, &join(path, "scope")) {
+                Some(s) => out.scope = s,
+                None => ok = false,
+            }
+        }
+        if let Some(n) = f.get("sync_interval") {
+            match self.sync_interval(n, &join(path, "sync_interval")) {
+                Some(ms) => out.sync_interval_ms = ms,
+                None => ok = false,
+            }
+        }
         ok.then_some(out)
     }
 
@@ -191,7 +260,8 @@ impl Decoder {
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
             let p = format!("{path}[{i}]");
-            let Some(f) = self.object(item, &p, &["requests", "per", "by", "burst"]) else {
+            let Some(f) = self.object(item, &p, &["requests", "per", "by", "burst", "scope"])
+            else {
                 ok = false;
                 continue;
             };
@@ -224,15 +294,22 @@ impl Decoder {
                 None => requests,
                 Some(n) => self.count(n, &join(&p, "burst")),
             };
-            match (requests, per, by, burst) {
-                (Some(requests), Some(per), Some(by), Some(burst)) => out.push(RouteLimit {
-                    rate: Rate {
-                        requests,
-                        period_nanos: per.saturating_mul(1_000_000_000),
-                        burst,
-                    },
-                    by,
-                }),
+            let scope = match f.get("scope") {
+                None => Some(None),
+                Some(n) => self.scope(n, &join(&p, "scope")).map(Some),
+            };
+            match (requests, per, by, burst, scope) {
+                (Some(requests), Some(per), Some(by), Some(burst), Some(scope)) => {
+                    out.push(RouteLimit {
+                        rate: Rate {
+                            requests,
+                            period_nanos: per.saturating_mul(1_000_000_000),
+                            burst,
+                        },
+                        by,
+                        scope,
+                    })
+                }
                 _ => ok = false,
             }
         }
