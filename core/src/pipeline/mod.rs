@@ -402,9 +402,14 @@ fn limit(
         .collect();
     let outcome = limit::check_all_with(store, &rl.table(), &checks, now, &caches.places);
     if outcome.result.is_ok() {
-        for (check, (.., fleet)) in checks.iter().zip(&limits) {
+        // Reported at the whole rate, which the fleet's state counts in, even when this
+        // Envoy decided on its share.
+        for (check, (.., rate, fleet)) in checks.iter().zip(&limits) {
             if *fleet {
-                caches.fleet.record(check);
+                caches.fleet.record(&Check {
+                    rate: *rate,
+                    ..check.clone()
+                });
             }
         }
     }
@@ -1555,7 +1560,13 @@ routes:
             ok_at: now - 5_000_000_000,
             proxies: 3,
         };
-        assert_eq!(admitted(Some(stale)).0, 20, "a third: three proxies");
+        let (n, used) = admitted(Some(stale));
+        assert_eq!(n, 20, "a third: three proxies");
+        assert_eq!(
+            used.unwrap()[0].rate.requests,
+            60,
+            "reported at the whole rate"
+        );
         assert_eq!(
             admitted(None).0,
             60,
