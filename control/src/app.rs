@@ -4,9 +4,12 @@
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{ApiError, ErrorInfo, code_for_status};
+use crate::fleet::Fleet;
 use crate::store::{ChangeCtx, Store};
 use crate::token_limit::{Client, FailureLimit};
-use crate::{audit, authz, dashboard, events, feed, health, import, keys, revocations, stats};
+use crate::{
+    audit, authz, dashboard, events, feed, fleet, health, import, keys, revocations, stats,
+};
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -27,7 +30,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 const EVENTS_PATH: &str = "/v1/events";
 
 /// A body declared larger than the route's limit ([`BODY_LIMIT`], [`events::BODY_LIMIT`]
-/// on [`EVENTS_PATH`], [`import::BODY_LIMIT`] on [`import::PATH`]). Checked for every
+/// on [`EVENTS_PATH`], [`import::BODY_LIMIT`] on [`import::PATH`], [`fleet::BODY_LIMIT`]
+/// on [`fleet::PATH`]). Checked for every
 /// route before any handler runs: the extractors' limit only covers the bodies a handler
 /// reads, and a huge body on a route that reads none would otherwise be answered 200.
 /// (The import reads its body as a stream, and holds it to its limit as it reads.)
@@ -35,6 +39,7 @@ fn declared_too_large(req: &Request) -> bool {
     let limit = match req.uri().path() {
         EVENTS_PATH => events::BODY_LIMIT,
         import::PATH => import::BODY_LIMIT,
+        fleet::PATH => fleet::BODY_LIMIT,
         _ => BODY_LIMIT,
     };
     req.headers()
@@ -59,6 +64,8 @@ pub struct AppState {
     pub counters: Arc<crate::stats::Counters>,
     /// Failed bearer-token attempts per client (`token_limit.rs`).
     pub token_limit: Arc<FailureLimit>,
+    /// Fleet-wide limits (`fleet.rs`): the Redis connection, if one is set, and its counts.
+    pub fleet: Arc<Fleet>,
 }
 
 impl AppState {
@@ -70,6 +77,7 @@ impl AppState {
         let version = store.version().await?;
         Ok(AppState {
             store,
+            fleet: Arc::new(Fleet::new(config.redis_url.as_ref(), &config.fleet)),
             openapi: health::openapi_document(&config).into(),
             counters: Arc::new(crate::stats::Counters::new(clock.now_secs())),
             token_limit: Arc::new(FailureLimit::new(
@@ -161,6 +169,11 @@ pub fn router(state: AppState) -> Router {
     let feed = Router::new()
         .route("/v1/cache", get(feed::cache))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_feed));
+    // Fleet-wide limits: the proxies' sync, with the feed token only.
+    let limits = Router::new()
+        .route(fleet::PATH, post(fleet::exchange))
+        .layer(DefaultBodyLimit::max(fleet::BODY_LIMIT))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_feed));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -172,6 +185,7 @@ pub fn router(state: AppState) -> Router {
         .merge(feed)
         .merge(authz::router(&state))
         .merge(reports)
+        .merge(limits)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(
             state.clone(),

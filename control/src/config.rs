@@ -30,7 +30,8 @@ pub const USAGE: &str =
     "gatehouse-control serve [--listen ADDR] [--database-url URL] [--policy FILE]
   environment:
     GATEHOUSE_ADMIN_TOKEN        required: bearer token of the admin API
-    GATEHOUSE_FEED_TOKEN         required: bearer token of GET /v1/cache and POST /v1/events
+    GATEHOUSE_FEED_TOKEN         required: bearer token of GET /v1/cache, POST /v1/events
+                                 and POST /v1/limits/exchange
                                  Each at least 32 random characters (128 bits): make one
                                  with `gatehouse-control new-token` (or
                                  `openssl rand -base64 32`)
@@ -59,7 +60,12 @@ pub const USAGE: &str =
     GATEHOUSE_EVENT_RETENTION    defaults to 30d (refusals, request counts and proxies
                                  reported by POST /v1/events are purged after it)
     GATEHOUSE_FEED_PAGE_SIZE     records (keys, user and jti revocations) in one answer of
-                                 GET /v1/cache, 100 to 50000. Defaults to 10000";
+                                 GET /v1/cache, 100 to 50000. Defaults to 10000
+    GATEHOUSE_REDIS_URL          the Redis that keeps fleet-wide rate limits
+                                 (POST /v1/limits/exchange, control/FLEET.md):
+                                 redis://[:PASSWORD@]HOST:PORT/DB or
+                                 redis+unix:///PATH (no TLS). Defaults to none: the exchange answers
+                                 503 FLEET_UNAVAILABLE, and nothing else needs Redis";
 
 /// Records in one feed answer unless set (control/FEED.md).
 pub const DEFAULT_FEED_PAGE_SIZE: u32 = 10_000;
@@ -196,6 +202,31 @@ impl std::fmt::Debug for DatabaseUrl {
     }
 }
 
+/// The Redis of fleet-wide limits. It may hold a password, so it is never shown:
+/// `Debug` prints it redacted, and nothing displays it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// Checked as the Redis client reads it; the error never quotes the URL.
+    pub fn new(url: impl Into<String>) -> Result<RedisUrl, String> {
+        let url = url.into();
+        crate::fleet::RedisFleet::new(&url, crate::fleet::Tuning::default())?;
+        Ok(RedisUrl(url))
+    }
+
+    /// The URL with its password, for connecting and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisUrl(<redacted>)")
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -229,6 +260,11 @@ pub struct Config {
     /// Records (keys, user and jti revocations together) in one answer of the feed
     /// (control/FEED.md). Defaults to [`DEFAULT_FEED_PAGE_SIZE`].
     pub feed_page_size: u32,
+    /// The Redis of fleet-wide limits (`fleet.rs`). Defaults to none: the exchange answers
+    /// 503.
+    pub redis_url: Option<RedisUrl>,
+    /// The exchange's inner workings (page size, proxy window); not a setting.
+    pub fleet: crate::fleet::Tuning,
 }
 
 impl Config {
@@ -249,6 +285,8 @@ impl Config {
             plans: Plans::default(),
             token_failures_per_minute: crate::token_limit::DEFAULT_LIMIT,
             feed_page_size: DEFAULT_FEED_PAGE_SIZE,
+            redis_url: None,
+            fleet: crate::fleet::Tuning::default(),
         }
     }
 
@@ -402,6 +440,12 @@ impl Config {
                         "{name} must be a duration like 90s, 15m, 24h or 7d, got {v:?}"
                     )),
                 }
+            }
+        }
+        if let Some(u) = env("GATEHOUSE_REDIS_URL").filter(|u| !u.is_empty()) {
+            match RedisUrl::new(u) {
+                Ok(u) => config.redis_url = Some(u),
+                Err(problem) => problems.push(problem),
             }
         }
         if problems.is_empty() {
@@ -754,6 +798,31 @@ mod tests {
         env.push(("GATEHOUSE_MAX_JWT_LIFETIME", "forever"));
         let err = parse(&env, &[]).unwrap_err();
         assert!(err.contains("or unbounded, got \"forever\""), "{err}");
+    }
+
+    #[test]
+    fn the_redis_url_is_optional_checked_and_never_shown() {
+        assert_eq!(parse(&TOKENS, &[]).unwrap().redis_url, None);
+        for url in [
+            "redis://127.0.0.1:6379/0",
+            "redis://:hunter2@redis:6379/0",
+            "redis+unix:///run/redis.sock",
+        ] {
+            let mut env = TOKENS.to_vec();
+            env.push(("GATEHOUSE_REDIS_URL", url));
+            let c = parse(&env, &[]).unwrap();
+            assert_eq!(c.redis_url.as_ref().unwrap().expose(), url);
+            assert!(!format!("{c:?}").contains("hunter2"));
+        }
+        let mut env = TOKENS.to_vec();
+        env.push(("GATEHOUSE_REDIS_URL", "http://user:hunter2@redis/"));
+        let err = parse(&env, &[]).unwrap_err();
+        assert!(
+            err.contains("GATEHOUSE_REDIS_URL must be a redis://"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(USAGE.contains("GATEHOUSE_REDIS_URL"));
     }
 
     #[test]

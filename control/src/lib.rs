@@ -12,6 +12,9 @@
 //!   second key);
 //! - `events.rs`: what the proxies report (`POST /v1/events`: refusals, key uses, request
 //!   counts, their cache version); `stats.rs`: the counts and versions (`GET /v1/stats`);
+//! - `fleet.rs` (and `fleet/`): fleet-wide rate limits (`POST /v1/limits/exchange`,
+//!   contract in `control/FLEET.md`): each proxy's consumption exchanged for the fleet's
+//!   through Redis, when `GATEHOUSE_REDIS_URL` is set;
 //! - `dashboard.rs`: the admin page at `/` (its HTML, script and style in `dashboard/`);
 //! - `authz.rs` (and `authz/`): what Envoy's `ext_authz` asks (`ANY /v1/authz/{*rest}`):
 //!   the plugin's own decision when `serve --policy` gives the policy, the key alone when not;
@@ -40,6 +43,7 @@ pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod feed;
+pub mod fleet;
 pub mod follow;
 pub mod health;
 pub mod idempotency;

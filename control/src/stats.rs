@@ -1,7 +1,7 @@
 //! `GET /v1/stats`: per-plan request counts over the last 24 hours (from the per-minute
 //! buckets the proxies' reports fill), the feed's version and epoch, the cache version
 //! each proxy last said it had applied and how far behind that is, and this replica's own
-//! [`Counters`]. What the dashboard shows.
+//! [`Counters`] and its fleet-limit counts (`fleet.rs`). What the dashboard shows.
 //!
 //! A proxy *lags* when a change older than [`LAG_SECS`] has not reached it: the version
 //! it last reported is below the feed's version of [`LAG_SECS`] ago (from the audit log),
@@ -103,6 +103,8 @@ pub struct StatsView {
     /// How many of `proxies` lag.
     lagging: usize,
     counters: CountersView,
+    /// Fleet-wide limits, as this replica counted them (`fleet.rs`).
+    fleet: crate::fleet::FleetView,
 }
 
 fn rfc3339(secs: i64) -> String {
@@ -153,5 +155,6 @@ pub async fn get(State(s): State<AppState>) -> Result<Json<StatsView>, ApiError>
             unpaged_snapshots_refused: s.counters.unpaged_snapshots_refused.load(Ordering::Relaxed),
             oversized_answers: s.counters.oversized_answers.load(Ordering::Relaxed),
         },
+        fleet: s.fleet.view(),
     }))
 }
