@@ -40,7 +40,7 @@ FUZZ_SECONDS ?= 60
 export GATEHOUSE_ENVOY := $(CURDIR)/$(VENV)/bin/envoy
 export GATEHOUSE_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: test run lint wasm probe envoy fuzz cxx postgres chromium toolchain clean
+.PHONY: test run lint wasm probe envoy fuzz cxx postgres redis chromium toolchain clean
 
 toolchain:
 	rustup target add $(WASM_TARGET)
@@ -83,7 +83,7 @@ lint: toolchain
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p gatehouse --lib --target $(WASM_TARGET) -- -D warnings
 
-test: lint wasm probe envoy cxx postgres chromium
+test: lint wasm probe envoy cxx postgres redis chromium
 	$(CARGO) test --workspace --no-fail-fast
 	GATEHOUSE_TEST_DATABASE=postgres $(CARGO) test -p gatehouse-control --no-fail-fast
 	$(CARGO) run -q -p gatehouse-harness -- run $(CASES)
@@ -103,6 +103,13 @@ cxx:
 postgres:
 	@compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+# The fleet-limit tests (control/tests/fleet.rs) start a throwaway redis-server of their
+# own on a unix socket (control/tests/common/redis_server.rs): Debian's package, installed
+# when the machine has none.
+redis:
+	@command -v redis-server >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
 # The dashboard's end-to-end test (control/tests/dashboard.rs) loads the page in headless
 # Chromium: Debian's package, installed when the machine has none (the test fails without

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tower::ServiceExt;
 
 pub mod pg_cluster;
+pub mod redis_server;
 
 /// Fixture tokens, as strong as `serve` requires (`config::token_problem`).
 pub const ADMIN: &str = "admin-token-for-tests-3f9a1c7e5b20d846";
