@@ -398,6 +398,7 @@ async fn openapi_lists_exactly_the_routes_and_describes_their_answers() {
         "POST /v1/keys/import",
         "POST /v1/keys/verify",
         "POST /v1/keys/{id}/rotate",
+        "POST /v1/limits/exchange",
         "POST /v1/tokens/revoke",
         "POST /v1/users/{id}/revoke-tokens",
         "PUT /v1/authz/{rest}",
@@ -476,6 +477,20 @@ async fn openapi_lists_exactly_the_routes_and_describes_their_answers() {
     let (st, b) = send(&s.app, create("doc 2", "d")).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     check("/v1/keys", "post", st, &b);
+    // Fleet-wide limits without Redis: 503 FLEET_UNAVAILABLE, documented (the 200 is
+    // checked against Redis in tests/fleet.rs).
+    let (st, b) = send(
+        &s.app,
+        common::request(
+            Method::POST,
+            "/v1/limits/exchange",
+            Some(common::FEED),
+            Some(&json!({"proxy": "envoy-a"})),
+        ),
+    )
+    .await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+    check("/v1/limits/exchange", "post", st, &b);
     let id = k["id"].as_str().unwrap();
     let (st, b) = s.admin(Method::GET, "/v1/keys?user=user_1", None).await;
     check("/v1/keys", "get", st, &b);
