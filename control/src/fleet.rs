@@ -309,14 +309,36 @@ pub struct FleetView {
     pub proxies: u64,
 }
 
-/// When failures were last logged, and how many since.
-#[derive(Debug, Default)]
+/// When failures were last logged, and how many since: decides which failures are
+/// written to the log (see the module doc).
+#[derive(Debug, Default, PartialEq, Eq)]
 struct Outage {
     /// Failures since Redis last answered; 0 when it does.
     failures: u64,
     /// Failures not yet written to the log.
     unlogged: u64,
     last_logged: i64,
+}
+
+impl Outage {
+    /// Counts a failure at `now` (Unix seconds); `Some(failures since the last line)` when
+    /// a line is due: the first failure, then one every [`LOG_EVERY_SECS`] at most.
+    fn failed(&mut self, now: i64) -> Option<u64> {
+        self.failures += 1;
+        self.unlogged += 1;
+        if self.failures > 1 && now.saturating_sub(self.last_logged) < LOG_EVERY_SECS {
+            return None;
+        }
+        self.last_logged = now;
+        Some(std::mem::take(&mut self.unlogged))
+    }
+
+    /// Redis answered: `Some(failures of the outage)` if one just ended.
+    fn answered(&mut self) -> Option<u64> {
+        let failures = self.failures;
+        *self = Outage::default();
+        (failures > 0).then_some(failures)
+    }
 }
 
 /// The replica's side of the fleet: the Redis backend if one is set, and its counts.
@@ -372,29 +394,18 @@ impl Fleet {
     }
 
     fn answered(&self) {
-        let Ok(mut o) = self.outage.lock() else {
-            return;
-        };
-        if o.failures > 0 {
-            tracing::info!(failures = o.failures, "fleet limits: redis answers again");
-            *o = Outage::default();
+        if let Some(failures) = self.outage.lock().ok().and_then(|mut o| o.answered()) {
+            tracing::info!(failures, "fleet limits: redis answers again");
         }
     }
 
     fn failed(&self, e: &FleetError, now: i64) {
-        let Ok(mut o) = self.outage.lock() else {
-            return;
-        };
-        o.failures += 1;
-        o.unlogged += 1;
-        if o.failures == 1 || now.saturating_sub(o.last_logged) >= LOG_EVERY_SECS {
+        if let Some(failures) = self.outage.lock().ok().and_then(|mut o| o.failed(now)) {
             tracing::warn!(
                 error = %e,
-                failures = o.unlogged,
+                failures,
                 "fleet limits: exchanges answered 503 FLEET_UNAVAILABLE"
             );
-            o.unlogged = 0;
-            o.last_logged = now;
         }
     }
 }
@@ -551,6 +562,23 @@ mod tests {
         assert_ne!(m.encode(), other.encode());
         assert_eq!(Member::decode(r#"["x","a","b"]"#), None);
         assert_eq!(Member::decode("garbage"), None);
+    }
+
+    #[test]
+    fn an_outage_is_logged_when_it_starts_then_every_30_s_then_when_it_ends() {
+        let mut o = Outage::default();
+        assert_eq!(o.answered(), None);
+        assert_eq!(o.failed(100), Some(1));
+        // A proxy fleet's failures within the next 30 s: no line.
+        for now in 100..130 {
+            assert_eq!(o.failed(now), None);
+        }
+        assert_eq!(o.failed(130), Some(31));
+        assert_eq!(o.failed(131), None);
+        assert_eq!(o.answered(), Some(33));
+        assert_eq!(o, Outage::default());
+        // The next outage's first failure is logged at once.
+        assert_eq!(o.failed(140), Some(1));
     }
 
     #[test]

@@ -384,6 +384,116 @@ async fn two_replicas_on_one_redis_agree() {
     assert_eq!(a["proxies"], 2);
 }
 
+/// One HTTP/1.1 request to a real `serve`; returns (status, body).
+fn http(port: u16, token: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "POST {PATH} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\
+         authorization: Bearer {token}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.get(9..12).unwrap().parse().unwrap();
+    let body = out.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
+}
+
+/// A `serve` process, killed on drop (a failed assertion too).
+struct Serving(std::process::Child);
+
+impl Serving {
+    /// Kills it and returns what it logged.
+    fn stop(&mut self) -> String {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let mut logs = String::new();
+        if let Some(mut e) = self.0.stderr.take() {
+            std::io::Read::read_to_string(&mut e, &mut logs).unwrap();
+        }
+        logs
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real process: a Redis that takes a password, lost and back, logged once each way
+/// and never with its URL or password.
+#[test]
+fn serve_logs_an_outage_once_each_way_and_never_the_password() {
+    const PASSWORD: &str = "redis-pw-never-logged-5c1e9a";
+    let mut redis = RedisServer::with_password(PASSWORD);
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse-control"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", dir.path().join("c.db").display()))
+        .env("GATEHOUSE_ADMIN_TOKEN", ADMIN)
+        .env("GATEHOUSE_FEED_TOKEN", FEED)
+        .env("GATEHOUSE_REDIS_URL", redis.url())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = Serving(child);
+    // 400 tries 50 ms apart: some 20 s.
+    let mut tries = 0;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        tries += 1;
+        assert!(tries < 400, "the server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let body = json!({"proxy": "a", "used": [used("user_1", 1)]}).to_string();
+    let (status, answer) = http(port, FEED, &body);
+    assert_eq!(status, 200, "{answer}\n{}", server.stop());
+    redis.kill();
+    for _ in 0..5 {
+        let (status, answer) = http(port, FEED, &body);
+        assert_eq!(status, 503, "{answer}");
+        assert!(answer.contains("redis unreachable"), "{answer}");
+    }
+    redis.restart();
+    assert_eq!(http(port, FEED, &body).0, 200);
+
+    let logs = server.stop();
+    assert!(!logs.contains(PASSWORD), "the password in the logs: {logs}");
+    assert!(
+        !logs.contains(&redis.socket().display().to_string()),
+        "{logs}"
+    );
+    let lines: Vec<Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let said = |message: &str| -> Vec<&Value> {
+        lines
+            .iter()
+            .filter(|l| l["fields"]["message"] == message)
+            .collect()
+    };
+    let down = said("fleet limits: exchanges answered 503 FLEET_UNAVAILABLE");
+    assert_eq!(down.len(), 1, "{logs}");
+    assert_eq!(down[0]["level"], "WARN");
+    let back = said("fleet limits: redis answers again");
+    assert_eq!(back.len(), 1, "{logs}");
+    assert_eq!(back[0]["fields"]["failures"], 5);
+}
+
 /// The Redis memory one live (limit, caller) costs: 100,000 members, `INFO memory`
 /// before and after (control/FLEET.md, "Memory"). `cargo test -p gatehouse-control
 /// --test fleet -- --ignored --nocapture`.

@@ -223,12 +223,10 @@ fn micros(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// No connection or no answer, as opposed to an answer that is an error (a wrong
+/// password, a script error, Redis out of memory), which the log tells apart.
 fn is_unreachable(e: &RedisError) -> bool {
-    e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_unrecoverable_error()
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
 /// The error for the log: its kind and Redis's message, which hold neither the URL nor

@@ -15,6 +15,8 @@ const INSTALL_HINT: &str = "the fleet tests need Redis's server: install it with
 pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// `--requirepass`, if set.
+    password: Option<String>,
 }
 
 fn binary() -> PathBuf {
@@ -30,23 +32,38 @@ fn binary() -> PathBuf {
         .unwrap_or_else(|| panic!("redis-server not found: {INSTALL_HINT}"))
 }
 
-/// Whether a Redis answers `PING` on `socket`.
-fn pong(socket: &Path) -> bool {
+/// Whether a Redis answers `PING` on `socket` (`+PONG`, or `-NOAUTH` with a password).
+fn answers(socket: &Path) -> bool {
     let Ok(mut s) = UnixStream::connect(socket) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    let mut buf = [0u8; 7];
-    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    let mut first = [0u8; 1];
+    s.write_all(b"PING\r\n").is_ok()
+        && s.read_exact(&mut first).is_ok()
+        && b"+-".contains(&first[0])
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with(None)
+    }
+
+    /// A server that takes commands only after `AUTH password`.
+    pub fn with_password(password: &str) -> RedisServer {
+        RedisServer::start_with(Some(password.to_string()))
+    }
+
+    fn start_with(password: Option<String>) -> RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("gatehouse-redis-")
             .tempdir()
             .unwrap();
-        let mut server = RedisServer { dir, child: None };
+        let mut server = RedisServer {
+            dir,
+            child: None,
+            password,
+        };
         server.restart();
         server
     }
@@ -55,9 +72,13 @@ impl RedisServer {
         self.dir.path().join("redis.sock")
     }
 
-    /// What `GATEHOUSE_REDIS_URL` is set to.
+    /// What `GATEHOUSE_REDIS_URL` is set to (with the password, if there is one).
     pub fn url(&self) -> String {
-        format!("redis+unix://{}", self.socket().display())
+        let url = format!("redis+unix://{}", self.socket().display());
+        match &self.password {
+            Some(p) => format!("{url}?pass={p}"),
+            None => url,
+        }
     }
 
     /// A client of its own, for looking at what the service stored.
@@ -71,7 +92,8 @@ impl RedisServer {
     /// Starts the server (again, after [`RedisServer::kill`]), empty, on the same socket.
     pub fn restart(&mut self) {
         self.kill();
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .args(["--port", "0", "--unixsocket"])
             .arg(self.socket())
             .args([
@@ -81,7 +103,11 @@ impl RedisServer {
                 "",
                 "--appendonly",
                 "no",
-            ])
+            ]);
+        if let Some(p) = &self.password {
+            command.args(["--requirepass", p]);
+        }
+        let child = command
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
@@ -94,7 +120,7 @@ impl RedisServer {
         self.child = Some(child);
         // 500 tries 20 ms apart: some 10 s.
         let mut tries = 0;
-        while !pong(&self.socket()) {
+        while !answers(&self.socket()) {
             tries += 1;
             assert!(
                 tries < 500,
