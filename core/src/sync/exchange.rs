@@ -16,6 +16,9 @@ pub const MAX_PENDING: usize = 100_000;
 /// Members reported per exchange, at most (the control service's bound); the rest go
 /// with the next one, which is sent at once.
 pub const MAX_USED_PER_EXCHANGE: usize = 10_000;
+/// The largest exchange body sent: under the control service's 4 MiB limit whatever the
+/// names hold (control/FLEET.md).
+pub const MAX_BODY_BYTES: usize = 3 << 20;
 /// An answer larger than this is refused unread.
 pub const MAX_ANSWER_BYTES: usize = 8 << 20;
 /// How long an exchange may take before Envoy gives up on it.
@@ -131,10 +134,17 @@ impl Exchange {
         {
             return None;
         }
+        // At most MAX_USED_PER_EXCHANGE entries and MAX_BODY_BYTES of JSON (names are
+        // escaped at most six bytes per byte, with ~110 bytes of fields around them).
+        let mut bytes = 0usize;
         let keys: Vec<Member> = self
             .pending
             .keys()
             .take(MAX_USED_PER_EXCHANGE)
+            .take_while(|m| {
+                bytes = bytes.saturating_add(6 * (m.limit.len() + m.caller.len()) + 110);
+                bytes <= MAX_BODY_BYTES
+            })
             .cloned()
             .collect();
         let used: Vec<Used> = keys.iter().filter_map(|k| self.pending.remove(k)).collect();
@@ -486,10 +496,40 @@ mod tests {
         }
         let first = x.due(T0).unwrap();
         assert_eq!(used_of(&first).len(), MAX_USED_PER_EXCHANGE);
+        assert!(first.len() < MAX_BODY_BYTES);
         x.sent(1);
         let store = MemoryStore::default();
         x.answered(&store, T0, b"200", 0, |_| ok_answer("1", false, json!([])));
         assert_eq!(used_of(&x.due(T0 + MS).unwrap()).len(), 10);
+    }
+
+    #[test]
+    fn long_names_go_out_in_bodies_under_the_servers_limit() {
+        let mut x = Exchange::new(table(), 250, None, T0);
+        let name = "\u{1}".repeat(fleet::MAX_NAME_LEN);
+        for i in 0..5_000 {
+            x.add(Used {
+                member: Member {
+                    kind: Kind::Identified,
+                    limit: format!("{i:0>256}"),
+                    caller: name.clone(),
+                },
+                n: 1,
+                rate: rate(),
+            });
+        }
+        let store = MemoryStore::default();
+        let mut sent = 0;
+        for round in 0..10 {
+            let Some(body) = x.due(T0 + round * SEC) else {
+                break;
+            };
+            assert!(body.len() <= 4 << 20, "{} bytes", body.len());
+            sent += used_of(&body).len();
+            x.sent(1);
+            x.answered(&store, T0, b"200", 0, |_| ok_answer("1", false, json!([])));
+        }
+        assert_eq!(sent, 5_000);
     }
 
     #[test]
