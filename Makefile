@@ -153,6 +153,15 @@ bench-feed: wasm envoy postgres
 	$(CARGO) build -q --release -p gatehouse-control
 	$(PYTHON) benches/feed_scale.py $(FEED_SCALE_ARGS)
 
+# Fleet-wide limits' accuracy (results in benches/README.md, "Fleet-wide limits"): three
+# Envoys, the control service and a redis-server; callers at several rates, spread and
+# concentrated, against one exact limiter. About a minute.
+.PHONY: bench-fleet
+bench-fleet: wasm envoy redis
+	$(CARGO) build -q -p gatehouse-control
+	$(CARGO) test -q -p gatehouse-harness --test fleet_limits_envoy_e2e -- \
+	  --include-ignored --nocapture --test-threads 1
+
 run: wasm envoy
 	$(CARGO) build -q -p gatehouse-harness -p gatehouse-control
 	exec envoy/run.sh

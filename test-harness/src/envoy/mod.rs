@@ -23,6 +23,7 @@ pub mod control;
 pub mod echo;
 pub mod ext_authz;
 pub mod http1;
+pub mod redis;
 
 use anyhow::{Context, anyhow, bail};
 use config::Bootstrap;
@@ -132,7 +133,7 @@ pub struct Envoy {
 }
 
 /// A new, empty `gatehouse-<kind>-<pid>-<n>` directory under the system's temp dir.
-fn scratch_dir(kind: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn scratch_dir(kind: &str) -> anyhow::Result<PathBuf> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let dir = std::env::temp_dir().join(format!("gatehouse-{kind}-{}-{n}", std::process::id()));
