@@ -15,6 +15,8 @@
 #                       (default gatehouse-local)
 #   GATEHOUSE_CONTROL_LISTEN  the control API   (default 127.0.0.1:8081)
 #   GATEHOUSE_CONTROL_DB      its SQLite file   (default .run/control.db; kept across runs)
+#   GATEHOUSE_REDIS_URL       the fleet's counters, for a policy with `scope: fleet`
+#                             (default: a redis-server of its own on .run/redis.sock)
 #   GATEHOUSE_ADMIN_TOKEN     the control API's bearer token (default: generated and
 #                       printed, new on every start)
 #   GATEHOUSE_FEED_TOKEN      the token the sync reads the feed with (default: generated;
@@ -130,20 +132,35 @@ wait_ready() {
   exit 1
 }
 
-# The control service first: Envoy's sync polls it from the start. It runs with Envoy's
-# policy: keys are issued on its plans only, revocations last as long as its tokens, and
-# /v1/authz decides as the module does.
+"$HARNESS" envoy-config --policy "$POLICY" --listen "$LISTEN" --admin "$ADMIN" \
+  --upstream "$UPSTREAM" --control "$CONTROL_LISTEN" >"$RUN_DIR/envoy.yaml"
+# The sync service is rendered only for a policy with a `feed` section.
+if grep -q '"root_id":"gatehouse_sync"' "$RUN_DIR/envoy.yaml"; then fed=1; else fed=; fi
+
+# Fleet-scoped limits (`scope: fleet` in the policy, which the rendered plugin
+# configuration holds as JSON) keep the fleet's counters in Redis: a redis-server of our
+# own on a unix socket under .run, unless GATEHOUSE_REDIS_URL names one.
+if grep -q '\\"scope\\":\\"fleet\\"' "$RUN_DIR/envoy.yaml" && [[ -z ${GATEHOUSE_REDIS_URL:-} ]]; then
+  # Debian's package, installed when missing (as `make test` does).
+  command -v redis-server >/dev/null || make -s redis
+  rm -f "$RUN_DIR/redis.sock"
+  redis-server --port 0 --unixsocket "$PWD/$RUN_DIR/redis.sock" --unixsocketperm 700 \
+    --save '' --appendonly no --dir "$RUN_DIR" >"$RUN_DIR/redis.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do [[ -S $RUN_DIR/redis.sock ]] && break; sleep 0.05; done
+  export GATEHOUSE_REDIS_URL="redis+unix://$PWD/$RUN_DIR/redis.sock"
+  echo "run.sh: fleet-scoped limits: Redis on $RUN_DIR/redis.sock (log $RUN_DIR/redis.log)" >&2
+fi
+
+# The control service before Envoy: Envoy's sync polls it from the start. It runs with
+# Envoy's policy: keys are issued on its plans only, revocations last as long as its
+# tokens, and /v1/authz decides as the module does.
 GATEHOUSE_CONTROL_LISTEN=$CONTROL_LISTEN GATEHOUSE_DATABASE_URL="sqlite://$CONTROL_DB" \
   "$CONTROL" serve --policy "$POLICY" 2>"$RUN_DIR/control.log" &
 control_pid=$!
 pids+=("$control_pid")
 wait_ready "the control service (on $CONTROL_LISTEN; set GATEHOUSE_CONTROL_LISTEN to move it)" \
   "$CONTROL_LISTEN/readyz" "$control_pid" "$RUN_DIR/control.log"
-
-"$HARNESS" envoy-config --policy "$POLICY" --listen "$LISTEN" --admin "$ADMIN" \
-  --upstream "$UPSTREAM" --control "$CONTROL_LISTEN" >"$RUN_DIR/envoy.yaml"
-# The sync service is rendered only for a policy with a `feed` section.
-if grep -q '"root_id":"gatehouse_sync"' "$RUN_DIR/envoy.yaml"; then fed=1; else fed=; fi
 
 "$HARNESS" echo-upstream --listen "$UPSTREAM" 2>"$RUN_DIR/upstream.log" &
 pids+=($!)
