@@ -44,6 +44,9 @@ pub const MAX_N: i64 = 1_000_000_000_000;
 /// The longest `period_ms`: a year. Keeps every time the script computes (µs since the
 /// epoch plus two periods) exact in Lua's doubles.
 pub const MAX_PERIOD_MS: i64 = 365 * 86_400 * 1000;
+/// The longest a member's debt may run past now: ten years, which keeps the script's
+/// times (µs since the epoch) exact in Lua's doubles.
+pub const MAX_CAP_US: u64 = 10 * 365 * 86_400 * 1_000_000;
 /// Failures are logged at most this often while Redis stays unreachable.
 pub const LOG_EVERY_SECS: i64 = 30;
 
@@ -153,7 +156,8 @@ pub struct Used {
     pub n: u64,
     /// `T` = `period / requests` in µs, at least 1.
     pub interval_us: u64,
-    /// How far past now a `tat` may run: two periods, in µs.
+    /// How far past now a `tat` may run, per proxy (the script multiplies it by the
+    /// proxies seen, at least two): the longer of the period and a burst, in µs.
     pub cap_us: u64,
 }
 
@@ -222,9 +226,9 @@ fn used(i: usize, u: UsedIn) -> Result<Used, ApiError> {
     let n = in_range(f("n"), u.n, 1, MAX_N)?;
     let requests = in_range(f("requests"), u.requests, 1, i64::from(u32::MAX))?;
     let period_ms = in_range(f("period_ms"), u.period_ms, 1, MAX_PERIOD_MS)?;
-    // Checked though the server has no use for it: the Envoy's rule, kept whole.
     in_range(f("burst"), u.burst, 1, i64::from(u32::MAX))?;
     let period_us = period_ms.saturating_mul(1000);
+    let interval_us = (period_us / requests).max(1);
     Ok(Used {
         member: Member {
             kind,
@@ -233,8 +237,13 @@ fn used(i: usize, u: UsedIn) -> Result<Used, ApiError> {
         }
         .encode(),
         n,
-        interval_us: (period_us / requests).max(1),
-        cap_us: period_us.saturating_mul(2),
+        interval_us,
+        // One period or one burst, whichever is longer; the script multiplies it by the
+        // proxies (at least two), so the over-use of a burst at every proxy at once is
+        // owed in full.
+        cap_us: period_us
+            .max(interval_us.saturating_mul(u64::try_from(u.burst).unwrap_or(1)))
+            .min(MAX_CAP_US),
     })
 }
 
@@ -466,7 +475,7 @@ mod tests {
                 member: r#"["i","plan:free","user_1"]"#.to_string(),
                 n: 3,
                 interval_us: 1_000_000,
-                cap_us: 120_000_000,
+                cap_us: 60_000_000,
             }]
         );
     }
@@ -478,7 +487,17 @@ mod tests {
         e["period_ms"] = 1.into();
         let ex = check(body(serde_json::json!({"proxy": "p", "used": [e]}))).unwrap();
         assert_eq!(ex.used[0].interval_us, 1);
-        assert_eq!(ex.used[0].cap_us, 2000);
+        assert_eq!(
+            ex.used[0].cap_us, 1000,
+            "a period (1 ms) is longer than 60 µs"
+        );
+        let mut e = entry();
+        e["burst"] = 600.into();
+        let ex = check(body(serde_json::json!({"proxy": "p", "used": [e]}))).unwrap();
+        assert_eq!(
+            ex.used[0].cap_us, 600_000_000,
+            "a burst of 600 at 1 s is 10 min"
+        );
     }
 
     #[test]

@@ -130,7 +130,7 @@ async fn a_second_proxy_sees_the_first_ones_consumption() {
 }
 
 #[tokio::test]
-async fn the_fleet_state_is_capped_at_two_periods() {
+async fn the_fleet_state_owes_at_most_a_burst_per_proxy_plus_one() {
     let redis = RedisServer::start();
     let s = fleet_svc(&redis, |_| {}).await;
     let a = exchange(
@@ -140,6 +140,15 @@ async fn the_fleet_state_is_capped_at_two_periods() {
     .await;
     let ahead = ahead_of(&a, "user_1").unwrap();
     assert!((119_000_000..=120_000_000).contains(&ahead), "{a}");
+    // Three proxies seen: a burst at each at once is owed in full, up to four periods.
+    exchange(&s.app, json!({"proxy": "q"})).await;
+    let c = exchange(
+        &s.app,
+        json!({"proxy": "r", "used": [used("user_2", 1000)]}),
+    )
+    .await;
+    let ahead = ahead_of(&c, "user_2").unwrap();
+    assert!((239_000_000..=240_000_000).contains(&ahead), "{c}");
 }
 
 #[tokio::test]

@@ -6,7 +6,9 @@
 //! The algorithm is GCRA's, as the plugin's limiter (`core/src/limit/mod.rs`) runs it:
 //! each (limit, caller, kind) has a theoretical arrival time `tat`; `n` requests move it
 //! to `max(tat, now) + n·T`, `T = period / requests`. The fleet's `tat` is capped at
-//! `now + 2·period`, so a burst of over-use is never owed for more than two periods. Time
+//! `now + max(2, proxies + 1)·max(period, burst·T)`: a burst at every proxy at once (the
+//! most the fleet can admit beyond the limit, docs/fleet.md) is owed in full, and nothing
+//! is owed for longer than that (ten years at most). Time
 //! is Redis's (`TIME`, µs): proxies get `tat − now` back, never an absolute time, so
 //! their clocks need not agree with each other or with Redis.
 //!
@@ -47,6 +49,7 @@ local page = tonumber(ARGV[5])
 local prune = tonumber(ARGV[6])
 local window = tonumber(ARGV[7])
 local margin = tonumber(ARGV[8])
+local max_cap = 10 * 365 * 86400 * 1000000
 local first = 9
 
 local function num(x) return string.format('%.0f', x) end
@@ -86,7 +89,7 @@ for i = 0, used - 1 do
   local key = p .. 't:' .. m
   local tat = tonumber(redis.call('GET', key) or '0') or 0
   if tat < now then tat = now end
-  tat = math.min(tat + n * interval, now + cap)
+  tat = math.min(tat + n * interval, now + math.min(cap * math.max(2, seen + 1), max_cap))
   redis.call('SET', key, num(tat), 'PX', num(math.ceil((tat - now + margin) / 1000)))
   redis.call('ZADD', changes, num(base + i + 1), m)
   redis.call('ZADD', expiry, num(tat + margin), m)
