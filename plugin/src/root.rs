@@ -2,16 +2,18 @@
 //! builds JWT keys and webhook verifiers, and on its tick flushes counts and picks up JWKS.
 
 use crate::filter::Filter;
-use crate::host::{HostStore, log, now_secs, read_log_level};
+use crate::host::{HostClock, HostStore, log, now_secs, read_log_level};
 use crate::sync::{FeedMetrics, FeedSync, SYNC_TICK};
 use gatehouse_core::authn::jwks_cache::{PickUp, Picked};
 use gatehouse_core::authn::jwt::{Key, KeySet};
 use gatehouse_core::authn::{jwks_cache, key_cache, revocation};
+use gatehouse_core::clock::Clock;
 use gatehouse_core::limit::fleet;
 use gatehouse_core::observe::events;
 use gatehouse_core::observe::tally::Tally;
 use gatehouse_core::policy::Policy;
 use gatehouse_core::sync::feed;
+use gatehouse_core::sync::lease::{self, Role};
 use gatehouse_core::worker::Caches;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -23,8 +25,10 @@ use std::rc::Rc;
 /// rather than the HTTP filter.
 pub(crate) const SYNC_ROOT_ID: &str = "gatehouse_sync";
 
-/// A worker's tick with fleet-scoped limits: how long its admissions wait in its tally.
-const FLEET_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+/// A worker's tick: how long a lapsed sync lease waits for a worker to take it, and how
+/// long fleet-scoped admissions wait in a worker's tally; once-a-second work is done on
+/// every tenth.
+const WORKER_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 const TICKS_PER_SECOND: u64 = 10;
 
 /// A worker's counters ([`gatehouse_core::observe::tally::metric_names`]), defined once per VM on
@@ -92,11 +96,15 @@ pub(crate) struct Root {
     pub(crate) events_queue: Option<u32>,
     /// The sync's fleet queue, once resolved (policies with fleet-scoped limits).
     pub(crate) fleet_queue: Option<u32>,
-    /// Ticks since the policy was loaded: with fleet-scoped limits a worker ticks every
-    /// [`FLEET_TICK`] and does its once-a-second work on every tenth.
+    /// Ticks since the policy was loaded ([`WORKER_TICK`] apart).
     pub(crate) ticks: u64,
-    /// Set when this VM is the sync and the policy has a feed.
+    /// The sync, while this VM holds its lease ([`lease`]): always in the singleton
+    /// service, in one worker in filter-only mode.
     pub(crate) sync: Option<FeedSync>,
+    /// This VM is Envoy's singleton service (`root_id` [`SYNC_ROOT_ID`]).
+    pub(crate) singleton: bool,
+    /// This VM's claim on the sync's lease (random, never 0; 0 before configuration).
+    pub(crate) lease_id: u64,
     /// Each route's webhook verifier (secrets read from the environment), by route index.
     pub(crate) webhooks: Webhooks,
     /// Some route limits `by: ip`: computed once here, not per request over every route.
@@ -235,107 +243,190 @@ pub(crate) fn load_policy() -> Option<Policy> {
 }
 
 impl Root {
-    /// Configures this VM as the sync. Without a feed section it has nothing to do (and
-    /// says so); the filters install the policy's own keys.
+    /// Configures this VM as the sync (Envoy's singleton service). Without a feed section
+    /// it has nothing to do (and says so); the filters install the policy's own keys.
     pub(crate) fn configure_sync(&mut self, policy: Policy) -> bool {
-        let Some(feed_policy) = policy.feed else {
+        if policy.feed.is_none() {
             log(
                 LogLevel::Info,
                 "sync: the policy has no feed section; nothing to poll",
             );
             return true;
-        };
-        // The name, never the value, goes to the log.
-        let token = match std::env::var(&feed_policy.token_env) {
-            Ok(t) if !t.is_empty() => t,
-            _ => {
-                log(
-                    LogLevel::Error,
-                    &format!(
-                        "invalid policy: feed.token_env: the environment variable {} is not set or empty \
-                         (Envoy passes it with vm_config.environment_variables)",
-                        feed_policy.token_env
-                    ),
-                );
-                return false;
-            }
-        };
-        if let Err(e) = feed::mark_started(&HostStore, now_secs()) {
+        }
+        if let Err(e) =
+            feed::mark_started(&HostStore, now_secs()).and_then(|()| lease::init(&HostStore))
+        {
             log(LogLevel::Error, &format!("shared data: {e:?}"));
             return false;
         }
-        let _ = hostcalls::set_tick_period(SYNC_TICK);
-        log(
-            LogLevel::Info,
-            &format!(
-                "sync: polling cluster {} {} every {}s (long poll {}s, staleness bound {}s)",
-                feed_policy.cluster,
-                feed_policy.path,
-                feed_policy.interval_secs,
-                feed_policy.wait_secs,
-                feed_policy.staleness_secs
-            ),
-        );
-        let events_queue = match hostcalls::register_shared_queue(events::QUEUE) {
-            Ok(q) => q,
-            Err(e) => {
-                log(
-                    LogLevel::Error,
-                    &format!("sync: could not register the events queue: {e:?}"),
-                );
-                return false;
-            }
+        let Some(id) = lease_id() else {
+            return false;
         };
-        // Envoy's node id: `xds.node` since Envoy 1.3x, `node` before.
-        let proxy = [vec!["xds", "node", "id"], vec!["node", "id"]]
-            .into_iter()
-            .find_map(|path| hostcalls::get_property(path).ok().flatten())
-            .and_then(|id| events::proxy_id(&id));
-        log(
-            LogLevel::Info,
-            &format!(
-                "sync: refusal audit to {} {} as proxy {}",
-                feed_policy.cluster,
-                events::PATH,
-                proxy.as_deref().unwrap_or("(no valid node id: left out)")
-            ),
-        );
-        let mut sync = FeedSync::new(feed_policy, format!("Bearer {token}"), events_queue, proxy);
-        if policy.rate_limit.any_fleet(&policy.routes) {
-            match hostcalls::register_shared_queue(fleet::QUEUE) {
-                Ok(queue) => sync.enable_fleet(&policy.rate_limit, queue),
-                Err(e) => {
-                    log(
-                        LogLevel::Error,
-                        &format!("sync: could not register the fleet queue: {e:?}"),
-                    );
-                    return false;
-                }
-            }
-            log(
-                LogLevel::Info,
-                &format!(
-                    "sync: fleet-scoped limits exchange every {} ms at {}",
-                    policy.rate_limit.sync_interval_ms,
-                    fleet::EXCHANGE_PATH
-                ),
-            );
-        }
+        let _ = hostcalls::set_tick_period(SYNC_TICK);
+        self.singleton = true;
+        self.lease_id = id;
+        // At once, before any worker's first tick could take the free lease.
+        lease::hold(&HostStore, id, Role::Singleton, HostClock.now().0);
+        let Some(sync) = start_sync(&policy) else {
+            return false;
+        };
         self.sync = Some(sync);
         true
     }
+
+    /// A worker's turn at the sync, when the policy has a feed and the worker can read its
+    /// token (filter-only mode: no singleton service; [`lease`]): takes or renews the
+    /// lease, starts the sync when it got it, stops it when it lost it.
+    fn worker_sync(&mut self, policy: &Policy) {
+        let Some(feed_policy) = &policy.feed else {
+            return;
+        };
+        if !std::env::var(&feed_policy.token_env).is_ok_and(|t| !t.is_empty()) {
+            return;
+        }
+        let held = lease::hold(&HostStore, self.lease_id, Role::Worker, HostClock.now().0);
+        match (held, self.sync.is_some()) {
+            (true, false) => {
+                log(
+                    LogLevel::Info,
+                    "sync: this worker runs the sync (filter-only mode: no singleton holds the lease)",
+                );
+                self.sync = start_sync(policy);
+            }
+            (false, true) => {
+                log(
+                    LogLevel::Info,
+                    "sync: another VM holds the sync's lease now; this worker's sync stops",
+                );
+                self.sync = None;
+            }
+            _ => {}
+        }
+        if let Some(sync) = &mut self.sync {
+            sync.on_tick();
+        }
+    }
+}
+
+/// A random id for this VM's claim on the sync's lease.
+fn lease_id() -> Option<u64> {
+    let mut bytes = [0u8; 8];
+    match getrandom::getrandom(&mut bytes) {
+        Ok(()) => Some(u64::from_be_bytes(bytes).max(1)),
+        Err(e) => {
+            log(
+                LogLevel::Error,
+                &format!("no randomness for the sync's lease id: {e}"),
+            );
+            None
+        }
+    }
+}
+
+/// The sync for `policy` (which has a feed): its token from the environment, its queues
+/// registered (the events queue, and the fleet queue with fleet-scoped limits), Envoy's
+/// node id as its proxy id. `None`, logged, when it cannot run.
+fn start_sync(policy: &Policy) -> Option<FeedSync> {
+    let feed_policy = policy.feed.clone()?;
+    // The name, never the value, goes to the log.
+    let token = match std::env::var(&feed_policy.token_env) {
+        Ok(t) if !t.is_empty() => t,
+        _ => {
+            log(
+                LogLevel::Error,
+                &format!(
+                    "invalid policy: feed.token_env: the environment variable {} is not set or empty \
+                     (Envoy passes it with vm_config.environment_variables)",
+                    feed_policy.token_env
+                ),
+            );
+            return None;
+        }
+    };
+    log(
+        LogLevel::Info,
+        &format!(
+            "sync: polling cluster {} {} every {}s (long poll {}s, staleness bound {}s)",
+            feed_policy.cluster,
+            feed_policy.path,
+            feed_policy.interval_secs,
+            feed_policy.wait_secs,
+            feed_policy.staleness_secs
+        ),
+    );
+    let events_queue = match hostcalls::register_shared_queue(events::QUEUE) {
+        Ok(q) => q,
+        Err(e) => {
+            log(
+                LogLevel::Error,
+                &format!("sync: could not register the events queue: {e:?}"),
+            );
+            return None;
+        }
+    };
+    // Envoy's node id: `xds.node` since Envoy 1.3x, `node` before.
+    let proxy = [vec!["xds", "node", "id"], vec!["node", "id"]]
+        .into_iter()
+        .find_map(|path| hostcalls::get_property(path).ok().flatten())
+        .and_then(|id| events::proxy_id(&id));
+    log(
+        LogLevel::Info,
+        &format!(
+            "sync: refusal audit to {} {} as proxy {}",
+            feed_policy.cluster,
+            events::PATH,
+            proxy.as_deref().unwrap_or("(no valid node id: left out)")
+        ),
+    );
+    let mut sync = FeedSync::new(feed_policy, format!("Bearer {token}"), events_queue, proxy);
+    if policy.rate_limit.any_fleet(&policy.routes) {
+        match hostcalls::register_shared_queue(fleet::QUEUE) {
+            Ok(queue) => sync.enable_fleet(&policy.rate_limit, queue),
+            Err(e) => {
+                log(
+                    LogLevel::Error,
+                    &format!("sync: could not register the fleet queue: {e:?}"),
+                );
+                return None;
+            }
+        }
+        log(
+            LogLevel::Info,
+            &format!(
+                "sync: fleet-scoped limits exchange every {} ms at {}",
+                policy.rate_limit.sync_interval_ms,
+                fleet::EXCHANGE_PATH
+            ),
+        );
+    }
+    Some(sync)
 }
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _t: usize) {
-        if let Some(sync) = &mut self.sync {
-            sync.on_response(token, body_size);
+        let jwks = self.jwks_calls.iter().position(|(t, _)| *t == token);
+        if jwks.is_none() {
+            // The sync's answer, applied only while this VM still holds the lease: a
+            // worker that stalled and lost it must not write an old answer over what the
+            // new holder applied.
+            if !lease::holds(&HostStore, self.lease_id, HostClock.now().0) {
+                if self.sync.take().is_some() {
+                    log(
+                        LogLevel::Info,
+                        "sync: an answer came after the lease was lost; dropped, this sync stops",
+                    );
+                }
+                return;
+            }
+            if let Some(sync) = &mut self.sync {
+                sync.on_response(token, body_size);
+            }
             return;
         }
         let Some(policy) = self.policy.clone() else {
             return;
         };
-        let Some(at) = self.jwks_calls.iter().position(|(t, _)| *t == token) else {
+        let Some(at) = jwks else {
             return;
         };
         let (_, p) = self.jwks_calls.swap_remove(at);
@@ -483,15 +574,23 @@ impl RootContext for Root {
             .flatten()
             .and_then(|v| String::from_utf8(v).ok())
             .unwrap_or_default();
-        // Every worker ticks once a second: it flushes its tally (and fetches a JWKS); with
-        // fleet-scoped limits ten times a second, to hand its admissions to the sync.
-        let fleet = policy.rate_limit.any_fleet(&policy.routes);
-        let _ = hostcalls::set_tick_period(if fleet {
-            FLEET_TICK
-        } else {
-            std::time::Duration::from_secs(1)
-        });
+        // Every worker ticks ten times a second: it may have to take the sync's lease
+        // (filter-only mode), and with fleet-scoped limits it hands its admissions to the
+        // sync; once a second it flushes its tally (and fetches a JWKS).
+        let _ = hostcalls::set_tick_period(WORKER_TICK);
         self.ticks = 0;
+        if policy.feed.is_some() {
+            if let Err(e) = lease::init(&HostStore) {
+                log(LogLevel::Error, &format!("shared data: {e:?}"));
+                return false;
+            }
+            if self.lease_id == 0 {
+                match lease_id() {
+                    Some(id) => self.lease_id = id,
+                    None => return false,
+                }
+            }
+        }
         log(
             LogLevel::Info,
             &format!(
@@ -519,19 +618,29 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        if let Some(sync) = &mut self.sync {
-            sync.on_tick();
+        if self.singleton {
+            // The singleton always takes the lease (from a worker that held it meanwhile).
+            if lease::hold(
+                &HostStore,
+                self.lease_id,
+                Role::Singleton,
+                HostClock.now().0,
+            ) && let Some(sync) = &mut self.sync
+            {
+                sync.on_tick();
+            }
             return;
         }
         let Some(policy) = self.policy.clone() else {
             return;
         };
+        self.worker_sync(&policy);
         if policy.rate_limit.any_fleet(&policy.routes) {
             self.flush_fleet();
-            self.ticks = self.ticks.wrapping_add(1);
-            if self.ticks % TICKS_PER_SECOND != 1 {
-                return;
-            }
+        }
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks % TICKS_PER_SECOND != 1 {
+            return;
         }
         self.flush_tally(&policy);
         self.caches.places.refresh(&HostStore);

@@ -2,6 +2,7 @@
 
 pub mod exchange;
 pub mod feed;
+pub mod lease;
 pub mod schedule;
 
 /// Feed answers and key records as the feed and scheduler tests build them.
