@@ -5,7 +5,7 @@
 //! gatehouse-harness run [--envoy] [--module PATH] [--junit FILE] CASES...
 //! gatehouse-harness envoy-config --policy FILE [--listen ADDR] [--admin ADDR]
 //!                                [--upstream ADDR] [--module PATH] [--env NAME=VALUE]...
-//!                                [--control ADDR]
+//!                                [--control ADDR] [--filter-only]
 //! gatehouse-harness echo-upstream --listen ADDR
 //! ```
 //!
@@ -33,8 +33,11 @@ usage:
       the case files' `module:`; --junit also writes the results as JUnit XML
   gatehouse-harness envoy-config --policy FILE [--listen ADDR] [--admin ADDR] [--upstream ADDR]
                                  [--module PATH] [--env NAME=VALUE]... [--control ADDR]
+                                 [--filter-only]
       print an Envoy bootstrap that loads the module with this policy (with a feed
-      section: also the sync service, and with --control the cluster it polls)
+      section: also the sync service, and with --control the cluster it polls;
+      --filter-only: no sync service, one worker runs the sync under a lease, as in
+      Istio and Envoy Gateway, which add HTTP filters only)
   gatehouse-harness echo-upstream --listen ADDR
       serve an upstream that answers every request with what it received, as JSON
 
@@ -309,7 +312,7 @@ fn envoy_config(args: &[String]) -> CmdResult {
         &[
             "policy", "listen", "admin", "upstream", "module", "env", "control",
         ],
-        &[],
+        &["filter-only"],
     )?;
     if let Some(extra) = args.positional.first() {
         return Err(Usage(format!("unexpected argument '{extra}'")));
@@ -369,6 +372,7 @@ fn envoy_config(args: &[String]) -> CmdResult {
         env,
         pass_env,
         control,
+        filter_only: args.has("filter-only"),
     };
     print!("{}", bootstrap.render());
     Ok(ExitCode::SUCCESS)

@@ -503,6 +503,7 @@ fn the_bootstrap_passes_the_server_header_through_only_when_the_policy_removes_i
         env: vec![],
         pass_env: vec![],
         control: None,
+        filter_only: false,
     };
     let hcm = |yaml: String| {
         let tree = gatehouse_core::policy::yaml::parse(&yaml)

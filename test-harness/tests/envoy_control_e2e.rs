@@ -84,7 +84,20 @@ impl Stack {
 
     /// An Envoy whose sync polls `control`, started now.
     fn with_envoy(control: ControlService, feed: &Value) -> Stack {
+        Stack::with_envoy_as(control, feed, false)
+    }
+
+    /// [`Stack::start`] with the filter-only bootstrap: no singleton service (as Istio's
+    /// `WasmPlugin` and Envoy Gateway deploy the module); a worker runs the sync.
+    fn start_filter_only(feed: &Value) -> Stack {
+        let control = ControlService::start(&ControlOptions::new())
+            .unwrap_or_else(|e| panic!("could not start gatehouse-control: {e:#}"));
+        Stack::with_envoy_as(control, feed, true)
+    }
+
+    fn with_envoy_as(control: ControlService, feed: &Value, filter_only: bool) -> Stack {
         let opts = EnvoyOptions {
+            filter_only,
             // The JWT secret as a plain fixture value; the feed token the way a
             // deployment passes it, from Envoy's own environment.
             env: vec![(JWT_SECRET_ENV.into(), JWT_SECRET.into())],
@@ -328,23 +341,16 @@ fn revocation_pause() -> Duration {
         .unwrap_or_default()
 }
 
-#[test]
-fn keys_revoked_through_the_api_are_refused_by_envoy_and_the_revocation_latency_is_reported() {
-    let stack = Stack::start(&as_shipped());
-    let pause = revocation_pause();
-    let mut issued = Vec::with_capacity(REVOCATIONS);
-    let mut revoked = Vec::with_capacity(REVOCATIONS);
-    for i in 0..REVOCATIONS {
-        let key = stack.issue(&format!("user_rev_{i}"));
-        issued.push(stack.until_accepted(&key));
-        std::thread::sleep(pause);
-        stack.revoke(&key);
-        // From the moment DELETE has answered to the first refusal through Envoy.
-        revoked.push(stack.until_refused(&key));
-    }
+/// Issue and revocation latencies, printed as benches/README.md reports them.
+fn report_latencies(
+    stack: &Stack,
+    issued: &mut [Duration],
+    revoked: &mut [Duration],
+    pause: Duration,
+) {
     issued.sort();
     revoked.sort();
-    for (what, sorted) in [("issue", &issued), ("revocation", &revoked)] {
+    for (what, sorted) in [("issue", &*issued), ("revocation", &*revoked)] {
         println!(
             "{what} latency over {} keys (API answer to Envoy's first changed answer; \
              pause before each revocation {pause:?}): p50 {}, p90 {}, p99 {}, max {}; \
@@ -365,6 +371,50 @@ fn keys_revoked_through_the_api_are_refused_by_envoy_and_the_revocation_latency_
         stack.feed_metric("failures"),
         stack.feed_metric("version")
     );
+}
+
+#[test]
+fn in_filter_only_mode_a_worker_runs_the_sync_and_revocations_reach_envoy() {
+    // The bootstrap Istio and Envoy Gateway generate: no bootstrap_extensions.
+    let stack = Stack::start_filter_only(&as_shipped());
+    let yaml = stack.envoy.config().unwrap();
+    let tree = gatehouse_core::policy::yaml::parse(&yaml)
+        .unwrap()
+        .to_json();
+    assert_eq!(tree["bootstrap_extensions"], json!([]));
+    let mut issued = Vec::new();
+    let mut revoked = Vec::new();
+    for i in 0..20 {
+        let key = stack.issue(&format!("user_filter_only_{i}"));
+        issued.push(stack.until_accepted(&key));
+        stack.revoke(&key);
+        revoked.push(stack.until_refused(&key));
+    }
+    let log = stack.envoy.log();
+    assert!(
+        log.contains("this worker runs the sync (filter-only mode"),
+        "{}",
+        stack.diagnostics()
+    );
+    println!("filter-only mode (2 workers, no singleton service):");
+    report_latencies(&stack, &mut issued, &mut revoked, Duration::ZERO);
+}
+
+#[test]
+fn keys_revoked_through_the_api_are_refused_by_envoy_and_the_revocation_latency_is_reported() {
+    let stack = Stack::start(&as_shipped());
+    let pause = revocation_pause();
+    let mut issued = Vec::with_capacity(REVOCATIONS);
+    let mut revoked = Vec::with_capacity(REVOCATIONS);
+    for i in 0..REVOCATIONS {
+        let key = stack.issue(&format!("user_rev_{i}"));
+        issued.push(stack.until_accepted(&key));
+        std::thread::sleep(pause);
+        stack.revoke(&key);
+        // From the moment DELETE has answered to the first refusal through Envoy.
+        revoked.push(stack.until_refused(&key));
+    }
+    report_latencies(&stack, &mut issued, &mut revoked, pause);
 }
 
 #[test]

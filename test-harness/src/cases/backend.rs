@@ -120,6 +120,7 @@ impl EnvoyBackend {
             wasm: config.module.clone(),
             env: config.env.clone(),
             concurrency: config.workers,
+            filter_only: false,
         };
         Ok(EnvoyBackend {
             envoy: Envoy::start(&opts)?,

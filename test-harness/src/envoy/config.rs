@@ -54,6 +54,11 @@ pub struct Bootstrap {
     /// The control service, for a policy with a `feed` section: the cluster the sync
     /// polls (named by the policy's `feed.cluster`). `None`: no such cluster.
     pub control: Option<SocketAddr>,
+    /// Filter-only mode: no singleton service (`bootstrap_extensions` empty, as Istio's
+    /// `WasmPlugin` and Envoy Gateway generate), and the feed token passed to the filter's
+    /// VM, whose workers then run the sync under a lease (`core/src/sync/lease.rs`).
+    /// Otherwise only the singleton gets the feed token.
+    pub filter_only: bool,
 }
 
 /// The sync's root id: the shell runs the feed sync under it (`src/shell.rs`).
@@ -102,8 +107,22 @@ impl Bootstrap {
                     )
                 });
         let feed = policy.and_then(|p| p.feed);
+        // The filter's VM gets the feed token only when its workers run the sync.
+        let filter_host_env = match (&feed, self.filter_only) {
+            (Some(feed), false) => Value::from(
+                host_env
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|name| name.as_str() != Some(feed.token_env.as_str()))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            ),
+            _ => host_env.clone(),
+        };
         let extensions = match &feed {
             None => json!([]),
+            Some(_) if self.filter_only => json!([]),
             Some(_) => json!([{
                 "name": "envoy.bootstrap.wasm",
                 "typed_config": {
@@ -164,7 +183,7 @@ impl Bootstrap {
             ("{{UPSTREAM_PORT}}", self.upstream.port().to_string()),
             ("{{WASM_PATH}}", json_str(&wasm)),
             ("{{WASM_ENV}}", Value::Object(env).to_string()),
-            ("{{WASM_HOST_ENV}}", host_env.to_string()),
+            ("{{WASM_HOST_ENV}}", filter_host_env.to_string()),
             ("{{PLUGIN_CONFIG}}", json_str(&self.plugin_config_json)),
             ("{{BOOTSTRAP_EXTENSIONS}}", extensions.to_string()),
             ("{{CONTROL_CLUSTER}}", control_cluster),
@@ -194,7 +213,53 @@ mod tests {
             env: vec![("SECRET".into(), "s3cr\"et".into())],
             pass_env: vec!["GATEHOUSE_JWT_SECRET".into(), "SECRET".into()],
             control: None,
+            filter_only: false,
         }
+    }
+
+    /// The filter's `host_env_keys` and the bootstrap extensions of `b`, rendered.
+    fn filter_env_and_extensions(b: &Bootstrap) -> (serde_json::Value, serde_json::Value) {
+        let tree = gatehouse_core::policy::yaml::parse(&b.render())
+            .unwrap()
+            .to_json();
+        let filter = &tree["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["http_filters"][0]["typed_config"]["config"];
+        (
+            filter["vm_config"]["environment_variables"]["host_env_keys"].clone(),
+            tree["bootstrap_extensions"].clone(),
+        )
+    }
+
+    #[test]
+    fn filter_only_mode_has_no_singleton_and_hands_the_filter_the_feed_token() {
+        let mut b = sample();
+        b.plugin_config_json = r#"{"version":1,"routes":[{"match":{"path_prefix":"/"}}],
+            "feed":{"cluster":"control","token_env":"FEED_TOKEN"}}"#
+            .into();
+        b.pass_env.push("FEED_TOKEN".into());
+        b.control = Some("127.0.0.1:8081".parse().unwrap());
+        let (env, ext) = filter_env_and_extensions(&b);
+        assert_eq!(ext.as_array().unwrap().len(), 1, "the singleton");
+        assert_eq!(
+            env,
+            serde_json::json!(["GATEHOUSE_JWT_SECRET"]),
+            "no feed token"
+        );
+        b.filter_only = true;
+        let (env, ext) = filter_env_and_extensions(&b);
+        assert_eq!(ext, serde_json::json!([]));
+        assert_eq!(
+            env,
+            serde_json::json!(["GATEHOUSE_JWT_SECRET", "FEED_TOKEN"])
+        );
+        let tree = gatehouse_core::policy::yaml::parse(&b.render())
+            .unwrap()
+            .to_json();
+        let clusters = tree["static_resources"]["clusters"].as_array().unwrap();
+        assert!(
+            clusters.iter().any(|c| c["name"] == "control"),
+            "still polled"
+        );
     }
 
     #[test]

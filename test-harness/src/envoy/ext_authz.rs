@@ -147,6 +147,7 @@ mod tests {
             env: Vec::new(),
             pass_env: Vec::new(),
             control: None,
+            filter_only: false,
         }
         .render();
         let link = ExtAuthzLink {

@@ -98,6 +98,8 @@ pub struct EnvoyOptions {
     pub env: Vec<(String, String)>,
     /// Envoy worker threads, each with its own wasm VM.
     pub concurrency: u32,
+    /// Render the filter-only bootstrap (no singleton service; a worker runs the sync).
+    pub filter_only: bool,
 }
 
 impl EnvoyOptions {
@@ -107,6 +109,7 @@ impl EnvoyOptions {
             wasm: default_wasm(),
             env: Vec::new(),
             concurrency: 1,
+            filter_only: false,
         }
     }
 }
@@ -200,6 +203,7 @@ impl Envoy {
                 .map(|f| f.secret_env.iter().map(|(k, _)| k.clone()).collect())
                 .unwrap_or_default(),
             control: feed.map(|f| f.control),
+            filter_only: opts.filter_only,
         };
         let config_path = dir.join("envoy.yaml");
         let rendered = match authz {

@@ -105,6 +105,9 @@ pub struct Harness {
     /// Worker for [`Harness::request`]: requests rotate over the workers, as Envoy spreads
     /// connections.
     next_worker: usize,
+    /// VMs held up ([`Harness::stall`]) and the events held for them.
+    stalled: std::collections::BTreeSet<VmId>,
+    held: Vec<world::Event>,
 }
 
 /// Configures a [`Harness`]; [`HarnessBuilder::build`] starts the VMs.
@@ -321,6 +324,8 @@ impl HarnessBuilder {
             singleton,
             config: self,
             next_worker: 0,
+            stalled: std::collections::BTreeSet::new(),
+            held: Vec::new(),
         })
     }
 }
@@ -525,6 +530,14 @@ impl Harness {
     }
 
     fn deliver(&mut self, event: world::Event) -> anyhow::Result<()> {
+        if self.stalled.contains(&event.vm) {
+            // A thread busy elsewhere: its timer fires late (missed ticks are not made
+            // up), and what else arrives waits for it.
+            if !matches!(event.kind, world::EventKind::Tick) {
+                self.held.push(event);
+            }
+            return Ok(());
+        }
         let policy = self.config.failure_policy;
         let Some(vm) = self.vm_mut(event.vm) else {
             return Ok(());
@@ -718,6 +731,33 @@ impl Harness {
             self.tick_on(id)?;
         }
         Ok(())
+    }
+
+    /// Holds up `vm` as a worker thread stuck in other work would be: it gets no ticks,
+    /// and HTTP call answers and queue notifications wait, until [`Harness::resume`].
+    pub fn stall(&mut self, vm: VmId) {
+        self.stalled.insert(vm);
+    }
+
+    /// Lets a stalled VM go on: what waited for it is delivered, in order, then one tick.
+    pub fn resume(&mut self, vm: VmId) -> anyhow::Result<()> {
+        self.stalled.remove(&vm);
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|e| e.vm == vm);
+        self.held = later;
+        for event in now {
+            self.deliver(event)?;
+        }
+        self.tick_on(vm)
+    }
+
+    /// Fails `vm` as a trap would: Envoy never calls into it again (under a failure
+    /// policy, requests on it then follow the policy).
+    pub fn crash(&mut self, vm: VmId) {
+        if let Some(v) = self.vm_mut(vm) {
+            v.failed = Some("crashed by the test (Harness::crash)".to_string());
+        }
     }
 
     /// Calls `proxy_on_tick` once on one VM.
