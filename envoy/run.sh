@@ -15,6 +15,8 @@
 #                       (default gatehouse-local)
 #   GATEHOUSE_CONTROL_LISTEN  the control API   (default 127.0.0.1:8081)
 #   GATEHOUSE_CONTROL_DB      its SQLite file   (default .run/control.db; kept across runs)
+#   GATEHOUSE_FILTER_ONLY=1   no singleton service: one of Envoy's workers runs the sync
+#                             (as under Istio or Envoy Gateway; docs/operating.md)
 #   GATEHOUSE_REDIS_URL       the fleet's counters, for a policy with `scope: fleet`
 #                             (default: a redis-server of its own on .run/redis.sock)
 #   GATEHOUSE_ADMIN_TOKEN     the control API's bearer token (default: generated and
@@ -132,10 +134,18 @@ wait_ready() {
   exit 1
 }
 
+filter_only=()
+[[ -n ${GATEHOUSE_FILTER_ONLY:-} && ${GATEHOUSE_FILTER_ONLY} != 0 ]] && filter_only=(--filter-only)
 "$HARNESS" envoy-config --policy "$POLICY" --listen "$LISTEN" --admin "$ADMIN" \
-  --upstream "$UPSTREAM" --control "$CONTROL_LISTEN" >"$RUN_DIR/envoy.yaml"
-# The sync service is rendered only for a policy with a `feed` section.
-if grep -q '"root_id":"gatehouse_sync"' "$RUN_DIR/envoy.yaml"; then fed=1; else fed=; fi
+  --upstream "$UPSTREAM" --control "$CONTROL_LISTEN" "${filter_only[@]}" >"$RUN_DIR/envoy.yaml"
+# A policy with a `feed` section has a sync: the singleton service, or in filter-only
+# mode one of Envoy's workers.
+if grep -q '"root_id":"gatehouse_sync"' "$RUN_DIR/envoy.yaml" \
+  || { [[ ${#filter_only[@]} -gt 0 ]] && grep -q '\\"feed\\":' "$RUN_DIR/envoy.yaml"; }; then
+  fed=1
+else
+  fed=
+fi
 
 # Fleet-scoped limits (`scope: fleet` in the policy, which the rendered plugin
 # configuration holds as JSON) keep the fleet's counters in Redis: a redis-server of our
