@@ -342,6 +342,7 @@ pub async fn post(
     let rules = Rules {
         plans: &s.config.plans,
         now,
+        clock: &*s.clock,
     };
     let wake = |version| s.committed(version);
     let mut import = Importer::new(&*s.store, rules, ctx.change(now), &wake, BODY_LIMIT);
@@ -372,6 +373,7 @@ pub async fn post(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::clock::ManualClock;
     use crate::plans::Plans;
     use crate::store::sqlite::SqliteStore;
     use std::sync::Mutex;
@@ -401,8 +403,12 @@ mod tests {
         (dir, store)
     }
 
-    fn rules(plans: &Plans) -> Rules<'_> {
-        Rules { plans, now: NOW }
+    fn rules<'a>(plans: &'a Plans, clock: &'a ManualClock) -> Rules<'a> {
+        Rules {
+            plans,
+            now: NOW,
+            clock,
+        }
     }
 
     #[test]
@@ -427,7 +433,8 @@ mod tests {
         let plans = Plans::default();
         let woken = Mutex::new(Vec::new());
         let wake = |v| woken.lock().unwrap().push(v);
-        let rules = rules(&plans);
+        let clock = ManualClock::at_secs(NOW as u64);
+        let rules = rules(&plans, &clock);
         let mut import = Importer::new(&store, rules, ctx(), &wake, usize::MAX);
         let input: String = (0..2500).map(line).collect();
         // One byte at a time, then in one piece: the chunks change nothing.
@@ -456,7 +463,8 @@ mod tests {
         let (_dir, store) = store().await;
         let plans = Plans::default();
         let wake = |_| {};
-        let rules = rules(&plans);
+        let clock = ManualClock::at_secs(NOW as u64);
+        let rules = rules(&plans, &clock);
         let mut import = Importer::new(&store, rules, ctx(), &wake, usize::MAX);
         // Line 1501 repeats line 4 (same hash, other user): batch 2 meets batch 1's
         // uncommitted row.
@@ -478,7 +486,8 @@ mod tests {
         let (_dir, store) = store().await;
         let plans = Plans::default();
         let wake = |_| {};
-        let rules = rules(&plans);
+        let clock = ManualClock::at_secs(NOW as u64);
+        let rules = rules(&plans, &clock);
         let input: String = (0..10).map(line).collect();
         let limit = line(0).len() * 3 + 5;
         let mut import = Importer::new(&store, rules, ctx(), &wake, limit);

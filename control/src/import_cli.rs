@@ -121,6 +121,7 @@ async fn import(settings: Settings, mut input: Box<dyn Read>) -> Result<bool, St
     let rules = Rules {
         plans: &settings.plans,
         now,
+        clock: &SystemClock,
     };
     let nobody_waits = |_| {};
     // A file has no size limit: only the lines do.

@@ -10,15 +10,17 @@
 //!
 //! `sha256`, `user_id`, `tenant_id` and `plan` are required; `expires_at` (RFC 3339,
 //! after now and at most ten years ahead, as issuance allows), `scopes` (as issuance),
-//! `key_id` (the id rule; the service draws one, as for an issued key, when it is absent)
+//! `key_id` (the id rule; when it is absent the service draws one of an issued key's
+//! format, whose first characters tell the second: `keys::new_import_key_id`)
 //! and `device_name` (as issuance; `imported` when absent) may be left out or `null`.
 //!
 //! Never: take a plaintext key. A field whose name could hold one (`key`, `api_key`,
 //! `secret`, `token`, ...) refuses the line, as does any other field not listed above. No
 //! message quotes a value, nor a field name the client wrote.
 
+use crate::clock::Clock;
 use crate::keys::{
-    MAX_EXPIRES_IN_DAYS, checked_device_name, checked_scopes, id_rule, new_key_id, plan_rule,
+    MAX_EXPIRES_IN_DAYS, checked_device_name, checked_scopes, id_rule, new_import_key_id, plan_rule,
 };
 use crate::plans::Plans;
 use crate::store::NewKey;
@@ -43,6 +45,9 @@ pub struct Rules<'a> {
     pub plans: &'a Plans,
     /// Now, in Unix seconds: expiries must be after it.
     pub now: i64,
+    /// Dates the ids drawn for keys that bring none, as they are drawn
+    /// ([`new_import_key_id`]).
+    pub clock: &'a dyn Clock,
 }
 
 /// `line` (one line of NDJSON, its newline removed) as a key to insert, or what is wrong
@@ -84,7 +89,8 @@ pub fn parse(line: &[u8], rules: &Rules<'_>) -> Result<NewKey, String> {
     };
     let scopes = checked_scopes(scopes)?;
     let id = match optional(&mut fields, "key_id") {
-        None => new_key_id().map_err(|e| format!("no randomness from the OS: {e}"))?,
+        None => new_import_key_id(rules.clock.now_secs())
+            .map_err(|e| format!("no randomness from the OS: {e}"))?,
         Some(Value::String(id)) if is_valid_id(&id) => {
             if RESERVED_IDS.contains(&id.as_str()) {
                 return Err(format!(
@@ -198,6 +204,7 @@ fn expires_at(value: Option<Value>, now: i64) -> Result<Option<i64>, String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::clock::ManualClock;
     use serde_json::json;
 
     /// 2026-01-01T00:00:00Z
@@ -211,6 +218,7 @@ mod tests {
             &Rules {
                 plans: &plans,
                 now: NOW,
+                clock: &ManualClock::at_secs(NOW as u64),
             },
         )
     }
@@ -350,9 +358,11 @@ mod tests {
     #[test]
     fn a_line_that_is_not_one_json_object_is_refused() {
         let plans = Plans::default();
+        let clock = ManualClock::at_secs(NOW as u64);
         let rules = Rules {
             plans: &plans,
             now: NOW,
+            clock: &clock,
         };
         for line in [
             &b"[1]"[..],
