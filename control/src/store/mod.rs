@@ -237,9 +237,11 @@ pub(crate) fn import_outcomes(
 /// its per-commit work: a commit writes every index page its keys touched, and a thousand
 /// keys of random hashes touch a thousand pages of each index. Into SQLite holding 10^6
 /// keys, a transaction per batch imported some 13,000 keys a second, fifty per
-/// transaction 37,000 (benches/README.md). Other changes wait for the group's commit:
-/// about a second at those rates.
-pub const MAX_BATCHES_PER_TRANSACTION: usize = 50;
+/// transaction 37,000; with the time-ordered ids of imported keys, fifty some 35,000 to
+/// 38,000 and a hundred 39,000 to 45,000 on a busy 2-core machine, two hundred no more
+/// than a hundred (benches/README.md). Other changes wait for the group's commit: some
+/// two seconds at those rates.
+pub const MAX_BATCHES_PER_TRANSACTION: usize = 100;
 
 /// Refuses a group of batches larger than one transaction may write, or a batch larger
 /// than one change may be.
