@@ -14,9 +14,9 @@
 use super::paging::{self, FeedReader, Filter, Rows};
 use super::{
     Accepted, AuditEvent, AuditKind, ChangeCtx, EventBatch, EventPurgeCounts, FeedAnswer, FeedAsk,
-    FeedTable, Follow, IdempotencyClaim, IdempotencyRecord, ImportedBatch, Issued, JOB_LEASE_SECS,
-    Job, JobLock, JtiRevocation, KeyRow, MAX_COUNT, NewKey, OldKeyEnd, PlanCount, ProxySeen,
-    PurgeCounts, RefusalDetail, Stats, Store, StoreError, StoreResult, UserRevocation,
+    FeedTable, Follow, IdempotencyClaim, IdempotencyRecord, ImportOutcome, ImportedBatch, Issued,
+    JOB_LEASE_SECS, Job, JobLock, JtiRevocation, KeyRow, MAX_COUNT, NewKey, OldKeyEnd, PlanCount,
+    ProxySeen, PurgeCounts, RefusalDetail, Stats, Store, StoreError, StoreResult, UserRevocation,
     check_import_batches, check_rotatable, import_outcomes, import_target, minute_of, retired,
     revoked, successor,
 };
@@ -336,13 +336,16 @@ async fn insert_key(
 
 /// Inserts `keys` stamped with `version` in one statement (at most 1,000 rows of 10
 /// parameters: within SQLite's 32,766), skipping any that would break a uniqueness rule;
-/// returns the (id, sha256) of the rows inserted.
+/// returns how many it inserted. No `RETURNING`: nearly every batch inserts every key,
+/// and reading each row back (then matching it to its key) made an import of 10^6 keys
+/// some 1.3x slower (benches/README.md); a batch that missed some reads its rows back
+/// with [`keys_of_version`].
 async fn insert_new_keys(
     conn: &mut SqliteConnection,
     keys: &[NewKey],
     now: i64,
     version: i64,
-) -> StoreResult<HashSet<(String, String)>> {
+) -> StoreResult<u64> {
     let scopes = keys
         .iter()
         .map(|k| serde_json::to_string(&k.scopes))
@@ -366,8 +369,19 @@ async fn insert_new_keys(
             .push_bind(version);
     });
     // No conflict target: a taken id is skipped too, and told apart by the caller.
-    q.push(" ON CONFLICT DO NOTHING RETURNING id, sha256");
-    q.build()
+    q.push(" ON CONFLICT DO NOTHING");
+    Ok(q.build().execute(&mut *conn).await?.rows_affected())
+}
+
+/// The (id, sha256) of the rows stamped with `version`. In an import batch, before
+/// `bump` hands `version` out, those are the rows the batch inserted: no other row can
+/// have a version above `meta.seq`.
+async fn keys_of_version(
+    conn: &mut SqliteConnection,
+    version: i64,
+) -> StoreResult<HashSet<(String, String)>> {
+    sqlx::query("SELECT id, sha256 FROM api_keys WHERE version = ?")
+        .bind(version)
         .fetch_all(&mut *conn)
         .await?
         .iter()
@@ -414,16 +428,17 @@ async fn import_batch(
     let next: i64 = sqlx::query_scalar("SELECT seq + 1 FROM meta WHERE id = 1")
         .fetch_one(&mut *conn)
         .await?;
-    let inserted = insert_new_keys(&mut *conn, keys, ctx.now, next).await?;
-    let imported = inserted.len();
-    // Only a batch that missed some key needs to know why.
-    let stored = if imported < keys.len() {
-        let all: Vec<&str> = keys.iter().map(|k| k.sha256.as_str()).collect();
-        stored_hashes(&mut *conn, &all).await?
+    let imported = insert_new_keys(&mut *conn, keys, ctx.now, next).await?;
+    let imported = usize::try_from(imported).unwrap_or(usize::MAX);
+    // Only a batch that missed some key needs to know which, and why.
+    let outcomes = if imported == keys.len() {
+        vec![ImportOutcome::Imported; keys.len()]
     } else {
-        HashSet::new()
+        let inserted = keys_of_version(&mut *conn, next).await?;
+        let all: Vec<&str> = keys.iter().map(|k| k.sha256.as_str()).collect();
+        let stored = stored_hashes(&mut *conn, &all).await?;
+        import_outcomes(keys, inserted, &stored)
     };
-    let outcomes = import_outcomes(keys, inserted, &stored);
     if imported == 0 {
         return Ok(ImportedBatch {
             version: None,
