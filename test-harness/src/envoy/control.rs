@@ -1,5 +1,5 @@
-//! A real `gatehouse-control serve` process on a temporary SQLite file, for the
-//! end-to-end suite: Envoy's sync polls it through the control cluster, and tests issue
+//! A real `gatehouse-control serve` process on a temporary SQLite file (or on a
+//! PostgreSQL database, [`Database::Postgres`]), for the end-to-end suite: Envoy's sync polls it through the control cluster, and tests issue
 //! and revoke keys through its admin API over loopback TCP.
 //!
 //! [`ControlService::start`] runs the binary ([`control_binary`]: `$GATEHOUSE_CONTROL`,
@@ -8,7 +8,8 @@
 //! JSON log, and waits for `/readyz`. [`ControlService::stop`] sends SIGTERM and waits;
 //! [`ControlService::restart`] starts it again on the same address and database file, so
 //! Envoy's cluster still points at it. [`ControlService::replica`] starts another process
-//! on the same database file: a second replica. Dropping it kills the process and removes the
+//! on the same database: a second replica (on PostgreSQL, as replicas run on several
+//! machines; [`super::postgres`] starts a throwaway cluster). Dropping it kills the process and removes the
 //! temporary directory (kept with `GATEHOUSE_KEEP_ENVOY_DIR`).
 //!
 //! Never a mock: a missing binary is an error that says how to build it.
@@ -80,6 +81,19 @@ pub struct ControlOptions {
     pub policy: Option<PathBuf>,
     /// More variables for its environment (the policy's JWT secrets). Defaults to none.
     pub env: Vec<(String, String)>,
+    /// The database. Defaults to [`Database::Sqlite`].
+    pub database: Database,
+}
+
+/// Where the service keeps its state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Database {
+    /// A new SQLite file in the service's scratch folder, removed with it.
+    #[default]
+    Sqlite,
+    /// `GATEHOUSE_DATABASE_URL` of an existing PostgreSQL database, e.g. one of a
+    /// [`super::postgres::PostgresCluster`]; it outlives the service.
+    Postgres(String),
 }
 
 impl ControlOptions {
@@ -91,6 +105,7 @@ impl ControlOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             policy: None,
             env: Vec::new(),
+            database: Database::Sqlite,
         }
     }
 }
@@ -108,53 +123,60 @@ pub struct IssuedKey {
     pub api_key: String,
 }
 
-/// A running (or stopped) control service with its database file. Killed on drop.
+/// A running (or stopped) control service with its database. Killed on drop.
 pub struct ControlService {
     child: Option<Child>,
     binary: PathBuf,
     opts: ControlOptions,
-    /// Its scratch folder: the log, and the database unless it is a replica's.
+    /// Its scratch folder: the log, and the SQLite file unless it is a replica's.
     dir: PathBuf,
-    database: PathBuf,
+    /// `GATEHOUSE_DATABASE_URL`.
+    database_url: String,
     addr: SocketAddr,
 }
 
 impl ControlService {
-    /// Starts the service on a new SQLite file and waits until it is ready.
+    /// Starts the service on its database (a new SQLite file by default) and waits until
+    /// it is ready.
     pub fn start(opts: &ControlOptions) -> anyhow::Result<ControlService> {
         let binary = control_binary()?;
         let dir = scratch_dir("control")?;
+        let database_url = match &opts.database {
+            Database::Sqlite => format!("sqlite://{}", dir.join("control.db").display()),
+            Database::Postgres(url) => url.clone(),
+        };
         let mut service = ControlService {
             child: None,
             binary,
             opts: opts.clone(),
-            database: dir.join("control.db"),
             dir,
+            database_url,
             addr: opts.listen,
         };
         service.spawn()?;
         Ok(service)
     }
 
-    /// Another `serve` process on this one's database file, with the same tokens, its own
+    /// Another `serve` process on this one's database, with the same tokens, its own
     /// kernel-chosen port and its own log: a second replica (docs/operating.md, "Several
-    /// replicas"). Drop it before this one, which removes the file.
+    /// replicas"). On SQLite, drop it before this one, which removes the file.
     pub fn replica(&self) -> anyhow::Result<ControlService> {
         let mut service = ControlService {
             child: None,
             binary: self.binary.clone(),
             opts: self.opts.clone(),
             dir: scratch_dir("control-replica")?,
-            database: self.database.clone(),
+            database_url: self.database_url.clone(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         service.spawn()?;
         Ok(service)
     }
 
-    /// The SQLite file: it outlives [`stop`](Self::stop) and [`restart`](Self::restart).
-    pub fn database(&self) -> PathBuf {
-        self.database.clone()
+    /// `GATEHOUSE_DATABASE_URL`: the database outlives [`stop`](Self::stop) and
+    /// [`restart`](Self::restart).
+    pub fn database_url(&self) -> &str {
+        &self.database_url
     }
 
     fn log_path(&self) -> PathBuf {
@@ -180,10 +202,7 @@ impl ControlService {
             .env("GATEHOUSE_ADMIN_TOKEN", &self.opts.admin_token)
             .env("GATEHOUSE_FEED_TOKEN", &self.opts.feed_token)
             .env("GATEHOUSE_CONTROL_LISTEN", self.addr.to_string())
-            .env(
-                "GATEHOUSE_DATABASE_URL",
-                format!("sqlite://{}", self.database().display()),
-            )
+            .env("GATEHOUSE_DATABASE_URL", &self.database_url)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -274,7 +293,7 @@ impl ControlService {
         )
     }
 
-    /// Starts it again on the same address and database file.
+    /// Starts it again on the same address and database.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop()?;
         self.spawn()

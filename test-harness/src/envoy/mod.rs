@@ -11,7 +11,8 @@
 //! With a [`FeedLink`] ([`Envoy::start_with_feed`]) the bootstrap also gets the sync and
 //! the control cluster, and the feed token reaches the VM the way a deployment passes it:
 //! set in Envoy's own environment and named in `host_env_keys`, never in the rendered
-//! file. [`control`] runs the real control service it polls.
+//! file. [`control`] runs the real control service it polls, on SQLite or on a throwaway
+//! PostgreSQL cluster ([`postgres`]).
 //!
 //! [`Envoy::start_ext_authz`] starts the same Envoy with Envoy's `ext_authz` filter asking
 //! the control service's `/v1/authz` in place of the module ([`ext_authz`]).
@@ -23,6 +24,7 @@ pub mod control;
 pub mod echo;
 pub mod ext_authz;
 pub mod http1;
+pub mod postgres;
 pub mod redis;
 
 use anyhow::{Context, anyhow, bail};
