@@ -1,6 +1,7 @@
 //! End-to-end with the control service: a real Envoy running the gatehouse module with
 //! `policies/local.yaml` (the policy `make run` uses: keys come from the feed) and a real
-//! `gatehouse-control serve` on a temporary SQLite file. Keys are issued and revoked
+//! `gatehouse-control serve` on a temporary SQLite file (the replica test also on a
+//! throwaway PostgreSQL cluster, `make postgres`). Keys are issued and revoked
 //! through the admin API and used through Envoy; the sync in between is the module's own.
 //!
 //! Needs Envoy (`make envoy`), the module (`make wasm`) and the control binary, which
@@ -19,8 +20,9 @@
     clippy::panic
 )]
 
-use gatehouse_harness::envoy::control::{ControlOptions, ControlService, IssuedKey};
+use gatehouse_harness::envoy::control::{ControlOptions, ControlService, Database, IssuedKey};
 use gatehouse_harness::envoy::http1::{ClientRequest, ClientResponse};
+use gatehouse_harness::envoy::postgres::PostgresCluster;
 use gatehouse_harness::envoy::{Envoy, EnvoyOptions, FeedLink, workspace_root};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -578,15 +580,10 @@ fn a_fresh_envoy_reads_a_snapshot_of_several_pages_and_then_its_changes() {
     stack.until_accepted(&late);
 }
 
-#[test]
-fn keys_issued_and_revoked_through_another_replica_reach_envoy() {
+/// Envoy polls the stack's replica A; keys are issued and revoked through replica B, on
+/// the same database, and each change must reach Envoy.
+fn changes_through_replica_b_reach_envoy(stack: &Stack, b: &ControlService, database: &str) {
     const ROUNDS: usize = 5;
-    // Envoy polls replica A; the changes go through replica B, on the same database.
-    let stack = Stack::start(&as_shipped());
-    let b = stack
-        .control
-        .replica()
-        .unwrap_or_else(|e| panic!("could not start a second gatehouse-control: {e:#}"));
     let first = stack.issue("user_replica_a");
     stack.until_accepted(&first);
     // Each wait is bounded by PROPAGATION_BOUND, half the sync's long-poll `wait`: a
@@ -600,10 +597,46 @@ fn keys_issued_and_revoked_through_another_replica_reach_envoy() {
             .unwrap_or_else(|e| panic!("{e:#}\n{}", b.log_tail(10)));
         let revoked = stack.until_refused(&key);
         println!(
-            "through replica B, to an Envoy polling A: issued key accepted after {}, \
-             revoked key refused after {}",
+            "{database}: through replica B, to an Envoy polling A: issued key accepted \
+             after {}, revoked key refused after {}",
             ms(issued),
             ms(revoked)
         );
     }
+}
+
+#[test]
+fn keys_issued_and_revoked_through_another_replica_reach_envoy() {
+    let stack = Stack::start(&as_shipped());
+    let b = stack
+        .control
+        .replica()
+        .unwrap_or_else(|e| panic!("could not start a second gatehouse-control: {e:#}"));
+    changes_through_replica_b_reach_envoy(&stack, &b, "SQLite");
+}
+
+/// The same on PostgreSQL, where B's commit reaches A by `LISTEN`/`NOTIFY`; and again
+/// after B is stopped and started on the same port (its listener is a new connection).
+#[test]
+fn on_postgresql_keys_issued_and_revoked_through_another_replica_reach_envoy() {
+    // Declared first, so dropped last: the replicas go before their database.
+    let cluster =
+        PostgresCluster::start().unwrap_or_else(|e| panic!("could not start PostgreSQL: {e:#}"));
+    let url = cluster
+        .create_database("gatehouse_replicas")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let control = ControlService::start(&ControlOptions {
+        database: Database::Postgres(url),
+        ..ControlOptions::new()
+    })
+    .unwrap_or_else(|e| panic!("could not start gatehouse-control on PostgreSQL: {e:#}"));
+    let stack = Stack::with_envoy(control, &as_shipped());
+    let mut b = stack
+        .control
+        .replica()
+        .unwrap_or_else(|e| panic!("could not start a second gatehouse-control: {e:#}"));
+    changes_through_replica_b_reach_envoy(&stack, &b, "PostgreSQL");
+    b.restart()
+        .unwrap_or_else(|e| panic!("restarting replica B: {e:#}"));
+    changes_through_replica_b_reach_envoy(&stack, &b, "PostgreSQL, B restarted");
 }
