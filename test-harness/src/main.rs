@@ -5,7 +5,7 @@
 //! gatehouse-harness run [--envoy] [--module PATH] [--junit FILE] CASES...
 //! gatehouse-harness envoy-config --policy FILE [--listen ADDR] [--admin ADDR]
 //!                                [--upstream ADDR] [--module PATH] [--env NAME=VALUE]...
-//!                                [--control ADDR] [--filter-only]
+//!                                [--control ADDR]... [--filter-only]
 //! gatehouse-harness echo-upstream --listen ADDR
 //! ```
 //!
@@ -32,12 +32,13 @@ usage:
       run case files in the harness, or with --envoy in a real Envoy; --module overrides
       the case files' `module:`; --junit also writes the results as JUnit XML
   gatehouse-harness envoy-config --policy FILE [--listen ADDR] [--admin ADDR] [--upstream ADDR]
-                                 [--module PATH] [--env NAME=VALUE]... [--control ADDR]
+                                 [--module PATH] [--env NAME=VALUE]... [--control ADDR]...
                                  [--filter-only]
       print an Envoy bootstrap that loads the module with this policy (with a feed
-      section: also the sync service, and with --control the cluster it polls;
-      --filter-only: no sync service, one worker runs the sync under a lease, as in
-      Istio and Envoy Gateway, which add HTTP filters only)
+      section: also the sync service, and with --control the cluster it polls, one
+      --control per replica of the control service; --filter-only: no sync service,
+      one worker runs the sync under a lease, as in Istio and Envoy Gateway, which add
+      HTTP filters only)
   gatehouse-harness echo-upstream --listen ADDR
       serve an upstream that answers every request with what it received, as JSON
 
@@ -328,10 +329,17 @@ fn envoy_config(args: &[String]) -> CmdResult {
         env.push((k.to_string(), v.to_string()));
     }
     let listen = args.addr("listen", "127.0.0.1:10000")?;
-    let control = match args.value("control") {
-        Some(_) => Some(args.addr("control", "")?),
-        None => None,
-    };
+    let control = args
+        .values("control")
+        .into_iter()
+        .map(|text| {
+            text.parse().map_err(|_| {
+                Usage(format!(
+                    "--control: '{text}' is not an address like 127.0.0.1:8081"
+                ))
+            })
+        })
+        .collect::<Result<Vec<SocketAddr>, Usage>>()?;
     let admin = args.addr("admin", "127.0.0.1:9901")?;
     let upstream = args.addr("upstream", "127.0.0.1:10001")?;
     let module = args.module();

@@ -502,7 +502,7 @@ fn the_bootstrap_passes_the_server_header_through_only_when_the_policy_removes_i
         plugin_config_json: policy_json(policy),
         env: vec![],
         pass_env: vec![],
-        control: None,
+        control: Vec::new(),
         filter_only: false,
     };
     let hcm = |yaml: String| {

@@ -51,9 +51,10 @@ pub struct Bootstrap {
     /// Environment variables Envoy passes from its own environment to the VM
     /// (`host_env_keys`): secrets named by the policy, which so never land in this file.
     pub pass_env: Vec<String>,
-    /// The control service, for a policy with a `feed` section: the cluster the sync
-    /// polls (named by the policy's `feed.cluster`). `None`: no such cluster.
-    pub control: Option<SocketAddr>,
+    /// The control service, for a policy with a `feed` section: the endpoints of the
+    /// cluster the sync polls (named by the policy's `feed.cluster`), one per replica,
+    /// taken in turn. Empty: no such cluster.
+    pub control: Vec<SocketAddr>,
     /// Filter-only mode: no singleton service (`bootstrap_extensions` empty, as Istio's
     /// `WasmPlugin` and Envoy Gateway generate), and the feed token passed to the filter's
     /// VM, whose workers then run the sync under a lease (`core/src/sync/lease.rs`).
@@ -148,8 +149,18 @@ impl Bootstrap {
                 },
             }]),
         };
-        let control_cluster = match (&feed, self.control) {
-            (Some(feed), Some(addr)) => format!(
+        let endpoints: Vec<Value> = self
+            .control
+            .iter()
+            .map(|addr| {
+                json!({ "endpoint": { "address": { "socket_address": {
+                    "address": addr.ip().to_string(),
+                    "port_value": addr.port(),
+                } } } })
+            })
+            .collect();
+        let control_cluster = match &feed {
+            Some(feed) if !endpoints.is_empty() => format!(
                 "- {}",
                 json!({
                     "name": feed.cluster,
@@ -157,12 +168,7 @@ impl Bootstrap {
                     "type": "STATIC",
                     "load_assignment": {
                         "cluster_name": feed.cluster,
-                        "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": {
-                            "socket_address": {
-                                "address": addr.ip().to_string(),
-                                "port_value": addr.port(),
-                            }
-                        } } } ] } ],
+                        "endpoints": [ { "lb_endpoints": endpoints } ],
                     },
                 })
             ),
@@ -202,6 +208,7 @@ impl Bootstrap {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use serde_json::Value;
 
     fn sample() -> Bootstrap {
         Bootstrap {
@@ -212,7 +219,7 @@ mod tests {
             plugin_config_json: r#"{"version":1,"note":"a \"quoted\" \\ value\n"}"#.into(),
             env: vec![("SECRET".into(), "s3cr\"et".into())],
             pass_env: vec!["GATEHOUSE_JWT_SECRET".into(), "SECRET".into()],
-            control: None,
+            control: Vec::new(),
             filter_only: false,
         }
     }
@@ -237,7 +244,7 @@ mod tests {
             "feed":{"cluster":"control","token_env":"FEED_TOKEN"}}"#
             .into();
         b.pass_env.push("FEED_TOKEN".into());
-        b.control = Some("127.0.0.1:8081".parse().unwrap());
+        b.control = vec!["127.0.0.1:8081".parse().unwrap()];
         let (env, ext) = filter_env_and_extensions(&b);
         assert_eq!(ext.as_array().unwrap().len(), 1, "the singleton");
         assert_eq!(
@@ -287,7 +294,7 @@ mod tests {
             "feed": { "cluster": "gatehouse_control", "token_env": "GATEHOUSE_FEED_TOKEN" }
         })
         .to_string();
-        b.control = Some("127.0.0.1:7070".parse().unwrap());
+        b.control = vec!["127.0.0.1:7070".parse().unwrap()];
         let yaml = b.render();
         let tree = gatehouse_core::policy::yaml::parse(&yaml)
             .unwrap()
@@ -312,6 +319,32 @@ mod tests {
                 ["socket_address"]["port_value"],
             7070
         );
+    }
+
+    #[test]
+    fn each_control_replica_is_an_endpoint_of_the_control_cluster() {
+        let mut b = sample();
+        b.plugin_config_json = serde_json::json!({
+            "version": 1,
+            "routes": [ { "match": { "path_prefix": "/" } } ],
+            "feed": { "cluster": "gatehouse_control", "token_env": "GATEHOUSE_FEED_TOKEN" }
+        })
+        .to_string();
+        b.control = vec![
+            "127.0.0.1:7070".parse().unwrap(),
+            "127.0.0.1:7071".parse().unwrap(),
+        ];
+        let tree = gatehouse_core::policy::yaml::parse(&b.render())
+            .unwrap()
+            .to_json();
+        let cluster = &tree["static_resources"]["clusters"][0];
+        let ports: Vec<&Value> = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["endpoint"]["address"]["socket_address"]["port_value"])
+            .collect();
+        assert_eq!(ports, [7070, 7071]);
     }
 
     #[test]

@@ -146,7 +146,7 @@ mod tests {
             plugin_config_json: "{}".into(),
             env: Vec::new(),
             pass_env: Vec::new(),
-            control: None,
+            control: Vec::new(),
             filter_only: false,
         }
         .render();

@@ -204,7 +204,7 @@ impl Envoy {
             pass_env: feed
                 .map(|f| f.secret_env.iter().map(|(k, _)| k.clone()).collect())
                 .unwrap_or_default(),
-            control: feed.map(|f| f.control),
+            control: feed.map(|f| f.control).into_iter().collect(),
             filter_only: opts.filter_only,
         };
         let config_path = dir.join("envoy.yaml");
