@@ -162,6 +162,16 @@ bench-fleet: wasm envoy redis
 	$(CARGO) test -q -p gatehouse-harness --test fleet_limits_envoy_e2e -- \
 	  --include-ignored --nocapture --test-threads 1
 
+# Propagation across replicas (benches/propagation.py; results in benches/README.md): two
+# release control replicas on one throwaway PostgreSQL, three Envoys polling both; 50
+# issues and revocations through random replicas timed to every Envoy, with the replicas
+# left alone and during two rolling restarts. About 30 minutes (PROPAGATION_ARGS to narrow it).
+.PHONY: bench-propagation
+bench-propagation: wasm envoy postgres
+	$(CARGO) build -q -p gatehouse-harness
+	$(CARGO) build -q --release -p gatehouse-control
+	$(PYTHON) benches/propagation.py $(PROPAGATION_ARGS)
+
 run: wasm envoy
 	$(CARGO) build -q -p gatehouse-harness -p gatehouse-control
 	exec envoy/run.sh
