@@ -132,10 +132,11 @@ schemathesis: envoy
 
 # The Envoy comparison (benches/envoy_compare.py; results in benches/README.md): Envoy's
 # CPU per request and latency with no filter, a trivial wasm filter, jwt_authn +
-# local_ratelimit, gatehouse and ext_authz. About 5 minutes (BENCH_ROUNDS, BENCH_SECONDS);
-# wrk comes from Debian's packages when the machine has none.
+# local_ratelimit, gatehouse (with local and fleet-wide limits) and ext_authz. About 6
+# minutes (BENCH_ROUNDS, BENCH_SECONDS); wrk comes from Debian's packages when the machine
+# has none, redis-server (for the fleet-wide row's control service) from `redis`.
 .PHONY: bench-envoy
-bench-envoy: wasm envoy
+bench-envoy: wasm envoy redis
 	@command -v wrk >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	$(CARGO) build -q --release --target $(WASM_TARGET) \

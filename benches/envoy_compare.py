@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Envoy comparison: what each way of authenticating and limiting costs Envoy per request.
 
-`make bench-envoy` runs it (it builds the modules and binaries first). Six Envoys, one
+`make bench-envoy` runs it (it builds the modules and binaries first). Seven Envoys, one
 per configuration, each with the same listener, the same HTTP connection manager and the
 same `direct_response` 200 route (no upstream), differing only in their HTTP filters:
 
@@ -11,6 +11,10 @@ same `direct_response` 200 route (no upstream), differing only in their HTTP fil
            nothing else: splits d_key - b into host calls (h - b) and work in the VM (d_key - h)
   c        jwt_authn (HS256, inline JWKS, jwt_cache_config of 128) + local_ratelimit
   d        gatehouse, plan limit on; requests with a JWT (d_jwt) and with an API key (d_key)
+  d_fleet  d with `rate_limit: { scope: fleet }` and a `feed:` section, so the Envoy also
+           runs the sync singleton, exchanging with the control service (and its Redis)
+           every 300 ms while it serves; requests with the API key, as d_key. The sync
+           runs on Envoy's main thread, so its CPU is in d_fleet's
   e        ext_authz (HTTP service) calling gatehouse-control's /v1/authz on loopback
 
 wrk (one thread, BENCH_CONNECTIONS keep-alive connections, `--latency`) loads one
@@ -28,6 +32,13 @@ first:
   gatehouse_vs_native     d_jwt / c   (both verify an HS256 JWT and apply a limit)
   gatehouse_vs_wasm_floor d_key / b   (gatehouse's own logic above any wasm filter)
   gatehouse_vs_ext_authz  d_key / e   (both check an API key)
+  fleet_vs_local          d_fleet / d_key   (fleet-scoped limit against a local one; the
+                          request path makes no call, so it should be 1; p50 and p99 of
+                          both are printed beside it)
+
+d_fleet's exchange must really run: before the warm-up its Envoy must have exchanged at
+least once, and after the rounds `wasmcustom.gatehouse.fleet.exchanges` must have grown
+with `exchange_failures` still 0 (both printed), or the bench fails.
 
 Environment (defaults in brackets):
   BENCH_ROUNDS [5]  BENCH_SECONDS [8]  BENCH_WARMUP_SECONDS [3]  BENCH_CONNECTIONS [8]
@@ -37,9 +48,12 @@ Environment (defaults in brackets):
   GATEHOUSE_ENVOY [.venv/bin/envoy]  GATEHOUSE_WASM [target/wasm32-wasip1/release/gatehouse.wasm]
   BENCH_WASM_FLOOR [target/wasm-floor/wasm32-wasip1/release/wasm_floor.wasm]
   GATEHOUSE_CONTROL [target/release/gatehouse-control]  GATEHOUSE_HARNESS [target/debug/gatehouse-harness]
+  redis-server from PATH (`make redis` installs it): on a unix socket in the work
+    directory, no TCP port, no persistence; the control service's GATEHOUSE_REDIS_URL
   BENCH_KEEP [unset]: keep the work directory (rendered bootstraps, logs) and print it
 
-Everything it starts (the control service, six Envoys, wrk) is stopped on exit.
+Everything it starts (redis-server, the control service, seven Envoys, wrk) is stopped
+on exit.
 """
 
 import base64
@@ -85,6 +99,7 @@ ROWS = [
     ("c", "c", "jwt_authn HS256 + local_ratelimit"),
     ("d_jwt", "d", "gatehouse, JWT, plan limit"),
     ("d_key", "d", "gatehouse, API key, plan limit"),
+    ("d_fleet", "d_fleet", "gatehouse, API key, fleet limit"),
     ("e", "e", "ext_authz -> control /v1/authz"),
 ]
 
@@ -137,6 +152,34 @@ def wait_ready(name, url, proc, log):
     die(f"{name} was not ready after 60s; see {log}")
 
 
+def wait_redis(sock, proc, log):
+    """Until redis-server answers PING on its unix socket."""
+    for _ in range(200):
+        if proc.poll() is not None:
+            die(f"redis-server exited during startup; see {log}:\n" + open(log).read()[-3000:])
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(1)
+                s.connect(sock)
+                s.sendall(b"PING\r\n")
+                if s.recv(16) == b"+PONG\r\n":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    die(f"redis-server did not answer PING within 10s; see {log}")
+
+
+def fleet_stats(admin):
+    """d_fleet's sync counters: {exchanges, exchange_failures, admissions_dropped}."""
+    names = ("exchanges", "exchange_failures", "admissions_dropped")
+    status, body = http("GET", f"http://{admin}/stats?filter=^wasmcustom\\.gatehouse\\.fleet\\.")
+    if status != 200:
+        die(f"admin stats answered {status}")
+    stats = dict(line.split(": ", 1) for line in body.decode().splitlines() if ": " in line)
+    return {n: int(stats.get(f"wasmcustom.gatehouse.fleet.{n}", "0")) for n in names}
+
+
 def b64url(raw):
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
@@ -151,10 +194,11 @@ def mint_jwt(secret, sub, tenant, plan):
     return signing + "." + b64url(sig)
 
 
-def cpu_ticks(pid):
+def cpu_ticks(pid, tid=None):
     # Fields after the command name (which is in parentheses and may hold spaces):
-    # utime and stime are the 14th and 15th fields of the line.
-    with open(f"/proc/{pid}/stat") as f:
+    # utime and stime are the 14th and 15th fields of the line. With `tid`, one thread's
+    # (Envoy's main thread is the one whose id is the process's).
+    with open(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat") as f:
         rest = f.read().rsplit(")", 1)[1].split()
     return int(rest[11]) + int(rest[12])
 
@@ -182,11 +226,13 @@ def to_ms(value, unit):
 
 
 def run_wrk(envoy, headers, seconds):
-    """One measured run: returns (cpu µs/request, p50 ms, p99 ms, requests, req/s)."""
+    """One measured run: returns (cpu µs/request, p50 ms, p99 ms, requests, req/s, main
+    thread's cpu µs/request)."""
+    pid = envoy["proc"].pid
     before_rq, before_ok = rq_stats(envoy["admin"])
-    before_cpu = cpu_ticks(envoy["proc"].pid)
+    before_cpu, before_main = cpu_ticks(pid), cpu_ticks(pid, pid)
     out = subprocess.run(wrk_args(envoy["port"], headers, seconds), capture_output=True, text=True)
-    after_cpu = cpu_ticks(envoy["proc"].pid)
+    after_cpu, after_main = cpu_ticks(pid), cpu_ticks(pid, pid)
     after_rq, after_ok = rq_stats(envoy["admin"])
     if out.returncode != 0:
         die(f"wrk failed: {out.stderr}")
@@ -199,7 +245,8 @@ def run_wrk(envoy, headers, seconds):
     if set(lat) != {"50", "99"}:
         die(f"cannot read wrk's latency distribution:\n{out.stdout}")
     cpu_us = (after_cpu - before_cpu) * 1e6 / CLK_TCK / requests
-    return cpu_us, lat["50"], lat["99"], requests, requests / seconds
+    main_us = (after_main - before_main) * 1e6 / CLK_TCK / requests
+    return cpu_us, lat["50"], lat["99"], requests, requests / seconds, main_us
 
 
 def main():
@@ -212,6 +259,17 @@ def main():
     work = tempfile.mkdtemp(prefix="gatehouse-bench-")
     os.chmod(work, 0o700)
 
+    # --- Redis, for d_fleet's fleet-wide counters: a unix socket in the work dir, no TCP
+    # port, nothing written to disk ------------------------------------------------------
+    redis_sock = f"{work}/redis.sock"
+    log = f"{work}/redis.log"
+    redis = subprocess.Popen(
+        ["redis-server", "--port", "0", "--save", "", "--appendonly", "no",
+         "--unixsocket", redis_sock, "--unixsocketperm", "700", "--dir", work],
+        stdin=subprocess.DEVNULL, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    procs.append(redis)
+    wait_redis(redis_sock, redis, log)
+
     # --- the control service: SQLite in the work dir, random tokens, quiet log ---------
     # It issues keys only on plans it knows: `bench`, the one plan the policy below adds.
     admin_token = secrets.token_urlsafe(32)
@@ -219,7 +277,8 @@ def main():
     control_addr = f"127.0.0.1:{free_port()}"
     env = dict(os.environ, GATEHOUSE_ADMIN_TOKEN=admin_token, GATEHOUSE_FEED_TOKEN=feed_token,
                GATEHOUSE_CONTROL_LISTEN=control_addr, GATEHOUSE_PLANS="bench",
-               GATEHOUSE_DATABASE_URL=f"sqlite://{work}/control.db", RUST_LOG="warn")
+               GATEHOUSE_DATABASE_URL=f"sqlite://{work}/control.db",
+               GATEHOUSE_REDIS_URL=f"redis+unix://{redis_sock}", RUST_LOG="warn")
     log = f"{work}/control.log"
     control = subprocess.Popen([CONTROL, "serve"], env=env, stdout=subprocess.DEVNULL,
                                stderr=open(log, "w"))
@@ -227,7 +286,8 @@ def main():
     wait_ready("the control service", f"http://{control_addr}/readyz", control, log)
 
     # One API key, issued through the API: e checks it there, d finds its hash in the
-    # policy (no feed: d's cost is the request path only, not a sync service's polls).
+    # policy (no feed: d's cost is the request path only, not a sync service's polls);
+    # d_fleet has the same policy entry and gets the key from the feed as well.
     status, body = http("POST", f"http://{control_addr}/v1/keys",
                         headers={"authorization": f"Bearer {admin_token}",
                                  "content-type": "application/json"},
@@ -260,24 +320,46 @@ routes:
   - name: api
     match: {{ path_prefix: /v1/ }}
 """
-    with open(f"{work}/policy.yaml", "w") as f:
-        f.write(policy)
-    rendered = subprocess.run(
-        [HARNESS, "envoy-config", "--policy", f"{work}/policy.yaml", "--module", os.path.abspath(WASM),
-         "--upstream", "127.0.0.1:9"], capture_output=True, text=True)
-    if rendered.returncode != 0:
-        die(f"gatehouse-harness envoy-config failed:\n{rendered.stderr}")
+    # d_fleet: the same, with every limit fleet-wide and the control service's feed, so
+    # its Envoy also runs the sync singleton (the sync_interval's default, 250ms).
+    fleet_policy = policy + """feed: { cluster: gatehouse_control, token_env: GATEHOUSE_FEED_TOKEN }
+rate_limit: { scope: fleet }
+"""
 
-    def grab(name):
-        m = re.search(rf"^\s*{name}: (.*)$", rendered.stdout, re.M)
+    def render(name, policy, *args):
+        path = f"{work}/{name}.yaml"
+        with open(path, "w") as f:
+            f.write(policy)
+        out = subprocess.run(
+            [HARNESS, "envoy-config", "--policy", path, "--module", os.path.abspath(WASM),
+             "--upstream", "127.0.0.1:9", *args], capture_output=True, text=True)
+        if out.returncode != 0:
+            die(f"gatehouse-harness envoy-config --policy {path} failed:\n{out.stderr}")
+        return out.stdout
+
+    def grab(rendered, name):
+        m = re.search(rf"^\s*{name}: (.*)$", rendered, re.M)
         if not m:
             die(f"no {name} in the rendered bootstrap")
         return json.loads(m.group(1))
 
-    plugin_config = grab("value")
-    host_env_keys = grab("host_env_keys")
-    buffer_limit = grab("per_connection_buffer_limit_bytes")
-    server_header = grab("server_header_transformation")
+    rendered = render("policy", policy)
+    plugin_config = grab(rendered, "value")
+    host_env_keys = grab(rendered, "host_env_keys")
+    buffer_limit = grab(rendered, "per_connection_buffer_limit_bytes")
+    server_header = grab(rendered, "server_header_transformation")
+    # For d_fleet, also the sync singleton (bootstrap_extensions) and the cluster it polls,
+    # as `envoy-config --control` renders them; host_env_keys now names the feed token.
+    rendered = render("policy-fleet", fleet_policy, "--control", control_addr)
+    fleet_plugin_config = grab(rendered, "value")
+    fleet_host_env_keys = grab(rendered, "host_env_keys")
+    fleet_extensions = grab(rendered, "bootstrap_extensions")
+    m = re.search(r"^\s*# The control service the sync polls.*\n\s*- (\{.*\})$", rendered, re.M)
+    if not fleet_extensions or not m:
+        die("no sync service or control cluster in the rendered fleet bootstrap")
+    feed_cluster = json.loads(m.group(1))
+    if "GATEHOUSE_FEED_TOKEN" not in fleet_host_env_keys:
+        die(f"the fleet bootstrap passes {fleet_host_env_keys} to the VM, not the feed token")
 
     def wasm_filter(name, path, configuration, extra=None):
         config = {
@@ -353,14 +435,21 @@ routes:
         "c": (native, []),
         "d": ([wasm_filter("gatehouse", WASM, plugin_config, {
             "allow_on_headers_stop_iteration": True})], []),
+        "d_fleet": ([wasm_filter("gatehouse", WASM, fleet_plugin_config, {
+            "allow_on_headers_stop_iteration": True})], [feed_cluster]),
         "e": (ext_authz, [control_cluster]),
     }
-    # gatehouse's VM reads the JWT secret from Envoy's environment, as in production.
+    # gatehouse's VM reads the JWT secret (and d_fleet's the feed token) from Envoy's
+    # environment, as in production: never written into a file.
     configs["d"][0][0]["typed_config"]["config"]["vm_config"]["environment_variables"] = {
         "host_env_keys": host_env_keys}
+    configs["d_fleet"][0][0]["typed_config"]["config"]["vm_config"]["environment_variables"] = {
+        "host_env_keys": fleet_host_env_keys}
+    extensions = {"d_fleet": fleet_extensions}
 
-    def bootstrap(filters, clusters, port, admin_port):
+    def bootstrap(filters, clusters, port, admin_port, extensions):
         return {
+            "bootstrap_extensions": extensions,
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
             "static_resources": {
                 "listeners": [{
@@ -390,17 +479,18 @@ routes:
 
     envoys = {}
     envoy_env = dict(os.environ, GATEHOUSE_BENCH_JWT_SECRET=jwt_secret.decode())
-    for name, (filters, clusters) in configs.items():
+    for i, (name, (filters, clusters)) in enumerate(configs.items()):
         port, admin_port = free_port(), free_port()
         path = f"{work}/envoy-{name}.json"
         with open(path, "w") as f:
-            json.dump(bootstrap(filters, clusters, port, admin_port), f, indent=1)
+            json.dump(bootstrap(filters, clusters, port, admin_port, extensions.get(name, [])), f, indent=1)
         os.chmod(path, 0o600)
         log = f"{work}/envoy-{name}.log"
+        env = dict(envoy_env, GATEHOUSE_FEED_TOKEN=feed_token) if name == "d_fleet" else envoy_env
         proc = subprocess.Popen(
             [ENVOY, "-c", path, "--concurrency", str(WORKERS), "--disable-hot-restart",
-             "--base-id", str(100 + ord(name)), "--log-level", "warn"],
-            env=envoy_env, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+             "--base-id", str(100 + i), "--log-level", "warn"],
+            env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
         procs.append(proc)
         envoys[name] = {"name": name, "proc": proc, "port": port, "admin": f"127.0.0.1:{admin_port}", "log": log}
     for name, e in envoys.items():
@@ -413,8 +503,20 @@ routes:
         "c": {"authorization": f"Bearer {jwt}"},
         "d_jwt": {"authorization": f"Bearer {jwt}"},
         "d_key": {"x-api-key": api_key},
+        "d_fleet": {"x-api-key": api_key},
         "e": {"x-api-key": api_key},
     }
+    # d_fleet serves once its sync has exchanged with the control service at least once
+    # (a fresh Envoy waits up to 2 s for its first exchange before it polls for its keys)
+    # and its first snapshot of the feed is in.
+    fleet = envoys["d_fleet"]
+    for _ in range(150):
+        if fleet_stats(fleet["admin"])["exchanges"] > 0 and http(
+                "GET", f"http://127.0.0.1:{fleet['port']}{PATH}", headers=headers["d_fleet"])[0] == 200:
+            break
+        time.sleep(0.1)
+    else:
+        die(f"d_fleet: no exchange, or no 200, within 15s: {fleet_stats(fleet['admin'])}; see {fleet['log']}")
     # Every row must be a 200 before it is measured (a refusal would be cheap and wrong),
     # and without its credential c, d and e must refuse: the filters really run.
     for row, config, _ in ROWS:
@@ -422,7 +524,7 @@ routes:
         status, _ = http("GET", f"http://127.0.0.1:{port}{PATH}", headers=headers[row])
         if status != 200:
             die(f"{row}: answered {status} to a valid request; see {envoys[config]['log']}")
-        if config in ("c", "d", "e"):
+        if config in ("c", "d", "d_fleet", "e"):
             status, _ = http("GET", f"http://127.0.0.1:{port}{PATH}")
             if status != 401:
                 die(f"{row}: answered {status} to a request without credentials")
@@ -431,6 +533,7 @@ routes:
     print(machine, flush=True)
     print(f"\nwarm-up {WARMUP}s per row, then {ROUNDS} rounds of {SECONDS}s per row, "
           f"{CONNECTIONS} connections, Envoy --concurrency {WORKERS}", flush=True)
+    fleet_before = fleet_stats(fleet["admin"])
     for row, config, _ in ROWS:
         run_wrk(envoys[config], headers[row], WARMUP)
 
@@ -447,13 +550,20 @@ routes:
             results[row].append(m)
             line.append(f"{row} {m[0]:.1f}")
         print(f"round {r + 1}/{ROUNDS}: CPU µs/request " + ", ".join(line), flush=True)
+    # d_fleet's sync exchanged all along, and every exchange worked.
+    fleet_after = fleet_stats(fleet["admin"])
+    print(f"d_fleet: wasmcustom.gatehouse.fleet.* before the warm-up {fleet_before}, "
+          f"after the rounds {fleet_after}", flush=True)
+    if fleet_after["exchanges"] <= fleet_before["exchanges"] or fleet_after["exchange_failures"] \
+            or fleet_after["admissions_dropped"]:
+        die(f"d_fleet's fleet exchange did not run cleanly; see {fleet['log']} and {work}/control.log")
 
-    med = {row: [statistics.median(m[i] for m in results[row]) for i in range(5)] for row in results}
+    med = {row: [statistics.median(m[i] for m in results[row]) for i in range(6)] for row in results}
     print()
-    print(f"{'':6} {'configuration':36} {'CPU µs/req':>10} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
+    print(f"{'':7} {'configuration':36} {'CPU µs/req':>10} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
     for row, _, label in ROWS:
-        cpu, p50, p99, _, rps = med[row]
-        print(f"{row:6} {label:36} {cpu:10.1f} {p50:8.3f} {p99:8.3f} {rps:8.0f}")
+        cpu, p50, p99, _, rps, _ = med[row]
+        print(f"{row:7} {label:36} {cpu:10.1f} {p50:8.3f} {p99:8.3f} {rps:8.0f}")
     print(f"(medians over {ROUNDS} rounds; CPU = Envoy's utime+stime over the run / requests completed)")
 
     status, body = http("GET", f"http://{envoys['e']['admin']}/stats?filter=^cluster\\.control\\.upstream_(cx|rq)_total$")
@@ -464,11 +574,17 @@ routes:
         return statistics.median(results[x][i][0] / results[y][i][0] for i in range(ROUNDS))
 
     ratios = [("gatehouse_vs_native", "d_jwt", "c"), ("gatehouse_vs_wasm_floor", "d_key", "b"),
-              ("gatehouse_vs_ext_authz", "d_key", "e")]
+              ("gatehouse_vs_ext_authz", "d_key", "e"), ("fleet_vs_local", "d_fleet", "d_key")]
     print("ratios: CPU per request, median over rounds of each round's ratio; "
-          "native = d_jwt/c, wasm floor = d_key/b, ext_authz = d_key/e")
+          "native = d_jwt/c, wasm floor = d_key/b, ext_authz = d_key/e, fleet = d_fleet/d_key")
     for name, x, y in ratios:
         print(f"ratio {name}: {ratio(x, y):.2f}")
+    print(f"fleet vs local: p50 {med['d_fleet'][1]:.3f} ms against {med['d_key'][1]:.3f} ms, "
+          f"p99 {med['d_fleet'][2]:.3f} ms against {med['d_key'][2]:.3f} ms (medians over the rounds)")
+    # Where d_fleet's extra CPU is spent: the sync runs on Envoy's main thread (with the
+    # admin and stats), the requests on the worker.
+    print(f"of Envoy's CPU per request, its main thread's (d_fleet's sync, admin, stats): "
+          f"d_fleet {med['d_fleet'][5]:.2f} µs, d_key {med['d_key'][5]:.2f} µs; the rest is the worker's")
 
     if os.environ.get("BENCH_KEEP"):
         print(f"work directory kept: {work}", file=sys.stderr)
