@@ -518,7 +518,7 @@ rate_limit: { scope: fleet }
     else:
         die(f"d_fleet: no exchange, or no 200, within 15s: {fleet_stats(fleet['admin'])}; see {fleet['log']}")
     # Every row must be a 200 before it is measured (a refusal would be cheap and wrong),
-    # and without its credential c, d and e must refuse: the filters really run.
+    # and without its credential c, d, d_fleet and e must refuse: the filters really run.
     for row, config, _ in ROWS:
         port = envoys[config]["port"]
         status, _ = http("GET", f"http://127.0.0.1:{port}{PATH}", headers=headers[row])
