@@ -37,8 +37,11 @@ first:
                           both are printed beside it)
 
 d_fleet's exchange must really run: before the warm-up its Envoy must have exchanged at
-least once, and after the rounds `wasmcustom.gatehouse.fleet.exchanges` must have grown
-with `exchange_failures` still 0 (both printed), or the bench fails.
+least once, and after the rounds `wasmcustom.gatehouse.fleet.exchanges` and
+`states_applied` (the key's fleet state, back from Redis) must have grown, with
+`exchange_failures` and `admissions_dropped` still 0 (all printed), or the bench fails.
+The part of each row's CPU per request spent on Envoy's main thread (where d_fleet's sync
+runs; the rest is the worker's) is printed for d_key and d_fleet.
 
 Environment (defaults in brackets):
   BENCH_ROUNDS [5]  BENCH_SECONDS [8]  BENCH_WARMUP_SECONDS [3]  BENCH_CONNECTIONS [8]
@@ -171,8 +174,9 @@ def wait_redis(sock, proc, log):
 
 
 def fleet_stats(admin):
-    """d_fleet's sync counters: {exchanges, exchange_failures, admissions_dropped}."""
-    names = ("exchanges", "exchange_failures", "admissions_dropped")
+    """d_fleet's sync counters: {exchanges, exchange_failures, states_applied,
+    admissions_dropped}."""
+    names = ("exchanges", "exchange_failures", "states_applied", "admissions_dropped")
     status, body = http("GET", f"http://{admin}/stats?filter=^wasmcustom\\.gatehouse\\.fleet\\.")
     if status != 200:
         die(f"admin stats answered {status}")
@@ -550,11 +554,14 @@ rate_limit: { scope: fleet }
             results[row].append(m)
             line.append(f"{row} {m[0]:.1f}")
         print(f"round {r + 1}/{ROUNDS}: CPU µs/request " + ", ".join(line), flush=True)
-    # d_fleet's sync exchanged all along, and every exchange worked.
+    # d_fleet's sync exchanged all along, every exchange worked, and the key's admissions
+    # went through Redis and came back (the fleet's state of a caller this Envoy served
+    # changed, so the exchange answers with it, and the sync applies it).
     fleet_after = fleet_stats(fleet["admin"])
     print(f"d_fleet: wasmcustom.gatehouse.fleet.* before the warm-up {fleet_before}, "
           f"after the rounds {fleet_after}", flush=True)
     if fleet_after["exchanges"] <= fleet_before["exchanges"] or fleet_after["exchange_failures"] \
+            or fleet_after["states_applied"] <= fleet_before["states_applied"] \
             or fleet_after["admissions_dropped"]:
         die(f"d_fleet's fleet exchange did not run cleanly; see {fleet['log']} and {work}/control.log")
 
