@@ -32,8 +32,8 @@ first:
   gatehouse_vs_native     d_jwt / c   (both verify an HS256 JWT and apply a limit)
   gatehouse_vs_wasm_floor d_key / b   (gatehouse's own logic above any wasm filter)
   gatehouse_vs_ext_authz  d_key / e   (both check an API key)
-  fleet_vs_local          d_fleet / d_key   (fleet-scoped limit against a local one; the
-                          request path makes no call, so it should be 1; p50 and p99 of
+  fleet_vs_local          d_fleet / d_key   (fleet-scoped limit against a local one; issue
+                          21 asks for 1, no request waiting for Redis; p50 and p99 of
                           both are printed beside it)
 
 d_fleet's exchange must really run: before the warm-up its Envoy must have exchanged at
