@@ -83,6 +83,9 @@ pub struct ControlOptions {
     pub env: Vec<(String, String)>,
     /// The database. Defaults to [`Database::Sqlite`].
     pub database: Database,
+    /// The binary to run (the one in the control image: tests/images.rs). Defaults to
+    /// [`control_binary`].
+    pub binary: Option<PathBuf>,
 }
 
 /// Where the service keeps its state.
@@ -106,6 +109,7 @@ impl ControlOptions {
             policy: None,
             env: Vec::new(),
             database: Database::Sqlite,
+            binary: None,
         }
     }
 }
@@ -139,7 +143,10 @@ impl ControlService {
     /// Starts the service on its database (a new SQLite file by default) and waits until
     /// it is ready.
     pub fn start(opts: &ControlOptions) -> anyhow::Result<ControlService> {
-        let binary = control_binary()?;
+        let binary = match &opts.binary {
+            Some(binary) => binary.clone(),
+            None => control_binary()?,
+        };
         let dir = scratch_dir("control")?;
         let database_url = match &opts.database {
             Database::Sqlite => format!("sqlite://{}", dir.join("control.db").display()),
