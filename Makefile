@@ -103,7 +103,7 @@ lint: toolchain
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p gatehouse --lib --target $(WASM_TARGET) -- -D warnings
 
-test: lint wasm probe envoy cxx postgres redis chromium
+test: lint wasm images probe envoy cxx postgres redis chromium
 	$(CARGO) test --workspace --no-fail-fast
 	GATEHOUSE_TEST_DATABASE=postgres $(CARGO) test -p gatehouse-control --no-fail-fast
 	$(CARGO) run -q -p gatehouse-harness -- run $(CASES)
