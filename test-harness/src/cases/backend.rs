@@ -105,6 +105,8 @@ pub struct BackendConfig {
     pub upstreams: Vec<Upstream>,
     /// Harness only; `None`: a trap is an error for the case.
     pub failure_policy: Option<FailurePolicy>,
+    /// Envoy only: render the filter-only bootstrap ([`EnvoyOptions::filter_only`]).
+    pub filter_only: bool,
 }
 
 /// A real Envoy: requests go over loopback TCP; the echo upstream's answer tells what
@@ -120,7 +122,7 @@ impl EnvoyBackend {
             wasm: config.module.clone(),
             env: config.env.clone(),
             concurrency: config.workers,
-            filter_only: false,
+            filter_only: config.filter_only,
         };
         Ok(EnvoyBackend {
             envoy: Envoy::start(&opts)?,

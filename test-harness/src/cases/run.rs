@@ -15,6 +15,9 @@ pub struct RunOptions {
     /// The module to load (`run --module`), over the case file's `module:`; `None`: the
     /// file's, else [`crate::envoy::default_wasm`].
     pub module: Option<PathBuf>,
+    /// Envoy only: the filter-only bootstrap (no singleton service), as Istio and Envoy
+    /// Gateway configure Envoy. Defaults to `false`.
+    pub filter_only: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,6 +115,7 @@ pub fn run_file(
         start: file.start,
         upstreams: file.upstreams.clone(),
         failure_policy: file.failure_policy,
+        filter_only: opts.filter_only,
     };
 
     let mut results = Vec::new();
