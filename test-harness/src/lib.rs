@@ -13,3 +13,4 @@ pub mod cases;
 pub mod echo_reply;
 pub mod envoy;
 pub mod host;
+pub mod render;

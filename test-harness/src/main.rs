@@ -6,6 +6,7 @@
 //! gatehouse-harness envoy-config --policy FILE [--listen ADDR] [--admin ADDR]
 //!                                [--upstream ADDR] [--module PATH] [--env NAME=VALUE]...
 //!                                [--control ADDR]... [--filter-only]
+//! gatehouse-harness render --policy FILE --target istio|envoy-gateway|control [OPTION]...
 //! gatehouse-harness echo-upstream --listen ADDR
 //! ```
 //!
@@ -39,6 +40,17 @@ usage:
       --control per replica of the control service; --filter-only: no sync service,
       one worker runs the sync under a lease, as in Istio and Envoy Gateway, which add
       HTTP filters only)
+  gatehouse-harness render --policy FILE --target istio|envoy-gateway|control
+                           [--namespace NS] [--wasm-image REF] [--control-image REF]
+                           [--control-host HOST] [--control-port PORT]
+                           [--selector KEY=VALUE]... [--sidecar] [--gateway NAME]
+                           [--database sqlite|postgres] [--replicas N]
+      print Kubernetes manifests as one YAML stream: Istio (WasmPlugin, EnvoyFilter, and
+      for a feed ServiceEntry and DestinationRule), Envoy Gateway (EnvoyExtensionPolicy,
+      ClientTrafficPolicy, and for a feed an EnvoyPatchPolicy with the control cluster),
+      or the control service (Deployment, Service, PodDisruptionBudget, Secret, and with
+      SQLite its volume claim); Secrets carry names with empty values to fill; what the
+      target cannot express is printed as warnings on stderr (docs/deploying.md)
   gatehouse-harness echo-upstream --listen ADDR
       serve an upstream that answers every request with what it received, as JSON
 
@@ -60,6 +72,7 @@ fn main() -> ExitCode {
         "check" => check(rest),
         "run" => run(rest),
         "envoy-config" => envoy_config(rest),
+        "render" => render(rest),
         "echo-upstream" => echo_upstream(rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
@@ -253,6 +266,7 @@ fn run(args: &[String]) -> CmdResult {
     };
     let opts = RunOptions {
         module: args.value("module").map(PathBuf::from),
+        ..RunOptions::default()
     };
     let mut suites: Vec<Suite> = Vec::new();
     for path in &args.positional {
@@ -383,6 +397,112 @@ fn envoy_config(args: &[String]) -> CmdResult {
         filter_only: args.has("filter-only"),
     };
     print!("{}", bootstrap.render());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render(args: &[String]) -> CmdResult {
+    use gatehouse_harness::render::{self, Database, Options, Target};
+    let args = parse_args(
+        args,
+        &[
+            "policy",
+            "target",
+            "namespace",
+            "wasm-image",
+            "control-image",
+            "control-host",
+            "control-port",
+            "selector",
+            "gateway",
+            "database",
+            "replicas",
+        ],
+        &["sidecar"],
+    )?;
+    if let Some(extra) = args.positional.first() {
+        return Err(Usage(format!("unexpected argument '{extra}'")));
+    }
+    let policy = args
+        .value("policy")
+        .ok_or_else(|| Usage("render needs --policy FILE".into()))?;
+    let target = Target::parse(
+        args.value("target")
+            .ok_or_else(|| Usage("render needs --target".into()))?,
+    )
+    .map_err(Usage)?;
+    let mut opts = Options::default();
+    if let Some(v) = args.value("namespace") {
+        opts.namespace = v.to_string();
+    }
+    if let Some(v) = args.value("wasm-image") {
+        opts.wasm_image = v.trim_start_matches("oci://").to_string();
+    }
+    if let Some(v) = args.value("control-image") {
+        opts.control_image = v.to_string();
+    }
+    opts.control_host = args.value("control-host").map(str::to_string);
+    if let Some(v) = args.value("control-port") {
+        opts.control_port = v
+            .parse()
+            .map_err(|_| Usage(format!("--control-port: '{v}' is not a port")))?;
+    }
+    let selector = args.values("selector");
+    if !selector.is_empty() {
+        opts.selector = selector
+            .iter()
+            .map(|pair| {
+                pair.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .ok_or_else(|| Usage(format!("--selector '{pair}': expected KEY=VALUE")))
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    opts.istio_sidecar = args.has("sidecar");
+    if let Some(v) = args.value("gateway") {
+        opts.gateway = v.to_string();
+    }
+    if let Some(v) = args.value("database") {
+        opts.database = Database::parse(v).map_err(Usage)?;
+    }
+    if let Some(v) = args.value("replicas") {
+        opts.replicas = match v.parse() {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                return Err(Usage(format!(
+                    "--replicas: '{v}' is not a count of 1 or more"
+                )));
+            }
+        };
+    }
+    let source = match std::fs::read_to_string(policy) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{policy}: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let loaded = match gatehouse_core::policy::load_yaml(policy, &source) {
+        Ok(l) => l,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    for line in warning_lines(&loaded.warnings) {
+        eprintln!("{line}");
+    }
+    let notes = match target {
+        Target::Istio => render::istio::warnings(&loaded),
+        Target::EnvoyGateway => render::envoy_gateway::warnings(&loaded),
+        Target::Control => Vec::new(),
+    };
+    for note in notes {
+        eprintln!("gatehouse-harness: warning: {note}");
+    }
+    print!(
+        "{}",
+        render::to_yaml(&render::render(target, &loaded, &opts))
+    );
     Ok(ExitCode::SUCCESS)
 }
 
