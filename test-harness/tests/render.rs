@@ -1,0 +1,388 @@
+//! `gatehouse-harness render`: every target's manifests for real policies, checked
+//! against the schemas their APIs define, and the Istio render's plugin configuration
+//! run through every case file in a real Envoy configured as Istio configures it
+//! (filter-only: HTTP filters, no singleton service).
+//!
+//! - Core kinds (Deployment, Service, PodDisruptionBudget, Secret, PersistentVolumeClaim):
+//!   `kubernetes-validate --strict` (PyPI, pinned in the Makefile; its bundled Kubernetes
+//!   schemas, offline), from `.venv` or `$GATEHOUSE_KUBERNETES_VALIDATE`.
+//! - Istio and Envoy Gateway kinds: [`documented_fields`], the fields (and enums) their
+//!   CRDs define for what we render, read from istio/api
+//!   `kubernetes/customresourcedefinitions.gen.yaml` at b8f8791d9653b2edc77a071d48887e582cfe84bf
+//!   and envoyproxy/gateway `charts/gateway-helm/charts/crds/crds/generated/
+//!   gateway.envoyproxy.io_{envoyextensionpolicies,clienttrafficpolicies,envoypatchpolicies}.yaml`
+//!   at d32f28294245e454d20f81d323d626a90e660c1e. With `$GATEHOUSE_CRD_SCHEMAS` (a JSON
+//!   map `GROUP/VERSION/KIND` -> `openAPIV3Schema` from those files) the manifests are
+//!   also validated against the full schemas (`tools/crd_validate.py`).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use gatehouse_core::policy::LoadedPolicy;
+use gatehouse_harness::cases::{self, BackendKind, CaseOutcome, PluginSource, RunOptions};
+use gatehouse_harness::envoy::workspace_root;
+use gatehouse_harness::render::{self, Database, Options, Target};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[allow(dead_code, reason = "the shared suite helpers this file does not use")]
+mod common;
+
+fn load(path: &Path) -> LoadedPolicy {
+    let source = std::fs::read_to_string(path).unwrap();
+    gatehouse_core::policy::load_yaml(&path.display().to_string(), &source).unwrap()
+}
+
+fn policy(name: &str) -> LoadedPolicy {
+    load(&workspace_root().join("policies").join(name))
+}
+
+/// Every render the CLI can make for two policies (one with a feed, one holding bodies).
+fn every_render() -> Vec<(String, Vec<Value>)> {
+    let mut out = Vec::new();
+    for name in ["local.yaml", "webhooks.yaml"] {
+        let loaded = policy(name);
+        let sidecar = Options {
+            istio_sidecar: true,
+            selector: vec![("app".into(), "api".into())],
+            ..Options::default()
+        };
+        let postgres = Options {
+            database: Database::Postgres,
+            replicas: 3,
+            ..Options::default()
+        };
+        for (label, target, opts) in [
+            ("istio", Target::Istio, Options::default()),
+            ("istio-sidecar", Target::Istio, sidecar),
+            ("envoy-gateway", Target::EnvoyGateway, Options::default()),
+            ("control-sqlite", Target::Control, Options::default()),
+            ("control-postgres", Target::Control, postgres),
+        ] {
+            out.push((
+                format!("{name}-{label}"),
+                render::render(target, &loaded, &opts),
+            ));
+        }
+    }
+    out
+}
+
+fn is_core(doc: &Value) -> bool {
+    matches!(
+        doc["apiVersion"].as_str(),
+        Some("v1" | "apps/v1" | "policy/v1")
+    )
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gatehouse-render-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn kubernetes_validate() -> PathBuf {
+    std::env::var_os("GATEHOUSE_KUBERNETES_VALIDATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/bin/kubernetes-validate"))
+}
+
+/// `kubernetes-validate --strict` over `files`: Ok, or its output.
+fn validate_core(files: &[PathBuf]) -> Result<(), String> {
+    let tool = kubernetes_validate();
+    let out = Command::new(&tool)
+        .args(["--strict", "--quiet"])
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; `make kubernetes-validate` installs it",
+                tool.display()
+            )
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && !text.contains("ERROR") {
+        Ok(())
+    } else {
+        Err(text)
+    }
+}
+
+#[test]
+fn core_kinds_pass_the_kubernetes_schemas() {
+    let dir = scratch("core");
+    let mut files = Vec::new();
+    for (label, docs) in every_render() {
+        let core: Vec<Value> = docs.into_iter().filter(is_core).collect();
+        if core.is_empty() {
+            continue;
+        }
+        let path = dir.join(format!("{label}.yaml"));
+        std::fs::write(&path, render::to_yaml(&core)).unwrap();
+        files.push(path);
+    }
+    assert!(files.len() >= 4, "{files:?}");
+    if let Err(why) = validate_core(&files) {
+        panic!("kubernetes-validate refused the rendered manifests:\n{why}");
+    }
+    // The validator does refuse: a misspelt field fails.
+    let mut broken = render::control::deployment(&Options::default());
+    broken["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = json!({});
+    let path = dir.join("broken.yaml");
+    std::fs::write(&path, render::to_yaml(&[broken])).unwrap();
+    assert!(validate_core(&[path]).is_err(), "a bad field passed");
+}
+
+/// What the CRDs define for the fields we render. A shape is `"string"`, `"integer"`,
+/// `"boolean"`, `"map"` (string to string), `"any"` (a free-form object the CRD leaves
+/// open: `pluginConfig`, `config`, patch values), a list of allowed strings (an enum),
+/// `{"[]": shape}` for a list, or an object of the allowed keys.
+fn documented_fields(api_version: &str, kind: &str) -> Option<Value> {
+    let target_ref =
+        json!({ "group": "string", "kind": "string", "name": "string", "namespace": "string" });
+    let spec = match (api_version, kind) {
+        ("extensions.istio.io/v1alpha1", "WasmPlugin") => json!({
+            "selector": { "matchLabels": "map" },
+            "targetRef": target_ref, "targetRefs": { "[]": target_ref },
+            "url": "string", "sha256": "string",
+            "imagePullPolicy": ["UNSPECIFIED_POLICY", "IfNotPresent", "Always"],
+            "imagePullSecret": "string", "verificationKey": "string",
+            "pluginConfig": "any", "pluginName": "string",
+            "phase": ["UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS"],
+            "priority": "integer",
+            "failStrategy": ["FAIL_CLOSE", "FAIL_OPEN", "FAIL_RELOAD"],
+            "vmConfig": { "env": { "[]": {
+                "name": "string", "valueFrom": ["INLINE", "HOST"], "value": "string"
+            } } },
+            "type": ["UNSPECIFIED_PLUGIN_TYPE", "HTTP", "NETWORK"],
+        }),
+        ("networking.istio.io/v1alpha3", "EnvoyFilter") => json!({
+            "workloadSelector": { "labels": "map" },
+            "priority": "integer",
+            "configPatches": { "[]": {
+                "applyTo": ["INVALID", "LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER",
+                    "ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE", "CLUSTER",
+                    "EXTENSION_CONFIG", "BOOTSTRAP", "LISTENER_FILTER"],
+                "match": {
+                    "context": ["ANY", "SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY", "WAYPOINT"],
+                    "listener": { "portNumber": "integer", "filterChain": {
+                        "filter": { "name": "string", "subFilter": { "name": "string" } }
+                    } },
+                },
+                "patch": {
+                    "operation": ["INVALID", "MERGE", "ADD", "REMOVE", "INSERT_BEFORE",
+                        "INSERT_AFTER", "INSERT_FIRST", "REPLACE", "MERGE_AND_REPLACE_LIST"],
+                    "value": "any",
+                },
+            } },
+        }),
+        ("networking.istio.io/v1", "ServiceEntry") => json!({
+            "hosts": { "[]": "string" },
+            "location": ["MESH_EXTERNAL", "MESH_INTERNAL"],
+            "resolution": ["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"],
+            "ports": { "[]": { "number": "integer", "name": "string", "protocol": "string", "targetPort": "integer" } },
+            "exportTo": { "[]": "string" },
+        }),
+        ("networking.istio.io/v1", "DestinationRule") => json!({
+            "host": "string",
+            "exportTo": { "[]": "string" },
+            "trafficPolicy": {
+                "connectionPool": {
+                    "tcp": { "connectTimeout": "string", "idleTimeout": "string", "maxConnections": "integer" },
+                    "http": { "idleTimeout": "string", "http2MaxRequests": "integer", "maxRequestsPerConnection": "integer" },
+                },
+                "tls": { "mode": ["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"] },
+            },
+        }),
+        ("gateway.envoyproxy.io/v1alpha1", "EnvoyExtensionPolicy") => json!({
+            "targetRefs": { "[]": { "group": "string", "kind": "string", "name": "string" } },
+            "wasm": { "[]": {
+                "name": "string", "rootID": "string",
+                "code": {
+                    "type": "string",
+                    "image": { "url": "string", "sha256": "string" },
+                    "http": { "url": "string", "sha256": "string" },
+                    "pullPolicy": ["IfNotPresent", "Always"],
+                },
+                "config": "any", "failOpen": "boolean",
+                "env": { "hostKeys": { "[]": "string" } },
+            } },
+        }),
+        ("gateway.envoyproxy.io/v1alpha1", "ClientTrafficPolicy") => json!({
+            "targetRefs": { "[]": { "group": "string", "kind": "string", "name": "string" } },
+            "headers": { "withUnderscoresAction": ["Allow", "RejectRequest", "DropHeader"] },
+        }),
+        ("gateway.envoyproxy.io/v1alpha1", "EnvoyPatchPolicy") => json!({
+            "targetRef": { "group": "string", "kind": "string", "name": "string" },
+            "type": ["JSONPatch"],
+            "priority": "integer",
+            "jsonPatches": { "[]": {
+                "type": ["type.googleapis.com/envoy.config.listener.v3.Listener",
+                    "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+                    "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+                    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+                    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"],
+                "name": "string",
+                "operation": {
+                    "op": ["add", "remove", "replace", "move", "copy", "test"],
+                    "path": "string", "jsonPath": "string", "from": "string", "value": "any",
+                },
+            } },
+        }),
+        _ => return None,
+    };
+    Some(spec)
+}
+
+/// Every way `value` strays from `shape`, as `path: what`.
+fn stray(path: &str, value: &Value, shape: &Value, out: &mut Vec<String>) {
+    let ok = match (shape, value) {
+        (Value::String(t), _) => match t.as_str() {
+            "string" => value.is_string(),
+            "integer" => value.is_u64() || value.is_i64(),
+            "boolean" => value.is_boolean(),
+            "any" => value.is_object(),
+            "map" => value
+                .as_object()
+                .is_some_and(|m| m.values().all(Value::is_string)),
+            other => panic!("unknown shape {other}"),
+        },
+        (Value::Array(allowed), Value::String(s)) => allowed.iter().any(|a| a == s),
+        (Value::Object(fields), _) if fields.contains_key("[]") => match value.as_array() {
+            Some(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    stray(&format!("{path}[{i}]"), item, &fields["[]"], out);
+                }
+                true
+            }
+            None => false,
+        },
+        (Value::Object(fields), Value::Object(map)) => {
+            for (k, v) in map {
+                match fields.get(k) {
+                    Some(s) => stray(&format!("{path}.{k}"), v, s, out),
+                    None => out.push(format!("{path}.{k}: not a field the CRD defines")),
+                }
+            }
+            true
+        }
+        _ => false,
+    };
+    if !ok {
+        out.push(format!("{path}: {value} is not {shape}"));
+    }
+}
+
+#[test]
+fn istio_and_envoy_gateway_resources_use_only_documented_fields() {
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for (label, docs) in every_render() {
+        for doc in docs.iter().filter(|d| !is_core(d)) {
+            let (api, kind) = (
+                doc["apiVersion"].as_str().unwrap(),
+                doc["kind"].as_str().unwrap(),
+            );
+            let Some(spec) = documented_fields(api, kind) else {
+                problems.push(format!(
+                    "{label}: {api} {kind}: no documented fields listed"
+                ));
+                continue;
+            };
+            let top: Vec<&String> = doc.as_object().unwrap().keys().collect();
+            assert_eq!(top, ["apiVersion", "kind", "metadata", "spec"], "{label}");
+            stray(
+                &format!("{label}: {kind}.spec"),
+                &doc["spec"],
+                &spec,
+                &mut problems,
+            );
+            checked += 1;
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(checked >= 10, "{checked}");
+    // The check does refuse: a field the CRD does not define fails.
+    let mut bad = Vec::new();
+    let plugin = render::istio::wasm_plugin(&policy("local.yaml"), &Options::default());
+    let mut spec = plugin["spec"].clone();
+    spec["vmConfig"]["env"][0]["valueFrom"] = json!("SECRET");
+    spec["failurePolicy"] = json!("FAIL_RELOAD");
+    stray(
+        "spec",
+        &spec,
+        &documented_fields(plugin["apiVersion"].as_str().unwrap(), "WasmPlugin").unwrap(),
+        &mut bad,
+    );
+    assert_eq!(bad.len(), 2, "{bad:?}");
+}
+
+/// With the CRDs' own schemas at hand (`$GATEHOUSE_CRD_SCHEMAS`), the full validation.
+#[test]
+fn istio_and_envoy_gateway_resources_pass_their_crd_schemas_when_given() {
+    let Some(schemas) = std::env::var_os("GATEHOUSE_CRD_SCHEMAS") else {
+        eprintln!("GATEHOUSE_CRD_SCHEMAS not set: the documented-fields test stands in");
+        return;
+    };
+    let dir = scratch("crd");
+    let mut files = Vec::new();
+    for (label, docs) in every_render() {
+        let path = dir.join(format!("{label}.yaml"));
+        std::fs::write(&path, render::to_yaml(&docs)).unwrap();
+        files.push(path);
+    }
+    let python = kubernetes_validate().with_file_name("python");
+    let out = Command::new(python)
+        .arg(workspace_root().join("tools/crd_validate.py"))
+        .arg(schemas)
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The plain-Envoy equivalent of the Istio deployment: each case file's policy rendered
+/// for Istio, its `pluginConfig` serialized back to JSON (what Istio hands the filter),
+/// in the filter-only bootstrap, through every case file in a real Envoy.
+#[test]
+fn the_istio_plugin_config_passes_every_case_file_in_a_filter_only_envoy() {
+    let mut failures = Vec::new();
+    let mut passed = 0;
+    for path in common::cases_files() {
+        let mut file = cases::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        if let PluginSource::Policy(policy_path) = &file.plugin {
+            let docs = render::render(Target::Istio, &load(policy_path), &Options::default());
+            let config = &docs[0]["spec"]["pluginConfig"];
+            file.plugin = PluginSource::Raw(config.to_string());
+        }
+        let opts = RunOptions {
+            filter_only: true,
+            ..RunOptions::default()
+        };
+        let results = cases::run_file(&file, BackendKind::Envoy, &opts)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        for r in results {
+            match &r.outcome {
+                CaseOutcome::Passed => passed += 1,
+                CaseOutcome::Failed(why) => failures.push(format!("{}\n{why}", r.line())),
+                CaseOutcome::Skipped => {}
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(passed > 0, "no case ran");
+}
