@@ -14,6 +14,9 @@
 //!   at d32f28294245e454d20f81d323d626a90e660c1e. With `$GATEHOUSE_CRD_SCHEMAS` (a JSON
 //!   map `GROUP/VERSION/KIND` -> `openAPIV3Schema` from those files) the manifests are
 //!   also validated against the full schemas (`tools/crd_validate.py`).
+//! - The feed through Istio's cluster name: `policies/local.yaml` rendered for Istio, in a
+//!   filter-only Envoy whose control cluster has that name (`outbound|PORT||HOST`), gets
+//!   a key issued by a real `gatehouse-control` (which `cargo test --workspace` builds).
 
 #![allow(
     clippy::unwrap_used,
@@ -24,11 +27,14 @@
 
 use gatehouse_core::policy::LoadedPolicy;
 use gatehouse_harness::cases::{self, BackendKind, CaseOutcome, PluginSource, RunOptions};
-use gatehouse_harness::envoy::workspace_root;
+use gatehouse_harness::envoy::control::{ControlOptions, ControlService};
+use gatehouse_harness::envoy::http1::ClientRequest;
+use gatehouse_harness::envoy::{Envoy, EnvoyOptions, FeedLink, workspace_root};
 use gatehouse_harness::render::{self, Database, Options, Target};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 #[allow(dead_code, reason = "the shared suite helpers this file does not use")]
 mod common;
@@ -385,4 +391,65 @@ fn the_istio_plugin_config_passes_every_case_file_in_a_filter_only_envoy() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(passed > 0, "no case ran");
+}
+
+/// The rewritten `feed.cluster` is a name Envoy takes and the sync polls: a key issued by
+/// the control service works through an Envoy configured as Istio configures it.
+#[test]
+fn the_istio_feed_cluster_name_carries_the_feed_in_a_filter_only_envoy() {
+    let control = ControlService::start(&ControlOptions::new())
+        .unwrap_or_else(|e| panic!("could not start gatehouse-control: {e:#}"));
+    let opts = Options {
+        control_port: control.addr().port(),
+        ..Options::default()
+    };
+    let docs = render::render(Target::Istio, &policy("local.yaml"), &opts);
+    let config = &docs[0]["spec"]["pluginConfig"];
+    let cluster = config["feed"]["cluster"].as_str().unwrap();
+    assert!(cluster.starts_with("outbound|"), "{cluster}");
+    let envoy_opts = EnvoyOptions {
+        filter_only: true,
+        env: vec![(
+            "GATEHOUSE_JWT_SECRET".into(),
+            "gatehouse-test-secret-0123456789abcdef-xyz".into(),
+        )],
+        concurrency: 2,
+        ..EnvoyOptions::new(config.to_string())
+    };
+    let link = FeedLink {
+        control: control.addr(),
+        secret_env: vec![("GATEHOUSE_FEED_TOKEN".into(), control.feed_token().into())],
+    };
+    let envoy = Envoy::start_with_feed(&envoy_opts, &link)
+        .unwrap_or_else(|e| panic!("could not start Envoy: {e:#}"));
+    assert!(
+        envoy.config().unwrap().contains(cluster),
+        "the bootstrap's control cluster is named {cluster}"
+    );
+    let key = control
+        .issue_key("user_istio", "tenant_demo", "team")
+        .unwrap();
+    let req = ClientRequest {
+        method: "GET".into(),
+        path: "/v1/things".into(),
+        headers: vec![("x-api-key".into(), key.api_key.as_bytes().to_vec())],
+        body: Vec::new(),
+    };
+    #[allow(clippy::disallowed_methods, reason = "a real Envoy's wall-clock bound")]
+    let start = Instant::now();
+    loop {
+        let resp = envoy.send(&req).unwrap();
+        if resp.status == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the issued key is still {} after 30 s: {}\n{}\n{}",
+            resp.status,
+            String::from_utf8_lossy(&resp.body),
+            envoy.log_tail(25),
+            control.log_tail(10)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
