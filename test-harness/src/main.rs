@@ -465,6 +465,11 @@ fn render(args: &[String]) -> CmdResult {
         opts.database = Database::parse(v).map_err(Usage)?;
     }
     if let Some(v) = args.value("replicas") {
+        if opts.database == Database::Sqlite {
+            return Err(Usage(
+                "--replicas needs --database postgres (SQLite runs one replica)".into(),
+            ));
+        }
         opts.replicas = match v.parse() {
             Ok(n) if n >= 1 => n,
             _ => {

@@ -453,3 +453,43 @@ fn the_istio_feed_cluster_name_carries_the_feed_in_a_filter_only_envoy() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The CLI prints the stream on stdout, what the target cannot express on stderr, and
+/// refuses knobs that do not fit (exit 2).
+#[test]
+fn the_cli_prints_manifests_and_warnings_apart() {
+    let bin = env!("CARGO_BIN_EXE_gatehouse-harness");
+    let policies = workspace_root().join("policies");
+    let out = Command::new(bin)
+        .args([
+            "render",
+            "--target",
+            "istio",
+            "--namespace",
+            "edge",
+            "--policy",
+        ])
+        .arg(policies.join("local.yaml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.starts_with("---\n"), "{stdout}");
+    assert!(stdout.contains("outbound|8081||gatehouse-control.edge.svc.cluster.local"));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("feed.cluster is rewritten"), "{stderr}");
+    let out = Command::new(bin)
+        .args([
+            "render",
+            "--target",
+            "control",
+            "--replicas",
+            "3",
+            "--policy",
+        ])
+        .arg(policies.join("local.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--database postgres"));
+}
