@@ -637,6 +637,7 @@ impl RootContext for Root {
         self.worker_sync(&policy);
         if policy.rate_limit.any_fleet(&policy.routes) {
             self.flush_fleet();
+            self.caches.fleet_view.refresh(&HostStore);
         }
         self.ticks = self.ticks.wrapping_add(1);
         if self.ticks % TICKS_PER_SECOND != 1 {

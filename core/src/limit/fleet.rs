@@ -97,11 +97,24 @@ pub struct Used {
 
 /// A worker's fleet-scoped admissions since its last flush, at most
 /// [`Tally::MAX_MEMBERS`] members (more are counted in [`Tally::dropped`] and not
-/// reported: the fleet then undercounts them).
+/// reported: the fleet then undercounts them). Counting a member already in the tally
+/// allocates nothing: members are found by a hash of their names, compared in place.
 #[derive(Debug, Default)]
 pub struct Tally {
-    members: Mutex<HashMap<Member, (u32, Rate)>>,
+    members: Mutex<TallyMap>,
     dropped: std::sync::atomic::AtomicU64,
+}
+
+/// Members by the hash of (kind, limit, caller); equal hashes share a bucket.
+type TallyMap = HashMap<u64, Vec<(Member, u32, Rate)>>;
+
+fn member_hash(kind: Kind, limit: &str, caller: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    kind.hash(&mut h);
+    limit.hash(&mut h);
+    caller.hash(&mut h);
+    h.finish()
 }
 
 impl Tally {
@@ -115,12 +128,13 @@ impl Tally {
         let Ok(mut members) = self.members.lock() else {
             return;
         };
-        let member = Member {
-            kind: Kind::of(check.kind),
-            limit: check.limit.to_string(),
-            caller: check.caller.to_string(),
-        };
-        if let Some((n, rate)) = members.get_mut(&member) {
+        let kind = Kind::of(check.kind);
+        let hash = member_hash(kind, check.limit, check.caller);
+        if let Some((_, n, rate)) = members.get_mut(&hash).and_then(|bucket| {
+            bucket.iter_mut().find(|(m, ..)| {
+                m.kind == kind && m.limit == check.limit && m.caller == check.caller
+            })
+        }) {
             *n = n.saturating_add(1);
             *rate = check.rate;
             return;
@@ -130,7 +144,15 @@ impl Tally {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
-        members.insert(member, (1, check.rate));
+        members.entry(hash).or_default().push((
+            Member {
+                kind,
+                limit: check.limit.to_string(),
+                caller: check.caller.to_string(),
+            },
+            1,
+            check.rate,
+        ));
     }
 
     /// Admissions not reported because the tally was full, since the last call.
@@ -141,13 +163,14 @@ impl Tally {
     /// The tally as a batch for the sync ([`encode`]), emptied; `None` when empty.
     pub fn take_batch(&self) -> Option<Vec<u8>> {
         let mut members = self.members.lock().ok()?;
-        if members.is_empty() {
-            return None;
-        }
         let used: Vec<Used> = members
             .drain()
-            .map(|(member, (n, rate))| Used { member, n, rate })
+            .flat_map(|(_, bucket)| bucket)
+            .map(|(member, n, rate)| Used { member, n, rate })
             .collect();
+        if used.is_empty() {
+            return None;
+        }
         Some(encode(&used))
     }
 }
@@ -240,6 +263,45 @@ pub struct View {
     pub ok_at: u64,
     /// Proxies the control service saw exchanging lately, this one included.
     pub proxies: u32,
+}
+
+/// A worker's copy of [`View`], read from shared data on its tick ([`CachedView::refresh`])
+/// so that requests make no host call for it; until the first refresh each request reads
+/// shared data.
+#[derive(Debug, Default)]
+pub struct CachedView {
+    /// 0: not read yet; 1: read, no view; 2: read, the view below.
+    state: std::sync::atomic::AtomicU8,
+    ok_at: std::sync::atomic::AtomicU64,
+    proxies: std::sync::atomic::AtomicU32,
+}
+
+impl CachedView {
+    /// Reads the view from shared data into the copy.
+    pub fn refresh(&self, store: &impl SharedStore) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match View::read(store) {
+            Some(v) => {
+                self.ok_at.store(v.ok_at, Relaxed);
+                self.proxies.store(v.proxies, Relaxed);
+                self.state.store(2, Relaxed);
+            }
+            None => self.state.store(1, Relaxed),
+        }
+    }
+
+    /// The view as last refreshed, or read from `store` if it never was.
+    pub fn get(&self, store: &impl SharedStore) -> Option<View> {
+        use std::sync::atomic::Ordering::Relaxed;
+        match self.state.load(Relaxed) {
+            0 => View::read(store),
+            2 => Some(View {
+                ok_at: self.ok_at.load(Relaxed),
+                proxies: self.proxies.load(Relaxed),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// The fleet's view goes stale after four missed exchanges, and never sooner than 1 s.
@@ -481,6 +543,29 @@ mod tests {
         assert!(!v.fresh(T0 + SEC + 1, 250));
         assert!(v.fresh(T0 + 8 * SEC, 2_000));
         assert!(!v.fresh(T0 + 8 * SEC + 1, 2_000));
+    }
+
+    #[test]
+    fn the_cached_view_reads_shared_data_until_refreshed_then_only_on_refresh() {
+        let s = MemoryStore::default();
+        let cached = CachedView::default();
+        assert_eq!(cached.get(&s), None);
+        let v = View {
+            ok_at: T0,
+            proxies: 2,
+        };
+        v.write(&s).unwrap();
+        assert_eq!(cached.get(&s), Some(v), "never refreshed: read each time");
+        cached.refresh(&s);
+        View {
+            ok_at: T0 + SEC,
+            proxies: 3,
+        }
+        .write(&s)
+        .unwrap();
+        assert_eq!(cached.get(&s), Some(v), "the copy until the next refresh");
+        cached.refresh(&s);
+        assert_eq!(cached.get(&s).unwrap().proxies, 3);
     }
 
     #[test]

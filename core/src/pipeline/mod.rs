@@ -380,7 +380,7 @@ fn limit(
     // Fleet-scoped limits: while the fleet's states arrive, the whole limit on states that
     // hold the fleet's consumption; when they stop, this Envoy's share of it.
     let fleet_share = if limits.iter().any(|l| l.3) {
-        match limit::fleet::View::read(store) {
+        match caches.fleet_view.get(store) {
             Some(view) if view.fresh(now, rl.sync_interval_ms) => None,
             Some(view) => Some(view.proxies),
             None => Some(1),

@@ -25,6 +25,8 @@ pub struct Caches {
     pub places: Places,
     /// Fleet-scoped admissions not yet handed to the sync ([`crate::limit::fleet`]).
     pub fleet: crate::limit::fleet::Tally,
+    /// The sync's view of the fleet, as the worker last read it on its tick.
+    pub fleet_view: crate::limit::fleet::CachedView,
 }
 
 /// Presented API keys already checked and hashed ([`Caches::presented_keys`]): the
