@@ -211,9 +211,20 @@ pub async fn cache(
     }
     // Nothing new: wait for a commit past `since`, the end of `wait`, or the process
     // stopping (then answered as at the end of `wait`, so the sync asks another replica).
-    tokio::select! {
-        _ = tokio::time::timeout(wait, changes.wait_for(|v| *v > since)) => {}
-        _ = stopping.wait_for(|stop| *stop) => {}
+    // A stopping replica says so (`gatehouse-stopping: 1`): the sync then polls again at
+    // once instead of treating the early answer as a quiet one.
+    let stopped = tokio::select! {
+        _ = tokio::time::timeout(wait, changes.wait_for(|v| *v > since)) => false,
+        _ = stopping.wait_for(|stop| *stop) => true,
+    };
+    let mut response = sized(&s, &answer(&s, &ask, paged).await?)?;
+    if stopped {
+        response
+            .headers_mut()
+            .insert(STOPPING_HEADER, header::HeaderValue::from_static("1"));
     }
-    sized(&s, &answer(&s, &ask, paged).await?)
+    Ok(response)
 }
+
+/// The header a stopping replica puts on the held polls it answers early.
+pub const STOPPING_HEADER: &str = "gatehouse-stopping";

@@ -195,14 +195,29 @@ async fn a_stopping_replica_answers_its_held_polls_at_once_with_no_change() {
     a.issue("user_0").await;
     let app = a.app.clone();
     let held = tokio::spawn(async move {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
         let started = Instant::now();
         let path = format!("/v1/cache?since=1&paged=true&wait={}", WAIT.as_secs());
-        let answer = send(&app, request(Method::GET, &path, Some(FEED), None)).await;
-        (answer, started.elapsed())
+        let res = app
+            .oneshot(request(Method::GET, &path, Some(FEED), None))
+            .await
+            .unwrap();
+        let stopping = res
+            .headers()
+            .get(gatehouse_control::feed::STOPPING_HEADER)
+            .cloned();
+        let status = res.status();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let page: Value = serde_json::from_slice(&bytes).unwrap();
+        ((status, page), stopping, started.elapsed())
     });
     until_held(&a.state).await;
     a.state.stop();
-    let ((status, page), took) = held.await.unwrap();
+    let ((status, page), stopping, took) = held.await.unwrap();
+    // Marked, so the sync polls again at once (another replica) rather than waiting for
+    // its next regular poll as after a quiet answer.
+    assert_eq!(stopping.as_ref().map(|v| v.as_bytes()), Some(&b"1"[..]));
     assert_eq!(status, StatusCode::OK, "{page}");
     assert!(
         took < WAIT,

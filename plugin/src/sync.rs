@@ -111,10 +111,18 @@ impl FeedSync {
             .ok()
             .flatten()
             .unwrap_or_default();
+        let stopping = hostcalls::get_map_value_bytes(
+            MapType::HttpCallResponseHeaders,
+            schedule::STOPPING_HEADER,
+        )
+        .ok()
+        .flatten()
+        .is_some_and(|v| v == b"1");
         let answer = HttpAnswer {
             token,
             status: &status,
             body_size,
+            stopping,
         };
         let read_body = |size| {
             hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)

@@ -23,6 +23,9 @@ pub const TICKS_PER_SEC: u64 = 10;
 pub const QUICK_POLL_BURST: u32 = 16;
 /// ... and in the long run: at 50 a second, 100 changes a second arrive two per answer.
 pub const QUICK_POLLS_PER_SEC: u64 = 50;
+/// The response header with which a stopping control service marks the held polls it
+/// answers early (control/FEED.md): the sync polls again at once.
+pub const STOPPING_HEADER: &str = "gatehouse-stopping";
 /// How long an events post may take before Envoy gives up on it (and it is tried again).
 pub const EVENTS_POST_TIMEOUT_SECS: u64 = 5;
 /// Worker batches read per queue notification: a flood is drained over several.
@@ -185,6 +188,9 @@ pub struct HttpAnswer<'a> {
     /// `:status`, empty when there was no answer (timeout or connection failure).
     pub status: &'a [u8],
     pub body_size: usize,
+    /// The server said it is stopping (`gatehouse-stopping: 1`, control/FEED.md): its held
+    /// poll was answered early, so the next one goes at once (to another replica).
+    pub stopping: bool,
 }
 
 /// A poll sent and not yet answered.
@@ -237,6 +243,11 @@ pub struct Schedule {
     poll_due: bool,
     /// The last poll failed: the next one asks `wait=0`.
     recovering: bool,
+    /// Polls failed in a row, and the tick the next try goes out on (before the regular
+    /// poll): 100 ms after the first failure, doubling up to `feed.interval`, so a
+    /// replica that just stopped costs one tick, not an interval.
+    failures_in_a_row: u32,
+    retry_tick: Option<u64>,
     /// The refusal audit waiting to be posted.
     events: events::Pending,
     /// A post handed to the plugin whose token is not known yet.
@@ -270,6 +281,8 @@ impl Schedule {
             refilled_at: now.0,
             poll_due: false,
             recovering: false,
+            failures_in_a_row: 0,
+            retry_tick: None,
             events: events::Pending::default(),
             events_sending: None,
             events_in_flight: None,
@@ -401,10 +414,13 @@ impl Schedule {
             }
             self.in_flight = None;
         }
+        let retry = self.retry_tick.is_some_and(|t| self.ticks >= t);
         if regular {
             self.poll_due = false;
+            self.retry_tick = None;
             self.poll(&mut out, now, store);
-        } else if self.poll_due && self.quick_budget > 0 {
+        } else if (self.poll_due || retry) && self.quick_budget > 0 {
+            self.retry_tick = None;
             self.poll_due = false;
             self.quick_budget -= 1;
             self.poll(&mut out, now, store);
@@ -514,13 +530,19 @@ impl Schedule {
         }
         let secs = now.secs();
         let continues = ours.is_some_and(|p| p.continues);
-        let again = match self.answer(&mut out, store, answer, read_body, continues, secs) {
-            Next::Tick => false,
-            Next::Snapshot => ours.is_some_and(|p| p.since != 0),
-            Next::Applied { version, news } => ours.is_some_and(|p| {
-                news || version > p.since || secs.saturating_sub(p.sent).saturating_add(1) >= p.wait
-            }),
-        };
+        let stopping = answer.stopping && ours.is_some();
+        let next = self.answer(&mut out, store, answer, read_body, continues, secs);
+        // A stopping server answered early: the next poll goes at once (a failure is
+        // retried on the next tick anyway).
+        let again = (stopping && !matches!(next, Next::Tick))
+            || match next {
+                Next::Tick => false,
+                Next::Snapshot => ours.is_some_and(|p| p.since != 0),
+                Next::Applied { version, news } => ours.is_some_and(|p| {
+                    news || version > p.since
+                        || secs.saturating_sub(p.sent).saturating_add(1) >= p.wait
+                }),
+            };
         if again && self.in_flight.is_none() {
             self.refill(now);
             if self.quick_budget > 0 {
@@ -535,6 +557,13 @@ impl Schedule {
 
     fn failed(&mut self, out: &mut Vec<Action>, why: &str) {
         self.recovering = true;
+        let every = self.feed.interval_secs.saturating_mul(TICKS_PER_SEC).max(1);
+        let backoff = 1u64
+            .checked_shl(self.failures_in_a_row)
+            .unwrap_or(u64::MAX)
+            .min(every);
+        self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
+        self.retry_tick = Some(self.ticks.saturating_add(backoff));
         add(out, Metric::Failures, 1);
         out.push(Action::Log(
             LogLevel::Warn,
@@ -766,6 +795,8 @@ impl Schedule {
                     ),
                 ));
                 self.recovering = false;
+                self.failures_in_a_row = 0;
+                self.retry_tick = None;
                 Next::Applied {
                     version: parsed.version,
                     news,
@@ -924,6 +955,7 @@ mod tests {
                 token,
                 status: status.as_bytes(),
                 body_size: body.len(),
+                stopping: false,
             };
             let actions =
                 self.schedule
@@ -1302,8 +1334,9 @@ mod tests {
                 "feed poll failed: status 503; keeping the last good cache"
             )
         );
-        assert_eq!(sim.polls().len(), 2, "no hurry after a failure");
-        sim.ticks(100);
+        assert_eq!(sim.polls().len(), 2, "not at once after a failure ...");
+        sim.tick();
+        assert_eq!(sim.polls().len(), 3, "... but on the next tick");
         let (_, poll) = sim.last();
         assert_eq!(
             poll.header(":path"),
@@ -1316,6 +1349,51 @@ mod tests {
             sim.polls().last().unwrap(),
             "/v1/feed?since=5&epoch=e1&wait=25&paged=true"
         );
+    }
+
+    #[test]
+    fn a_failed_poll_is_tried_again_on_the_next_tick_then_ever_later() {
+        let mut sim = synced();
+        // 100 ms, then 200, 400, 800 ms ... up to `interval` (10 s) between tries.
+        let mut gaps = Vec::new();
+        for _ in 0..6 {
+            let before = sim.polls().len();
+            sim.answer_last("503", b"");
+            let mut ticks = 0;
+            while sim.polls().len() == before {
+                sim.tick();
+                ticks += 1;
+            }
+            gaps.push(ticks);
+        }
+        assert_eq!(gaps, [1, 2, 4, 8, 16, 32]);
+        // A success ends it: the next failure is tried again on the next tick.
+        sim.answer_last("200", &answer("e1", 5, false, vec![]));
+        sim.answer_last("503", b"");
+        let before = sim.polls().len();
+        sim.tick();
+        assert_eq!(sim.polls().len(), before + 1);
+    }
+
+    #[test]
+    fn a_stopping_servers_early_answer_is_followed_at_once() {
+        let mut sim = synced();
+        sim.wait_secs(3);
+        let token = sim.last().0;
+        let body = answer("e1", 5, false, vec![]);
+        let actions = sim.schedule.on_answer(
+            UnixNanos(sim.now),
+            &sim.store,
+            HttpAnswer {
+                token,
+                status: b"200",
+                body_size: body.len(),
+                stopping: true,
+            },
+            |_| body.clone(),
+        );
+        sim.perform(actions);
+        assert_eq!(sim.polls().len(), 3, "not held until the regular poll");
     }
 
     #[test]
@@ -1338,6 +1416,7 @@ mod tests {
             token,
             status: b"200",
             body_size: size,
+            stopping: false,
         };
         let actions = sim
             .schedule
