@@ -11,10 +11,11 @@ same `direct_response` 200 route (no upstream), differing only in their HTTP fil
            nothing else: splits d_key - b into host calls (h - b) and work in the VM (d_key - h)
   c        jwt_authn (HS256, inline JWKS, jwt_cache_config of 128) + local_ratelimit
   d        gatehouse, plan limit on; requests with a JWT (d_jwt) and with an API key (d_key)
-  d_fleet  d with `rate_limit: { scope: fleet }` and a `feed:` section, so the Envoy also
-           runs the sync singleton, exchanging with the control service (and its Redis)
-           every 300 ms while it serves; requests with the API key, as d_key. The sync
-           runs on Envoy's main thread, so its CPU is in d_fleet's
+  d_feed   d with a `feed:` section, so the Envoy also runs the sync singleton polling the
+           control service; requests with the API key, as d_key
+  d_fleet  d_feed with `rate_limit: { scope: fleet }`: the sync also exchanges with the
+           control service (and its Redis) every 300 ms while it serves. The sync runs on
+           Envoy's main thread, so its CPU is in d_feed's and d_fleet's
   e        ext_authz (HTTP service) calling gatehouse-control's /v1/authz on loopback
 
 wrk (one thread, BENCH_CONNECTIONS keep-alive connections, `--latency`) loads one
@@ -32,16 +33,16 @@ first:
   gatehouse_vs_native     d_jwt / c   (both verify an HS256 JWT and apply a limit)
   gatehouse_vs_wasm_floor d_key / b   (gatehouse's own logic above any wasm filter)
   gatehouse_vs_ext_authz  d_key / e   (both check an API key)
-  fleet_vs_local          d_fleet / d_key   (fleet-scoped limit against a local one; issue
-                          21 asks for 1, no request waiting for Redis; p50 and p99 of
-                          both are printed beside it)
+  fleet_vs_local          d_fleet / d_feed  (a fleet-scoped limit against a local one, the
+                          same feed and sync otherwise; issue 21 asks for 1, no request
+                          waiting for Redis; p50 and p99 of both are printed beside it)
 
 d_fleet's exchange must really run: before the warm-up its Envoy must have exchanged at
 least once, and after the rounds `wasmcustom.gatehouse.fleet.exchanges` and
 `states_applied` (the key's fleet state, back from Redis) must have grown, with
 `exchange_failures` and `admissions_dropped` still 0 (all printed), or the bench fails.
 The part of each row's CPU per request spent on Envoy's main thread (where d_fleet's sync
-runs; the rest is the worker's) is printed for d_key and d_fleet.
+runs; the rest is the worker's) is printed for d_key, d_feed and d_fleet.
 
 Environment (defaults in brackets):
   BENCH_ROUNDS [5]  BENCH_SECONDS [8]  BENCH_WARMUP_SECONDS [3]  BENCH_CONNECTIONS [8]
@@ -102,7 +103,8 @@ ROWS = [
     ("c", "c", "jwt_authn HS256 + local_ratelimit"),
     ("d_jwt", "d", "gatehouse, JWT, plan limit"),
     ("d_key", "d", "gatehouse, API key, plan limit"),
-    ("d_fleet", "d_fleet", "gatehouse, API key, fleet limit"),
+    ("d_feed", "d_feed", "gatehouse, API key, feed, local limit"),
+    ("d_fleet", "d_fleet", "gatehouse, API key, feed, fleet limit"),
     ("e", "e", "ext_authz -> control /v1/authz"),
 ]
 
@@ -329,6 +331,10 @@ routes:
     fleet_policy = policy + """feed: { cluster: gatehouse_control, token_env: GATEHOUSE_FEED_TOKEN }
 rate_limit: { scope: fleet }
 """
+    # d_feed: d_fleet with the limit local: the same feed and sync, so d_fleet / d_feed is
+    # what counting fleet-wide costs, and nothing else.
+    feed_policy = policy + """feed: { cluster: gatehouse_control, token_env: GATEHOUSE_FEED_TOKEN }
+"""
 
     def render(name, policy, *args):
         path = f"{work}/{name}.yaml"
@@ -353,7 +359,8 @@ rate_limit: { scope: fleet }
     buffer_limit = grab(rendered, "per_connection_buffer_limit_bytes")
     server_header = grab(rendered, "server_header_transformation")
     # For d_fleet, also the sync singleton (bootstrap_extensions) and the cluster it polls,
-    # as `envoy-config --control` renders them; host_env_keys now names the feed token.
+    # as `envoy-config --control` renders them; the singleton's host_env_keys name the
+    # feed token.
     rendered = render("policy-fleet", fleet_policy, "--control", control_addr)
     fleet_plugin_config = grab(rendered, "value")
     fleet_host_env_keys = grab(rendered, "host_env_keys")
@@ -362,8 +369,13 @@ rate_limit: { scope: fleet }
     if not fleet_extensions or not m:
         die("no sync service or control cluster in the rendered fleet bootstrap")
     feed_cluster = json.loads(m.group(1))
-    if "GATEHOUSE_FEED_TOKEN" not in fleet_host_env_keys:
-        die(f"the fleet bootstrap passes {fleet_host_env_keys} to the VM, not the feed token")
+    rendered = render("policy-feed", feed_policy, "--control", control_addr)
+    feed_plugin_config = grab(rendered, "value")
+    feed_extensions = grab(rendered, "bootstrap_extensions")
+    # The feed token goes to the singleton only (the filter's VM has no use for it).
+    sync_env = fleet_extensions[0]["typed_config"]["config"]["vm_config"]["environment_variables"]
+    if "GATEHOUSE_FEED_TOKEN" not in sync_env["host_env_keys"]:
+        die(f"the fleet bootstrap passes {sync_env} to the sync, not the feed token")
 
     def wasm_filter(name, path, configuration, extra=None):
         config = {
@@ -439,6 +451,8 @@ rate_limit: { scope: fleet }
         "c": (native, []),
         "d": ([wasm_filter("gatehouse", WASM, plugin_config, {
             "allow_on_headers_stop_iteration": True})], []),
+        "d_feed": ([wasm_filter("gatehouse", WASM, feed_plugin_config, {
+            "allow_on_headers_stop_iteration": True})], [feed_cluster]),
         "d_fleet": ([wasm_filter("gatehouse", WASM, fleet_plugin_config, {
             "allow_on_headers_stop_iteration": True})], [feed_cluster]),
         "e": (ext_authz, [control_cluster]),
@@ -447,9 +461,10 @@ rate_limit: { scope: fleet }
     # environment, as in production: never written into a file.
     configs["d"][0][0]["typed_config"]["config"]["vm_config"]["environment_variables"] = {
         "host_env_keys": host_env_keys}
-    configs["d_fleet"][0][0]["typed_config"]["config"]["vm_config"]["environment_variables"] = {
-        "host_env_keys": fleet_host_env_keys}
-    extensions = {"d_fleet": fleet_extensions}
+    for name in ("d_feed", "d_fleet"):
+        configs[name][0][0]["typed_config"]["config"]["vm_config"]["environment_variables"] = {
+            "host_env_keys": fleet_host_env_keys}
+    extensions = {"d_feed": feed_extensions, "d_fleet": fleet_extensions}
 
     def bootstrap(filters, clusters, port, admin_port, extensions):
         return {
@@ -490,7 +505,7 @@ rate_limit: { scope: fleet }
             json.dump(bootstrap(filters, clusters, port, admin_port, extensions.get(name, [])), f, indent=1)
         os.chmod(path, 0o600)
         log = f"{work}/envoy-{name}.log"
-        env = dict(envoy_env, GATEHOUSE_FEED_TOKEN=feed_token) if name == "d_fleet" else envoy_env
+        env = dict(envoy_env, GATEHOUSE_FEED_TOKEN=feed_token) if name in ("d_feed", "d_fleet") else envoy_env
         proc = subprocess.Popen(
             [ENVOY, "-c", path, "--concurrency", str(WORKERS), "--disable-hot-restart",
              "--base-id", str(100 + i), "--log-level", "warn"],
@@ -507,6 +522,7 @@ rate_limit: { scope: fleet }
         "c": {"authorization": f"Bearer {jwt}"},
         "d_jwt": {"authorization": f"Bearer {jwt}"},
         "d_key": {"x-api-key": api_key},
+        "d_feed": {"x-api-key": api_key},
         "d_fleet": {"x-api-key": api_key},
         "e": {"x-api-key": api_key},
     }
@@ -528,7 +544,7 @@ rate_limit: { scope: fleet }
         status, _ = http("GET", f"http://127.0.0.1:{port}{PATH}", headers=headers[row])
         if status != 200:
             die(f"{row}: answered {status} to a valid request; see {envoys[config]['log']}")
-        if config in ("c", "d", "d_fleet", "e"):
+        if config in ("c", "d", "d_feed", "d_fleet", "e"):
             status, _ = http("GET", f"http://127.0.0.1:{port}{PATH}")
             if status != 401:
                 die(f"{row}: answered {status} to a request without credentials")
@@ -581,17 +597,18 @@ rate_limit: { scope: fleet }
         return statistics.median(results[x][i][0] / results[y][i][0] for i in range(ROUNDS))
 
     ratios = [("gatehouse_vs_native", "d_jwt", "c"), ("gatehouse_vs_wasm_floor", "d_key", "b"),
-              ("gatehouse_vs_ext_authz", "d_key", "e"), ("fleet_vs_local", "d_fleet", "d_key")]
+              ("gatehouse_vs_ext_authz", "d_key", "e"), ("fleet_vs_local", "d_fleet", "d_feed")]
     print("ratios: CPU per request, median over rounds of each round's ratio; "
-          "native = d_jwt/c, wasm floor = d_key/b, ext_authz = d_key/e, fleet = d_fleet/d_key")
+          "native = d_jwt/c, wasm floor = d_key/b, ext_authz = d_key/e, fleet = d_fleet/d_feed")
     for name, x, y in ratios:
         print(f"ratio {name}: {ratio(x, y):.2f}")
-    print(f"fleet vs local: p50 {med['d_fleet'][1]:.3f} ms against {med['d_key'][1]:.3f} ms, "
-          f"p99 {med['d_fleet'][2]:.3f} ms against {med['d_key'][2]:.3f} ms (medians over the rounds)")
+    print(f"fleet vs local: p50 {med['d_fleet'][1]:.3f} ms against {med['d_feed'][1]:.3f} ms, "
+          f"p99 {med['d_fleet'][2]:.3f} ms against {med['d_feed'][2]:.3f} ms (medians over the rounds)")
     # Where d_fleet's extra CPU is spent: the sync runs on Envoy's main thread (with the
     # admin and stats), the requests on the worker.
     print(f"of Envoy's CPU per request, its main thread's (d_fleet's sync, admin, stats): "
-          f"d_fleet {med['d_fleet'][5]:.2f} µs, d_key {med['d_key'][5]:.2f} µs; the rest is the worker's")
+          f"d_fleet {med['d_fleet'][5]:.2f} µs, d_feed {med['d_feed'][5]:.2f} µs, "
+          f"d_key {med['d_key'][5]:.2f} µs; the rest is the worker's")
 
     if os.environ.get("BENCH_KEEP"):
         print(f"work directory kept: {work}", file=sys.stderr)
