@@ -1,6 +1,7 @@
 //! Fleet-wide limits end to end: three real Envoys running the module with
-//! `policies/local.yaml` and `rate_limit.scope: fleet`, one real `gatehouse-control serve`
-//! (SQLite) and a real `redis-server` holding the fleet's counters.
+//! `policies/local.yaml` and `rate_limit.scope: fleet`, two real `gatehouse-control serve`
+//! replicas on one throwaway PostgreSQL (Envoys 0 and 2 poll one, Envoy 1 the other) and
+//! a real `redis-server` holding the fleet's counters.
 //!
 //! For the same requests at the same times, the fleet must admit within 10% of the limit
 //! (±6 of the free plan's 60 a minute) of what one exact limiter would admit, whether a
@@ -19,8 +20,9 @@
     clippy::panic
 )]
 
-use gatehouse_harness::envoy::control::{ControlOptions, ControlService, IssuedKey};
+use gatehouse_harness::envoy::control::{ControlOptions, ControlService, Database, IssuedKey};
 use gatehouse_harness::envoy::http1::{ClientRequest, ClientResponse};
+use gatehouse_harness::envoy::postgres::PostgresCluster;
 use gatehouse_harness::envoy::redis::RedisServer;
 use gatehouse_harness::envoy::{Envoy, EnvoyOptions, FeedLink, workspace_root};
 use serde_json::{Value, json};
@@ -61,38 +63,59 @@ fn fleet_policy() -> String {
 
 struct Fleet {
     envoys: Vec<Envoy>,
-    control: ControlService,
+    /// The two replicas; Envoy `i` polls `replicas[i % 2]`.
+    replicas: Vec<ControlService>,
     redis: RedisServer,
+    /// Dropped last: the replicas go before their database.
+    _postgres: PostgresCluster,
 }
 
 impl Fleet {
     fn start(envoys: usize) -> Fleet {
+        let postgres = PostgresCluster::start()
+            .unwrap_or_else(|e| panic!("could not start PostgreSQL: {e:#}"));
+        let url = postgres
+            .create_database("gatehouse_fleet")
+            .unwrap_or_else(|e| panic!("{e:#}"));
         let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e:#}"));
-        let mut opts = ControlOptions::new();
+        let mut opts = ControlOptions {
+            database: Database::Postgres(url),
+            ..ControlOptions::new()
+        };
         opts.env.push(("GATEHOUSE_REDIS_URL".into(), redis.url()));
-        let control = ControlService::start(&opts)
+        let a = ControlService::start(&opts)
             .unwrap_or_else(|e| panic!("could not start gatehouse-control: {e:#}"));
+        let b = a
+            .replica()
+            .unwrap_or_else(|e| panic!("could not start a second replica: {e:#}"));
         let mut fleet = Fleet {
             envoys: Vec::new(),
-            control,
+            replicas: vec![a, b],
             redis,
+            _postgres: postgres,
         };
-        for _ in 0..envoys {
-            let envoy = fleet.new_envoy();
+        for i in 0..envoys {
+            let envoy = fleet.new_envoy(i);
             fleet.envoys.push(envoy);
         }
         fleet
     }
 
-    fn new_envoy(&self) -> Envoy {
+    /// The replica Envoy `i` polls.
+    fn control_of(&self, i: usize) -> &ControlService {
+        &self.replicas[i % self.replicas.len()]
+    }
+
+    fn new_envoy(&self, i: usize) -> Envoy {
+        let control = self.control_of(i);
         let opts = EnvoyOptions {
             env: vec![(JWT_SECRET_ENV.into(), JWT_SECRET.into())],
             concurrency: 2,
             ..EnvoyOptions::new(fleet_policy())
         };
         let link = FeedLink {
-            control: self.control.addr(),
-            secret_env: vec![(FEED_TOKEN_ENV.into(), self.control.feed_token().into())],
+            control: control.addr(),
+            secret_env: vec![(FEED_TOKEN_ENV.into(), control.feed_token().into())],
         };
         Envoy::start_with_feed(&opts, &link)
             .unwrap_or_else(|e| panic!("could not start Envoy: {e:#}"))
@@ -113,13 +136,16 @@ impl Fleet {
             }
             out.push_str(&e.log_tail(15));
         }
-        out.push_str("\n--- control ---\n");
-        out.push_str(&self.control.log_tail(15));
+        for (i, c) in self.replicas.iter().enumerate() {
+            out.push_str(&format!("\n--- control replica {i} ---\n"));
+            out.push_str(&c.log_tail(10));
+        }
         out
     }
 
+    /// Issued through the second replica: it reaches Envoys polling either.
     fn issue(&self, user: &str, plan: &str) -> IssuedKey {
-        self.control
+        self.replicas[1]
             .issue_key(user, "tenant_demo", plan)
             .unwrap_or_else(|e| panic!("{e:#}\n{}", self.diagnostics()))
     }
@@ -277,7 +303,7 @@ fn the_fleet_admits_what_one_exact_limiter_would_spread_or_concentrated() {
     };
     let mut admitted: i64 = (0..5).map(|_| send(&fleet, 0)).sum();
     drop(fleet.envoys.remove(2));
-    let replacement = fleet.new_envoy();
+    let replacement = fleet.new_envoy(2);
     fleet.envoys.push(replacement);
     fleet.until_known();
     let on_new: i64 = (0..10).map(|_| send(&fleet, 2)).sum();
