@@ -43,11 +43,15 @@ usage:
   gatehouse-harness render --policy FILE --target istio|envoy-gateway|control
                            [--namespace NS] [--wasm-image REF] [--control-image REF]
                            [--control-host HOST] [--control-port PORT]
-                           [--selector KEY=VALUE]... [--sidecar] [--gateway NAME]
+                           [--selector KEY=VALUE]... [--sidecar]
+                           [--istio-delivery wasmplugin|envoyfilter]
+                           [--gateway NAME] [--eg-listener XDS-NAME]
                            [--database sqlite|postgres] [--replicas N]
-      print Kubernetes manifests as one YAML stream: Istio (WasmPlugin, EnvoyFilter, and
-      for a feed ServiceEntry and DestinationRule), Envoy Gateway (EnvoyExtensionPolicy,
-      ClientTrafficPolicy, and for a feed an EnvoyPatchPolicy with the control cluster),
+      print Kubernetes manifests as one YAML stream: Istio (a WasmPlugin, or the whole
+      filter in the EnvoyFilter when routes hold the body; the EnvoyFilter; for a feed
+      ServiceEntry and DestinationRule), Envoy Gateway (EnvoyExtensionPolicy,
+      ClientTrafficPolicy, and an EnvoyPatchPolicy with the filter's other settings and
+      for a feed the control cluster),
       or the control service (Deployment, Service, PodDisruptionBudget, Secret, and with
       SQLite its volume claim); Secrets carry names with empty values to fill; what the
       target cannot express is printed as warnings on stderr (docs/deploying.md)
@@ -395,13 +399,14 @@ fn envoy_config(args: &[String]) -> CmdResult {
         pass_env,
         control,
         filter_only: args.has("filter-only"),
+        filter_config: None,
     };
     print!("{}", bootstrap.render());
     Ok(ExitCode::SUCCESS)
 }
 
 fn render(args: &[String]) -> CmdResult {
-    use gatehouse_harness::render::{self, Database, Options, Target};
+    use gatehouse_harness::render::{self, Database, IstioDelivery, Options, Target};
     let args = parse_args(
         args,
         &[
@@ -414,6 +419,8 @@ fn render(args: &[String]) -> CmdResult {
             "control-port",
             "selector",
             "gateway",
+            "istio-delivery",
+            "eg-listener",
             "database",
             "replicas",
         ],
@@ -461,6 +468,10 @@ fn render(args: &[String]) -> CmdResult {
     if let Some(v) = args.value("gateway") {
         opts.gateway = v.to_string();
     }
+    if let Some(v) = args.value("istio-delivery") {
+        opts.istio_delivery = Some(IstioDelivery::parse(v).map_err(Usage)?);
+    }
+    opts.eg_listener = args.value("eg-listener").map(str::to_string);
     if let Some(v) = args.value("database") {
         opts.database = Database::parse(v).map_err(Usage)?;
     }
@@ -497,8 +508,8 @@ fn render(args: &[String]) -> CmdResult {
         eprintln!("{line}");
     }
     let notes = match target {
-        Target::Istio => render::istio::warnings(&loaded),
-        Target::EnvoyGateway => render::envoy_gateway::warnings(&loaded),
+        Target::Istio => render::istio::warnings(&loaded, &opts),
+        Target::EnvoyGateway => render::envoy_gateway::warnings(&loaded, &opts),
         Target::Control => Vec::new(),
     };
     for note in notes {

@@ -504,6 +504,7 @@ fn the_bootstrap_passes_the_server_header_through_only_when_the_policy_removes_i
         pass_env: vec![],
         control: Vec::new(),
         filter_only: false,
+        filter_config: None,
     };
     let hcm = |yaml: String| {
         let tree = gatehouse_core::policy::yaml::parse(&yaml)

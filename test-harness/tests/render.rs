@@ -151,7 +151,7 @@ fn core_kinds_pass_the_kubernetes_schemas() {
 /// What the CRDs define for the fields we render. A shape is `"string"`, `"integer"`,
 /// `"boolean"`, `"map"` (string to string), `"any"` (a free-form object the CRD leaves
 /// open: `pluginConfig`, `config`, patch values), a list of allowed strings (an enum),
-/// `{"[]": shape}` for a list, or an object of the allowed keys.
+/// `"json"` (any JSON value: `apiextensionsv1.JSON`), `{"[]": shape}` for a list, or an object of the allowed keys.
 fn documented_fields(api_version: &str, kind: &str) -> Option<Value> {
     let target_ref =
         json!({ "group": "string", "kind": "string", "name": "string", "namespace": "string" });
@@ -240,7 +240,7 @@ fn documented_fields(api_version: &str, kind: &str) -> Option<Value> {
                 "name": "string",
                 "operation": {
                     "op": ["add", "remove", "replace", "move", "copy", "test"],
-                    "path": "string", "jsonPath": "string", "from": "string", "value": "any",
+                    "path": "string", "jsonPath": "string", "from": "string", "value": "json",
                 },
             } },
         }),
@@ -257,6 +257,7 @@ fn stray(path: &str, value: &Value, shape: &Value, out: &mut Vec<String>) {
             "integer" => value.is_u64() || value.is_i64(),
             "boolean" => value.is_boolean(),
             "any" => value.is_object(),
+            "json" => true,
             "map" => value
                 .as_object()
                 .is_some_and(|m| m.values().all(Value::is_string)),
@@ -361,24 +362,77 @@ fn istio_and_envoy_gateway_resources_pass_their_crd_schemas_when_given() {
     );
 }
 
-/// The plain-Envoy equivalent of the Istio deployment: each case file's policy rendered
-/// for Istio, its `pluginConfig` serialized back to JSON (what Istio hands the filter),
-/// in the filter-only bootstrap, through every case file in a real Envoy.
-#[test]
-fn the_istio_plugin_config_passes_every_case_file_in_a_filter_only_envoy() {
+/// The module as the Istio agent (or Envoy Gateway's Wasm cache) hands it to Envoy: a
+/// local file in place of the remote `oci://` code.
+fn local_code() -> Value {
+    let wasm = std::fs::canonicalize(gatehouse_harness::envoy::default_wasm()).unwrap();
+    json!({ "local": { "filename": wasm } })
+}
+
+/// The Wasm filter configuration Envoy gets from this Istio render: the `EnvoyFilter`'s
+/// extension config with the code the agent pulled, or, for a `WasmPlugin`, what Istio
+/// builds from it (istio/istio `pilot/pkg/model/extensions.go`: name, root id, the
+/// `pluginConfig` as a string, `vmConfig.env` `HOST` names as `host_env_keys`, the fail
+/// strategy; nothing else, so no `allow_on_headers_stop_iteration`).
+fn istio_filter_config(docs: &[Value]) -> Value {
+    let mut config = match docs.iter().find(|d| d["kind"] == "WasmPlugin") {
+        Some(plugin) => {
+            let spec = &plugin["spec"];
+            let names: Vec<Value> = spec["vmConfig"]["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| e["name"].clone())
+                .collect();
+            json!({
+                "@type": render::WASM_FILTER_TYPE,
+                "config": {
+                    "name": format!("{}.{}", plugin["metadata"]["namespace"].as_str().unwrap(), spec["pluginName"].as_str().unwrap()),
+                    "root_id": spec["pluginName"],
+                    "failure_policy": spec["failStrategy"],
+                    "vm_config": {
+                        "runtime": "envoy.wasm.runtime.v8",
+                        "environment_variables": { "host_env_keys": names },
+                    },
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": spec["pluginConfig"].to_string(),
+                    },
+                },
+            })
+        }
+        None => {
+            let filter = docs.iter().find(|d| d["kind"] == "EnvoyFilter").unwrap();
+            let patch = filter["spec"]["configPatches"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["applyTo"] == "EXTENSION_CONFIG")
+                .unwrap();
+            patch["patch"]["value"]["typed_config"].clone()
+        }
+    };
+    config["config"]["vm_config"]["code"] = local_code();
+    config
+}
+
+/// Every case file whose plugin is a policy file, through a real filter-only Envoy whose
+/// gatehouse filter is `filter_config(policy)`; the others as they are.
+fn every_case_file_passes_with(filter_config: impl Fn(&LoadedPolicy) -> Value) {
     let mut failures = Vec::new();
     let mut passed = 0;
     for path in common::cases_files() {
         let mut file = cases::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        if let PluginSource::Policy(policy_path) = &file.plugin {
-            let docs = render::render(Target::Istio, &load(policy_path), &Options::default());
-            let config = &docs[0]["spec"]["pluginConfig"];
-            file.plugin = PluginSource::Raw(config.to_string());
-        }
-        let opts = RunOptions {
+        let mut opts = RunOptions {
             filter_only: true,
             ..RunOptions::default()
         };
+        if let PluginSource::Policy(policy_path) = &file.plugin {
+            let config = filter_config(&load(policy_path));
+            let policy = config["config"]["configuration"]["value"].as_str().unwrap();
+            file.plugin = PluginSource::Raw(policy.to_string());
+            opts.filter_config = Some(config);
+        }
         let results = cases::run_file(&file, BackendKind::Envoy, &opts)
             .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         for r in results {
@@ -391,6 +445,217 @@ fn the_istio_plugin_config_passes_every_case_file_in_a_filter_only_envoy() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(passed > 0, "no case ran");
+}
+
+/// The plain-Envoy equivalent of the Istio deployment: each case file's policy rendered
+/// for Istio, the Wasm filter configuration Envoy would get from it (a `WasmPlugin`, or
+/// the `EnvoyFilter`'s own for policies that hold bodies), in the filter-only bootstrap,
+/// through every case file in a real Envoy.
+#[test]
+fn the_istio_render_passes_every_case_file_in_a_filter_only_envoy() {
+    every_case_file_passes_with(|loaded| {
+        istio_filter_config(&render::render(Target::Istio, loaded, &Options::default()))
+    });
+}
+
+/// Why a policy that holds bodies is not delivered as a `WasmPlugin`: with the filter
+/// Istio builds from one, a webhook's body never reaches the module, and the request
+/// gets no answer (until Envoy's stream timeout, minutes later); with the `EnvoyFilter`'s
+/// filter the wrong signature is refused at once.
+#[test]
+fn under_a_wasm_plugin_a_held_body_never_reaches_the_module() {
+    let loaded = policy("webhooks.yaml");
+    let forced = Options {
+        istio_delivery: Some(render::IstioDelivery::WasmPlugin),
+        ..Options::default()
+    };
+    let answered_within = |opts: &Options| {
+        let config = istio_filter_config(&render::render(Target::Istio, &loaded, opts));
+        let envoy_opts = EnvoyOptions {
+            filter_only: true,
+            filter_config: Some(config),
+            env: loaded
+                .policy
+                .secret_env_names()
+                .into_iter()
+                .map(|name| (name, "whsec_render_test_0123456789".into()))
+                .collect(),
+            ..EnvoyOptions::new(loaded.plugin_config_json.clone())
+        };
+        let envoy = Envoy::start(&envoy_opts).unwrap_or_else(|e| panic!("{e:#}"));
+        let mut stream = std::net::TcpStream::connect(envoy.listener_addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        use std::io::{Read, Write};
+        let body = br#"{"event":"ping"}"#;
+        // A well-formed, current, wrongly signed Stripe signature: only the body can
+        // tell it is wrong.
+        #[allow(clippy::disallowed_methods, reason = "the signature's timestamp")]
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        write!(
+            stream,
+            "POST /webhooks/stripe HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+             stripe-signature: t={now},v1={}\r\ncontent-length: {}\r\n\r\n",
+            "0".repeat(64),
+            body.len()
+        )
+        .unwrap();
+        stream.write_all(body).unwrap();
+        let mut first = [0u8; 12];
+        match stream.read(&mut first) {
+            Ok(n) if n > 0 => Some(String::from_utf8_lossy(&first[..n]).to_string()),
+            _ => None,
+        }
+    };
+    // The EnvoyFilter's filter reads the body and refuses the request at once.
+    let answer = answered_within(&Options::default());
+    assert!(
+        answer
+            .as_deref()
+            .is_some_and(|a| a.starts_with("HTTP/1.1 4")),
+        "{answer:?}"
+    );
+    assert_eq!(answered_within(&forced), None);
+}
+
+/// JSON pointers of what `json_path` selects in `doc`, for the one shape the Envoy
+/// Gateway render writes: `$..KEY[?(@.name=='VALUE')].A.B`, with the semantics of
+/// Envoy Gateway's JSONPath library (every `KEY` array at any depth, each element whose
+/// `name` is `VALUE`, then the member path).
+fn select(doc: &Value, json_path: &str) -> Vec<String> {
+    let rest = json_path.strip_prefix("$..").expect("a $.. path");
+    let (key, rest) = rest.split_once("[?(@.name=='").expect("a name filter");
+    let (value, members) = rest.split_once("')]").expect("a closed filter");
+    let members: Vec<&str> = members.split('.').filter(|m| !m.is_empty()).collect();
+    fn walk(v: &Value, at: String, key: &str, name: &str, members: &[&str], out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                for (k, child) in map {
+                    let here = format!("{at}/{k}");
+                    if k == key {
+                        for (i, item) in child.as_array().into_iter().flatten().enumerate() {
+                            if item["name"] == name {
+                                let mut p = format!("{here}/{i}");
+                                let mut node = item;
+                                let mut ok = true;
+                                for m in members {
+                                    node = &node[*m];
+                                    ok &= !node.is_null();
+                                    p = format!("{p}/{m}");
+                                }
+                                if ok {
+                                    out.push(p);
+                                }
+                            }
+                        }
+                    }
+                    walk(child, here, key, name, members, out);
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, format!("{at}/{i}"), key, name, members, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(doc, String::new(), key, value, &members, &mut out);
+    out
+}
+
+/// The listener Envoy Gateway generates for this render's `EnvoyExtensionPolicy`
+/// (envoyproxy/gateway `internal/xds/translator/wasm.go`: the filter in the connection
+/// manager, named after the policy, disabled there and enabled per route; its config
+/// from `name`, `rootID`, `config`, `failOpen` and `env.hostKeys`), with the render's
+/// `EnvoyPatchPolicy` listener patches applied; each patch must select exactly one
+/// place. Returns the Wasm filter's `typed_config`.
+fn envoy_gateway_filter_config(docs: &[Value], opts: &Options) -> Value {
+    let extension = docs
+        .iter()
+        .find(|d| d["kind"] == "EnvoyExtensionPolicy")
+        .unwrap();
+    let wasm = &extension["spec"]["wasm"][0];
+    let filter_name = render::envoy_gateway::wasm_filter_name(opts);
+    let vm_id = filter_name.trim_start_matches("envoy.filters.http.wasm/");
+    let mut vm =
+        json!({ "vm_id": vm_id, "runtime": "envoy.wasm.runtime.v8", "code": local_code() });
+    if let Some(keys) = wasm["env"].get("hostKeys") {
+        vm["environment_variables"] = json!({ "host_env_keys": keys });
+    }
+    let mut listener = json!({
+        "name": render::envoy_gateway::listener_name(opts),
+        "default_filter_chain": { "filters": [ {
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "http-10080",
+                "http_filters": [
+                    { "name": filter_name, "disabled": true, "typed_config": {
+                        "@type": render::WASM_FILTER_TYPE,
+                        "config": {
+                            "name": wasm["name"],
+                            "root_id": wasm["rootID"],
+                            "vm_config": vm,
+                            "configuration": {
+                                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                                "value": wasm["config"].to_string(),
+                            },
+                            "fail_open": wasm["failOpen"],
+                        },
+                    } },
+                    { "name": "envoy.filters.http.router" },
+                ],
+            },
+        } ] },
+    });
+    let patch_policy = docs
+        .iter()
+        .find(|d| d["kind"] == "EnvoyPatchPolicy")
+        .unwrap();
+    let mut applied = 0;
+    for patch in patch_policy["spec"]["jsonPatches"].as_array().unwrap() {
+        if patch["type"] != "type.googleapis.com/envoy.config.listener.v3.Listener" {
+            continue;
+        }
+        assert_eq!(patch["name"], listener["name"]);
+        let op = &patch["operation"];
+        assert_eq!(op["op"], "add");
+        let places = select(&listener, op["jsonPath"].as_str().unwrap());
+        assert_eq!(places.len(), 1, "{op}");
+        let (parent, field) = {
+            let full = format!("{}{}", places[0], op["path"].as_str().unwrap());
+            let (p, f) = full.rsplit_once('/').unwrap();
+            (p.to_string(), f.to_string())
+        };
+        listener.pointer_mut(&parent).unwrap()[field] = op["value"].clone();
+        applied += 1;
+    }
+    assert!(applied >= 2, "{applied} listener patches");
+    let filters = &listener["default_filter_chain"]["filters"][0]["typed_config"];
+    filters["http_filters"][0]["typed_config"].clone()
+}
+
+/// The plain-Envoy equivalent of the Envoy Gateway deployment: the Wasm filter Envoy
+/// Gateway generates from the `EnvoyExtensionPolicy`, patched by the
+/// `EnvoyPatchPolicy`, through every case file in a real filter-only Envoy.
+#[test]
+fn the_envoy_gateway_render_passes_every_case_file_in_a_filter_only_envoy() {
+    let opts = Options::default();
+    let config = envoy_gateway_filter_config(
+        &render::render(Target::EnvoyGateway, &policy("webhooks.yaml"), &opts),
+        &opts,
+    );
+    assert_eq!(config["config"]["allow_on_headers_stop_iteration"], true);
+    assert_eq!(config["config"]["failure_policy"], "FAIL_RELOAD");
+    every_case_file_passes_with(|loaded| {
+        envoy_gateway_filter_config(&render::render(Target::EnvoyGateway, loaded, &opts), &opts)
+    });
 }
 
 /// The rewritten `feed.cluster` is a name Envoy takes and the sync polls: a key issued by

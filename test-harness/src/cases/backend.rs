@@ -107,6 +107,8 @@ pub struct BackendConfig {
     pub failure_policy: Option<FailurePolicy>,
     /// Envoy only: render the filter-only bootstrap ([`EnvoyOptions::filter_only`]).
     pub filter_only: bool,
+    /// Envoy only: the Wasm filter's whole `typed_config` ([`EnvoyOptions::filter_config`]).
+    pub filter_config: Option<serde_json::Value>,
 }
 
 /// A real Envoy: requests go over loopback TCP; the echo upstream's answer tells what
@@ -123,6 +125,7 @@ impl EnvoyBackend {
             env: config.env.clone(),
             concurrency: config.workers,
             filter_only: config.filter_only,
+            filter_config: config.filter_config.clone(),
         };
         Ok(EnvoyBackend {
             envoy: Envoy::start(&opts)?,

@@ -18,6 +18,9 @@ pub struct RunOptions {
     /// Envoy only: the filter-only bootstrap (no singleton service), as Istio and Envoy
     /// Gateway configure Envoy. Defaults to `false`.
     pub filter_only: bool,
+    /// Envoy only: the Wasm filter's whole `typed_config`, as Istio or Envoy Gateway
+    /// would deliver it. Defaults to `None`: the bootstrap's filter.
+    pub filter_config: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,6 +119,7 @@ pub fn run_file(
         upstreams: file.upstreams.clone(),
         failure_policy: file.failure_policy,
         filter_only: opts.filter_only,
+        filter_config: opts.filter_config.clone(),
     };
 
     let mut results = Vec::new();

@@ -60,6 +60,10 @@ pub struct Bootstrap {
     /// VM, whose workers then run the sync under a lease (`core/src/sync/lease.rs`).
     /// Otherwise only the singleton gets the feed token.
     pub filter_only: bool,
+    /// The Wasm filter's whole `typed_config`, as a control plane would deliver it (the
+    /// render tests run Istio's and Envoy Gateway's filter configurations this way).
+    /// `None`: the template's filter.
+    pub filter_config: Option<serde_json::Value>,
 }
 
 /// The sync's root id: the shell runs the feed sync under it (`src/shell.rs`).
@@ -200,8 +204,65 @@ impl Bootstrap {
         for (placeholder, value) in substitutions {
             out = out.replace(placeholder, &value);
         }
-        out
+        match &self.filter_config {
+            None => out,
+            Some(config) => with_filter_config(&out, &self.with_fixture_env(config)),
+        }
     }
+}
+
+impl Bootstrap {
+    /// `config` with [`Bootstrap::env`] as the VM's `key_values`, as the template's
+    /// filter has them (test fixtures), and dropped from `host_env_keys` (Envoy refuses a
+    /// name given both ways).
+    fn with_fixture_env(&self, config: &serde_json::Value) -> serde_json::Value {
+        let mut config = config.clone();
+        if self.env.is_empty() {
+            return config;
+        }
+        let Some(vm) = config
+            .pointer_mut("/config/vm_config")
+            .and_then(serde_json::Value::as_object_mut)
+        else {
+            return config;
+        };
+        let Some(vars) = vm
+            .entry("environment_variables")
+            .or_insert_with(|| serde_json::json!({}))
+            .as_object_mut()
+        else {
+            return config;
+        };
+        if let Some(keys) = vars
+            .get_mut("host_env_keys")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            keys.retain(|k| !self.env.iter().any(|(name, _)| k == name.as_str()));
+        }
+        let values: serde_json::Map<_, _> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        vars.insert("key_values".into(), values.into());
+        config
+    }
+}
+
+/// `bootstrap` with the gatehouse filter's `typed_config` replaced, written as JSON
+/// (which Envoy reads as YAML); `bootstrap` unchanged if it does not parse, which the
+/// template always does.
+fn with_filter_config(bootstrap: &str, config: &serde_json::Value) -> String {
+    let Ok(tree) = gatehouse_core::policy::yaml::parse(bootstrap) else {
+        return bootstrap.to_string();
+    };
+    let mut tree = tree.to_json();
+    if let Some(slot) = tree
+        .pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/http_filters/0/typed_config")
+    {
+        *slot = config.clone();
+    }
+    serde_json::to_string_pretty(&tree).unwrap_or_else(|_| bootstrap.to_string())
 }
 
 #[cfg(test)]
@@ -221,6 +282,7 @@ mod tests {
             pass_env: vec!["GATEHOUSE_JWT_SECRET".into(), "SECRET".into()],
             control: Vec::new(),
             filter_only: false,
+            filter_config: None,
         }
     }
 
@@ -235,6 +297,33 @@ mod tests {
             filter["vm_config"]["environment_variables"]["host_env_keys"].clone(),
             tree["bootstrap_extensions"].clone(),
         )
+    }
+
+    #[test]
+    fn a_given_filter_config_replaces_the_filter_and_keeps_the_fixture_env() {
+        let mut b = sample();
+        b.filter_config = Some(serde_json::json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "from-a-control-plane",
+                "vm_config": { "environment_variables": { "host_env_keys": ["SECRET", "OTHER"] } },
+            },
+        }));
+        let tree = gatehouse_core::policy::yaml::parse(&b.render())
+            .unwrap()
+            .to_json();
+        let filter = &tree["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["http_filters"][0]["typed_config"]["config"];
+        assert_eq!(filter["name"], "from-a-control-plane");
+        assert!(filter.get("allow_on_headers_stop_iteration").is_none());
+        let vars = &filter["vm_config"]["environment_variables"];
+        assert_eq!(vars["host_env_keys"], serde_json::json!(["OTHER"]));
+        assert_eq!(vars["key_values"]["SECRET"], "s3cr\"et");
+        // The rest of the bootstrap is the template's.
+        assert_eq!(
+            tree["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"],
+            10000
+        );
     }
 
     #[test]

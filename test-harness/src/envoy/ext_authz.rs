@@ -148,6 +148,7 @@ mod tests {
             pass_env: Vec::new(),
             control: Vec::new(),
             filter_only: false,
+            filter_config: None,
         }
         .render();
         let link = ExtAuthzLink {

@@ -102,6 +102,8 @@ pub struct EnvoyOptions {
     pub concurrency: u32,
     /// Render the filter-only bootstrap (no singleton service; a worker runs the sync).
     pub filter_only: bool,
+    /// The Wasm filter's whole `typed_config` ([`Bootstrap::filter_config`]).
+    pub filter_config: Option<serde_json::Value>,
 }
 
 impl EnvoyOptions {
@@ -112,6 +114,7 @@ impl EnvoyOptions {
             env: Vec::new(),
             concurrency: 1,
             filter_only: false,
+            filter_config: None,
         }
     }
 }
@@ -206,6 +209,7 @@ impl Envoy {
                 .unwrap_or_default(),
             control: feed.map(|f| f.control).into_iter().collect(),
             filter_only: opts.filter_only,
+            filter_config: opts.filter_config.clone(),
         };
         let config_path = dir.join("envoy.yaml");
         let rendered = match authz {

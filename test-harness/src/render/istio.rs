@@ -12,15 +12,27 @@
 //! control service's (and `feed.authority` set to its host when the policy left it to
 //! default to the cluster name).
 //!
-//! What Istio cannot carry: `allow_on_headers_stop_iteration`. A `WasmPlugin` reaches
-//! the proxy as an ECDS extension config, and Istio applies `EXTENSION_CONFIG` patches of
-//! an `EnvoyFilter` with operation `ADD` only (istio/istio
-//! `pilot/pkg/networking/core/envoyfilter/extension_configuration_patch.go`), so no
-//! patch can merge the field into it. Policies whose routes hold the body (webhooks, JSON
-//! caps) then hang those requests under Istio; [`render`] still renders them and
-//! [`warnings`] says so.
+//! Two ways to deliver the module ([`IstioDelivery`]):
+//! - a `WasmPlugin`, the default for policies that never hold a body. It reaches Envoy as
+//!   an ECDS extension config that Istio builds from a fixed set of fields, without
+//!   `allow_on_headers_stop_iteration`, and Istio applies an `EnvoyFilter`'s
+//!   `EXTENSION_CONFIG` patches with operation `ADD` only (istio/istio
+//!   `pilot/pkg/networking/core/envoyfilter/extension_configuration_patch.go`), so no
+//!   patch can merge the field into it;
+//! - the whole filter in the `EnvoyFilter`, the default when some route holds the body
+//!   (webhooks, JSON caps): an `EXTENSION_CONFIG` with every field the bootstrap sets,
+//!   its code a remote `oci://` URL, which the Istio agent fetches and rewrites to a
+//!   local file before Envoy sees it (as it does for a `WasmPlugin`: istio/istio
+//!   `pkg/wasm`), and an `HTTP_FILTER` first in the chain that takes its configuration
+//!   from that extension config. Without `allow_on_headers_stop_iteration` Envoy holds
+//!   the body while the headers wait, and those requests would hang until the stream
+//!   timeout. What it gives up: image pull secrets (the agent pulls without credentials;
+//!   use a registry the nodes may read), which [`warnings`] says.
 
-use super::{NAME, Options, PROXY_SECRET, metadata, policy_object, proxy_secret, set};
+use super::{
+    IstioDelivery, NAME, Options, PROXY_SECRET, WASM_FILTER_TYPE, metadata, policy_object,
+    proxy_secret, set,
+};
 use gatehouse_core::policy::LoadedPolicy;
 use serde_json::{Value, json};
 
@@ -44,16 +56,34 @@ pub fn plugin_config(loaded: &LoadedPolicy, opts: &Options) -> Value {
     config
 }
 
+/// How this render delivers the module: the option, else the `EnvoyFilter` when some
+/// route holds the body.
+pub fn delivery(loaded: &LoadedPolicy, opts: &Options) -> IstioDelivery {
+    opts.istio_delivery
+        .unwrap_or(if super::holds_bodies(loaded) {
+            IstioDelivery::EnvoyFilter
+        } else {
+            IstioDelivery::WasmPlugin
+        })
+}
+
 /// What the operator must know about this render.
-pub fn warnings(loaded: &LoadedPolicy) -> Vec<String> {
+pub fn warnings(loaded: &LoadedPolicy, opts: &Options) -> Vec<String> {
     let mut out = Vec::new();
-    if super::holds_bodies(loaded) {
-        out.push(
-            "some routes hold the body (webhook or JSON caps): Istio cannot set \
-             allow_on_headers_stop_iteration on a WasmPlugin, so those requests would wait \
-             for Envoy's stream timeout; see docs/deploying.md"
+    match delivery(loaded, opts) {
+        IstioDelivery::WasmPlugin if super::holds_bodies(loaded) => out.push(
+            "some routes hold the body (webhook or JSON caps): a WasmPlugin cannot set \
+             allow_on_headers_stop_iteration, so those requests would wait for Envoy's \
+             stream timeout; render with --istio-delivery envoyfilter (docs/deploying.md)"
                 .to_string(),
-        );
+        ),
+        IstioDelivery::WasmPlugin => {}
+        IstioDelivery::EnvoyFilter => out.push(
+            "the module is delivered in the EnvoyFilter (some routes hold the body, which \
+             needs allow_on_headers_stop_iteration): the Istio agent pulls the image \
+             without credentials, so it must be in a registry the proxies may read"
+                .to_string(),
+        ),
     }
     if loaded.policy.feed.is_some() {
         out.push(format!(
@@ -110,34 +140,113 @@ pub fn wasm_plugin(loaded: &LoadedPolicy, opts: &Options) -> Value {
     })
 }
 
-/// The connection manager's settings the bootstrap has and Istio does not set: header
-/// names with `_` refused, and `server` passed through (the policy may remove it).
-pub fn envoy_filter(opts: &Options) -> Value {
+/// The Wasm filter's configuration as the bootstrap has it, its code the image: the
+/// `EXTENSION_CONFIG` of the `EnvoyFilter` delivery. The Istio agent replaces the remote
+/// code with the file it pulled (so the `http_uri` cluster is never used: `_`, as Istio
+/// writes it for a `WasmPlugin`), and verifies `sha256` when the reference pins a digest
+/// that way.
+pub fn filter_config(loaded: &LoadedPolicy, opts: &Options) -> Value {
+    let mut vm = json!({
+        // Shared data (key cache, limiter slots, the sync's lease) belongs to this id.
+        "vm_id": NAME,
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": { "remote": { "http_uri": {
+            "uri": format!("oci://{}", opts.wasm_image),
+            "cluster": "_",
+            "timeout": "30s",
+        } } },
+    });
+    let names = loaded.policy.secret_env_names();
+    if !names.is_empty() {
+        set(
+            &mut vm,
+            "environment_variables",
+            json!({ "host_env_keys": names }),
+        );
+    }
+    json!({
+        "@type": WASM_FILTER_TYPE,
+        "config": {
+            "name": NAME,
+            "root_id": NAME,
+            "allow_on_headers_stop_iteration": true,
+            "failure_policy": "FAIL_RELOAD",
+            "vm_config": vm,
+            "configuration": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": plugin_config(loaded, opts).to_string(),
+            },
+        },
+    })
+}
+
+/// The extension config's name: Istio shares `EXTENSION_CONFIG` names across the
+/// namespaces an `EnvoyFilter` reaches, so it carries the namespace.
+pub fn extension_config_name(opts: &Options) -> String {
+    format!("{}.{NAME}", opts.namespace)
+}
+
+fn hcm_match(opts: &Options) -> Value {
+    json!({
+        "context": context(opts),
+        "listener": { "filterChain": { "filter": {
+            "name": "envoy.filters.network.http_connection_manager"
+        } } },
+    })
+}
+
+/// The connection manager's settings the bootstrap has and Istio does not set (header
+/// names with `_` refused, and `server` passed through: the policy may remove it), and
+/// with the `EnvoyFilter` delivery the filter itself: first the extension config, then
+/// the HTTP filter, first in the chain, that waits for it (`initial_fetch_timeout: 0s`:
+/// a listener serves no request before the module is loaded).
+pub fn envoy_filter(loaded: &LoadedPolicy, opts: &Options) -> Value {
+    let mut patches = Vec::new();
+    if delivery(loaded, opts) == IstioDelivery::EnvoyFilter {
+        let name = extension_config_name(opts);
+        patches.push(json!({
+            "applyTo": "EXTENSION_CONFIG",
+            "patch": {
+                "operation": "ADD",
+                "value": { "name": name, "typed_config": filter_config(loaded, opts) },
+            },
+        }));
+        patches.push(json!({
+            "applyTo": "HTTP_FILTER",
+            "match": hcm_match(opts),
+            "patch": {
+                "operation": "INSERT_FIRST",
+                "value": {
+                    "name": name,
+                    "config_discovery": {
+                        "config_source": { "ads": {}, "initial_fetch_timeout": "0s" },
+                        "type_urls": [WASM_FILTER_TYPE],
+                    },
+                },
+            },
+        }));
+    }
+    patches.push(json!({
+        "applyTo": "NETWORK_FILTER",
+        "match": hcm_match(opts),
+        "patch": {
+            "operation": "MERGE",
+            "value": { "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "common_http_protocol_options": {
+                    "headers_with_underscores_action": "REJECT_REQUEST"
+                },
+                "server_header_transformation": "PASS_THROUGH",
+            } },
+        },
+    }));
     json!({
         "apiVersion": "networking.istio.io/v1alpha3",
         "kind": "EnvoyFilter",
         "metadata": metadata(NAME, opts),
         "spec": {
             "workloadSelector": { "labels": labels(opts) },
-            "configPatches": [ {
-                "applyTo": "NETWORK_FILTER",
-                "match": {
-                    "context": context(opts),
-                    "listener": { "filterChain": { "filter": {
-                        "name": "envoy.filters.network.http_connection_manager"
-                    } } },
-                },
-                "patch": {
-                    "operation": "MERGE",
-                    "value": { "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "common_http_protocol_options": {
-                            "headers_with_underscores_action": "REJECT_REQUEST"
-                        },
-                        "server_header_transformation": "PASS_THROUGH",
-                    } },
-                },
-            } ],
+            "configPatches": patches,
         },
     })
 }
@@ -179,7 +288,11 @@ pub fn destination_rule(opts: &Options) -> Value {
 }
 
 pub fn render(loaded: &LoadedPolicy, opts: &Options) -> Vec<Value> {
-    let mut docs = vec![wasm_plugin(loaded, opts), envoy_filter(opts)];
+    let mut docs = Vec::new();
+    if delivery(loaded, opts) == IstioDelivery::WasmPlugin {
+        docs.push(wasm_plugin(loaded, opts));
+    }
+    docs.push(envoy_filter(loaded, opts));
     if loaded.policy.feed.is_some() {
         docs.push(service_entry(opts));
         docs.push(destination_rule(opts));
@@ -250,9 +363,51 @@ mod tests {
     }
 
     #[test]
-    fn policies_that_hold_bodies_are_warned_about() {
-        assert!(warnings(&load("webhooks.yaml"))[0].contains("allow_on_headers_stop_iteration"));
-        assert!(warnings(&load("example.yaml")).is_empty());
+    fn policies_that_hold_bodies_get_the_whole_filter_in_the_envoy_filter() {
+        let loaded = load("webhooks.yaml");
+        let opts = Options::default();
+        assert_eq!(delivery(&loaded, &opts), IstioDelivery::EnvoyFilter);
+        let docs = render(&loaded, &opts);
+        assert_eq!(kinds(&docs), ["EnvoyFilter", "Secret"]);
+        let patches = &docs[0]["spec"]["configPatches"];
+        assert_eq!(patches[0]["applyTo"], "EXTENSION_CONFIG");
+        assert_eq!(patches[0]["patch"]["operation"], "ADD");
+        let name = &patches[0]["patch"]["value"]["name"];
+        assert_eq!(name, "gatehouse.gatehouse");
+        assert_eq!(patches[1]["applyTo"], "HTTP_FILTER");
+        assert_eq!(patches[1]["patch"]["operation"], "INSERT_FIRST");
+        assert_eq!(&patches[1]["patch"]["value"]["name"], name);
+        assert_eq!(
+            patches[1]["patch"]["value"]["config_discovery"]["type_urls"],
+            json!([WASM_FILTER_TYPE])
+        );
+        assert_eq!(patches[2]["applyTo"], "NETWORK_FILTER");
+        let config = &patches[0]["patch"]["value"]["typed_config"]["config"];
+        assert_eq!(config["allow_on_headers_stop_iteration"], true);
+        assert_eq!(config["failure_policy"], "FAIL_RELOAD");
+        assert_eq!(
+            config["vm_config"]["code"]["remote"]["http_uri"]["uri"],
+            format!("oci://{}", opts.wasm_image)
+        );
+        let policy: Value =
+            serde_json::from_str(config["configuration"]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(policy, plugin_config(&loaded, &opts));
+        assert!(warnings(&loaded, &opts)[0].contains("without credentials"));
+    }
+
+    #[test]
+    fn a_wasm_plugin_for_a_policy_that_holds_bodies_is_warned_about() {
+        let opts = Options {
+            istio_delivery: Some(IstioDelivery::WasmPlugin),
+            ..Options::default()
+        };
+        let loaded = load("webhooks.yaml");
+        assert_eq!(
+            kinds(&render(&loaded, &opts)),
+            ["WasmPlugin", "EnvoyFilter", "Secret"]
+        );
+        assert!(warnings(&loaded, &opts)[0].contains("allow_on_headers_stop_iteration"));
+        assert!(warnings(&load("example.yaml"), &Options::default()).is_empty());
     }
 
     #[test]
@@ -261,9 +416,15 @@ mod tests {
             istio_sidecar: true,
             ..Options::default()
         };
-        assert_eq!(
-            envoy_filter(&opts)["spec"]["configPatches"][0]["match"]["context"],
-            "SIDECAR_INBOUND"
-        );
+        for policy in ["example.yaml", "webhooks.yaml"] {
+            let filter = envoy_filter(&load(policy), &opts);
+            let patches = filter["spec"]["configPatches"].as_array().unwrap();
+            for patch in patches
+                .iter()
+                .filter(|p| p["applyTo"] != "EXTENSION_CONFIG")
+            {
+                assert_eq!(patch["match"]["context"], "SIDECAR_INBOUND");
+            }
+        }
     }
 }

@@ -38,6 +38,30 @@ impl Target {
     }
 }
 
+/// How the module reaches Istio's proxies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IstioDelivery {
+    /// A `WasmPlugin`: image pull secrets and pull policy, but no
+    /// `allow_on_headers_stop_iteration`.
+    WasmPlugin,
+    /// The whole Wasm filter in an `EnvoyFilter` (an `EXTENSION_CONFIG` the Istio agent
+    /// fetches, and the `HTTP_FILTER` that uses it): every field of the filter, pulled
+    /// without credentials.
+    EnvoyFilter,
+}
+
+impl IstioDelivery {
+    pub fn parse(s: &str) -> Result<IstioDelivery, String> {
+        match s {
+            "wasmplugin" => Ok(IstioDelivery::WasmPlugin),
+            "envoyfilter" => Ok(IstioDelivery::EnvoyFilter),
+            other => Err(format!(
+                "unknown delivery '{other}'; expected one of [wasmplugin, envoyfilter]"
+            )),
+        }
+    }
+}
+
 /// The control service's database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Database {
@@ -79,8 +103,16 @@ pub struct Options {
     /// Istio: `gateway` (an ingress gateway) or `sidecar` (inbound on a workload's
     /// sidecar). Defaults to `gateway`.
     pub istio_sidecar: bool,
+    /// Istio: how the module is delivered. Defaults to a `WasmPlugin`, or the
+    /// `EnvoyFilter` when some route holds the body ([`holds_bodies`]), which needs
+    /// `allow_on_headers_stop_iteration`.
+    pub istio_delivery: Option<IstioDelivery>,
     /// Envoy Gateway: the `Gateway` the policy attaches to. Defaults to `eg`.
     pub gateway: String,
+    /// Envoy Gateway: the xDS name of the gateway's listener that the filter settings are
+    /// patched into. Defaults to `NAMESPACE/GATEWAY/http` (Envoy Gateway's listener name
+    /// `namespace/gateway/section`); with its `XDSNameSchemeV2` it is `tcp-PORT`.
+    pub eg_listener: Option<String>,
     /// The control service's database. Defaults to SQLite.
     pub database: Database,
     /// PostgreSQL: how many replicas. Defaults to 2 (SQLite is always 1).
@@ -98,7 +130,9 @@ impl Default for Options {
             control_port: 8081,
             selector: vec![("istio".into(), "ingressgateway".into())],
             istio_sidecar: false,
+            istio_delivery: None,
             gateway: "eg".into(),
+            eg_listener: None,
             database: Database::Sqlite,
             replicas: 2,
         }
@@ -113,6 +147,9 @@ impl Options {
             .unwrap_or_else(|| format!("{}.{}.svc.cluster.local", control::NAME, self.namespace))
     }
 }
+
+/// The type of Envoy's Wasm HTTP filter configuration.
+pub const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 
 /// The name every gatehouse resource shares (plugin name and root id too).
 pub const NAME: &str = "gatehouse";
