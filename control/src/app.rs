@@ -154,6 +154,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens/revoke", post(revocations::revoke_jti))
         .route("/v1/audit", get(audit::list))
         .route("/v1/stats", get(stats::get))
+        .route("/v1/stats/refusals", get(stats::refusals::get))
+        .route("/v1/stats/series", get(stats::series::get))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     // The proxies' reports: the sync posts them with the feed token; the admin token may
     // too (a person replaying a batch by hand).

@@ -75,15 +75,21 @@ pub async fn run_events_once(s: &AppState) -> Result<EventPurgeCounts, StoreErro
         let n = s.store.purge_events(cutoff, BATCH).await?;
         total.refusals += n.refusals;
         total.usage_buckets += n.usage_buckets;
+        total.refusal_buckets += n.refusal_buckets;
         total.proxies += n.proxies;
         let batch = u64::from(BATCH);
-        if n.refusals < batch && n.usage_buckets < batch && n.proxies < batch {
+        if n.refusals < batch
+            && n.usage_buckets < batch
+            && n.refusal_buckets < batch
+            && n.proxies < batch
+        {
             break;
         }
     }
     tracing::info!(
         refusals = total.refusals,
         usage_buckets = total.usage_buckets,
+        refusal_buckets = total.refusal_buckets,
         proxies = total.proxies,
         cutoff,
         "cleanup of reported events"

@@ -61,6 +61,10 @@ pub const USAGE: &str =
                                  reported by POST /v1/events are purged after it)
     GATEHOUSE_FEED_PAGE_SIZE     records (keys, user and jti revocations) in one answer of
                                  GET /v1/cache, 100 to 50000. Defaults to 10000
+    GATEHOUSE_ALERT_DISTINCT_REFUSED
+                                 the dashboard's \"many distinct callers refused\" alert
+                                 fires when more callers than this got 429 in the last 5
+                                 minutes, 1 to 1000000. Defaults to 10
     GATEHOUSE_REDIS_URL          the Redis that keeps fleet-wide rate limits
                                  (POST /v1/limits/exchange, control/FLEET.md):
                                  redis://[:PASSWORD@]HOST:PORT/DB or
@@ -265,6 +269,9 @@ pub struct Config {
     pub redis_url: Option<RedisUrl>,
     /// The exchange's inner workings (page size, proxy window); not a setting.
     pub fleet: crate::fleet::Tuning,
+    /// The "many distinct callers refused" alert fires when more callers than this were
+    /// refused with 429 in the last 5 minutes (`stats/refusals.rs`). Defaults to 10.
+    pub alert_distinct_refused: u32,
 }
 
 impl Config {
@@ -287,6 +294,7 @@ impl Config {
             feed_page_size: DEFAULT_FEED_PAGE_SIZE,
             redis_url: None,
             fleet: crate::fleet::Tuning::default(),
+            alert_distinct_refused: crate::stats::refusals::DEFAULT_ALERT_DISTINCT_REFUSED,
         }
     }
 
@@ -393,6 +401,15 @@ impl Config {
                     "GATEHOUSE_FEED_PAGE_SIZE must be a whole number from {} to {}, got {n:?}",
                     FEED_PAGE_SIZES.start(),
                     FEED_PAGE_SIZES.end()
+                )),
+            }
+        }
+        if let Some(n) = env("GATEHOUSE_ALERT_DISTINCT_REFUSED") {
+            match n.parse::<u32>() {
+                Ok(n) if (1..=1_000_000).contains(&n) => config.alert_distinct_refused = n,
+                _ => problems.push(format!(
+                    "GATEHOUSE_ALERT_DISTINCT_REFUSED must be a whole number from 1 to 1000000, \
+                     got {n:?}"
                 )),
             }
         }
@@ -654,6 +671,24 @@ mod tests {
             );
         }
         assert!(USAGE.contains("GATEHOUSE_FEED_PAGE_SIZE"));
+    }
+
+    #[test]
+    fn the_alert_threshold_is_a_setting_from_1() {
+        assert_eq!(parse(&TOKENS, &[]).unwrap().alert_distinct_refused, 10);
+        let mut env = TOKENS.to_vec();
+        env.push(("GATEHOUSE_ALERT_DISTINCT_REFUSED", "50"));
+        assert_eq!(parse(&env, &[]).unwrap().alert_distinct_refused, 50);
+        for value in ["0", "-1", "ten", "1000001"] {
+            let mut env = TOKENS.to_vec();
+            env.push(("GATEHOUSE_ALERT_DISTINCT_REFUSED", value));
+            let err = parse(&env, &[]).unwrap_err();
+            assert!(
+                err.contains("GATEHOUSE_ALERT_DISTINCT_REFUSED must be a whole number"),
+                "{err}"
+            );
+        }
+        assert!(USAGE.contains("GATEHOUSE_ALERT_DISTINCT_REFUSED"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `POST /v1/events`: what the proxies' sync reports (control/FEED.md, "Events"): the
-//! refusals the filter made, the keys it saw used, per-plan request counts and the cache
-//! version it has applied.
+//! refusals the filter made (and the "would refuse" of rules in shadow mode), the keys it
+//! saw used, per-plan request counts and the cache version it has applied.
 //!
 //! Checked strictly and stored whole or not at all: one field out of its rule refuses the
 //! whole post with 400 (naming the field and its index, never quoting the value, which
@@ -66,6 +66,8 @@ pub struct RefusalIn {
     user: Option<String>,
     plan: Option<String>,
     client: Option<String>,
+    /// A "would refuse" of a rule in shadow mode (the request passed); absent: false.
+    shadow: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +83,8 @@ pub struct RequestsIn {
     plan: String,
     allowed: i64,
     refused: i64,
+    /// Requests that passed but a rule in shadow mode would have refused; absent: 0.
+    shadow_refused: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -194,6 +198,7 @@ fn refusal(i: usize, r: RefusalIn) -> Result<Refusal, ApiError> {
         user: optional_id(f("user"), r.user)?,
         plan: optional_id(f("plan"), r.plan)?,
         client,
+        shadow: r.shadow.unwrap_or(false),
     })
 }
 
@@ -264,6 +269,10 @@ pub fn check(body: EventsIn, now: i64) -> Result<Checked, ApiError> {
             Ok(PlanCount {
                 allowed: count(format!("requests[{i}].allowed"), c.allowed)?,
                 refused: count(format!("requests[{i}].refused"), c.refused)?,
+                shadow_refused: count(
+                    format!("requests[{i}].shadow_refused"),
+                    c.shadow_refused.unwrap_or(0),
+                )?,
                 plan: c.plan,
             })
         })

@@ -10,6 +10,14 @@
 //! for a moment. A proxy that stopped reporting (stopped, or idle: the sync posts only
 //! when its filter has something to report) keeps its last version, so it lags once a
 //! change after its last report is [`LAG_SECS`] old; its `seen_at` tells which.
+//!
+//! The dashboard's summaries over time are beside it: `refusals.rs` (refusals grouped,
+//! the top refused, the "many distinct callers refused" alert) and `series.rs` (requests
+//! per plan per minute).
+
+pub mod refusals;
+pub mod series;
+mod window;
 
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -30,6 +38,7 @@ pub struct PlanView {
     plan: String,
     allowed: i64,
     refused: i64,
+    shadow_refused: i64,
 }
 
 #[derive(Serialize)]
@@ -138,6 +147,7 @@ pub async fn get(State(s): State<AppState>) -> Result<Json<StatsView>, ApiError>
                 plan: p.plan,
                 allowed: p.allowed,
                 refused: p.refused,
+                shadow_refused: p.shadow_refused,
             })
             .collect(),
         window_seconds: WINDOW_SECONDS,

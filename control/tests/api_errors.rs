@@ -390,6 +390,8 @@ async fn openapi_lists_exactly_the_routes_and_describes_their_answers() {
         "GET /v1/keys",
         "GET /v1/keys/{id}",
         "GET /v1/stats",
+        "GET /v1/stats/refusals",
+        "GET /v1/stats/series",
         "OPTIONS /v1/authz/{rest}",
         "PATCH /v1/authz/{rest}",
         "POST /v1/authz/{rest}",
@@ -582,10 +584,13 @@ async fn openapi_lists_exactly_the_routes_and_describes_their_answers() {
                      "code": "RATE_LIMITED", "status": 429, "key_id": id, "plan": "team",
                      "client": "2001:db8::7"},
                     {"at": 2, "request_id": "", "method": "", "route": "",
-                     "code": "NO_ROUTE", "status": 404}
+                     "code": "NO_ROUTE", "status": 404},
+                    {"at": common::T0, "request_id": "r3", "method": "GET", "route": "/v1/x",
+                     "code": "RATE_LIMITED", "status": 429, "client": "203.0.113.7",
+                     "shadow": true}
                 ],
                 "key_uses": [{"key_id": id, "at": 5}],
-                "requests": [{"plan": "team", "allowed": 2, "refused": 1},
+                "requests": [{"plan": "team", "allowed": 2, "refused": 1, "shadow_refused": 1},
                              {"plan": "", "allowed": 0, "refused": 1}]
             })),
         ),
@@ -602,6 +607,12 @@ async fn openapi_lists_exactly_the_routes_and_describes_their_answers() {
     }
     let (st, b) = s.admin(Method::GET, "/v1/stats", None).await;
     check("/v1/stats", "get", st, &b);
+    for path in ["/v1/stats/refusals", "/v1/stats/series"] {
+        for query in ["", "?window=hour", "?window=day", "?window=week"] {
+            let (st, b) = s.admin(Method::GET, &format!("{path}{query}"), None).await;
+            check(path, "get", st, &b);
+        }
+    }
     let (st, b) = s.admin(Method::GET, "/v1/keys", None).await;
     check("/v1/keys", "get", st, &b);
     // And an error.

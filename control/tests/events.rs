@@ -228,11 +228,12 @@ async fn every_key_is_listed_newest_first_without_a_user() {
 #[tokio::test]
 async fn request_counts_are_summed_per_plan_over_the_last_24_hours() {
     let s = svc().await;
-    // Both anonymous ("") and named plans; one plan twice in a post.
+    // Both anonymous ("") and named plans; one plan twice in a post; shadow counts
+    // optional (absent: 0).
     let accepted = report(
         &s,
         json!({"requests": [
-            {"plan": "team", "allowed": 120, "refused": 3},
+            {"plan": "team", "allowed": 120, "refused": 3, "shadow_refused": 6},
             {"plan": "", "allowed": 7, "refused": 2},
             {"plan": "team", "allowed": 5, "refused": 0}
         ]}),
@@ -251,9 +252,9 @@ async fn request_counts_are_summed_per_plan_over_the_last_24_hours() {
     assert_eq!(
         st["plans"],
         json!([
-            {"plan": "", "allowed": 7, "refused": 2},
-            {"plan": "free", "allowed": 1, "refused": 9},
-            {"plan": "team", "allowed": 135, "refused": 4}
+            {"plan": "", "allowed": 7, "refused": 2, "shadow_refused": 0},
+            {"plan": "free", "allowed": 1, "refused": 9, "shadow_refused": 0},
+            {"plan": "team", "allowed": 135, "refused": 4, "shadow_refused": 6}
         ])
     );
     // A day after the first post, its minute has left the window; the second's has not.
@@ -262,8 +263,8 @@ async fn request_counts_are_summed_per_plan_over_the_last_24_hours() {
     assert_eq!(
         st["plans"],
         json!([
-            {"plan": "free", "allowed": 1, "refused": 9},
-            {"plan": "team", "allowed": 10, "refused": 1}
+            {"plan": "free", "allowed": 1, "refused": 9, "shadow_refused": 0},
+            {"plan": "team", "allowed": 10, "refused": 1, "shadow_refused": 0}
         ])
     );
     s.clock.advance_secs(600);
@@ -553,6 +554,17 @@ async fn bad_input_is_400_in_the_standard_shape_and_stores_nothing() {
             json!({"key_uses": [{"key_id": "k".repeat(129), "at": T0}]}),
         ),
         ("refusals not a list", json!({"refusals": {"at": 1}})),
+        ("shadow as text", with_bad_refusal("shadow", json!("true"))),
+        ("shadow as a number", with_bad_refusal("shadow", json!(1))),
+        (
+            "negative shadow_refused",
+            json!({"requests": [{"plan": "team", "allowed": 0, "refused": 0, "shadow_refused": -1}]}),
+        ),
+        (
+            "shadow_refused above the cap",
+            json!({"requests": [{"plan": "team", "allowed": 0, "refused": 0,
+                                 "shadow_refused": 1_000_000_000_001_i64}]}),
+        ),
     ];
     for (name, body) in &cases {
         // Each bad report also carries good parts: none of them may be stored.
@@ -809,8 +821,8 @@ async fn twenty_concurrent_reports_are_all_counted() {
     assert_eq!(
         st["plans"],
         json!([
-            {"plan": "", "allowed": 60, "refused": 0},
-            {"plan": "team", "allowed": 20, "refused": 40}
+            {"plan": "", "allowed": 60, "refused": 0, "shadow_refused": 0},
+            {"plan": "team", "allowed": 20, "refused": 40, "shadow_refused": 0}
         ])
     );
     assert_eq!(st["proxies"].as_array().unwrap().len(), 4);
@@ -889,4 +901,430 @@ async fn a_future_entry_does_not_excuse_a_broken_one() {
     assert_eq!(error_code(&resp), "BAD_REQUEST");
     assert!(refusals(&s).await.is_empty());
     assert_eq!(stats(&s).await["counters"]["future_entries_dropped"], 0);
+}
+
+async fn refusal_stats(s: &Svc, query: &str) -> Value {
+    let (status, body) = s
+        .admin(Method::GET, &format!("/v1/stats/refusals{query}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+async fn series(s: &Svc, query: &str) -> Value {
+    let (status, body) = s
+        .admin(Method::GET, &format!("/v1/stats/series{query}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// A refusal at `T0 + secs` of `caller` (`key:`, `user:`, `ip:` or nothing).
+fn refusal_by(secs: u64, route: &str, code: &str, status: u16, caller: &str) -> Value {
+    let mut r = refusal(route, code, status);
+    r["at"] = json!(T0 + secs);
+    if let Some(k) = caller.strip_prefix("key:") {
+        r["key_id"] = json!(k);
+    } else if let Some(u) = caller.strip_prefix("user:") {
+        r["user"] = json!(u);
+    } else if let Some(ip) = caller.strip_prefix("ip:") {
+        r["client"] = json!(ip);
+    }
+    r
+}
+
+fn shadow(mut r: Value) -> Value {
+    r["shadow"] = json!(true);
+    r
+}
+
+#[tokio::test]
+async fn refusals_are_grouped_by_code_route_and_caller_with_counts_and_first_and_last_seen() {
+    let s = svc().await;
+    s.clock.advance_secs(120);
+    let mut rs: Vec<Value> = (0..40)
+        .map(|i| refusal_by(i, "/v1/orders/{id}", "RATE_LIMITED", 429, "key:key_a"))
+        .collect();
+    // The same refusal, but from a rule in shadow mode: its own group.
+    rs.extend((0..3).map(|i| {
+        shadow(refusal_by(
+            10 + i,
+            "/v1/orders/{id}",
+            "RATE_LIMITED",
+            429,
+            "key:key_a",
+        ))
+    }));
+    rs.push(refusal_by(50, "/v1/me", "TOKEN_EXPIRED", 401, "user:bob"));
+    rs.push(refusal_by(51, "/v1/me", "TOKEN_EXPIRED", 401, "user:bob"));
+    // Anonymous callers are told apart by their address.
+    rs.push(refusal_by(
+        52,
+        "/v1/search",
+        "RATE_LIMITED",
+        429,
+        "ip:2001:db8::9",
+    ));
+    rs.push(refusal_by(53, "", "NO_ROUTE", 404, ""));
+    // A key id wins over the user, as in the audit log.
+    let mut both = refusal_by(54, "/v1/me", "TOKEN_EXPIRED", 401, "user:bob");
+    both["key_id"] = json!("key_b");
+    rs.push(both);
+    report(&s, json!({"proxy": "envoy-a", "refusals": rs})).await;
+
+    // The audit log keeps each one; a shadow refusal says it refused nothing.
+    let events = refusals(&s).await;
+    assert_eq!(events.len(), 48);
+    let would: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["action"] == "would_refuse")
+        .collect();
+    assert_eq!(would.len(), 3);
+    assert!(would.iter().all(|e| e["kind"] == "refusal"));
+
+    let st = refusal_stats(&s, "").await;
+    assert_eq!(st["window"], "hour");
+    assert_eq!(st["from"], "2025-12-31T23:03:00.000Z");
+    assert_eq!(st["to"], "2026-01-01T00:02:00.000Z");
+    assert_eq!(st["groups_truncated"], false);
+    let g = |code: &str,
+             status: u16,
+             route: &str,
+             caller: &str,
+             shadow: bool,
+             count: u64,
+             first: u64,
+             last: u64| {
+        let t = |secs: u64| format!("2026-01-01T00:00:{secs:02}.000Z");
+        json!({"code": code, "status": status, "route": route, "caller": caller,
+               "shadow": shadow, "count": count, "first_seen": t(first), "last_seen": t(last)})
+    };
+    // Largest first, then the latest seen.
+    assert_eq!(
+        st["groups"],
+        json!([
+            g(
+                "RATE_LIMITED",
+                429,
+                "/v1/orders/{id}",
+                "key:key_a",
+                false,
+                40,
+                0,
+                39
+            ),
+            g(
+                "RATE_LIMITED",
+                429,
+                "/v1/orders/{id}",
+                "key:key_a",
+                true,
+                3,
+                10,
+                12
+            ),
+            g("TOKEN_EXPIRED", 401, "/v1/me", "user:bob", false, 2, 50, 51),
+            g(
+                "TOKEN_EXPIRED",
+                401,
+                "/v1/me",
+                "key:key_b",
+                false,
+                1,
+                54,
+                54
+            ),
+            g("NO_ROUTE", 404, "", "anonymous", false, 1, 53, 53),
+            g(
+                "RATE_LIMITED",
+                429,
+                "/v1/search",
+                "ip:2001:db8::9",
+                false,
+                1,
+                52,
+                52
+            ),
+        ])
+    );
+    assert_eq!(
+        st["top_callers"],
+        json!([
+            {"caller": "key:key_a", "refused": 40, "would_refuse": 3},
+            {"caller": "user:bob", "refused": 2, "would_refuse": 0},
+            {"caller": "anonymous", "refused": 1, "would_refuse": 0},
+            {"caller": "ip:2001:db8::9", "refused": 1, "would_refuse": 0},
+            {"caller": "key:key_b", "refused": 1, "would_refuse": 0},
+        ])
+    );
+    assert_eq!(
+        st["top_routes"],
+        json!([
+            {"route": "/v1/orders/{id}", "refused": 40, "would_refuse": 3},
+            {"route": "/v1/me", "refused": 3, "would_refuse": 0},
+            {"route": "", "refused": 1, "would_refuse": 0},
+            {"route": "/v1/search", "refused": 1, "would_refuse": 0},
+        ])
+    );
+
+    // A second post adds to the same groups: the counts and last seen move.
+    report(
+        &s,
+        json!({"refusals": [refusal_by(100, "/v1/orders/{id}", "RATE_LIMITED", 429, "key:key_a")]}),
+    )
+    .await;
+    let st = refusal_stats(&s, "").await;
+    assert_eq!(st["groups"][0]["count"], 41);
+    assert_eq!(st["groups"][0]["first_seen"], "2026-01-01T00:00:00.000Z");
+    assert_eq!(st["groups"][0]["last_seen"], "2026-01-01T00:01:40.000Z");
+}
+
+#[tokio::test]
+async fn the_refusal_window_is_the_last_hour_or_day_in_whole_minutes() {
+    let s = svc().await;
+    report(
+        &s,
+        json!({"refusals": [refusal_by(0, "/old", "RATE_LIMITED", 429, "user:a")]}),
+    )
+    .await;
+    // 59 minutes later the first minute is still in the hour; a minute on, it is not.
+    s.clock.advance_secs(59 * 60 + 30);
+    report(
+        &s,
+        json!({"refusals": [refusal_by(59 * 60, "/new", "RATE_LIMITED", 429, "user:b")]}),
+    )
+    .await;
+    assert_eq!(
+        refusal_stats(&s, "?window=hour").await["groups"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    s.clock.advance_secs(60);
+    let hour = refusal_stats(&s, "?window=hour").await;
+    assert_eq!(hour["groups"].as_array().unwrap().len(), 1);
+    assert_eq!(hour["groups"][0]["route"], "/new");
+    let day = refusal_stats(&s, "?window=day").await;
+    assert_eq!(day["window"], "day");
+    assert_eq!(day["groups"].as_array().unwrap().len(), 2);
+    s.clock.advance_secs(86_400);
+    assert_eq!(refusal_stats(&s, "?window=day").await["groups"], json!([]));
+}
+
+#[tokio::test]
+async fn at_most_100_groups_and_10_top_callers_and_routes_are_answered() {
+    let s = svc().await;
+    // 120 callers on 120 routes, caller i refused i + 1 times.
+    let mut rs = Vec::new();
+    for i in 0..120u64 {
+        for _ in 0..=i {
+            rs.push(refusal_by(
+                i % 60,
+                &format!("/r{i}"),
+                "RATE_LIMITED",
+                429,
+                &format!("user:u{i}"),
+            ));
+        }
+    }
+    for chunk in rs.chunks(1000) {
+        report(&s, json!({ "refusals": chunk })).await;
+    }
+    let st = refusal_stats(&s, "").await;
+    let groups = st["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 100);
+    assert_eq!(st["groups_truncated"], true);
+    assert_eq!(groups[0]["caller"], "user:u119");
+    assert_eq!(groups[0]["count"], 120);
+    assert_eq!(groups[99]["count"], 21);
+    let callers = st["top_callers"].as_array().unwrap();
+    assert_eq!(callers.len(), 10);
+    assert_eq!(
+        callers[0],
+        json!({"caller": "user:u119", "refused": 120, "would_refuse": 0})
+    );
+    assert_eq!(callers[9]["caller"], "user:u110");
+    let routes = st["top_routes"].as_array().unwrap();
+    assert_eq!(routes.len(), 10);
+    assert_eq!(routes[0]["route"], "/r119");
+}
+
+#[tokio::test]
+async fn the_alert_fires_when_more_distinct_callers_than_the_threshold_got_429_in_5_minutes() {
+    let s = svc_with(|c| c.alert_distinct_refused = 3).await;
+    s.clock.advance_secs(600);
+    let alert = |st: &Value| st["alert"].clone();
+    let quiet = refusal_stats(&s, "").await;
+    assert_eq!(
+        alert(&quiet),
+        json!({"distinct_callers": 0, "threshold": 3, "window_seconds": 300, "status": 429,
+               "firing": false})
+    );
+    // Three callers refused, one of them many times: at the threshold, not above.
+    let mut rs: Vec<Value> = (0..50)
+        .map(|_| refusal_by(590, "/v1/search", "RATE_LIMITED", 429, "key:key_a"))
+        .collect();
+    rs.push(refusal_by(
+        591,
+        "/v1/search",
+        "RATE_LIMITED",
+        429,
+        "user:bob",
+    ));
+    rs.push(refusal_by(
+        592,
+        "/v1/search",
+        "RATE_LIMITED",
+        429,
+        "ip:203.0.113.7",
+    ));
+    // Neither shadow refusals, nor other statuses, nor older ones count.
+    rs.push(shadow(refusal_by(
+        593,
+        "/v1/search",
+        "RATE_LIMITED",
+        429,
+        "user:s1",
+    )));
+    rs.push(refusal_by(
+        594,
+        "/v1/me",
+        "INVALID_CREDENTIALS",
+        401,
+        "ip:203.0.113.8",
+    ));
+    rs.push(refusal_by(
+        200,
+        "/v1/search",
+        "RATE_LIMITED",
+        429,
+        "user:old",
+    ));
+    report(&s, json!({ "refusals": rs })).await;
+    let st = refusal_stats(&s, "").await;
+    assert_eq!(alert(&st)["distinct_callers"], 3);
+    assert_eq!(alert(&st)["firing"], false);
+    // A fourth caller: above the threshold.
+    report(
+        &s,
+        json!({"refusals": [refusal_by(595, "/v1/orders", "RATE_LIMITED", 429, "ip:2001:db8::1")]}),
+    )
+    .await;
+    let st = refusal_stats(&s, "?window=day").await;
+    assert_eq!(alert(&st)["distinct_callers"], 4);
+    assert_eq!(alert(&st)["firing"], true);
+    // The minutes that began within the last 5 minutes: gone 6 minutes on.
+    s.clock.advance_secs(6 * 60);
+    let st = refusal_stats(&s, "").await;
+    assert_eq!(alert(&st)["distinct_callers"], 0);
+    assert_eq!(alert(&st)["firing"], false);
+    assert_eq!(st["groups"].as_array().unwrap().len(), 7);
+}
+
+#[tokio::test]
+async fn the_series_lists_each_plans_minutes_allowed_refused_and_shadow_refused() {
+    let s = svc().await;
+    s.clock.advance_secs(30);
+    report(
+        &s,
+        json!({"requests": [{"plan": "team", "allowed": 10, "refused": 2, "shadow_refused": 4},
+                            {"plan": "", "allowed": 3, "refused": 1}]}),
+    )
+    .await;
+    report(
+        &s,
+        json!({"requests": [{"plan": "team", "allowed": 5, "refused": 0}]}),
+    )
+    .await;
+    s.clock.advance_secs(120);
+    report(
+        &s,
+        json!({"requests": [{"plan": "team", "allowed": 1, "refused": 1, "shadow_refused": 1},
+                            {"plan": "free", "allowed": 1, "refused": 0}]}),
+    )
+    .await;
+    let hour = series(&s, "").await;
+    assert_eq!(
+        hour,
+        json!({
+            "window": "hour", "step_seconds": 60,
+            "from": "2025-12-31T23:03:00.000Z", "to": "2026-01-01T00:02:00.000Z",
+            "plans": [
+                {"plan": "team", "allowed": 16, "refused": 3, "shadow_refused": 5, "points": [
+                    {"minute": "2026-01-01T00:00:00.000Z", "allowed": 15, "refused": 2,
+                     "shadow_refused": 4},
+                    {"minute": "2026-01-01T00:02:00.000Z", "allowed": 1, "refused": 1,
+                     "shadow_refused": 1}
+                ]},
+                {"plan": "", "allowed": 3, "refused": 1, "shadow_refused": 0, "points": [
+                    {"minute": "2026-01-01T00:00:00.000Z", "allowed": 3, "refused": 1,
+                     "shadow_refused": 0}
+                ]},
+                {"plan": "free", "allowed": 1, "refused": 0, "shadow_refused": 0, "points": [
+                    {"minute": "2026-01-01T00:02:00.000Z", "allowed": 1, "refused": 0,
+                     "shadow_refused": 0}
+                ]}
+            ],
+            "plans_left_off": 0
+        })
+    );
+    // An hour on, the first minute has left the hour but not the day.
+    s.clock.advance_secs(59 * 60);
+    let hour = series(&s, "?window=hour").await;
+    assert_eq!(hour["plans"][0]["points"].as_array().unwrap().len(), 1);
+    assert_eq!(hour["plans"].as_array().unwrap().len(), 2);
+    let day = series(&s, "?window=day").await;
+    assert_eq!(day["window"], "day");
+    assert_eq!(day["from"], "2025-12-31T01:02:00.000Z");
+    assert_eq!(day["plans"][0]["points"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn the_series_answers_the_16_busiest_plans_and_counts_the_others() {
+    let s = svc().await;
+    let requests: Vec<Value> = (0..20)
+        .map(|i| json!({"plan": format!("p{i:02}"), "allowed": i + 1, "refused": 0}))
+        .collect();
+    report(&s, json!({ "requests": requests })).await;
+    let st = series(&s, "").await;
+    let plans = st["plans"].as_array().unwrap();
+    assert_eq!(plans.len(), 16);
+    assert_eq!(plans[0]["plan"], "p19");
+    assert_eq!(plans[15]["plan"], "p04");
+    assert_eq!(st["plans_left_off"], 4);
+}
+
+#[tokio::test]
+async fn the_summaries_take_hour_or_day_and_the_admin_token_only() {
+    let s = svc().await;
+    for path in ["/v1/stats/refusals", "/v1/stats/series"] {
+        for query in ["?window=week", "?window=%3Cb%3E", "?window=", "?other=1"] {
+            let (status, body) = s.admin(Method::GET, &format!("{path}{query}"), None).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}{query}: {body}");
+            assert_eq!(error_code(&body), "BAD_REQUEST");
+            assert!(!body["error"].as_str().unwrap().contains("<b>"), "{body}");
+        }
+        for token in [None, Some(FEED)] {
+            let (status, _) = send(&s.app, request(Method::GET, path, token, None)).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn cleanup_removes_the_refusal_counts_after_the_event_retention() {
+    let s = svc_with(|c| c.event_retention = Duration::from_secs(3600)).await;
+    report(
+        &s,
+        json!({"refusals": [refusal_by(0, "/x", "RATE_LIMITED", 429, "user:a"),
+                            shadow(refusal_by(1, "/x", "RATE_LIMITED", 429, "user:a"))]}),
+    )
+    .await;
+    s.clock.advance_secs(3600 + 120);
+    let n = gatehouse_control::cleanup::run_events_once(&s.state)
+        .await
+        .unwrap();
+    assert_eq!((n.refusals, n.refusal_buckets), (2, 2));
+    assert_eq!(refusal_stats(&s, "?window=day").await["groups"], json!([]));
 }

@@ -436,6 +436,8 @@ pub struct Refusal {
     pub user: Option<String>,
     pub plan: Option<String>,
     pub client: Option<String>,
+    /// A "would refuse" of a rule in shadow mode: the request passed.
+    pub shadow: bool,
 }
 
 impl Refusal {
@@ -448,6 +450,123 @@ impl Refusal {
             (None, None) => "anonymous".to_string(),
         }
     }
+
+    /// Who was refused, as the summaries group refusals: the key, else the user, else the
+    /// client's address (`ip:<address>`: anonymous callers are limited per address), else
+    /// `anonymous`.
+    pub fn caller(&self) -> String {
+        match (&self.key_id, &self.user, &self.client) {
+            (Some(k), _, _) => format!("key:{k}"),
+            (None, Some(u), _) => format!("user:{u}"),
+            (None, None, Some(c)) => format!("ip:{c}"),
+            (None, None, None) => "anonymous".to_string(),
+        }
+    }
+
+    /// The audit log's action: `refused`, or `would_refuse` for a shadow refusal.
+    pub fn action(&self) -> &'static str {
+        if self.shadow {
+            "would_refuse"
+        } else {
+            "refused"
+        }
+    }
+}
+
+/// Refusals of one minute (of their `at`) with the same code, status, route, caller and
+/// shadow flag, as [`EventBatch::refusal_buckets`] folds a post's refusals.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusalBucket {
+    pub minute: i64,
+    pub shadow: bool,
+    pub code: String,
+    pub status: i64,
+    pub route: String,
+    pub caller: String,
+    pub count: i64,
+    pub first_at: i64,
+    pub last_at: i64,
+}
+
+/// Refusals grouped by code, status, route, caller and shadow over a window
+/// (`GET /v1/stats/refusals`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusalGroup {
+    pub code: String,
+    pub status: i64,
+    pub route: String,
+    pub caller: String,
+    pub shadow: bool,
+    pub count: i64,
+    pub first_at: i64,
+    pub last_at: i64,
+}
+
+/// A caller's or a route's refusals over a window: real ones and shadow "would refuse".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusalTally {
+    pub name: String,
+    pub refused: i64,
+    pub would_refuse: i64,
+}
+
+/// How many of each list [`Store::refusal_stats`] returns, at most.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefusalLimits {
+    pub groups: u32,
+    pub top: u32,
+}
+
+/// What [`Store::refusal_stats`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RefusalStats {
+    /// The largest groups first (then the latest seen), at most `limits.groups`.
+    pub groups: Vec<RefusalGroup>,
+    /// More groups than `limits.groups` were in the window.
+    pub more_groups: bool,
+    /// By real refusals, then "would refuse", then name; at most `limits.top` each.
+    pub top_callers: Vec<RefusalTally>,
+    pub top_routes: Vec<RefusalTally>,
+    /// Distinct callers refused (real refusals with the alert's status) in the alert's
+    /// window.
+    pub alert_callers: i64,
+}
+
+/// One minute of one plan's requests (`GET /v1/stats/series`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeriesPoint {
+    pub minute: i64,
+    pub allowed: i64,
+    pub refused: i64,
+    pub shadow_refused: i64,
+}
+
+/// One plan's minutes with requests in a window, oldest first, and its totals.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanSeries {
+    pub totals: PlanCount,
+    pub points: Vec<SeriesPoint>,
+}
+
+/// What [`Store::series`] found: the busiest plans, by requests in the window.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Series {
+    pub plans: Vec<PlanSeries>,
+    /// Plans with requests in the window beyond the `max_plans` returned.
+    pub plans_left_off: u64,
+}
+
+/// The `max_plans` busiest of `totals` (by allowed + refused + shadow refused, then by
+/// name), and how many were left off.
+pub(crate) fn busiest(mut totals: Vec<PlanCount>, max_plans: u32) -> (Vec<PlanCount>, u64) {
+    let total = |c: &PlanCount| {
+        i128::from(c.allowed) + i128::from(c.refused) + i128::from(c.shadow_refused)
+    };
+    totals.sort_by(|a, b| total(b).cmp(&total(a)).then_with(|| a.plan.cmp(&b.plan)));
+    let keep = usize::try_from(max_plans).unwrap_or(usize::MAX);
+    let left_off = totals.len().saturating_sub(keep) as u64;
+    totals.truncate(keep);
+    (totals, left_off)
 }
 
 /// Requests one plan served since the proxy's last report (`""`: anonymous callers).
@@ -456,6 +575,8 @@ pub struct PlanCount {
     pub plan: String,
     pub allowed: i64,
     pub refused: i64,
+    /// Requests that passed but a rule in shadow mode would have refused.
+    pub shadow_refused: i64,
 }
 
 /// The largest count one bucket (or one reported entry) holds: a day of buckets summed
@@ -493,19 +614,61 @@ impl EventBatch {
     /// The request counts with one entry per plan (summed, saturating at [`MAX_COUNT`]),
     /// sorted by plan.
     pub fn counts_by_plan(&self) -> Vec<PlanCount> {
-        let mut by_plan: std::collections::BTreeMap<&str, (i64, i64)> = Default::default();
+        let mut by_plan: std::collections::BTreeMap<&str, (i64, i64, i64)> = Default::default();
         for c in &self.requests {
-            let e = by_plan.entry(c.plan.as_str()).or_insert((0, 0));
+            let e = by_plan.entry(c.plan.as_str()).or_insert((0, 0, 0));
             e.0 = e.0.saturating_add(c.allowed).min(MAX_COUNT);
             e.1 = e.1.saturating_add(c.refused).min(MAX_COUNT);
+            e.2 = e.2.saturating_add(c.shadow_refused).min(MAX_COUNT);
         }
         by_plan
             .into_iter()
-            .map(|(plan, (allowed, refused))| PlanCount {
+            .map(|(plan, (allowed, refused, shadow_refused))| PlanCount {
                 plan: plan.to_string(),
                 allowed,
                 refused,
+                shadow_refused,
             })
+            .collect()
+    }
+
+    /// The refusals folded into one [`RefusalBucket`] per minute of their `at`, code,
+    /// status, route, caller and shadow flag, in that order: at most one upsert per row
+    /// of `refusal_buckets` a post touches.
+    pub fn refusal_buckets(&self) -> Vec<RefusalBucket> {
+        type Key = (i64, bool, String, i64, String, String);
+        let mut by_key: std::collections::BTreeMap<Key, (i64, i64, i64)> = Default::default();
+        for r in &self.refusals {
+            let key = (
+                minute_of(r.at),
+                r.shadow,
+                r.code.clone(),
+                r.status,
+                r.route.clone(),
+                r.caller(),
+            );
+            let e = by_key.entry(key).or_insert((0, r.at, r.at));
+            e.0 += 1;
+            e.1 = e.1.min(r.at);
+            e.2 = e.2.max(r.at);
+        }
+        by_key
+            .into_iter()
+            .map(
+                |((minute, shadow, code, status, route, caller), (count, first_at, last_at))| {
+                    RefusalBucket {
+                        minute,
+                        shadow,
+                        code,
+                        status,
+                        route,
+                        caller,
+                        count,
+                        first_at,
+                        last_at,
+                    }
+                },
+            )
             .collect()
     }
 }
@@ -556,6 +719,8 @@ pub struct PurgeCounts {
 pub struct EventPurgeCounts {
     pub refusals: u64,
     pub usage_buckets: u64,
+    /// Rows of `refusal_buckets` (refusals counted per minute).
+    pub refusal_buckets: u64,
     pub proxies: u64,
 }
 
@@ -809,12 +974,28 @@ pub trait Store: Send + Sync {
     /// and epoch, and every proxy heard from.
     async fn stats(&self, since: i64) -> StoreResult<Stats>;
 
+    /// Refusals summed over the minutes of `refusal_buckets` from `since` (a minute's
+    /// start) on: the largest groups, the top callers and routes, and the distinct
+    /// callers refused with `alert_status` (real refusals) from `alert_since` on. One
+    /// read transaction.
+    async fn refusal_stats(
+        &self,
+        since: i64,
+        alert_since: i64,
+        alert_status: i64,
+        limits: RefusalLimits,
+    ) -> StoreResult<RefusalStats>;
+
+    /// The `max_plans` busiest plans' request counts per minute from `since` (a minute's
+    /// start) on. One read transaction.
+    async fn series(&self, since: i64, max_plans: u32) -> StoreResult<Series>;
+
     /// The feed version as it stood at `t`: that of the last change made at or before it
     /// (by the audit log), 0 if none.
     async fn version_at(&self, t: i64) -> StoreResult<i64>;
 
-    /// Deletes up to `batch` refusal events, usage buckets and proxies each from before
-    /// `cutoff` (their `at`, bucket start and `seen_at`). The feed is not touched.
+    /// Deletes up to `batch` refusal events, usage buckets, refusal buckets and proxies
+    /// each from before `cutoff` (their `at`, bucket start and `seen_at`). The feed is not touched.
     async fn purge_events(&self, cutoff: i64, batch: u32) -> StoreResult<EventPurgeCounts>;
 
     /// One answer of the feed, read in one read transaction: the changes after

@@ -27,7 +27,8 @@ use super::{
     Accepted, AuditEvent, AuditKind, ChangeCtx, EventBatch, EventPurgeCounts, FeedAnswer, FeedAsk,
     FeedTable, Follow, IdempotencyClaim, IdempotencyRecord, ImportedBatch, Issued, Job, JobLock,
     JtiRevocation, KeyRow, MAX_COUNT, NewKey, OldKeyEnd, PlanCount, ProxySeen, PurgeCounts,
-    RefusalDetail, Stats, Store, StoreError, StoreResult, UserRevocation, check_import_batches,
+    RefusalDetail, RefusalGroup, RefusalLimits, RefusalStats, RefusalTally, Series, SeriesPoint,
+    Stats, Store, StoreError, StoreResult, UserRevocation, busiest, check_import_batches,
     check_rotatable, import_outcomes, import_target, minute_of, retired, revoked, scrub, successor,
 };
 use sqlx::pool::PoolConnection;
@@ -176,6 +177,16 @@ fn key_row(row: &PgRow) -> StoreResult<KeyRow> {
         replaced_by: row.try_get("replaced_by")?,
         version: row.try_get("version")?,
         last_used: row.try_get("last_used")?,
+    })
+}
+
+/// A row of per-plan sums: plan, allowed, refused, shadow_refused.
+fn plan_count(r: &PgRow) -> StoreResult<PlanCount> {
+    Ok(PlanCount {
+        plan: r.try_get("plan")?,
+        allowed: r.try_get("allowed")?,
+        refused: r.try_get("refused")?,
+        shadow_refused: r.try_get("shadow_refused")?,
     })
 }
 
@@ -819,12 +830,12 @@ impl Store for PostgresStore {
             sqlx::query(
                 "INSERT INTO audit_events (kind, at, actor, action, target, request_id, client, \
                  version, code, status, method, plan, proxy) \
-                 SELECT 'refusal', u.at, u.actor, 'refused', u.route, u.request_id, u.client, \
+                 SELECT 'refusal', u.at, u.actor, u.action, u.route, u.request_id, u.client, \
                         $1, u.code, u.status, u.method, u.plan, $2 \
                  FROM UNNEST($3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], \
-                             $8::TEXT[], $9::INTEGER[], $10::TEXT[], $11::TEXT[]) \
+                             $8::TEXT[], $9::INTEGER[], $10::TEXT[], $11::TEXT[], $12::TEXT[]) \
                       WITH ORDINALITY AS u(at, actor, route, request_id, client, code, status, \
-                                          method, plan, n) \
+                                          method, plan, action, n) \
                  ORDER BY u.n",
             )
             .bind(version)
@@ -838,6 +849,37 @@ impl Store for PostgresStore {
             .bind(status)
             .bind(col(&|r| r.method.clone()))
             .bind(opt(&|r| r.plan.clone()))
+            .bind(col(&|r| r.action().to_string()))
+            .execute(&mut *tx)
+            .await?;
+            // Folded first: one statement may not update a row twice.
+            let buckets = batch.refusal_buckets();
+            sqlx::query(
+                "INSERT INTO refusal_buckets AS b (minute, shadow, code, status, route, caller, \
+                 count, first_at, last_at) \
+                 SELECT * FROM UNNEST($1::BIGINT[], $2::BOOLEAN[], $3::TEXT[], $4::INTEGER[], \
+                                      $5::TEXT[], $6::TEXT[], $7::BIGINT[], $8::BIGINT[], \
+                                      $9::BIGINT[]) \
+                 ON CONFLICT (minute, shadow, code, status, route, caller) DO UPDATE SET \
+                 count = LEAST(b.count + excluded.count, $10), \
+                 first_at = LEAST(b.first_at, excluded.first_at), \
+                 last_at = GREATEST(b.last_at, excluded.last_at)",
+            )
+            .bind(buckets.iter().map(|b| b.minute).collect::<Vec<_>>())
+            .bind(buckets.iter().map(|b| b.shadow).collect::<Vec<_>>())
+            .bind(buckets.iter().map(|b| b.code.clone()).collect::<Vec<_>>())
+            .bind(
+                buckets
+                    .iter()
+                    .map(|b| i32::try_from(b.status).unwrap_or_default())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(buckets.iter().map(|b| b.route.clone()).collect::<Vec<_>>())
+            .bind(buckets.iter().map(|b| b.caller.clone()).collect::<Vec<_>>())
+            .bind(buckets.iter().map(|b| b.count).collect::<Vec<_>>())
+            .bind(buckets.iter().map(|b| b.first_at).collect::<Vec<_>>())
+            .bind(buckets.iter().map(|b| b.last_at).collect::<Vec<_>>())
+            .bind(MAX_COUNT)
             .execute(&mut *tx)
             .await?;
         }
@@ -867,19 +909,23 @@ impl Store for PostgresStore {
             let plans: Vec<String> = counts.iter().map(|c| c.plan.clone()).collect();
             let allowed: Vec<i64> = counts.iter().map(|c| c.allowed).collect();
             let refused: Vec<i64> = counts.iter().map(|c| c.refused).collect();
+            let shadow_refused: Vec<i64> = counts.iter().map(|c| c.shadow_refused).collect();
             sqlx::query(
-                "INSERT INTO usage_buckets AS b (plan, minute, allowed, refused) \
-                 SELECT u.plan, $1, u.allowed, u.refused \
-                 FROM UNNEST($2::TEXT[], $3::BIGINT[], $4::BIGINT[]) AS u(plan, allowed, refused) \
+                "INSERT INTO usage_buckets AS b (plan, minute, allowed, refused, shadow_refused) \
+                 SELECT u.plan, $1, u.allowed, u.refused, u.shadow_refused \
+                 FROM UNNEST($2::TEXT[], $3::BIGINT[], $4::BIGINT[], $6::BIGINT[]) \
+                      AS u(plan, allowed, refused, shadow_refused) \
                  ON CONFLICT (plan, minute) DO UPDATE SET \
                  allowed = LEAST(b.allowed + excluded.allowed, $5), \
-                 refused = LEAST(b.refused + excluded.refused, $5)",
+                 refused = LEAST(b.refused + excluded.refused, $5), \
+                 shadow_refused = LEAST(b.shadow_refused + excluded.shadow_refused, $5)",
             )
             .bind(minute_of(now))
             .bind(plans)
             .bind(allowed)
             .bind(refused)
             .bind(MAX_COUNT)
+            .bind(shadow_refused)
             .execute(&mut *tx)
             .await?;
         }
@@ -914,20 +960,15 @@ impl Store for PostgresStore {
             .await?;
         // SUM of BIGINT is NUMERIC; each bucket is at most MAX_COUNT, so a day's sum fits.
         let plans = sqlx::query(
-            "SELECT plan, SUM(allowed)::BIGINT AS allowed, SUM(refused)::BIGINT AS refused \
+            "SELECT plan, SUM(allowed)::BIGINT AS allowed, SUM(refused)::BIGINT AS refused, \
+             SUM(shadow_refused)::BIGINT AS shadow_refused \
              FROM usage_buckets WHERE minute > $1 GROUP BY plan ORDER BY plan",
         )
         .bind(since)
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(|r| {
-            Ok(PlanCount {
-                plan: r.try_get("plan")?,
-                allowed: r.try_get("allowed")?,
-                refused: r.try_get("refused")?,
-            })
-        })
+        .map(plan_count)
         .collect::<StoreResult<Vec<_>>>()?;
         let proxies = sqlx::query(
             "SELECT proxy, cache_version, seen_at FROM proxies ORDER BY proxy LIMIT 1000",
@@ -949,6 +990,142 @@ impl Store for PostgresStore {
             version: meta.try_get("seq")?,
             epoch: meta.try_get("epoch")?,
             proxies,
+        })
+    }
+
+    async fn refusal_stats(
+        &self,
+        since: i64,
+        alert_since: i64,
+        alert_status: i64,
+        limits: RefusalLimits,
+    ) -> StoreResult<RefusalStats> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
+        // One more than asked for: whether any were left off. SUM of BIGINT is NUMERIC;
+        // each bucket is at most MAX_COUNT, so a window's sum fits.
+        let mut groups = sqlx::query(
+            "SELECT code, status, route, caller, shadow, SUM(count)::BIGINT AS n, \
+             MIN(first_at) AS first_at, MAX(last_at) AS last_at FROM refusal_buckets \
+             WHERE minute >= $1 GROUP BY code, status, route, caller, shadow \
+             ORDER BY n DESC, last_at DESC, code, route, caller, shadow LIMIT $2",
+        )
+        .bind(since)
+        .bind(i64::from(limits.groups) + 1)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(RefusalGroup {
+                code: r.try_get("code")?,
+                status: i64::from(r.try_get::<i32, _>("status")?),
+                route: r.try_get("route")?,
+                caller: r.try_get("caller")?,
+                shadow: r.try_get("shadow")?,
+                count: r.try_get("n")?,
+                first_at: r.try_get("first_at")?,
+                last_at: r.try_get("last_at")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        let more_groups = groups.len() > limits.groups as usize;
+        groups.truncate(limits.groups as usize);
+        let mut tops = Vec::new();
+        for column in ["caller", "route"] {
+            tops.push(
+                sqlx::query(&format!(
+                    "SELECT {column} AS name, \
+                     SUM(CASE WHEN shadow THEN 0 ELSE count END)::BIGINT AS refused, \
+                     SUM(CASE WHEN shadow THEN count ELSE 0 END)::BIGINT AS would_refuse \
+                     FROM refusal_buckets WHERE minute >= $1 GROUP BY {column} \
+                     ORDER BY refused DESC, would_refuse DESC, name LIMIT $2"
+                ))
+                .bind(since)
+                .bind(i64::from(limits.top))
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(RefusalTally {
+                        name: r.try_get("name")?,
+                        refused: r.try_get("refused")?,
+                        would_refuse: r.try_get("would_refuse")?,
+                    })
+                })
+                .collect::<StoreResult<Vec<_>>>()?,
+            );
+        }
+        let alert_callers: i64 = sqlx::query_scalar(
+            "SELECT COUNT(DISTINCT caller) FROM refusal_buckets \
+             WHERE minute >= $1 AND NOT shadow AND status = $2",
+        )
+        .bind(alert_since)
+        .bind(i32::try_from(alert_status).unwrap_or_default())
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut tops = tops.into_iter();
+        Ok(RefusalStats {
+            groups,
+            more_groups,
+            top_callers: tops.next().unwrap_or_default(),
+            top_routes: tops.next().unwrap_or_default(),
+            alert_callers,
+        })
+    }
+
+    async fn series(&self, since: i64, max_plans: u32) -> StoreResult<Series> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
+        let totals = sqlx::query(
+            "SELECT plan, SUM(allowed)::BIGINT AS allowed, SUM(refused)::BIGINT AS refused, \
+             SUM(shadow_refused)::BIGINT AS shadow_refused \
+             FROM usage_buckets WHERE minute >= $1 GROUP BY plan",
+        )
+        .bind(since)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(plan_count)
+        .collect::<StoreResult<Vec<_>>>()?;
+        let (totals, plans_left_off) = busiest(totals, max_plans);
+        let names: Vec<String> = totals.iter().map(|t| t.plan.clone()).collect();
+        // One statement for every plan kept: the (plan, minute) primary key serves it.
+        let rows = sqlx::query(
+            "SELECT plan, minute, allowed, refused, shadow_refused FROM usage_buckets \
+             WHERE plan = ANY($1) AND minute >= $2 ORDER BY plan, minute",
+        )
+        .bind(&names)
+        .bind(since)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut by_plan: std::collections::HashMap<String, Vec<SeriesPoint>> =
+            std::collections::HashMap::new();
+        for r in &rows {
+            by_plan
+                .entry(r.try_get("plan")?)
+                .or_default()
+                .push(SeriesPoint {
+                    minute: r.try_get("minute")?,
+                    allowed: r.try_get("allowed")?,
+                    refused: r.try_get("refused")?,
+                    shadow_refused: r.try_get("shadow_refused")?,
+                });
+        }
+        Ok(Series {
+            plans: totals
+                .into_iter()
+                .map(|t| super::PlanSeries {
+                    points: by_plan.remove(&t.plan).unwrap_or_default(),
+                    totals: t,
+                })
+                .collect(),
+            plans_left_off,
         })
     }
 
@@ -985,6 +1162,16 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        let refusal_buckets = sqlx::query(
+            "DELETE FROM refusal_buckets WHERE (minute, shadow, code, status, route, caller) IN \
+             (SELECT minute, shadow, code, status, route, caller FROM refusal_buckets \
+             WHERE minute < $1 LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         let proxies = sqlx::query(
             "DELETE FROM proxies WHERE proxy IN (SELECT proxy FROM proxies \
              WHERE seen_at < $1 LIMIT $2)",
@@ -998,6 +1185,7 @@ impl Store for PostgresStore {
         Ok(EventPurgeCounts {
             refusals,
             usage_buckets,
+            refusal_buckets,
             proxies,
         })
     }

@@ -16,7 +16,8 @@ use super::{
     Accepted, AuditEvent, AuditKind, ChangeCtx, EventBatch, EventPurgeCounts, FeedAnswer, FeedAsk,
     FeedTable, Follow, IdempotencyClaim, IdempotencyRecord, ImportOutcome, ImportedBatch, Issued,
     JOB_LEASE_SECS, Job, JobLock, JtiRevocation, KeyRow, MAX_COUNT, NewKey, OldKeyEnd, PlanCount,
-    ProxySeen, PurgeCounts, RefusalDetail, Stats, Store, StoreError, StoreResult, UserRevocation,
+    ProxySeen, PurgeCounts, RefusalDetail, RefusalGroup, RefusalLimits, RefusalStats, RefusalTally,
+    Series, SeriesPoint, Stats, Store, StoreError, StoreResult, UserRevocation, busiest,
     check_import_batches, check_rotatable, import_outcomes, import_target, minute_of, retired,
     revoked, successor,
 };
@@ -165,6 +166,16 @@ fn audit_event(r: &SqliteRow) -> StoreResult<AuditEvent> {
         client: r.try_get("client")?,
         version: r.try_get("version")?,
         refusal,
+    })
+}
+
+/// A row of per-plan sums: plan, allowed, refused, shadow_refused.
+fn plan_count(r: &SqliteRow) -> StoreResult<PlanCount> {
+    Ok(PlanCount {
+        plan: r.try_get("plan")?,
+        allowed: r.try_get("allowed")?,
+        refused: r.try_get("refused")?,
+        shadow_refused: r.try_get("shadow_refused")?,
     })
 }
 
@@ -796,10 +807,11 @@ impl Store for SqliteStore {
             sqlx::query(
                 "INSERT INTO audit_events (kind, at, actor, action, target, request_id, client, \
                  version, code, status, method, plan, proxy) \
-                 VALUES ('refusal', ?, ?, 'refused', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 VALUES ('refusal', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(r.at)
             .bind(r.actor())
+            .bind(r.action())
             .bind(&r.route)
             .bind(&r.request_id)
             .bind(&r.client)
@@ -809,6 +821,28 @@ impl Store for SqliteStore {
             .bind(&r.method)
             .bind(&r.plan)
             .bind(&batch.proxy)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for b in batch.refusal_buckets() {
+            sqlx::query(
+                "INSERT INTO refusal_buckets (minute, shadow, code, status, route, caller, count, \
+                 first_at, last_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                 ON CONFLICT (minute, shadow, code, status, route, caller) DO UPDATE SET \
+                 count = MIN(count + excluded.count, ?10), \
+                 first_at = MIN(first_at, excluded.first_at), \
+                 last_at = MAX(last_at, excluded.last_at)",
+            )
+            .bind(b.minute)
+            .bind(b.shadow)
+            .bind(&b.code)
+            .bind(b.status)
+            .bind(&b.route)
+            .bind(&b.caller)
+            .bind(b.count)
+            .bind(b.first_at)
+            .bind(b.last_at)
+            .bind(MAX_COUNT)
             .execute(&mut *tx)
             .await?;
         }
@@ -829,16 +863,19 @@ impl Store for SqliteStore {
         let minute = minute_of(now);
         for c in batch.counts_by_plan() {
             sqlx::query(
-                "INSERT INTO usage_buckets (plan, minute, allowed, refused) VALUES (?1, ?2, ?3, ?4) \
+                "INSERT INTO usage_buckets (plan, minute, allowed, refused, shadow_refused) \
+                 VALUES (?1, ?2, ?3, ?4, ?6) \
                  ON CONFLICT (plan, minute) DO UPDATE SET \
                  allowed = MIN(allowed + excluded.allowed, ?5), \
-                 refused = MIN(refused + excluded.refused, ?5)",
+                 refused = MIN(refused + excluded.refused, ?5), \
+                 shadow_refused = MIN(shadow_refused + excluded.shadow_refused, ?5)",
             )
             .bind(&c.plan)
             .bind(minute)
             .bind(c.allowed)
             .bind(c.refused)
             .bind(MAX_COUNT)
+            .bind(c.shadow_refused)
             .execute(&mut *tx)
             .await?;
         }
@@ -869,20 +906,15 @@ impl Store for SqliteStore {
             .fetch_one(&mut *tx)
             .await?;
         let plans = sqlx::query(
-            "SELECT plan, SUM(allowed) AS allowed, SUM(refused) AS refused FROM usage_buckets \
+            "SELECT plan, SUM(allowed) AS allowed, SUM(refused) AS refused, \
+             SUM(shadow_refused) AS shadow_refused FROM usage_buckets \
              WHERE minute > ? GROUP BY plan ORDER BY plan",
         )
         .bind(since)
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(|r| {
-            Ok(PlanCount {
-                plan: r.try_get("plan")?,
-                allowed: r.try_get("allowed")?,
-                refused: r.try_get("refused")?,
-            })
-        })
+        .map(plan_count)
         .collect::<StoreResult<Vec<_>>>()?;
         let proxies = sqlx::query(
             "SELECT proxy, cache_version, seen_at FROM proxies ORDER BY proxy LIMIT 1000",
@@ -904,6 +936,129 @@ impl Store for SqliteStore {
             version: meta.try_get("seq")?,
             epoch: meta.try_get("epoch")?,
             proxies,
+        })
+    }
+
+    async fn refusal_stats(
+        &self,
+        since: i64,
+        alert_since: i64,
+        alert_status: i64,
+        limits: RefusalLimits,
+    ) -> StoreResult<RefusalStats> {
+        let mut tx = self.reader.begin().await?;
+        // One more than asked for: whether any were left off.
+        let mut groups = sqlx::query(
+            "SELECT code, status, route, caller, shadow, SUM(count) AS n, \
+             MIN(first_at) AS first_at, MAX(last_at) AS last_at FROM refusal_buckets \
+             WHERE minute >= ? GROUP BY code, status, route, caller, shadow \
+             ORDER BY n DESC, last_at DESC, code, route, caller, shadow LIMIT ?",
+        )
+        .bind(since)
+        .bind(i64::from(limits.groups) + 1)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(RefusalGroup {
+                code: r.try_get("code")?,
+                status: r.try_get("status")?,
+                route: r.try_get("route")?,
+                caller: r.try_get("caller")?,
+                shadow: r.try_get("shadow")?,
+                count: r.try_get("n")?,
+                first_at: r.try_get("first_at")?,
+                last_at: r.try_get("last_at")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        let more_groups = groups.len() > limits.groups as usize;
+        groups.truncate(limits.groups as usize);
+        let mut tops = Vec::new();
+        for column in ["caller", "route"] {
+            tops.push(
+                sqlx::query(&format!(
+                    "SELECT {column} AS name, \
+                     SUM(CASE WHEN shadow = 0 THEN count ELSE 0 END) AS refused, \
+                     SUM(CASE WHEN shadow = 0 THEN 0 ELSE count END) AS would_refuse \
+                     FROM refusal_buckets WHERE minute >= ? GROUP BY {column} \
+                     ORDER BY refused DESC, would_refuse DESC, name LIMIT ?"
+                ))
+                .bind(since)
+                .bind(i64::from(limits.top))
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(RefusalTally {
+                        name: r.try_get("name")?,
+                        refused: r.try_get("refused")?,
+                        would_refuse: r.try_get("would_refuse")?,
+                    })
+                })
+                .collect::<StoreResult<Vec<_>>>()?,
+            );
+        }
+        let alert_callers: i64 = sqlx::query_scalar(
+            "SELECT COUNT(DISTINCT caller) FROM refusal_buckets \
+             WHERE minute >= ? AND shadow = 0 AND status = ?",
+        )
+        .bind(alert_since)
+        .bind(alert_status)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut tops = tops.into_iter();
+        Ok(RefusalStats {
+            groups,
+            more_groups,
+            top_callers: tops.next().unwrap_or_default(),
+            top_routes: tops.next().unwrap_or_default(),
+            alert_callers,
+        })
+    }
+
+    async fn series(&self, since: i64, max_plans: u32) -> StoreResult<Series> {
+        let mut tx = self.reader.begin().await?;
+        let totals = sqlx::query(
+            "SELECT plan, SUM(allowed) AS allowed, SUM(refused) AS refused, \
+             SUM(shadow_refused) AS shadow_refused FROM usage_buckets \
+             WHERE minute >= ? GROUP BY plan",
+        )
+        .bind(since)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(plan_count)
+        .collect::<StoreResult<Vec<_>>>()?;
+        let (totals, plans_left_off) = busiest(totals, max_plans);
+        let mut plans = Vec::with_capacity(totals.len());
+        // One walk of the (plan, minute) primary key per plan.
+        for t in totals {
+            let points = sqlx::query(
+                "SELECT minute, allowed, refused, shadow_refused FROM usage_buckets \
+                 WHERE plan = ? AND minute >= ? ORDER BY minute",
+            )
+            .bind(&t.plan)
+            .bind(since)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(SeriesPoint {
+                    minute: r.try_get("minute")?,
+                    allowed: r.try_get("allowed")?,
+                    refused: r.try_get("refused")?,
+                    shadow_refused: r.try_get("shadow_refused")?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+            plans.push(super::PlanSeries { totals: t, points });
+        }
+        tx.commit().await?;
+        Ok(Series {
+            plans,
+            plans_left_off,
         })
     }
 
@@ -940,6 +1095,16 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        let refusal_buckets = sqlx::query(
+            "DELETE FROM refusal_buckets WHERE (minute, shadow, code, status, route, caller) IN \
+             (SELECT minute, shadow, code, status, route, caller FROM refusal_buckets \
+             WHERE minute < ? LIMIT ?)",
+        )
+        .bind(cutoff)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         let proxies = sqlx::query(
             "DELETE FROM proxies WHERE proxy IN (SELECT proxy FROM proxies \
              WHERE seen_at < ? LIMIT ?)",
@@ -953,6 +1118,7 @@ impl Store for SqliteStore {
         Ok(EventPurgeCounts {
             refusals,
             usage_buckets,
+            refusal_buckets,
             proxies,
         })
     }
