@@ -2,9 +2,13 @@
 //! database (see `common`), keys issued and events reported through the API, then the
 //! page loaded in headless Chromium (Debian's `chromium`; `make test` installs it), whose
 //! DOM after the script has run is checked for what a person would see: the keys with
-//! their plan and last use, the refused route and code, the per-plan counts, the cache
-//! versions; never a key or its hash; a wrong token's message and no data; markup in a
-//! route shown as text.
+//! their plan and last use, refusals grouped by code, route and caller with their counts
+//! (shadow "would refuse" apart), the top refused callers and routes, a chart per plan
+//! drawn from the per-minute counts, the "many distinct callers refused" alert above its
+//! threshold and not at it, the per-plan counts, the cache versions; never a key or its
+//! hash; a wrong token's message and no data; markup in a route shown as text. One test
+//! also keeps a screenshot of the page as a laptop shows it, `<target dir>/dashboard.png`
+//! (see [`SCREENSHOT`]).
 //!
 //! Chromium is found through `GATEHOUSE_CHROMIUM`, else `/usr/bin/chromium`; without it
 //! these tests fail rather than skip.
@@ -34,12 +38,29 @@ const FEED: &str = "feed-token-for-dashboard-test-2d8b6f0a4c";
 /// server keeps for `GATEHOUSE_EVENT_RETENTION` (30 days) and purges when it starts, so a
 /// fixed date would be purged, racing the page load, once it is a month old.
 fn used_at() -> u64 {
-    let now = std::time::SystemTime::now()
+    now() - 3600
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_secs();
-    now - 3600
+        .as_secs()
 }
+
+/// Where the screenshot is kept: `dashboard.png` in the target directory (beside
+/// `debug/`), an artifact CI can upload.
+fn screenshot_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join(SCREENSHOT)
+}
+const SCREENSHOT: &str = "dashboard.png";
+/// The screen the screenshot is taken at: a laptop's width; tall enough for the page.
+const SCREEN: (u32, u32) = (1366, 2400);
+/// The alert threshold of the seeded service: 3 distinct callers refused (429) in 5 min.
+const THRESHOLD: &str = "3";
 
 /// Unix seconds as the API and the page show them.
 fn shown(secs: u64) -> String {
@@ -83,7 +104,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start() -> Server {
+fn start_with(env: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let db = TestDb::fresh(dir.path());
     let port = free_port();
@@ -93,6 +114,7 @@ fn start() -> Server {
         .env("GATEHOUSE_FEED_TOKEN", FEED)
         .env("GATEHOUSE_DATABASE_URL", db.url())
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -131,10 +153,12 @@ fn http(port: u16, method: &str, path: &str, token: &str, body: Option<&Value>) 
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
-/// The DOM of `url` after its script has run, as Chromium serializes it.
-fn dump_dom(url: &str) -> String {
+/// Runs headless Chromium on `url` with `extra` arguments; returns its stdout once it
+/// has exited successfully.
+fn run_chromium(url: &str, extra: &[String]) -> String {
     let profile = tempfile::tempdir().unwrap();
     let mut child = Command::new(chromium())
+        .args(extra)
         .args([
             "--headless",
             "--no-sandbox",
@@ -147,7 +171,6 @@ fn dump_dom(url: &str) -> String {
             "--disable-component-update",
             "--virtual-time-budget=10000",
             &format!("--user-data-dir={}", profile.path().display()),
-            "--dump-dom",
             url,
         ])
         .stdout(Stdio::piped())
@@ -173,9 +196,27 @@ fn dump_dom(url: &str) -> String {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let dom = reader.join().unwrap();
+    reader.join().unwrap()
+}
+
+/// The DOM of `url` after its script has run, as Chromium serializes it.
+fn dump_dom(url: &str) -> String {
+    let dom = run_chromium(url, &["--dump-dom".to_string()]);
     assert!(dom.contains("</html>"), "no DOM dumped: {dom}");
     dom
+}
+
+/// A screenshot of `url` after its script has run, at `size`, written to `path`.
+fn screenshot(url: &str, path: &std::path::Path, size: (u32, u32)) {
+    let _ = std::fs::remove_file(path);
+    run_chromium(
+        url,
+        &[
+            format!("--screenshot={}", path.display()),
+            format!("--window-size={},{}", size.0, size.1),
+            "--hide-scrollbars".to_string(),
+        ],
+    );
 }
 
 /// The inner HTML of the element with this id (its first closing tag of the same name).
@@ -233,13 +274,31 @@ struct Seeded {
     keys: Vec<Value>,
     feed_version: i64,
     used_at: u64,
+    /// When the refusals were made: two minutes ago.
+    refused_at: u64,
 }
 
-/// Three keys, one of them used; refusals (one with markup in its route); request counts
-/// for two plans and anonymous callers; two proxies at different cache versions and one
-/// that never said which it has.
-fn seeded() -> Seeded {
-    let server = start();
+/// A refusal by `caller` (`key:`, `user:`, `ip:` or nothing) at `at`.
+fn refusal(at: u64, route: &str, code: &str, status: u16, caller: &str) -> Value {
+    let mut r = json!({"at": at, "request_id": format!("req-{at}"), "method": "GET",
+                       "route": route, "code": code, "status": status});
+    if let Some(k) = caller.strip_prefix("key:") {
+        r["key_id"] = json!(k);
+    } else if let Some(u) = caller.strip_prefix("user:") {
+        r["user"] = json!(u);
+    } else if let Some(ip) = caller.strip_prefix("ip:") {
+        r["client"] = json!(ip);
+    }
+    r
+}
+
+/// Three keys, one of them used; refusals: forty alike from one key, three shadow
+/// "would refuse" alike from it, one with markup in its route, and one 429 each from
+/// `distinct` more callers; request counts for two plans and anonymous callers, shadow
+/// counts for one; two proxies at different cache versions and one that never said which
+/// it has. The service's alert threshold is [`THRESHOLD`].
+fn seeded(distinct: usize) -> Seeded {
+    let server = start_with(&[("GATEHOUSE_ALERT_DISTINCT_REFUSED", THRESHOLD)]);
     let port = server.port;
     let mut keys = Vec::new();
     for (user, plan) in [("alice", "team"), ("bob", "free"), ("carol", "enterprise")] {
@@ -268,20 +327,57 @@ fn seeded() -> Seeded {
     assert_eq!(feed_version, 4);
 
     let alice = keys[0]["id"].as_str().unwrap();
+    let alice_caller = format!("key:{alice}");
     let used_at = used_at();
+    let refused_at = now() - 120;
+    let mut refusals: Vec<Value> = (0..40)
+        .map(|i| {
+            refusal(
+                refused_at + i % 3,
+                "/v1/orders/{id}",
+                "RATE_LIMITED",
+                429,
+                &alice_caller,
+            )
+        })
+        .collect();
+    for r in &mut refusals {
+        r["plan"] = json!("team");
+        r["method"] = json!("POST");
+    }
+    refusals.extend((0..3).map(|_| {
+        let mut r = refusal(
+            refused_at + 1,
+            "/v1/orders/{id}",
+            "RATE_LIMITED",
+            429,
+            &alice_caller,
+        );
+        r["shadow"] = json!(true);
+        r
+    }));
+    refusals.push(refusal(
+        refused_at + 2,
+        MARKUP_ROUTE,
+        "INVALID_CREDENTIALS",
+        401,
+        "ip:2001:db8::9",
+    ));
+    refusals.extend((0..distinct).map(|i| {
+        refusal(
+            refused_at + 3,
+            "/v1/search",
+            "RATE_LIMITED",
+            429,
+            &format!("ip:203.0.113.{}", 10 + i),
+        )
+    }));
     let reports = [
         json!({
             "proxy": "envoy-east", "cache_version": feed_version,
-            "refusals": [
-                {"at": used_at + 5, "request_id": "req-rl", "method": "POST",
-                 "route": "/v1/orders/{id}", "code": "RATE_LIMITED", "status": 429,
-                 "key_id": alice, "user": "alice", "plan": "team", "client": "203.0.113.7"},
-                {"at": used_at + 6, "request_id": "req-mk", "method": "GET",
-                 "route": MARKUP_ROUTE, "code": "INVALID_CREDENTIALS", "status": 401,
-                 "client": "2001:db8::9"}
-            ],
+            "refusals": refusals,
             "key_uses": [{"key_id": alice, "at": used_at}],
-            "requests": [{"plan": "team", "allowed": 120, "refused": 3},
+            "requests": [{"plan": "team", "allowed": 120, "refused": 3, "shadow_refused": 5},
                          {"plan": "", "allowed": 7, "refused": 2}]
         }),
         json!({
@@ -301,14 +397,48 @@ fn seeded() -> Seeded {
         keys,
         feed_version,
         used_at,
+        refused_at,
     }
 }
 
+/// The value of attribute `name` in the start tag `tag`.
+fn attr<'a>(tag: &'a str, name: &str) -> &'a str {
+    let marker = format!(" {name}=\"");
+    let at = tag
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {tag}"))
+        + marker.len();
+    &tag[at..at + tag[at..].find('"').unwrap()]
+}
+
+/// The chart of `plan`: its `<figure>` element, whole.
+fn chart<'a>(dom: &'a str, plan: &str) -> &'a str {
+    let marker = format!("data-plan=\"{plan}\"");
+    let at = dom
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no chart of plan {plan:?}"));
+    let open = dom[..at].rfind("<figure").unwrap();
+    let end = at + dom[at..].find("</figure>").unwrap();
+    &dom[open..end]
+}
+
+/// The start tag of the polyline of `series` in a chart.
+fn polyline<'a>(chart: &'a str, series: &str) -> &'a str {
+    let marker = format!("data-series=\"{series}\"");
+    let at = chart
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {series} line in {chart}"));
+    let open = chart[..at].rfind('<').unwrap();
+    &chart[open..at + chart[at..].find('>').unwrap()]
+}
+
 #[test]
-fn the_dashboard_shows_keys_refusals_counts_and_cache_versions() {
-    let seeded = seeded();
+fn the_dashboard_shows_grouped_refusals_charts_the_alert_keys_and_cache_versions() {
+    // One more distinct caller than the threshold, and alice: 5 callers refused with 429.
+    let seeded = seeded(4);
     let port = seeded.server.port;
-    let dom = dump_dom(&format!("http://127.0.0.1:{port}/#token={ADMIN}"));
+    let url = format!("http://127.0.0.1:{port}/#token={ADMIN}");
+    let dom = dump_dom(&url);
 
     let (data_tag, _) = element(&dom, "data");
     assert!(
@@ -317,6 +447,22 @@ fn the_dashboard_shows_keys_refusals_counts_and_cache_versions() {
     );
     let message = text(&dom, "message");
     assert!(message.contains("Signed in"), "{message}");
+
+    // The alert, at the top: more distinct callers than the threshold got 429.
+    let (alert_tag, _) = element(&dom, "alert");
+    assert!(!alert_tag.contains("hidden"), "{alert_tag}");
+    let alert = text(&dom, "alert");
+    assert!(
+        alert.starts_with(
+            "Many distinct callers refused: 5 callers got 429 in the last 5 minutes (the \
+             alert is set above 3)."
+        ),
+        "{alert}"
+    );
+    assert!(
+        dom.find("id=\"alert\"").unwrap() < dom.find("id=\"data\"").unwrap(),
+        "the alert is not above the data"
+    );
 
     // Keys: newest first, with plan, state, expiry and last use.
     let keys = rows(&dom, "keys-body");
@@ -338,41 +484,113 @@ fn the_dashboard_shows_keys_refusals_counts_and_cache_versions() {
     let carol = by_id(&seeded.keys[2]["id"]);
     assert_eq!(carol[1..4], ["carol", "enterprise", "revoked"]);
 
-    // Refusals, newest first: who, route, code.
-    let refusals = rows(&dom, "refusals-body");
-    assert_eq!(refusals.len(), 2, "{refusals:?}");
+    // Refusals grouped by code, route and caller, largest first: forty alike are one row.
+    let alice_caller = format!("key:{}", seeded.keys[0]["id"].as_str().unwrap());
+    let at = seeded.refused_at;
+    let groups = rows(&dom, "groups-body");
+    assert_eq!(groups.len(), 7, "{groups:?}");
     assert_eq!(
-        refusals[1],
+        groups[0],
         [
-            shown(seeded.used_at + 5).as_str(),
-            &format!("key:{}", seeded.keys[0]["id"].as_str().unwrap()),
-            "POST",
-            "/v1/orders/{id}",
             "RATE_LIMITED",
-            "429"
+            "429",
+            "/v1/orders/{id}",
+            &alice_caller,
+            "refused",
+            "40",
+            &shown(at),
+            &shown(at + 2)
         ]
+    );
+    // The shadow "would refuse" beside it, apart.
+    assert_eq!(
+        groups[1],
+        [
+            "RATE_LIMITED",
+            "429",
+            "/v1/orders/{id}",
+            &alice_caller,
+            "would refuse (shadow)",
+            "3",
+            &shown(at + 1),
+            &shown(at + 1)
+        ]
+    );
+    let markup = groups
+        .iter()
+        .find(|g| g[0] == "INVALID_CREDENTIALS")
+        .unwrap();
+    assert_eq!(
+        markup[1..6],
+        ["401", MARKUP_ROUTE, "ip:2001:db8::9", "refused", "1"]
     );
     assert_eq!(
-        refusals[0],
+        groups.iter().filter(|g| g[2] == "/v1/search").count(),
+        4,
+        "{groups:?}"
+    );
+    let (groups_tag, groups_inner) = element(&dom, "groups-body");
+    assert!(!groups_tag.contains("hidden"));
+    assert_eq!(groups_inner.matches("<tr class=\"shadow\"").count(), 1);
+
+    // The top refused callers and routes.
+    let callers = rows(&dom, "top-callers-body");
+    assert_eq!(callers.len(), 6, "{callers:?}");
+    assert_eq!(callers[0], [alice_caller.as_str(), "40", "3"]);
+    let routes = rows(&dom, "top-routes-body");
+    assert_eq!(
+        routes,
         [
-            shown(seeded.used_at + 6).as_str(),
-            "anonymous",
-            "GET",
-            MARKUP_ROUTE,
-            "INVALID_CREDENTIALS",
-            "401"
+            ["/v1/orders/{id}", "40", "3"],
+            ["/v1/search", "4", "0"],
+            [MARKUP_ROUTE, "1", "0"]
         ]
     );
+
+    // A chart per plan, of the last hour's 60 minutes, drawn from the per-minute counts:
+    // allowed, refused and the shadow "would refuse" beside them.
+    let team = chart(&dom, "team");
+    assert!(
+        unescape(team)
+            .contains("team: 125 allowed, 4 refused, 5 would refuse (shadow) in the last hour"),
+        "{team}"
+    );
+    assert!(team.contains("data-minutes=\"60\""), "{team}");
+    for (series, total) in [("allowed", "125"), ("refused", "4"), ("shadow", "5")] {
+        let line = polyline(team, series);
+        assert_eq!(attr(line, "data-total"), total, "{line}");
+        assert_eq!(attr(line, "points").split(' ').count(), 60, "{line}");
+    }
+    // All in the current minute (the control service's clock at each report): one peak.
+    let allowed = attr(polyline(team, "allowed"), "points");
+    let tops: Vec<&str> = allowed
+        .split(' ')
+        .filter(|p| !p.ends_with(",70.0"))
+        .collect();
+    assert_eq!(tops.len(), 1, "{allowed}");
+    assert!(chart(&dom, "").contains("(anonymous)"));
+    let free = chart(&dom, "free");
+    assert_eq!(attr(polyline(free, "shadow"), "data-total"), "0");
+    assert_eq!(dom.matches("<figure").count(), 3);
 
     // Per-plan counts over the last 24 h, both proxies' reports summed.
     assert_eq!(
         rows(&dom, "plans-body"),
         [
-            ["(anonymous)", "7", "2"],
-            ["free", "1", "0"],
-            ["team", "125", "4"]
+            ["(anonymous)", "7", "2", "0"],
+            ["free", "1", "0", "0"],
+            ["team", "125", "4", "5"]
         ]
     );
+
+    // The levers: hidden while this control service has no such API (404), else listed.
+    let (levers_tag, _) = element(&dom, "levers");
+    if !levers_tag.contains("hidden") {
+        assert_eq!(
+            rows(&dom, "modes-body"),
+            [["None: every rule as the policy says."]]
+        );
+    }
 
     // The feed's version and what each proxy has applied.
     assert_eq!(text(&dom, "feed-version"), seeded.feed_version.to_string());
@@ -408,11 +626,43 @@ fn the_dashboard_shows_keys_refusals_counts_and_cache_versions() {
         !dom.contains(ADMIN) && !dom.contains(FEED),
         "a token is in the page"
     );
+
+    // What a person sees on a laptop, kept as an artifact.
+    let path = screenshot_path();
+    screenshot(&url, &path, SCREEN);
+    let png =
+        std::fs::read(&path).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", path.display()));
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    // IHDR: width and height, big-endian, after the signature and the chunk's header.
+    let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
+    assert_eq!((width, height), SCREEN, "{}", path.display());
+    assert!(
+        png.len() > 20_000,
+        "a blank screenshot? {} bytes",
+        png.len()
+    );
+}
+
+#[test]
+fn the_alert_stays_hidden_at_its_threshold() {
+    // Alice and two more callers refused with 429: 3, not above the threshold of 3.
+    let seeded = seeded(2);
+    let dom = dump_dom(&format!(
+        "http://127.0.0.1:{}/#token={ADMIN}",
+        seeded.server.port
+    ));
+    assert!(text(&dom, "message").contains("Signed in"));
+    let (alert_tag, _) = element(&dom, "alert");
+    assert!(alert_tag.contains("hidden"), "{alert_tag}");
+    assert_eq!(text(&dom, "alert"), "");
+    // The refusals are still grouped and shown.
+    assert_eq!(rows(&dom, "groups-body").len(), 5);
 }
 
 #[test]
 fn a_wrong_token_shows_a_clear_message_and_no_data() {
-    let seeded = seeded();
+    let seeded = seeded(4);
     let port = seeded.server.port;
     for token in ["wrong-token-0123456789", FEED] {
         let dom = dump_dom(&format!("http://127.0.0.1:{port}/#token={token}"));
@@ -422,12 +672,22 @@ fn a_wrong_token_shows_a_clear_message_and_no_data() {
         assert!(message.contains("Wrong admin token"), "{message}");
         let (data_tag, _) = element(&dom, "data");
         assert!(data_tag.contains("hidden"), "data shown: {dom}");
-        for body in ["keys-body", "refusals-body", "plans-body", "proxies-body"] {
+        for body in [
+            "keys-body",
+            "groups-body",
+            "top-callers-body",
+            "top-routes-body",
+            "plans-body",
+            "proxies-body",
+        ] {
             assert!(rows(&dom, body).is_empty(), "{body}: {dom}");
         }
         assert_eq!(text(&dom, "feed-version"), "");
-        let (lagging_tag, _) = element(&dom, "lagging");
-        assert!(lagging_tag.contains("hidden"), "{lagging_tag}");
+        assert!(!dom.contains("<figure"), "a chart drawn: {dom}");
+        for id in ["lagging", "alert"] {
+            let (tag, _) = element(&dom, id);
+            assert!(tag.contains("hidden"), "{tag}");
+        }
         for key in &seeded.keys {
             assert!(!dom.contains(key["id"].as_str().unwrap()), "a key id shown");
         }
@@ -437,7 +697,7 @@ fn a_wrong_token_shows_a_clear_message_and_no_data() {
 
 #[test]
 fn without_a_token_the_page_asks_for_one_and_shows_no_data() {
-    let seeded = seeded();
+    let seeded = seeded(4);
     let dom = dump_dom(&format!("http://127.0.0.1:{}/", seeded.server.port));
     let message = text(&dom, "message");
     assert!(message.contains("Enter the admin token"), "{message}");
