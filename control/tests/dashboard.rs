@@ -565,7 +565,7 @@ fn the_dashboard_shows_grouped_refusals_charts_the_alert_keys_and_cache_versions
     let allowed = attr(polyline(team, "allowed"), "points");
     let tops: Vec<&str> = allowed
         .split(' ')
-        .filter(|p| !p.ends_with(",70.0"))
+        .filter(|p| !p.ends_with(",92.0"))
         .collect();
     assert_eq!(tops.len(), 1, "{allowed}");
     assert!(chart(&dom, "").contains("(anonymous)"));
@@ -642,6 +642,29 @@ fn the_dashboard_shows_grouped_refusals_charts_the_alert_keys_and_cache_versions
         "a blank screenshot? {} bytes",
         png.len()
     );
+}
+
+#[test]
+fn the_last_day_is_drawn_in_1440_minutes() {
+    let seeded = seeded(4);
+    let dom = dump_dom(&format!(
+        "http://127.0.0.1:{}/#token={ADMIN}&window=day",
+        seeded.server.port
+    ));
+    assert!(text(&dom, "message").contains("Signed in"));
+    let (day, _) = element(&dom, "window-day");
+    assert!(day.contains("aria-pressed=\"true\""), "{day}");
+    let team = chart(&dom, "team");
+    assert!(unescape(team).contains("in the last day"), "{team}");
+    assert!(team.contains("data-minutes=\"1440\""), "{team}");
+    for (series, total) in [("allowed", "125"), ("refused", "4"), ("shadow", "5")] {
+        let line = polyline(team, series);
+        assert_eq!(attr(line, "data-total"), total, "{line}");
+        assert_eq!(attr(line, "points").split(' ').count(), 1440, "{line}");
+    }
+    assert_eq!(rows(&dom, "groups-body").len(), 7);
+    // The token left the address bar; the window did not bring it back.
+    assert!(!dom.contains(ADMIN));
 }
 
 #[test]

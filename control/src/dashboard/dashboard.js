@@ -1,6 +1,6 @@
 // The dashboard's script. It asks the admin API with the admin token a person typed in
 // (kept in sessionStorage: gone when the tab closes) or passed as `/#token=...` (read,
-// then removed from the address bar). Every value from the API is written with
+// then removed from the address bar; `&window=day` shows the last day at once). Every value from the API is written with
 // textContent or as an SVG attribute computed here, never as markup: a route or an id
 // cannot inject anything. The page's CSP also requires Trusted Types, so assigning any
 // string as markup would throw. The charts are SVG built with DOM calls, in this page:
@@ -17,14 +17,20 @@
 
   class Refused extends Error {}
 
-  // `/#token=...`: a shortcut for scripts and bookmarks. The fragment never reaches the
-  // server; it is dropped from the address bar and the history at once.
+  // `/#token=...[&window=day]`: a shortcut for scripts and bookmarks. The fragment never
+  // reaches the server; it is dropped from the address bar and the history at once.
   function tokenFromFragment() {
     const hash = window.location.hash;
     if (!hash.startsWith('#token=')) return;
     let token = '';
+    let value = hash.slice('#token='.length);
+    // Only as a suffix: a token may hold an `&` of its own.
+    if (value.endsWith('&window=day')) {
+      value = value.slice(0, -'&window=day'.length);
+      setWindow('day');
+    }
     try {
-      token = decodeURIComponent(hash.slice('#token='.length));
+      token = decodeURIComponent(value);
     } catch (e) {
       token = '';
     }
@@ -141,11 +147,11 @@
 
   // Geometry of one plan's chart, in the SVG's own units (it scales to its box).
   const W = 760;
-  const H = 156;
-  const LEFT = 56;
-  const RIGHT = 10;
-  const TOP_BAND = { top: 8, bottom: 70 };
-  const LOW_BAND = { top: 84, bottom: 132 };
+  const H = 196;
+  const LEFT = 60;
+  const RIGHT = 14;
+  const TOP_BAND = { top: 8, bottom: 92 };
+  const LOW_BAND = { top: 108, bottom: 168 };
 
   // One plan's requests over the window: allowed as an area in the upper band; refused
   // and shadow "would refuse" as two lines in the lower band, so a shadowed limit's effect
@@ -189,9 +195,9 @@
       [LOW_BAND, refusedMax, 'refused / would refuse per minute']]) {
       svg('line', { x1: LEFT, x2: W - RIGHT, y1: band.top, y2: band.top, class: 'grid' }, root);
       svg('line', { x1: LEFT, x2: W - RIGHT, y1: band.bottom, y2: band.bottom, class: 'axis' }, root);
-      svgText(root, LEFT - 4, band.top + 4, String(max), 'tick end');
+      svgText(root, LEFT - 4, band.top + 8, String(max), 'tick end');
       svgText(root, LEFT - 4, band.bottom, '0', 'tick end');
-      svgText(root, LEFT + 4, band.top + 11, what, 'band-label');
+      svgText(root, LEFT + 4, band.top + 13, what, 'band-label');
     }
     const area = points(series.allowed, TOP_BAND, allowedMax);
     svg('polygon', { points: x(0).toFixed(1) + ',' + TOP_BAND.bottom + ' ' + area + ' ' +
@@ -434,10 +440,14 @@
     }
   }
 
-  function chooseWindow(w) {
+  function setWindow(w) {
     currentWindow = w;
     byId('window-hour').setAttribute('aria-pressed', String(w === 'hour'));
     byId('window-day').setAttribute('aria-pressed', String(w === 'day'));
+  }
+
+  function chooseWindow(w) {
+    setWindow(w);
     load(true);
   }
 
