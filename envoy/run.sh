@@ -272,7 +272,7 @@ curl -s -H "authorization: Bearer \$GATEHOUSE_ADMIN_TOKEN" 'http://$CONTROL_LIST
 Revoke a key by id (here the demo key: its curl line above then gets 401 within a second):
 curl -s -X DELETE -H "authorization: Bearer \$GATEHOUSE_ADMIN_TOKEN" http://$CONTROL_LISTEN/v1/keys/${DEMO_KEY_ID:-<key id>}
 
-The dashboard (keys, recent refusals, requests per plan, cache versions):
+The dashboard (refusals grouped, requests per plan over time, alerts, levers, keys, cache versions):
 $dashboard_url
 Who was refused and why (each proxy reports its refusals within a few seconds):
 curl -s -H "authorization: Bearer \$GATEHOUSE_ADMIN_TOKEN" 'http://$CONTROL_LISTEN/v1/audit?kind=refusal'
