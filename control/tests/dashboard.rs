@@ -6,9 +6,10 @@
 //! (shadow "would refuse" apart), the top refused callers and routes, a chart per plan
 //! drawn from the per-minute counts, the "many distinct callers refused" alert above its
 //! threshold and not at it, the per-plan counts, the cache versions; never a key or its
-//! hash; a wrong token's message and no data; markup in a route shown as text. One test
-//! also keeps a screenshot of the page as a laptop shows it, `<target dir>/dashboard.png`
-//! (see [`SCREENSHOT`]).
+//! hash; a wrong token's message and no data; markup in a route shown as text; the levers
+//! in force (answered by a front, [`levers_front`], whatever the control service behind
+//! has), markup in their reasons shown as text. That test also keeps a screenshot of the
+//! page as a laptop shows it, `<target dir>/dashboard.png` (see [`SCREENSHOT`]).
 //!
 //! Chromium is found through `GATEHOUSE_CHROMIUM`, else `/usr/bin/chromium`; without it
 //! these tests fail rather than skip.
@@ -626,6 +627,178 @@ fn the_dashboard_shows_grouped_refusals_charts_the_alert_keys_and_cache_versions
         !dom.contains(ADMIN) && !dom.contains(FEED),
         "a token is in the page"
     );
+}
+
+/// Answers `GET /v1/limits` and `GET /v1/allowlist` (with the admin token) with `limits`
+/// and `allowlist`, and passes every other request to the control service on `backend`,
+/// one request per connection; returns its port. The page then shows levers in force
+/// whether or not the control service behind has the levers' API.
+fn levers_front(backend: u16, limits: Value, allowlist: Value) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let (limits, allowlist) = (limits.clone(), allowlist.clone());
+            std::thread::spawn(move || front_one(conn, backend, &limits, &allowlist));
+        }
+    });
+    port
+}
+
+fn front_one(mut client: TcpStream, backend: u16, limits: &Value, allowlist: &Value) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if client.read(&mut byte).unwrap_or(0) == 0 {
+            return;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let path = head.split(' ').nth(1).unwrap_or("").to_string();
+    let lower = head.to_ascii_lowercase();
+    let answer = |status: &str, body: String| {
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let canned = match path.as_str() {
+        "/v1/limits" => Some(limits),
+        "/v1/allowlist" => Some(allowlist),
+        _ => None,
+    };
+    let response = match canned {
+        Some(_)
+            if !lower.contains(&format!(
+                "authorization: bearer {}",
+                ADMIN.to_ascii_lowercase()
+            )) =>
+        {
+            answer("401 Unauthorized", "{}".to_string()).into_bytes()
+        }
+        Some(body) => answer("200 OK", body.to_string()).into_bytes(),
+        None => {
+            // The page's requests have no body; ask for the connection to be closed so
+            // the answer ends with it.
+            let kept: Vec<&str> = head
+                .trim_end()
+                .split("\r\n")
+                .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                .collect();
+            let mut upstream = TcpStream::connect(("127.0.0.1", backend)).unwrap();
+            upstream
+                .write_all(format!("{}\r\nconnection: close\r\n\r\n", kept.join("\r\n")).as_bytes())
+                .unwrap();
+            let mut out = Vec::new();
+            upstream.read_to_end(&mut out).unwrap();
+            out
+        }
+    };
+    let _ = client.write_all(&response);
+}
+
+#[test]
+fn the_levers_in_force_are_listed_as_text_and_the_page_kept_as_a_screenshot() {
+    let seeded = seeded(4);
+    let limits = json!({
+        "modes": [
+            {"limit": "team", "mode": "shadow", "reason": "rolling out the <b>team</b> limit",
+             "updated_at": "2026-01-01T00:00:00.000Z"},
+            {"limit": "webhook:stripe", "mode": "off", "reason": "stripe incident",
+             "updated_at": "2026-01-01T00:01:00.000Z"}
+        ],
+        "overrides": [
+            {"scope": "key", "id": "key_8f3a", "requests_per_minute": 20000,
+             "expires_at": null, "reason": "enterprise contract",
+             "updated_at": "2026-01-01T00:02:00.000Z"},
+            {"scope": "tenant", "id": "tenant_1", "requests_per_minute": 30,
+             "expires_at": "2026-02-01T00:00:00.000Z", "reason": "abuse case",
+             "updated_at": "2026-01-01T00:03:00.000Z"}
+        ]
+    });
+    let allowlist = json!({"allowlist": [
+        {"id": "alw_7Hq2", "cidr": "203.0.113.0/24", "limit": null,
+         "reason": "office <script>alert(1)</script>", "created_at": "2026-01-01T00:04:00.000Z"},
+        {"id": "alw_9Kd1", "key_id": "key_8f3a", "limit": "team", "reason": "partner",
+         "created_at": "2026-01-01T00:05:00.000Z"}
+    ]});
+    let port = levers_front(seeded.server.port, limits, allowlist);
+    let url = format!("http://127.0.0.1:{port}/#token={ADMIN}");
+    let dom = dump_dom(&url);
+    assert!(text(&dom, "message").contains("Signed in"), "{dom}");
+    let (levers_tag, _) = element(&dom, "levers");
+    assert!(!levers_tag.contains("hidden"), "{levers_tag}");
+    assert_eq!(
+        rows(&dom, "modes-body"),
+        [
+            [
+                "team",
+                "shadow",
+                "rolling out the <b>team</b> limit",
+                "2026-01-01T00:00:00.000Z"
+            ],
+            [
+                "webhook:stripe",
+                "off",
+                "stripe incident",
+                "2026-01-01T00:01:00.000Z"
+            ]
+        ]
+    );
+    assert_eq!(
+        rows(&dom, "overrides-body"),
+        [
+            [
+                "key",
+                "key_8f3a",
+                "20000",
+                "never",
+                "enterprise contract",
+                "2026-01-01T00:02:00.000Z"
+            ],
+            [
+                "tenant",
+                "tenant_1",
+                "30",
+                "2026-02-01T00:00:00.000Z",
+                "abuse case",
+                "2026-01-01T00:03:00.000Z"
+            ]
+        ]
+    );
+    assert_eq!(
+        rows(&dom, "allowlist-body"),
+        [
+            [
+                "alw_7Hq2",
+                "cidr 203.0.113.0/24",
+                "every rate limit",
+                "office <script>alert(1)</script>",
+                "2026-01-01T00:04:00.000Z"
+            ],
+            [
+                "alw_9Kd1",
+                "key key_8f3a",
+                "team",
+                "partner",
+                "2026-01-01T00:05:00.000Z"
+            ]
+        ]
+    );
+    // Markup in a reason is text.
+    assert!(
+        dom.contains("office &lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{dom}"
+    );
+    assert!(
+        !dom.contains("<script>alert") && !dom.contains("<b>team"),
+        "{dom}"
+    );
+    // The rest of the page as without the front.
+    assert_eq!(rows(&dom, "groups-body").len(), 7);
 
     // What a person sees on a laptop, kept as an artifact.
     let path = screenshot_path();

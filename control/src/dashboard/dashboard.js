@@ -333,25 +333,29 @@
     note('levers-note', '');
     const unavailable = 'Not available on this control service.';
     if (limits === null) {
-      emptyRow(modes, 3, unavailable);
-      emptyRow(overrides, 5, unavailable);
+      emptyRow(modes, 4, unavailable);
+      emptyRow(overrides, 6, unavailable);
     } else {
-      for (const m of limits.modes || []) row(modes, [m.limit, m.mode, m.reason]);
-      if (!(limits.modes || []).length) emptyRow(modes, 3, 'None: every rule as the policy says.');
-      for (const o of limits.overrides || []) {
-        row(overrides, [o.scope, o.id, o.requests_per_minute, when(o.expires_at), o.reason]);
+      for (const m of limits.modes || []) {
+        const tr = row(modes, [m.limit, m.mode, m.reason, m.updated_at], [0, 1, 3]);
+        tr.className = 'mode-' + (m.mode === 'off' ? 'off' : m.mode === 'shadow' ? 'shadow' : 'enforce');
       }
-      if (!(limits.overrides || []).length) emptyRow(overrides, 5, 'None.');
+      if (!(limits.modes || []).length) emptyRow(modes, 4, 'None: every rule as the policy says.');
+      for (const o of limits.overrides || []) {
+        row(overrides, [o.scope, o.id, o.requests_per_minute, when(o.expires_at), o.reason,
+          o.updated_at], [0, 1, 3, 5]);
+      }
+      if (!(limits.overrides || []).length) emptyRow(overrides, 6, 'None.');
     }
     if (allowlist === null) {
-      emptyRow(entries, 4, unavailable);
+      emptyRow(entries, 5, unavailable);
     } else {
       const list = allowlistEntries(allowlist);
       for (const e of list) {
         row(entries, [e.id, allowlistMatch(e), e.limit === null || e.limit === undefined
-          ? 'every rate limit' : e.limit, e.reason]);
+          ? 'every rate limit' : e.limit, e.reason, e.created_at], [0, 4]);
       }
-      if (list.length === 0) emptyRow(entries, 4, 'None.');
+      if (list.length === 0) emptyRow(entries, 5, 'None.');
     }
   }
 
