@@ -40,8 +40,9 @@ pub async fn run_once(s: &AppState) -> Result<PurgeCounts, StoreError> {
         total.keys += n.keys;
         total.users += n.users;
         total.jtis += n.jtis;
+        total.overrides += n.overrides;
         let batch = u64::from(BATCH);
-        if n.keys < batch && n.users < batch && n.jtis < batch {
+        if n.keys < batch && n.users < batch && n.jtis < batch && n.overrides < batch {
             break;
         }
     }
@@ -61,6 +62,7 @@ pub async fn run_once(s: &AppState) -> Result<PurgeCounts, StoreError> {
         users = total.users,
         jtis = total.jtis,
         idempotency_keys = total.idempotency_keys,
+        overrides = total.overrides,
         cutoff,
         "cleanup"
     );

@@ -80,6 +80,14 @@ impl From<crate::store::StoreError> for ApiError {
                 format!("the user already has {n} active keys; revoke one first"),
             ),
             StoreError::Conflict(why) => ApiError::new(StatusCode::CONFLICT, "CONFLICT", why),
+            StoreError::LeversFull(n) => ApiError::new(
+                StatusCode::CONFLICT,
+                "LEVERS_FULL",
+                format!(
+                    "{n} levers (overrides, modes and allowlist entries) are in force already; \
+                     remove one first"
+                ),
+            ),
             StoreError::Database(_) => ApiError::internal(&e),
         }
     }

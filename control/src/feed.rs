@@ -81,6 +81,7 @@ fn page(
         keys: records.keys,
         users: records.users,
         jtis: records.jtis,
+        levers: records.levers,
     }
 }
 
@@ -202,6 +203,7 @@ pub async fn cache(
         epoch: q.epoch.as_deref(),
         after: after.as_ref(),
         page: usize::try_from(s.config.feed_page_size).unwrap_or(usize::MAX),
+        now: s.clock.now_secs(),
     };
     let mut changes = s.changes.subscribe();
     let mut stopping = s.stopping.subscribe();
@@ -216,6 +218,11 @@ pub async fn cache(
     let stopped = tokio::select! {
         _ = tokio::time::timeout(wait, changes.wait_for(|v| *v > since)) => false,
         _ = stopping.wait_for(|stop| *stop) => true,
+    };
+    // The time again: an override that expired during the wait is left out.
+    let ask = FeedAsk {
+        now: s.clock.now_secs(),
+        ..ask
     };
     let mut response = sized(&s, &answer(&s, &ask, paged).await?)?;
     if stopped {

@@ -770,6 +770,7 @@ async fn changes_come_in_whole_versions_with_more_until_the_last() {
         epoch: None,
         after: None,
         page: usize::MAX,
+        now: i64::try_from(T0).unwrap(),
     };
     let FeedAnswer::Changes {
         version,
@@ -1025,6 +1026,7 @@ async fn whole(s: &common::Svc) -> (i64, BTreeMap<String, Value>) {
         epoch: None,
         after: None,
         page: usize::MAX,
+        now: i64::try_from(T0).unwrap(),
     };
     let FeedAnswer::Snapshot {
         epoch,
@@ -1045,6 +1047,7 @@ async fn whole(s: &common::Svc) -> (i64, BTreeMap<String, Value>) {
         keys: records.keys,
         users: records.users,
         jtis: records.jtis,
+        levers: records.levers,
     })
     .unwrap();
     let mut m = Mirror::default();

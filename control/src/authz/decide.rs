@@ -208,6 +208,7 @@ fn page(
         keys,
         users,
         jtis,
+        levers: None,
     }
 }
 

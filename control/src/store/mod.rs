@@ -14,10 +14,14 @@
 //! never sees it. Times are Unix seconds passed in by the caller; the store never reads a
 //! clock. How the feed is cut into pages is shared by both backends (`paging.rs`).
 
+pub mod levers;
 pub mod paging;
 pub mod postgres;
 pub mod sqlite;
 
+pub use levers::{
+    AllowEntry, FeedLevers, Levers, MAX_LEVERS, Mode, ModeLever, Override, Scope, Subject,
+};
 pub use paging::{FeedAnswer, FeedAsk, FeedRecords, FeedTable, SnapshotAt, SnapshotPos};
 
 use serde::Serialize;
@@ -368,14 +372,20 @@ pub struct FeedPage {
     pub keys: Vec<FeedKey>,
     pub users: Vec<UserRevocation>,
     pub jtis: Vec<JtiRevocation>,
+    /// Every lever in force, when the levers changed in the answer's versions or on a
+    /// snapshot's first page; absent: unchanged (control/FEED.md, "Levers").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub levers: Option<FeedLevers>,
 }
 
-/// The two kinds of audit event: a change of the feed, written in the change's own
-/// transaction, or a refusal a proxy reported (`POST /v1/events`).
+/// The kinds of audit event: a change of the feed, written in the change's own
+/// transaction; a change of the levers (a change of the feed too, with its reason); or a
+/// refusal a proxy reported (`POST /v1/events`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuditKind {
     Change,
+    Lever,
     Refusal,
 }
 
@@ -384,6 +394,7 @@ impl AuditKind {
     pub fn as_str(self) -> &'static str {
         match self {
             AuditKind::Change => "change",
+            AuditKind::Lever => "lever",
             AuditKind::Refusal => "refusal",
         }
     }
@@ -391,6 +402,7 @@ impl AuditKind {
     pub fn of_column(s: &str) -> StoreResult<AuditKind> {
         match s {
             "change" => Ok(AuditKind::Change),
+            "lever" => Ok(AuditKind::Lever),
             "refusal" => Ok(AuditKind::Refusal),
             _ => Err(StoreError::Database(
                 "audit_events.kind: unknown kind".to_string(),
@@ -412,6 +424,10 @@ pub struct AuditEvent {
     pub version: i64,
     /// Refusals only (`None` for changes): code, status, method, plan, proxy.
     pub refusal: Option<RefusalDetail>,
+    /// Lever changes only: the operator's reason (`None` when a removal gave none) and
+    /// what was set.
+    pub reason: Option<String>,
+    pub detail: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -712,6 +728,8 @@ pub struct PurgeCounts {
     pub jtis: u64,
     /// Idempotency records older than their retention (`idempotency.rs`).
     pub idempotency_keys: u64,
+    /// Rate overrides that expired before the cutoff (`levers.rs`).
+    pub overrides: u64,
 }
 
 /// What one cleanup pass deleted of what the proxies reported.
@@ -731,6 +749,8 @@ pub enum StoreError {
     KeyLimit(u32),
     /// The change does not apply to the record's state (e.g. rotating a revoked key).
     Conflict(&'static str),
+    /// A lever change would put more than this many entries in force.
+    LeversFull(u64),
     Database(String),
 }
 
@@ -740,6 +760,7 @@ impl std::fmt::Display for StoreError {
             StoreError::NotFound => write!(f, "not found"),
             StoreError::KeyLimit(n) => write!(f, "the user already has {n} active keys"),
             StoreError::Conflict(why) => write!(f, "{why}"),
+            StoreError::LeversFull(n) => write!(f, "{n} levers are in force already"),
             StoreError::Database(e) => write!(f, "database: {e}"),
         }
     }
@@ -1014,6 +1035,43 @@ pub trait Store: Send + Sync {
     /// Deletes up to `batch` idempotency records made before `cutoff`. The feed is not
     /// touched.
     async fn purge_idempotency(&self, cutoff: i64, batch: u32) -> StoreResult<u64>;
+
+    /// Sets (inserts or replaces) a rate override, a change of kind `lever` (action
+    /// `limits.set`). A key's must name a stored key ([`StoreError::NotFound`]); one that
+    /// adds an entry is refused when [`MAX_LEVERS`] are in force. Returns its version.
+    async fn set_override(&self, o: &Override, ctx: &ChangeCtx) -> StoreResult<i64>;
+    /// Removes the override in force for `scope`/`id` (action `limits.cleared`);
+    /// [`StoreError::NotFound`] if there is none.
+    async fn clear_override(
+        &self,
+        scope: Scope,
+        id: &str,
+        reason: Option<&str>,
+        ctx: &ChangeCtx,
+    ) -> StoreResult<i64>;
+    /// The overrides in force at `now` of these ids in `scope`.
+    async fn overrides_of(
+        &self,
+        scope: Scope,
+        ids: &[String],
+        now: i64,
+    ) -> StoreResult<Vec<Override>>;
+    /// Sets a limit's mode (action `mode.set`): `enforce` removes its lever. One that
+    /// adds an entry is refused when [`MAX_LEVERS`] are in force.
+    async fn set_mode(&self, m: &ModeLever, ctx: &ChangeCtx) -> StoreResult<i64>;
+    /// Adds an allowlist entry (action `allowlist.added`); an entry of the same subject
+    /// and limit is a [`StoreError::Conflict`]. Refused when [`MAX_LEVERS`] are in force.
+    async fn add_allow(&self, e: &AllowEntry, ctx: &ChangeCtx) -> StoreResult<i64>;
+    /// Removes an allowlist entry (action `allowlist.removed`); [`StoreError::NotFound`]
+    /// if there is none.
+    async fn remove_allow(
+        &self,
+        id: &str,
+        reason: Option<&str>,
+        ctx: &ChangeCtx,
+    ) -> StoreResult<i64>;
+    /// Every lever in force at `now`.
+    async fn levers(&self, now: i64) -> StoreResult<Levers>;
 
     /// How this replica learns of the changes other replicas commit ([`Follow`]).
     fn follow(&self) -> Follow;

@@ -27,7 +27,7 @@
 //! whether another page follows; the position of the page's last record is the next
 //! page's start.
 
-use super::{FeedKey, JtiRevocation, KeyRow, StoreResult, UserRevocation};
+use super::{FeedKey, FeedLevers, JtiRevocation, KeyRow, Levers, StoreResult, UserRevocation};
 use std::collections::BTreeMap;
 
 /// The feed's three tables, in the order a snapshot reads them.
@@ -88,6 +88,8 @@ pub struct FeedAsk<'a> {
     pub after: Option<&'a SnapshotAt>,
     /// Records per answer (one version alone may be more).
     pub page: usize,
+    /// Unix seconds: overrides expired by then are left out of `levers`.
+    pub now: i64,
 }
 
 /// Records as one answer carries them.
@@ -96,6 +98,8 @@ pub struct FeedRecords {
     pub keys: Vec<FeedKey>,
     pub users: Vec<UserRevocation>,
     pub jtis: Vec<JtiRevocation>,
+    /// Every lever in force, when the answer carries them (control/FEED.md, "Levers").
+    pub levers: Option<FeedLevers>,
 }
 
 impl FeedRecords {
@@ -183,11 +187,12 @@ impl Rows {
             .or_else(|| last(FeedTable::Keys, self.keys.last().map(|k| &k.sha256)))
     }
 
-    fn into_records(self) -> FeedRecords {
+    fn into_records(self, levers: Option<Levers>) -> FeedRecords {
         FeedRecords {
             keys: self.keys.iter().map(FeedKey::from).collect(),
             users: self.users,
             jtis: self.jtis,
+            levers: levers.map(FeedLevers::from),
         }
     }
 }
@@ -207,8 +212,10 @@ pub(crate) enum Filter<'a> {
 /// all see one state of the database.
 #[async_trait::async_trait]
 pub(crate) trait FeedReader: Send {
-    /// `(seq, epoch, purged_through)` of the meta row.
-    async fn meta(&mut self) -> StoreResult<(i64, String, i64)>;
+    /// `(seq, epoch, purged_through, levers_version)` of the meta row.
+    async fn meta(&mut self) -> StoreResult<(i64, String, i64, i64)>;
+    /// Every lever in force at `now`.
+    async fn levers(&mut self, now: i64) -> StoreResult<Levers>;
     /// Appends up to `limit` rows of `table` selected by `filter` to `into`; returns how
     /// many.
     async fn rows(
@@ -334,7 +341,7 @@ pub(crate) fn cut(seq: i64, page: usize, versions: &[(Vec<i64>, bool)]) -> Cut {
 /// The answer to `ask`, read through `r` (already inside its read transaction).
 pub(crate) async fn answer(r: &mut dyn FeedReader, ask: &FeedAsk<'_>) -> StoreResult<FeedAnswer> {
     let page = ask.page.max(1);
-    let (seq, epoch, purged_through) = r.meta().await?;
+    let (seq, epoch, purged_through, levers_version) = r.meta().await?;
     match plan(ask, seq, &epoch, purged_through) {
         Plan::Gone => Ok(FeedAnswer::Gone),
         Plan::UnknownView => Ok(FeedAnswer::UnknownView),
@@ -364,11 +371,18 @@ pub(crate) async fn answer(r: &mut dyn FeedReader, ask: &FeedAsk<'_>) -> StoreRe
                     version
                 }
             };
+            // The levers go whole with the answer whose versions hold their last change;
+            // a lever change touches no row, so it never splits or delays a version.
+            let levers = if since < levers_version && levers_version <= version {
+                Some(r.levers(ask.now).await?)
+            } else {
+                None
+            };
             Ok(FeedAnswer::Changes {
                 epoch,
                 version,
                 more: version < seq,
-                records: rows.into_records(),
+                records: rows.into_records(levers),
             })
         }
         Plan::Snapshot { view, after } => {
@@ -385,10 +399,17 @@ pub(crate) async fn answer(r: &mut dyn FeedReader, ask: &FeedAsk<'_>) -> StoreRe
                     .await?;
             }
             let next = rows.cut_at(page);
+            // The first page holds the levers, read in the transaction that fixed the
+            // view: a lever change after the view reaches the caller as a change once it
+            // has read the last page and asks from the view.
+            let levers = match after {
+                None => Some(r.levers(ask.now).await?),
+                Some(_) => None,
+            };
             Ok(FeedAnswer::Snapshot {
                 epoch,
                 view,
-                records: rows.into_records(),
+                records: rows.into_records(levers),
                 next,
             })
         }
@@ -416,6 +437,7 @@ mod tests {
             epoch,
             after,
             page: 10,
+            now: 0,
         }
     }
 

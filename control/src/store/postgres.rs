@@ -22,13 +22,15 @@
 //! unusable server fails fast with the server's own answer; no error carries the URL's
 //! password.
 
+use super::levers;
 use super::paging::{self, FeedReader, Filter, Rows};
 use super::{
-    Accepted, AuditEvent, AuditKind, ChangeCtx, EventBatch, EventPurgeCounts, FeedAnswer, FeedAsk,
-    FeedTable, Follow, IdempotencyClaim, IdempotencyRecord, ImportedBatch, Issued, Job, JobLock,
-    JtiRevocation, KeyRow, MAX_COUNT, NewKey, OldKeyEnd, PlanCount, ProxySeen, PurgeCounts,
-    RefusalDetail, RefusalGroup, RefusalLimits, RefusalStats, RefusalTally, Series, SeriesPoint,
-    Stats, Store, StoreError, StoreResult, UserRevocation, busiest, check_import_batches,
+    Accepted, AllowEntry, AuditEvent, AuditKind, ChangeCtx, EventBatch, EventPurgeCounts,
+    FeedAnswer, FeedAsk, FeedTable, Follow, IdempotencyClaim, IdempotencyRecord, ImportedBatch,
+    Issued, Job, JobLock, JtiRevocation, KeyRow, Levers, MAX_COUNT, Mode, ModeLever, NewKey,
+    OldKeyEnd, Override, PlanCount, ProxySeen, PurgeCounts, RefusalDetail, RefusalGroup,
+    RefusalLimits, RefusalStats, RefusalTally, Scope, Series, SeriesPoint, Stats, Store,
+    StoreError, StoreResult, Subject, UserRevocation, busiest, check_import_batches,
     check_rotatable, import_outcomes, import_target, minute_of, retired, revoked, scrub, successor,
 };
 use sqlx::pool::PoolConnection;
@@ -44,7 +46,7 @@ const KEY_COLUMNS: &str = "id, sha256, user_id, tenant_id, plan, device_name, sc
     created_at, expires_at, grace_until, revoked_at, active, replaced_by, version, last_used";
 
 const AUDIT_COLUMNS: &str = "id, kind, at, actor, action, target, request_id, client, version, \
-    code, status, method, plan, proxy";
+    code, status, method, plan, proxy, reason, detail";
 
 /// How long start-up waits for the server's first answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -160,6 +162,119 @@ async fn bump(
     Ok(version)
 }
 
+/// [`bump`] for a lever change (notified as every change is): also records the version as the last lever change's, and
+/// writes the audit event as kind `lever` with the reason and what was set.
+async fn bump_lever(
+    tx: &mut PgConnection,
+    ctx: &ChangeCtx,
+    action: &str,
+    target: &str,
+    reason: Option<&str>,
+    detail: &str,
+) -> StoreResult<i64> {
+    let version: i64 = sqlx::query_scalar(
+        "UPDATE meta SET seq = seq + 1, levers_version = seq + 1 WHERE id = 1 RETURNING seq",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(NOTIFY_CHANNEL)
+        .bind(version.to_string())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO audit_events (kind, at, actor, action, target, request_id, client, \
+         version, reason, detail) VALUES ('lever', $1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(ctx.now)
+    .bind(&ctx.actor)
+    .bind(action)
+    .bind(target)
+    .bind(&ctx.request_id)
+    .bind(&ctx.client)
+    .bind(version)
+    .bind(reason)
+    .bind(detail)
+    .execute(&mut *tx)
+    .await?;
+    Ok(version)
+}
+
+/// Refuses a lever change that adds an entry when the bound is reached (`levers.rs`).
+async fn check_lever_room(tx: &mut PgConnection, now: i64) -> StoreResult<()> {
+    let n: i64 = sqlx::query_scalar(&levers::count_sql("$1"))
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+    levers::check_room(n)
+}
+
+const OVERRIDE_COLUMNS: &str = "scope, id, requests_per_minute, expires_at, reason, updated_at";
+
+fn override_row(r: &PgRow) -> StoreResult<Override> {
+    Ok(Override {
+        scope: Scope::of_column(&r.try_get::<String, _>("scope")?)?,
+        id: r.try_get("id")?,
+        requests_per_minute: r.try_get("requests_per_minute")?,
+        expires_at: r.try_get("expires_at")?,
+        reason: r.try_get("reason")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+/// Every lever in force at `now`, in the order [`Levers`] promises.
+async fn read_levers(conn: &mut PgConnection, now: i64) -> StoreResult<Levers> {
+    let overrides = sqlx::query(&format!(
+        "SELECT {OVERRIDE_COLUMNS} FROM limit_overrides \
+         WHERE expires_at IS NULL OR expires_at > $1 ORDER BY scope, id"
+    ))
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(override_row)
+    .collect::<StoreResult<Vec<_>>>()?;
+    let modes = sqlx::query("SELECT name, mode, reason, updated_at FROM limit_modes ORDER BY name")
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ModeLever {
+                limit: r.try_get("name")?,
+                mode: Mode::of_column(&r.try_get::<String, _>("mode")?)?,
+                reason: r.try_get("reason")?,
+                updated_at: r.try_get("updated_at")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    let allowlist = sqlx::query(
+        "SELECT id, subject_kind, subject, limit_name, reason, created_at FROM allowlist \
+         ORDER BY id",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        let limit: String = r.try_get("limit_name")?;
+        Ok(AllowEntry {
+            id: r.try_get("id")?,
+            subject: Subject::of_columns(
+                &r.try_get::<String, _>("subject_kind")?,
+                r.try_get("subject")?,
+            )?,
+            limit: (!limit.is_empty()).then_some(limit),
+            reason: r.try_get("reason")?,
+            created_at: r.try_get("created_at")?,
+        })
+    })
+    .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Levers {
+        overrides,
+        modes,
+        allowlist,
+    })
+}
+
 fn key_row(row: &PgRow) -> StoreResult<KeyRow> {
     Ok(KeyRow {
         id: row.try_get("id")?,
@@ -193,7 +308,7 @@ fn plan_count(r: &PgRow) -> StoreResult<PlanCount> {
 fn audit_event(r: &PgRow) -> StoreResult<AuditEvent> {
     let kind = AuditKind::of_column(&r.try_get::<String, _>("kind")?)?;
     let refusal = match kind {
-        AuditKind::Change => None,
+        AuditKind::Change | AuditKind::Lever => None,
         AuditKind::Refusal => Some(RefusalDetail {
             code: r.try_get::<Option<String>, _>("code")?.unwrap_or_default(),
             status: i64::from(r.try_get::<Option<i32>, _>("status")?.unwrap_or_default()),
@@ -215,6 +330,8 @@ fn audit_event(r: &PgRow) -> StoreResult<AuditEvent> {
         client: r.try_get("client")?,
         version: r.try_get("version")?,
         refusal,
+        reason: r.try_get("reason")?,
+        detail: r.try_get("detail")?,
     })
 }
 
@@ -223,15 +340,21 @@ struct FeedRead<'c>(&'c mut PgConnection);
 
 #[async_trait::async_trait]
 impl FeedReader for FeedRead<'_> {
-    async fn meta(&mut self) -> StoreResult<(i64, String, i64)> {
-        let meta = sqlx::query("SELECT seq, epoch, purged_through FROM meta WHERE id = 1")
-            .fetch_one(&mut *self.0)
-            .await?;
+    async fn meta(&mut self) -> StoreResult<(i64, String, i64, i64)> {
+        let meta =
+            sqlx::query("SELECT seq, epoch, purged_through, levers_version FROM meta WHERE id = 1")
+                .fetch_one(&mut *self.0)
+                .await?;
         Ok((
             meta.try_get("seq")?,
             meta.try_get("epoch")?,
             meta.try_get("purged_through")?,
+            meta.try_get("levers_version")?,
         ))
+    }
+
+    async fn levers(&mut self, now: i64) -> StoreResult<Levers> {
+        read_levers(&mut *self.0, now).await
     }
 
     async fn rows(
@@ -1133,8 +1256,9 @@ impl Store for PostgresStore {
         // The latest second with a change at or before t, then that second's highest
         // version: two short walks of the (kind, at) index, however long the log.
         Ok(sqlx::query_scalar(
-            "SELECT COALESCE(MAX(version), 0) FROM audit_events WHERE kind = 'change' \
-             AND at = (SELECT MAX(at) FROM audit_events WHERE kind = 'change' AND at <= $1)",
+            "SELECT COALESCE(MAX(version), 0) FROM audit_events \
+             WHERE kind IN ('change', 'lever') AND at = (SELECT MAX(at) FROM audit_events \
+             WHERE kind IN ('change', 'lever') AND at <= $1)",
         )
         .bind(t)
         .fetch_one(&self.pool)
@@ -1190,6 +1314,243 @@ impl Store for PostgresStore {
         })
     }
 
+    async fn set_override(&self, o: &Override, ctx: &ChangeCtx) -> StoreResult<i64> {
+        let mut tx = self.begin_write().await?;
+        if o.scope == Scope::Key {
+            let known: Option<i64> =
+                sqlx::query_scalar("SELECT 1::BIGINT FROM api_keys WHERE id = $1")
+                    .bind(&o.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if known.is_none() {
+                return Err(StoreError::NotFound);
+            }
+        }
+        let in_force: Option<i64> = sqlx::query_scalar(
+            "SELECT 1::BIGINT FROM limit_overrides WHERE scope = $1 AND id = $2 \
+             AND (expires_at IS NULL OR expires_at > $3)",
+        )
+        .bind(o.scope.as_str())
+        .bind(&o.id)
+        .bind(ctx.now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if in_force.is_none() {
+            check_lever_room(&mut tx, ctx.now).await?;
+        }
+        let target = levers::override_target(o.scope, &o.id);
+        let detail = levers::override_detail(o);
+        let version = bump_lever(
+            &mut tx,
+            ctx,
+            "limits.set",
+            &target,
+            Some(&o.reason),
+            &detail,
+        )
+        .await?;
+        sqlx::query(
+            "INSERT INTO limit_overrides (scope, id, requests_per_minute, expires_at, reason, \
+             updated_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (scope, id) DO UPDATE SET \
+             requests_per_minute = excluded.requests_per_minute, \
+             expires_at = excluded.expires_at, reason = excluded.reason, \
+             updated_at = excluded.updated_at, version = excluded.version",
+        )
+        .bind(o.scope.as_str())
+        .bind(&o.id)
+        .bind(o.requests_per_minute)
+        .bind(o.expires_at)
+        .bind(&o.reason)
+        .bind(o.updated_at)
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    async fn clear_override(
+        &self,
+        scope: Scope,
+        id: &str,
+        reason: Option<&str>,
+        ctx: &ChangeCtx,
+    ) -> StoreResult<i64> {
+        let mut tx = self.begin_write().await?;
+        let in_force: Option<i64> = sqlx::query_scalar(
+            "SELECT 1::BIGINT FROM limit_overrides WHERE scope = $1 AND id = $2 \
+             AND (expires_at IS NULL OR expires_at > $3)",
+        )
+        .bind(scope.as_str())
+        .bind(id)
+        .bind(ctx.now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if in_force.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let target = levers::override_target(scope, id);
+        let version = bump_lever(&mut tx, ctx, "limits.cleared", &target, reason, "").await?;
+        sqlx::query("DELETE FROM limit_overrides WHERE scope = $1 AND id = $2")
+            .bind(scope.as_str())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    async fn overrides_of(
+        &self,
+        scope: Scope,
+        ids: &[String],
+        now: i64,
+    ) -> StoreResult<Vec<Override>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {OVERRIDE_COLUMNS} FROM limit_overrides WHERE scope = "
+        ));
+        q.push_bind(scope.as_str());
+        q.push(" AND (expires_at IS NULL OR expires_at > ");
+        q.push_bind(now);
+        q.push(") AND id IN (");
+        let mut list = q.separated(", ");
+        for id in ids {
+            list.push_bind(id);
+        }
+        list.push_unseparated(") ORDER BY id");
+        q.build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(override_row)
+            .collect()
+    }
+
+    async fn set_mode(&self, m: &ModeLever, ctx: &ChangeCtx) -> StoreResult<i64> {
+        let mut tx = self.begin_write().await?;
+        let detail = format!("mode={}", m.mode.as_str());
+        if m.mode == Mode::Enforce {
+            let version =
+                bump_lever(&mut tx, ctx, "mode.set", &m.limit, Some(&m.reason), &detail).await?;
+            sqlx::query("DELETE FROM limit_modes WHERE name = $1")
+                .bind(&m.limit)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(version);
+        }
+        let set: Option<i64> =
+            sqlx::query_scalar("SELECT 1::BIGINT FROM limit_modes WHERE name = $1")
+                .bind(&m.limit)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if set.is_none() {
+            check_lever_room(&mut tx, ctx.now).await?;
+        }
+        let version =
+            bump_lever(&mut tx, ctx, "mode.set", &m.limit, Some(&m.reason), &detail).await?;
+        sqlx::query(
+            "INSERT INTO limit_modes (name, mode, reason, updated_at, version) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET mode = excluded.mode, \
+             reason = excluded.reason, updated_at = excluded.updated_at, \
+             version = excluded.version",
+        )
+        .bind(&m.limit)
+        .bind(m.mode.as_str())
+        .bind(&m.reason)
+        .bind(m.updated_at)
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    async fn add_allow(&self, e: &AllowEntry, ctx: &ChangeCtx) -> StoreResult<i64> {
+        let mut tx = self.begin_write().await?;
+        let same: Option<i64> = sqlx::query_scalar(
+            "SELECT 1::BIGINT FROM allowlist WHERE subject_kind = $1 AND subject = $2 AND limit_name = $3",
+        )
+        .bind(e.subject.kind())
+        .bind(e.subject.value())
+        .bind(e.limit_column())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if same.is_some() {
+            return Err(StoreError::Conflict(
+                "an allowlist entry for this subject and limit exists already",
+            ));
+        }
+        check_lever_room(&mut tx, ctx.now).await?;
+        let detail = levers::allow_detail(e);
+        let version = bump_lever(
+            &mut tx,
+            ctx,
+            "allowlist.added",
+            &e.id,
+            Some(&e.reason),
+            &detail,
+        )
+        .await?;
+        sqlx::query(
+            "INSERT INTO allowlist (id, subject_kind, subject, limit_name, reason, created_at, \
+             version) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&e.id)
+        .bind(e.subject.kind())
+        .bind(e.subject.value())
+        .bind(e.limit_column())
+        .bind(&e.reason)
+        .bind(e.created_at)
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    async fn remove_allow(
+        &self,
+        id: &str,
+        reason: Option<&str>,
+        ctx: &ChangeCtx,
+    ) -> StoreResult<i64> {
+        let mut tx = self.begin_write().await?;
+        let row =
+            sqlx::query("SELECT subject_kind, subject, limit_name FROM allowlist WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound);
+        };
+        let limit: String = row.try_get("limit_name")?;
+        let detail = format!(
+            "{}={} limit={}",
+            row.try_get::<String, _>("subject_kind")?,
+            row.try_get::<String, _>("subject")?,
+            if limit.is_empty() { "*" } else { &limit }
+        );
+        let version = bump_lever(&mut tx, ctx, "allowlist.removed", id, reason, &detail).await?;
+        sqlx::query("DELETE FROM allowlist WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    async fn levers(&self, now: i64) -> StoreResult<Levers> {
+        let mut tx = self.pool.begin().await?;
+        let levers = read_levers(&mut tx, now).await?;
+        tx.commit().await?;
+        Ok(levers)
+    }
+
     async fn feed(&self, ask: &FeedAsk<'_>) -> StoreResult<FeedAnswer> {
         // One snapshot for the version and the rows: READ COMMITTED takes one per
         // statement, and rows committed in between would be served under an older version.
@@ -1241,6 +1602,17 @@ impl Store for PostgresStore {
                 _ => counts.jtis = n,
             }
         }
+        // Expired overrides are out of the feed and the API already: deleting them
+        // changes neither, so it moves no version.
+        counts.overrides = sqlx::query(
+            "DELETE FROM limit_overrides WHERE (scope, id) IN (SELECT scope, id \
+             FROM limit_overrides WHERE expires_at < $1 LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         if highest > 0 {
             sqlx::query(
                 "UPDATE meta SET purged_through = GREATEST(purged_through, $1) WHERE id = 1",
