@@ -172,6 +172,30 @@ warnings = false
 include-name = "POST /v1/limits/exchange"
 checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "503"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "503"]
+
+# The levers (control/src/levers.rs). An override's expires_at must be in the future and
+# after 1970 (a generated date-time often is not: 400, as documented), a key's override
+# needs the key (404), and one more lever over the bound is 409 LEVERS_FULL. An allowlist
+# cidr must have its host bits zero, which a schema cannot say (400), and an entry of a
+# subject and limit already in force is 409 CONFLICT; generated values repeat. A
+# generated key id names no key, so PUT /v1/keys/{id}/limits answers almost only 404s
+# and would warn about the expected.
+[[operations]]
+include-name = "PUT /v1/keys/{id}/limits"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409"]
+warnings = false
+
+[[operations]]
+include-name = "PUT /v1/tenants/{id}/limits"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409"]
+
+[[operations]]
+include-name = "PUT /v1/limits/{name}/mode"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409"]
+
+[[operations]]
+include-name = "POST /v1/allowlist"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409"]
 TOML
 
 # GET /v1/cache long-polls: with `since` at the current version it holds the request up

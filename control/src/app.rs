@@ -8,7 +8,7 @@ use crate::fleet::Fleet;
 use crate::store::{ChangeCtx, Store};
 use crate::token_limit::{Client, FailureLimit};
 use crate::{
-    audit, authz, dashboard, events, feed, fleet, health, import, keys, revocations, stats,
+    audit, authz, dashboard, events, feed, fleet, health, import, keys, levers, revocations, stats,
 };
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Request, State};
@@ -16,7 +16,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -147,6 +147,25 @@ pub fn router(state: AppState) -> Router {
         .route(import::PATH, post(import::post))
         .route("/v1/keys/{id}", get(keys::get).delete(keys::revoke))
         .route("/v1/keys/{id}/rotate", post(keys::rotate))
+        .route(
+            "/v1/keys/{id}/limits",
+            put(levers::put_key)
+                .get(levers::get_key)
+                .delete(levers::delete_key),
+        )
+        .route(
+            "/v1/tenants/{id}/limits",
+            put(levers::put_tenant)
+                .get(levers::get_tenant)
+                .delete(levers::delete_tenant),
+        )
+        .route("/v1/limits", get(levers::list_limits))
+        .route("/v1/limits/{name}/mode", put(levers::put_mode))
+        .route(
+            "/v1/allowlist",
+            post(levers::add_allow).get(levers::list_allow),
+        )
+        .route("/v1/allowlist/{id}", delete(levers::remove_allow))
         .route(
             "/v1/users/{id}/revoke-tokens",
             post(revocations::revoke_user_tokens),

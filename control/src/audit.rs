@@ -1,6 +1,7 @@
-//! `GET /v1/audit`: the audit log, newest first: the changes (`kind: change`), written by
-//! the store in the transaction of the change they record, and the refusals the proxies
-//! reported (`kind: refusal`, `POST /v1/events`). Events name their target by id (a key
+//! `GET /v1/audit`: the audit log, newest first: the changes (`kind: change`) and the lever
+//! changes (`kind: lever`, with the operator's reason), written by the store in the
+//! transaction of the change they record, and the refusals the proxies reported
+//! (`kind: refusal`, `POST /v1/events`). Events name their target by id (a key
 //! id, a user, a jti's hash, a route pattern) and never hold a secret.
 
 use crate::app::AppState;
@@ -18,7 +19,7 @@ pub const MAX_LIMIT: u32 = 1000;
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     limit: Option<u32>,
-    /// `change` or `refusal`; absent: both. A string checked by hand: serde's message
+    /// `change`, `lever` or `refusal`; absent: all. A string checked by hand: serde's message
     /// for an unknown variant would quote what the client sent.
     kind: Option<String>,
 }
@@ -46,6 +47,12 @@ pub struct EventView {
     plan: Option<Option<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     proxy: Option<Option<String>>,
+    /// Lever changes only, from here on: the operator's reason (`null` when a removal
+    /// gave none) and what was set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
 }
 
 impl EventView {
@@ -59,6 +66,10 @@ impl EventView {
                 Some(r.proxy),
             ),
             None => (None, None, None, None, None),
+        };
+        let (reason, detail) = match e.kind {
+            AuditKind::Lever => (Some(e.reason), Some(e.detail.unwrap_or_default())),
+            AuditKind::Change | AuditKind::Refusal => (None, None),
         };
         EventView {
             id: e.id,
@@ -75,6 +86,8 @@ impl EventView {
             method,
             plan,
             proxy,
+            reason,
+            detail,
         }
     }
 }
@@ -97,10 +110,11 @@ pub async fn list(
     let kind = match q.kind.as_deref() {
         None => None,
         Some("change") => Some(AuditKind::Change),
+        Some("lever") => Some(AuditKind::Lever),
         Some("refusal") => Some(AuditKind::Refusal),
         Some(_) => {
             return Err(ApiError::bad_request(
-                "kind must be change or refusal (or absent: both)",
+                "kind must be change, lever or refusal (or absent: all)",
             ));
         }
     };

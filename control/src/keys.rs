@@ -9,6 +9,7 @@
 use crate::app::{AppState, RequestCtx};
 use crate::error::{ApiError, ApiJson, ApiQuery, OptionalJson};
 use crate::idempotency::{self, Canonical, IdempotencyKey};
+use crate::levers::{LimitsView, key_limits};
 use crate::plans::Plans;
 use crate::store::{IdempotencyClaim, IdempotencyRecord, Issued, KeyRow, NewKey, OldKeyEnd};
 use axum::Json;
@@ -18,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use gatehouse_core::authn::api_key::{KeyHash, RANDOM_LEN, check_format, format_key, is_valid_id};
 use gatehouse_core::time::{UnixNanos, format_rfc3339};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// The longest `expires_in_days`: ten years.
 pub const MAX_EXPIRES_IN_DAYS: u32 = 3650;
@@ -85,6 +87,8 @@ pub struct KeyView {
     replaced_by: Option<String>,
     /// The latest use a proxy reported (`POST /v1/events`), or null.
     last_used: Option<String>,
+    /// The key's own rate in force (`PUT /v1/keys/{id}/limits`), or null.
+    limits: Option<LimitsView>,
 }
 
 impl KeyView {
@@ -109,7 +113,14 @@ impl KeyView {
             revoked_at: k.revoked_at.map(rfc3339),
             replaced_by: k.replaced_by.clone(),
             last_used: k.last_used.map(rfc3339),
+            limits: None,
         }
+    }
+
+    /// The view with the key's override in force, if `found` holds one.
+    fn with_limits(mut self, found: &mut HashMap<String, LimitsView>) -> KeyView {
+        self.limits = found.remove(&self.id);
+        self
     }
 }
 
@@ -424,8 +435,13 @@ pub async fn list(
     }
     let now = s.clock.now_secs();
     let keys = s.store.list_keys(q.user.as_deref(), limit).await?;
+    let ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
+    let mut limits = key_limits(&s, &ids).await?;
     Ok(Json(KeyList {
-        keys: keys.iter().map(|k| KeyView::of(k, now)).collect(),
+        keys: keys
+            .iter()
+            .map(|k| KeyView::of(k, now).with_limits(&mut limits))
+            .collect(),
     }))
 }
 
@@ -434,7 +450,12 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
     match s.store.get_key(&id).await? {
-        Some(k) => Ok(Json(KeyView::of(&k, s.clock.now_secs()))),
+        Some(k) => {
+            let mut limits = key_limits(&s, std::slice::from_ref(&k.id)).await?;
+            Ok(Json(
+                KeyView::of(&k, s.clock.now_secs()).with_limits(&mut limits),
+            ))
+        }
         None => Err(ApiError::not_found("no such key")),
     }
 }
@@ -478,10 +499,12 @@ pub async fn rotate(
         .rotate_key(&id, new_id, sha256, end, &ctx.change(now))
         .await?;
     s.committed(new.version);
+    // The override stays with the old key's id: a rotation does not carry it over.
+    let mut limits = key_limits(&s, std::slice::from_ref(&old.id)).await?;
     Ok(Json(IssuedKey {
         key: KeyView::of(&new, now),
         api_key: secret,
-        replaces: Some(KeyView::of(&old, now)),
+        replaces: Some(KeyView::of(&old, now).with_limits(&mut limits)),
     }))
 }
 
@@ -493,7 +516,8 @@ pub async fn revoke(
     let now = s.clock.now_secs();
     let row = s.store.revoke_key(&id, &ctx.change(now)).await?;
     s.committed(row.version);
-    Ok(Json(KeyView::of(&row, now)))
+    let mut limits = key_limits(&s, std::slice::from_ref(&row.id)).await?;
+    Ok(Json(KeyView::of(&row, now).with_limits(&mut limits)))
 }
 
 pub async fn verify(

@@ -7,6 +7,8 @@
 //! - `app.rs`: the router, the bearer-token checks and the per-request middleware;
 //!   `token_limit.rs`: the per-client limit on failed token attempts;
 //! - `keys.rs`, `revocations.rs`, `audit.rs`, `feed.rs`, `health.rs`: the handlers;
+//!   `levers.rs`: the operators' levers (rate overrides, limit modes, the allowlist),
+//!   sent to the proxies in the feed's `levers`;
 //!   `import.rs` (and `import/`): the bulk import of hashed keys, for the API and the CLI;
 //!   `idempotency.rs`: the `Idempotency-Key` of `POST /v1/keys` (a retry never issues a
 //!   second key);
@@ -49,6 +51,7 @@ pub mod health;
 pub mod idempotency;
 pub mod import;
 pub mod keys;
+pub mod levers;
 pub mod plans;
 pub mod random;
 pub mod revocations;

@@ -288,6 +288,14 @@ fn conforms(doc: &Value, schema: &Value, v: &Value, at: &str) {
         assert!(schema["nullable"] == true, "{at}: null not allowed");
         return;
     }
+    // `allOf` of one schema: a `$ref` made nullable or given its own description.
+    if let Some([inner]) = schema
+        .get("allOf")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+    {
+        return conforms(doc, inner, v, at);
+    }
     if let Some(values) = schema.get("enum").and_then(Value::as_array) {
         assert!(values.contains(v), "{at}: {v} not in {values:?}");
     }
@@ -378,22 +386,30 @@ async fn openapi_lists_exactly_the_routes_and_describes_their_answers() {
     }
     documented.sort();
     let routed = [
+        "DELETE /v1/allowlist/{id}",
         "DELETE /v1/authz/{rest}",
         "DELETE /v1/keys/{id}",
+        "DELETE /v1/keys/{id}/limits",
+        "DELETE /v1/tenants/{id}/limits",
         "GET /",
         "GET /healthz",
         "GET /openapi.json",
         "GET /readyz",
+        "GET /v1/allowlist",
         "GET /v1/audit",
         "GET /v1/authz/{rest}",
         "GET /v1/cache",
         "GET /v1/keys",
         "GET /v1/keys/{id}",
+        "GET /v1/keys/{id}/limits",
+        "GET /v1/limits",
         "GET /v1/stats",
         "GET /v1/stats/refusals",
         "GET /v1/stats/series",
+        "GET /v1/tenants/{id}/limits",
         "OPTIONS /v1/authz/{rest}",
         "PATCH /v1/authz/{rest}",
+        "POST /v1/allowlist",
         "POST /v1/authz/{rest}",
         "POST /v1/events",
         "POST /v1/keys",
@@ -404,6 +420,9 @@ async fn openapi_lists_exactly_the_routes_and_describes_their_answers() {
         "POST /v1/tokens/revoke",
         "POST /v1/users/{id}/revoke-tokens",
         "PUT /v1/authz/{rest}",
+        "PUT /v1/keys/{id}/limits",
+        "PUT /v1/limits/{name}/mode",
+        "PUT /v1/tenants/{id}/limits",
     ];
     assert_eq!(documented, routed);
 
@@ -615,6 +634,89 @@ async fn openapi_lists_exactly_the_routes_and_describes_their_answers() {
     }
     let (st, b) = s.admin(Method::GET, "/v1/keys", None).await;
     check("/v1/keys", "get", st, &b);
+    // The levers (control/src/levers.rs): each answer, a key that shows its limits, the
+    // feed that carries them, their audit events, and their errors.
+    let key_id = k["id"].as_str().unwrap();
+    let key_limits = format!("/v1/keys/{key_id}/limits");
+    let set = json!({"requests_per_minute": 20000, "expires_at": "2026-02-01T00:00:00Z",
+                     "reason": "enterprise"});
+    let (st, b) = s.admin(Method::PUT, &key_limits, Some(set.clone())).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    check("/v1/keys/{id}/limits", "put", st, &b);
+    let (st, b) = s.admin(Method::GET, &key_limits, None).await;
+    check("/v1/keys/{id}/limits", "get", st, &b);
+    let (st, b) = s
+        .admin(Method::PUT, "/v1/keys/key_nope/limits", Some(set.clone()))
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    check("/v1/keys/{id}/limits", "put", st, &b);
+    let (st, b) = s
+        .admin(Method::PUT, "/v1/tenants/t/limits", Some(set.clone()))
+        .await;
+    check("/v1/tenants/{id}/limits", "put", st, &b);
+    let (st, b) = s.admin(Method::GET, "/v1/tenants/t/limits", None).await;
+    check("/v1/tenants/{id}/limits", "get", st, &b);
+    let (st, b) = s
+        .admin(
+            Method::PUT,
+            "/v1/tenants/t/limits",
+            Some(json!({"reason": "x"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    check("/v1/tenants/{id}/limits", "put", st, &b);
+    let (st, b) = s
+        .admin(
+            Method::PUT,
+            "/v1/limits/team/mode",
+            Some(json!({"mode": "shadow", "reason": "rollout"})),
+        )
+        .await;
+    check("/v1/limits/{name}/mode", "put", st, &b);
+    let (st, b) = s.admin(Method::GET, "/v1/limits", None).await;
+    check("/v1/limits", "get", st, &b);
+    for entry in [
+        json!({"cidr": "2001:db8::/32", "reason": "office"}),
+        json!({"key_id": key_id, "limit": "team", "reason": "batch"}),
+    ] {
+        let (st, b) = s.admin(Method::POST, "/v1/allowlist", Some(entry)).await;
+        assert_eq!(st, StatusCode::CREATED, "{b}");
+        check("/v1/allowlist", "post", st, &b);
+    }
+    let (st, b) = s
+        .admin(
+            Method::POST,
+            "/v1/allowlist",
+            Some(json!({"cidr": "2001:db8::/32", "reason": "again"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    check("/v1/allowlist", "post", st, &b);
+    let (st, b) = s.admin(Method::GET, "/v1/allowlist", None).await;
+    check("/v1/allowlist", "get", st, &b);
+    let (st, b) = s.admin(Method::GET, "/v1/keys", None).await;
+    let listed = b["keys"].as_array().unwrap();
+    let with_limits = listed.iter().find(|x| x["id"] == k["id"]).unwrap();
+    assert_eq!(with_limits["limits"]["requests_per_minute"], 20000, "{b}");
+    check("/v1/keys", "get", st, &b);
+    let (st, b) = s
+        .admin(Method::GET, &format!("/v1/keys/{key_id}"), None)
+        .await;
+    check("/v1/keys/{id}", "get", st, &b);
+    let (st, b) = s.feed("since=0").await;
+    assert!(b["levers"].is_object(), "{b}");
+    check("/v1/cache", "get", st, &b);
+    let (st, b) = s.admin(Method::GET, "/v1/audit?kind=lever", None).await;
+    assert!(!b["events"].as_array().unwrap().is_empty());
+    check("/v1/audit", "get", st, &b);
+    let (st, _) = s.admin(Method::DELETE, &key_limits, None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, b) = s.admin(Method::DELETE, &key_limits, None).await;
+    check("/v1/keys/{id}/limits", "delete", st, &b);
+    let (st, b) = s
+        .admin(Method::DELETE, "/v1/allowlist/alw_nope", None)
+        .await;
+    check("/v1/allowlist/{id}", "delete", st, &b);
     // And an error.
     let (st, b) = s.admin(Method::GET, "/v1/keys/nope", None).await;
     check("/v1/keys/{id}", "get", st, &b);
