@@ -1,6 +1,7 @@
 //! A database made before the events migration (`0002_events.sql`) is upgraded in place
 //! when the service opens it: its changes read as `kind: "change"`, its keys have no
-//! `last_used` yet, and reports are taken. On the selected backend (see `common`).
+//! `last_used` yet, reports are taken, and levers (`0006_levers.sql`) can be set. On the
+//! selected backend (see `common`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -134,4 +135,39 @@ async fn a_database_of_the_previous_release_is_upgraded_in_place() {
     )
     .await;
     assert_eq!(refusals["events"][0]["version"], 1);
+
+    // The levers (migration 0006): none yet, then set, audited and fed.
+    let (_, snap) = send(
+        &app,
+        request(Method::GET, "/v1/cache?since=0", Some(FEED), None),
+    )
+    .await;
+    assert_eq!(
+        snap["levers"],
+        json!({"overrides": [], "modes": [], "allowlist": []})
+    );
+    let (status, _) = send(
+        &app,
+        request(
+            Method::PUT,
+            "/v1/keys/key_old/limits",
+            Some(ADMIN),
+            Some(&json!({"requests_per_minute": 100, "reason": "after the upgrade"})),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, delta) = send(
+        &app,
+        request(Method::GET, "/v1/cache?since=1", Some(FEED), None),
+    )
+    .await;
+    assert_eq!(delta["version"], 2);
+    assert_eq!(delta["levers"]["overrides"][0]["id"], "key_old");
+    let (_, levers) = send(
+        &app,
+        request(Method::GET, "/v1/audit?kind=lever", Some(ADMIN), None),
+    )
+    .await;
+    assert_eq!(levers["events"][0]["reason"], "after the upgrade");
 }
