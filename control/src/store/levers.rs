@@ -56,12 +56,6 @@ pub struct Override {
     pub updated_at: i64,
 }
 
-impl Override {
-    pub fn in_force_at(&self, now: i64) -> bool {
-        self.expires_at.is_none_or(|e| e > now)
-    }
-}
-
 /// How a named limit or rule is applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -203,14 +197,15 @@ pub(crate) fn override_detail(o: &Override) -> String {
     }
 }
 
-/// What the audit event of an allowlist entry says was added.
-pub(crate) fn allow_detail(e: &AllowEntry) -> String {
-    format!(
-        "{}={} limit={}",
-        e.subject.kind(),
-        e.subject.value(),
-        e.limit.as_deref().unwrap_or("*")
-    )
+/// What the audit event of an allowlist entry says was added or removed, from its
+/// `subject_kind`, `subject` and `limit_name` columns (`*`: every limit).
+pub(crate) fn allow_detail(kind: &str, subject: &str, limit_column: &str) -> String {
+    let limit = if limit_column.is_empty() {
+        "*"
+    } else {
+        limit_column
+    };
+    format!("{kind}={subject} limit={limit}")
 }
 
 /// The audit target of an override.

@@ -1411,7 +1411,7 @@ impl Store for SqliteStore {
             ));
         }
         check_lever_room(&mut tx, ctx.now).await?;
-        let detail = levers::allow_detail(e);
+        let detail = levers::allow_detail(e.subject.kind(), e.subject.value(), e.limit_column());
         let version = bump_lever(
             &mut tx,
             ctx,
@@ -1453,12 +1453,10 @@ impl Store for SqliteStore {
         let Some(row) = row else {
             return Err(StoreError::NotFound);
         };
-        let limit: String = row.try_get("limit_name")?;
-        let detail = format!(
-            "{}={} limit={}",
-            row.try_get::<String, _>("subject_kind")?,
-            row.try_get::<String, _>("subject")?,
-            if limit.is_empty() { "*" } else { &limit }
+        let detail = levers::allow_detail(
+            &row.try_get::<String, _>("subject_kind")?,
+            &row.try_get::<String, _>("subject")?,
+            &row.try_get::<String, _>("limit_name")?,
         );
         let version = bump_lever(&mut tx, ctx, "allowlist.removed", id, reason, &detail).await?;
         sqlx::query("DELETE FROM allowlist WHERE id = ?")
