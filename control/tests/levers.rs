@@ -985,3 +985,86 @@ async fn a_revoked_key_shows_its_limits_and_a_rotation_leaves_them_on_the_old_id
     let revoked = ok(&s, Method::DELETE, &format!("/v1/keys/{id}"), None).await;
     assert_eq!(revoked["limits"]["requests_per_minute"], 7);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lever_change_through_one_replica_wakes_a_poll_held_by_another() {
+    let a = svc().await;
+    let b = a.replica().await;
+    let _following = a.follow();
+    a.issue("user_0").await;
+    let app = a.app.clone();
+    let held = tokio::spawn(async move {
+        let started = Instant::now();
+        let answer = common::send(
+            &app,
+            common::request(
+                Method::GET,
+                "/v1/cache?since=1&paged=true&wait=20",
+                Some(FEED),
+                None,
+            ),
+        )
+        .await;
+        (answer, started.elapsed())
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.state.changes.receiver_count() == 0 {
+        assert!(Instant::now() < deadline, "the poll was never held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, entry) = b
+        .admin(
+            Method::POST,
+            "/v1/allowlist",
+            Some(json!({"tenant": "tenant_7", "reason": "partner"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{entry}");
+    let ((status, page), took) = held.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        took < Duration::from_secs(20),
+        "answered only at the end of its wait"
+    );
+    assert_eq!(page["version"], 2, "{page}");
+    assert_eq!(
+        page["levers"]["allowlist"],
+        json!([{"id": entry["id"], "tenant": "tenant_7", "limit": null}])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_lever_changes_never_pass_the_bound() {
+    let s = svc().await;
+    s.warm_pool(8).await;
+    fill_allowlist(&s.db, 9_995).await;
+    let mut posts = Vec::new();
+    for i in 0..20 {
+        let app = s.app.clone();
+        posts.push(tokio::spawn(async move {
+            common::send(
+                &app,
+                common::request(
+                    Method::POST,
+                    "/v1/allowlist",
+                    Some(common::ADMIN),
+                    Some(&json!({"user": format!("racer_{i}"), "reason": "race"})),
+                ),
+            )
+            .await
+        }));
+    }
+    let mut created = 0;
+    for p in posts {
+        let (status, body) = p.await.unwrap();
+        match status {
+            StatusCode::CREATED => created += 1,
+            StatusCode::CONFLICT => assert_eq!(error_code(&body), "LEVERS_FULL"),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(created, 5);
+    let listed = ok(&s, Method::GET, "/v1/allowlist", None).await;
+    assert_eq!(listed["allowlist"].as_array().unwrap().len(), 10_000);
+}
