@@ -226,7 +226,8 @@ mod tests {
             [
                 "EnvoyExtensionPolicy",
                 "ClientTrafficPolicy",
-                "EnvoyPatchPolicy"
+                "EnvoyPatchPolicy",
+                "Secret"
             ]
         );
         let patches = docs[2]["spec"]["jsonPatches"].as_array().unwrap();
