@@ -8,6 +8,7 @@ pub mod body;
 pub mod clock;
 pub mod cors;
 pub mod health;
+pub mod levers;
 pub mod limit;
 pub mod observe;
 pub mod pipeline;

@@ -89,6 +89,12 @@ pub struct Route {
     pub body: crate::body::BodyPolicy,
     /// A webhook's signature rules (`webhook:`). Defaults to none ([`crate::body::webhook`]).
     pub webhook: Option<crate::body::webhook::Webhook>,
+    /// The webhook check's mode (`webhook.mode`; a lever `webhook:<route name>` overrides
+    /// it). Defaults to `enforce`.
+    pub webhook_mode: crate::levers::Mode,
+    /// The body limit's mode (`body.mode`; a lever `body:<route name>` overrides it).
+    /// Defaults to `enforce`.
+    pub body_mode: crate::levers::Mode,
     /// Requests with servlet path parameters (`/cars;color=red/x`) may reach this route
     /// (`match.path_parameters: allow`), matched with the parameters cut from every
     /// segment, as the upstream reads them. Defaults to false: such a path is refused.
@@ -102,6 +108,11 @@ pub struct RouteLimit {
     pub by: crate::limit::LimitBy,
     /// Its own `scope`, when it gives one (else the `rate_limit` section's).
     pub scope: Option<crate::limit::Scope>,
+    /// Its name (`name:`, else the route's when it is the route's one unnamed limit):
+    /// unique among the policy's limits, what levers and shadow counts call it.
+    pub name: String,
+    /// Its mode (`mode:`; a lever for its name overrides it). Defaults to `enforce`.
+    pub mode: crate::levers::Mode,
 }
 
 impl Route {
@@ -360,6 +371,8 @@ mod tests {
             upstream_errors: false,
             body: Default::default(),
             webhook: None,
+            webhook_mode: Default::default(),
+            body_mode: Default::default(),
             path_parameters: false,
             name: "r".into(),
             path,

@@ -135,7 +135,9 @@ impl HttpContext for Filter {
             }
             return Action::Pause;
         }
-        let source_address = if stream::needs_source_address(&policy, &headers, self.by_ip) {
+        // An allowlist by CIDR needs every caller's address, not only an anonymous one's.
+        let by_ip = self.by_ip || self.caches.levers.has_cidrs();
+        let source_address = if stream::needs_source_address(&policy, &headers, by_ip) {
             source_address()
         } else {
             Vec::new()
@@ -175,6 +177,9 @@ impl HttpContext for Filter {
                 if refused.limiter_retries > 0 {
                     self.note_limiter(refused.limiter_retries, false, false);
                 }
+                if refused.allowlisted {
+                    self.note_allowlisted();
+                }
                 let seen = Seen::refused(&headers, &head, &refused);
                 self.record_refusal(&policy, denial, clock.now(), &seen, None);
                 send_refusal_at(
@@ -205,6 +210,13 @@ impl HttpContext for Filter {
                 if policy.rate_limit.headers_on_allowed {
                     self.quota = allowed.quota;
                 }
+                if allowed.allowlisted {
+                    self.note_allowlisted();
+                }
+                if !allowed.shadow.is_empty() {
+                    let seen = Seen::allowed(&headers, &head, &allowed);
+                    self.record_would_refuse(&policy, &allowed.shadow, clock.now(), &seen);
+                }
                 for edit in stream::request_edits(&policy, &headers, &allowed) {
                     let _ = match edit {
                         Edit::Remove(name) => {
@@ -223,7 +235,12 @@ impl HttpContext for Filter {
                         && let Ok(mut tally) = tally.try_borrow_mut()
                     {
                         let key_use = stream::key_use(&policy, &allowed, now);
-                        tally.allowed(allowed.plan, allowed.identity.is_none(), key_use);
+                        tally.allowed_shadowed(
+                            allowed.plan,
+                            allowed.identity.is_none(),
+                            key_use,
+                            !allowed.shadow.is_empty(),
+                        );
                     }
                     return Action::Continue;
                 }
@@ -239,6 +256,7 @@ impl HttpContext for Filter {
                     end_of_stream,
                     headers.request_id,
                     caller,
+                    &self.caches.levers.get(),
                     &HostStore,
                     now_secs(),
                 );
@@ -296,11 +314,22 @@ impl Filter {
     /// Applies the body stage's answer: continue, wait (holding or streaming), or refuse.
     fn body_next(&mut self, next: BodyNext) -> Action {
         match next {
-            BodyNext::Pass(caller) => {
+            BodyNext::Pass(waiting) => {
+                if !waiting.caller.shadowed.is_empty()
+                    && let Some(policy) = self.policy.clone()
+                {
+                    let seen = waiting.seen();
+                    self.record_would_refuse(
+                        &policy,
+                        &waiting.caller.shadowed,
+                        HostClock.now(),
+                        &seen,
+                    );
+                }
                 if let Some(tally) = &self.tally
                     && let Ok(mut tally) = tally.try_borrow_mut()
                 {
-                    caller.count_allowed(&mut tally);
+                    waiting.caller.count_allowed(&mut tally);
                 }
                 Action::Continue
             }
@@ -344,6 +373,45 @@ impl Filter {
             tally.limiter(retries, contention);
             if stale {
                 tally.stale_served();
+            }
+        }
+    }
+
+    /// Counts a request for which an allowlist skipped a rate limit.
+    #[cold]
+    #[inline(never)]
+    fn note_allowlisted(&self) {
+        if let Some(tally) = &self.tally
+            && let Ok(mut tally) = tally.try_borrow_mut()
+        {
+            tally.allowlisted();
+        }
+    }
+
+    /// Counts and logs what rules in shadow would have refused
+    /// ([`stream::record_would_refuse`]).
+    #[cold]
+    #[inline(never)]
+    fn record_would_refuse(
+        &self,
+        policy: &Policy,
+        shadowed: &[gatehouse_core::pipeline::Shadowed],
+        at: UnixNanos,
+        seen: &Seen<'_>,
+    ) {
+        let mut tally = self.tally.as_ref().and_then(|t| t.try_borrow_mut().ok());
+        for s in shadowed {
+            let line = stream::record_would_refuse(
+                policy,
+                tally.as_deref_mut(),
+                s,
+                at,
+                seen,
+                |l| log_enabled(host_level(l)),
+                source_address,
+            );
+            if let Some((level, line)) = line {
+                log(host_level(level), &line);
             }
         }
     }

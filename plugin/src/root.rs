@@ -40,6 +40,8 @@ pub(crate) struct WorkerMetrics {
     pub(crate) ids: Vec<u32>,
     pub(crate) jwks_fetches: u32,
     pub(crate) jwks_fetch_failures: u32,
+    /// Gauge: names the feed's levers give a mode to that no rule of the policy has.
+    pub(crate) levers_unknown_names: u32,
 }
 
 impl WorkerMetrics {
@@ -47,13 +49,19 @@ impl WorkerMetrics {
         use proxy_wasm::types::MetricType;
         let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).unwrap_or(0);
         let plans: Vec<String> = policy.plans.iter().map(|p| p.name.clone()).collect();
+        let rules = policy.rule_names();
         WorkerMetrics {
-            ids: gatehouse_core::observe::tally::metric_names(&plans)
+            ids: gatehouse_core::observe::tally::metric_names_with_rules(&plans, &rules)
                 .iter()
                 .map(|n| counter(n))
                 .collect(),
             jwks_fetches: counter("gatehouse.jwks.fetches"),
             jwks_fetch_failures: counter("gatehouse.jwks.fetch_failures"),
+            levers_unknown_names: hostcalls::define_metric(
+                MetricType::Gauge,
+                "gatehouse.levers.unknown_names",
+            )
+            .unwrap_or(0),
         }
     }
 
@@ -115,6 +123,27 @@ pub(crate) struct Root {
 pub(crate) type Webhooks = Rc<Vec<Option<gatehouse_core::body::webhook::Verifier>>>;
 
 impl Root {
+    /// Picks up a new set of levers from shared data (one 8-byte read when it did not
+    /// change) and says how many of its mode names the policy does not have.
+    pub(crate) fn refresh_levers(&self, policy: &Policy) {
+        let Some(levers) = self.caches.levers.refresh(&HostStore) else {
+            return;
+        };
+        let rules = policy.rule_names();
+        let unknown = levers
+            .mode_names()
+            .filter(|n| !rules.iter().any(|r| r == n))
+            .count();
+        FeedMetrics::set(self.metrics.levers_unknown_names, unknown as u64);
+        log(
+            LogLevel::Info,
+            &format!(
+                "levers in force: {} entries ({unknown} mode names no rule has)",
+                levers.entries()
+            ),
+        );
+    }
+
     /// Replaces provider `p`'s keys (a new set: its cache of verified tokens starts
     /// empty); the other providers' sets are kept as they are.
     pub(crate) fn set_keys(&self, p: usize, keys: Vec<Key>) {
@@ -490,8 +519,9 @@ impl RootContext for Root {
         // API-key request some 500 wasm instructions more: examples/profile_request).
         self.metrics = WorkerMetrics::define(&policy);
         let plans: Vec<String> = policy.plans.iter().map(|p| p.name.clone()).collect();
-        self.tally = Some(Rc::new(RefCell::new(Tally::new(
+        self.tally = Some(Rc::new(RefCell::new(Tally::with_rules(
             &plans,
+            policy.rule_names().len(),
             policy.feed.is_some(),
         ))));
         if policy.feed.is_some()
@@ -606,8 +636,9 @@ impl RootContext for Root {
                 .iter()
                 .any(|l| l.by == gatehouse_core::limit::LimitBy::Ip)
         });
-        self.policy = Some(Rc::new(policy));
         self.caches = Rc::new(Caches::default());
+        self.refresh_levers(&policy);
+        self.policy = Some(Rc::new(policy));
         true
     }
 
@@ -635,6 +666,7 @@ impl RootContext for Root {
             return;
         };
         self.worker_sync(&policy);
+        self.refresh_levers(&policy);
         if policy.rate_limit.any_fleet(&policy.routes) {
             self.flush_fleet();
             self.caches.fleet_view.refresh(&HostStore);

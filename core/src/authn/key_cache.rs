@@ -170,6 +170,7 @@ mod tests {
             users: vec![],
             jtis: vec![],
             skipped: 0,
+            levers: None,
         };
         apply(store, &answer, false, 1).unwrap();
     }

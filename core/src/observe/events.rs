@@ -60,7 +60,7 @@ impl Posted {
 pub struct Pending {
     refusals: Vec<Value>,
     key_uses: BTreeMap<String, u64>,
-    requests: BTreeMap<String, [u64; 2]>,
+    requests: BTreeMap<String, [u64; 3]>,
     dropped: u64,
 }
 
@@ -129,10 +129,12 @@ impl Pending {
             if !plan.is_empty() && !is_valid_id(plan) {
                 return None;
             }
-            let pair = [count(r.get("allowed")?)?, count(r.get("refused")?)?];
-            let sum = p.requests.entry(plan.to_string()).or_insert([0; 2]);
-            sum[0] = sum[0].saturating_add(pair[0]);
-            sum[1] = sum[1].saturating_add(pair[1]);
+            let shadow = r.get("shadow_refused").map_or(Some(0), count)?;
+            let counts = [count(r.get("allowed")?)?, count(r.get("refused")?)?, shadow];
+            let sum = p.requests.entry(plan.to_string()).or_insert([0; 3]);
+            for (s, c) in sum.iter_mut().zip(counts) {
+                *s = s.saturating_add(c);
+            }
         }
         Some(p)
     }
@@ -154,15 +156,16 @@ impl Pending {
                 None => {}
             }
         }
-        for (plan, [allowed, refused]) in newer.requests {
+        for (plan, counts) in newer.requests {
             let len = self.requests.len();
             let sum = match self.requests.get_mut(&plan) {
                 Some(sum) => sum,
-                None if len < MAX_PLANS => self.requests.entry(plan).or_insert([0; 2]),
+                None if len < MAX_PLANS => self.requests.entry(plan).or_insert([0; 3]),
                 None => continue,
             };
-            sum[0] = sum[0].saturating_add(allowed);
-            sum[1] = sum[1].saturating_add(refused);
+            for (s, c) in sum.iter_mut().zip(counts) {
+                *s = s.saturating_add(c);
+            }
         }
         self.dropped = self
             .dropped
@@ -190,7 +193,17 @@ impl Pending {
         let requests: Vec<Value> = self
             .requests
             .iter()
-            .map(|(plan, [a, r])| serde_json::json!({ "plan": plan, "allowed": a, "refused": r }))
+            .map(|(plan, [a, r, s])| {
+                let mut v = serde_json::json!({ "plan": plan, "allowed": a, "refused": r });
+                // Absent means 0 (the events contract): a post without shadowed rules
+                // is what it was before there were any.
+                if *s > 0
+                    && let Some(o) = v.as_object_mut()
+                {
+                    o.insert("shadow_refused".into(), Value::from(*s));
+                }
+                v
+            })
             .collect();
         o.insert("requests".into(), Value::Array(requests));
         o.insert("dropped".into(), Value::from(self.dropped));
@@ -352,6 +365,7 @@ mod tests {
             identity: None,
             credential: None,
             client: None,
+            shadow: None,
         };
         t.refused(&f, None);
         let mut p = Pending::default();

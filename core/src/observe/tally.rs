@@ -22,7 +22,7 @@ pub const MAX_PLANS: usize = 63;
 const MAX_REMEMBERED_KEYS: usize = 4096;
 
 /// The counters with a fixed place, and their metric names.
-const FIXED: [&str; 12] = [
+const FIXED: [&str; 13] = [
     "gatehouse.requests.allowed",
     "gatehouse.requests.refused",
     "gatehouse.rate_limited",
@@ -35,6 +35,7 @@ const FIXED: [&str; 12] = [
     "gatehouse.events.refusals_dropped",
     "gatehouse.health.ready",
     "gatehouse.health.not_ready",
+    "gatehouse.allowlisted",
 ];
 const ALLOWED: usize = 0;
 const REFUSED: usize = 1;
@@ -48,6 +49,7 @@ const BODY_REFUSED: usize = 8;
 const REFUSALS_DROPPED: usize = 9;
 const HEALTH_READY: usize = 10;
 const HEALTH_NOT_READY: usize = 11;
+const ALLOWLISTED: usize = 12;
 /// `gatehouse.webhook.signature_failures.<provider>`, in [`SignatureProvider`] order.
 const PROVIDERS: [&str; 4] = ["stripe", "slack", "github", "hmac"];
 const SIGNATURES: usize = FIXED.len();
@@ -88,8 +90,19 @@ pub fn metric_leaf(name: &str) -> String {
 }
 
 /// Every counter a worker flushes, by name, in the order of [`Tally::flush_counts`]'s
-/// indexes: the fixed ones, signature failures by provider, refusals by code, then allowed
-/// and refused per plan (the policy's first [`MAX_PLANS`] plans, then `anonymous`).
+/// indexes: the fixed ones, signature failures by provider, refusals by code, allowed
+/// and refused per plan (the policy's first [`MAX_PLANS`] plans, then `anonymous`), then
+/// `gatehouse.shadow.would_refuse.<rule>` for each of the policy's rules
+/// ([`crate::policy::Policy::rule_names`]).
+pub fn metric_names_with_rules(plans: &[String], rules: &[String]) -> Vec<String> {
+    let mut names = metric_names(plans);
+    for rule in rules {
+        names.push(["gatehouse.shadow.would_refuse.", &metric_leaf(rule)].concat());
+    }
+    names
+}
+
+/// [`metric_names_with_rules`] without the rules.
 pub fn metric_names(plans: &[String]) -> Vec<String> {
     let mut names: Vec<String> = FIXED.iter().map(|n| n.to_string()).collect();
     for p in PROVIDERS {
@@ -153,8 +166,12 @@ pub struct Tally {
     key_uses: Vec<(Box<str>, u64)>,
     /// When each key id's use was last kept.
     reported: HashMap<Box<str>, u64, FnvBuild>,
-    /// Allowed and refused requests per plan slot since the last batch.
-    plan_counts: Vec<[u64; 2]>,
+    /// Allowed and refused requests per plan slot since the last batch, and allowed ones
+    /// a rule in shadow would have refused.
+    plan_counts: Vec<[u64; 3]>,
+    /// Where the shadow counters start in `counts`, and how many rules have one.
+    shadow_base: usize,
+    rules: usize,
 }
 
 /// Everything a refusal is recorded with. Borrowed from the request; holds no secret:
@@ -173,6 +190,9 @@ pub struct RefusalFacts<'a> {
     pub credential: Option<Credential>,
     /// The client's address without its port (see [`client_ip`]).
     pub client: Option<&'a str>,
+    /// The rule in `shadow` that would have refused the request (which passed): the
+    /// audit record says `"shadow":true`, the log line names the rule.
+    pub shadow: Option<&'a str>,
 }
 
 /// `s` when it is 1 to `max` bytes of visible ASCII (0x21-0x7e), else `""`.
@@ -250,6 +270,11 @@ impl RefusalFacts<'_> {
         self.push_outcome(&mut out);
         out.push_str(",\"reason\":");
         push_json_string(&mut out, self.denial.reason());
+        if let Some(rule) = self.shadow {
+            out.push_str(",\"would_refuse\":");
+            push_json_string(&mut out, rule);
+            out.push_str(",\"shadow\":true");
+        }
         self.push_caller(&mut out, false);
         out.push('}');
         out
@@ -266,6 +291,9 @@ impl RefusalFacts<'_> {
         out.push_str(",\"route\":");
         push_json_string(out, self.route().unwrap_or(""));
         self.push_outcome(out);
+        if self.shadow.is_some() {
+            out.push_str(",\"shadow\":true");
+        }
         self.push_caller(out, true);
         out.push('}');
     }
@@ -299,10 +327,18 @@ impl Tally {
     /// A tally for a policy with these plans; `audit`: the policy has a feed, so refusals,
     /// key uses and per-plan counts are kept for the sync.
     pub fn new(plans: &[String], audit: bool) -> Tally {
+        Tally::with_rules(plans, 0, audit)
+    }
+
+    /// [`Tally::new`] with a shadow counter for each of the policy's `rules`
+    /// ([`metric_names_with_rules`]).
+    pub fn with_rules(plans: &[String], rules: usize, audit: bool) -> Tally {
         let plan_names: Vec<String> = plans.iter().take(MAX_PLANS).cloned().collect();
         let slots = plan_names.len() + 1;
         Tally {
-            counts: vec![0; PLANS + 2 * slots],
+            shadow_base: PLANS + 2 * slots,
+            rules,
+            counts: vec![0; PLANS + 2 * slots + rules],
             plan_names,
             audit,
             refusals: String::new(),
@@ -310,7 +346,7 @@ impl Tally {
             dropped: 0,
             key_uses: Vec::new(),
             reported: HashMap::default(),
-            plan_counts: vec![[0; 2]; slots],
+            plan_counts: vec![[0; 3]; slots],
         }
     }
 
@@ -327,6 +363,16 @@ impl Tally {
     fn add(&mut self, index: usize, n: u64) {
         if let Some(c) = self.counts.get_mut(index) {
             *c = c.saturating_add(n);
+        }
+    }
+
+    /// Counts in the per-plan pairs for the events only.
+    fn count_slot_audit(&mut self, slot: Option<usize>, outcome: usize) {
+        if self.audit
+            && let Some(pair) = slot.and_then(|s| self.plan_counts.get_mut(s))
+            && let Some(c) = pair.get_mut(outcome)
+        {
+            *c = c.saturating_add(1);
         }
     }
 
@@ -348,6 +394,18 @@ impl Tally {
     /// an anonymous caller). `key_use`: the API key's id and the time, kept for the sync
     /// unless this key id's use was kept less than [`KEY_USE_EVERY_SECS`] ago.
     pub fn allowed(&mut self, plan: Option<usize>, anonymous: bool, key_use: Option<(&str, u64)>) {
+        self.allowed_shadowed(plan, anonymous, key_use, false);
+    }
+
+    /// [`Tally::allowed`]; `shadow_refused`: a rule in shadow would have refused it
+    /// (the events' `requests[].shadow_refused`).
+    pub fn allowed_shadowed(
+        &mut self,
+        plan: Option<usize>,
+        anonymous: bool,
+        key_use: Option<(&str, u64)>,
+        shadow_refused: bool,
+    ) {
         self.add(ALLOWED, 1);
         let slot = match plan {
             _ if anonymous => Some(self.plan_names.len()),
@@ -355,6 +413,9 @@ impl Tally {
             _ => None,
         };
         self.count_slot(slot, 0);
+        if shadow_refused {
+            self.count_slot_audit(slot, 2);
+        }
         if let (true, Some((key_id, now))) = (self.audit, key_use) {
             self.key_used(key_id, now);
         }
@@ -387,6 +448,22 @@ impl Tally {
         if contention {
             self.add(LIMITER_CONTENTION, 1);
         }
+    }
+
+    /// A request for which an allowlist skipped at least one rate limit.
+    pub fn allowlisted(&mut self) {
+        self.add(ALLOWLISTED, 1);
+    }
+
+    /// A rule in `shadow` that would have refused a request (`facts.denial`, with
+    /// `facts.shadow` naming the rule) it let pass: counted under the rule (its place in
+    /// [`crate::policy::Policy::rule_names`]) and kept for the sync as a refusal with
+    /// `"shadow":true`. Never counted as a refusal.
+    pub fn would_refuse(&mut self, rule: Option<usize>, facts: &RefusalFacts<'_>) {
+        if let Some(r) = rule.filter(|r| *r < self.rules) {
+            self.add(self.shadow_base + r, 1);
+        }
+        self.keep_refusal(facts);
     }
 
     /// A credential checked against a stale feed cache and served (`keep_serving`).
@@ -436,6 +513,11 @@ impl Tally {
             Denial::Body(_) => self.add(BODY_REFUSED, 1),
             _ => {}
         }
+        self.keep_refusal(facts);
+    }
+
+    /// Keeps a refusal's record for the sync, within the bound.
+    fn keep_refusal(&mut self, facts: &RefusalFacts<'_>) {
         if !self.audit {
             return;
         }
@@ -466,7 +548,7 @@ impl Tally {
     /// `{"refusals":[..],"key_uses":[..],"requests":[..],"dropped":n}` (the events
     /// contract's fields; the sync adds `proxy` and `cache_version`).
     pub fn take_batch(&mut self) -> Option<String> {
-        let counted = self.plan_counts.iter().any(|c| c[0] > 0 || c[1] > 0);
+        let counted = self.plan_counts.iter().any(|c| c.iter().any(|n| *n > 0));
         if !self.audit
             || (self.refusal_count == 0
                 && self.key_uses.is_empty()
@@ -492,7 +574,7 @@ impl Tally {
         out.push_str("],\"requests\":[");
         let mut first = true;
         let anonymous = self.plan_names.len();
-        for (slot, [allowed, refused]) in self.plan_counts.iter().enumerate() {
+        for (slot, [allowed, refused, shadowed]) in self.plan_counts.iter().enumerate() {
             if *allowed == 0 && *refused == 0 {
                 continue;
             }
@@ -511,6 +593,10 @@ impl Tally {
             push_decimal(&mut out, *allowed);
             out.push_str(",\"refused\":");
             push_decimal(&mut out, *refused);
+            if *shadowed > 0 {
+                out.push_str(",\"shadow_refused\":");
+                push_decimal(&mut out, *shadowed);
+            }
             out.push('}');
         }
         out.push_str("],\"dropped\":");
@@ -521,7 +607,7 @@ impl Tally {
         self.dropped = 0;
         self.key_uses.clear();
         for c in &mut self.plan_counts {
-            *c = [0; 2];
+            *c = [0; 3];
         }
         Some(out)
     }
@@ -559,6 +645,7 @@ mod tests {
             identity,
             credential: identity.map(|_| Credential::ApiKey),
             client: Some("203.0.113.7"),
+            shadow: None,
         }
     }
 
@@ -647,9 +734,11 @@ mod tests {
         let documented = |prom: &str| section.contains(&format!("`{prom}`"));
         let prometheus = |n: &str| n.replace('.', "_");
         let mut missing = Vec::new();
-        for name in metric_names(&["team".to_string()]) {
+        for name in metric_names_with_rules(&["team".to_string()], &["login".to_string()]) {
             let prom = prometheus(&name);
-            let ok = if let Some(code) = prom.strip_prefix("gatehouse_refused_") {
+            let ok = if prom.starts_with("gatehouse_shadow_would_refuse_") {
+                documented("gatehouse_shadow_would_refuse_<rule>")
+            } else if let Some(code) = prom.strip_prefix("gatehouse_refused_") {
                 documented("gatehouse_refused_<code>") && section.contains(&format!("_{code}`"))
             } else if let Some(rest) = prom.strip_prefix("gatehouse_plan_") {
                 let outcome = if rest.ends_with("_allowed") {
@@ -681,6 +770,9 @@ mod tests {
             "gatehouse.events.posts",
             "gatehouse.events.post_failures",
             "gatehouse.events.refusals_posted",
+            "gatehouse.levers.rejected",
+            "gatehouse.levers.entries",
+            "gatehouse.levers.unknown_names",
         ] {
             if !documented(&prometheus(name)) {
                 missing.push(prometheus(name));

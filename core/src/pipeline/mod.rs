@@ -43,6 +43,17 @@ pub struct Allowed {
     /// Where the caller's plan is in `policy.plans` (`None`: anonymous; a plan the policy
     /// does not list is refused or mapped), so counting per plan compares no names.
     pub plan: Option<usize>,
+    /// An allowlist from the feed skipped at least one of its rate limits.
+    pub allowlisted: bool,
+    /// What rules in `shadow` would have refused it (empty: none, no allocation).
+    pub shadow: Vec<Shadowed>,
+}
+
+/// A rule in `shadow` mode that would have refused the request, and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shadowed {
+    pub rule: crate::levers::Rule,
+    pub denial: Denial,
 }
 
 /// What was known about a request when it was refused, for the refusal log and audit:
@@ -60,6 +71,8 @@ pub struct Refused {
     /// The token's `kid` is not in its provider's keys: the provider's JWKS is fetched
     /// again ([`crate::authn::jwks_cache::want_refetch`]).
     pub unknown_kid: bool,
+    /// An allowlist from the feed skipped at least one of its rate limits.
+    pub allowlisted: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -212,6 +225,8 @@ fn decide_into(
             feed_stale: false,
             limiter_retries: 0,
             plan: None,
+            allowlisted: false,
+            shadow: Vec::new(),
         },
         // A scoped key calls only its route groups, external routes included: a key
         // limited to `billing` is not a general-purpose credential anywhere.
@@ -230,6 +245,8 @@ fn decide_into(
             feed_stale: false,
             limiter_retries: 0,
             plan: None,
+            allowlisted: false,
+            shadow: Vec::new(),
         },
     };
     allowed.feed_stale = feed_stale;
@@ -252,17 +269,25 @@ fn decide_into(
         store,
         clock,
     );
+    let LimitOutcome {
+        outcome,
+        allowlisted,
+        shadow,
+    } = outcome;
     match outcome.result {
         Ok(quota) => {
             allowed.quota = quota;
             allowed.limiter_contention = outcome.contention;
             allowed.limiter_retries = outcome.retries;
+            allowed.allowlisted = allowlisted;
+            allowed.shadow = shadow;
             Decision::Allow(allowed)
         }
         Err(refusal) => {
             refused.identity = allowed.identity;
             refused.credential = allowed.credential;
             refused.limiter_retries = outcome.retries;
+            refused.allowlisted = allowlisted;
             Decision::Deny(Denial::RateLimited(refusal))
         }
     }
@@ -297,6 +322,25 @@ fn method_overrides_agree(policy: &Policy, head: &RequestHead<'_>, route: usize)
     header.is_none_or(same_route) && query.as_deref().is_none_or(same_route)
 }
 
+/// What [`limit`] decided: the limiter's outcome over the enforced limits, whether an
+/// allowlist skipped any, and the shadowed limits that would have refused.
+struct LimitOutcome {
+    outcome: limit::Outcome,
+    allowlisted: bool,
+    shadow: Vec<Shadowed>,
+}
+
+/// One limit to apply: its state's id, the caller it counts, its rate, whether it
+/// counts fleet-wide, the rule it is and whether it is only shadowed.
+struct Applied {
+    id: String,
+    caller: (String, CallerKind),
+    rate: limit::Rate,
+    fleet: bool,
+    rule: crate::levers::Rule,
+    shadow: bool,
+}
+
 /// Applies the plan's limit (or the anonymous one) and the route's limits. Anonymous
 /// callers and limits `by: ip` count the client's network ([`client_network`]) in the
 /// address table; a token has no key of its own, so `by: key` counts a JWT caller per
@@ -304,6 +348,14 @@ fn method_overrides_agree(policy: &Policy, head: &RequestHead<'_>, route: usize)
 /// and tenant count under its provider's name (`jwt_provider`): `sub` and tenant values
 /// are an issuer's own, so another issuer's (or an API key's) same value is another
 /// caller.
+///
+/// The operators' levers ([`crate::levers`]) apply here: a limit whose mode is `off` is
+/// skipped, one an allowlist names for this caller too; a plan limit under a key's or
+/// tenant's override counts at the override's rate on a state of its own (its id carries
+/// the rate), so a raised limit serves a caller refused under the old one from its next
+/// request, and a lowered one starts with the lowered burst. Limits in `shadow` are
+/// checked one by one after the enforced ones passed, on their own states as if they
+/// applied, and never refuse.
 #[allow(clippy::too_many_arguments)]
 fn limit(
     policy: &Policy,
@@ -315,7 +367,8 @@ fn limit(
     plan: Option<usize>,
     store: &impl SharedStore,
     clock: &impl Clock,
-) -> limit::Outcome {
+) -> LimitOutcome {
+    use crate::levers::{Mode, Rule, Who};
     let rl = &policy.rate_limit;
     // Only anonymous callers and limits `by: ip` need the address.
     let mut ip: Option<String> = None;
@@ -348,38 +401,105 @@ fn limit(
             }
         }
     };
-    // (limit, (caller, kind), rate, counted fleet-wide)
-    let mut limits: Vec<(String, (String, CallerKind), limit::Rate, bool)> =
-        Vec::with_capacity(1 + route.limits.len());
+    let levers = caches.levers.get();
+    let now_secs = clock.now().secs();
+    // The caller as allowlists see it; the client's address only when a CIDR may match.
+    let allow = levers.has_allowlist().then(|| Who {
+        key_id: identity.map(|i| i.key_id.as_str()),
+        user: identity.map(|i| i.user.as_str()),
+        tenant: identity.map(|i| i.tenant.as_str()),
+        ip: levers
+            .has_cidrs()
+            .then(|| {
+                client_address(head.source_address, head.forwarded_for, rl.trusted_proxies)
+                    .parse::<std::net::IpAddr>()
+                    .ok()
+            })
+            .flatten(),
+    });
+    let mut allowlisted = false;
+    // A limit's mode (a lever over the policy's) and whether an allowlist skips it:
+    // `None` when it does not apply at all.
+    let mut applies = |name: &str, mode: Mode| -> Option<bool> {
+        let mode = levers.mode(name).unwrap_or(mode);
+        if mode == Mode::Off {
+            return None;
+        }
+        if allow.as_ref().is_some_and(|w| levers.allowlisted(w, name)) {
+            allowlisted = true;
+            return None;
+        }
+        Some(mode == Mode::Shadow)
+    };
+    let mut limits: Vec<Applied> = Vec::with_capacity(1 + route.limits.len());
     let fleet_wide = rl.scope == limit::Scope::Fleet;
     match identity {
-        Some(_) => {
-            if let Some(plan) = plan.and_then(|p| policy.plans.get(p)) {
-                limits.push((
-                    ["plan:", &plan.name].concat(),
-                    who(rl.plan_key),
-                    plan.rate(),
-                    fleet_wide,
-                ));
+        Some(i) => {
+            if let Some((p, plan)) = plan.and_then(|p| Some((p, policy.plans.get(p)?)))
+                && let Some(shadow) = applies(&plan.name, Mode::Enforce)
+            {
+                let over = levers.override_for(Some(&i.key_id), Some(&i.tenant), now_secs);
+                let (id, rate) = match over {
+                    None => (["plan:", &plan.name].concat(), plan.rate()),
+                    Some(o) => {
+                        let mut id = ["plan:", &plan.name, "@"].concat();
+                        crate::text::push_decimal(&mut id, u64::from(o.requests_per_minute));
+                        let rate = limit::Rate {
+                            requests: o.requests_per_minute,
+                            period_nanos: 60_000_000_000,
+                            burst: o.requests_per_minute,
+                        };
+                        (id, rate)
+                    }
+                };
+                limits.push(Applied {
+                    id,
+                    caller: who(rl.plan_key),
+                    rate,
+                    fleet: fleet_wide,
+                    rule: Rule::Plan(p),
+                    shadow,
+                });
             }
         }
-        None => limits.push((
-            "anonymous".to_string(),
-            who(LimitBy::Ip),
-            rl.anonymous,
-            fleet_wide,
-        )),
+        None => {
+            if let Some(shadow) = applies("anonymous", Mode::Enforce) {
+                limits.push(Applied {
+                    id: "anonymous".to_string(),
+                    caller: who(LimitBy::Ip),
+                    rate: rl.anonymous,
+                    fleet: fleet_wide,
+                    rule: Rule::Anonymous,
+                    shadow,
+                });
+            }
+        }
     }
+    let route_index = policy
+        .routes
+        .iter()
+        .position(|r| std::ptr::eq(r, route))
+        .unwrap_or(0);
     for (n, l) in route.limits.iter().enumerate() {
+        let Some(shadow) = applies(&l.name, l.mode) else {
+            continue;
+        };
         let mut id = ["route:", &route.name, ":"].concat();
         crate::text::push_decimal(&mut id, n as u64);
         let fleet = l.scope.unwrap_or(rl.scope) == limit::Scope::Fleet;
-        limits.push((id, who(l.by), l.rate, fleet));
+        limits.push(Applied {
+            id,
+            caller: who(l.by),
+            rate: l.rate,
+            fleet,
+            rule: Rule::RouteLimit(route_index, n),
+            shadow,
+        });
     }
     let now = clock.now().0;
     // Fleet-scoped limits: while the fleet's states arrive, the whole limit on states that
     // hold the fleet's consumption; when they stop, this Envoy's share of it.
-    let fleet_share = if limits.iter().any(|l| l.3) {
+    let fleet_share = if limits.iter().any(|l| l.fleet) {
         match caches.fleet_view.get(store) {
             Some(view) if view.fresh(now, rl.sync_interval_ms) => None,
             Some(view) => Some(view.proxies),
@@ -388,32 +508,62 @@ fn limit(
     } else {
         None
     };
+    fn check(l: &Applied, fleet_share: Option<u32>) -> Check<'_> {
+        Check {
+            limit: &l.id,
+            caller: &l.caller.0,
+            rate: match fleet_share {
+                Some(proxies) if l.fleet => limit::fleet::share(l.rate, proxies),
+                _ => l.rate,
+            },
+            kind: l.caller.1,
+        }
+    }
     let checks: Vec<Check<'_>> = limits
         .iter()
-        .map(|(limit, (caller, kind), rate, fleet)| Check {
-            limit,
-            caller,
-            rate: match fleet_share {
-                Some(proxies) if *fleet => limit::fleet::share(*rate, proxies),
-                _ => *rate,
-            },
-            kind: *kind,
-        })
+        .filter(|l| !l.shadow)
+        .map(|l| check(l, fleet_share))
         .collect();
-    let outcome = limit::check_all_with(store, &rl.table(), &checks, now, &caches.places);
+    let mut outcome = limit::check_all_with(store, &rl.table(), &checks, now, &caches.places);
+    let mut shadow = Vec::new();
     if outcome.result.is_ok() {
         // Reported at the whole rate, which the fleet's state counts in, even when this
         // Envoy decided on its share.
-        for (check, (.., rate, fleet)) in checks.iter().zip(&limits) {
-            if *fleet {
+        let record = |check: &Check<'_>, l: &Applied| {
+            if l.fleet {
                 caches.fleet.record(&Check {
-                    rate: *rate,
+                    rate: l.rate,
                     ..check.clone()
                 });
             }
+        };
+        for (check, l) in checks.iter().zip(limits.iter().filter(|l| !l.shadow)) {
+            record(check, l);
+        }
+        for l in limits.iter().filter(|l| l.shadow) {
+            let one = check(l, fleet_share);
+            let seen = limit::check_all_with(
+                store,
+                &rl.table(),
+                std::slice::from_ref(&one),
+                now,
+                &caches.places,
+            );
+            outcome.retries = outcome.retries.saturating_add(seen.retries);
+            match seen.result {
+                Ok(_) => record(&one, l),
+                Err(refusal) => shadow.push(Shadowed {
+                    rule: l.rule,
+                    denial: Denial::RateLimited(refusal),
+                }),
+            }
         }
     }
-    outcome
+    LimitOutcome {
+        outcome,
+        allowlisted,
+        shadow,
+    }
 }
 
 #[cfg(test)]
@@ -1362,6 +1512,8 @@ routes:
                 feed_stale: false,
                 limiter_retries: 0,
                 plan: None,
+                allowlisted: false,
+                shadow: Vec::new(),
             })
         );
         assert!(matches!(
@@ -1479,6 +1631,8 @@ routes:
             },
             by: LimitBy::User,
             scope: None,
+            name: "api-hourly".into(),
+            mode: Default::default(),
         });
         let keys = KeySet::default();
         let free = b"ghk_free_0a9b8c7d6e5f40312e1d0C1OdSVz";
@@ -1929,5 +2083,188 @@ mod properties {
                 prop_assert!(false, "random key bytes were granted an identity");
             }
         }
+    }
+}
+
+/// The operators' levers on the request path ([`crate::levers`]).
+#[cfg(test)]
+#[cfg(all(feature = "yaml", feature = "test-tokens"))]
+mod lever_tests {
+    use super::tests::setup;
+    use super::*;
+    use crate::clock::FixedClock;
+    use crate::request::Presented;
+    use crate::store::MemoryStore;
+
+    const NOW: u64 = 1_767_225_600;
+
+    fn head<'a>(path: &'a str, key: Presented<'a>, source: &'a [u8]) -> RequestHead<'a> {
+        RequestHead {
+            method: b"GET",
+            path: path.as_bytes(),
+            api_key: key,
+            authorization: Presented::None,
+            source_address: source,
+            forwarded_for: None,
+            method_override: Presented::None,
+        }
+    }
+
+    /// The worker's caches with these levers, as the sync stores them and a tick reads
+    /// them.
+    fn with_levers(store: &MemoryStore, levers: serde_json::Value) -> Caches {
+        crate::levers::store(store, levers.to_string().as_bytes()).unwrap();
+        let caches = Caches::default();
+        caches.levers.refresh(store);
+        caches
+    }
+
+    const FREE: &[u8] = b"ghk_free_0a9b8c7d6e5f40312e1d0C1OdSVz";
+
+    /// Of `n` requests of key_free on /v1/things, how many pass.
+    fn admitted(
+        policy: &Policy,
+        caches: &Caches,
+        store: &MemoryStore,
+        clock: &FixedClock,
+        n: usize,
+    ) -> usize {
+        let req = head("/v1/things", Presented::One(FREE), b"203.0.113.9:1");
+        (0..n)
+            .filter(|_| {
+                matches!(
+                    super::decide(policy, caches, &[], &req, store, clock),
+                    Decision::Allow(_)
+                )
+            })
+            .count()
+    }
+
+    #[test]
+    fn an_allowlisted_caller_skips_the_limits_it_names_and_is_counted() {
+        use serde_json::json;
+        for entry in [
+            json!({"id": "a1", "key_id": "key_free", "limit": "free"}),
+            json!({"id": "a2", "user": "user_free", "limit": null}),
+            json!({"id": "a3", "tenant": "tenant_free"}),
+            json!({"id": "a4", "cidr": "203.0.113.0/24"}),
+        ] {
+            let (policy, store, clock) = setup();
+            let caches = with_levers(&store, json!({ "allowlist": [entry] }));
+            assert_eq!(
+                admitted(&policy, &caches, &store, &clock, 100),
+                100,
+                "{entry}"
+            );
+            let req = head("/v1/things", Presented::One(FREE), b"203.0.113.9:1");
+            let Decision::Allow(a) = super::decide(&policy, &caches, &[], &req, &store, &clock)
+            else {
+                panic!("refused")
+            };
+            assert!(a.allowlisted);
+        }
+        // An entry for another limit, or another network, leaves the plan limit on.
+        for entry in [
+            json!({"id": "a1", "key_id": "key_free", "limit": "team"}),
+            json!({"id": "a4", "cidr": "198.51.100.0/24"}),
+        ] {
+            let (policy, store, clock) = setup();
+            let caches = with_levers(&store, json!({ "allowlist": [entry] }));
+            assert_eq!(
+                admitted(&policy, &caches, &store, &clock, 100),
+                60,
+                "{entry}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_raised_override_serves_a_refused_caller_at_once_and_a_lowered_one_holds_it() {
+        use serde_json::json;
+        let (policy, store, clock) = setup();
+        let caches = Caches::default();
+        assert_eq!(admitted(&policy, &caches, &store, &clock, 100), 60);
+        // Raised to 100/min: served from the next request, on a state of its own.
+        let caches = with_levers(
+            &store,
+            json!({"overrides": [{"scope": "key", "id": "key_free", "requests_per_minute": 100, "expires_at": null}]}),
+        );
+        assert_eq!(admitted(&policy, &caches, &store, &clock, 200), 100);
+        // Lowered to 5/min for the tenant: the lowered burst, then refused.
+        let (policy, store, clock) = setup();
+        let caches = with_levers(
+            &store,
+            json!({"overrides": [{"scope": "tenant", "id": "tenant_free", "requests_per_minute": 5}]}),
+        );
+        assert_eq!(admitted(&policy, &caches, &store, &clock, 20), 5);
+        // An override past its expiry is ignored: the plan's 60 apply.
+        let (policy, store, clock) = setup();
+        let caches = with_levers(
+            &store,
+            json!({"overrides": [{"scope": "key", "id": "key_free", "requests_per_minute": 5, "expires_at": NOW}]}),
+        );
+        assert_eq!(admitted(&policy, &caches, &store, &clock, 100), 60);
+    }
+
+    #[test]
+    fn a_limit_off_is_skipped_and_one_in_shadow_never_refuses_but_says_so() {
+        use serde_json::json;
+        let (policy, store, clock) = setup();
+        let caches = with_levers(&store, json!({"modes": [{"limit": "free", "mode": "off"}]}));
+        assert_eq!(admitted(&policy, &caches, &store, &clock, 100), 100);
+        let (policy, store, clock) = setup();
+        let caches = with_levers(
+            &store,
+            json!({"modes": [{"limit": "free", "mode": "shadow"}]}),
+        );
+        let req = head("/v1/things", Presented::One(FREE), b"203.0.113.9:1");
+        let shadowed: Vec<usize> = (0..100)
+            .map(
+                |_| match super::decide(&policy, &caches, &[], &req, &store, &clock) {
+                    Decision::Allow(a) => a.shadow.len(),
+                    Decision::Deny(d) => panic!("refused: {d:?}"),
+                },
+            )
+            .collect();
+        // The shadowed limit consumed its state as if it applied: 60 pass, 40 would not.
+        assert_eq!(shadowed.iter().filter(|n| **n == 0).count(), 60);
+        assert_eq!(shadowed.iter().filter(|n| **n == 1).count(), 40);
+        let Decision::Allow(a) = super::decide(&policy, &caches, &[], &req, &store, &clock) else {
+            panic!("refused")
+        };
+        let s = a.shadow[0];
+        assert_eq!(s.rule, crate::levers::Rule::Plan(0));
+        assert_eq!(policy.rule_name(s.rule), "free");
+        assert!(matches!(s.denial, Denial::RateLimited(_)));
+    }
+
+    #[test]
+    fn a_policy_shadow_mode_is_overridden_by_the_feed() {
+        use serde_json::json;
+        let (mut policy, store, clock) = setup();
+        let api = policy.routes.iter().position(|r| r.name == "api").unwrap();
+        policy.routes[api].limits.push(crate::route::RouteLimit {
+            rate: crate::limit::Rate {
+                requests: 3,
+                period_nanos: 3_600_000_000_000,
+                burst: 3,
+            },
+            by: LimitBy::User,
+            scope: None,
+            name: "api".into(),
+            mode: crate::levers::Mode::Shadow,
+        });
+        // In shadow by the policy: the plan's 60 decide.
+        assert_eq!(
+            admitted(&policy, &Caches::default(), &store, &clock, 100),
+            60
+        );
+        // Enforced by a lever: 3 an hour.
+        let (_, store, clock) = setup();
+        let caches = with_levers(
+            &store,
+            json!({"modes": [{"limit": "api", "mode": "enforce"}]}),
+        );
+        assert_eq!(admitted(&policy, &caches, &store, &clock, 100), 3);
     }
 }

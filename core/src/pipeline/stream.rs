@@ -192,6 +192,11 @@ pub struct Caller {
     pub credential: Option<Credential>,
     /// When the key was used, for an API key whose use is reported ([`key_use`]).
     pub key_use_at: Option<u64>,
+    /// A rule in shadow would have refused it ([`Allowed::shadow`], or a body rule).
+    pub shadow_refused: bool,
+    /// What rules in shadow of the body stage would have refused (recorded when the
+    /// request passes).
+    pub shadowed: Vec<super::Shadowed>,
     pub method: Vec<u8>,
     pub source_address: Vec<u8>,
     pub forwarded_for: Option<Vec<u8>>,
@@ -204,12 +209,23 @@ impl Caller {
         Caller {
             plan: allowed.plan,
             key_use_at,
+            shadow_refused: !allowed.shadow.is_empty(),
+            shadowed: Vec::new(),
             identity: allowed.identity,
             credential: allowed.credential,
             method: head.method.to_vec(),
             source_address: head.source_address.to_vec(),
             forwarded_for: head.forwarded_for.map(<[u8]>::to_vec),
         }
+    }
+
+    /// A rule of `route` in shadow would have refused the request at its headers.
+    fn would_refuse(&mut self, route: usize, denial: Denial) {
+        self.shadowed.push(super::Shadowed {
+            rule: shadow_rule(route, denial),
+            denial,
+        });
+        self.shadow_refused = true;
     }
 
     /// Counts the request as allowed.
@@ -219,7 +235,12 @@ impl Caller {
             .as_ref()
             .zip(self.key_use_at)
             .map(|(i, at)| (i.key_id.as_str(), at));
-        tally.allowed(self.plan, self.identity.is_none(), key_use);
+        tally.allowed_shadowed(
+            self.plan,
+            self.identity.is_none(),
+            key_use,
+            self.shadow_refused,
+        );
     }
 
     pub fn seen<'a>(&'a self, request_id: &'a [u8], route: usize) -> Seen<'a> {
@@ -257,6 +278,19 @@ impl<'a> Seen<'a> {
             route: refused.route,
             identity: refused.identity.as_ref(),
             credential: refused.credential,
+            source_address: head.source_address,
+            forwarded_for: head.forwarded_for,
+        }
+    }
+
+    /// An allowed request, for what a rule in shadow would have refused in it.
+    pub fn allowed(headers: &'a Headers<'a>, head: &RequestHead<'a>, allowed: &'a Allowed) -> Self {
+        Seen {
+            request_id: headers.request_id,
+            method: headers.method,
+            route: Some(allowed.route),
+            identity: allowed.identity.as_ref(),
+            credential: allowed.credential,
             source_address: head.source_address,
             forwarded_for: head.forwarded_for,
         }
@@ -300,6 +334,63 @@ pub fn record_refusal(
     logs: impl Fn(LogLevel) -> bool,
     read_source: impl FnOnce() -> Vec<u8>,
 ) -> Option<(LogLevel, String)> {
+    record(
+        policy,
+        tally,
+        denial,
+        at,
+        seen,
+        Recorded::Refusal(provider),
+        logs,
+        read_source,
+    )
+}
+
+/// Records what a rule in `shadow` would have refused in a request that passed: counted
+/// under the rule, kept for the sync with `"shadow":true`, and logged as a refusal line
+/// that says `"would_refuse":"<rule>"` (never a secret, as every refusal line).
+#[allow(clippy::too_many_arguments)]
+pub fn record_would_refuse(
+    policy: &Policy,
+    tally: Option<&mut Tally>,
+    shadowed: &super::Shadowed,
+    at: UnixNanos,
+    seen: &Seen<'_>,
+    logs: impl Fn(LogLevel) -> bool,
+    read_source: impl FnOnce() -> Vec<u8>,
+) -> Option<(LogLevel, String)> {
+    let name = policy.rule_name(shadowed.rule);
+    record(
+        policy,
+        tally,
+        shadowed.denial,
+        at,
+        seen,
+        Recorded::Shadow(policy.rule_index(shadowed.rule), &name),
+        logs,
+        read_source,
+    )
+}
+
+/// What [`record`] records.
+enum Recorded<'a> {
+    /// A refusal, with the webhook provider of a signature refusal.
+    Refusal(Option<SignatureProvider>),
+    /// A rule in shadow's "would refuse": the rule's place and name.
+    Shadow(Option<usize>, &'a str),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    policy: &Policy,
+    tally: Option<&mut Tally>,
+    denial: Denial,
+    at: UnixNanos,
+    seen: &Seen<'_>,
+    what: Recorded<'_>,
+    logs: impl Fn(LogLevel) -> bool,
+    read_source: impl FnOnce() -> Vec<u8>,
+) -> Option<(LogLevel, String)> {
     let level = policy.logging.refusals.filter(|l| logs(*l));
     let wants_client = level.is_some() || policy.feed.is_some();
     let read;
@@ -328,22 +419,42 @@ pub fn record_refusal(
         identity: seen.identity,
         credential: seen.credential,
         client: client.as_deref(),
+        shadow: match what {
+            Recorded::Shadow(_, name) => Some(name),
+            Recorded::Refusal(_) => None,
+        },
     };
     if let Some(tally) = tally {
-        tally.refused(&facts, provider);
+        match what {
+            Recorded::Refusal(provider) => tally.refused(&facts, provider),
+            Recorded::Shadow(rule, _) => tally.would_refuse(rule, &facts),
+        }
     }
     level.map(|l| (l, facts.log_line()))
 }
 
 /// A request body under its route's body rules ([`crate::body`]), between the request
-/// headers and the end of the stream.
+/// headers and the end of the stream. The rules in `enforce` make up `check`; those in
+/// `shadow` (a route's `webhook` or `body` mode, or a lever for `webhook:<route>` or
+/// `body:<route>`) make up `shadow`, judged on the same bytes and never refusing; those
+/// `off` are in neither.
 #[derive(Debug)]
 pub struct BodyStage {
     check: BodyCheck,
-    /// Bytes of a held body already fed to the check.
+    /// The webhook's signature is in `check` (else in `shadow`, or `off`).
+    webhook_enforced: bool,
+    /// The rules in shadow, until one would have refused.
+    shadow: Option<BodyCheck>,
+    /// Bytes of a held body already fed to the checks.
     held: usize,
     pub waiting: Waiting,
 }
+
+/// A body with no limit: what a rule `off` or in `shadow` leaves to the enforced check.
+const UNLIMITED: crate::body::BodyPolicy = crate::body::BodyPolicy {
+    max_bytes: u64::MAX,
+    json: None,
+};
 
 /// An allowed request waiting for its body: what it counts and is recorded with.
 #[derive(Clone, Debug)]
@@ -362,8 +473,9 @@ impl Waiting {
 /// What the body stage does next.
 #[derive(Debug)]
 pub enum BodyNext {
-    /// The body passed: the request counts as allowed and continues.
-    Pass(Caller),
+    /// The body passed: the request counts as allowed and continues (what rules in
+    /// shadow would have refused is in its caller's `shadowed`).
+    Pass(Waiting),
     /// Wait for more of the body; `hold`: keep it from the upstream meanwhile.
     More(Box<BodyStage>, bool),
     /// Refused; recorded with the waiting request.
@@ -384,7 +496,8 @@ impl BodyStage {
     /// Step 5 of the request path, at the headers: a declared size over the limit and bad
     /// webhook headers are refused at once; a route that checks its body holds it (the
     /// headers pause, so the upstream sees nothing until the body passes); any other
-    /// route streams it and counts. `raw` is the request's header map.
+    /// route streams it and counts. `raw` is the request's header map; `levers` may set
+    /// the webhook's and the body limit's modes.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         policy: &Policy,
@@ -394,11 +507,17 @@ impl BodyStage {
         end_of_stream: bool,
         request_id: &[u8],
         caller: Caller,
+        levers: &crate::levers::Levers,
         store: &impl SharedStore,
         now_secs: u64,
     ) -> BodyNext {
+        use crate::levers::Mode;
         let Some(rules) = policy.routes.get(route) else {
-            return BodyNext::Pass(caller);
+            return BodyNext::Pass(Waiting {
+                route,
+                request_id: request_id.to_vec(),
+                caller,
+            });
         };
         let head = BodyHead {
             content_length: match find(raw, Some("content-length")) {
@@ -409,26 +528,63 @@ impl BodyStage {
             signature: find(raw, verifier.map(|v| v.provider().signature_header())),
             timestamp: find(raw, verifier.and_then(|v| v.provider().timestamp_header())),
         };
-        let waiting = Waiting {
+        let mut waiting = Waiting {
             route,
             request_id: request_id.to_vec(),
             caller,
         };
-        match body::start(&rules.body, verifier, &head, now_secs) {
+        let webhook_mode = match verifier {
+            Some(_) => levers
+                .rule_mode("webhook:", &rules.name)
+                .unwrap_or(rules.webhook_mode),
+            None => Mode::Off,
+        };
+        let body_mode = levers
+            .rule_mode("body:", &rules.name)
+            .unwrap_or(rules.body_mode);
+        let pick = |wanted: Mode| {
+            let body = if body_mode == wanted {
+                rules.body
+            } else {
+                UNLIMITED
+            };
+            (body, verifier.filter(|_| webhook_mode == wanted))
+        };
+        let shadow = if webhook_mode == Mode::Shadow || body_mode == Mode::Shadow {
+            let (body, v) = pick(Mode::Shadow);
+            match body::start(&body, v, &head, now_secs) {
+                Ok(check) => Some(check),
+                Err(refusal) => {
+                    waiting.caller.would_refuse(route, refusal.into());
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (body, v) = pick(Mode::Enforce);
+        match body::start(&body, v, &head, now_secs) {
             Err(refusal) => BodyNext::Refuse(refusal.into(), waiting),
             Ok(check) => {
                 let stage = BodyStage {
                     check,
+                    webhook_enforced: webhook_mode == Mode::Enforce,
+                    shadow,
                     held: 0,
                     waiting,
                 };
                 if end_of_stream {
                     return stage.finish(verifier, store, now_secs);
                 }
-                let hold = stage.check.holds();
+                let hold = stage.holds();
                 BodyNext::More(Box::new(stage), hold)
             }
         }
+    }
+
+    /// Whether either check holds the body.
+    fn holds(&self) -> bool {
+        self.check.holds() || self.shadow.as_ref().is_some_and(BodyCheck::holds)
     }
 
     /// The body's bytes so far, fed or counted.
@@ -441,8 +597,7 @@ impl BodyStage {
     /// on), so only new bytes are copied into the VM. `None`: a streamed body, counted
     /// only.
     pub fn unseen(&self, body_size: usize) -> Option<(usize, usize)> {
-        self.check
-            .holds()
+        self.holds()
             .then(|| (self.held, body_size.saturating_sub(self.held)))
     }
 
@@ -457,34 +612,76 @@ impl BodyStage {
         store: &impl SharedStore,
         now_secs: u64,
     ) -> BodyNext {
-        let result = if self.check.holds() {
-            self.held = self.held.max(body_size);
-            self.check.feed(new)
-        } else {
-            self.check.count(body_size as u64)
+        let held = self.holds();
+        // Held, the body arrives whole each time and `new` is what is new; streamed, each
+        // piece arrives once and `body_size` is its size.
+        let step = |check: &mut BodyCheck| {
+            if !held {
+                check.count(body_size as u64)
+            } else if check.holds() {
+                check.feed(new)
+            } else {
+                check.count(new.len() as u64)
+            }
         };
-        if let Err(refusal) = result {
+        if held {
+            self.held = self.held.max(body_size);
+        }
+        if let Err(refusal) = step(&mut self.check) {
             return BodyNext::Refuse(refusal.into(), self.waiting);
         }
+        if let Some(shadow) = &mut self.shadow
+            && let Err(refusal) = step(shadow)
+        {
+            self.shadow = None;
+            self.would_refuse(refusal.into());
+        }
         if !end_of_stream {
-            let hold = self.check.holds();
+            let hold = self.holds();
             return BodyNext::More(Box::new(self), hold);
         }
         self.finish(verifier, store, now_secs)
     }
 
+    /// A rule in shadow would have refused the request.
+    fn would_refuse(&mut self, denial: Denial) {
+        let route = self.waiting.route;
+        let caller = &mut self.waiting.caller;
+        caller.shadowed.push(super::Shadowed {
+            rule: shadow_rule(route, denial),
+            denial,
+        });
+        caller.shadow_refused = true;
+    }
+
     /// The end of the body (or trailers): the JSON must be complete, the signature must
     /// match and not be a replay.
     pub fn finish(
-        self,
+        mut self,
         verifier: Option<&Verifier>,
         store: &impl SharedStore,
         now_secs: u64,
     ) -> BodyNext {
-        match self.check.finish(verifier, store, now_secs) {
-            Ok(()) => BodyNext::Pass(self.waiting.caller),
+        let enforced = verifier.filter(|_| self.webhook_enforced);
+        let shadowed = verifier.filter(|_| !self.webhook_enforced);
+        if let Some(shadow) = self.shadow.take()
+            && let Err(refusal) = shadow.finish(shadowed, store, now_secs)
+        {
+            self.would_refuse(refusal.into());
+        }
+        match self.check.finish(enforced, store, now_secs) {
+            Ok(()) => BodyNext::Pass(self.waiting),
             Err(refusal) => BodyNext::Refuse(refusal.into(), self.waiting),
         }
+    }
+}
+
+/// Which rule of a route a body-stage refusal belongs to: a signature's to its webhook
+/// check, any other to its body limit.
+fn shadow_rule(route: usize, denial: Denial) -> crate::levers::Rule {
+    match denial {
+        Denial::Signature(_) => crate::levers::Rule::Webhook(route),
+        _ => crate::levers::Rule::Body(route),
     }
 }
 
@@ -896,6 +1093,8 @@ mod tests {
             identity: None,
             credential: None,
             key_use_at: None,
+            shadow_refused: false,
+            shadowed: Vec::new(),
             method: b"POST".to_vec(),
             source_address: Vec::new(),
             forwarded_for: None,
@@ -910,7 +1109,19 @@ mod tests {
         eos: bool,
         store: &MemoryStore,
     ) -> BodyNext {
-        BodyStage::start(policy, route, v, raw, eos, b"r-1", caller(), store, NOW)
+        let levers = crate::levers::Levers::default();
+        BodyStage::start(
+            policy,
+            route,
+            v,
+            raw,
+            eos,
+            b"r-1",
+            caller(),
+            &levers,
+            store,
+            NOW,
+        )
     }
 
     #[test]
@@ -1012,7 +1223,7 @@ mod tests {
         let BodyNext::More(stage, _) = stage.on_body(5, b"[1,2]", false, None, &store, NOW) else {
             panic!("more");
         };
-        let BodyNext::Pass(caller) = stage.finish(None, &store, NOW) else {
+        let BodyNext::Pass(Waiting { caller, .. }) = stage.finish(None, &store, NOW) else {
             panic!("passes");
         };
         let mut tally = Tally::new(&[], false);

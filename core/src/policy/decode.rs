@@ -45,6 +45,9 @@ pub(super) struct Decoder {
     pub warnings: Vec<PolicyError>,
     /// The top-level `body` section, which routes' own `body` sections override.
     body_default: crate::body::BodyPolicy,
+    /// Every route limit's name as decoded, with its field path and position, for the
+    /// uniqueness check once plans and routes are in ([`Decoder::unique_limit_names`]).
+    limit_names: Vec<(String, String, Option<Pos>)>,
 }
 
 /// A mapping's fields, after unknown ones were reported.
@@ -77,6 +80,7 @@ impl Decoder {
             errors: Vec::new(),
             warnings: Vec::new(),
             body_default: Default::default(),
+            limit_names: Vec::new(),
         }
     }
 
@@ -311,6 +315,9 @@ impl Decoder {
                 Some(n) => self.rate_limit(n, "rate_limit", &known),
             }
         };
+        if let (Some(plans), Some(_)) = (&plans, &routes) {
+            self.unique_limit_names(plans);
+        }
         let feed = match f.get("feed") {
             None => Some(None),
             Some(n) => self.feed(n, "feed").map(Some),
@@ -366,6 +373,53 @@ impl Decoder {
             health: health?,
             fingerprint,
         })
+    }
+
+    /// Limit names are unique across plans, route limits and `anonymous`: a lever or a
+    /// shadow count names one limit.
+    fn unique_limit_names(&mut self, plans: &[Plan]) {
+        let names = std::mem::take(&mut self.limit_names);
+        for (i, (name, path, pos)) in names.iter().enumerate() {
+            let clash = if name == "anonymous" {
+                Some("the anonymous limit".to_string())
+            } else if plans.iter().any(|p| &p.name == name) {
+                Some(format!("plan '{name}'"))
+            } else {
+                names
+                    .iter()
+                    .take(i)
+                    .find(|(n, ..)| n == name)
+                    .map(|(_, p, _)| format!("the limit at {p}"))
+            };
+            if let Some(clash) = clash {
+                self.error(
+                    path,
+                    *pos,
+                    format!(
+                        "limit name '{name}' is already {clash}'s; limit names are unique across plans, route limits and anonymous (give this one its own name:)"
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A rule's `mode`: one of [enforce, shadow, off].
+    pub(super) fn mode(&mut self, node: &Node, path: &str) -> Option<crate::levers::Mode> {
+        let s = self.string(node, path)?;
+        match crate::levers::Mode::parse(s) {
+            Some(m) => Some(m),
+            None => {
+                self.error(
+                    path,
+                    node.pos,
+                    format!(
+                        "unknown mode '{s}'; expected one of [{}]",
+                        crate::levers::Mode::NAMES.join(", ")
+                    ),
+                );
+                None
+            }
+        }
     }
 
     /// `unknown_plan: refuse` (the default) or `unknown_plan: { map_to: <plan> }`.
@@ -852,21 +906,66 @@ impl Decoder {
             }
         };
         let response = response?;
-        let (body, webhook) = body_rules?;
+        let (body, webhook, body_mode, webhook_mode) = body_rules?;
+        let name = name?;
+        let limits = self.name_limits(limits?, &name, f.get("limits"), &join(path, "limits"))?;
         Some(Route {
-            name: name?,
+            name,
             path: path_match?,
             methods: methods?,
             audience: audience?,
             group: group?,
-            limits: limits?,
+            limits,
             cors: response.cors,
             security_headers: response.security_headers,
             upstream_errors: response.upstream_errors,
             body,
             webhook,
+            webhook_mode,
+            body_mode,
             path_parameters: path_parameters?,
         })
+    }
+
+    /// Gives a route's one unnamed limit the route's name; several unnamed limits on one
+    /// route are an error (a lever could not tell them apart). Records each name for
+    /// [`Decoder::unique_limit_names`].
+    fn name_limits(
+        &mut self,
+        mut limits: Vec<crate::route::RouteLimit>,
+        route: &str,
+        node: Option<&Node>,
+        path: &str,
+    ) -> Option<Vec<crate::route::RouteLimit>> {
+        let items: &[Node] = match node.map(|n| &n.value) {
+            Some(Value::Seq(items)) => items,
+            _ => &[],
+        };
+        let unnamed = limits.iter().filter(|l| l.name.is_empty()).count();
+        if unnamed > 1 {
+            self.error(
+                path,
+                node.and_then(|n| n.pos),
+                format!(
+                    "route '{route}' has {unnamed} limits without a name: give each a name: (unique across plans and limits) so levers and shadow counts can tell them apart"
+                ),
+            );
+            return None;
+        }
+        for (i, l) in limits.iter_mut().enumerate() {
+            let item = items.get(i);
+            let (p, pos) = if l.name.is_empty() {
+                l.name = route.to_string();
+                (format!("{path}[{i}]"), item.and_then(|n| n.pos))
+            } else {
+                (
+                    format!("{path}[{i}].name"),
+                    item.and_then(|n| field_pos(n, "name")),
+                )
+            };
+            self.limit_names.push((l.name.clone(), p, pos));
+        }
+        Some(limits)
     }
 
     /// A route's `match`: its path, its methods (`GET` brings `HEAD`) and whether servlet

@@ -341,6 +341,71 @@ fn decode(
 }
 
 impl Policy {
+    /// Every rule a lever or a shadow count names, in the order of [`Policy::rule_index`]:
+    /// the plans' limits, `anonymous`, each route's limits, `webhook:<route>` for each
+    /// route with a webhook, and `body:<route>` for each route.
+    pub fn rule_names(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.plans.iter().map(|p| p.name.clone()).collect();
+        out.push("anonymous".to_string());
+        for r in &self.routes {
+            out.extend(r.limits.iter().map(|l| l.name.clone()));
+        }
+        for r in self.routes.iter().filter(|r| r.webhook.is_some()) {
+            out.push(["webhook:", &r.name].concat());
+        }
+        for r in &self.routes {
+            out.push(["body:", &r.name].concat());
+        }
+        out
+    }
+
+    /// A rule's name as levers and shadow counts say it ([`Policy::rule_names`]).
+    pub fn rule_name(&self, rule: crate::levers::Rule) -> std::borrow::Cow<'_, str> {
+        use crate::levers::Rule;
+        use std::borrow::Cow;
+        let route = |r: usize| self.routes.get(r).map_or("", |r| r.name.as_str());
+        match rule {
+            Rule::Plan(p) => Cow::Borrowed(self.plans.get(p).map_or("", |p| p.name.as_str())),
+            Rule::Anonymous => Cow::Borrowed("anonymous"),
+            Rule::RouteLimit(r, n) => Cow::Borrowed(
+                self.routes
+                    .get(r)
+                    .and_then(|r| r.limits.get(n))
+                    .map_or("", |l| l.name.as_str()),
+            ),
+            Rule::Webhook(r) => Cow::Owned(["webhook:", route(r)].concat()),
+            Rule::Body(r) => Cow::Owned(["body:", route(r)].concat()),
+        }
+    }
+
+    /// A rule's place in [`Policy::rule_names`]; `None` for a rule the policy does not
+    /// have. Walks the routes: for the rare shadow refusal, not every request.
+    pub fn rule_index(&self, rule: crate::levers::Rule) -> Option<usize> {
+        use crate::levers::Rule;
+        let plans = self.plans.len();
+        let limits: usize = self.routes.iter().map(|r| r.limits.len()).sum();
+        let webhooks = self.routes.iter().filter(|r| r.webhook.is_some()).count();
+        match rule {
+            Rule::Plan(p) => (p < plans).then_some(p),
+            Rule::Anonymous => Some(plans),
+            Rule::RouteLimit(r, n) => {
+                let before: usize = self.routes.iter().take(r).map(|r| r.limits.len()).sum();
+                (n < self.routes.get(r)?.limits.len()).then_some(plans + 1 + before + n)
+            }
+            Rule::Webhook(r) => {
+                self.routes.get(r)?.webhook.as_ref()?;
+                let before = self
+                    .routes
+                    .iter()
+                    .take(r)
+                    .filter(|r| r.webhook.is_some())
+                    .count();
+                Some(plans + 1 + limits + before)
+            }
+            Rule::Body(r) => (r < self.routes.len()).then_some(plans + 1 + limits + webhooks + r),
+        }
+    }
+
     /// Whether any part of the policy does CORS.
     pub fn does_cors(&self) -> bool {
         self.cors.is_some() || self.routes.iter().any(|r| r.cors.is_some())
@@ -955,6 +1020,108 @@ mod tests {
     }
 
     #[test]
+    fn route_limits_are_named_and_names_are_unique() {
+        use crate::levers::Mode;
+        let policy = |routes: &str| format!("version: 1\nroutes:\n{routes}");
+        // One limit: the route's name; several: each its own.
+        let p = load_yaml(
+            "p",
+            &policy(
+                "  - name: login\n    match: { path: /login }\n    limits: [ { requests: 5, per: 1m, mode: shadow } ]\n  - name: search\n    match: { path_prefix: /s/ }\n    limits:\n      - { name: search-burst, requests: 5, per: 1s }\n      - { requests: 100, per: 1h }\n",
+            ),
+        )
+        .unwrap()
+        .policy;
+        let names: Vec<_> = p
+            .routes
+            .iter()
+            .flat_map(|r| &r.limits)
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(names, ["login", "search-burst", "search"]);
+        assert_eq!(p.routes[0].limits[0].mode, Mode::Shadow);
+        assert_eq!(p.routes[1].limits[0].mode, Mode::Enforce);
+        assert_eq!(
+            p.rule_names(),
+            [
+                "free",
+                "solo",
+                "team",
+                "enterprise",
+                "anonymous",
+                "login",
+                "search-burst",
+                "search",
+                "body:login",
+                "body:search"
+            ]
+        );
+        // Two unnamed limits on one route, with the file, line and column.
+        let errs = errors(&policy(
+            "  - name: s\n    match: { path_prefix: /s/ }\n    limits:\n      - { requests: 5, per: 1s }\n      - { requests: 100, per: 1h }\n",
+        ));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("p.yaml:6:7"), "{errs:?}");
+        assert!(
+            errs[0].contains("route 's' has 2 limits without a name"),
+            "{errs:?}"
+        );
+        // A name taken by a plan, by anonymous or by another limit.
+        for (routes, clash) in [
+            (
+                "  - name: team\n    match: { path: /t }\n    limits: [ { requests: 5, per: 1s } ]\n",
+                "plan 'team'",
+            ),
+            (
+                "  - name: a\n    match: { path: /a }\n    limits: [ { name: anonymous, requests: 5, per: 1s } ]\n",
+                "anonymous",
+            ),
+            (
+                "  - name: a\n    match: { path: /a }\n    limits: [ { name: x, requests: 5, per: 1s } ]\n  - name: b\n    match: { path: /b }\n    limits: [ { name: x, requests: 5, per: 1s } ]\n",
+                "routes[0].limits[0].name",
+            ),
+        ] {
+            let errs = errors(&policy(routes));
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(errs[0].contains("p.yaml:"), "{errs:?}");
+            assert!(errs[0].contains(clash), "{errs:?}");
+        }
+        assert!(
+            errors(&policy(
+                "  - match: { path: /a }\n    limits: [ { name: 'a b', requests: 5, per: 1s } ]\n"
+            ))[0]
+                .contains("must be 1 to 128")
+        );
+    }
+
+    #[test]
+    fn webhook_and_body_rules_take_a_mode() {
+        use crate::levers::Mode;
+        let p = load_yaml(
+            "p",
+            "version: 1\nroutes:\n  - name: hooks\n    match: { path: /hooks }\n    body: { max_bytes: 64KB, mode: shadow }\n    webhook: { provider: github, secrets_env: [GH], mode: off }\n  - match: { path: /x }\n",
+        )
+        .unwrap()
+        .policy;
+        assert_eq!(p.routes[0].body_mode, Mode::Shadow);
+        assert_eq!(p.routes[0].webhook_mode, Mode::Off);
+        assert_eq!(p.routes[1].body_mode, Mode::Enforce);
+        assert!(p.rule_names().contains(&"webhook:hooks".to_string()));
+        let errs =
+            errors("version: 1\nroutes:\n  - match: { path: /x }\n    body: { mode: loud }\n");
+        assert!(errs[0].contains("p.yaml:4:"), "{errs:?}");
+        assert!(
+            errs[0].contains("unknown mode 'loud'; expected one of [enforce, shadow, off]"),
+            "{errs:?}"
+        );
+        // The top-level body section has no mode: a route's rule has.
+        assert!(
+            !errors("version: 1\nbody: { mode: shadow }\nroutes:\n  - match: { path: /x }\n")
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn limits_are_local_unless_the_policy_or_the_limit_says_fleet() {
         use crate::limit::Scope;
         let p = load_yaml("p", &minimal("")).unwrap().policy;
@@ -970,8 +1137,8 @@ mod tests {
 routes:
   - match: {{ path_prefix: / }}
     limits:
-      - {{ requests: 5, per: 1m, by: user, scope: local }}
-      - {{ requests: 9, per: 1h, by: user }}
+      - {{ name: per-minute, requests: 5, per: 1m, by: user, scope: local }}
+      - {{ name: per-hour, requests: 9, per: 1h, by: user }}
 "
             ),
         )

@@ -64,6 +64,10 @@ pub struct Answer {
     pub jtis: Vec<(String, Option<u64>)>,
     /// Records skipped because they broke the contract (bad hash, bad id, wrong type).
     pub skipped: usize,
+    /// The operators' levers, when the answer carries them (absent: unchanged): the set
+    /// checked whole ([`crate::levers::parse`]) as compact JSON with its entry count, or
+    /// why it was refused (the previous set stays in force).
+    pub levers: Option<Result<(Vec<u8>, usize), crate::levers::LeversError>>,
 }
 
 impl Answer {
@@ -309,6 +313,13 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, FeedError> {
     let keys = records(root, "keys", parse_key, &mut skipped)?;
     let users = records(root, "users", parse_user, &mut skipped)?;
     let jtis = records(root, "jtis", parse_jti, &mut skipped)?;
+    let levers = match root.get("levers") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            crate::levers::parse(v)
+                .map(|set| (serde_json::to_vec(v).unwrap_or_default(), set.entries())),
+        ),
+    };
     Ok(Answer {
         epoch,
         version,
@@ -319,6 +330,7 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, FeedError> {
         users,
         jtis,
         skipped,
+        levers,
     })
 }
 
@@ -425,6 +437,9 @@ pub fn apply(
             until: *until,
         };
         store.set(&format!("j/{hash}"), &value.encode(), 0)?;
+    }
+    if let Some(Ok((raw, _))) = &answer.levers {
+        crate::levers::store(store, raw)?;
     }
     let keys = keys_before.saturating_add(answer.keys.len() as u64);
     let complete = !snapshot || answer.next.is_none();

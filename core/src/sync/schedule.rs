@@ -107,11 +107,16 @@ pub enum Metric {
     FleetAdmissionsDropped,
     /// Gauge: proxies the control service counts in the fleet.
     FleetProxies,
+    /// `levers` sets refused whole (over the bound or breaking the contract): the previous
+    /// set stays in force.
+    LeversRejected,
+    /// Gauge: entries of the levers set in force.
+    LeversEntries,
 }
 
 impl Metric {
     /// Every metric, in the order the plugin defines them.
-    pub const ALL: [Metric; 18] = [
+    pub const ALL: [Metric; 20] = [
         Metric::Version,
         Metric::EntriesApplied,
         Metric::Failures,
@@ -130,6 +135,8 @@ impl Metric {
         Metric::FleetStatesSkipped,
         Metric::FleetAdmissionsDropped,
         Metric::FleetProxies,
+        Metric::LeversRejected,
+        Metric::LeversEntries,
     ];
 
     pub fn name(self) -> &'static str {
@@ -152,6 +159,8 @@ impl Metric {
             Metric::FleetStatesSkipped => "gatehouse.fleet.states_skipped",
             Metric::FleetAdmissionsDropped => "gatehouse.fleet.admissions_dropped",
             Metric::FleetProxies => "gatehouse.fleet.proxies",
+            Metric::LeversRejected => "gatehouse.levers.rejected",
+            Metric::LeversEntries => "gatehouse.levers.entries",
         }
     }
 
@@ -164,6 +173,7 @@ impl Metric {
                 | Metric::Keys
                 | Metric::WasmMemory
                 | Metric::FleetProxies
+                | Metric::LeversEntries
         )
     }
 }
@@ -757,6 +767,27 @@ impl Schedule {
                     parsed.skipped
                 ),
             ));
+        }
+        match &parsed.levers {
+            Some(Err(e)) => {
+                add(out, Metric::LeversRejected, 1);
+                // The error names the list and the entry's index, never a value.
+                out.push(Action::Log(
+                    LogLevel::Warn,
+                    format!("feed: levers refused, the previous set stays in force: {e}"),
+                ));
+            }
+            Some(Ok((_, entries))) => {
+                out.push(Action::Set(Metric::LeversEntries, *entries as u64));
+                out.push(Action::Log(
+                    LogLevel::Info,
+                    format!(
+                        "feed: levers of version {}: {entries} entries",
+                        parsed.version
+                    ),
+                ));
+            }
+            None => {}
         }
         match feed::apply(store, &parsed, continues, now) {
             Ok(applied) => {

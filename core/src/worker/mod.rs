@@ -27,6 +27,8 @@ pub struct Caches {
     pub fleet: crate::limit::fleet::Tally,
     /// The sync's view of the fleet, as the worker last read it on its tick.
     pub fleet_view: crate::limit::fleet::CachedView,
+    /// The operators' levers from the feed, as the worker last read them on its tick.
+    pub levers: crate::levers::CachedLevers,
 }
 
 /// Presented API keys already checked and hashed ([`Caches::presented_keys`]): the

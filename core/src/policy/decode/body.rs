@@ -9,6 +9,7 @@ use crate::body::webhook::{
     Template, Webhook,
 };
 use crate::body::{BodyPolicy, MAX_BYTES_LIMIT, MAX_HELD_BYTES};
+use crate::levers::Mode;
 use crate::policy::tree::Pos;
 use crate::policy::tree::{Node, Value};
 
@@ -65,6 +66,14 @@ fn key_pos(f: &Fields<'_>, name: &str) -> Option<Pos> {
         .iter()
         .find(|(k, _)| k.name == name)
         .and_then(|(k, v)| k.pos.or(v.pos))
+}
+
+/// A mapping's value for `name`, if it has the field.
+fn field_node<'a>(node: &'a Node, name: &str) -> Option<&'a Node> {
+    match &node.value {
+        Value::Map(entries) => entries.iter().find(|(k, _)| k.name == name).map(|(_, v)| v),
+        _ => None,
+    }
 }
 
 /// `replay_window`'s bounds: from the default tolerance (a shorter window would remember
@@ -133,6 +142,11 @@ impl Decoder {
         base: &BodyPolicy,
     ) -> Option<BodyPolicy> {
         let f = self.object(node, path, &["max_bytes", "json"])?;
+        self.body_fields(&f, path, base)
+    }
+
+    /// The fields of a `body` section other than a route's `mode`.
+    fn body_fields(&mut self, f: &Fields<'_>, path: &str, base: &BodyPolicy) -> Option<BodyPolicy> {
         let max_bytes = match f.get("max_bytes") {
             None => Some(base.max_bytes),
             Some(n) => self.size(n, &join(path, "max_bytes"), 1, MAX_BYTES_LIMIT),
@@ -184,16 +198,38 @@ impl Decoder {
         f: &Fields<'_>,
         path: &str,
         base: &BodyPolicy,
-    ) -> Option<(BodyPolicy, Option<Webhook>)> {
-        let body = match f.get("body") {
-            None => Some(*base),
-            Some(n) => self.body_policy(n, &join(path, "body"), base),
+    ) -> Option<(BodyPolicy, Option<Webhook>, Mode, Mode)> {
+        let (body, body_mode) = match f.get("body") {
+            None => (Some(*base), Some(Mode::Enforce)),
+            Some(n) => {
+                let bp = join(path, "body");
+                match self.object(n, &bp, &["max_bytes", "json", "mode"]) {
+                    Some(b) => {
+                        let mode = match b.get("mode") {
+                            None => Some(Mode::Enforce),
+                            Some(m) => self.mode(m, &join(&bp, "mode")),
+                        };
+                        (self.body_fields(&b, &bp, base), mode)
+                    }
+                    None => (None, None),
+                }
+            }
         };
-        let webhook = match f.get("webhook") {
-            None => Some(None),
-            Some(n) => self.webhook(n, &join(path, "webhook")).map(Some),
+        let (webhook, webhook_mode) = match f.get("webhook") {
+            None => (Some(None), Some(Mode::Enforce)),
+            Some(n) => {
+                let wp = join(path, "webhook");
+                let mode = match n.value {
+                    Value::Map(_) => match field_node(n, "mode") {
+                        None => Some(Mode::Enforce),
+                        Some(m) => self.mode(m, &join(&wp, "mode")),
+                    },
+                    _ => Some(Mode::Enforce),
+                };
+                (self.webhook(n, &wp).map(Some), mode)
+            }
         };
-        let (body, webhook) = (body?, webhook?);
+        let (body, webhook, body_mode, webhook_mode) = (body?, webhook?, body_mode?, webhook_mode?);
         if (webhook.is_some() || body.json.is_some()) && body.max_bytes > MAX_HELD_BYTES {
             let (field, pos) = match f.get("body").and_then(|b| field_pos(b, "max_bytes")) {
                 Some(pos) => (join(path, "body.max_bytes"), Some(pos)),
@@ -210,7 +246,7 @@ impl Decoder {
             );
             return None;
         }
-        Some((body, webhook))
+        Some((body, webhook, body_mode, webhook_mode))
     }
 
     /// A route's `webhook`. Its replay fields depend on whether the provider signs a
@@ -221,6 +257,7 @@ impl Decoder {
     /// message for `replay_window`, and `tolerance` has nothing to check (a warning).
     pub(super) fn webhook(&mut self, node: &Node, path: &str) -> Option<Webhook> {
         let mut allowed = vec![
+            "mode",
             "provider",
             "secrets_env",
             "tolerance",

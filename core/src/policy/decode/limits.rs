@@ -3,6 +3,7 @@
 
 use super::auth::parse_duration_secs;
 use super::{Decoder, join};
+use crate::levers::Mode;
 use crate::limit::{OnContention, Rate, Scope};
 use crate::policy::tree::{Node, Value};
 use crate::policy::{Plan, RateLimitPolicy};
@@ -260,8 +261,11 @@ impl Decoder {
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
             let p = format!("{path}[{i}]");
-            let Some(f) = self.object(item, &p, &["requests", "per", "by", "burst", "scope"])
-            else {
+            let Some(f) = self.object(
+                item,
+                &p,
+                &["name", "requests", "per", "by", "burst", "scope", "mode"],
+            ) else {
                 ok = false;
                 continue;
             };
@@ -298,18 +302,35 @@ impl Decoder {
                 None => Some(None),
                 Some(n) => self.scope(n, &join(&p, "scope")).map(Some),
             };
-            match (requests, per, by, burst, scope) {
-                (Some(requests), Some(per), Some(by), Some(burst), Some(scope)) => {
-                    out.push(RouteLimit {
-                        rate: Rate {
-                            requests,
-                            period_nanos: per.saturating_mul(1_000_000_000),
-                            burst,
-                        },
-                        by,
-                        scope,
-                    })
-                }
+            // Unnamed: named after the route ([`Decoder::name_limits`]).
+            let name = match f.get("name") {
+                None => Some(String::new()),
+                Some(n) => self.id(n, &join(&p, "name")),
+            };
+            let mode = match f.get("mode") {
+                None => Some(Mode::Enforce),
+                Some(n) => self.mode(n, &join(&p, "mode")),
+            };
+            match (requests, per, by, burst, scope, name, mode) {
+                (
+                    Some(requests),
+                    Some(per),
+                    Some(by),
+                    Some(burst),
+                    Some(scope),
+                    Some(name),
+                    Some(mode),
+                ) => out.push(RouteLimit {
+                    rate: Rate {
+                        requests,
+                        period_nanos: per.saturating_mul(1_000_000_000),
+                        burst,
+                    },
+                    by,
+                    scope,
+                    name,
+                    mode,
+                }),
                 _ => ok = false,
             }
         }
