@@ -164,6 +164,54 @@ fn api_key_decision(c: &mut Criterion) {
         let last = decide(&policy, &caches, &no_jwt_keys, &head, &store, &clock);
         assert_eq!(status(&last), expected, "decide/{name}");
     }
+    // The same remembered key with the operators' levers in force (issue 23): 3,000
+    // entries that do not match it (overrides and allowlist entries of other keys, users
+    // and networks, modes of other rules), as a busy fleet might hold.
+    let levered = Caches::default();
+    let entries = |n: usize, f: &dyn Fn(usize) -> String| -> String {
+        (0..n).map(f).collect::<Vec<_>>().join(",")
+    };
+    let levers = format!(
+        r#"{{"overrides":[{}],"modes":[{}],"allowlist":[{}]}}"#,
+        entries(1000, &|i| format!(
+            r#"{{"scope":"key","id":"key_{i}","requests_per_minute":100,"expires_at":null}}"#
+        )),
+        entries(1000, &|i| format!(
+            r#"{{"limit":"rule_{i}","mode":"shadow"}}"#
+        )),
+        entries(1000, &|i| format!(
+            r#"{{"id":"a{i}","cidr":"10.{}.{}.0/24","limit":null}}"#,
+            i / 256,
+            i % 256
+        )),
+    );
+    gatehouse_core::levers::store(&store, levers.as_bytes()).expect("levers stored");
+    assert!(levered.levers.refresh(&store).is_some());
+    let head = RequestHead {
+        method: b"GET",
+        path: b"/v1/things?page=2",
+        api_key: Presented::One(DEMO_KEY),
+        authorization: Presented::None,
+        source_address: b"192.0.2.1:5555",
+        forwarded_for: None,
+        method_override: gatehouse_core::request::Presented::None,
+    };
+    g.bench_function("decide/valid_key_with_levers", |b| {
+        b.iter(|| {
+            decide(
+                black_box(&policy),
+                &levered,
+                &no_jwt_keys,
+                black_box(&head),
+                &store,
+                &clock,
+            )
+        })
+    });
+    assert!(matches!(
+        decide(&policy, &levered, &no_jwt_keys, &head, &store, &clock),
+        Decision::Allow(_)
+    ));
     // `decide/valid_key` is a key seen before (its format check and SHA-256 remembered,
     // as a worker has them after a client's first request); this one sees it anew each
     // time: a policy whose memo holds nothing.

@@ -153,8 +153,19 @@ pub struct Levers {
     allow_keys: HashMap<Box<str>, Skips>,
     allow_users: HashMap<Box<str>, Skips>,
     allow_tenants: HashMap<Box<str>, Skips>,
-    allow_cidrs: Vec<(Cidr, Option<Box<str>>)>,
+    /// CIDR entries grouped by family and prefix length: a lookup masks the address
+    /// once per group and looks the network up, whatever the number of entries.
+    allow_cidrs: Vec<CidrGroup>,
     entries: usize,
+}
+
+/// Allowlisted networks of one family and prefix length, by network (an IPv4 one as its
+/// 32 bits).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct CidrGroup {
+    v6: bool,
+    bits: u8,
+    nets: HashMap<u128, Skips>,
 }
 
 /// Why a `levers` value was refused whole (the previous set stays in force). Names the
@@ -293,7 +304,30 @@ pub fn parse(v: &Value) -> Result<Levers, LeversError> {
     for (i, item) in allowlist.iter().enumerate() {
         let (m, limit) = parse_allow(item).ok_or(LeversError::Entry("allowlist", i))?;
         match m {
-            Match::Cidr(c) => out.allow_cidrs.push((c, limit)),
+            Match::Cidr(c) => {
+                let (v6, bits, net) = match c {
+                    Cidr::V4(net, bits) => (false, bits, u128::from(net)),
+                    Cidr::V6(net, bits) => (true, bits, net),
+                };
+                let group = match out
+                    .allow_cidrs
+                    .iter()
+                    .position(|g| g.v6 == v6 && g.bits == bits)
+                {
+                    Some(g) => out.allow_cidrs.get_mut(g),
+                    None => {
+                        out.allow_cidrs.push(CidrGroup {
+                            v6,
+                            bits,
+                            nets: HashMap::new(),
+                        });
+                        out.allow_cidrs.last_mut()
+                    }
+                };
+                if let Some(group) = group {
+                    group.nets.entry(net).or_default().push(limit);
+                }
+            }
             Match::Key(k) => out.allow_keys.entry(k).or_default().push(limit),
             Match::User(u) => out.allow_users.entry(u).or_default().push(limit),
             Match::Tenant(t) => out.allow_tenants.entry(t).or_default().push(limit),
@@ -397,11 +431,29 @@ impl Levers {
         skips(&self.allow_keys, who.key_id, limit)
             || skips(&self.allow_users, who.user, limit)
             || skips(&self.allow_tenants, who.tenant, limit)
-            || who.ip.is_some_and(|ip| {
-                self.allow_cidrs
-                    .iter()
-                    .any(|(c, l)| l.as_deref().is_none_or(|l| l == limit) && c.contains(ip))
-            })
+            || who.ip.is_some_and(|ip| self.cidr_skips(ip, limit))
+    }
+
+    /// Whether a CIDR entry holding `ip` skips `limit`: one masked lookup per group.
+    fn cidr_skips(&self, ip: IpAddr, limit: &str) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let (v6, addr) = match ip {
+            IpAddr::V4(a) => (false, u128::from(u32::from(a))),
+            IpAddr::V6(a) => (true, u128::from(a)),
+        };
+        self.allow_cidrs.iter().filter(|g| g.v6 == v6).any(|g| {
+            let net = if v6 {
+                addr & mask128(g.bits)
+            } else {
+                addr & u128::from(mask32(g.bits))
+            };
+            g.nets
+                .get(&net)
+                .is_some_and(|s| s.iter().any(|l| l.as_deref().is_none_or(|l| l == limit)))
+        })
     }
 }
 

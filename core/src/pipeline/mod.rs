@@ -261,7 +261,7 @@ fn decide_into(
     let outcome = limit(
         policy,
         caches,
-        route,
+        (route_index, route),
         head,
         allowed.identity.as_ref(),
         provider,
@@ -360,7 +360,7 @@ struct Applied {
 fn limit(
     policy: &Policy,
     caches: &Caches,
-    route: &Route,
+    (route_index, route): (usize, &Route),
     head: &RequestHead<'_>,
     identity: Option<&Identity>,
     jwt_provider: Option<&str>,
@@ -475,11 +475,6 @@ fn limit(
             }
         }
     }
-    let route_index = policy
-        .routes
-        .iter()
-        .position(|r| std::ptr::eq(r, route))
-        .unwrap_or(0);
     for (n, l) in route.limits.iter().enumerate() {
         let Some(shadow) = applies(&l.name, l.mode) else {
             continue;
