@@ -185,6 +185,7 @@ fn api_key_decision(c: &mut Criterion) {
             i % 256
         )),
     );
+    #[allow(clippy::expect_used)]
     gatehouse_core::levers::store(&store, levers.as_bytes()).expect("levers stored");
     assert!(levered.levers.refresh(&store).is_some());
     let head = RequestHead {
