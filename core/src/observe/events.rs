@@ -228,6 +228,27 @@ mod tests {
     }
 
     #[test]
+    fn shadow_refused_counts_are_summed_and_posted_only_when_there_are_some() {
+        let mut p = Pending::default();
+        let batch = |shadow: u64| {
+            serde_json::to_vec(&json!({"refusals": [], "key_uses": [], "dropped": 0,
+                "requests": [{"plan": "team", "allowed": 3, "refused": 0, "shadow_refused": shadow}]}))
+            .unwrap()
+        };
+        p.merge(&batch(2)).unwrap();
+        p.merge(&batch(1)).unwrap();
+        let body: Value = serde_json::from_str(&p.body(None, None)).unwrap();
+        assert_eq!(
+            body["requests"],
+            json!([{"plan": "team", "allowed": 6, "refused": 0, "shadow_refused": 3}])
+        );
+        let mut p = Pending::default();
+        p.merge(&batch(0)).unwrap();
+        let body: Value = serde_json::from_str(&p.body(None, None)).unwrap();
+        assert_eq!(body["requests"][0].get("shadow_refused"), None);
+    }
+
+    #[test]
     fn batches_merge_into_one_post_body() {
         let mut p = Pending::default();
         assert!(p.is_empty());

@@ -946,6 +946,39 @@ mod tests {
     }
 
     #[test]
+    fn a_would_refuse_counts_under_its_rule_and_goes_to_the_sync_marked_shadow() {
+        let rules = ["free".to_string(), "webhook:stripe".to_string()];
+        let mut t = Tally::with_rules(&plans(), rules.len(), true);
+        let team = team_key();
+        let f = RefusalFacts {
+            shadow: Some("webhook:stripe"),
+            ..facts(rate_limited(), Some(&team))
+        };
+        t.would_refuse(Some(1), &f);
+        t.allowed_shadowed(Some(1), false, None, true);
+        t.allowed(Some(1), false, None);
+        let names = metric_names_with_rules(&plans(), &rules);
+        let mut c = std::collections::BTreeMap::new();
+        t.flush_counts(|i, n| {
+            c.insert(names[i].clone(), n);
+        });
+        assert_eq!(c["gatehouse.shadow.would_refuse.webhook_stripe"], 1);
+        assert_eq!(c["gatehouse.requests.allowed"], 2);
+        assert_eq!(c.get("gatehouse.requests.refused"), None, "never a refusal");
+        assert_eq!(c.get("gatehouse.rate_limited"), None);
+        let batch: Value = serde_json::from_str(&t.take_batch().unwrap()).unwrap();
+        assert_eq!(batch["refusals"][0]["shadow"], true);
+        assert_eq!(batch["refusals"][0]["code"], "RATE_LIMITED");
+        assert_eq!(
+            batch["requests"],
+            json!([{"plan": "team", "allowed": 2, "refused": 0, "shadow_refused": 1}])
+        );
+        let line: Value = serde_json::from_str(&f.log_line()).unwrap();
+        assert_eq!(line["would_refuse"], "webhook:stripe");
+        assert_eq!(line["shadow"], true);
+    }
+
+    #[test]
     fn the_log_line_has_the_documented_fields_in_order() {
         let team = team_key();
         let f = facts(rate_limited(), Some(&team));

@@ -1481,6 +1481,42 @@ mod tests {
     }
 
     #[test]
+    fn levers_are_stored_whole_and_a_bad_set_is_refused_keeping_the_last() {
+        let with_levers = |version: u64, levers: Value| {
+            let mut a: Value =
+                serde_json::from_slice(&answer("e1", version, false, vec![])).unwrap();
+            a["levers"] = levers;
+            a.to_string()
+        };
+        let mut sim = synced();
+        let good = json!({"modes": [{"limit": "team", "mode": "off"}]});
+        sim.answer_last("200", with_levers(6, good).as_bytes());
+        assert_eq!(sim.gauge(Metric::LeversEntries), Some(1));
+        let stored = crate::levers::read(&sim.store).unwrap();
+        assert_eq!(stored.mode("team"), Some(crate::levers::Mode::Off));
+        let stamp = crate::levers::read_stamp(&sim.store);
+        // A user override at 0 a minute breaks the contract: refused whole, counted, and
+        // logged by its place, never its values; the rest of the answer is applied.
+        let bad = json!({"overrides": [{"scope": "key", "id": "key_secretish", "requests_per_minute": 0}]});
+        sim.answer_last("200", with_levers(7, bad).as_bytes());
+        assert_eq!(sim.counter(Metric::LeversRejected), 1);
+        assert!(sim.logs().contains(&(
+            LogLevel::Warn,
+            "feed: levers refused, the previous set stays in force: overrides[0] breaks the contract"
+        )));
+        assert!(!sim.logs().iter().any(|(_, l)| l.contains("key_secretish")));
+        assert_eq!(crate::levers::read_stamp(&sim.store), stamp);
+        assert_eq!(
+            crate::sync::feed::read_state(&sim.store).unwrap().version,
+            7
+        );
+        // Without the field: unchanged.
+        sim.answer_last("200", &answer("e1", 8, false, vec![]));
+        assert_eq!(crate::levers::read_stamp(&sim.store), stamp);
+        assert_eq!(sim.counter(Metric::LeversRejected), 1);
+    }
+
+    #[test]
     fn records_that_break_the_contract_are_skipped_and_counted() {
         let mut sim = synced();
         let bad = json!({"sha256": "nothex", "key_id": "key_9", "active": true});
