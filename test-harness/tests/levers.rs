@@ -29,7 +29,7 @@ fn sha(s: &str) -> String {
 
 /// Plan `free` at 3 a minute; `/v1/search/` adds a limit named `search` (2 a minute per
 /// user) and `/v1/beta/` one in shadow by the policy (`beta`, 1 a minute); `/hooks` has a
-/// body limit of 16 bytes in shadow.
+/// body limit of 16 bytes in shadow, `/gh` a GitHub webhook check in shadow.
 fn policy() -> String {
     let key = |raw: &str, id: &str| {
         json!({ "id": format!("key_{id}"), "sha256": sha(raw), "user": format!("user_{id}"),
@@ -48,6 +48,8 @@ fn policy() -> String {
               "limits": [ { "requests": 1, "per": "1m", "by": "user", "mode": "shadow" } ] },
             { "name": "hooks", "match": { "path": "/hooks" }, "audience": "external",
               "body": { "max_bytes": 16, "mode": "shadow" } },
+            { "name": "gh", "match": { "path": "/gh" }, "audience": "external",
+              "webhook": { "provider": "github", "secrets_env": ["GH_SECRET"], "mode": "shadow" } },
             { "name": "public", "match": { "path_prefix": "/public/" }, "audience": "external" },
             { "name": "api", "match": { "path_prefix": "/v1/" } }
         ],
@@ -99,6 +101,8 @@ fn harness(levers: Value) -> Harness {
         .plugin_config(p.clone())
         .singleton(p)
         .env("FEED_TOKEN", "feed-token")
+        .env("GH_SECRET", "gh-secret-0123456789")
+        .allow_on_headers_stop_iteration(true)
         .time(T0 * 1_000_000_000)
         .upstream(control(1, Some(levers)))
         .build()
@@ -377,5 +381,35 @@ fn a_malformed_or_oversized_levers_set_is_kept_out_and_the_previous_one_stays() 
     );
     // The rest of those answers was applied: the feed moved on.
     assert_eq!(h.metric("gatehouse.feed.version"), Some(3));
+    h.assert_no_trap().unwrap();
+}
+
+#[test]
+fn a_webhook_check_in_shadow_passes_a_bad_signature_and_counts_it_until_enforced() {
+    let mut h = harness(json!({}));
+    let forged = || {
+        Request::post("/gh")
+            .source(HOME)
+            .header("x-hub-signature-256", format!("sha256={}", "0".repeat(64)))
+            .body(b"{\"action\":\"opened\"}".to_vec())
+    };
+    let out = h.request(forged()).unwrap();
+    assert_eq!(out.status, 200, "{}", out.text());
+    assert_eq!(out.upstream.unwrap().body, b"{\"action\":\"opened\"}");
+    h.advance(Duration::from_millis(1200)).unwrap();
+    assert_eq!(
+        h.metric("gatehouse.shadow.would_refuse.webhook_gh"),
+        Some(1)
+    );
+    assert_eq!(h.metric("gatehouse.webhook_refused"), Some(0));
+    deliver(
+        &mut h,
+        2,
+        Some(json!({ "modes": [ { "limit": "webhook:gh", "mode": "enforce" } ]})),
+    );
+    let out = h.request(forged()).unwrap();
+    assert_eq!(out.status, 401, "{}", out.text());
+    assert_eq!(out.json()["code"], "INVALID_SIGNATURE");
+    assert!(out.upstream.is_none());
     h.assert_no_trap().unwrap();
 }
