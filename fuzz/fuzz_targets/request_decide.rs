@@ -207,13 +207,18 @@ fn run_body(
         identity: None,
         credential: None,
         key_use_at: None,
+        shadow_refused: false,
+        shadowed: Vec::new(),
         method: b"POST".to_vec(),
         source_address: Vec::new(),
         forwarded_for: None,
     };
     let max = policy.routes[route].body.max_bytes;
     let eos = body.is_empty();
-    let mut next = BodyStage::start(policy, route, verifier, &raw, eos, b"r", caller, store, now);
+    let levers = gatehouse_core::levers::Levers::default();
+    let mut next = BodyStage::start(
+        policy, route, verifier, &raw, eos, b"r", caller, &levers, store, now,
+    );
     let piece = match flags >> 4 {
         0 => body.len().max(1),
         n => usize::from(n),
