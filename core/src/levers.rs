@@ -490,6 +490,8 @@ pub struct CachedLevers {
     /// The current set has CIDR entries: the filter reads the client's address for every
     /// request, not only for those that may be anonymous.
     cidrs: std::sync::atomic::AtomicBool,
+    /// The current set has entries: without, a request takes no lock.
+    any: std::sync::atomic::AtomicBool,
     current: Mutex<Arc<Levers>>,
 }
 
@@ -506,8 +508,19 @@ impl CachedLevers {
             *current = Arc::clone(&levers);
         }
         self.cidrs.store(levers.has_cidrs(), Relaxed);
+        self.any.store(!levers.is_empty(), Relaxed);
         self.stamp.store(stamp, Relaxed);
         Some(levers)
+    }
+
+    /// The set as last refreshed when it has entries; `None` (no lock taken) when it has
+    /// none, as for every request of a fleet without levers.
+    pub fn current(&self) -> Option<Arc<Levers>> {
+        if self.any.load(std::sync::atomic::Ordering::Relaxed) {
+            Some(self.get())
+        } else {
+            None
+        }
     }
 
     /// Whether the set in force has CIDR entries ([`Levers::has_cidrs`]), without a lock.

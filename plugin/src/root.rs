@@ -126,6 +126,10 @@ impl Root {
     /// Picks up a new set of levers from shared data (one 8-byte read when it did not
     /// change) and says how many of its mode names the policy does not have.
     pub(crate) fn refresh_levers(&self, policy: &Policy) {
+        // Levers come only through the feed.
+        if policy.feed.is_none() {
+            return;
+        }
         let Some(levers) = self.caches.levers.refresh(&HostStore) else {
             return;
         };

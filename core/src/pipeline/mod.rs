@@ -401,31 +401,34 @@ fn limit(
             }
         }
     };
-    let levers = caches.levers.get();
-    let now_secs = clock.now().secs();
+    let levers = caches.levers.current();
+    let levers = levers.as_deref();
     // The caller as allowlists see it; the client's address only when a CIDR may match.
-    let allow = levers.has_allowlist().then(|| Who {
-        key_id: identity.map(|i| i.key_id.as_str()),
-        user: identity.map(|i| i.user.as_str()),
-        tenant: identity.map(|i| i.tenant.as_str()),
-        ip: levers
-            .has_cidrs()
-            .then(|| {
-                client_address(head.source_address, head.forwarded_for, rl.trusted_proxies)
-                    .parse::<std::net::IpAddr>()
-                    .ok()
-            })
-            .flatten(),
+    let allow = levers.filter(|l| l.has_allowlist()).map(|l| {
+        let who = Who {
+            key_id: identity.map(|i| i.key_id.as_str()),
+            user: identity.map(|i| i.user.as_str()),
+            tenant: identity.map(|i| i.tenant.as_str()),
+            ip: l
+                .has_cidrs()
+                .then(|| {
+                    client_address(head.source_address, head.forwarded_for, rl.trusted_proxies)
+                        .parse::<std::net::IpAddr>()
+                        .ok()
+                })
+                .flatten(),
+        };
+        (l, who)
     });
     let mut allowlisted = false;
     // A limit's mode (a lever over the policy's) and whether an allowlist skips it:
     // `None` when it does not apply at all.
     let mut applies = |name: &str, mode: Mode| -> Option<bool> {
-        let mode = levers.mode(name).unwrap_or(mode);
+        let mode = levers.and_then(|l| l.mode(name)).unwrap_or(mode);
         if mode == Mode::Off {
             return None;
         }
-        if allow.as_ref().is_some_and(|w| levers.allowlisted(w, name)) {
+        if allow.as_ref().is_some_and(|(l, w)| l.allowlisted(w, name)) {
             allowlisted = true;
             return None;
         }
@@ -438,7 +441,9 @@ fn limit(
             if let Some((p, plan)) = plan.and_then(|p| Some((p, policy.plans.get(p)?)))
                 && let Some(shadow) = applies(&plan.name, Mode::Enforce)
             {
-                let over = levers.override_for(Some(&i.key_id), Some(&i.tenant), now_secs);
+                let over = levers.and_then(|l| {
+                    l.override_for(Some(&i.key_id), Some(&i.tenant), clock.now().secs())
+                });
                 let (id, rate) = match over {
                     None => (["plan:", &plan.name].concat(), plan.rate()),
                     Some(o) => {
