@@ -114,19 +114,6 @@ impl Cidr {
             _ => None,
         }
     }
-
-    /// Whether `ip` lies in the network; an IPv4-mapped IPv6 address counts as IPv4.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self, ip) {
-            (Cidr::V4(net, bits), IpAddr::V4(a)) => u32::from(a) & mask32(*bits) == *net,
-            (Cidr::V6(net, bits), IpAddr::V6(a)) => u128::from(a) & mask128(*bits) == *net,
-            _ => false,
-        }
-    }
 }
 
 fn mask32(bits: u8) -> u32 {
