@@ -115,7 +115,8 @@ pub(crate) struct Root {
     pub(crate) lease_id: u64,
     /// Each route's webhook verifier (secrets read from the environment), by route index.
     pub(crate) webhooks: Webhooks,
-    /// Some route limits `by: ip`: computed once here, not per request over every route.
+    /// Some route limits `by: ip`, or the policy's allowlist has networks: the client's
+    /// address is needed. Computed once here, not per request over every route.
     pub(crate) by_ip: bool,
 }
 
@@ -635,11 +636,12 @@ impl RootContext for Root {
                 self.static_keys.iter().map(Vec::len).sum::<usize>()
             ),
         );
-        self.by_ip = policy.routes.iter().any(|r| {
-            r.limits
-                .iter()
-                .any(|l| l.by == gatehouse_core::limit::LimitBy::Ip)
-        });
+        self.by_ip = policy.rate_limit.allowlist.has_cidrs()
+            || policy.routes.iter().any(|r| {
+                r.limits
+                    .iter()
+                    .any(|l| l.by == gatehouse_core::limit::LimitBy::Ip)
+            });
         self.caches = Rc::new(Caches::default());
         self.refresh_levers(&policy);
         self.policy = Some(Rc::new(policy));

@@ -403,22 +403,21 @@ fn limit(
     };
     let levers = caches.levers.current();
     let levers = levers.as_deref();
+    // The allowlists: the feed's and the policy's own.
+    let fed = levers.filter(|l| l.has_allowlist());
+    let own = Some(&rl.allowlist).filter(|l| l.has_allowlist());
     // The caller as allowlists see it; the client's address only when a CIDR may match.
-    let allow = levers.filter(|l| l.has_allowlist()).map(|l| {
-        let who = Who {
-            key_id: identity.map(|i| i.key_id.as_str()),
-            user: identity.map(|i| i.user.as_str()),
-            tenant: identity.map(|i| i.tenant.as_str()),
-            ip: l
-                .has_cidrs()
-                .then(|| {
-                    client_address(head.source_address, head.forwarded_for, rl.trusted_proxies)
-                        .parse::<std::net::IpAddr>()
-                        .ok()
-                })
-                .flatten(),
-        };
-        (l, who)
+    let allow = (fed.is_some() || own.is_some()).then(|| Who {
+        key_id: identity.map(|i| i.key_id.as_str()),
+        user: identity.map(|i| i.user.as_str()),
+        tenant: identity.map(|i| i.tenant.as_str()),
+        ip: (fed.is_some_and(|l| l.has_cidrs()) || own.is_some_and(|l| l.has_cidrs()))
+            .then(|| {
+                client_address(head.source_address, head.forwarded_for, rl.trusted_proxies)
+                    .parse::<std::net::IpAddr>()
+                    .ok()
+            })
+            .flatten(),
     });
     let mut allowlisted = false;
     // A limit's mode (a lever over the policy's) and whether an allowlist skips it:
@@ -428,7 +427,10 @@ fn limit(
         if mode == Mode::Off {
             return None;
         }
-        if allow.as_ref().is_some_and(|(l, w)| l.allowlisted(w, name)) {
+        if allow.as_ref().is_some_and(|w| {
+            fed.is_some_and(|l| l.allowlisted(w, name))
+                || own.is_some_and(|l| l.allowlisted(w, name))
+        }) {
             allowlisted = true;
             return None;
         }
@@ -2176,6 +2178,37 @@ mod lever_tests {
                 "{entry}"
             );
         }
+    }
+
+    #[test]
+    fn the_policys_own_allowlist_skips_limits_as_the_feeds_does() {
+        use serde_json::json;
+        for entry in [
+            json!({"key_id": "key_free", "limit": "free"}),
+            json!({"user": "user_free"}),
+            json!({"cidr": "203.0.113.0/24"}),
+        ] {
+            let (mut policy, store, clock) = setup();
+            let mut set = entry.clone();
+            set["id"] = json!("policy");
+            policy.rate_limit.allowlist =
+                crate::levers::parse(&json!({ "allowlist": [set] })).unwrap();
+            let caches = Caches::default();
+            assert_eq!(
+                admitted(&policy, &caches, &store, &clock, 100),
+                100,
+                "{entry}"
+            );
+        }
+        let (mut policy, store, clock) = setup();
+        policy.rate_limit.allowlist = crate::levers::parse(
+            &json!({ "allowlist": [{"id": "policy", "cidr": "198.51.100.0/24"}] }),
+        )
+        .unwrap();
+        assert_eq!(
+            admitted(&policy, &Caches::default(), &store, &clock, 100),
+            60
+        );
     }
 
     #[test]

@@ -310,9 +310,22 @@ impl Decoder {
         };
         let rate_limit = {
             let known = plans.clone().unwrap_or_else(default_plans);
+            // The rate limits' names, for allowlist entries that name one.
+            let limits: Option<Vec<String>> = routes.as_ref().map(|routes| {
+                known
+                    .iter()
+                    .map(|p| p.name.clone())
+                    .chain(std::iter::once("anonymous".to_string()))
+                    .chain(
+                        routes
+                            .iter()
+                            .flat_map(|r| r.limits.iter().map(|l| l.name.clone())),
+                    )
+                    .collect()
+            });
             match f.get("rate_limit") {
                 None => Some(self.rate_limit_defaults(&known)),
-                Some(n) => self.rate_limit(n, "rate_limit", &known),
+                Some(n) => self.rate_limit(n, "rate_limit", &known, limits.as_deref()),
             }
         };
         if let (Some(plans), Some(_)) = (&plans, &routes) {

@@ -229,6 +229,9 @@ pub struct RateLimitPolicy {
     /// How often a fleet-scoped Envoy exchanges its consumption for the fleet's, in ms.
     /// Defaults to 250.
     pub sync_interval_ms: u64,
+    /// The policy's own allowlist (`allowlist:`): callers the limits it names (or every
+    /// rate limit) do not apply to, besides the feed's. Defaults to none.
+    pub allowlist: crate::levers::Levers,
 }
 
 impl RateLimitPolicy {
@@ -1016,6 +1019,55 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("logging.refusals: unknown log level 'error'")
+        );
+    }
+
+    #[test]
+    fn the_rate_limit_allowlist_is_checked_with_positions() {
+        let p = load_yaml(
+            "p.yaml",
+            "version: 1
+rate_limit:
+  allowlist:
+    - { cidr: 203.0.113.0/24 }
+    - { key_id: key_partner, limit: team }
+    - { tenant: tenant_ops, limit: login }
+routes:
+  - name: login
+    match: { path: /login }
+    limits: [{ requests: 5, per: 1m, by: ip }]
+",
+        )
+        .unwrap()
+        .policy;
+        assert!(p.rate_limit.allowlist.has_cidrs());
+        let who = crate::levers::Who {
+            key_id: Some("key_partner"),
+            ..Default::default()
+        };
+        assert!(p.rate_limit.allowlist.allowlisted(&who, "team"));
+        assert!(!p.rate_limit.allowlist.allowlisted(&who, "free"));
+        assert_eq!(
+            errors(
+                "version: 1
+rate_limit:
+  allowlist:
+    - { cidr: 203.0.113.9/24 }
+    - { user: u1, tenant: t1 }
+    - { key_id: 'bad id' }
+    - { user: u1, limit: nope }
+    - { color: red }
+routes: [{ match: { path_prefix: / } }]
+"
+            ),
+            [
+                "p.yaml:4:15: rate_limit.allowlist[0].cidr: expected a network such as 203.0.113.0/24 or 2001:db8::/32, with the host bits zero",
+                "p.yaml:5:7: rate_limit.allowlist[1]: expected exactly one of [cidr, key_id, user, tenant]",
+                "p.yaml:6:17: rate_limit.allowlist[2].key_id: expected 1 to 128 of A-Z a-z 0-9 . _ : @ + -",
+                "p.yaml:7:26: rate_limit.allowlist[3].limit: unknown limit 'nope'; expected one of [free, solo, team, enterprise, anonymous]",
+                "p.yaml:8:7: rate_limit.allowlist[4]: expected exactly one of [cidr, key_id, user, tenant]",
+                "p.yaml:8:9: rate_limit.allowlist[4].color: unknown field 'color'; expected one of [cidr, key_id, user, tenant, limit]",
+            ]
         );
     }
 

@@ -60,6 +60,7 @@ impl Decoder {
             headers_on_allowed: false,
             scope: Scope::Local,
             sync_interval_ms: DEFAULT_SYNC_INTERVAL_MS,
+            allowlist: crate::levers::Levers::default(),
         }
     }
 
@@ -119,11 +120,15 @@ impl Decoder {
             .and_then(|v| u32::try_from(v).ok())
     }
 
+    /// `limits`: the names the policy's rate limits have (plans, `anonymous`, route
+    /// limits), which an allowlist entry's `limit` must be one of; `None` when the routes
+    /// did not decode (their errors are reported already).
     pub(super) fn rate_limit(
         &mut self,
         node: &Node,
         path: &str,
         plans: &[Plan],
+        limits: Option<&[String]>,
     ) -> Option<RateLimitPolicy> {
         let f = self.object(
             node,
@@ -140,6 +145,7 @@ impl Decoder {
                 "headers_on_allowed",
                 "scope",
                 "sync_interval",
+                "allowlist",
             ],
         )?;
         let mut out = self.rate_limit_defaults(plans);
@@ -252,7 +258,115 @@ impl Decoder {
                 None => ok = false,
             }
         }
+        if let Some(n) = f.get("allowlist") {
+            match self.allowlist(n, &join(path, "allowlist"), limits) {
+                Some(a) => out.allowlist = a,
+                None => ok = false,
+            }
+        }
         ok.then_some(out)
+    }
+
+    /// `rate_limit.allowlist`: entries of exactly one of `cidr` (canonical: host bits
+    /// zero), `key_id`, `user`, `tenant`, and an optional `limit` naming one of the
+    /// policy's rate limits (absent: every rate limit). The same entries as the feed's
+    /// allowlist (control/FEED.md, "Levers"), checked here with their positions.
+    fn allowlist(
+        &mut self,
+        node: &Node,
+        path: &str,
+        limits: Option<&[String]>,
+    ) -> Option<crate::levers::Levers> {
+        let items = self.list(node, path)?;
+        if items.len() > crate::levers::MAX_ENTRIES {
+            self.error(
+                path,
+                node.pos,
+                format!("at most {} entries", crate::levers::MAX_ENTRIES),
+            );
+            return None;
+        }
+        let mut entries = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let ip = format!("{path}[{i}]");
+            let Some(e) = self.object(item, &ip, &["cidr", "key_id", "user", "tenant", "limit"])
+            else {
+                ok = false;
+                continue;
+            };
+            let given: Vec<&str> = ["cidr", "key_id", "user", "tenant"]
+                .into_iter()
+                .filter(|k| e.get(k).is_some())
+                .collect();
+            let [field] = given.as_slice() else {
+                self.error(
+                    &ip,
+                    item.pos,
+                    "expected exactly one of [cidr, key_id, user, tenant]",
+                );
+                ok = false;
+                continue;
+            };
+            let fp = join(&ip, field);
+            let Some(n) = e.get(field) else { continue };
+            let Some(value) = self.string(n, &fp) else {
+                ok = false;
+                continue;
+            };
+            let valid = if *field == "cidr" {
+                crate::levers::Cidr::parse(value).is_some()
+            } else {
+                crate::authn::api_key::is_valid_id(value)
+            };
+            if !valid {
+                let what = if *field == "cidr" {
+                    "expected a network such as 203.0.113.0/24 or 2001:db8::/32, with the host bits zero"
+                } else {
+                    "expected 1 to 128 of A-Z a-z 0-9 . _ : @ + -"
+                };
+                self.error(&fp, n.pos, what);
+                ok = false;
+                continue;
+            }
+            let mut entry = serde_json::json!({ "id": "policy", *field: value });
+            if let Some(l) = e.get("limit") {
+                let lp = join(&ip, "limit");
+                let Some(name) = self.string(l, &lp) else {
+                    ok = false;
+                    continue;
+                };
+                if let Some(known) = limits
+                    && !known.iter().any(|k| k == name)
+                {
+                    self.error(
+                        &lp,
+                        l.pos,
+                        format!(
+                            "unknown limit '{name}'; expected one of [{}]",
+                            known.join(", ")
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                }
+                if let Some(o) = entry.as_object_mut() {
+                    o.insert("limit".into(), serde_json::Value::String(name.to_string()));
+                }
+            }
+            entries.push(entry);
+        }
+        if !ok {
+            return None;
+        }
+        let set = serde_json::json!({ "allowlist": entries });
+        match crate::levers::parse(&set) {
+            Ok(levers) => Some(levers),
+            Err(e) => {
+                self.error(path, node.pos, e.to_string());
+                None
+            }
+        }
     }
 
     pub(super) fn route_limits(&mut self, node: &Node, path: &str) -> Option<Vec<RouteLimit>> {
