@@ -168,23 +168,7 @@ fn api_key_decision(c: &mut Criterion) {
     // entries that do not match it (overrides and allowlist entries of other keys, users
     // and networks, modes of other rules), as a busy fleet might hold.
     let levered = Caches::default();
-    let entries = |n: usize, f: &dyn Fn(usize) -> String| -> String {
-        (0..n).map(f).collect::<Vec<_>>().join(",")
-    };
-    let levers = format!(
-        r#"{{"overrides":[{}],"modes":[{}],"allowlist":[{}]}}"#,
-        entries(1000, &|i| format!(
-            r#"{{"scope":"key","id":"key_{i}","requests_per_minute":100,"expires_at":null}}"#
-        )),
-        entries(1000, &|i| format!(
-            r#"{{"limit":"rule_{i}","mode":"shadow"}}"#
-        )),
-        entries(1000, &|i| format!(
-            r#"{{"id":"a{i}","cidr":"10.{}.{}.0/24","limit":null}}"#,
-            i / 256,
-            i % 256
-        )),
-    );
+    let levers = lever_set();
     #[allow(clippy::expect_used)]
     gatehouse_core::levers::store(&store, levers.as_bytes()).expect("levers stored");
     assert!(levered.levers.refresh(&store).is_some());
@@ -423,6 +407,27 @@ fn harness(c: &mut Criterion) {
         check(send(&mut h));
     }
     g.finish();
+}
+
+/// 3,000 levers none of which concerns the benches' requests.
+fn lever_set() -> String {
+    let entries = |n: usize, f: &dyn Fn(usize) -> String| -> String {
+        (0..n).map(f).collect::<Vec<_>>().join(",")
+    };
+    format!(
+        r#"{{"overrides":[{}],"modes":[{}],"allowlist":[{}]}}"#,
+        entries(1000, &|i| format!(
+            r#"{{"scope":"key","id":"key_{i}","requests_per_minute":100,"expires_at":null}}"#
+        )),
+        entries(1000, &|i| format!(
+            r#"{{"limit":"rule_{i}","mode":"shadow"}}"#
+        )),
+        entries(1000, &|i| format!(
+            r#"{{"id":"a{i}","cidr":"10.{}.{}.0/24","limit":null}}"#,
+            i / 256,
+            i % 256
+        )),
+    )
 }
 
 /// Well formed, checksum included, but in no key record: refused after the lookup.
