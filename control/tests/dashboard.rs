@@ -105,7 +105,13 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Held from picking a free port until the server listens on it: tests run in parallel,
+/// and two of them handed the same port (free until a server binds it) would both reach
+/// the first server to bind, until its test ended and the other's requests were refused.
+static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn start_with(env: &[(&str, &str)]) -> Server {
+    let _starting = STARTING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let db = TestDb::fresh(dir.path());
     let port = free_port();
@@ -130,6 +136,11 @@ fn start_with(env: &[(&str, &str)]) -> Server {
         assert!(Instant::now() < deadline, "the server did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
+    let mut server = server;
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server exited: port {port} is another's"
+    );
     server
 }
 
