@@ -18,7 +18,8 @@
 //! feed contract lets one version carry (control/FEED.md, "Changes"): each batch is one
 //! change, with its own feed version and audit event, and up to
 //! [`MAX_BATCHES_PER_TRANSACTION`] batches are committed in one transaction
-//! ([`Store::import_keys`]); the long-polls are woken as soon as it commits. An
+//! ([`Store::import_keys`]), its keys in the order of their SHA-256; the long-polls are
+//! woken as soon as it commits. An
 //! import that stops half-way (the database fails, the body is cut off or over the limit)
 //! keeps the batches it committed; running it again skips them. The per-user key limit
 //! (`GATEHOUSE_MAX_KEYS_PER_USER`) does not apply: these keys exist already, and refusing
@@ -228,6 +229,7 @@ impl<'a> Importer<'a> {
         if self.batches.iter().all(Vec::is_empty) {
             return Ok(());
         }
+        self.sort_by_hash();
         let done = self.store.import_keys(&self.batches, &self.ctx).await?;
         let mut last = None;
         for (batch, lines) in done.iter().zip(&self.batch_lines) {
@@ -254,6 +256,46 @@ impl<'a> Importer<'a> {
             (self.committed)(version);
         }
         Ok(())
+    }
+
+    /// Puts the keys of this transaction in the order of their SHA-256, keeping each
+    /// batch's size, so that they go into the hash's index (the largest, and the one
+    /// inserts land in at random) in one sweep rather than at scattered pages. Each line
+    /// keeps the outcome it has in line order: the sort is stable, so of two lines with
+    /// one hash the earlier is still inserted and the later skipped; and when two lines
+    /// name one `key_id` (which the earlier must get), the transaction stays in line
+    /// order.
+    fn sort_by_hash(&mut self) {
+        let mut ids =
+            std::collections::HashSet::with_capacity(self.batches.iter().map(Vec::len).sum());
+        if !self
+            .batches
+            .iter()
+            .flatten()
+            .all(|k| ids.insert(k.id.as_str()))
+        {
+            return;
+        }
+        let sizes: Vec<usize> = self.batches.iter().map(Vec::len).collect();
+        let mut all: Vec<(NewKey, u64)> = self
+            .batches
+            .iter_mut()
+            .zip(self.batch_lines.iter_mut())
+            .flat_map(|(keys, lines)| keys.drain(..).zip(lines.drain(..)))
+            .collect();
+        all.sort_by(|a, b| a.0.sha256.cmp(&b.0.sha256));
+        let mut all = all.into_iter();
+        for ((keys, lines), size) in self
+            .batches
+            .iter_mut()
+            .zip(self.batch_lines.iter_mut())
+            .zip(sizes)
+        {
+            for (key, line) in all.by_ref().take(size) {
+                keys.push(key);
+                lines.push(line);
+            }
+        }
     }
 
     /// Moves the checked lines into the batches (committing them whenever a
@@ -466,10 +508,11 @@ mod tests {
         let clock = ManualClock::at_secs(NOW as u64);
         let rules = rules(&plans, &clock);
         let mut import = Importer::new(&store, rules, ctx(), &wake, usize::MAX);
-        // Line 1501 repeats line 4 (same hash, other user): batch 2 meets batch 1's
+        // Line 1501 repeats line 1000 (same hash, other user). Sorted by hash, the two
+        // are the last key of batch 1 and the first of batch 2: batch 2 meets batch 1's
         // uncommitted row.
         let mut input: String = (0..1500).map(line).collect();
-        input.push_str(&line(3).replace("\"u3\"", "\"someone_else\""));
+        input.push_str(&line(999).replace("\"u999\"", "\"someone_else\""));
         import.push(input.as_bytes()).await.unwrap();
         let summary = import.finish().await.unwrap();
         assert_eq!(
@@ -479,6 +522,74 @@ mod tests {
         let audit = store.audit(10, None).await.unwrap();
         let targets: Vec<&str> = audit.iter().map(|e| e.target.as_str()).collect();
         assert_eq!(targets, ["500 keys", "1000 keys"]);
+        let kept = store
+            .find_key_by_hash(&format!("{:064x}", 999))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(kept.user_id, "u999", "the earlier line is the one imported");
+    }
+
+    #[tokio::test]
+    async fn of_two_lines_naming_one_key_id_the_earlier_gets_it_whatever_their_hashes() {
+        let (_dir, store) = store().await;
+        let plans = Plans::default();
+        let wake = |_| {};
+        let clock = ManualClock::at_secs(NOW as u64);
+        let mut import = Importer::new(&store, rules(&plans, &clock), ctx(), &wake, usize::MAX);
+        let named = |i: usize| line(i).replace("{", "{\"key_id\":\"legacy-1\",");
+        let input = format!("{}{}{}", named(9), line(5), named(1));
+        import.push(input.as_bytes()).await.unwrap();
+        let summary = import.finish().await.unwrap();
+        assert_eq!(
+            (summary.imported, summary.skipped, summary.failed),
+            (2, 0, 1)
+        );
+        assert_eq!(summary.errors[0].line, 3);
+        let kept = store.get_key("legacy-1").await.unwrap().unwrap();
+        assert_eq!(kept.sha256, format!("{:064x}", 9));
+    }
+
+    #[tokio::test]
+    async fn a_transaction_goes_in_in_hash_order_and_each_line_keeps_its_outcome() {
+        let (_dir, store) = store().await;
+        let plans = Plans::default();
+        let wake = |_| {};
+        let clock = ManualClock::at_secs(NOW as u64);
+        let rules = rules(&plans, &clock);
+        // Hashes in falling order, a repeat of line 2 at line 1200, and a bad line 1201:
+        // after sorting, line 1200 sits beside line 2 in batch 2, and what the summary
+        // says of each line is still about that line.
+        let mut first = Importer::new(&store, rules, ctx(), &wake, usize::MAX);
+        let mut input: String = (0..1199).rev().map(line).collect();
+        input.push_str(&line(1197).replace("\"u1197\"", "\"later\""));
+        input.push_str("{\"sha256\": 7}\n");
+        first.push(input.as_bytes()).await.unwrap();
+        let summary = first.finish().await.unwrap();
+        assert_eq!(
+            (summary.imported, summary.skipped, summary.failed),
+            (1199, 1, 1)
+        );
+        assert_eq!(summary.errors.len(), 1);
+        assert_eq!(summary.errors[0].line, 1201);
+        let kept = store
+            .find_key_by_hash(&format!("{:064x}", 1197))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(kept.user_id, "u1197");
+        // The smallest hash, from the last good line, went in with the first batch.
+        let first_batch = store
+            .find_key_by_hash(&format!("{:064x}", 0))
+            .await
+            .unwrap()
+            .unwrap();
+        let last_batch = store
+            .find_key_by_hash(&format!("{:064x}", 1198))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(first_batch.version < last_batch.version);
     }
 
     #[tokio::test]
