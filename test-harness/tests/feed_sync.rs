@@ -349,8 +349,9 @@ fn an_unreachable_feed_keeps_keys_working_until_the_bound_then_fails_closed_and_
     h.advance(secs(29)).unwrap(); // T0 + 30: 29 s old
     assert_eq!(with_key(&mut h, KEY_A).status, 200);
     // One per regular poll (every `interval`, 1 s: 30), and the quick tries after the
-    // first failure (100 ms, then 200 and 400 ms later; the next is the regular poll).
-    assert_eq!(h.metric("gatehouse.feed.failures"), Some(33));
+    // first failure: on each tick for a second, then 200, 400 and 800 ms apart, until
+    // the tries are as far apart as the regular polls.
+    assert_eq!(h.metric("gatehouse.feed.failures"), Some(41));
     assert_eq!(
         paths(&h).last().map(String::as_str),
         Some("/v1/cache?since=1&epoch=e1&wait=0&paged=true"),

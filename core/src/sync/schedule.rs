@@ -23,6 +23,12 @@ pub const TICKS_PER_SEC: u64 = 10;
 pub const QUICK_POLL_BURST: u32 = 16;
 /// ... and in the long run: at 50 a second, 100 changes a second arrive two per answer.
 pub const QUICK_POLLS_PER_SEC: u64 = 50;
+
+/// Polls that fail in a row are tried again on the next tick this many times (a second)
+/// before the tries back off: behind replicas restarting one after another, one of ten
+/// tries reaches a replica that is up, and a refused connection costs the control
+/// service nothing.
+pub const QUICK_RETRIES: u32 = 10;
 /// The response header with which a stopping control service marks the held polls it
 /// answers early (control/FEED.md): the sync polls again at once.
 pub const STOPPING_HEADER: &str = "gatehouse-stopping";
@@ -254,8 +260,9 @@ pub struct Schedule {
     /// The last poll failed: the next one asks `wait=0`.
     recovering: bool,
     /// Polls failed in a row, and the tick the next try goes out on (before the regular
-    /// poll): 100 ms after the first failure, doubling up to `feed.interval`, so a
-    /// replica that just stopped costs one tick, not an interval.
+    /// poll): on each of the [`QUICK_RETRIES`] ticks after the first failure, then 200,
+    /// 400, 800 ms ... apart up to `feed.interval`, so a replica that just stopped (or
+    /// several restarting in turn) costs a tick or a few, not an interval.
     failures_in_a_row: u32,
     retry_tick: Option<u64>,
     /// The refusal audit waiting to be posted.
@@ -569,7 +576,11 @@ impl Schedule {
         self.recovering = true;
         let every = self.feed.interval_secs.saturating_mul(TICKS_PER_SEC).max(1);
         let backoff = 1u64
-            .checked_shl(self.failures_in_a_row)
+            .checked_shl(
+                self.failures_in_a_row
+                    .saturating_add(1)
+                    .saturating_sub(QUICK_RETRIES),
+            )
             .unwrap_or(u64::MAX)
             .min(every);
         self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
@@ -1385,9 +1396,10 @@ mod tests {
     #[test]
     fn a_failed_poll_is_tried_again_on_the_next_tick_then_ever_later() {
         let mut sim = synced();
-        // 100 ms, then 200, 400, 800 ms ... up to `interval` (10 s) between tries.
+        // 100 ms ten times, then 200, 400, 800 ms ... up to `interval` (10 s) between
+        // tries (the regular poll, every 10 s, would cut the next gap short).
         let mut gaps = Vec::new();
-        for _ in 0..6 {
+        for _ in 0..14 {
             let before = sim.polls().len();
             sim.answer_last("503", b"");
             let mut ticks = 0;
@@ -1397,7 +1409,7 @@ mod tests {
             }
             gaps.push(ticks);
         }
-        assert_eq!(gaps, [1, 2, 4, 8, 16, 32]);
+        assert_eq!(gaps, [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4, 8, 16]);
         // A success ends it: the next failure is tried again on the next tick.
         sim.answer_last("200", &answer("e1", 5, false, vec![]));
         sim.answer_last("503", b"");
