@@ -203,6 +203,14 @@ pub fn canonical_cidr(text: &str) -> Option<String> {
     }
     let len: u32 = len.parse().ok()?;
     let addr: IpAddr = addr.parse().ok()?;
+    // An IPv4-mapped network is the IPv4 network it maps (clients' mapped addresses are
+    // taken as IPv4 by the module too).
+    let (addr, len) = match addr {
+        IpAddr::V6(a) if (96..=128).contains(&len) => a
+            .to_ipv4_mapped()
+            .map_or((addr, len), |v4| (IpAddr::V4(v4), len - 96)),
+        _ => (addr, len),
+    };
     let host_bits_zero = match addr {
         IpAddr::V4(a) => len <= 32 && u32::from(a).checked_shl(len).unwrap_or(0) == 0,
         IpAddr::V6(a) => len <= 128 && u128::from(a).checked_shl(len).unwrap_or(0) == 0,
@@ -509,6 +517,10 @@ mod tests {
             ("2001:db8:0:0::/64", "2001:db8::/64"),
             ("::/0", "::/0"),
             ("2001:db8::1/128", "2001:db8::1/128"),
+            ("::ffff:203.0.113.0/120", "203.0.113.0/24"),
+            ("::FFFF:198.51.100.7/128", "198.51.100.7/32"),
+            ("::ffff:0:0/96", "0.0.0.0/0"),
+            ("::/64", "::/64"),
         ] {
             assert_eq!(canonical_cidr(text).as_deref(), Some(canonical), "{text}");
         }
@@ -521,6 +533,8 @@ mod tests {
             "203.0.113.0/024",
             "2001:db8::1/64",
             "2001:db8::/129",
+            "::ffff:203.0.113.1/120",
+            "::ffff:203.0.113.0/129",
             "203.0.113/24",
             "host/24",
             "",

@@ -95,7 +95,9 @@ pub enum Cidr {
 }
 
 impl Cidr {
-    /// `203.0.113.0/24` or `2001:db8::/32`; `None` when not canonical (host bits set).
+    /// `203.0.113.0/24` or `2001:db8::/32`; `None` when not canonical (host bits set). An
+    /// IPv4-mapped IPv6 network (`::ffff:203.0.113.0/120`) is the IPv4 network it maps,
+    /// as a client's mapped address is the IPv4 address.
     pub fn parse(s: &str) -> Option<Cidr> {
         let (addr, bits) = s.split_once('/')?;
         if bits.is_empty() || bits.len() > 3 || !bits.bytes().all(|b| b.is_ascii_digit()) {
@@ -108,8 +110,14 @@ impl Cidr {
                 (a & !mask32(bits) == 0).then_some(Cidr::V4(a, bits))
             }
             IpAddr::V6(a) if bits <= 128 => {
-                let a = u128::from(a);
-                (a & !mask128(bits) == 0).then_some(Cidr::V6(a, bits))
+                let net = u128::from(a);
+                if net & !mask128(bits) != 0 {
+                    return None;
+                }
+                match a.to_ipv4_mapped() {
+                    Some(v4) if bits >= 96 => Some(Cidr::V4(u32::from(v4), bits - 96)),
+                    _ => Some(Cidr::V6(net, bits)),
+                }
             }
             _ => None,
         }
@@ -605,6 +613,29 @@ mod tests {
         assert!(Cidr::parse("2001:db8::1/32").is_none());
         assert!(Cidr::parse("2001:db8::/129").is_none());
         assert!(Cidr::parse("::/0").is_some());
+        assert_eq!(
+            Cidr::parse("::ffff:203.0.113.0/120"),
+            Some(Cidr::V4(0xcb00_7100, 24))
+        );
+        assert_eq!(Cidr::parse("::ffff:0.0.0.0/96"), Some(Cidr::V4(0, 0)));
+        assert!(Cidr::parse("::ffff:203.0.113.1/120").is_none());
+        // Wider than the mapped block: an IPv6 network, which IPv4 clients are not in.
+        assert!(matches!(Cidr::parse("::/64"), Some(Cidr::V6(0, 64))));
+    }
+
+    #[test]
+    fn a_mapped_ipv6_entry_holds_the_ipv4_clients_it_maps() {
+        let l = parse(&json!({"allowlist": [
+            {"id": "a", "cidr": "::ffff:198.51.100.0/120", "limit": "free"}
+        ]}))
+        .unwrap();
+        let ip = |s: &str| Who {
+            ip: Some(s.parse().unwrap()),
+            ..Who::default()
+        };
+        assert!(l.allowlisted(&ip("198.51.100.7"), "free"));
+        assert!(l.allowlisted(&ip("::ffff:198.51.100.7"), "free"));
+        assert!(!l.allowlisted(&ip("198.51.101.7"), "free"));
     }
 
     #[test]
