@@ -453,6 +453,16 @@ mod tests {
         }
     }
 
+    /// Imports `input` into `store` in one piece, with the default plans.
+    async fn import_all(store: &SqliteStore, input: &str) -> Summary {
+        let plans = Plans::default();
+        let wake = |_| {};
+        let clock = ManualClock::at_secs(NOW as u64);
+        let mut import = Importer::new(store, rules(&plans, &clock), ctx(), &wake, usize::MAX);
+        import.push(input.as_bytes()).await.unwrap();
+        import.finish().await.unwrap()
+    }
+
     #[test]
     fn only_ndjson_is_taken() {
         let mut h = HeaderMap::new();
@@ -503,18 +513,12 @@ mod tests {
     #[tokio::test]
     async fn a_key_repeated_in_a_later_batch_of_the_same_transaction_is_skipped() {
         let (_dir, store) = store().await;
-        let plans = Plans::default();
-        let wake = |_| {};
-        let clock = ManualClock::at_secs(NOW as u64);
-        let rules = rules(&plans, &clock);
-        let mut import = Importer::new(&store, rules, ctx(), &wake, usize::MAX);
         // Line 1501 repeats line 1000 (same hash, other user). Sorted by hash, the two
         // are the last key of batch 1 and the first of batch 2: batch 2 meets batch 1's
         // uncommitted row.
         let mut input: String = (0..1500).map(line).collect();
         input.push_str(&line(999).replace("\"u999\"", "\"someone_else\""));
-        import.push(input.as_bytes()).await.unwrap();
-        let summary = import.finish().await.unwrap();
+        let summary = import_all(&store, &input).await;
         assert_eq!(
             (summary.imported, summary.skipped, summary.failed),
             (1500, 1, 0)
@@ -533,14 +537,9 @@ mod tests {
     #[tokio::test]
     async fn of_two_lines_naming_one_key_id_the_earlier_gets_it_whatever_their_hashes() {
         let (_dir, store) = store().await;
-        let plans = Plans::default();
-        let wake = |_| {};
-        let clock = ManualClock::at_secs(NOW as u64);
-        let mut import = Importer::new(&store, rules(&plans, &clock), ctx(), &wake, usize::MAX);
         let named = |i: usize| line(i).replace("{", "{\"key_id\":\"legacy-1\",");
         let input = format!("{}{}{}", named(9), line(5), named(1));
-        import.push(input.as_bytes()).await.unwrap();
-        let summary = import.finish().await.unwrap();
+        let summary = import_all(&store, &input).await;
         assert_eq!(
             (summary.imported, summary.skipped, summary.failed),
             (2, 0, 1)
@@ -553,19 +552,13 @@ mod tests {
     #[tokio::test]
     async fn a_transaction_goes_in_in_hash_order_and_each_line_keeps_its_outcome() {
         let (_dir, store) = store().await;
-        let plans = Plans::default();
-        let wake = |_| {};
-        let clock = ManualClock::at_secs(NOW as u64);
-        let rules = rules(&plans, &clock);
         // Hashes in falling order, a repeat of line 2 at line 1200, and a bad line 1201:
         // after sorting, line 1200 sits beside line 2 in batch 2, and what the summary
         // says of each line is still about that line.
-        let mut first = Importer::new(&store, rules, ctx(), &wake, usize::MAX);
         let mut input: String = (0..1199).rev().map(line).collect();
         input.push_str(&line(1197).replace("\"u1197\"", "\"later\""));
         input.push_str("{\"sha256\": 7}\n");
-        first.push(input.as_bytes()).await.unwrap();
-        let summary = first.finish().await.unwrap();
+        let summary = import_all(&store, &input).await;
         assert_eq!(
             (summary.imported, summary.skipped, summary.failed),
             (1199, 1, 1)
