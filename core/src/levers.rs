@@ -570,6 +570,14 @@ mod tests {
         assert_eq!(l.override_for(Some("key_x"), Some("tenant_2"), 0), None);
     }
 
+    /// A caller known only by its address.
+    fn ip(s: &str) -> Who<'static> {
+        Who {
+            ip: Some(s.parse().unwrap()),
+            ..Who::default()
+        }
+    }
+
     #[test]
     fn allowlists_skip_every_limit_or_the_one_they_name() {
         let l = parse(&sample()).unwrap();
@@ -590,10 +598,6 @@ mod tests {
         };
         assert!(l.allowlisted(&tenant, "search"));
         assert!(!l.allowlisted(&tenant, "team"));
-        let ip = |s: &str| Who {
-            ip: Some(s.parse().unwrap()),
-            ..Who::default()
-        };
         assert!(l.allowlisted(&ip("203.0.113.9"), "free"));
         assert!(l.allowlisted(&ip("::ffff:203.0.113.9"), "free"));
         assert!(!l.allowlisted(&ip("203.0.114.9"), "free"));
@@ -629,10 +633,6 @@ mod tests {
             {"id": "a", "cidr": "::ffff:198.51.100.0/120", "limit": "free"}
         ]}))
         .unwrap();
-        let ip = |s: &str| Who {
-            ip: Some(s.parse().unwrap()),
-            ..Who::default()
-        };
         assert!(l.allowlisted(&ip("198.51.100.7"), "free"));
         assert!(l.allowlisted(&ip("::ffff:198.51.100.7"), "free"));
         assert!(!l.allowlisted(&ip("198.51.101.7"), "free"));
