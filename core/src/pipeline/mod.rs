@@ -1621,11 +1621,12 @@ routes:
         );
     }
 
-    #[test]
-    fn a_route_limit_applies_on_top_and_a_refusal_consumes_neither() {
-        let (mut policy, store, clock) = setup();
-        let api = policy.routes.iter().position(|r| r.name == "api").unwrap();
-        policy.routes[api].limits.push(crate::route::RouteLimit {
+    /// A route limit of three requests an hour per user.
+    pub(super) fn three_an_hour_by_user(
+        name: &str,
+        mode: crate::levers::Mode,
+    ) -> crate::route::RouteLimit {
+        crate::route::RouteLimit {
             rate: crate::limit::Rate {
                 requests: 3,
                 period_nanos: 3_600_000_000_000,
@@ -1633,9 +1634,18 @@ routes:
             },
             by: LimitBy::User,
             scope: None,
-            name: "api-hourly".into(),
-            mode: Default::default(),
-        });
+            name: name.into(),
+            mode,
+        }
+    }
+
+    #[test]
+    fn a_route_limit_applies_on_top_and_a_refusal_consumes_neither() {
+        let (mut policy, store, clock) = setup();
+        let api = policy.routes.iter().position(|r| r.name == "api").unwrap();
+        policy.routes[api]
+            .limits
+            .push(three_an_hour_by_user("api-hourly", Default::default()));
         let keys = KeySet::default();
         let free = b"ghk_free_0a9b8c7d6e5f40312e1d0C1OdSVz";
         let api_req = head("/v1/things", Presented::One(free), b"10.0.0.1:1");
@@ -2092,7 +2102,7 @@ mod properties {
 #[cfg(test)]
 #[cfg(all(feature = "yaml", feature = "test-tokens"))]
 mod lever_tests {
-    use super::tests::setup;
+    use super::tests::{setup, three_an_hour_by_user};
     use super::*;
     use crate::clock::FixedClock;
     use crate::request::Presented;
@@ -2276,17 +2286,9 @@ mod lever_tests {
         use serde_json::json;
         let (mut policy, store, clock) = setup();
         let api = policy.routes.iter().position(|r| r.name == "api").unwrap();
-        policy.routes[api].limits.push(crate::route::RouteLimit {
-            rate: crate::limit::Rate {
-                requests: 3,
-                period_nanos: 3_600_000_000_000,
-                burst: 3,
-            },
-            by: LimitBy::User,
-            scope: None,
-            name: "api".into(),
-            mode: crate::levers::Mode::Shadow,
-        });
+        policy.routes[api]
+            .limits
+            .push(three_an_hour_by_user("api", crate::levers::Mode::Shadow));
         // In shadow by the policy: the plan's 60 decide.
         assert_eq!(
             admitted(&policy, &Caches::default(), &store, &clock, 100),
