@@ -1621,12 +1621,14 @@ routes:
         );
     }
 
-    /// A route limit of three requests an hour per user.
-    pub(super) fn three_an_hour_by_user(
+    /// Adds a limit of three requests an hour per user to the `api` route.
+    pub(super) fn add_three_an_hour_on_api(
+        policy: &mut Policy,
         name: &str,
         mode: crate::levers::Mode,
-    ) -> crate::route::RouteLimit {
-        crate::route::RouteLimit {
+    ) {
+        let api = policy.routes.iter().position(|r| r.name == "api").unwrap();
+        policy.routes[api].limits.push(crate::route::RouteLimit {
             rate: crate::limit::Rate {
                 requests: 3,
                 period_nanos: 3_600_000_000_000,
@@ -1636,16 +1638,13 @@ routes:
             scope: None,
             name: name.into(),
             mode,
-        }
+        });
     }
 
     #[test]
     fn a_route_limit_applies_on_top_and_a_refusal_consumes_neither() {
         let (mut policy, store, clock) = setup();
-        let api = policy.routes.iter().position(|r| r.name == "api").unwrap();
-        policy.routes[api]
-            .limits
-            .push(three_an_hour_by_user("api-hourly", Default::default()));
+        add_three_an_hour_on_api(&mut policy, "api-hourly", Default::default());
         let keys = KeySet::default();
         let free = b"ghk_free_0a9b8c7d6e5f40312e1d0C1OdSVz";
         let api_req = head("/v1/things", Presented::One(free), b"10.0.0.1:1");
@@ -2102,7 +2101,7 @@ mod properties {
 #[cfg(test)]
 #[cfg(all(feature = "yaml", feature = "test-tokens"))]
 mod lever_tests {
-    use super::tests::{setup, three_an_hour_by_user};
+    use super::tests::{add_three_an_hour_on_api, setup};
     use super::*;
     use crate::clock::FixedClock;
     use crate::request::Presented;
@@ -2285,10 +2284,7 @@ mod lever_tests {
     fn a_policy_shadow_mode_is_overridden_by_the_feed() {
         use serde_json::json;
         let (mut policy, store, clock) = setup();
-        let api = policy.routes.iter().position(|r| r.name == "api").unwrap();
-        policy.routes[api]
-            .limits
-            .push(three_an_hour_by_user("api", crate::levers::Mode::Shadow));
+        add_three_an_hour_on_api(&mut policy, "api", crate::levers::Mode::Shadow);
         // In shadow by the policy: the plan's 60 decide.
         assert_eq!(
             admitted(&policy, &Caches::default(), &store, &clock, 100),
