@@ -21,7 +21,6 @@ use gatehouse_core::authn::api_key::is_valid_id;
 use gatehouse_core::time::{UnixNanos, format_rfc3339, parse_rfc3339};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::net::IpAddr;
 
 /// The highest `requests_per_minute` an override may set.
 pub const MAX_REQUESTS_PER_MINUTE: i64 = 10_000_000;
@@ -196,26 +195,13 @@ fn check_id(field: &str, value: &str) -> Result<(), ApiError> {
 /// `text` as a canonical CIDR (`203.0.113.0/24`, `2001:db8::/32`), or `None` if it is not
 /// a network with a prefix length and its host bits zero.
 pub fn canonical_cidr(text: &str) -> Option<String> {
-    let (addr, len) = text.split_once('/')?;
-    let digits = len.bytes().all(|b| b.is_ascii_digit());
-    if len.is_empty() || len.len() > 3 || !digits || (len.len() > 1 && len.starts_with('0')) {
+    // The module's own parser (which also takes an IPv4-mapped network as the IPv4 one it
+    // maps), with no leading zero in the prefix length.
+    let (_, len) = text.split_once('/')?;
+    if len.len() > 1 && len.starts_with('0') {
         return None;
     }
-    let len: u32 = len.parse().ok()?;
-    let addr: IpAddr = addr.parse().ok()?;
-    // An IPv4-mapped network is the IPv4 network it maps (clients' mapped addresses are
-    // taken as IPv4 by the module too).
-    let (addr, len) = match addr {
-        IpAddr::V6(a) if (96..=128).contains(&len) => a
-            .to_ipv4_mapped()
-            .map_or((addr, len), |v4| (IpAddr::V4(v4), len - 96)),
-        _ => (addr, len),
-    };
-    let host_bits_zero = match addr {
-        IpAddr::V4(a) => len <= 32 && u32::from(a).checked_shl(len).unwrap_or(0) == 0,
-        IpAddr::V6(a) => len <= 128 && u128::from(a).checked_shl(len).unwrap_or(0) == 0,
-    };
-    host_bits_zero.then(|| format!("{addr}/{len}"))
+    gatehouse_core::levers::Cidr::parse(text).map(|c| c.to_string())
 }
 
 /// The override `body` asks for on `scope`/`id` at `now`, checked.

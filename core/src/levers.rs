@@ -124,6 +124,16 @@ impl Cidr {
     }
 }
 
+impl std::fmt::Display for Cidr {
+    /// The canonical form: `203.0.113.0/24`, `2001:db8::/32`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Cidr::V4(net, bits) => write!(f, "{}/{bits}", std::net::Ipv4Addr::from(net)),
+            Cidr::V6(net, bits) => write!(f, "{}/{bits}", std::net::Ipv6Addr::from(net)),
+        }
+    }
+}
+
 fn mask32(bits: u8) -> u32 {
     u32::MAX
         .checked_shl(32 - u32::from(bits.min(32)))
